@@ -1,0 +1,230 @@
+//! Memberships as Roaring bitmaps of key positions, the `rb_agg` aggregate
+//! that builds them inside a scan, and the algebra that turns leaf bitmaps
+//! into rule and segment memberships with their counts.
+//!
+//! A position is a 64-bit number: an integer key is its own position (a
+//! negative key maps to the upper half of the range), any other key gets one
+//! from `segments.entity_key`.
+
+use pgrx::prelude::*;
+use pgrx::{Internal, PgMemoryContexts};
+use roaring::RoaringTreemap;
+
+use crate::compile::{CompiledBody, CompiledRule, Expr};
+use crate::definition::Combine;
+
+pub type Members = RoaringTreemap;
+
+pub fn position_of(key: i64) -> u64 {
+    key as u64
+}
+
+pub fn key_of(position: u64) -> i64 {
+    position as i64
+}
+
+pub fn serialize(members: &Members) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(members.serialized_size());
+    members.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
+    bytes
+}
+
+/// Reads a serialized bitmap (as `rb_agg` and the membership table hold).
+pub fn deserialize(bytes: &[u8]) -> std::io::Result<Members> {
+    RoaringTreemap::deserialize_from(bytes)
+}
+
+// ---- the rb_agg aggregate -------------------------------------------------
+
+/// Transition function of `segments.rb_agg(bigint)`: adds a position.
+#[pg_extern(immutable, parallel_safe)]
+fn rb_agg_step(state: Internal, position: Option<i64>, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    let mut state = state;
+    unsafe {
+        let mut aggregate_context = std::ptr::null_mut();
+        if pg_sys::AggCheckCallContext(fcinfo, &mut aggregate_context) == 0 {
+            error!("rb_agg_step called outside of an aggregate");
+        }
+        // The state lives as long as the aggregate, not the current row.
+        let members = PgMemoryContexts::For(aggregate_context)
+            .switch_to(|_| state.get_or_insert_with(RoaringTreemap::new) as *mut Members);
+        if let Some(position) = position {
+            (*members).insert(position_of(position));
+        }
+    }
+    state
+}
+
+/// Final function of `segments.rb_agg(bigint)`: the serialized bitmap.
+#[pg_extern(immutable, parallel_safe)]
+fn rb_agg_final(state: Internal) -> Vec<u8> {
+    match unsafe { state.get::<Members>() } {
+        Some(members) => serialize(members),
+        None => serialize(&Members::new()),
+    }
+}
+
+pgrx::extension_sql!(
+    r#"
+CREATE AGGREGATE segments.rb_agg(bigint) (
+    SFUNC = segments.rb_agg_step,
+    STYPE = internal,
+    FINALFUNC = segments.rb_agg_final
+);
+COMMENT ON AGGREGATE segments.rb_agg(bigint) IS
+    'The positions of the aggregated rows as a serialized Roaring bitmap (64-bit portable format).';
+"#,
+    name = "rb_agg",
+    requires = [rb_agg_step, rb_agg_final]
+);
+
+// ---- algebra --------------------------------------------------------------
+
+/// Evaluates an expression over the leaves' bitmaps. `all_rows` is what
+/// `not` complements against.
+pub fn evaluate(expr: &Expr, leaves: &[Members], all_rows: &Members) -> Members {
+    match expr {
+        Expr::Leaf(i) => leaves[*i].clone(),
+        Expr::All(items) => {
+            let mut iter = items.iter();
+            let mut acc = iter.next().map(|e| evaluate(e, leaves, all_rows)).unwrap_or_else(|| all_rows.clone());
+            for item in iter {
+                if acc.is_empty() {
+                    break;
+                }
+                acc &= evaluate(item, leaves, all_rows);
+            }
+            acc
+        }
+        Expr::Any(items) => {
+            let mut acc = Members::new();
+            for item in items {
+                acc |= evaluate(item, leaves, all_rows);
+            }
+            acc
+        }
+        Expr::Not(inner) => all_rows - &evaluate(inner, leaves, all_rows),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleCount {
+    pub path: String,
+    pub name: Option<String>,
+    pub combine: Option<String>,
+    /// Members of this rule alone.
+    pub members: u64,
+    /// Members of this rule combined with every rule before it at its level.
+    pub cumulative: u64,
+}
+
+/// Evaluates a list of rules, combining left to right, and records the
+/// counts of every rule and subrule (parents before their children).
+/// Every rule's members are limited to `universe` (the eligible rows).
+pub fn evaluate_rules(
+    rules: &[CompiledRule],
+    leaves: &[Members],
+    all_rows: &Members,
+    universe: &Members,
+    counts: &mut Vec<RuleCount>,
+) -> Members {
+    let mut combined: Option<Members> = None;
+    for rule in rules {
+        let slot = counts.len();
+        counts.push(RuleCount {
+            path: rule.label.clone(),
+            name: rule.name.clone(),
+            combine: rule.combine.map(|c| c.as_str().to_string()),
+            members: 0,
+            cumulative: 0,
+        });
+        let own = match &rule.body {
+            CompiledBody::Expr(expr) => evaluate(expr, leaves, all_rows) & universe,
+            CompiledBody::Rules(sub) => evaluate_rules(sub, leaves, all_rows, universe, counts),
+        };
+        let next = match (combined, rule.combine) {
+            (None, _) => own.clone(),
+            (Some(acc), Some(Combine::Intersect)) => acc & &own,
+            (Some(acc), Some(Combine::Except)) => acc - &own,
+            (Some(acc), _) => acc | &own,
+        };
+        counts[slot].members = own.len();
+        counts[slot].cumulative = next.len();
+        combined = Some(next);
+    }
+    combined.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(values: &[u64]) -> Members {
+        values.iter().copied().collect()
+    }
+
+    fn rule(label: &str, combine: Option<Combine>, body: CompiledBody) -> CompiledRule {
+        CompiledRule { label: label.into(), name: None, combine, body }
+    }
+
+    #[test]
+    fn positions_round_trip_every_integer_key() {
+        for key in [0i64, 1, 42, i64::MAX, -1, i64::MIN] {
+            assert_eq!(key_of(position_of(key)), key);
+        }
+        let members: Members = [1u64, 5, 1 << 40].into_iter().collect();
+        assert_eq!(deserialize(&serialize(&members)).unwrap(), members);
+    }
+
+    #[test]
+    fn not_complements_against_all_rows() {
+        let all = set(&[1, 2, 3, 4, 5]);
+        let leaves = vec![set(&[1, 2]), set(&[2, 3])];
+        let not_first = Expr::Not(Box::new(Expr::Leaf(0)));
+        assert_eq!(evaluate(&not_first, &leaves, &all), set(&[3, 4, 5]));
+        let both = Expr::All(vec![Expr::Leaf(0), Expr::Leaf(1)]);
+        assert_eq!(evaluate(&both, &leaves, &all), set(&[2]));
+        let either = Expr::Any(vec![Expr::Leaf(0), Expr::Leaf(1)]);
+        assert_eq!(evaluate(&either, &leaves, &all), set(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn rules_combine_left_to_right_with_counts() {
+        // ((r1 union r2) intersect r3) except r4, r2 made of two subrules.
+        let all = set(&(1..=10).collect::<Vec<_>>());
+        let leaves = vec![set(&[1, 2, 3]), set(&[4, 5]), set(&[5, 6]), set(&[1, 2, 4, 5, 9]), set(&[2])];
+        let rules = vec![
+            rule("1", None, CompiledBody::Expr(Expr::Leaf(0))),
+            rule(
+                "2",
+                Some(Combine::Union),
+                CompiledBody::Rules(vec![
+                    rule("2.1", None, CompiledBody::Expr(Expr::Leaf(1))),
+                    rule("2.2", Some(Combine::Union), CompiledBody::Expr(Expr::Leaf(2))),
+                ]),
+            ),
+            rule("3", Some(Combine::Intersect), CompiledBody::Expr(Expr::Leaf(3))),
+            rule("4", Some(Combine::Except), CompiledBody::Expr(Expr::Leaf(4))),
+        ];
+        let mut counts = Vec::new();
+        let members = evaluate_rules(&rules, &leaves, &all, &all, &mut counts);
+        assert_eq!(members, set(&[1, 4, 5]));
+        let summary: Vec<(&str, u64, u64)> = counts.iter().map(|c| (c.path.as_str(), c.members, c.cumulative)).collect();
+        assert_eq!(
+            summary,
+            vec![("1", 3, 3), ("2", 3, 6), ("2.1", 2, 2), ("2.2", 2, 3), ("3", 5, 4), ("4", 1, 3)]
+        );
+        assert_eq!(counts[3].combine.as_deref(), Some("union"));
+    }
+
+    #[test]
+    fn rules_are_limited_to_the_universe() {
+        let all = set(&[1, 2, 3, 4]);
+        let eligible = set(&[1, 2]);
+        let leaves = vec![set(&[2, 3])];
+        let rules = vec![rule("1", None, CompiledBody::Expr(Expr::Not(Box::new(Expr::Leaf(0)))))];
+        let mut counts = Vec::new();
+        assert_eq!(evaluate_rules(&rules, &leaves, &all, &eligible, &mut counts), set(&[1]));
+        assert_eq!(counts[0].members, 1);
+    }
+}

@@ -1,0 +1,225 @@
+//! What the compiler knows about the database: registered entities, their
+//! columns and related tables, and existing segments. `Catalog` is a trait
+//! so that compilation is plain Rust; `SpiCatalog` reads the real catalog.
+
+use serde_json::Value;
+
+use crate::definition::SegmentRef;
+
+/// How a column's values behave in conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Numeric,
+    Text,
+    Boolean,
+    Date,
+    Timestamp,
+    TimestampTz,
+    Uuid,
+    Other,
+}
+
+impl ColumnKind {
+    /// From a (base) type oid and its `typcategory`.
+    pub fn from_type(type_oid: u32, category: &str) -> ColumnKind {
+        match (type_oid, category) {
+            (1082, _) => ColumnKind::Date,
+            (1114, _) => ColumnKind::Timestamp,
+            (1184, _) => ColumnKind::TimestampTz,
+            (2950, _) => ColumnKind::Uuid,
+            (16, _) => ColumnKind::Boolean,
+            (_, "N") => ColumnKind::Numeric,
+            (_, "S") => ColumnKind::Text,
+            _ => ColumnKind::Other,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ColumnKind::Numeric => "numeric",
+            ColumnKind::Text => "text",
+            ColumnKind::Boolean => "boolean",
+            ColumnKind::Date => "date",
+            ColumnKind::Timestamp => "timestamp",
+            ColumnKind::TimestampTz => "timestamptz",
+            ColumnKind::Uuid => "uuid",
+            ColumnKind::Other => "other",
+        }
+    }
+
+    pub fn is_temporal(self) -> bool {
+        matches!(self, ColumnKind::Date | ColumnKind::Timestamp | ColumnKind::TimestampTz)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` of the column, e.g. `numeric(10,2)`: safe to splice.
+    pub type_sql: String,
+    pub kind: ColumnKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// The schema-qualified, quoted name of the relation.
+    pub relation_sql: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn column_names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|c| c.name.as_str())
+    }
+}
+
+/// How an entity's keys become bitmap positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// smallint, integer and bigint keys are their own positions.
+    Integer,
+    /// uuid and text keys get a position from `segments.entity_key`.
+    Dictionary,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Integer => "integer",
+            KeyKind::Dictionary => "dictionary",
+        }
+    }
+
+    pub fn for_type(type_oid: u32) -> Option<KeyKind> {
+        match type_oid {
+            20 | 21 | 23 => Some(KeyKind::Integer),
+            25 | 1043 | 2950 => Some(KeyKind::Dictionary),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub name: String,
+    pub table: Table,
+    pub key_column: String,
+    pub key_kind: KeyKind,
+    pub eligible: Option<Value>,
+    pub related: Vec<Related>,
+}
+
+impl Entity {
+    pub fn related(&self, name: &str) -> Option<&Related> {
+        self.related.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Related {
+    pub name: String,
+    pub table: Table,
+    pub foreign_key: String,
+    pub time_column: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentSummary {
+    pub id: i64,
+    pub name: String,
+    pub entity: String,
+    pub definition: Value,
+}
+
+pub trait Catalog {
+    fn entity(&self, name: &str) -> Option<Entity>;
+    fn entity_names(&self) -> Vec<String>;
+    fn segment(&self, reference: &SegmentRef) -> Option<SegmentSummary>;
+    fn segment_names(&self) -> Vec<String>;
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+pub mod fixture {
+    //! A small in-memory catalog for unit tests of the compiler.
+    use super::*;
+
+    pub struct FixedCatalog {
+        pub entities: Vec<Entity>,
+        pub segments: Vec<SegmentSummary>,
+    }
+
+    impl Catalog for FixedCatalog {
+        fn entity(&self, name: &str) -> Option<Entity> {
+            self.entities.iter().find(|e| e.name == name).cloned()
+        }
+        fn entity_names(&self) -> Vec<String> {
+            self.entities.iter().map(|e| e.name.clone()).collect()
+        }
+        fn segment(&self, reference: &SegmentRef) -> Option<SegmentSummary> {
+            self.segments
+                .iter()
+                .find(|s| match reference {
+                    SegmentRef::Id(id) => s.id == *id,
+                    SegmentRef::Name(name) => &s.name == name,
+                })
+                .cloned()
+        }
+        fn segment_names(&self) -> Vec<String> {
+            self.segments.iter().map(|s| s.name.clone()).collect()
+        }
+    }
+
+    fn column(name: &str, type_sql: &str, kind: ColumnKind) -> Column {
+        Column { name: name.into(), type_sql: type_sql.into(), kind }
+    }
+
+    /// customers(id, country, age, ...) with orders(customer_id, amount, ...).
+    pub fn customers() -> FixedCatalog {
+        let customer = Entity {
+            name: "customer".into(),
+            table: Table {
+                relation_sql: "\"public\".\"customers\"".into(),
+                columns: vec![
+                    column("id", "bigint", ColumnKind::Numeric),
+                    column("country", "text", ColumnKind::Text),
+                    column("age", "integer", ColumnKind::Numeric),
+                    column("unsubscribed", "boolean", ColumnKind::Boolean),
+                    column("birth_date", "date", ColumnKind::Date),
+                    column("signed_up_at", "timestamp with time zone", ColumnKind::TimestampTz),
+                    column("external_id", "uuid", ColumnKind::Uuid),
+                ],
+            },
+            key_column: "id".into(),
+            key_kind: KeyKind::Integer,
+            eligible: None,
+            related: vec![Related {
+                name: "orders".into(),
+                table: Table {
+                    relation_sql: "\"public\".\"orders\"".into(),
+                    columns: vec![
+                        column("customer_id", "bigint", ColumnKind::Numeric),
+                        column("amount", "numeric(10,2)", ColumnKind::Numeric),
+                        column("status", "text", ColumnKind::Text),
+                        column("ordered_at", "timestamp with time zone", ColumnKind::TimestampTz),
+                    ],
+                },
+                foreign_key: "customer_id".into(),
+                time_column: Some("ordered_at".into()),
+            }],
+        };
+        FixedCatalog {
+            entities: vec![customer],
+            segments: vec![SegmentSummary {
+                id: 7,
+                name: "VIP".into(),
+                entity: "customer".into(),
+                definition: serde_json::json!({"entity": "customer", "rules": [
+                    {"where": {"attribute": "age", "op": "gt", "value": 60}}]}),
+            }],
+        }
+    }
+}

@@ -1,0 +1,779 @@
+//! The SQL compiler. A definition becomes bitmap algebra over *leaves*:
+//!
+//! - a `Filter` is a boolean SQL expression over the entity row; all filters
+//!   of a plan are computed in one scan of the entity table, each as an
+//!   `rb_agg(position) FILTER (WHERE ...)` column;
+//! - a `KeySet` or `Aggregate` is a query over a related table that returns
+//!   the positions of the entity rows it selects;
+//! - a `Segment` is the stored membership of another segment.
+//!
+//! Because every leaf condition is two-valued (NULL makes it false), `all`,
+//! `any` and `not` are exactly intersection, union and complement of the
+//! leaves' bitmaps, and the counts of every rule come from the bitmaps too.
+//! Runs of plain attribute conditions are folded into one filter.
+//!
+//! Identifiers come from the catalog and pass through `sql::ident`; values
+//! pass through `sql::literal` with a cast: the SQL is safe by construction.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::catalog::{Catalog, Column, ColumnKind, Entity, KeyKind, Related, Table};
+use crate::definition::{
+    parse_condition, AggregateFunction, AttributeTest, Combine, Condition, ConditionKind, Definition, Op, Operand,
+    RelatedMeasure, RelatedTest, RelativeDuration, Rule, RuleBody, SegmentRef,
+};
+use crate::error::{Reported, SegmentsError};
+use crate::sql::{ident, literal};
+use crate::suggest::closest;
+use crate::validate::{check_op, literal_text};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Leaf {
+    /// A boolean expression over the entity row `e`.
+    Filter(String),
+    /// A query returning one bitmap: the positions it selects.
+    KeySet(String),
+    /// A query returning two bitmaps: positions whose aggregate matches, and
+    /// positions with any related row. Members with no related row match too
+    /// when `empty_matches` (e.g. `count lt 3`).
+    Aggregate { sql: String, empty_matches: bool },
+    /// The last refreshed membership of another segment.
+    Segment(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Leaf(usize),
+    All(Vec<Expr>),
+    Any(Vec<Expr>),
+    Not(Box<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRule {
+    pub label: String,
+    pub name: Option<String>,
+    pub combine: Option<Combine>,
+    pub body: CompiledBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompiledBody {
+    Expr(Expr),
+    Rules(Vec<CompiledRule>),
+}
+
+/// The compiled form of one definition; its leaves live in the `Plan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledSegment {
+    pub rules: Vec<CompiledRule>,
+    /// Segment ids this definition reads.
+    pub references: Vec<i64>,
+}
+
+/// Everything needed to evaluate one or more definitions of one entity.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub entity: Entity,
+    pub leaves: Vec<Leaf>,
+    /// The entity's `eligible` condition, if any.
+    pub eligible: Option<Expr>,
+    pub reference_time: String,
+}
+
+/// Compiles definitions of one entity into a shared plan: a leaf that
+/// several definitions use is computed once.
+pub struct Planner<'a> {
+    catalog: &'a dyn Catalog,
+    entity: Entity,
+    reference_time: String,
+    leaves: Vec<Leaf>,
+    index: HashMap<Leaf, usize>,
+    eligible: Option<Expr>,
+}
+
+/// A compiled condition: plain SQL while it only tests entity columns, so
+/// that runs of attribute conditions fold into one filter.
+enum Part {
+    Sql(String),
+    Expr(Expr),
+}
+
+fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
+    SegmentsError::InvalidParameter(format!("{path}: {message}"))
+}
+
+fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(name, candidates).map(|c| format!("Perhaps you meant \"{c}\"."))
+}
+
+impl<'a> Planner<'a> {
+    /// `reference_time` is a SQL expression of type timestamptz (normally a
+    /// literal) that relative conditions are measured from.
+    pub fn new(catalog: &'a dyn Catalog, entity: &str, path: &str, reference_time: &str) -> Result<Self, Reported> {
+        let entity = catalog.entity(entity).ok_or_else(|| {
+            let names = catalog.entity_names();
+            SegmentsError::UndefinedTable(format!("{path}: entity \"{entity}\" is not registered"))
+                .with_hint(did_you_mean(entity, names.iter().map(String::as_str)))
+        })?;
+        let mut planner = Planner {
+            catalog,
+            entity,
+            reference_time: reference_time.to_string(),
+            leaves: Vec::new(),
+            index: HashMap::new(),
+            eligible: None,
+        };
+        if let Some(eligible) = planner.entity.eligible.clone() {
+            let condition = parse_condition("eligible", &eligible)?;
+            let part = planner.entity_condition(&condition)?;
+            planner.eligible = Some(planner.into_expr(part));
+        }
+        Ok(planner)
+    }
+
+    pub fn entity(&self) -> &Entity {
+        &self.entity
+    }
+
+    /// Compiles a parsed definition. `self_id` is the segment being saved,
+    /// which may not refer to itself.
+    pub fn add(&mut self, definition: &Definition, self_id: Option<i64>) -> Result<CompiledSegment, Reported> {
+        if definition.entity != self.entity.name {
+            return Err(invalid(
+                "entity",
+                format!("this plan is for entity \"{}\", not \"{}\"", self.entity.name, definition.entity),
+            )
+            .into());
+        }
+        let rules = self.rules(&definition.rules, self_id)?;
+        let mut references = Vec::new();
+        collect_segment_leaves(&rules, &self.leaves, &mut references);
+        references.sort_unstable();
+        references.dedup();
+        Ok(CompiledSegment { rules, references })
+    }
+
+    pub fn finish(self) -> Plan {
+        Plan {
+            entity: self.entity,
+            leaves: self.leaves,
+            eligible: self.eligible,
+            reference_time: self.reference_time,
+        }
+    }
+
+    fn intern(&mut self, leaf: Leaf) -> usize {
+        if let Some(&i) = self.index.get(&leaf) {
+            return i;
+        }
+        self.leaves.push(leaf.clone());
+        self.index.insert(leaf, self.leaves.len() - 1);
+        self.leaves.len() - 1
+    }
+
+    fn into_expr(&mut self, part: Part) -> Expr {
+        match part {
+            Part::Sql(sql) => Expr::Leaf(self.intern(Leaf::Filter(sql))),
+            Part::Expr(expr) => expr,
+        }
+    }
+
+    fn rules(&mut self, rules: &[Rule], self_id: Option<i64>) -> Result<Vec<CompiledRule>, Reported> {
+        rules
+            .iter()
+            .map(|rule| {
+                let body = match &rule.body {
+                    RuleBody::Where(condition) => {
+                        self.check_segment_refs(condition, self_id)?;
+                        let part = self.entity_condition(condition)?;
+                        CompiledBody::Expr(self.into_expr(part))
+                    }
+                    RuleBody::Rules(sub) => CompiledBody::Rules(self.rules(sub, self_id)?),
+                };
+                Ok(CompiledRule { label: rule.label.clone(), name: rule.name.clone(), combine: rule.combine, body })
+            })
+            .collect()
+    }
+
+    fn check_segment_refs(&self, condition: &Condition, self_id: Option<i64>) -> Result<(), Reported> {
+        let mut nodes = Vec::new();
+        crate::definition::walk_condition(condition, &mut nodes);
+        for node in nodes {
+            if let ConditionKind::Segment(test) = &node.kind {
+                let target = self.resolve_segment(&node.path, &test.segment)?;
+                if Some(target) == self_id {
+                    return Err(invalid(&node.path, "a segment cannot refer to itself").into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_segment(&self, path: &str, reference: &SegmentRef) -> Result<i64, Reported> {
+        let segment = self.catalog.segment(reference).ok_or_else(|| {
+            let names = self.catalog.segment_names();
+            let hint = match reference {
+                SegmentRef::Name(name) => did_you_mean(name, names.iter().map(String::as_str)),
+                SegmentRef::Id(_) => None,
+            };
+            SegmentsError::UndefinedTable(format!("{path}.segment: segment {reference} does not exist")).with_hint(hint)
+        })?;
+        if segment.entity != self.entity.name {
+            return Err(invalid(
+                &format!("{path}.segment"),
+                format!(
+                    "segment \"{}\" is a segment of entity \"{}\", not \"{}\"",
+                    segment.name, segment.entity, self.entity.name
+                ),
+            )
+            .into());
+        }
+        Ok(segment.id)
+    }
+
+    fn entity_condition(&mut self, condition: &Condition) -> Result<Part, Reported> {
+        let path = condition.path.as_str();
+        Ok(match &condition.kind {
+            ConditionKind::All(items) | ConditionKind::Any(items) => {
+                let is_all = matches!(condition.kind, ConditionKind::All(_));
+                let parts = items.iter().map(|c| self.entity_condition(c)).collect::<Result<Vec<_>, _>>()?;
+                if parts.iter().all(|p| matches!(p, Part::Sql(_))) {
+                    let sqls: Vec<String> = parts
+                        .into_iter()
+                        .map(|p| match p {
+                            Part::Sql(s) => s,
+                            Part::Expr(_) => unreachable!(),
+                        })
+                        .collect();
+                    Part::Sql(join_sql(&sqls, if is_all { "AND" } else { "OR" }))
+                } else {
+                    let exprs = parts.into_iter().map(|p| self.into_expr(p)).collect();
+                    Part::Expr(if is_all { Expr::All(exprs) } else { Expr::Any(exprs) })
+                }
+            }
+            ConditionKind::Not(inner) => match self.entity_condition(inner)? {
+                Part::Sql(sql) => Part::Sql(format!("({sql}) IS NOT TRUE")),
+                Part::Expr(expr) => Part::Expr(Expr::Not(Box::new(expr))),
+            },
+            ConditionKind::Attribute(test) => {
+                let table = self.entity.table.clone();
+                Part::Sql(attribute_sql(path, "e", &table, &format!("entity \"{}\"", self.entity.name), test, &self.reference_time)?)
+            }
+            ConditionKind::Related(test) => {
+                let related = self.entity.related(&test.related).cloned().ok_or_else(|| {
+                    let names: Vec<&str> = self.entity.related.iter().map(|r| r.name.as_str()).collect();
+                    SegmentsError::UndefinedTable(format!(
+                        "{path}.related: related table \"{}\" is not registered for entity \"{}\"",
+                        test.related, self.entity.name
+                    ))
+                    .with_hint(did_you_mean(&test.related, names))
+                })?;
+                let (leaf, negate) = self.related_leaf(path, &related, test)?;
+                let expr = Expr::Leaf(self.intern(leaf));
+                Part::Expr(if negate { Expr::Not(Box::new(expr)) } else { expr })
+            }
+            ConditionKind::Segment(test) => {
+                let id = self.resolve_segment(path, &test.segment)?;
+                let expr = Expr::Leaf(self.intern(Leaf::Segment(id)));
+                Part::Expr(if test.member { expr } else { Expr::Not(Box::new(expr)) })
+            }
+        })
+    }
+
+    /// The SQL that maps a key expression to a bitmap position, and the join
+    /// it needs for dictionary keys.
+    fn position(&self, key_sql: &str) -> (String, String) {
+        match self.entity.key_kind {
+            KeyKind::Integer => (format!("{key_sql}::bigint"), String::new()),
+            KeyKind::Dictionary => (
+                "k.position".to_string(),
+                format!(
+                    " JOIN segments.entity_key k ON k.entity = {} AND k.key = {key_sql}::text",
+                    literal(&self.entity.name)
+                ),
+            ),
+        }
+    }
+
+    fn related_leaf(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Leaf, bool), Reported> {
+        let what = format!("related table \"{}\"", related.name);
+        let mut filters = Vec::new();
+        if let Some(filter) = &test.filter {
+            filters.push(related_condition(filter, &related.table, &what, &self.reference_time)?);
+        }
+        if let Some(within) = &test.within {
+            let time_column = related.time_column.as_ref().ok_or_else(|| {
+                invalid(
+                    &format!("{path}.within"),
+                    format!("{what} has no time_column: register it with one to use \"within\""),
+                )
+            })?;
+            let column = related.table.column(time_column).ok_or_else(|| {
+                SegmentsError::UndefinedColumn(format!("{path}.within: time column \"{time_column}\" of {what} no longer exists"))
+            })?;
+            filters.push(in_last_sql(&format!("r.{}", ident(&column.name)), column.kind, within, &self.reference_time));
+        }
+        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
+        let fk = format!("r.{}", ident(&related.foreign_key));
+        let from = format!("{} r", related.table.relation_sql);
+        Ok(match &test.measure {
+            RelatedMeasure::Exists(exists) => {
+                let (position, join) = self.position(&fk);
+                (Leaf::KeySet(format!("SELECT segments.rb_agg({position}) FROM {from}{join}{where_sql}")), !exists)
+            }
+            RelatedMeasure::Aggregate { function, attribute, op, value } => {
+                let measure = match (function, attribute) {
+                    (AggregateFunction::Count, None) => "count(*)".to_string(),
+                    (function, Some(attribute)) => {
+                        let column = related.table.column(attribute).ok_or_else(|| {
+                            SegmentsError::UndefinedColumn(format!(
+                                "{path}.attribute: column \"{attribute}\" does not exist on {what}"
+                            ))
+                            .with_hint(did_you_mean(attribute, related.table.column_names()))
+                        })?;
+                        if *function != AggregateFunction::Count && column.kind != ColumnKind::Numeric {
+                            return Err(invalid(
+                                &format!("{path}.attribute"),
+                                format!(
+                                    "{} needs a numeric column, and \"{}\" is {}",
+                                    function.as_str(),
+                                    column.name,
+                                    column.type_sql
+                                ),
+                            )
+                            .into());
+                        }
+                        format!("{}(r.{})", function.as_str(), ident(&column.name))
+                    }
+                    (_, None) => unreachable!("parser requires an attribute"),
+                };
+                let comparison = comparison_sql("g.value", *op, value);
+                let empty_matches = *function == AggregateFunction::Count && compares_true(0.0, *op, value);
+                let (position, join) = self.position("g.key");
+                let sql = format!(
+                    "SELECT segments.rb_agg({position}) FILTER (WHERE {comparison}), segments.rb_agg({position}) \
+                     FROM (SELECT {fk} AS key, {measure} AS value FROM {from}{where_sql} GROUP BY {fk}) g{join}"
+                );
+                (Leaf::Aggregate { sql, empty_matches }, false)
+            }
+        })
+    }
+}
+
+fn collect_segment_leaves(rules: &[CompiledRule], leaves: &[Leaf], out: &mut Vec<i64>) {
+    fn walk(expr: &Expr, leaves: &[Leaf], out: &mut Vec<i64>) {
+        match expr {
+            Expr::Leaf(i) => {
+                if let Leaf::Segment(id) = leaves[*i] {
+                    out.push(id);
+                }
+            }
+            Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| walk(e, leaves, out)),
+            Expr::Not(inner) => walk(inner, leaves, out),
+        }
+    }
+    for rule in rules {
+        match &rule.body {
+            CompiledBody::Expr(expr) => walk(expr, leaves, out),
+            CompiledBody::Rules(sub) => collect_segment_leaves(sub, leaves, out),
+        }
+    }
+}
+
+fn join_sql(parts: &[String], operator: &str) -> String {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    format!("({})", parts.join(&format!(" {operator} ")))
+}
+
+/// A condition inside `related`: only the related table's columns.
+fn related_condition(condition: &Condition, table: &Table, what: &str, reference: &str) -> Result<String, Reported> {
+    Ok(match &condition.kind {
+        ConditionKind::All(items) | ConditionKind::Any(items) => {
+            let sqls = items.iter().map(|c| related_condition(c, table, what, reference)).collect::<Result<Vec<_>, _>>()?;
+            join_sql(&sqls, if matches!(condition.kind, ConditionKind::All(_)) { "AND" } else { "OR" })
+        }
+        ConditionKind::Not(inner) => format!("({}) IS NOT TRUE", related_condition(inner, table, what, reference)?),
+        ConditionKind::Attribute(test) => attribute_sql(&condition.path, "r", table, what, test, reference)?,
+        ConditionKind::Related(_) | ConditionKind::Segment(_) => {
+            return Err(invalid(&condition.path, format!("inside \"related\", conditions test columns of {what} only")).into())
+        }
+    })
+}
+
+/// The literal for `column`, typed so that Postgres compares it the right
+/// way: numbers as numeric (so `4.5` works on an integer column), anything
+/// else as the column's own type.
+fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsError> {
+    let text = literal_text(path, column, value)?;
+    let type_sql = if column.kind == ColumnKind::Numeric { "numeric" } else { column.type_sql.as_str() };
+    Ok(format!("{}::{type_sql}", literal(&text)))
+}
+
+/// The reference time converted to the column's kind.
+fn reference_as(kind: ColumnKind, timestamptz_sql: &str) -> String {
+    match kind {
+        ColumnKind::Date => format!("({timestamptz_sql})::date"),
+        ColumnKind::Timestamp => format!("({timestamptz_sql})::timestamp"),
+        _ => timestamptz_sql.to_string(),
+    }
+}
+
+fn interval(duration: &RelativeDuration) -> String {
+    format!("{}::interval", literal(&duration.interval_text()))
+}
+
+fn in_last_sql(column_sql: &str, kind: ColumnKind, duration: &RelativeDuration, reference: &str) -> String {
+    let from = reference_as(kind, &format!("{reference} - {}", interval(duration)));
+    let to = reference_as(kind, reference);
+    format!("({column_sql} >= {from} AND {column_sql} <= {to})")
+}
+
+pub fn attribute_sql(
+    path: &str,
+    alias: &str,
+    table: &Table,
+    what: &str,
+    test: &AttributeTest,
+    reference: &str,
+) -> Result<String, Reported> {
+    let column = table.column(&test.column).ok_or_else(|| {
+        SegmentsError::UndefinedColumn(format!("{path}: column \"{}\" does not exist on {what}", test.column))
+            .with_hint(did_you_mean(&test.column, table.column_names()))
+    })?;
+    check_op(path, column, test.op, test.ignore_case)?;
+    let vpath = format!("{path}.value");
+    let raw = format!("{alias}.{}", ident(&column.name));
+    let fold = |sql: String| if test.ignore_case { format!("lower({sql})") } else { sql };
+    let col = fold(raw.clone());
+    let lit = |value: &Value| typed(&vpath, column, value).map(fold);
+    let kind = column.kind;
+    let sql = match (test.op, &test.value) {
+        (Op::Eq, Operand::Scalar(v)) => format!("{col} = {}", lit(v)?),
+        (Op::Ne, Operand::Scalar(v)) => format!("{col} <> {}", lit(v)?),
+        (Op::Lt, Operand::Scalar(v)) => format!("{col} < {}", lit(v)?),
+        (Op::Lte, Operand::Scalar(v)) => format!("{col} <= {}", lit(v)?),
+        (Op::Gt, Operand::Scalar(v)) => format!("{col} > {}", lit(v)?),
+        (Op::Gte, Operand::Scalar(v)) => format!("{col} >= {}", lit(v)?),
+        (Op::Between, Operand::Range(low, high)) => format!("{col} BETWEEN {} AND {}", lit(low)?, lit(high)?),
+        (Op::In | Op::NotIn, Operand::List(values)) => {
+            let items = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| typed(&format!("{vpath}[{i}]"), column, v).map(fold))
+                .collect::<Result<Vec<_>, _>>()?;
+            let test_sql = if test.op == Op::In { "= ANY" } else { "<> ALL" };
+            format!("{col} {test_sql} (ARRAY[{}])", items.join(", "))
+        }
+        (Op::Contains, Operand::Scalar(v)) => format!("strpos({col}, {}) > 0", lit(v)?),
+        (Op::NotContains, Operand::Scalar(v)) => format!("strpos({col}, {}) = 0", lit(v)?),
+        (Op::StartsWith, Operand::Scalar(v)) => format!("starts_with({col}, {})", lit(v)?),
+        (Op::EndsWith, Operand::Scalar(v)) => {
+            let l = lit(v)?;
+            format!("right({col}, length({l})) = {l}")
+        }
+        (Op::IsNull, _) => format!("{raw} IS NULL"),
+        (Op::IsNotNull, _) => format!("{raw} IS NOT NULL"),
+        (Op::IsTrue, _) => format!("{raw} IS TRUE"),
+        (Op::IsFalse, _) => format!("{raw} IS FALSE"),
+        (Op::InLast, Operand::Duration(d)) => in_last_sql(&raw, kind, d, reference),
+        (Op::NotInLast, Operand::Duration(d)) => {
+            let from = reference_as(kind, &format!("{reference} - {}", interval(d)));
+            format!("({raw} < {from} OR {raw} > {})", reference_as(kind, reference))
+        }
+        (Op::InNext, Operand::Duration(d)) => {
+            let to = reference_as(kind, &format!("{reference} + {}", interval(d)));
+            format!("({raw} >= {} AND {raw} <= {to})", reference_as(kind, reference))
+        }
+        (Op::Before, Operand::Scalar(v)) => format!("{raw} < {}", lit(v)?),
+        (Op::After, Operand::Scalar(v)) => format!("{raw} > {}", lit(v)?),
+        (Op::On, Operand::Scalar(v)) => {
+            let day = literal_text(&vpath, column, v)?;
+            format!("({raw})::date = ({})::date", literal(&day))
+        }
+        (Op::IsToday, _) => format!("({raw})::date = ({reference})::date"),
+        (Op::IsAnniversary, _) => format!("to_char({raw}, 'MM-DD') = to_char({reference}, 'MM-DD')"),
+        (op, _) => return Err(invalid(path, format!("operator {} got a value of the wrong shape", op.name())).into()),
+    };
+    Ok(sql)
+}
+
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}
+
+fn comparison_sql(column: &str, op: Op, value: &Operand) -> String {
+    let lit = |v: &Value| format!("{}::numeric", literal(&v.to_string()));
+    match (op, value) {
+        (Op::Between, Operand::Range(low, high)) => format!("{column} BETWEEN {} AND {}", lit(low), lit(high)),
+        (op, Operand::Scalar(v)) => {
+            let symbol = match op {
+                Op::Eq => "=",
+                Op::Ne => "<>",
+                Op::Lt => "<",
+                Op::Lte => "<=",
+                Op::Gt => ">",
+                _ => ">=",
+            };
+            format!("{column} {symbol} {}", lit(v))
+        }
+        _ => unreachable!("parser checks aggregate operands"),
+    }
+}
+
+/// Whether `x op value` holds, for the aggregate of a member with no rows.
+fn compares_true(x: f64, op: Op, value: &Operand) -> bool {
+    match (op, value) {
+        (Op::Between, Operand::Range(low, high)) => number(low) <= x && x <= number(high),
+        (Op::Eq, Operand::Scalar(v)) => x == number(v),
+        (Op::Ne, Operand::Scalar(v)) => x != number(v),
+        (Op::Lt, Operand::Scalar(v)) => x < number(v),
+        (Op::Lte, Operand::Scalar(v)) => x <= number(v),
+        (Op::Gt, Operand::Scalar(v)) => x > number(v),
+        (Op::Gte, Operand::Scalar(v)) => x >= number(v),
+        _ => false,
+    }
+}
+
+impl Plan {
+    /// The single scan of the entity table that computes every filter leaf:
+    /// column 1 is every row, then one column per filter in `filters`.
+    pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
+        let (position, join) = match self.entity.key_kind {
+            KeyKind::Integer => (format!("e.{}::bigint", ident(&self.entity.key_column)), String::new()),
+            KeyKind::Dictionary => (
+                "k.position".to_string(),
+                format!(
+                    " JOIN segments.entity_key k ON k.entity = {} AND k.key = e.{}::text",
+                    literal(&self.entity.name),
+                    ident(&self.entity.key_column)
+                ),
+            ),
+        };
+        let mut columns = vec![format!("segments.rb_agg({position})")];
+        for &i in filters {
+            if let Leaf::Filter(sql) = &self.leaves[i] {
+                columns.push(format!("segments.rb_agg({position}) FILTER (WHERE {sql})"));
+            }
+        }
+        format!("SELECT {} FROM {} e{join}", columns.join(",\n       "), self.entity.table.relation_sql)
+    }
+
+    pub fn filter_leaves(&self) -> Vec<usize> {
+        (0..self.leaves.len()).filter(|&i| matches!(self.leaves[i], Leaf::Filter(_))).collect()
+    }
+}
+
+/// Parses and compiles one definition on its own, as saving it does.
+pub fn compile_definition(
+    catalog: &dyn Catalog,
+    value: &Value,
+    self_id: Option<i64>,
+    reference_time: &str,
+) -> Result<(Definition, Plan, CompiledSegment), Reported> {
+    let definition = Definition::parse(value)?;
+    let mut planner = Planner::new(catalog, &definition.entity, "entity", reference_time)?;
+    let compiled = planner.add(&definition, self_id)?;
+    check_cycles(catalog, self_id, &compiled.references)?;
+    Ok((definition, planner.finish(), compiled))
+}
+
+/// Refuses a definition whose segment references lead back to `self_id`.
+pub fn check_cycles(catalog: &dyn Catalog, self_id: Option<i64>, references: &[i64]) -> Result<(), Reported> {
+    let Some(self_id) = self_id else { return Ok(()) };
+    let mut stack: Vec<(i64, Vec<String>)> = references.iter().map(|&id| (id, vec![])).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((id, mut trail)) = stack.pop() {
+        let Some(segment) = catalog.segment(&SegmentRef::Id(id)) else { continue };
+        trail.push(segment.name.clone());
+        if id == self_id {
+            return Err(invalid(
+                "rules",
+                format!("segment references form a cycle: this segment -> {}", trail.join(" -> ")),
+            )
+            .into());
+        }
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Ok(definition) = Definition::parse(&segment.definition) {
+            for (_, reference) in definition.segment_refs() {
+                if let Some(target) = catalog.segment(reference) {
+                    stack.push((target.id, trail.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::fixture::customers;
+    use serde_json::json;
+
+    const NOW: &str = "'2026-11-01 00:00:00+00'::timestamptz";
+
+    fn compile(definition: Value) -> Result<(Plan, CompiledSegment), Reported> {
+        let catalog = customers();
+        compile_definition(&catalog, &definition, None, NOW).map(|(_, p, c)| (p, c))
+    }
+
+    fn where_sql(condition: Value) -> String {
+        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": condition}]})).unwrap();
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!("one leaf expected") };
+        match &plan.leaves[*i] {
+            Leaf::Filter(sql) | Leaf::KeySet(sql) => sql.clone(),
+            Leaf::Aggregate { sql, .. } => sql.clone(),
+            Leaf::Segment(id) => format!("segment {id}"),
+        }
+    }
+
+    fn error(definition: Value) -> (String, String, Option<String>) {
+        let e = compile(definition).unwrap_err();
+        (e.error.code().to_string(), e.error.to_string(), e.hint)
+    }
+
+    #[test]
+    fn attribute_operators_compile_to_sql() {
+        let cases = [
+            (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" = 'DE'::text"#),
+            (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"lower(e."country") <> lower('DE'::text)"#),
+            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"e."age" BETWEEN '18'::numeric AND '30'::numeric"#),
+            (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" = ANY (ARRAY['DE'::text, 'FR'::text])"#),
+            (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" <> ALL (ARRAY['DE'::text])"#),
+            (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"strpos(e."country", 'E'::text) > 0"#),
+            (json!({"attribute": "country", "op": "starts_with", "value": "D"}), r#"starts_with(e."country", 'D'::text)"#),
+            (json!({"attribute": "country", "op": "is_null"}), r#"e."country" IS NULL"#),
+            (json!({"attribute": "unsubscribed", "op": "is_false"}), r#"e."unsubscribed" IS FALSE"#),
+            (json!({"attribute": "birth_date", "op": "is_anniversary"}), r#"to_char(e."birth_date", 'MM-DD') = to_char('2026-11-01 00:00:00+00'::timestamptz, 'MM-DD')"#),
+            (json!({"attribute": "signed_up_at", "op": "in_last", "value": "30 days"}),
+             r#"(e."signed_up_at" >= '2026-11-01 00:00:00+00'::timestamptz - '30 days'::interval AND e."signed_up_at" <= '2026-11-01 00:00:00+00'::timestamptz)"#),
+            (json!({"attribute": "birth_date", "op": "before", "value": "2000-01-01"}), r#"e."birth_date" < '2000-01-01'::date"#),
+        ];
+        for (condition, expected) in cases {
+            assert_eq!(where_sql(condition), expected);
+        }
+    }
+
+    #[test]
+    fn attribute_runs_fold_into_one_filter_and_not_is_a_complement() {
+        let sql = where_sql(json!({"all": [
+            {"attribute": "country", "op": "eq", "value": "DE"},
+            {"not": {"attribute": "age", "op": "lt", "value": 18}}]}));
+        assert_eq!(sql, r#"(e."country" = 'DE'::text AND (e."age" < '18'::numeric) IS NOT TRUE)"#);
+    }
+
+    #[test]
+    fn related_conditions_become_key_set_queries() {
+        let sql = where_sql(json!({"related": "orders", "within": "30 days", "where": {"attribute": "status", "op": "eq", "value": "paid"}}));
+        assert_eq!(
+            sql,
+            r#"SELECT segments.rb_agg(r."customer_id"::bigint) FROM "public"."orders" r WHERE (r."status" = 'paid'::text AND (r."ordered_at" >= '2026-11-01 00:00:00+00'::timestamptz - '30 days'::interval AND r."ordered_at" <= '2026-11-01 00:00:00+00'::timestamptz))"#
+        );
+        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
+            {"related": "orders", "aggregate": "count", "op": "lt", "value": 3}}]})).unwrap();
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!() };
+        let Leaf::Aggregate { sql, empty_matches } = &plan.leaves[*i] else { panic!() };
+        assert!(empty_matches, "count < 3 holds for members without orders");
+        assert!(sql.contains("count(*) AS value"), "{sql}");
+        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
+            {"related": "orders", "aggregate": "sum", "attribute": "amount", "op": "gt", "value": 500}}]})).unwrap();
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!() };
+        assert!(matches!(&plan.leaves[*i], Leaf::Aggregate { empty_matches: false, .. }));
+        let none = compile(json!({"entity": "customer", "rules": [{"where": {"related": "orders", "exists": false}}]})).unwrap().1;
+        assert!(matches!(&none.rules[0].body, CompiledBody::Expr(Expr::Not(_))));
+    }
+
+    #[test]
+    fn shared_leaves_are_computed_once() {
+        let catalog = customers();
+        let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+        let de = json!({"entity": "customer", "rules": [{"where": {"attribute": "country", "op": "eq", "value": "DE"}}]});
+        let mixed = json!({"entity": "customer", "rules": [
+            {"where": {"attribute": "country", "op": "eq", "value": "DE"}},
+            {"combine": "intersect", "where": {"segment": "VIP"}}]});
+        planner.add(&Definition::parse(&de).unwrap(), None).unwrap();
+        let second = planner.add(&Definition::parse(&mixed).unwrap(), None).unwrap();
+        let plan = planner.finish();
+        assert_eq!(plan.leaves.len(), 2);
+        assert_eq!(second.references, vec![7]);
+        assert_eq!(plan.filter_leaves(), vec![0]);
+        let scan = plan.entity_scan_sql(&plan.filter_leaves());
+        assert!(scan.starts_with("SELECT segments.rb_agg(e.\"id\"::bigint),"), "{scan}");
+        assert!(scan.contains("FILTER (WHERE e.\"country\" = 'DE'::text)"), "{scan}");
+    }
+
+    #[test]
+    fn catalog_errors_have_sqlstates_paths_and_hints() {
+        let (code, message, hint) = error(json!({"entity": "customer", "rules": [
+            {"where": {"attribute": "age", "op": "gt", "value": 1}},
+            {"combine": "union", "where": {"all": [{"attribute": "contry", "op": "eq", "value": "DE"}]}}]}));
+        assert_eq!(code, "42703");
+        assert_eq!(message, "rules[1].where.all[0]: column \"contry\" does not exist on entity \"customer\"");
+        assert_eq!(hint.as_deref(), Some("Perhaps you meant \"country\"."));
+
+        let (code, message, hint) = error(json!({"entity": "custome", "rules": [{"where": {"attribute": "age", "op": "is_null"}}]}));
+        assert_eq!((code.as_str(), message.as_str()), ("42P01", "entity: entity \"custome\" is not registered"));
+        assert_eq!(hint.as_deref(), Some("Perhaps you meant \"customer\"."));
+
+        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"related": "order", "exists": true}}]}));
+        assert_eq!(code, "42P01");
+        assert!(message.starts_with("rules[0].where.related: related table \"order\" is not registered"), "{message}");
+
+        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"segment": "VIPs"}}]}));
+        assert_eq!((code.as_str(), message.as_str()), ("42P01", "rules[0].where.segment: segment \"VIPs\" does not exist"));
+
+        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "eq", "value": "old"}}]}));
+        assert_eq!(code, "22023");
+        assert_eq!(message, "rules[0].where.value: \"old\" is not a number (column \"age\" is integer)");
+
+        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where":
+            {"related": "orders", "where": {"segment": "VIP"}}}]}));
+        assert_eq!(code, "22023");
+        assert!(message.starts_with("rules[0].where.where: inside \"related\""), "{message}");
+    }
+
+    #[test]
+    fn self_references_and_cycles_are_refused() {
+        let catalog = customers();
+        let own = json!({"entity": "customer", "rules": [{"where": {"segment": 7}}]});
+        let e = compile_definition(&catalog, &own, Some(7), NOW).unwrap_err();
+        assert_eq!(e.error.to_string(), "rules[0].where: a segment cannot refer to itself");
+
+        let mut catalog = customers();
+        catalog.segments.push(crate::catalog::SegmentSummary {
+            id: 8,
+            name: "Loyal".into(),
+            entity: "customer".into(),
+            definition: json!({"entity": "customer", "rules": [{"where": {"segment": 9}}]}),
+        });
+        catalog.segments.push(crate::catalog::SegmentSummary {
+            id: 9,
+            name: "Big".into(),
+            entity: "customer".into(),
+            definition: json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "gt", "value": 1}}]}),
+        });
+        // Saving segment 9 so that it refers to 8 closes 9 -> 8 -> 9.
+        let closing = json!({"entity": "customer", "rules": [{"where": {"segment": "Loyal"}}]});
+        let e = compile_definition(&catalog, &closing, Some(9), NOW).unwrap_err();
+        assert_eq!(e.error.code(), "22023");
+        assert!(e.error.to_string().contains("cycle: this segment -> Loyal -> Big"), "{}", e.error);
+    }
+
+    #[test]
+    fn injection_attempts_stay_inside_literals_and_identifiers() {
+        let sql = where_sql(json!({"attribute": "country", "op": "eq", "value": "x'); DROP TABLE customers; --"}));
+        assert_eq!(sql, r#"e."country" = 'x''); DROP TABLE customers; --'::text"#);
+        let sql = where_sql(json!({"attribute": "country", "op": "contains", "value": "\\'; --"}));
+        assert_eq!(sql, r#"strpos(e."country", E'\\''; --'::text) > 0"#);
+        let (code, _, _) = error(json!({"entity": "customer", "rules": [{"where":
+            {"attribute": "country\"; DROP TABLE customers; --", "op": "is_null"}}]}));
+        assert_eq!(code, "42703");
+    }
+}

@@ -1,0 +1,132 @@
+//! The one error type of the extension. Every variant knows its SQLSTATE, so
+//! a user (or a client library) can tell a bad definition from a missing
+//! column from a refused delete without parsing messages.
+
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SegmentsError {
+    /// A definition or argument that is malformed (22023).
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// A column that does not exist (42703).
+    #[error("{0}")]
+    UndefinedColumn(String),
+    /// An entity, related table or segment that does not exist (42P01).
+    #[error("{0}")]
+    UndefinedTable(String),
+    /// A named object that does not exist, e.g. a segment id given to a function (42704).
+    #[error("{0}")]
+    UndefinedObject(String),
+    /// A name that is already taken (42710).
+    #[error("{0}")]
+    DuplicateObject(String),
+    /// Something else depends on the object (2BP01).
+    #[error("{0}")]
+    DependentObjects(String),
+    /// The caller's role may not do this (42501).
+    #[error("{0}")]
+    InsufficientPrivilege(String),
+    /// A configured limit would be passed (54000).
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The object is busy, e.g. a refresh is already running (55006).
+    #[error("{0}")]
+    ObjectInUse(String),
+    /// The request contradicts the object's state (55000).
+    #[error("{0}")]
+    InvalidState(String),
+}
+
+/// An error with a hint for the user ("Perhaps you meant ...").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    pub error: SegmentsError,
+    pub hint: Option<String>,
+}
+
+impl SegmentsError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            SegmentsError::InvalidParameter(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SegmentsError::UndefinedColumn(_) => ERRCODE_UNDEFINED_COLUMN,
+            SegmentsError::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
+            SegmentsError::UndefinedObject(_) => ERRCODE_UNDEFINED_OBJECT,
+            SegmentsError::DuplicateObject(_) => ERRCODE_DUPLICATE_OBJECT,
+            SegmentsError::DependentObjects(_) => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            SegmentsError::InsufficientPrivilege(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            SegmentsError::LimitExceeded(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            SegmentsError::ObjectInUse(_) => ERRCODE_OBJECT_IN_USE,
+            SegmentsError::InvalidState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        }
+    }
+
+    /// The five-character SQLSTATE, for tests and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SegmentsError::InvalidParameter(_) => "22023",
+            SegmentsError::UndefinedColumn(_) => "42703",
+            SegmentsError::UndefinedTable(_) => "42P01",
+            SegmentsError::UndefinedObject(_) => "42704",
+            SegmentsError::DuplicateObject(_) => "42710",
+            SegmentsError::DependentObjects(_) => "2BP01",
+            SegmentsError::InsufficientPrivilege(_) => "42501",
+            SegmentsError::LimitExceeded(_) => "54000",
+            SegmentsError::ObjectInUse(_) => "55006",
+            SegmentsError::InvalidState(_) => "55000",
+        }
+    }
+
+    pub fn with_hint(self, hint: Option<String>) -> Reported {
+        Reported { error: self, hint }
+    }
+
+    /// Raises the error in Postgres: the current transaction is aborted.
+    pub fn raise(self) -> ! {
+        Reported { error: self, hint: None }.raise()
+    }
+}
+
+impl From<SegmentsError> for Reported {
+    fn from(error: SegmentsError) -> Self {
+        Reported { error, hint: None }
+    }
+}
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)
+    }
+}
+
+impl Reported {
+    pub fn raise(self) -> ! {
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(
+            self.error.sqlstate(),
+            self.error.to_string(),
+            "segments",
+        );
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(pgrx::pg_sys::elog::PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+pub type Result<T, E = Reported> = std::result::Result<T, E>;
+
+/// `result.or_raise()` turns an error into a Postgres ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T, E: Into<Reported>> OrRaise<T> for std::result::Result<T, E> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(value) => value,
+            Err(error) => error.into().raise(),
+        }
+    }
+}
