@@ -5,30 +5,46 @@
 //! - `catalog`: what the compiler knows of entities, columns and segments
 //! - `compile`: definitions to SQL leaves and bitmap algebra
 //! - `bitmap`: Roaring memberships, the `rb_agg` aggregate, rule counts
+//! - `evaluate`: running a plan's queries, evaluating segments
+//! - `entity`: registering entities and related tables, members views
+//! - `segment`: the segment catalog and its lifecycle trigger
+//! - `refresh`: the refresh engine
+//! - `inspect`: rule counts, estimates, explain
+//! - `settings`: every `segments.*` setting
+//! - `txn`: subtransactions and running as a segment's owner
 //! - `error`: the one error type and its SQLSTATEs
 
 pub mod bitmap;
 pub mod catalog;
 pub mod compile;
 pub mod definition;
+pub mod entity;
 pub mod error;
+pub mod evaluate;
+pub mod inspect;
+pub mod refresh;
+pub mod segment;
+pub mod settings;
 pub mod sql;
 pub mod suggest;
+pub mod txn;
 pub mod validate;
+
+#[cfg(feature = "pg_test")]
+mod pg_tests;
 
 ::pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schema"]);
+pgrx::extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["schema", segment::_check_definition]);
+pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
-#[cfg(feature = "pg_test")]
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    #[pg_test]
-    fn test_schema_exists() {
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM pg_tables WHERE schemaname = 'segments'").unwrap();
-        assert!(n.unwrap() >= 4);
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        settings::register_preload();
     }
 }
 

@@ -1,0 +1,213 @@
+//! Entities (the tables segments group) and their related tables, and the
+//! typed `segments.<entity>_members` view that BI tools read.
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::{JsonB, PgRelation};
+
+use crate::bitmap::key_of;
+use crate::catalog::{spi, Catalog, KeyKind, SpiCatalog, Table};
+use crate::compile::Planner;
+use crate::error::{OrRaise, Reported, SegmentsError};
+use crate::evaluate::{reference_time_sql, stored_members};
+use crate::sql::{ident, literal};
+use crate::suggest::closest;
+
+fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SegmentsError::InvalidParameter(format!(
+            "{what} name \"{name}\" must be 1 to {max} lowercase letters, digits or underscores, starting with a letter"
+        )))
+    }
+}
+
+fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
+    SegmentsError::UndefinedColumn(format!("column \"{column}\" does not exist on {owner}"))
+        .with_hint(closest(column, table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+}
+
+fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
+    let row = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT atttypid, format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
+         WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+        &[relation.into(), column.into()],
+    );
+    let (oid, type_sql) = spi(row);
+    (oid.unwrap_or(pg_sys::InvalidOid), type_sql.unwrap_or_default())
+}
+
+pub fn members_view_name(entity: &str) -> String {
+    format!("{entity}_members")
+}
+
+/// `segments.<entity>_members`: segment_id, segment_name, then every column
+/// of the entity table. `security_invoker` makes the reader's own
+/// privileges on the entity table apply.
+fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: KeyKind, key_type_sql: &str) -> String {
+    let join = match key_kind {
+        KeyKind::Integer => format!("JOIN {} e ON e.{} = m.position", table.relation_sql, ident(key_column)),
+        KeyKind::Dictionary => format!(
+            "JOIN segments.entity_key k ON k.entity = {} AND k.position = m.position\n  \
+             JOIN {} e ON e.{} = k.key::{key_type_sql}",
+            literal(entity),
+            table.relation_sql,
+            ident(key_column)
+        ),
+    };
+    format!(
+        "CREATE VIEW segments.{} WITH (security_invoker = true) AS\n\
+         SELECT s.id AS segment_id, s.name AS segment_name, e.*\n  \
+         FROM segments.segment s\n  \
+         CROSS JOIN LATERAL segments.member_positions(s.id) AS m(position)\n  \
+         {join}\n WHERE s.entity = {}",
+        ident(&members_view_name(entity)),
+        literal(entity)
+    )
+}
+
+fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, eligible: Option<serde_json::Value>) -> Result<(), Reported> {
+    check_name("entity", entity, 40)?;
+    if SpiCatalog.entity(entity).is_some() {
+        return Err(SegmentsError::DuplicateObject(format!("entity \"{entity}\" is already registered")).into());
+    }
+    let table = SpiCatalog::table(relation);
+    if table.column(key_column).is_none() {
+        return Err(column_error(&table, key_column, &format!("relation {}", table.relation_sql)));
+    }
+    if table.columns.iter().any(|c| c.name == "segment_id" || c.name == "segment_name") {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "relation {} has a column named segment_id or segment_name, which the members view needs for itself",
+            table.relation_sql
+        ))
+        .into());
+    }
+    let (type_oid, key_type_sql) = key_type_oid(relation, key_column);
+    let key_kind = KeyKind::for_type(type_oid.to_u32()).ok_or_else(|| {
+        SegmentsError::InvalidParameter(format!(
+            "key column \"{key_column}\" is of type {key_type_sql}; keys must be integer, bigint, smallint, uuid or text"
+        ))
+    })?;
+    spi(Spi::run_with_args(
+        "INSERT INTO segments.entity (name, relation, key_column, key_kind, key_type, eligible) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5::oid::regtype, $6)",
+        &[
+            entity.into(),
+            relation.into(),
+            key_column.into(),
+            key_kind.as_str().into(),
+            type_oid.into(),
+            eligible.map(JsonB).into(),
+        ],
+    ));
+    // Compiling the eligible condition checks it against the columns.
+    Planner::new(&SpiCatalog, entity, "entity", &reference_time_sql())?;
+    spi(Spi::run(&members_view_sql(entity, &table, key_column, key_kind, &key_type_sql)));
+    spi(Spi::run(&format!(
+        "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
+        ident(&members_view_name(entity))
+    )));
+    Ok(())
+}
+
+/// Registers a table whose rows segments group.
+#[pg_extern]
+fn register_entity(
+    entity: &str,
+    relation: PgRelation,
+    key_column: &str,
+    eligible: default!(Option<JsonB>, "NULL"),
+) {
+    register_entity_impl(entity, relation.oid(), key_column, eligible.map(|j| j.0)).or_raise()
+}
+
+fn register_related_impl(
+    entity: &str,
+    name: &str,
+    relation: pg_sys::Oid,
+    foreign_key: &str,
+    time_column: Option<&str>,
+) -> Result<(), Reported> {
+    check_name("related table", name, 63)?;
+    let owner = SpiCatalog.entity(entity).ok_or_else(|| {
+        let names = SpiCatalog.entity_names();
+        SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered"))
+            .with_hint(closest(entity, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
+    })?;
+    if owner.related(name).is_some() {
+        return Err(SegmentsError::DuplicateObject(format!(
+            "related table \"{name}\" is already registered for entity \"{entity}\""
+        ))
+        .into());
+    }
+    let table = SpiCatalog::table(relation);
+    let what = format!("relation {}", table.relation_sql);
+    if table.column(foreign_key).is_none() {
+        return Err(column_error(&table, foreign_key, &what));
+    }
+    if let Some(time_column) = time_column {
+        let column = table.column(time_column).ok_or_else(|| column_error(&table, time_column, &what))?;
+        if !column.kind.is_temporal() {
+            return Err(SegmentsError::InvalidParameter(format!(
+                "time column \"{time_column}\" is {}; it must be a date, timestamp or timestamptz",
+                column.type_sql
+            ))
+            .into());
+        }
+    }
+    spi(Spi::run_with_args(
+        "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column) VALUES ($1, $2, $3::oid::regclass, $4, $5)",
+        &[entity.into(), name.into(), relation.into(), foreign_key.into(), time_column.into()],
+    ));
+    Ok(())
+}
+
+/// Registers a one-to-many table of an entity (orders, email events...).
+#[pg_extern]
+fn register_related(
+    entity: &str,
+    name: &str,
+    relation: PgRelation,
+    foreign_key: &str,
+    time_column: default!(Option<&str>, "NULL"),
+) {
+    register_related_impl(entity, name, relation.oid(), foreign_key, time_column).or_raise()
+}
+
+fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
+    if SpiCatalog.entity(entity).is_none() {
+        return Err(SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).into());
+    }
+    let users = spi(Spi::get_one_with_args::<String>(
+        "SELECT string_agg(format('%s (%s)', name, id), ', ' ORDER BY name) FROM segments.segment WHERE entity = $1",
+        &[entity.into()],
+    ));
+    if let Some(users) = users {
+        return Err(SegmentsError::DependentObjects(format!(
+            "entity \"{entity}\" is used by segments: {users}"
+        ))
+        .with_hint(Some("Delete those segments first with segments.delete().".into())));
+    }
+    spi(Spi::run(&format!("DROP VIEW IF EXISTS segments.{}", ident(&members_view_name(entity)))));
+    spi(Spi::run_with_args("DELETE FROM segments.entity WHERE name = $1", &[entity.into()]));
+    Ok(())
+}
+
+/// Removes an entity registration; refused while segments use it.
+#[pg_extern]
+fn unregister_entity(entity: &str) {
+    unregister_entity_impl(entity).or_raise()
+}
+
+/// The bitmap positions of a segment's members (integer keys are their own
+/// positions). The members views join these to the entity table.
+#[pg_extern(stable, parallel_safe)]
+fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
+    let members = stored_members(segment);
+    SetOfIterator::new(members.into_iter().map(key_of))
+}

@@ -1,0 +1,157 @@
+//! Runs a plan's queries and evaluates segments over the resulting bitmaps.
+//! One scan of the entity table computes every attribute filter of every
+//! segment in the plan; each related-table leaf is one query; segment
+//! references read stored (or just computed) memberships.
+
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use crate::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
+use crate::catalog::{spi, KeyKind};
+use crate::compile::{CompiledSegment, Leaf, Plan};
+use crate::sql::{ident, literal};
+
+/// Postgres allows 1664 target columns; stay well below.
+const FILTERS_PER_SCAN: usize = 500;
+
+/// The bitmaps of a plan's leaves. Segment leaves are filled per segment,
+/// since they depend on the order in which a refresh computes segments.
+pub struct LeafValues {
+    pub all_rows: Members,
+    pub universe: Members,
+    pub leaves: Vec<Members>,
+}
+
+/// The reference time of this evaluation, as a timestamptz SQL literal:
+/// `segments.reference_time` when set, else the transaction's `now()`.
+pub fn reference_time_sql() -> String {
+    let text = Spi::get_one::<String>(
+        "SELECT coalesce(nullif(current_setting('segments.reference_time', true), '')::timestamptz, now())::text",
+    );
+    let text = spi(text).unwrap_or_else(|| error!("segments: could not read the reference time"));
+    format!("{}::timestamptz", literal(&text))
+}
+
+fn bitmap_of(value: Option<Vec<u8>>) -> Members {
+    match value {
+        None => Members::new(),
+        Some(bytes) => deserialize(&bytes).unwrap_or_else(|e| error!("segments: corrupt bitmap: {e}")),
+    }
+}
+
+/// Gives every key of a dictionary-keyed entity a bitmap position.
+pub fn sync_dictionary(plan: &Plan) {
+    if plan.entity.key_kind != KeyKind::Dictionary {
+        return;
+    }
+    let sql = format!(
+        "INSERT INTO segments.entity_key (entity, key) SELECT {}, e.{}::text FROM {} e \
+         WHERE e.{} IS NOT NULL ON CONFLICT (entity, key) DO NOTHING",
+        literal(&plan.entity.name),
+        ident(&plan.entity.key_column),
+        plan.entity.table.relation_sql,
+        ident(&plan.entity.key_column),
+    );
+    spi(Spi::run(&sql));
+}
+
+/// Every query the plan runs, in order, for `explain`.
+pub fn plan_queries(plan: &Plan) -> Vec<String> {
+    let filters = plan.filter_leaves();
+    let mut queries: Vec<String> = if filters.is_empty() {
+        vec![plan.entity_scan_sql(&[])]
+    } else {
+        filters.chunks(FILTERS_PER_SCAN).map(|chunk| plan.entity_scan_sql(chunk)).collect()
+    };
+    for leaf in &plan.leaves {
+        match leaf {
+            Leaf::Filter(_) => {}
+            Leaf::KeySet(sql) => queries.push(sql.clone()),
+            Leaf::Aggregate { sql, .. } => queries.push(sql.clone()),
+            Leaf::Segment(id) => {
+                queries.push(format!("SELECT members FROM segments.membership WHERE segment_id = {id}"))
+            }
+        }
+    }
+    queries
+}
+
+/// Runs every query of the plan except segment references.
+pub fn compute_leaves(plan: &Plan) -> LeafValues {
+    sync_dictionary(plan);
+    let mut leaves = vec![Members::new(); plan.leaves.len()];
+    let filters = plan.filter_leaves();
+    let mut all_rows = None;
+    let chunks: Vec<&[usize]> = if filters.is_empty() { vec![&[]] } else { filters.chunks(FILTERS_PER_SCAN).collect() };
+    Spi::connect(|client| {
+        for chunk in chunks {
+            let sql = plan.entity_scan_sql(chunk);
+            let table = spi(client.select(&sql, Some(1), &[]));
+            let row = table.first();
+            if all_rows.is_none() {
+                all_rows = Some(bitmap_of(spi(row.get::<Vec<u8>>(1))));
+            }
+            for (column, &leaf) in chunk.iter().enumerate() {
+                leaves[leaf] = bitmap_of(spi(row.get::<Vec<u8>>(column + 2)));
+            }
+        }
+    });
+    let all_rows = all_rows.unwrap_or_default();
+    Spi::connect(|client| {
+        for (i, leaf) in plan.leaves.iter().enumerate() {
+            match leaf {
+                Leaf::KeySet(sql) => {
+                    let row = spi(client.select(sql, Some(1), &[])).first();
+                    leaves[i] = bitmap_of(spi(row.get::<Vec<u8>>(1)));
+                }
+                Leaf::Aggregate { sql, empty_matches } => {
+                    let row = spi(client.select(sql, Some(1), &[])).first();
+                    let mut matching = bitmap_of(spi(row.get::<Vec<u8>>(1)));
+                    if *empty_matches {
+                        let with_rows = bitmap_of(spi(row.get::<Vec<u8>>(2)));
+                        matching |= &all_rows - &with_rows;
+                    }
+                    leaves[i] = matching;
+                }
+                Leaf::Filter(_) | Leaf::Segment(_) => {}
+            }
+        }
+    });
+    let mut values = LeafValues { all_rows: all_rows.clone(), universe: all_rows, leaves };
+    if let Some(eligible) = &plan.eligible {
+        fill_segment_leaves(plan, &mut values, &HashMap::new());
+        values.universe = evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows;
+    }
+    values
+}
+
+/// The stored membership of a segment (empty before its first refresh).
+pub fn stored_members(segment_id: i64) -> Members {
+    let bytes = Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT members FROM segments.membership WHERE segment_id = $1",
+        &[segment_id.into()],
+    );
+    bitmap_of(spi(bytes))
+}
+
+/// Fills segment leaves: from `fresh` when that segment was just computed
+/// in the same refresh, else from its stored membership.
+pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap<i64, Members>) {
+    for (i, leaf) in plan.leaves.iter().enumerate() {
+        if let Leaf::Segment(id) = leaf {
+            values.leaves[i] = match fresh.get(id) {
+                Some(members) => members.clone(),
+                None => stored_members(*id),
+            };
+        }
+    }
+}
+
+/// The members of one compiled segment and the counts of its rules.
+pub fn evaluate_segment(segment: &CompiledSegment, values: &LeafValues) -> (Members, Vec<RuleCount>) {
+    let mut counts = Vec::new();
+    let members = evaluate_rules(&segment.rules, &values.leaves, &values.all_rows, &values.universe, &mut counts);
+    (members, counts)
+}

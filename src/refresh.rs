@@ -1,0 +1,316 @@
+//! The refresh engine. Segments of one entity and one owner share a plan,
+//! so one scan of the entity table decides all their attribute conditions.
+//! Segments that read other segments run after them. Each segment's
+//! outcome is its own: a failing one keeps its old membership and is
+//! marked failed, the others go on.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::bitmap::{serialize, Members, RuleCount};
+use crate::catalog::{spi, SpiCatalog};
+use crate::compile::{check_cycles, CompiledSegment, Planner};
+use crate::definition::Definition;
+use crate::error::{OrRaise, Reported, SegmentsError};
+use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, LeafValues};
+use crate::txn::{as_role, in_subtransaction};
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: i64,
+    pub entity: String,
+    pub owner: pg_sys::Oid,
+    pub active: bool,
+    pub definition: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub segment_id: i64,
+    pub status: &'static str,
+    pub member_count: Option<i64>,
+    pub entered: Option<i64>,
+    pub exited: Option<i64>,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// Loads and locks the segments to refresh: the given ids, or every active
+/// segment. Row locks make a second refresh of the same segment wait for
+/// the first, and an edit wait for a running refresh.
+fn load_targets(ids: Option<&[i64]>) -> Result<Vec<Target>, Reported> {
+    if let Some(ids) = ids {
+        let missing = spi(Spi::get_one_with_args::<String>(
+            "SELECT string_agg(i::text, ', ') FROM unnest($1::bigint[]) AS i \
+             WHERE NOT EXISTS (SELECT FROM segments.segment s WHERE s.id = i)",
+            &[ids.to_vec().into()],
+        ));
+        if let Some(missing) = missing {
+            return Err(SegmentsError::UndefinedObject(format!("segment {missing} does not exist")).into());
+        }
+    }
+    let sql = "SELECT id, entity, owner::oid, state = 'active', definition FROM segments.segment \
+               WHERE CASE WHEN $1::bigint[] IS NULL THEN state = 'active' ELSE id = ANY ($1) END \
+               ORDER BY id FOR NO KEY UPDATE";
+    Ok(Spi::connect(|client| {
+        spi(client.select(sql, None, &[ids.map(|i| i.to_vec()).into()]))
+            .map(|row| Target {
+                id: spi(row.get(1)).unwrap(),
+                entity: spi(row.get(2)).unwrap(),
+                owner: spi(row.get(3)).unwrap(),
+                active: spi(row.get(4)).unwrap(),
+                definition: spi(row.get::<JsonB>(5)).map(|j| j.0).unwrap_or(Value::Null),
+            })
+            .collect()
+    }))
+}
+
+/// Orders targets so that a segment comes after the segments it reads.
+pub fn dependency_order(targets: &[Target]) -> Vec<usize> {
+    let ids: HashMap<i64, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    let names: HashMap<String, i64> = spi_names(targets);
+    let reads: Vec<Vec<usize>> = targets
+        .iter()
+        .map(|t| match Definition::parse(&t.definition) {
+            Ok(d) => d
+                .segment_refs()
+                .into_iter()
+                .filter_map(|(_, r)| match r {
+                    crate::definition::SegmentRef::Id(id) => ids.get(id).copied(),
+                    crate::definition::SegmentRef::Name(n) => names.get(n).and_then(|id| ids.get(id)).copied(),
+                })
+                .collect(),
+            Err(_) => vec![],
+        })
+        .collect();
+    let mut order = Vec::with_capacity(targets.len());
+    let mut state = vec![0u8; targets.len()]; // 0 new, 1 visiting, 2 done
+    fn visit(i: usize, reads: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>) {
+        if state[i] != 0 {
+            return; // done, or a cycle (refused at save time; evaluated as stored)
+        }
+        state[i] = 1;
+        for &j in &reads[i] {
+            visit(j, reads, state, order);
+        }
+        state[i] = 2;
+        order.push(i);
+    }
+    for i in 0..targets.len() {
+        visit(i, &reads, &mut state, &mut order);
+    }
+    order
+}
+
+fn spi_names(targets: &[Target]) -> HashMap<String, i64> {
+    if targets.is_empty() {
+        return HashMap::new();
+    }
+    let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
+    Spi::connect(|client| {
+        spi(client.select("SELECT name, id FROM segments.segment WHERE id = ANY ($1)", None, &[ids.into()]))
+            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<i64>(2)).unwrap()))
+            .collect()
+    })
+}
+
+/// A set of segments sharing one plan (same entity, same owner).
+struct Group {
+    owner: pg_sys::Oid,
+    plan: Option<crate::compile::Plan>,
+    compiled: HashMap<i64, Result<CompiledSegment, String>>,
+    values: Option<Result<LeafValues, String>>,
+    compute_time: Duration,
+}
+
+fn compile_one(planner: &mut Planner, target: &Target) -> Result<CompiledSegment, Reported> {
+    let definition = Definition::parse(&target.definition)?;
+    let compiled = planner.add(&definition, Some(target.id))?;
+    check_cycles(&SpiCatalog, Some(target.id), &compiled.references)?;
+    Ok(compiled)
+}
+
+fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys::Oid), Group> {
+    let mut groups: HashMap<(String, pg_sys::Oid), Group> = HashMap::new();
+    let mut planners: HashMap<(String, pg_sys::Oid), Result<Planner, String>> = HashMap::new();
+    for target in targets.iter().filter(|t| t.active) {
+        let key = (target.entity.clone(), target.owner);
+        let planner = planners
+            .entry(key.clone())
+            .or_insert_with(|| Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(|e| e.to_string()));
+        let group = groups.entry(key).or_insert_with(|| Group {
+            owner: target.owner,
+            plan: None,
+            compiled: HashMap::new(),
+            values: None,
+            compute_time: Duration::ZERO,
+        });
+        let compiled = match planner {
+            Ok(planner) => compile_one(planner, target).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        group.compiled.insert(target.id, compiled);
+    }
+    for (key, planner) in planners {
+        if let (Ok(planner), Some(group)) = (planner, groups.get_mut(&key)) {
+            group.plan = Some(planner.finish());
+        }
+    }
+    groups
+}
+
+/// Computes a plan's leaves as `owner`, in a subtransaction.
+fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<LeafValues, String> {
+    let plan = AssertUnwindSafe(plan);
+    in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
+}
+
+/// Evaluates one target on its own plan: used when the shared plan of its
+/// group failed, to find out which segment is at fault.
+fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), String> {
+    let mut planner = Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(|e| e.to_string())?;
+    let compiled = compile_one(&mut planner, target).map_err(|e| e.to_string())?;
+    let plan = planner.finish();
+    let mut values = compute_as(target.owner, &plan)?;
+    fill_segment_leaves(&plan, &mut values, fresh);
+    Ok(evaluate_segment(&compiled, &values))
+}
+
+fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (i64, i64) {
+    let old = stored_members(id);
+    let entered = (members - &old).len() as i64;
+    let exited = (&old - members).len() as i64;
+    let count = members.len() as i64;
+    spi(Spi::run_with_args(
+        "INSERT INTO segments.membership (segment_id, members, member_count, refreshed_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (segment_id) DO UPDATE SET members = EXCLUDED.members, member_count = EXCLUDED.member_count, \
+         refreshed_at = EXCLUDED.refreshed_at",
+        &[id.into(), serialize(members).into(), count.into()],
+    ));
+    let counts = serde_json::to_value(counts).expect("rule counts serialize");
+    spi(Spi::run_with_args(
+        "UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
+         last_error = NULL, rule_counts = $3 WHERE id = $1",
+        &[id.into(), count.into(), JsonB(counts).into()],
+    ));
+    (entered, exited)
+}
+
+fn store_status(id: i64, status: &str, error: Option<&str>) {
+    spi(Spi::run_with_args(
+        "UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error) WHERE id = $1",
+        &[id.into(), status.into(), error.into()],
+    ));
+}
+
+/// Refreshes the given segments (or every active one) and reports each.
+pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
+    let targets = load_targets(ids)?;
+    let reference = reference_time_sql();
+    let mut groups = build_groups(&targets, &reference);
+    let mut fresh: HashMap<i64, Members> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(targets.len());
+    let mut failed: HashSet<i64> = HashSet::new();
+
+    for i in dependency_order(&targets) {
+        let target = &targets[i];
+        let started = Instant::now();
+        if !target.active {
+            store_status(target.id, "skipped", None);
+            outcomes.push(Outcome {
+                segment_id: target.id,
+                status: "skipped",
+                member_count: None,
+                entered: None,
+                exited: None,
+                duration: started.elapsed(),
+                error: None,
+            });
+            continue;
+        }
+        let group = groups.get_mut(&(target.entity.clone(), target.owner)).expect("every active target has a group");
+        let mut shared_time = Duration::ZERO;
+        if group.values.is_none() {
+            let compute_started = Instant::now();
+            group.values = Some(match &group.plan {
+                Some(plan) => compute_as(group.owner, plan),
+                None => Err("no plan".into()),
+            });
+            group.compute_time = compute_started.elapsed();
+        }
+        shared_time += group.compute_time / group.compiled.len().max(1) as u32;
+        let result = match (group.compiled.get(&target.id), group.values.as_mut(), group.plan.as_ref()) {
+            (Some(Err(e)), _, _) => Err(e.clone()),
+            (Some(Ok(compiled)), Some(Ok(values)), Some(plan)) => {
+                fill_segment_leaves(plan, values, &fresh);
+                Ok(evaluate_segment(compiled, values))
+            }
+            _ => evaluate_alone(target, &reference, &fresh),
+        };
+        let outcome = match result {
+            Ok((members, counts)) => {
+                let (entered, exited) = store_success(target.id, &members, &counts);
+                let count = members.len() as i64;
+                fresh.insert(target.id, members);
+                Outcome {
+                    segment_id: target.id,
+                    status: "succeeded",
+                    member_count: Some(count),
+                    entered: Some(entered),
+                    exited: Some(exited),
+                    duration: started.elapsed() + shared_time,
+                    error: None,
+                }
+            }
+            Err(message) => {
+                failed.insert(target.id);
+                store_status(target.id, "failed", Some(&message));
+                Outcome {
+                    segment_id: target.id,
+                    status: "failed",
+                    member_count: None,
+                    entered: None,
+                    exited: None,
+                    duration: started.elapsed() + shared_time,
+                    error: Some(message),
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    outcomes.sort_by_key(|o| o.segment_id);
+    Ok(outcomes)
+}
+
+fn interval_of(duration: Duration) -> pgrx::datum::Interval {
+    pgrx::datum::Interval::new(0, 0, duration.as_micros() as i64).unwrap_or_else(|_| error!("duration out of range"))
+}
+
+
+/// Refreshes segments now: the given ids, or every active segment (NULL).
+#[pg_extern]
+fn refresh(
+    segments: default!(Option<Vec<i64>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(segment_id, i64),
+        name!(status, String),
+        name!(member_count, Option<i64>),
+        name!(entered, Option<i64>),
+        name!(exited, Option<i64>),
+        name!(duration, pgrx::datum::Interval),
+        name!(error, Option<String>),
+    ),
+> {
+    let outcomes = refresh_segments(segments.as_deref()).or_raise();
+    TableIterator::new(outcomes.into_iter().map(|o| {
+        (o.segment_id, o.status.to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
+    }))
+}
