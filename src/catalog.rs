@@ -365,3 +365,19 @@ impl Catalog for SpiCatalog {
 fn names(sql: &str) -> Vec<String> {
     pgrx::spi::Spi::connect(|client| spi(client.select(sql, None, &[])).filter_map(|row| spi(row.get(1))).collect())
 }
+
+/// The first column of the first row of a query, or None when it returns
+/// no row (pgrx's `get_one` treats that as an error).
+pub fn optional_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<T> {
+    pgrx::spi::Spi::connect(|client| {
+        let table = spi(client.select(sql, Some(1), args));
+        if table.is_empty() {
+            None
+        } else {
+            spi(table.first().get::<T>(1))
+        }
+    })
+}

@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use crate::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
-use crate::catalog::{spi, KeyKind};
+use crate::catalog::{optional_value, spi, KeyKind};
 use crate::compile::{CompiledSegment, Leaf, Plan};
 use crate::sql::{ident, literal};
 
@@ -129,11 +129,10 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
 
 /// The stored membership of a segment (empty before its first refresh).
 pub fn stored_members(segment_id: i64) -> Members {
-    let bytes = Spi::get_one_with_args::<Vec<u8>>(
+    bitmap_of(optional_value::<Vec<u8>>(
         "SELECT members FROM segments.membership WHERE segment_id = $1",
         &[segment_id.into()],
-    );
-    bitmap_of(spi(bytes))
+    ))
 }
 
 /// Fills segment leaves: from `fresh` when that segment was just computed

@@ -26,10 +26,18 @@ fn rows(counts: Vec<RuleCount>) -> TableIterator<'static, CountRow> {
 }
 
 fn segment_definition(segment: i64) -> Result<(serde_json::Value, Option<serde_json::Value>), Reported> {
-    let row = spi(Spi::get_two_with_args::<JsonB, JsonB>(
-        "SELECT definition, rule_counts FROM segments.segment WHERE id = $1",
-        &[segment.into()],
-    ));
+    let row = Spi::connect(|client| {
+        let table = spi(client.select(
+            "SELECT definition, rule_counts FROM segments.segment WHERE id = $1",
+            Some(1),
+            &[segment.into()],
+        ));
+        if table.is_empty() {
+            return (None, None);
+        }
+        let row = table.first();
+        (spi(row.get::<JsonB>(1)), spi(row.get::<JsonB>(2)))
+    });
     match row {
         (Some(definition), counts) => Ok((definition.0, counts.map(|c| c.0))),
         (None, _) => Err(SegmentsError::UndefinedObject(format!("segment {segment} does not exist")).into()),

@@ -19,7 +19,7 @@ use crate::compile::{check_cycles, CompiledSegment, Planner};
 use crate::definition::Definition;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, LeafValues};
-use crate::txn::{as_role, in_subtransaction};
+use crate::txn::{as_role, in_subtransaction, writing_transaction};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -58,8 +58,8 @@ fn load_targets(ids: Option<&[i64]>) -> Result<Vec<Target>, Reported> {
     let sql = "SELECT id, entity, owner::oid, state = 'active', definition FROM segments.segment \
                WHERE CASE WHEN $1::bigint[] IS NULL THEN state = 'active' ELSE id = ANY ($1) END \
                ORDER BY id FOR NO KEY UPDATE";
-    Ok(Spi::connect(|client| {
-        spi(client.select(sql, None, &[ids.map(|i| i.to_vec()).into()]))
+    Ok(Spi::connect_mut(|client| {
+        spi(client.update(sql, None, &[ids.map(|i| i.to_vec()).into()]))
             .map(|row| Target {
                 id: spi(row.get(1)).unwrap(),
                 entity: spi(row.get(2)).unwrap(),
@@ -211,6 +211,7 @@ fn store_status(id: i64, status: &str, error: Option<&str>) {
 
 /// Refreshes the given segments (or every active one) and reports each.
 pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
+    writing_transaction();
     let targets = load_targets(ids)?;
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);

@@ -7,7 +7,7 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::catalog::{spi, SpiCatalog};
+use crate::catalog::{optional_value, spi, SpiCatalog};
 use crate::compile::compile_definition;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::reference_time_sql;
@@ -43,7 +43,7 @@ pub fn create_segment_impl(
     active: bool,
 ) -> Result<i64, Reported> {
     check_type(kind)?;
-    let taken = spi(Spi::get_one_with_args::<i64>("SELECT id FROM segments.segment WHERE name = $1", &[name.into()]));
+    let taken = optional_value::<i64>("SELECT id FROM segments.segment WHERE name = $1", &[name.into()]);
     if let Some(id) = taken {
         return Err(SegmentsError::DuplicateObject(format!("a segment named \"{name}\" already exists (id {id})")).into());
     }

@@ -35,6 +35,15 @@ pub fn error_text(error: &CaughtError) -> String {
     }
 }
 
+/// Makes SPI statements of this transaction read-write, so each sees the
+/// effects of the ones before it (pgrx runs them read-only until the
+/// transaction has an xid).
+pub fn writing_transaction() {
+    unsafe {
+        pg_sys::GetCurrentTransactionId();
+    }
+}
+
 /// Runs `f` in a subtransaction. On an error, everything `f` wrote is rolled
 /// back and the error's message is returned; the outer transaction goes on.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
@@ -42,6 +51,10 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         let outer_context = pg_sys::CurrentMemoryContext;
         let outer_owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        // pgrx runs SPI read-only (no new snapshot per statement) while the
+        // current (sub)transaction has no xid; work here may write and must
+        // see its own writes.
+        pg_sys::GetCurrentTransactionId();
         // Results must outlive the subtransaction's memory context.
         pg_sys::MemoryContextSwitchTo(outer_context);
         let result = PgTryBuilder::new(|| Ok(f())).catch_others(|e| Err(error_text(&e))).execute();
