@@ -1,0 +1,93 @@
+//! Layer-3 harness: a real PostgreSQL 15 cluster, started with the settings
+//! a test asks for (by `scripts/cluster.sh`, as the `postgres` OS user when
+//! run as root), handed to the test as connection strings, and always
+//! stopped and removed when the `Cluster` is dropped, even if the test panics.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Cluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("could not run {command:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{command:?} failed:\n{text}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl Cluster {
+    /// Starts a new cluster; `settings` are `name=value` lines for
+    /// postgresql.conf, e.g. `shared_preload_libraries=segments`.
+    pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("segments-it-{name}-{}-{n}", std::process::id()));
+        // Each cluster has its own socket directory, so ports never collide.
+        let port = 55500 + (n % 100) as u16;
+        let cluster = Cluster { dir, port };
+        cluster.script(&["destroy", cluster.dir_str()]);
+        let port_text = port.to_string();
+        let mut args = vec!["start", cluster.dir_str(), port_text.as_str()];
+        args.extend_from_slice(settings);
+        cluster.script(&args);
+        cluster
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.to_str().expect("temp dir is UTF-8")
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        run(Command::new("bash").arg(repo().join("scripts/cluster.sh")).args(args))
+    }
+
+    /// A libpq connection string for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!("host={} port={} user=postgres dbname={database}", self.dir.display(), self.port)
+    }
+
+    pub fn connect(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(database), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url(database)))
+    }
+
+    /// Runs a psql script file with `-v name=value` variables.
+    pub fn psql_file(&self, database: &str, file: &str, vars: &[(&str, &str)]) -> String {
+        let mut command = Command::new("psql");
+        command.arg(self.url(database)).args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"]).arg(repo().join(file));
+        for (name, value) in vars {
+            command.arg("-v").arg(format!("{name}={value}"));
+        }
+        run(&mut command)
+    }
+
+    /// Stops the cluster (fast shutdown) and starts it again.
+    pub fn restart(&self) {
+        self.script(&["stop", self.dir_str()]);
+        let port = self.port.to_string();
+        self.script(&["start", self.dir_str(), port.as_str()]);
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args(["destroy", self.dir_str()])
+            .output();
+    }
+}
