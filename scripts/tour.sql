@@ -1,5 +1,7 @@
 -- A five-minute tour of segments on the sample data (run by scripts/demo.sh).
+\set QUIET on
 \pset footer off
+\set QUIET off
 \echo '== 1. Install the extension and tell it about your tables'
 CREATE EXTENSION IF NOT EXISTS segments;
 SET segments.reference_time = :'anchor';
@@ -47,6 +49,7 @@ SELECT segment_name, id, first_name, last_name, country, lifetime_value
  ORDER BY lifetime_value DESC LIMIT 5;
 
 \echo '== 7. The SQL behind a segment'
+\set QUIET on
 \pset format unaligned
 \pset tuples_only on
 SELECT segments.explain((SELECT id FROM segments.segment WHERE name = 'Big spenders in Germany'));
