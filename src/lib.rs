@@ -24,6 +24,7 @@ pub mod evaluate;
 pub mod inspect;
 pub mod refresh;
 pub mod segment;
+pub mod schedule;
 pub mod settings;
 pub mod sql;
 pub mod suggest;

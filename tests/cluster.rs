@@ -162,3 +162,180 @@ fn rule_counts_equal_separate_queries() {
     ];
     assert_eq!(got, expected);
 }
+
+fn sqlstate(error: &postgres::Error) -> (String, String) {
+    let db = error.as_db_error().unwrap_or_else(|| panic!("not a database error: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// Every refusal has its SQLSTATE, names the culprit, and writes nothing,
+/// through the functions and through direct writes to the catalog alike.
+#[test]
+fn refusals_name_the_culprit_and_write_nothing() {
+    let cluster = Cluster::start("refusals", &[]);
+    let mut client = sample_database(&cluster, "1000");
+    client
+        .batch_execute(
+            r#"SELECT segments.create_segment('A', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":30}}]}');
+               SELECT segments.create_segment('B', '{"entity":"customer","rules":[{"where":{"segment":"A"}}]}');"#,
+        )
+        .unwrap();
+    let snapshot = "SELECT string_agg(format('%s|%s|%s', id, name, definition), ';' ORDER BY id) FROM segments.segment";
+    let before: String = client.query_one(snapshot, &[]).unwrap().get(0);
+    let def = |condition: &str| format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#);
+    let cases: Vec<(String, &str, String)> = vec![
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"attribute":"contry","op":"eq","value":"DE"}"#)),
+         "42703", r#"rules[0].where: column "contry" does not exist on entity "customer""#.into()),
+        ("SELECT segments.create_segment('C', '{\"entity\":\"client\",\"rules\":[{\"where\":{\"attribute\":\"age\",\"op\":\"is_null\"}}]}')".into(),
+         "42P01", r#"entity: entity "client" is not registered"#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"related":"purchases"}"#)),
+         "42P01", r#"rules[0].where.related: related table "purchases" is not registered for entity "customer""#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"segment":"Z"}"#)),
+         "42P01", r#"rules[0].where.segment: segment "Z" does not exist"#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"attribute":"age","op":"like","value":1}"#)),
+         "22023", r#"rules[0].where.op: unknown operator "like""#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"attribute":"age","op":"eq","value":"old"}"#)),
+         "22023", r#"rules[0].where.value: "old" is not a number (column "age" is integer)"#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"attribute":"unsubscribed","op":"contains","value":"x"}"#)),
+         "22023", r#"rules[0].where.op: operator contains does not apply to column "unsubscribed" of type boolean"#.into()),
+        (format!("SELECT segments.create_segment('C', '{}')", def(r#"{"related":"orders","aggregate":"sum","attribute":"status","op":"gt","value":1}"#)),
+         "22023", r#"rules[0].where.attribute: sum needs a numeric column, and "status" is text"#.into()),
+        (format!("SELECT segments.create_segment('A', '{}')", def(r#"{"attribute":"age","op":"is_null"}"#)),
+         "42710", r#"a segment named "A" already exists"#.into()),
+        (format!("SELECT segments.create_segment('C', '{}', type => 'sometimes')", def(r#"{"attribute":"age","op":"is_null"}"#)),
+         "22023", r#"type "sometimes" is not static or dynamic"#.into()),
+        // Direct writes go through the same checks.
+        (format!("INSERT INTO segments.segment (name, definition) VALUES ('C', '{}')", def(r#"{"attribute":"agee","op":"is_null"}"#)),
+         "42703", r#"rules[0].where: column "agee" does not exist on entity "customer""#.into()),
+        (format!("UPDATE segments.segment SET definition = '{}' WHERE name = 'A'", def(r#"{"attribute":"age","op":"between","value":[1]}"#)),
+         "22023", "rules[0].where.value: operator between takes [low, high]".into()),
+        (format!("UPDATE segments.segment SET definition = '{}' WHERE name = 'A'", def(r#"{"segment":"B"}"#)),
+         "22023", "rules: segment references form a cycle: this segment -> B -> A".into()),
+        (format!("UPDATE segments.segment SET definition = '{}' WHERE name = 'A'", def(r#"{"segment":"A"}"#)),
+         "22023", "rules[0].where: a segment cannot refer to itself".into()),
+        ("SELECT * FROM segments.refresh(ARRAY[424242])".into(), "42704", "segment 424242 does not exist".into()),
+        ("SELECT segments.explain(424242)".into(), "42704", "segment 424242 does not exist".into()),
+    ];
+    for (sql, code, message) in &cases {
+        let error = client.batch_execute(sql).expect_err(sql);
+        let (got_code, got_message) = sqlstate(&error);
+        assert_eq!(got_code, *code, "{sql}: {got_message}");
+        assert!(got_message.starts_with(message.as_str()), "{sql}:\n  got  {got_message}\n  want {message}");
+    }
+    let after: String = client.query_one(snapshot, &[]).unwrap().get(0);
+    assert_eq!(before, after, "a refused statement changed the catalog");
+}
+
+/// Quotes, semicolons, comments, backslashes and unicode in every place a
+/// definition can hold text stay data: tables stay intact, and values
+/// select exactly the rows that hold them.
+#[test]
+fn injection_attempts_leave_every_table_intact() {
+    let cluster = Cluster::start("injection", &[]);
+    let mut client = sample_database(&cluster, "1000");
+    client.batch_execute("CREATE TABLE canary (id int); INSERT INTO canary VALUES (1), (2), (3);").unwrap();
+    let evil = [
+        "x'); DROP TABLE canary; --",
+        "\"; DROP TABLE canary; --",
+        "\\'; DROP TABLE canary; --",
+        "/* */; DELETE FROM canary; --",
+        "$$; DROP TABLE canary; $$",
+        "ünïcødé ' \" \\ ; 🎯",
+    ];
+    for (i, text) in evil.iter().enumerate() {
+        // Plant the value in one customer so the segment has exactly one member.
+        client.execute("UPDATE customers SET city = $1 WHERE id = $2", &[text, &(i as i64 + 1)]).unwrap();
+        let value = serde_json::to_string(text).unwrap();
+        for (op, expected) in [("eq", 1i64), ("contains", 1), ("in", 1)] {
+            let value = if op == "in" { format!("[{value}]") } else { value.clone() };
+            let definition = format!(r#"{{"entity":"customer","rules":[{{"where":{{"attribute":"city","op":"{op}","value":{value}}}}}]}}"#);
+            let name = format!("{text} {op}");
+            let id: i64 = client
+                .query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&name, &definition])
+                .unwrap()
+                .get(0);
+            let count: i64 = client
+                .query_one("SELECT member_count FROM segments.refresh(ARRAY[$1::bigint])", &[&id])
+                .unwrap()
+                .get(0);
+            assert_eq!(count, expected, "{op} {text}");
+            // The name is data too: a segment of segments finds it by name.
+            let by_name = format!(r#"{{"entity":"customer","rules":[{{"where":{{"segment":{}}}}}]}}"#, serde_json::to_string(&name).unwrap());
+            let estimate: i64 = client
+                .query_one("SELECT cumulative FROM segments.estimate($1::text::jsonb)", &[&by_name])
+                .unwrap()
+                .get(0);
+            assert_eq!(estimate, expected, "segment named {name}");
+        }
+        // As an attribute, related table or entity name it is refused as unknown.
+        for (condition, code) in [
+            (format!(r#"{{"attribute":{value},"op":"is_null"}}"#), "42703"),
+            (format!(r#"{{"related":{value}}}"#), "42P01"),
+            (format!(r#"{{"related":"orders","where":{{"attribute":{value},"op":"is_null"}}}}"#), "42703"),
+        ] {
+            let definition = format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#);
+            let error = client.query_one("SELECT * FROM segments.estimate($1::text::jsonb)", &[&definition]).unwrap_err();
+            assert_eq!(sqlstate(&error).0, code, "{condition}");
+        }
+        let definition = format!(r#"{{"entity":{value},"rules":[{{"where":{{"attribute":"age","op":"is_null"}}}}]}}"#);
+        let error = client.query_one("SELECT * FROM segments.estimate($1::text::jsonb)", &[&definition]).unwrap_err();
+        assert_eq!(sqlstate(&error).0, "42P01");
+        let error = client
+            .query_one("SELECT segments.register_entity($1, 'customers', 'id')", &[text])
+            .unwrap_err();
+        assert_eq!(sqlstate(&error).0, "22023");
+    }
+    let canary: i64 = client.query_one("SELECT count(*) FROM canary", &[]).unwrap().get(0);
+    assert_eq!(canary, 3);
+    let customers: i64 = client.query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
+    assert_eq!(customers, 1000);
+}
+
+/// uuid and text keys go through the key dictionary and come back out
+/// through the members view.
+#[test]
+fn uuid_and_text_keys_work_end_to_end() {
+    let cluster = Cluster::start("keys", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(
+            "CREATE EXTENSION segments;
+             CREATE TABLE leads (id uuid PRIMARY KEY, status text, score int);
+             INSERT INTO leads SELECT ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid,
+                    CASE WHEN i % 3 = 0 THEN 'closed' ELSE 'open' END, i FROM generate_series(1, 300) i;
+             CREATE TABLE contacts (code text PRIMARY KEY, country text);
+             INSERT INTO contacts SELECT 'K-' || i, CASE WHEN i % 2 = 0 THEN 'DE' ELSE 'FR' END FROM generate_series(1, 200) i;
+             CREATE TABLE calls (id serial, contact text, at timestamptz);
+             INSERT INTO calls (contact, at) SELECT 'K-' || i, now() FROM generate_series(1, 50) i;
+             SELECT segments.register_entity('lead', 'leads', 'id', '{\"attribute\": \"status\", \"op\": \"eq\", \"value\": \"open\"}');
+             SELECT segments.register_entity('contact', 'contacts', 'code');
+             SELECT segments.register_related('contact', 'calls', 'calls', 'contact', 'at');",
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            r#"SELECT segments.create_segment('Hot leads', '{"entity":"lead","rules":[{"where":{"attribute":"score","op":"gt","value":200}}]}');
+               SELECT segments.create_segment('Called Germans', '{"entity":"contact","rules":[
+                 {"where":{"attribute":"country","op":"eq","value":"DE"}},
+                 {"combine":"intersect","where":{"related":"calls","within":"1 day"}}]}');
+               SELECT * FROM segments.refresh();"#,
+        )
+        .unwrap();
+    let hot: i64 = client.query_one("SELECT count(*) FROM segments.lead_members WHERE segment_name = 'Hot leads'", &[]).unwrap().get(0);
+    let expected: i64 = client.query_one("SELECT count(*) FROM leads WHERE status = 'open' AND score > 200", &[]).unwrap().get(0);
+    assert_eq!(hot, expected);
+    let keys: Vec<String> = client
+        .query("SELECT code FROM segments.contact_members WHERE segment_name = 'Called Germans' ORDER BY code", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<String> = client
+        .query("SELECT code FROM contacts WHERE country = 'DE' AND code IN (SELECT contact FROM calls) ORDER BY code", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys.len(), 25);
+    assert_eq!(keys, expected);
+}

@@ -1,0 +1,121 @@
+//! Refresh schedules: `system`, `daily`, `weekly`, `monthly`, `manual`, or
+//! a five-field cron expression. Times are UTC, as in pg_cron.
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+
+use crate::error::SegmentsError;
+
+/// The named schedules as cron expressions.
+pub const DAILY: &str = "0 0 * * *";
+pub const WEEKLY: &str = "0 0 * * 0";
+pub const MONTHLY: &str = "0 0 1 * *";
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Follows `segments.system_schedule`.
+    System,
+    /// Refreshed only when asked.
+    Manual,
+    Cron(Cron),
+}
+
+pub fn parse_cron(text: &str) -> Result<Cron, SegmentsError> {
+    let fields = text.split_whitespace().count();
+    if fields != 5 {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "schedule \"{text}\" is not system, daily, weekly, monthly, manual or a five-field cron expression \
+             (minute hour day-of-month month day-of-week)"
+        )));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .build()
+        .parse(text)
+        .map_err(|e| SegmentsError::InvalidParameter(format!("schedule \"{text}\" is not a valid cron expression: {e}")))
+}
+
+impl Schedule {
+    /// The schedule of a segment: NULL means `system` for a dynamic segment
+    /// and `manual` for a static one.
+    pub fn parse(text: Option<&str>, dynamic: bool) -> Result<Schedule, SegmentsError> {
+        let text = text.map(str::trim).filter(|t| !t.is_empty());
+        Ok(match text {
+            None if dynamic => Schedule::System,
+            None => Schedule::Manual,
+            Some("system") => Schedule::System,
+            Some("manual") => Schedule::Manual,
+            Some("daily") => Schedule::Cron(parse_cron(DAILY)?),
+            Some("weekly") => Schedule::Cron(parse_cron(WEEKLY)?),
+            Some("monthly") => Schedule::Cron(parse_cron(MONTHLY)?),
+            Some(cron) => Schedule::Cron(parse_cron(cron)?),
+        })
+    }
+
+    /// The first time strictly after `after` at which the schedule fires;
+    /// `system` follows `system_cron`. None for manual schedules.
+    pub fn next_after(&self, after: DateTime<Utc>, system_cron: &Cron) -> Option<DateTime<Utc>> {
+        let cron = match self {
+            Schedule::Manual => return None,
+            Schedule::System => system_cron,
+            Schedule::Cron(cron) => cron,
+        };
+        cron.find_next_occurrence(&after, false).ok()
+    }
+}
+
+/// Checks a schedule for a segment of the given type.
+pub fn check(text: Option<&str>, dynamic: bool) -> Result<(), SegmentsError> {
+    let schedule = Schedule::parse(text, dynamic)?;
+    if !dynamic && !matches!(schedule, Schedule::Manual) {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "a static segment refreshes only when asked: its schedule must be manual, not \"{}\"",
+            text.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn named_schedules_and_cron() {
+        let system = parse_cron("0 2 * * *").unwrap();
+        let from = at(2026, 11, 22, 10, 30);
+        let next = |text: &str| Schedule::parse(Some(text), true).unwrap().next_after(from, &system);
+        assert_eq!(next("system"), Some(at(2026, 11, 23, 2, 0)));
+        assert_eq!(next("daily"), Some(at(2026, 11, 23, 0, 0)));
+        assert_eq!(next("weekly"), Some(at(2026, 11, 29, 0, 0))); // a Sunday
+        assert_eq!(next("monthly"), Some(at(2026, 12, 1, 0, 0)));
+        assert_eq!(next("*/15 * * * *"), Some(at(2026, 11, 22, 10, 45)));
+        assert_eq!(next("manual"), None);
+        assert!(matches!(Schedule::parse(None, true).unwrap(), Schedule::System));
+        assert!(matches!(Schedule::parse(None, false).unwrap(), Schedule::Manual));
+    }
+
+    #[test]
+    fn bad_schedules_are_refused() {
+        for bad in ["hourly", "* * * *", "0 0 0 * * *", "61 * * * *", "0 25 * * *", "0 0 * * 9"] {
+            let e = Schedule::parse(Some(bad), true).unwrap_err();
+            assert_eq!(e.code(), "22023", "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn static_segments_take_only_manual() {
+        assert!(check(Some("manual"), false).is_ok());
+        assert!(check(None, false).is_ok());
+        let e = check(Some("daily"), false).unwrap_err();
+        assert!(e.to_string().starts_with("a static segment refreshes only when asked"), "{e}");
+        assert!(check(Some("0 6 * * 1"), true).is_ok());
+    }
+}
