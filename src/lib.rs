@@ -38,7 +38,16 @@ mod pg_tests;
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schema"]);
-pgrx::extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["schema", segment::_check_definition]);
+pgrx::extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["roles", segment::_check_definition, segment::_check_schedule]
+);
+pgrx::extension_sql_file!(
+    "../sql/manage.sql",
+    name = "manage",
+    requires = ["lifecycle", segment::_next_refresh_epoch]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]

@@ -4,7 +4,7 @@
 //! outcome is its own: a failing one keeps its old membership and is
 //! marked failed, the others go on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::catalog::{spi, SpiCatalog};
 use crate::compile::{check_cycles, CompiledSegment, Planner};
 use crate::definition::Definition;
 use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, LeafValues};
+use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
 use crate::txn::{as_role, in_subtransaction, writing_transaction};
 
 #[derive(Debug, Clone)]
@@ -182,10 +182,75 @@ fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members
     Ok(evaluate_segment(&compiled, &values))
 }
 
-fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (i64, i64) {
-    let old = stored_members(id);
-    let entered = (members - &old).len() as i64;
-    let exited = (&old - members).len() as i64;
+/// What started a refresh, as `segments.refresh_run.trigger` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    System,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::System => "system",
+        }
+    }
+}
+
+/// The keys (as text) at the given positions of an entity's bitmap.
+fn keys_of(entity: &str, positions: &Members) -> Vec<String> {
+    let dictionary = crate::catalog::optional_value::<String>(
+        "SELECT key_kind FROM segments.entity WHERE name = $1",
+        &[entity.into()],
+    )
+    .as_deref()
+        == Some("dictionary");
+    if !dictionary {
+        return positions.iter().map(|p| crate::bitmap::key_of(p).to_string()).collect();
+    }
+    let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY position",
+            None,
+            &[entity.into(), wanted.into()],
+        ))
+        .filter_map(|row| spi(row.get::<String>(1)))
+        .collect()
+    })
+}
+
+fn record_run(target: &Target, trigger: Trigger, started: pgrx::datum::TimestampWithTimeZone, outcome: &Outcome) -> i64 {
+    let run = Spi::get_one_with_args::<i64>(
+        "INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error) \
+         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8) RETURNING id",
+        &[
+            target.id.into(),
+            trigger.as_str().into(),
+            started.into(),
+            outcome.status.into(),
+            outcome.member_count.into(),
+            outcome.entered.into(),
+            outcome.exited.into(),
+            outcome.error.clone().into(),
+        ],
+    );
+    spi(run).expect("INSERT ... RETURNING returns a row")
+}
+
+/// Stores a new membership and returns (entered, exited) positions.
+fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, Members, bool) {
+    let previous = crate::catalog::optional_value::<Vec<u8>>(
+        "SELECT members FROM segments.membership WHERE segment_id = $1",
+        &[id.into()],
+    );
+    let first = previous.is_none();
+    let old = previous.map(|b| crate::bitmap::deserialize(&b).unwrap_or_default()).unwrap_or_default();
+    let entered = members - &old;
+    let exited = &old - members;
     let count = members.len() as i64;
     spi(Spi::run_with_args(
         "INSERT INTO segments.membership (segment_id, members, member_count, refreshed_at) VALUES ($1, $2, $3, now()) \
@@ -196,35 +261,62 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (i64, i64)
     let counts = serde_json::to_value(counts).expect("rule counts serialize");
     spi(Spi::run_with_args(
         "UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
-         last_error = NULL, rule_counts = $3 WHERE id = $1",
+         last_error = NULL, rule_counts = $3, needs_refresh = false WHERE id = $1",
         &[id.into(), count.into(), JsonB(counts).into()],
     ));
-    (entered, exited)
+    (entered, exited, first)
+}
+
+/// Records who entered and who exited, and tells listeners. The first
+/// refresh of a segment records its count only: everyone entered.
+fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members, first: bool) {
+    if entered.is_empty() && exited.is_empty() {
+        return;
+    }
+    if !first {
+        for (change, positions) in [("entered", entered), ("exited", exited)] {
+            if positions.is_empty() {
+                continue;
+            }
+            let keys = keys_of(&target.entity, positions);
+            spi(Spi::run_with_args(
+                "INSERT INTO segments.membership_change (segment_id, run_id, key, change, at) \
+                 SELECT $1, $2, k, $3, now() FROM unnest($4::text[]) AS k",
+                &[target.id.into(), run.into(), change.into(), keys.into()],
+            ));
+        }
+    }
+    let payload = serde_json::json!({
+        "segment": target.id, "run": run, "entered": entered.len(), "exited": exited.len()
+    });
+    spi(Spi::run_with_args("SELECT pg_notify('segments', $1)", &[payload.to_string().into()]));
 }
 
 fn store_status(id: i64, status: &str, error: Option<&str>) {
     spi(Spi::run_with_args(
-        "UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error) WHERE id = $1",
+        "UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
+         needs_refresh = needs_refresh AND $2 <> 'failed' WHERE id = $1",
         &[id.into(), status.into(), error.into()],
     ));
 }
 
 /// Refreshes the given segments (or every active one) and reports each.
-pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
+pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
     let targets = load_targets(ids)?;
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);
     let mut fresh: HashMap<i64, Members> = HashMap::new();
     let mut outcomes = Vec::with_capacity(targets.len());
-    let mut failed: HashSet<i64> = HashSet::new();
 
     for i in dependency_order(&targets) {
         let target = &targets[i];
         let started = Instant::now();
+        let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()"))
+            .expect("clock_timestamp() is never NULL");
         if !target.active {
             store_status(target.id, "skipped", None);
-            outcomes.push(Outcome {
+            let outcome = Outcome {
                 segment_id: target.id,
                 status: "skipped",
                 member_count: None,
@@ -232,7 +324,9 @@ pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
                 exited: None,
                 duration: started.elapsed(),
                 error: None,
-            });
+            };
+            record_run(target, trigger, started_at, &outcome);
+            outcomes.push(outcome);
             continue;
         }
         let group = groups.get_mut(&(target.entity.clone(), target.owner)).expect("every active target has a group");
@@ -256,23 +350,25 @@ pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
         };
         let outcome = match result {
             Ok((members, counts)) => {
-                let (entered, exited) = store_success(target.id, &members, &counts);
+                let (entered, exited, first) = store_success(target.id, &members, &counts);
                 let count = members.len() as i64;
                 fresh.insert(target.id, members);
-                Outcome {
+                let outcome = Outcome {
                     segment_id: target.id,
                     status: "succeeded",
                     member_count: Some(count),
-                    entered: Some(entered),
-                    exited: Some(exited),
+                    entered: Some(entered.len() as i64),
+                    exited: Some(exited.len() as i64),
                     duration: started.elapsed() + shared_time,
                     error: None,
-                }
+                };
+                let run = record_run(target, trigger, started_at, &outcome);
+                record_changes(target, run, &entered, &exited, first);
+                outcome
             }
             Err(message) => {
-                failed.insert(target.id);
                 store_status(target.id, "failed", Some(&message));
-                Outcome {
+                let outcome = Outcome {
                     segment_id: target.id,
                     status: "failed",
                     member_count: None,
@@ -280,7 +376,9 @@ pub fn refresh_segments(ids: Option<&[i64]>) -> Result<Vec<Outcome>, Reported> {
                     exited: None,
                     duration: started.elapsed() + shared_time,
                     error: Some(message),
-                }
+                };
+                record_run(target, trigger, started_at, &outcome);
+                outcome
             }
         };
         outcomes.push(outcome);
@@ -310,7 +408,7 @@ fn refresh(
         name!(error, Option<String>),
     ),
 > {
-    let outcomes = refresh_segments(segments.as_deref()).or_raise();
+    let outcomes = refresh_segments(segments.as_deref(), Trigger::Manual).or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
         (o.segment_id, o.status.to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
     }))

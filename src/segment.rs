@@ -1,115 +1,107 @@
-//! Segments in the catalog: creating them, and the definition check that
-//! the lifecycle trigger runs on every INSERT and UPDATE of
-//! `segments.segment`, whichever way the row is written.
+//! Segments in the catalog: the checks the lifecycle trigger runs on every
+//! INSERT and UPDATE of `segments.segment` (whichever way the row is
+//! written), and when a segment is next due. Creating, editing and
+//! deleting segments is SQL (sql/manage.sql).
 
 use pgrx::prelude::*;
-use pgrx::spi::Spi;
 use pgrx::JsonB;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::catalog::{optional_value, spi, SpiCatalog};
+use crate::catalog::{Catalog, SpiCatalog};
 use crate::compile::compile_definition;
+use crate::definition::SegmentRef;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::reference_time_sql;
+use crate::schedule::{self, parse_cron, Schedule};
+use crate::settings;
 
-/// Validates a definition against the catalog and returns its entity.
-/// Called by the lifecycle trigger: a refused definition aborts the write.
-pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<String, Reported> {
-    let (parsed, _, _) = compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
-    Ok(parsed.entity)
+/// Validates a definition against the catalog and returns it with segment
+/// references stored by id, so that renaming a segment never breaks the
+/// segments that read it.
+pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<Value, Reported> {
+    compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
+    let mut normalized = definition.clone();
+    references_by_id(&mut normalized, &SpiCatalog);
+    Ok(normalized)
 }
 
-#[pg_extern]
-fn _check_definition(definition: JsonB, segment_id: Option<i64>) -> String {
-    check_definition(&definition.0, segment_id).or_raise()
-}
-
-pub fn check_type(kind: &str) -> Result<(), SegmentsError> {
-    match kind {
-        "static" | "dynamic" => Ok(()),
-        other => Err(SegmentsError::InvalidParameter(format!("type \"{other}\" is not static or dynamic"))),
+/// Replaces `{"segment": "Name"}` with `{"segment": id}` throughout.
+pub fn references_by_id(value: &mut Value, catalog: &dyn Catalog) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::String(name)) = object.get("segment") {
+                if let Some(segment) = catalog.segment(&SegmentRef::Name(name.clone())) {
+                    object.insert("segment".into(), Value::from(segment.id));
+                }
+            }
+            for item in object.values_mut() {
+                references_by_id(item, catalog);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| references_by_id(item, catalog)),
+        _ => {}
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn create_segment_impl(
-    name: &str,
-    definition: Value,
-    kind: &str,
+#[pg_extern]
+fn _check_definition(definition: JsonB, segment_id: Option<i64>) -> JsonB {
+    JsonB(check_definition(&definition.0, segment_id).or_raise())
+}
+
+#[pg_extern(stable)]
+fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
+    schedule::check(schedule, dynamic)
+        .map_err(|e| SegmentsError::InvalidParameter(format!("segment \"{name}\": {e}")))
+        .or_raise()
+}
+
+/// The system refresh's cron, from `segments.system_schedule`.
+pub fn system_cron() -> croner::Cron {
+    let text = settings::text(&settings::SYSTEM_SCHEDULE).unwrap_or_else(|| "0 2 * * *".into());
+    parse_cron(&text).unwrap_or_else(|e| error!("segments.system_schedule: {e}"))
+}
+
+/// When a segment is next refreshed by the scheduler, as Unix epoch
+/// seconds: never for inactive, static or manual segments; at the next
+/// worker pass (now) for one that was just created, changed or activated;
+/// otherwise the schedule's next time after the last refresh.
+#[pg_extern(stable)]
+fn _next_refresh_epoch(
+    r#type: &str,
+    state: &str,
     schedule: Option<&str>,
-    description: Option<&str>,
-    tags: Vec<String>,
-    priority: Option<i32>,
-    active: bool,
-) -> Result<i64, Reported> {
-    check_type(kind)?;
-    let taken = optional_value::<i64>("SELECT id FROM segments.segment WHERE name = $1", &[name.into()]);
-    if let Some(id) = taken {
-        return Err(SegmentsError::DuplicateObject(format!("a segment named \"{name}\" already exists (id {id})")).into());
+    last_refreshed: Option<f64>,
+    created: f64,
+    needs_refresh: bool,
+) -> Option<f64> {
+    if state != "active" || r#type != "dynamic" {
+        return None;
     }
-    let id = spi(Spi::get_one_with_args::<i64>(
-        "INSERT INTO segments.segment (name, definition, type, schedule, description, tags, priority, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN 'active' ELSE 'inactive' END) RETURNING id",
-        &[
-            name.into(),
-            JsonB(definition).into(),
-            kind.into(),
-            schedule.into(),
-            description.into(),
-            tags.into(),
-            priority.into(),
-            active.into(),
-        ],
-    ));
-    Ok(id.expect("INSERT ... RETURNING returns a row"))
-}
-
-/// Creates a segment from a definition; returns its id.
-#[pg_extern]
-#[allow(clippy::too_many_arguments)]
-fn create_segment(
-    name: &str,
-    definition: JsonB,
-    r#type: default!(&str, "'dynamic'"),
-    schedule: default!(Option<&str>, "NULL"),
-    description: default!(Option<&str>, "NULL"),
-    tags: default!(Vec<String>, "'{}'"),
-    priority: default!(Option<i32>, "NULL"),
-    active: default!(bool, "true"),
-) -> i64 {
-    create_segment_impl(name, definition.0, r#type, schedule, description, tags, priority, active).or_raise()
-}
-
-/// The definition of a quick segment: one condition on one attribute.
-pub fn quick_definition(entity: &str, attribute: &str, op: &str, value: Option<Value>) -> Value {
-    let mut condition = json!({"attribute": attribute, "op": op});
-    if let Some(value) = value.filter(|v| !v.is_null()) {
-        condition["value"] = value;
+    let parsed = Schedule::parse(schedule, true).ok()?;
+    if matches!(parsed, Schedule::Manual) {
+        return None;
     }
-    json!({"entity": entity, "rules": [{"where": condition}]})
-}
-
-/// Creates a segment of one condition, e.g.
-/// `segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"')`.
-#[pg_extern]
-fn quick_segment(name: &str, entity: &str, attribute: &str, op: &str, value: default!(Option<JsonB>, "NULL")) -> i64 {
-    let definition = quick_definition(entity, attribute, op, value.map(|j| j.0));
-    create_segment_impl(name, definition, "dynamic", None, None, vec![], None, true).or_raise()
+    let now = chrono::Utc::now();
+    if needs_refresh {
+        return Some(now.timestamp_micros() as f64 / 1e6);
+    }
+    let since = last_refreshed.unwrap_or(created);
+    let since = chrono::DateTime::from_timestamp_micros((since * 1e6) as i64)?;
+    parsed.next_after(since, &system_cron()).map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::fixture::customers;
+    use serde_json::json;
 
     #[test]
-    fn quick_definitions_hold_one_condition() {
-        assert_eq!(
-            quick_definition("customer", "country", "eq", Some(json!("DE"))),
-            json!({"entity": "customer", "rules": [{"where": {"attribute": "country", "op": "eq", "value": "DE"}}]})
-        );
-        assert_eq!(
-            quick_definition("customer", "email", "is_null", None),
-            json!({"entity": "customer", "rules": [{"where": {"attribute": "email", "op": "is_null"}}]})
-        );
+    fn references_are_stored_by_id() {
+        let mut definition = json!({"entity": "customer", "rules": [
+            {"where": {"any": [{"segment": "VIP"}, {"segment": 7, "member": false}]}}]});
+        references_by_id(&mut definition, &customers());
+        assert_eq!(definition["rules"][0]["where"]["any"][0], json!({"segment": 7}));
+        assert_eq!(definition["rules"][0]["where"]["any"][1], json!({"segment": 7, "member": false}));
     }
 }
