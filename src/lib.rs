@@ -22,6 +22,7 @@ pub mod entity;
 pub mod error;
 pub mod evaluate;
 pub mod inspect;
+pub mod read;
 pub mod refresh;
 pub mod segment;
 pub mod schedule;

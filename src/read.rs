@@ -1,0 +1,244 @@
+//! Reading memberships: previews, membership tests, overlaps, the portable
+//! bitmap, and the value picker of the segment builder. Everything runs
+//! with the caller's privileges.
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::JsonB;
+use roaring::RoaringBitmap;
+
+use crate::bitmap::{key_of, position_of, Members};
+use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
+use crate::error::{OrRaise, Reported, SegmentsError};
+use crate::evaluate::stored_members;
+use crate::sql::ident;
+use crate::suggest::closest;
+
+/// A segment's entity, or 42704 when the segment does not exist.
+fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {
+    let entity = optional_value::<String>("SELECT entity FROM segments.segment WHERE id = $1", &[segment.into()])
+        .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
+    entity_named(&entity)
+}
+
+fn entity_named(name: &str) -> Result<crate::catalog::Entity, Reported> {
+    SpiCatalog.entity(name).ok_or_else(|| {
+        let names = SpiCatalog.entity_names();
+        SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
+            .with_hint(closest(name, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
+    })
+}
+
+/// The bitmap position of a key given as text, if the key has one.
+fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<u64>, Reported> {
+    match entity.key_kind {
+        KeyKind::Integer => key.trim().parse::<i64>().map(|k| Some(position_of(k))).map_err(|_| {
+            SegmentsError::InvalidParameter(format!(
+                "\"{key}\" is not a key of entity \"{}\", whose keys are integers",
+                entity.name
+            ))
+            .into()
+        }),
+        KeyKind::Dictionary => {
+            // Cast through the key type so that e.g. an upper-case uuid matches.
+            let type_sql = optional_value::<String>(
+                "SELECT key_type::text FROM segments.entity WHERE name = $1",
+                &[entity.name.as_str().into()],
+            )
+            .unwrap_or_else(|| "text".into());
+            let sql = format!(
+                "SELECT position FROM segments.entity_key WHERE entity = $1 AND key = ($2::{type_sql})::text"
+            );
+            Ok(optional_value::<i64>(&sql, &[entity.name.as_str().into(), key.into()]).map(|p| p as u64))
+        }
+    }
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn _is_member(segment: i64, key: &str) -> bool {
+    let entity = segment_entity(segment).or_raise();
+    match position_of_key(&entity, key).or_raise() {
+        Some(position) => stored_members(segment).contains(position),
+        None => false,
+    }
+}
+
+#[pg_extern(stable)]
+fn _segments_of(
+    entity: &str,
+    key: &str,
+) -> TableIterator<'static, (name!(segment_id, i64), name!(name, String))> {
+    let entity = entity_named(entity).or_raise();
+    let Some(position) = position_of_key(&entity, key).or_raise() else {
+        return TableIterator::new(Vec::new());
+    };
+    let rows: Vec<(i64, String, Vec<u8>)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT s.id, s.name, m.members FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id \
+             WHERE s.entity = $1 ORDER BY s.id",
+            None,
+            &[entity.name.as_str().into()],
+        ))
+        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+        .collect()
+    });
+    let found: Vec<(i64, String)> = rows
+        .into_iter()
+        .filter(|(_, _, bytes)| crate::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
+        .map(|(id, name, _)| (id, name))
+        .collect();
+    TableIterator::new(found)
+}
+
+/// The keys (as text) of the first `n` members in key order.
+fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> Vec<String> {
+    match entity.key_kind {
+        KeyKind::Integer => {
+            let mut keys: Vec<i64> = members.iter().map(key_of).collect();
+            keys.sort_unstable();
+            keys.truncate(n);
+            keys.into_iter().map(|k| k.to_string()).collect()
+        }
+        KeyKind::Dictionary => {
+            let positions: Vec<i64> = members.iter().map(|p| p as i64).collect();
+            Spi::connect(|client| {
+                spi(client.select(
+                    "SELECT key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY key LIMIT $3",
+                    None,
+                    &[entity.name.as_str().into(), positions.into(), (n as i64).into()],
+                ))
+                .filter_map(|row| spi(row.get::<String>(1)))
+                .collect()
+            })
+        }
+    }
+}
+
+/// The first `n` members (by key) as JSON objects of the entity's columns.
+#[pg_extern(stable)]
+fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
+    if n < 0 {
+        SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+    }
+    let entity = segment_entity(segment).or_raise();
+    let keys = first_keys(&entity, &stored_members(segment), n as usize);
+    let type_sql = optional_value::<String>(
+        "SELECT key_type::text FROM segments.entity WHERE name = $1",
+        &[entity.name.as_str().into()],
+    )
+    .unwrap_or_else(|| "text".into());
+    let key = ident(&entity.key_column);
+    let sql = format!(
+        "SELECT to_jsonb(e) FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
+        entity.table.relation_sql
+    );
+    let rows: Vec<JsonB> = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[keys.into()])).filter_map(|row| spi(row.get::<JsonB>(1))).collect()
+    });
+    SetOfIterator::new(rows)
+}
+
+/// Members in a only, in both, in b only.
+#[pg_extern(stable)]
+fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
+    let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
+    if entity_a.name != entity_b.name {
+        SegmentsError::InvalidParameter(format!(
+            "segments {a} and {b} group different entities (\"{}\" and \"{}\")",
+            entity_a.name, entity_b.name
+        ))
+        .raise();
+    }
+    let (ma, mb) = (stored_members(a), stored_members(b));
+    let both = ma.intersection_len(&mb);
+    TableIterator::once(((ma.len() - both) as i64, both as i64, (mb.len() - both) as i64))
+}
+
+/// The membership in the portable Roaring format: the standard 32-bit
+/// format when every position fits in 32 bits (non-negative integer keys
+/// below 2^32, or dictionary positions), else the 64-bit portable format.
+pub fn portable_bytes(members: &Members) -> Vec<u8> {
+    if members.max().is_none_or(|m| m <= u32::MAX as u64) {
+        let small: RoaringBitmap = members.iter().map(|p| p as u32).collect();
+        let mut bytes = Vec::with_capacity(small.serialized_size());
+        small.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
+        bytes
+    } else {
+        crate::bitmap::serialize(members)
+    }
+}
+
+#[pg_extern(stable)]
+fn bitmap(segment: i64) -> Vec<u8> {
+    segment_entity(segment).or_raise();
+    portable_bytes(&stored_members(segment))
+}
+
+/// The distinct values of an attribute with their row counts, in the
+/// column's own order, optionally only those containing `search`
+/// (case-insensitive): the value picker of the segment builder.
+#[pg_extern(stable)]
+fn attribute_values(
+    entity: &str,
+    attribute: &str,
+    search: default!(Option<&str>, "NULL"),
+    n: default!(i32, 50),
+) -> TableIterator<'static, (name!(value, String), name!(rows, i64))> {
+    let entity = entity_named(entity).or_raise();
+    if entity.table.column(attribute).is_none() {
+        SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
+            .with_hint(closest(attribute, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+            .raise();
+    }
+    if n < 0 {
+        SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+    }
+    let column = format!("e.{}", ident(attribute));
+    let sql = format!(
+        "SELECT {column}::text, count(*) FROM {} e WHERE {column} IS NOT NULL \
+         AND ($1::text IS NULL OR strpos(lower({column}::text), lower($1)) > 0) \
+         GROUP BY {column} ORDER BY {column} LIMIT $2",
+        entity.table.relation_sql
+    );
+    let rows: Vec<(String, i64)> = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[search.into(), (n as i64).into()]))
+            .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<i64>(2)).unwrap_or(0)))
+            .collect()
+    });
+    TableIterator::new(rows)
+}
+
+pgrx::extension_sql!(
+    r#"
+-- Keys in their own type or as text. The text overloads take untyped
+-- literals, so segments.is_member(7, 'C00042') needs no cast.
+CREATE FUNCTION segments.is_member(segment bigint, key anyelement) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key::text) $$;
+CREATE FUNCTION segments.is_member(segment bigint, key text) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key) $$;
+CREATE FUNCTION segments.segments_of(entity text, key anyelement)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key::text) $$;
+CREATE FUNCTION segments.segments_of(entity text, key text)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key) $$;
+"#,
+    name = "key_functions",
+    requires = [_is_member, _segments_of]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portable_format_is_32_bit_when_it_fits() {
+        let small: Members = [1u64, 7, 100_000].into_iter().collect();
+        let bytes = portable_bytes(&small);
+        let read = RoaringBitmap::deserialize_from(&bytes[..]).unwrap();
+        assert_eq!(read.iter().collect::<Vec<_>>(), vec![1, 7, 100_000]);
+        let large: Members = [1u64, 1 << 40].into_iter().collect();
+        let read = roaring::RoaringTreemap::deserialize_from(&portable_bytes(&large)[..]).unwrap();
+        assert_eq!(read, large);
+    }
+}
