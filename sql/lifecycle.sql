@@ -73,18 +73,24 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         NEW.entity := NEW.definition ->> 'entity';
-        -- Counts describe the old rules until the next refresh.
-        NEW.rule_counts := NULL;
         NEW.needs_refresh := true;
     END IF;
 
+    IF TG_OP = 'INSERT' THEN
+        -- A restore brings its own timestamps and counts; a new row has the defaults.
+        NEW.updated_by := coalesce(NEW.updated_by, quote_ident(current_user)::regrole);
+    ELSIF NEW.definition IS DISTINCT FROM OLD.definition THEN
+        -- Counts describe the old rules until the next refresh.
+        NEW.rule_counts := NULL;
+    END IF;
+
     -- updated_at tracks what people change, not what refreshes write.
-    IF TG_OP = 'INSERT'
-       OR (NEW.name, NEW.description, NEW.definition, NEW.type, NEW.state, NEW.schedule,
-           NEW.tags, NEW.never_expire, NEW.priority, NEW.move_existing)
-          IS DISTINCT FROM
-          (OLD.name, OLD.description, OLD.definition, OLD.type, OLD.state, OLD.schedule,
-           OLD.tags, OLD.never_expire, OLD.priority, OLD.move_existing) THEN
+    IF TG_OP = 'UPDATE'
+       AND (NEW.name, NEW.description, NEW.definition, NEW.type, NEW.state, NEW.schedule,
+            NEW.tags, NEW.never_expire, NEW.priority, NEW.move_existing)
+           IS DISTINCT FROM
+           (OLD.name, OLD.description, OLD.definition, OLD.type, OLD.state, OLD.schedule,
+            OLD.tags, OLD.never_expire, OLD.priority, OLD.move_existing) THEN
         NEW.updated_at := now();
         NEW.updated_by := quote_ident(current_user)::regrole;
     END IF;

@@ -2,6 +2,10 @@
 -- their memberships. Every table is marked for pg_dump so that a dump of a
 -- database restores its segments too.
 
+-- The extension object itself lives in pg_catalog (see segments.control), so
+-- that this schema is a member of the extension and DROP EXTENSION removes it.
+CREATE SCHEMA segments;
+
 -- An entity is a table whose rows are grouped into segments (customers,
 -- contacts, leads...). `relation` follows renames of the table.
 CREATE TABLE segments.entity (
@@ -139,7 +143,9 @@ SELECT pg_catalog.pg_extension_config_dump('segments.segment', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.membership', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.refresh_run', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.membership_change', '');
-SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
+-- Usages of kind 'segment' are derived from definitions and rebuilt by the
+-- lifecycle trigger when segments are restored.
+SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', 'WHERE kind <> ''segment''');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence_segment', '');
 -- Identity sequences too, so that ids go on where they were after a restore.

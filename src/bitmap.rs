@@ -37,7 +37,7 @@ pub fn deserialize(bytes: &[u8]) -> std::io::Result<Members> {
 // ---- the rb_agg aggregate -------------------------------------------------
 
 /// Transition function of `segments.rb_agg(bigint)`: adds a position.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(schema = "segments", immutable, parallel_safe)]
 fn rb_agg_step(state: Internal, position: Option<i64>, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
     let mut state = state;
     unsafe {
@@ -56,7 +56,7 @@ fn rb_agg_step(state: Internal, position: Option<i64>, fcinfo: pg_sys::FunctionC
 }
 
 /// Final function of `segments.rb_agg(bigint)`: the serialized bitmap.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(schema = "segments", immutable, parallel_safe)]
 fn rb_agg_final(state: Internal) -> Vec<u8> {
     match unsafe { state.get::<Members>() } {
         Some(members) => serialize(members),

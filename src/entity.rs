@@ -116,7 +116,7 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
 }
 
 /// Registers a table whose rows segments group.
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn register_entity(
     entity: &str,
     relation: PgRelation,
@@ -168,7 +168,7 @@ fn register_related_impl(
 }
 
 /// Registers a one-to-many table of an entity (orders, email events...).
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn register_related(
     entity: &str,
     name: &str,
@@ -199,14 +199,14 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
 }
 
 /// Removes an entity registration; refused while segments use it.
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn unregister_entity(entity: &str) {
     unregister_entity_impl(entity).or_raise()
 }
 
 /// The bitmap positions of a segment's members (integer keys are their own
 /// positions). The members views join these to the entity table.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(schema = "segments", stable, parallel_safe)]
 fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
     let members = stored_members(segment);
     SetOfIterator::new(members.into_iter().map(key_of))

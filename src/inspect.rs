@@ -47,7 +47,7 @@ fn segment_definition(segment: i64) -> Result<(serde_json::Value, Option<serde_j
 /// The counts of every rule and subrule at the last refresh: `members` for
 /// the rule alone, `cumulative` combined with the rules before it at its
 /// level. Rows with NULL counts until the first refresh after a change.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn rule_counts(segment: i64) -> TableIterator<'static, (
         name!(path, String),
         name!(name, Option<String>),
@@ -85,7 +85,7 @@ pub fn estimate_counts(definition: &serde_json::Value) -> Result<Vec<RuleCount>,
 
 /// Counts what an unsaved definition would select, rule by rule, with the
 /// caller's privileges. Nothing is saved.
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn estimate(definition: JsonB) -> TableIterator<'static, (
         name!(path, String),
         name!(name, Option<String>),
@@ -97,7 +97,7 @@ fn estimate(definition: JsonB) -> TableIterator<'static, (
 }
 
 /// The SQL a segment's refresh runs, one statement per leaf query.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn explain(segment: i64) -> String {
     let (definition, _) = segment_definition(segment).or_raise();
     let (parsed, plan, _) = compile_definition(&SpiCatalog, &definition, Some(segment), &reference_time_sql()).or_raise();

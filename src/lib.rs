@@ -37,6 +37,11 @@ mod pg_tests;
 
 ::pgrx::pg_module_magic!();
 
+/// Schema `segments`, where everything lives: declared here so that pgrx
+/// places functions in it (`#[pg_extern(schema = "segments")]`).
+#[pgrx::pg_schema]
+mod segments {}
+
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schema"]);
 pgrx::extension_sql_file!(

@@ -54,7 +54,7 @@ fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<
     }
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _is_member(segment: i64, key: &str) -> bool {
     let entity = segment_entity(segment).or_raise();
     match position_of_key(&entity, key).or_raise() {
@@ -63,7 +63,7 @@ fn _is_member(segment: i64, key: &str) -> bool {
     }
 }
 
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn _segments_of(
     entity: &str,
     key: &str,
@@ -115,7 +115,7 @@ fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> V
 }
 
 /// The first `n` members (by key) as JSON objects of the entity's columns.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
     if n < 0 {
         SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
@@ -139,7 +139,7 @@ fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB>
 }
 
 /// Members in a only, in both, in b only.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
     let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
     if entity_a.name != entity_b.name {
@@ -168,7 +168,7 @@ pub fn portable_bytes(members: &Members) -> Vec<u8> {
     }
 }
 
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn bitmap(segment: i64) -> Vec<u8> {
     segment_entity(segment).or_raise();
     portable_bytes(&stored_members(segment))
@@ -177,7 +177,7 @@ fn bitmap(segment: i64) -> Vec<u8> {
 /// The distinct values of an attribute with their row counts, in the
 /// column's own order, optionally only those containing `search`
 /// (case-insensitive): the value picker of the segment builder.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn attribute_values(
     entity: &str,
     attribute: &str,

@@ -393,7 +393,7 @@ fn interval_of(duration: Duration) -> pgrx::datum::Interval {
 
 
 /// Refreshes segments now: the given ids, or every active segment (NULL).
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn refresh(
     segments: default!(Option<Vec<i64>>, "NULL"),
 ) -> TableIterator<

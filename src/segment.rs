@@ -43,12 +43,12 @@ pub fn references_by_id(value: &mut Value, catalog: &dyn Catalog) {
     }
 }
 
-#[pg_extern]
+#[pg_extern(schema = "segments")]
 fn _check_definition(definition: JsonB, segment_id: Option<i64>) -> JsonB {
     JsonB(check_definition(&definition.0, segment_id).or_raise())
 }
 
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
     schedule::check(schedule, dynamic)
         .map_err(|e| SegmentsError::InvalidParameter(format!("segment \"{name}\": {e}")))
@@ -65,7 +65,7 @@ pub fn system_cron() -> croner::Cron {
 /// seconds: never for inactive, static or manual segments; at the next
 /// worker pass (now) for one that was just created, changed or activated;
 /// otherwise the schedule's next time after the last refresh.
-#[pg_extern(stable)]
+#[pg_extern(schema = "segments", stable)]
 fn _next_refresh_epoch(
     r#type: &str,
     state: &str,

@@ -203,7 +203,7 @@ fn refusals_name_the_culprit_and_write_nothing() {
         (format!("SELECT segments.create_segment('A', '{}')", def(r#"{"attribute":"age","op":"is_null"}"#)),
          "42710", r#"a segment named "A" already exists"#.into()),
         (format!("SELECT segments.create_segment('C', '{}', type => 'sometimes')", def(r#"{"attribute":"age","op":"is_null"}"#)),
-         "22023", r#"type "sometimes" is not static or dynamic"#.into()),
+         "22023", r#"segment "C": type "sometimes" is not static or dynamic"#.into()),
         // Direct writes go through the same checks.
         (format!("INSERT INTO segments.segment (name, definition) VALUES ('C', '{}')", def(r#"{"attribute":"agee","op":"is_null"}"#)),
          "42703", r#"rules[0].where: column "agee" does not exist on entity "customer""#.into()),
@@ -338,4 +338,184 @@ fn uuid_and_text_keys_work_end_to_end() {
         .collect();
     assert_eq!(keys.len(), 25);
     assert_eq!(keys, expected);
+}
+
+/// Readers read, editors edit, only admins touch never_expire, and a
+/// segment is evaluated with its owner's privileges whoever refreshes it.
+#[test]
+fn roles_and_owner_privileges() {
+    let cluster = Cluster::start("roles", &[]);
+    let mut admin = sample_database(&cluster, "500");
+    admin
+        .batch_execute(
+            "CREATE ROLE alice LOGIN IN ROLE segments_editor;
+             CREATE ROLE bob LOGIN IN ROLE segments_reader;
+             CREATE ROLE carol LOGIN IN ROLE segments_admin;
+             CREATE ROLE dave LOGIN IN ROLE segments_editor;
+             GRANT SELECT ON customers, orders TO alice, carol;
+             -- dave may not read customers at all.",
+        )
+        .unwrap();
+    let connect = |role: &str| {
+        postgres::Client::connect(&cluster.url("postgres").replace("user=postgres", &format!("user={role}")), postgres::NoTls).unwrap()
+    };
+    let (mut alice, mut bob, mut carol, mut dave) = (connect("alice"), connect("bob"), connect("carol"), connect("dave"));
+    let quick = "SELECT segments.quick_segment($1, 'customer', 'country', 'eq', '\"DE\"')";
+    let id: i64 = alice.query_one(quick, &[&"Alice's Germans"]).unwrap().get(0);
+    let owner: String = alice.query_one("SELECT owner::text FROM segments.segment WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(owner, "alice");
+    alice.query("SELECT * FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
+
+    // A reader reads, and cannot write.
+    let count: i64 = bob.query_one("SELECT member_count FROM segments.segment_list WHERE id = $1", &[&id]).unwrap().get(0);
+    assert!(count > 0);
+    let error = bob.query_one(quick, &[&"Bob's"]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501");
+    let error = bob.execute("SELECT segments.rename($1, 'x')", &[&id]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501");
+    // The members view checks the reader's own privileges on customers.
+    let error = bob.query("SELECT * FROM segments.customer_members", &[]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501");
+    let rows: i64 = carol.query_one("SELECT count(*) FROM segments.customer_members WHERE segment_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(rows, count);
+
+    // never_expire: refused to an editor, allowed to an admin, both paths.
+    let error = alice.execute("SELECT segments.disable_auto_cleanup(ARRAY[$1::bigint])", &[&id]).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "42501");
+    assert!(message.contains("never_expire"), "{message}");
+    let error = alice.execute("UPDATE segments.segment SET never_expire = true WHERE id = $1", &[&id]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501");
+    let changed: i32 = carol.query_one("SELECT segments.disable_auto_cleanup(ARRAY[$1::bigint])", &[&id]).unwrap().get(0);
+    assert_eq!(changed, 1);
+
+    // dave's segment is evaluated as dave, even when a superuser refreshes it.
+    let dave_id: i64 = dave.query_one(quick, &[&"Dave's Germans"]).unwrap().get(0);
+    let row = admin.query_one("SELECT status, error FROM segments.refresh(ARRAY[$1::bigint])", &[&dave_id]).unwrap();
+    let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().contains("permission denied for table customers"));
+    let members: i64 = admin.query_one("SELECT count(*) FROM segments.membership WHERE segment_id = $1", &[&dave_id]).unwrap().get(0);
+    assert_eq!(members, 0, "nothing of customers may leak into dave's segment");
+    // ...and alice's segment refreshed by dave is evaluated as alice.
+    let row = dave.query_one("SELECT status FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+}
+
+/// pg_dump and pg_restore keep every segment, its membership and history.
+#[test]
+fn dump_and_restore_keep_segments_memberships_and_history() {
+    let cluster = Cluster::start("dump", &[]);
+    let mut source = sample_database(&cluster, "2000");
+    source
+        .batch_execute(
+            r#"SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');
+               SELECT segments.create_segment('Young Germans', '{"entity":"customer","rules":[
+                  {"where":{"segment":"Germans"}},{"combine":"intersect","where":{"attribute":"age","op":"lt","value":30}}]}',
+                  tags => '{a,b}');
+               SELECT * FROM segments.refresh();
+               UPDATE customers SET country = 'DE' WHERE id <= 50;
+               SELECT * FROM segments.refresh();"#,
+        )
+        .unwrap();
+    let fingerprint = "SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', s.id, s.name, s.definition, s.tags, s.status, s.member_count, s.created_at, s.updated_at, s.rule_counts,
+                              md5(m.members)), ';' ORDER BY s.id)
+                         || (SELECT count(*) FROM segments.refresh_run)::text
+                         || (SELECT count(*) FROM segments.membership_change)::text
+                         || (SELECT string_agg(consumer, ',') FROM segments.usage)
+                       FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id";
+    let before: String = source.query_one(fingerprint, &[]).unwrap().get(0);
+    let bin = std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().unwrap();
+    let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+    let dump = std::env::temp_dir().join(format!("segments-dump-{}.custom", std::process::id()));
+    let status = std::process::Command::new(format!("{bin}/pg_dump"))
+        .args(["-Fc", "-f", dump.to_str().unwrap(), &cluster.url("postgres")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    source.batch_execute("CREATE DATABASE restored").unwrap();
+    let output = std::process::Command::new(format!("{bin}/pg_restore"))
+        .args(["--exit-on-error", "-d", &cluster.url("restored"), dump.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&dump);
+    assert!(output.status.success(), "pg_restore: {}", String::from_utf8_lossy(&output.stderr));
+    let mut restored = cluster.connect("restored");
+    let after: String = restored.query_one(fingerprint, &[]).unwrap().get(0);
+    assert_eq!(before, after);
+    // The restored catalog is alive: new segments get fresh ids, refresh works.
+    let id: i64 = restored
+        .query_one("SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '\"FR\"')", &[])
+        .unwrap()
+        .get(0);
+    assert!(id > 2);
+    let status: String = restored.query_one("SELECT status FROM segments.refresh(ARRAY[2::bigint])", &[]).unwrap().get(0);
+    assert_eq!(status, "succeeded");
+}
+
+/// DROP EXTENSION ... CASCADE leaves nothing of segments in the database.
+#[test]
+fn drop_extension_cascade_leaves_nothing_behind() {
+    let cluster = Cluster::start("drop", &[]);
+    let mut client = sample_database(&cluster, "200");
+    client
+        .batch_execute(
+            r#"SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');
+               SELECT * FROM segments.refresh();
+               DROP EXTENSION segments CASCADE;"#,
+        )
+        .unwrap();
+    let left: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'segments')
+                  + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'segments')
+                  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'segments')
+                  + (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segment%' AND NOT tgisinternal)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let customers: i64 = client.query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
+    assert_eq!(customers, 200, "the user's tables stay");
+    // And it installs again cleanly.
+    client.batch_execute("CREATE EXTENSION segments").unwrap();
+}
+
+/// CSV download through the members view equals the hand-written query.
+#[test]
+fn csv_download_equals_the_hand_written_query() {
+    let cluster = Cluster::start("csv", &[]);
+    let mut client = sample_database(&cluster, "3000");
+    client
+        .batch_execute(
+            r#"SELECT segments.create_segment('VIP', '{"entity":"customer","rules":[
+                 {"where":{"attribute":"loyalty_tier","op":"in","value":["gold","platinum"]}},
+                 {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}');
+               SELECT * FROM segments.refresh();"#,
+        )
+        .unwrap();
+    let dir = std::env::temp_dir();
+    let ours = dir.join(format!("segments-vip-{}.csv", std::process::id()));
+    let theirs = dir.join(format!("segments-hand-{}.csv", std::process::id()));
+    let psql = |command: String| {
+        let status = std::process::Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", &cluster.url("postgres"), "-c", &command])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    };
+    psql(format!(
+        "\\copy (SELECT * FROM segments.customer_members WHERE segment_name = 'VIP' ORDER BY id) TO '{}' CSV HEADER",
+        ours.display()
+    ));
+    psql(format!(
+        "\\copy (SELECT 1::bigint AS segment_id, 'VIP'::text AS segment_name, c.* FROM customers c \
+         WHERE loyalty_tier IN ('gold', 'platinum') AND NOT unsubscribed ORDER BY id) TO '{}' CSV HEADER",
+        theirs.display()
+    ));
+    let (a, b) = (std::fs::read_to_string(&ours).unwrap(), std::fs::read_to_string(&theirs).unwrap());
+    let _ = (std::fs::remove_file(&ours), std::fs::remove_file(&theirs));
+    assert!(a.lines().count() > 100, "the segment should have many members");
+    assert_eq!(a, b);
 }
