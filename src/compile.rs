@@ -568,6 +568,48 @@ impl Plan {
     }
 }
 
+/// Every (relation, column) a definition reads, the entity's key included:
+/// whoever saves a definition must be able to read them all, since the
+/// segment is evaluated with its owner's privileges.
+pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, String)> {
+    fn walk(condition: &Condition, entity: &Entity, table: &Table, out: &mut Vec<(String, String)>) {
+        match &condition.kind {
+            ConditionKind::All(items) | ConditionKind::Any(items) => items.iter().for_each(|c| walk(c, entity, table, out)),
+            ConditionKind::Not(inner) => walk(inner, entity, table, out),
+            ConditionKind::Attribute(test) => out.push((table.relation_sql.clone(), test.column.clone())),
+            ConditionKind::Related(test) => {
+                let Some(related) = entity.related(&test.related) else { return };
+                let rel = related.table.relation_sql.clone();
+                out.push((rel.clone(), related.foreign_key.clone()));
+                if let (Some(_), Some(time)) = (&test.within, &related.time_column) {
+                    out.push((rel.clone(), time.clone()));
+                }
+                if let RelatedMeasure::Aggregate { attribute: Some(attribute), .. } = &test.measure {
+                    out.push((rel.clone(), attribute.clone()));
+                }
+                if let Some(filter) = &test.filter {
+                    walk(filter, entity, &related.table, out);
+                }
+            }
+            ConditionKind::Segment(_) => {}
+        }
+    }
+    let mut out = vec![(entity.table.relation_sql.clone(), entity.key_column.clone())];
+    for rule_condition in definition.rules.iter().flat_map(rule_conditions) {
+        walk(rule_condition, entity, &entity.table, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn rule_conditions(rule: &Rule) -> Vec<&Condition> {
+    match &rule.body {
+        RuleBody::Where(condition) => vec![condition],
+        RuleBody::Rules(sub) => sub.iter().flat_map(rule_conditions).collect(),
+    }
+}
+
 /// Parses and compiles one definition on its own, as saving it does.
 pub fn compile_definition(
     catalog: &dyn Catalog,
@@ -764,6 +806,30 @@ mod tests {
         let e = compile_definition(&catalog, &closing, Some(9), NOW).unwrap_err();
         assert_eq!(e.error.code(), "22023");
         assert!(e.error.to_string().contains("cycle: this segment -> Loyal -> Big"), "{}", e.error);
+    }
+
+    #[test]
+    fn columns_read_cover_attributes_keys_and_related_tables() {
+        let catalog = customers();
+        let definition = Definition::parse(&json!({"entity": "customer", "rules": [
+            {"where": {"attribute": "country", "op": "eq", "value": "DE"}},
+            {"combine": "intersect", "rules": [{"where": {"related": "orders", "aggregate": "sum",
+                "attribute": "amount", "within": "30 days", "op": "gt", "value": 1,
+                "where": {"attribute": "status", "op": "eq", "value": "paid"}}}]}]}))
+        .unwrap();
+        let reads = columns_read(&definition, &catalog.entity("customer").unwrap());
+        let reads: Vec<String> = reads.into_iter().map(|(r, c)| format!("{r}.{c}")).collect();
+        assert_eq!(
+            reads,
+            vec![
+                "\"public\".\"customers\".country",
+                "\"public\".\"customers\".id",
+                "\"public\".\"orders\".amount",
+                "\"public\".\"orders\".customer_id",
+                "\"public\".\"orders\".ordered_at",
+                "\"public\".\"orders\".status",
+            ]
+        );
     }
 
     #[test]

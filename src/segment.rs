@@ -7,8 +7,8 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::Value;
 
-use crate::catalog::{Catalog, SpiCatalog};
-use crate::compile::compile_definition;
+use crate::catalog::{optional_value, Catalog, SpiCatalog};
+use crate::compile::{columns_read, compile_definition};
 use crate::definition::SegmentRef;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::reference_time_sql;
@@ -19,10 +19,29 @@ use crate::settings;
 /// references stored by id, so that renaming a segment never breaks the
 /// segments that read it.
 pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<Value, Reported> {
-    compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
+    let (parsed, plan, _) = compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
+    check_can_read(&columns_read(&parsed, &plan.entity))?;
     let mut normalized = definition.clone();
     references_by_id(&mut normalized, &SpiCatalog);
     Ok(normalized)
+}
+
+/// Refuses (42501) a definition that reads a column the current role may
+/// not SELECT: it would be evaluated as its owner and could reveal it.
+fn check_can_read(columns: &[(String, String)]) -> Result<(), Reported> {
+    for (relation, column) in columns {
+        let allowed = optional_value::<bool>(
+            "SELECT has_column_privilege($1::regclass, $2, 'SELECT')",
+            &[relation.as_str().into(), column.as_str().into()],
+        );
+        if allowed != Some(true) {
+            return Err(SegmentsError::InsufficientPrivilege(format!(
+                "permission denied: this definition reads column \"{column}\" of {relation}, which you may not SELECT"
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `{"segment": "Name"}` with `{"segment": id}` throughout.

@@ -389,17 +389,28 @@ fn roles_and_owner_privileges() {
     let changed: i32 = carol.query_one("SELECT segments.disable_auto_cleanup(ARRAY[$1::bigint])", &[&id]).unwrap().get(0);
     assert_eq!(changed, 1);
 
-    // dave's segment is evaluated as dave, even when a superuser refreshes it.
-    let dave_id: i64 = dave.query_one(quick, &[&"Dave's Germans"]).unwrap().get(0);
-    let row = admin.query_one("SELECT status, error FROM segments.refresh(ARRAY[$1::bigint])", &[&dave_id]).unwrap();
+    // An editor cannot save a definition reading what they may not SELECT...
+    let error = dave.query_one(quick, &[&"Dave's Germans"]).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "42501");
+    assert!(message.contains("column \"country\" of public.customers"), "{message}");
+    // ...nor edit someone else's segment into one.
+    let error = dave
+        .execute("UPDATE segments.segment SET definition = jsonb_set(definition, '{rules,0,where,value}', '\"FR\"') WHERE id = $1", &[&id])
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501");
+    // A segment is evaluated as its owner, whoever refreshes it: dave can
+    // refresh alice's segment, and once alice loses access even a
+    // superuser's refresh fails instead of reading customers for her.
+    let row = dave.query_one("SELECT status FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+    admin.batch_execute("REVOKE SELECT ON customers FROM alice").unwrap();
+    let row = admin.query_one("SELECT status, error FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
     let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(status, "failed");
     assert!(error.unwrap_or_default().contains("permission denied for table customers"));
-    let members: i64 = admin.query_one("SELECT count(*) FROM segments.membership WHERE segment_id = $1", &[&dave_id]).unwrap().get(0);
-    assert_eq!(members, 0, "nothing of customers may leak into dave's segment");
-    // ...and alice's segment refreshed by dave is evaluated as alice.
-    let row = dave.query_one("SELECT status FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
-    assert_eq!(row.get::<_, String>(0), "succeeded");
+    let kept: i64 = admin.query_one("SELECT member_count FROM segments.membership WHERE segment_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(kept, count, "a failed refresh keeps the old membership");
 }
 
 /// pg_dump and pg_restore keep every segment, its membership and history.
