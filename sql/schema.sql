@@ -136,6 +136,14 @@ CREATE TABLE segments.sequence_segment (
     connected_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- When the scheduler last ran its cluster-wide jobs. A pass locks these
+-- rows, so two passes (the worker and a manual run_due()) never overlap.
+CREATE TABLE segments.scheduler_state (
+    job      text PRIMARY KEY CHECK (job IN ('system', 'cleanup')),
+    last_run timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO segments.scheduler_state (job) VALUES ('system'), ('cleanup');
+
 SELECT pg_catalog.pg_extension_config_dump('segments.entity', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.related', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.entity_key', '');

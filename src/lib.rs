@@ -9,6 +9,8 @@
 //! - `entity`: registering entities and related tables, members views
 //! - `segment`: the segment catalog and its lifecycle trigger
 //! - `refresh`: the refresh engine
+//! - `schedule`, `scheduler`, `worker`: schedules, one scheduler pass, the
+//!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
 //! - `settings`: every `segments.*` setting
 //! - `txn`: subtransactions and running as a segment's owner
@@ -26,11 +28,13 @@ pub mod read;
 pub mod refresh;
 pub mod segment;
 pub mod schedule;
+pub mod scheduler;
 pub mod settings;
 pub mod sql;
 pub mod suggest;
 pub mod txn;
 pub mod validate;
+pub mod worker;
 
 #[cfg(feature = "pg_test")]
 mod pg_tests;
@@ -54,6 +58,7 @@ pgrx::extension_sql_file!(
     name = "manage",
     requires = ["lifecycle", segment::_next_refresh_epoch]
 );
+pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]
@@ -61,6 +66,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         settings::register_preload();
+        worker::register();
     }
 }
 

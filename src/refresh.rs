@@ -33,6 +33,8 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub segment_id: i64,
+    /// The `segments.refresh_run` row of this refresh.
+    pub run_id: i64,
     pub status: &'static str,
     pub member_count: Option<i64>,
     pub entered: Option<i64>,
@@ -44,7 +46,7 @@ pub struct Outcome {
 /// Loads and locks the segments to refresh: the given ids, or every active
 /// segment. Row locks make a second refresh of the same segment wait for
 /// the first, and an edit wait for a running refresh.
-fn load_targets(ids: Option<&[i64]>) -> Result<Vec<Target>, Reported> {
+fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, Reported> {
     if let Some(ids) = ids {
         let missing = spi(Spi::get_one_with_args::<String>(
             "SELECT string_agg(i::text, ', ') FROM unnest($1::bigint[]) AS i \
@@ -55,9 +57,13 @@ fn load_targets(ids: Option<&[i64]>) -> Result<Vec<Target>, Reported> {
             return Err(SegmentsError::UndefinedObject(format!("segment {missing} does not exist")).into());
         }
     }
-    let sql = "SELECT id, entity, owner::oid, state = 'active', definition FROM segments.segment \
-               WHERE CASE WHEN $1::bigint[] IS NULL THEN state = 'active' ELSE id = ANY ($1) END \
-               ORDER BY id FOR NO KEY UPDATE";
+    let sql = format!(
+        "SELECT id, entity, owner::oid, state = 'active', definition FROM segments.segment \
+         WHERE CASE WHEN $1::bigint[] IS NULL THEN state = 'active' ELSE id = ANY ($1) END \
+         ORDER BY id FOR NO KEY UPDATE{}",
+        if skip_locked { " SKIP LOCKED" } else { "" }
+    );
+    let sql = sql.as_str();
     Ok(Spi::connect_mut(|client| {
         spi(client.update(sql, None, &[ids.map(|i| i.to_vec()).into()]))
             .map(|row| Target {
@@ -301,9 +307,12 @@ fn store_status(id: i64, status: &str, error: Option<&str>) {
 }
 
 /// Refreshes the given segments (or every active one) and reports each.
-pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Outcome>, Reported> {
+/// `skip_locked` leaves out segments another session is refreshing or
+/// editing right now (the scheduler does, and gets them on a later pass);
+/// otherwise a refresh waits for them.
+pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
-    let targets = load_targets(ids)?;
+    let targets = load_targets(ids, skip_locked)?;
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);
     let mut fresh: HashMap<i64, Members> = HashMap::new();
@@ -316,8 +325,9 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Out
             .expect("clock_timestamp() is never NULL");
         if !target.active {
             store_status(target.id, "skipped", None);
-            let outcome = Outcome {
+            let mut outcome = Outcome {
                 segment_id: target.id,
+                run_id: 0,
                 status: "skipped",
                 member_count: None,
                 entered: None,
@@ -325,7 +335,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Out
                 duration: started.elapsed(),
                 error: None,
             };
-            record_run(target, trigger, started_at, &outcome);
+            outcome.run_id = record_run(target, trigger, started_at, &outcome);
             outcomes.push(outcome);
             continue;
         }
@@ -353,8 +363,9 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Out
                 let (entered, exited, first) = store_success(target.id, &members, &counts);
                 let count = members.len() as i64;
                 fresh.insert(target.id, members);
-                let outcome = Outcome {
+                let mut outcome = Outcome {
                     segment_id: target.id,
+                    run_id: 0,
                     status: "succeeded",
                     member_count: Some(count),
                     entered: Some(entered.len() as i64),
@@ -362,14 +373,15 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Out
                     duration: started.elapsed() + shared_time,
                     error: None,
                 };
-                let run = record_run(target, trigger, started_at, &outcome);
-                record_changes(target, run, &entered, &exited, first);
+                outcome.run_id = record_run(target, trigger, started_at, &outcome);
+                record_changes(target, outcome.run_id, &entered, &exited, first);
                 outcome
             }
             Err(message) => {
                 store_status(target.id, "failed", Some(&message));
-                let outcome = Outcome {
+                let mut outcome = Outcome {
                     segment_id: target.id,
+                    run_id: 0,
                     status: "failed",
                     member_count: None,
                     entered: None,
@@ -377,7 +389,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger) -> Result<Vec<Out
                     duration: started.elapsed() + shared_time,
                     error: Some(message),
                 };
-                record_run(target, trigger, started_at, &outcome);
+                outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 outcome
             }
         };
@@ -408,7 +420,7 @@ fn refresh(
         name!(error, Option<String>),
     ),
 > {
-    let outcomes = refresh_segments(segments.as_deref(), Trigger::Manual).or_raise();
+    let outcomes = refresh_segments(segments.as_deref(), Trigger::Manual, false).or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
         (o.segment_id, o.status.to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
     }))

@@ -530,3 +530,256 @@ fn csv_download_equals_the_hand_written_query() {
     assert!(a.lines().count() > 100, "the segment should have many members");
     assert_eq!(a, b);
 }
+
+fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {seconds}s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn worker_pid(client: &mut postgres::Client) -> Option<i32> {
+    client
+        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'segments scheduler'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// The worker refreshes a due segment within naptime plus a margin, comes
+/// back after pg_terminate_backend, and logs what it did.
+#[test]
+fn worker_refreshes_due_segments_and_comes_back_after_termination() {
+    let cluster = Cluster::start("worker", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let mut client = sample_database(&cluster, "2000");
+    let status_of = |client: &mut postgres::Client, id: i64| -> (String, Option<String>) {
+        let row = client
+            .query_one(
+                "SELECT s.status, (SELECT r.trigger FROM segments.refresh_run r WHERE r.segment_id = s.id ORDER BY r.id DESC LIMIT 1)
+                   FROM segments.segment s WHERE s.id = $1",
+                &[&id],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let id: i64 = client.query_one("SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')", &[]).unwrap().get(0);
+    let (status, trigger) = wait_for("the worker to refresh a new segment", 10, || {
+        let s = status_of(&mut client, id);
+        (s.0 == "succeeded").then_some(s)
+    });
+    assert_eq!((status.as_str(), trigger.as_deref()), ("succeeded", Some("schedule")));
+    let members: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&id]).unwrap().get(0);
+    let expected: i64 = client.query_one("SELECT count(*) FROM customers WHERE country = 'DE'", &[]).unwrap().get(0);
+    assert_eq!(members, expected);
+
+    let first = wait_for("the worker", 10, || worker_pid(&mut client));
+    client.execute("SELECT pg_terminate_backend($1)", &[&first]).unwrap();
+    let second = wait_for("the worker to come back", 20, || worker_pid(&mut client).filter(|pid| *pid != first));
+    assert_ne!(first, second);
+    let id2: i64 = client.query_one("SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '\"FR\"')", &[]).unwrap().get(0);
+    wait_for("the new worker to refresh", 10, || (status_of(&mut client, id2).0 == "succeeded").then_some(()));
+    let log = cluster.server_log();
+    assert!(log.contains("segments scheduler started in database \"postgres\""), "{log}");
+    assert!(log.contains("segments: schedule refresh of 1 segment(s): 0 failed"), "{log}");
+}
+
+/// One pass of run_due(): the system refresh when it is due, own cron
+/// schedules when due, skipped runs for inactive segments, nothing for
+/// manual ones.
+#[test]
+fn run_due_follows_schedules() {
+    let cluster = Cluster::start("due", &[]);
+    let mut client = sample_database(&cluster, "1000");
+    client
+        .batch_execute(
+            r#"SELECT segments.quick_segment('System', 'customer', 'country', 'eq', '"DE"');
+               SELECT segments.quick_segment('Idle system', 'customer', 'country', 'eq', '"FR"');
+               SELECT segments.create_segment('Hourly', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"lt","value":30}}]}', schedule => '0 * * * *');
+               SELECT segments.create_segment('By hand', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":60}}]}', type => 'static');
+               SELECT * FROM segments.refresh();
+               SELECT segments.deactivate(ARRAY[2::bigint]);
+               -- Nothing is due right after a refresh.
+               "#,
+        )
+        .unwrap();
+    let runs: i64 = client.query_one("SELECT count(*) FROM segments.run_due()", &[]).unwrap().get(0);
+    assert_eq!(runs, 0, "nothing is due right after a refresh");
+    // Two days pass.
+    client
+        .batch_execute(
+            "UPDATE segments.scheduler_state SET last_run = last_run - interval '2 days';
+             UPDATE segments.refresh_run SET started_at = started_at - interval '2 days', finished_at = finished_at - interval '2 days';
+             UPDATE segments.segment SET last_refreshed_at = last_refreshed_at - interval '2 days',
+                                         created_at = created_at - interval '2 days';",
+        )
+        .unwrap();
+    let rows = client
+        .query("SELECT s.name, r.trigger, r.status FROM segments.run_due() r JOIN segments.segment s ON s.id = r.segment_id ORDER BY s.name", &[])
+        .unwrap();
+    let got: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let want = vec![
+        ("Hourly".to_string(), "schedule".to_string(), "succeeded".to_string()),
+        ("Idle system".to_string(), "system".to_string(), "skipped".to_string()),
+        ("System".to_string(), "system".to_string(), "succeeded".to_string()),
+    ];
+    assert_eq!(got, want);
+    let again: i64 = client.query_one("SELECT count(*) FROM segments.run_due()", &[]).unwrap().get(0);
+    assert_eq!(again, 0, "a pass leaves nothing due behind it");
+}
+
+/// A segment whose SQL starts failing is marked failed with its error and
+/// keeps its membership; the others refresh.
+#[test]
+fn a_failing_segment_does_not_stop_the_others() {
+    let cluster = Cluster::start("failing", &[]);
+    let mut client = sample_database(&cluster, "1000");
+    client
+        .batch_execute(
+            r#"ALTER TABLE customers ADD COLUMN score integer DEFAULT 5;
+               SELECT segments.quick_segment('Scored', 'customer', 'score', 'gt', '1');
+               SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');
+               SELECT segments.create_segment('Scored Germans', '{"entity":"customer","rules":[
+                  {"where":{"segment":"Germans"}},{"combine":"intersect","where":{"attribute":"age","op":"gt","value":40}}]}');
+               SELECT * FROM segments.refresh();
+               ALTER TABLE customers DROP COLUMN score CASCADE;"#,
+        )
+        .unwrap();
+    let rows = client.query("SELECT segment_id, status, error FROM segments.refresh() ORDER BY segment_id", &[]).unwrap();
+    let statuses: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(statuses, vec![(1, "failed".into()), (2, "succeeded".into()), (3, "succeeded".into())]);
+    let error: String = rows[0].get(2);
+    assert!(error.contains("score"), "{error}");
+    let row = client
+        .query_one("SELECT status, last_error, member_count, (SELECT member_count FROM segments.membership WHERE segment_id = 1) FROM segments.segment WHERE id = 1", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(row.get::<_, String>(1).contains("score"));
+    assert_eq!(row.get::<_, i64>(2), 1000, "the old membership stays");
+    assert_eq!(row.get::<_, i64>(3), 1000);
+}
+
+/// Two refreshes of one segment from two connections run one after the
+/// other: the second waits for the first to commit.
+#[test]
+fn concurrent_refreshes_of_a_segment_serialize() {
+    let cluster = Cluster::start("concurrent", &[]);
+    let mut first = sample_database(&cluster, "2000");
+    first.batch_execute("SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')").unwrap();
+    let mut tx = first.transaction().unwrap();
+    tx.query("SELECT * FROM segments.refresh(ARRAY[1::bigint])", &[]).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = cluster.url("postgres");
+    let flag = done.clone();
+    let second = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let status: String = client.query_one("SELECT status FROM segments.refresh(ARRAY[1::bigint])", &[]).unwrap().get(0);
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        status
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!done.load(std::sync::atomic::Ordering::SeqCst), "the second refresh must wait for the first");
+    tx.commit().unwrap();
+    assert_eq!(second.join().unwrap(), "succeeded");
+    let runs = first
+        .query("SELECT started_at, finished_at FROM segments.refresh_run WHERE segment_id = 1 ORDER BY id", &[])
+        .unwrap();
+    assert_eq!(runs.len(), 2);
+    let first_finished: std::time::SystemTime = runs[0].get(1);
+    let second_started: std::time::SystemTime = runs[1].get(0);
+    assert!(second_started >= first_finished, "the runs must not overlap");
+}
+
+/// A reader in a long transaction sees the old membership or the new one,
+/// never a mix; LISTEN gets the counts of each change.
+#[test]
+fn readers_see_old_or_new_and_notify_carries_counts() {
+    let cluster = Cluster::start("readers", &[]);
+    let mut writer = sample_database(&cluster, "2000");
+    writer.batch_execute("SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '30'); SELECT * FROM segments.refresh();").unwrap();
+    let mut listener = cluster.connect("postgres");
+    listener.batch_execute("LISTEN segments").unwrap();
+    let mut reader = cluster.connect("postgres");
+    let mut tx = reader.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    let snapshot = "SELECT (SELECT count(*) FROM segments.customer_members WHERE segment_id = 1),
+                           (SELECT member_count FROM segments.segment WHERE id = 1),
+                           segments.is_member(1, 1), (SELECT age < 30 FROM customers WHERE id = 1)";
+    let before = tx.query_one(snapshot, &[]).unwrap();
+    let (view_before, count_before): (i64, i64) = (before.get(0), before.get(1));
+    assert_eq!(view_before, count_before);
+    writer
+        .batch_execute("UPDATE customers SET age = CASE WHEN age < 30 THEN 50 ELSE 20 END WHERE id <= 100")
+        .unwrap();
+    let row = writer.query_one("SELECT entered, exited, member_count FROM segments.refresh()", &[]).unwrap();
+    let (entered, exited, count_after): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(entered > 0 && exited > 0);
+    let during = tx.query_one(snapshot, &[]).unwrap();
+    assert_eq!((during.get::<_, i64>(0), during.get::<_, i64>(1)), (view_before, count_before), "the reader's snapshot keeps the old set");
+    assert_eq!(during.get::<_, bool>(2), before.get::<_, bool>(2));
+    tx.commit().unwrap();
+    let after = reader.query_one(snapshot, &[]).unwrap();
+    assert_eq!((after.get::<_, i64>(0), after.get::<_, i64>(1)), (count_after, count_after));
+    assert_eq!(after.get::<_, bool>(2), after.get::<_, Option<bool>>(3).unwrap_or(false));
+    let changes: i64 = writer
+        .query_one("SELECT count(*) FROM segments.membership_change WHERE run_id = (SELECT max(id) FROM segments.refresh_run)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(changes, entered + exited);
+
+    listener.batch_execute("SELECT 1").unwrap();
+    use postgres::fallible_iterator::FallibleIterator;
+    let notifications: Vec<postgres::Notification> = listener.notifications().iter().collect().unwrap();
+    let payloads: Vec<serde_json::Value> =
+        notifications.iter().map(|n| serde_json::from_str(n.payload()).unwrap()).collect();
+    let last = payloads.last().expect("a notification for the changing refresh");
+    assert_eq!(last["segment"], 1);
+    assert_eq!(last["entered"], entered);
+    assert_eq!(last["exited"], exited);
+}
+
+/// A fast shutdown while the worker refreshes loses nothing: after the
+/// restart every segment is in a consistent state.
+#[test]
+fn fast_shutdown_mid_refresh_loses_nothing() {
+    let cluster = Cluster::start("shutdown", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let mut client = sample_database(&cluster, "100000");
+    for i in 0..8 {
+        client
+            .execute(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("Heavy {i}"),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{{"related":"orders","aggregate":"sum","attribute":"amount","op":"gt","value":{}}}}}]}}"#, 100 * i),
+                ],
+            )
+            .unwrap();
+    }
+    // Wait until the worker is busy refreshing, then stop the server.
+    wait_for("the worker to start refreshing", 20, || {
+        client
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'segments scheduler' AND state = 'active'", &[])
+            .unwrap()
+    });
+    drop(client);
+    cluster.restart();
+    let mut client = cluster.connect("postgres");
+    let inconsistent: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.segment s LEFT JOIN segments.membership m ON m.segment_id = s.id
+              WHERE (m.segment_id IS NULL) <> (s.status = 'not_refreshed')
+                 OR m.member_count IS DISTINCT FROM (CASE WHEN m.segment_id IS NULL THEN NULL ELSE s.member_count END)
+                 OR s.member_count IS DISTINCT FROM (SELECT r.member_count FROM segments.refresh_run r
+                                                     WHERE r.segment_id = s.id AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(inconsistent, 0);
+    // And the worker finishes the job after the restart.
+    wait_for("every segment to be refreshed after the restart", 120, || {
+        let left: i64 = client.query_one("SELECT count(*) FROM segments.segment WHERE status <> 'succeeded'", &[]).unwrap().get(0);
+        (left == 0).then_some(())
+    });
+}

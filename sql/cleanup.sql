@@ -1,0 +1,77 @@
+-- Usage tracking and the unused-segment cleanup. A segment is unused when
+-- it is active, not never_expire, has no live usage, and was created or
+-- last updated longer ago than `older_than` (default segments.unused_after).
+
+CREATE FUNCTION segments._check_usage_kind(kind text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF kind IS NULL OR kind NOT IN ('export', 'measure', 'segment', 'journey', 'campaign',
+                                    'test_list', 'message', 'sequence', 'analytics') THEN
+        RAISE EXCEPTION 'usage kind "%" is not one of export, measure, segment, journey, campaign, test_list, message, sequence, analytics', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION segments.add_usage(segment bigint, kind text, consumer text, live boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[add_usage.segment]);
+    PERFORM segments._check_usage_kind(add_usage.kind);
+    IF kind IN ('segment', 'export', 'sequence') THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF consumer IS NULL OR btrim(consumer) = '' THEN
+        RAISE EXCEPTION 'a usage needs a consumer' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer, live)
+    VALUES (add_usage.segment, add_usage.kind, add_usage.consumer, coalesce(add_usage.live, true))
+    ON CONFLICT (segment_id, kind, consumer) DO UPDATE SET live = EXCLUDED.live;
+END
+$$;
+
+CREATE FUNCTION segments.remove_usage(segment bigint, kind text, consumer text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[remove_usage.segment]);
+    PERFORM segments._check_usage_kind(remove_usage.kind);
+    DELETE FROM segments.usage_registry u
+     WHERE u.segment_id = remove_usage.segment AND u.kind = remove_usage.kind AND u.consumer = remove_usage.consumer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment % has no usage of kind "%" by "%"', segment, kind, consumer
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION segments.deactivate_unused(older_than interval DEFAULT NULL, dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := now() - coalesce(
+        older_than,
+        nullif(current_setting('segments.unused_after', true), '')::interval,
+        interval '45 days');
+BEGIN
+    IF dry_run THEN
+        RETURN QUERY
+            SELECT s.id, s.name FROM segments.segment s
+             WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+               AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
+             ORDER BY s.id;
+    ELSE
+        RETURN QUERY
+            WITH deactivated AS (
+                UPDATE segments.segment s
+                   SET state = 'inactive',
+                       tags = CASE WHEN 'AutoDeactivated' = ANY (s.tags) THEN s.tags
+                                   ELSE s.tags || 'AutoDeactivated'::text END
+                 WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+                   AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
+                RETURNING s.id, s.name)
+            SELECT d.id, d.name FROM deactivated d ORDER BY d.id;
+    END IF;
+END
+$$;

@@ -1,0 +1,112 @@
+//! The background worker: with `shared_preload_libraries = 'segments'`, it
+//! wakes every `segments.naptime` in database `segments.database` and runs
+//! one scheduler pass (`scheduler::run_pass`) in its own transaction.
+//!
+//! SIGTERM uses Postgres' own `die` handler, so a pass stops at the next
+//! interrupt check and its transaction rolls back: a shutdown in the middle
+//! of a refresh loses nothing. The postmaster restarts the worker if it
+//! dies for any other reason.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::settings;
+
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("segments scheduler")
+        .set_type("segments scheduler")
+        .set_function("segments_scheduler_main")
+        .set_library("segments")
+        .enable_spi_access()
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+/// Runs `work` in a transaction of its own; an error is logged and the
+/// transaction rolled back (pgrx's `BackgroundWorker::transaction` would
+/// commit it).
+fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSafe) -> Option<R> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = PgTryBuilder::new(|| Some(work()))
+        .catch_others(|error| {
+            log!("segments scheduler: {what} failed: {}", crate::txn::error_text(&error));
+            None
+        })
+        .execute();
+    unsafe {
+        if result.is_some() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    result
+}
+
+fn extension_installed() -> bool {
+    in_transaction("checking for the extension", || {
+        pgrx::spi::Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'segments')")
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
+    .unwrap_or(false)
+}
+
+/// What pg_stat_activity shows for the worker: `active` during a pass.
+fn report_activity(state: pg_sys::BackendState::Type, query: &std::ffi::CStr) {
+    unsafe { pg_sys::pgstat_report_activity(state, query.as_ptr()) };
+}
+
+unsafe extern "C-unwind" {
+    /// Postgres' SIGTERM handler for backends: sets ProcDiePending, so the
+    /// next interrupt check ends the process cleanly.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
+    let database = settings::text(&settings::DATABASE).unwrap_or_else(|| "postgres".into());
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("segments scheduler started in database \"{database}\"");
+    let mut warned_missing = false;
+    loop {
+        let naptime = Duration::from_secs(settings::NAPTIME.get().max(1) as u64);
+        if !BackgroundWorker::wait_latch(Some(naptime)) {
+            break; // the postmaster died
+        }
+        pgrx::check_for_interrupts!();
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if !extension_installed() {
+            if !warned_missing {
+                log!("segments scheduler: extension segments is not installed in \"{database}\"; waiting");
+                warned_missing = true;
+            }
+            continue;
+        }
+        warned_missing = false;
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"segments scheduler pass");
+        in_transaction("a scheduler pass", || {
+            crate::scheduler::run_pass();
+        });
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"");
+    }
+}
