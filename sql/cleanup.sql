@@ -28,7 +28,7 @@ BEGIN
     END IF;
     INSERT INTO segments.usage_registry (segment_id, kind, consumer, live)
     VALUES (add_usage.segment, add_usage.kind, add_usage.consumer, coalesce(add_usage.live, true))
-    ON CONFLICT (segment_id, kind, consumer) DO UPDATE SET live = EXCLUDED.live;
+    ON CONFLICT ON CONSTRAINT usage_registry_pkey DO UPDATE SET live = EXCLUDED.live;
 END
 $$;
 

@@ -23,6 +23,7 @@ pub mod definition;
 pub mod entity;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod inspect;
 pub mod read;
 pub mod refresh;
@@ -59,6 +60,7 @@ pgrx::extension_sql_file!(
     requires = ["lifecycle", segment::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
+pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["cleanup", "key_functions", export::_rewrite_export]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]

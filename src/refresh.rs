@@ -395,6 +395,10 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
         };
         outcomes.push(outcome);
     }
+    let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == "succeeded").map(|o| o.segment_id).collect();
+    for export in crate::export::exports_of(&changed) {
+        crate::export::rewrite(export);
+    }
     outcomes.sort_by_key(|o| o.segment_id);
     Ok(outcomes)
 }

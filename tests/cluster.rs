@@ -628,6 +628,14 @@ fn run_due_follows_schedules() {
     assert_eq!(got, want);
     let again: i64 = client.query_one("SELECT count(*) FROM segments.run_due()", &[]).unwrap().get(0);
     assert_eq!(again, 0, "a pass leaves nothing due behind it");
+    // History older than segments.history_retention goes with the next pass.
+    client.batch_execute("SET segments.history_retention = '1 day'; SELECT * FROM segments.run_due();").unwrap();
+    let old: i64 = client
+        .query_one("SELECT count(*) FROM segments.refresh_run WHERE started_at < now() - interval '1 day'", &[])
+        .unwrap()
+        .get(0);
+    let recent: i64 = client.query_one("SELECT count(*) FROM segments.refresh_run", &[]).unwrap().get(0);
+    assert_eq!((old, recent), (0, 3));
 }
 
 /// A segment whose SQL starts failing is marked failed with its error and
@@ -782,4 +790,159 @@ fn fast_shutdown_mid_refresh_loses_nothing() {
         let left: i64 = client.query_one("SELECT count(*) FROM segments.segment WHERE status <> 'succeeded'", &[]).unwrap().get(0);
         (left == 0).then_some(())
     });
+}
+
+fn names(client: &mut postgres::Client, sql: &str) -> Vec<String> {
+    client.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// The unused-segment cleanup: the 45-day boundary on created and updated
+/// time, live against analytics usage, segment references, never_expire,
+/// dry runs, and reactivation.
+#[test]
+fn unused_segments_are_deactivated_and_tagged() {
+    let cluster = Cluster::start("cleanup", &[]);
+    let mut client = sample_database(&cluster, "500");
+    let make = |client: &mut postgres::Client, name: &str, definition: &str| -> i64 {
+        client.query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&name, &definition]).unwrap().get(0)
+    };
+    let simple = r#"{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":30}}]}"#;
+    for name in ["old", "young", "recently edited", "in a journey", "only analytics", "never expires", "referenced"] {
+        make(&mut client, name, simple);
+    }
+    make(&mut client, "reader", r#"{"entity":"customer","rules":[{"where":{"segment":"referenced"}}]}"#);
+    client
+        .batch_execute(
+            "UPDATE segments.segment SET created_at = now() - interval '60 days', updated_at = now() - interval '60 days';
+             UPDATE segments.segment SET created_at = now() - interval '46 days', updated_at = now() - interval '46 days' WHERE name = 'old';
+             UPDATE segments.segment SET created_at = now() - interval '44 days', updated_at = now() - interval '44 days' WHERE name = 'young';
+             UPDATE segments.segment SET updated_at = now() - interval '10 days' WHERE name = 'recently edited';
+             SELECT segments.add_usage(id, 'journey', 'Welcome journey') FROM segments.segment WHERE name = 'in a journey';
+             SELECT segments.add_usage(id, 'analytics', 'Funnel report', live => false) FROM segments.segment WHERE name = 'only analytics';
+             SELECT segments.disable_auto_cleanup(array_agg(id)) FROM segments.segment WHERE name = 'never expires';",
+        )
+        .unwrap();
+    let usage: Vec<String> = names(&mut client, "SELECT format('%s %s %s', kind, consumer, live) FROM segments.usage ORDER BY kind");
+    assert_eq!(usage, vec!["analytics Funnel report f", "journey Welcome journey t", "segment reader t"]);
+
+    let expected = vec!["old".to_string(), "only analytics".to_string(), "reader".to_string()];
+    let state_before = names(&mut client, "SELECT string_agg(name || state || array_to_string(tags, ','), ';' ORDER BY id) FROM segments.segment");
+    let dry = names(&mut client, "SELECT name FROM segments.deactivate_unused(dry_run => true) ORDER BY name");
+    assert_eq!(dry, expected);
+    let state_after = names(&mut client, "SELECT string_agg(name || state || array_to_string(tags, ','), ';' ORDER BY id) FROM segments.segment");
+    assert_eq!(state_before, state_after, "a dry run changes nothing");
+
+    // The setting moves the boundary.
+    client.batch_execute("SET segments.unused_after = '50 days'").unwrap();
+    let later = names(&mut client, "SELECT name FROM segments.deactivate_unused(dry_run => true) ORDER BY name");
+    assert_eq!(later, vec!["only analytics".to_string(), "reader".to_string()]);
+    client.batch_execute("RESET segments.unused_after").unwrap();
+
+    let done = names(&mut client, "SELECT name FROM segments.deactivate_unused() ORDER BY name");
+    assert_eq!(done, expected);
+    let tagged = names(&mut client, "SELECT name FROM segments.segment WHERE state = 'inactive' AND 'AutoDeactivated' = ANY (tags) ORDER BY name");
+    assert_eq!(tagged, expected);
+
+    // Once "reader" no longer reads "referenced", nothing keeps it in use.
+    client
+        .batch_execute(&format!("UPDATE segments.segment SET definition = '{simple}' WHERE name = 'reader'"))
+        .unwrap();
+    let usage_left: i64 = client.query_one("SELECT count(*) FROM segments.usage WHERE kind = 'segment'", &[]).unwrap().get(0);
+    assert_eq!(usage_left, 0);
+    let now_unused = names(&mut client, "SELECT name FROM segments.deactivate_unused(dry_run => true) ORDER BY name");
+    assert_eq!(now_unused, vec!["referenced".to_string()]);
+
+    // Resuming removes the tag and makes the segment due.
+    client.batch_execute("SELECT segments.activate(array_agg(id)) FROM segments.segment WHERE name = 'old'").unwrap();
+    let row = client
+        .query_one("SELECT state, tags, needs_refresh FROM segments.segment WHERE name = 'old'", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "active");
+    assert_eq!(row.get::<_, Vec<String>>(1), Vec::<String>::new());
+    assert!(row.get::<_, bool>(2));
+    let error = client.execute("SELECT segments.add_usage(1, 'poster', 'x')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "22023");
+}
+
+/// An export table holds exactly the hand-written query's rows after each
+/// refresh, keeps its segments in use, and goes with drop_export.
+#[test]
+fn exports_follow_refreshes() {
+    let cluster = Cluster::start("exports", &[]);
+    let mut client = sample_database(&cluster, "2000");
+    client
+        .batch_execute(
+            r#"SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');
+               SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '25');
+               SELECT * FROM segments.refresh();
+               SELECT segments.create_export('crm', ARRAY[1, 2]::bigint[], 'public.crm_audience');"#,
+        )
+        .unwrap();
+    let hand = "SELECT 'Germans' AS segment_name, id FROM customers WHERE country = 'DE'
+                UNION ALL SELECT 'Young', id FROM customers WHERE age < 25";
+    let differences = |client: &mut postgres::Client| -> (i64, i64) {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM crm_audience),
+                            (SELECT count(*) FROM ((SELECT segment_name, id FROM crm_audience EXCEPT ALL ({hand}))
+                                        UNION ALL (({hand}) EXCEPT ALL SELECT segment_name, id FROM crm_audience)) d)"
+                ),
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (rows, diff) = differences(&mut client);
+    assert!(rows > 100);
+    assert_eq!(diff, 0);
+    let columns: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'crm_audience' AND column_name IN ('segment_name', 'email', 'country')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 3, "entity columns plus segment_name");
+
+    client.batch_execute("UPDATE customers SET country = 'DE' WHERE id <= 300; SELECT * FROM segments.refresh(ARRAY[1::bigint]);").unwrap();
+    assert_eq!(differences(&mut client).1, 0, "the export follows a membership change");
+
+    let error = client.query("SELECT * FROM segments.delete(ARRAY[1::bigint])", &[]).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "2BP01");
+    assert!(message.contains("export \"crm\""), "{message}");
+    let used: i64 = client.query_one("SELECT usage_count FROM segments.segment_list WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(used, 1);
+
+    let error = client.execute("SELECT segments.create_export('again', ARRAY[1]::bigint[], 'public.crm_audience')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42P07");
+    client.batch_execute("SELECT segments.drop_export('crm')").unwrap();
+    let gone: Option<String> = client.query_one("SELECT to_regclass('public.crm_audience')::text", &[]).unwrap().get(0);
+    assert_eq!(gone, None);
+    let deleted: i64 = client.query_one("SELECT count(*) FROM segments.delete(ARRAY[1::bigint])", &[]).unwrap().get(0);
+    assert_eq!(deleted, 1);
+}
+
+/// Refreshing many segments of one entity scans the entity table once.
+#[test]
+fn many_segments_share_one_scan() {
+    let cluster = Cluster::start("sharing", &[]);
+    let mut client = sample_database(&cluster, "2000");
+    for (i, country) in ["DE", "FR", "US", "GB", "ES", "IT"].iter().enumerate() {
+        client
+            .execute(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("{country} over {}", i * 10),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{{"all":[{{"attribute":"country","op":"eq","value":"{country}"}},{{"attribute":"age","op":"gt","value":{}}}]}}}}]}}"#, i * 10),
+                ],
+            )
+            .unwrap();
+    }
+    let mut tx = client.transaction().unwrap();
+    let refreshed: i64 = tx.query_one("SELECT count(*) FROM segments.refresh() WHERE status = 'succeeded'", &[]).unwrap().get(0);
+    assert_eq!(refreshed, 6);
+    let scans: i64 = tx
+        .query_one("SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'customers'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(scans, 1, "six segments, one scan of customers");
 }
