@@ -146,6 +146,19 @@ CREATE TABLE segments.sequence_segment (
     sequence_id  bigint NOT NULL REFERENCES segments.sequence (id) ON DELETE CASCADE,
     connected_at timestamptz NOT NULL DEFAULT now()
 );
+-- Records connected to a sequence: one sequence per record of an entity.
+-- A connection outlives the segment that made it (segment_id becomes NULL,
+-- segment_name keeps the name it had).
+CREATE TABLE segments.sequence_record (
+    entity       text NOT NULL,
+    key          text NOT NULL,
+    sequence_id  bigint NOT NULL REFERENCES segments.sequence (id) ON DELETE CASCADE,
+    segment_id   bigint REFERENCES segments.segment (id) ON DELETE SET NULL,
+    segment_name text,
+    connected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, key)
+);
+CREATE INDEX ON segments.sequence_record (sequence_id);
 
 -- When the scheduler last ran its cluster-wide jobs. A pass locks these
 -- rows, so two passes (the worker and a manual run_due()) never overlap.
@@ -168,6 +181,7 @@ SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', 'WHERE kin
 SELECT pg_catalog.pg_extension_config_dump('segments.export', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence_segment', '');
+SELECT pg_catalog.pg_extension_config_dump('segments.sequence_record', '');
 -- Identity sequences too, so that ids go on where they were after a restore.
 SELECT pg_catalog.pg_extension_config_dump(pg_get_serial_sequence('segments.segment', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_get_serial_sequence('segments.refresh_run', 'id'), '');

@@ -12,6 +12,8 @@
 //! - `schedule`, `scheduler`, `worker`: schedules, one scheduler pass, the
 //!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
+//! - `sequence`: connecting records that enter segments to sales sequences
+//! - `export`: export tables kept in step with refreshes
 //! - `settings`: every `segments.*` setting
 //! - `txn`: subtransactions and running as a segment's owner
 //! - `error`: the one error type and its SQLSTATEs
@@ -28,6 +30,7 @@ pub mod inspect;
 pub mod read;
 pub mod refresh;
 pub mod segment;
+pub mod sequence;
 pub mod schedule;
 pub mod scheduler;
 pub mod settings;
@@ -61,6 +64,11 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["cleanup", "key_functions", export::_rewrite_export]);
+pgrx::extension_sql_file!(
+    "../sql/sequences.sql",
+    name = "sequences",
+    requires = ["exports", sequence::_connect_members, sequence::_missing_keys, sequence::_canonical_keys]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]

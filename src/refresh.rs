@@ -316,6 +316,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);
     let mut fresh: HashMap<i64, Members> = HashMap::new();
+    let mut entered_by_segment: HashMap<i64, Members> = HashMap::new();
     let mut outcomes = Vec::with_capacity(targets.len());
 
     for i in dependency_order(&targets) {
@@ -375,6 +376,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                 };
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 record_changes(target, outcome.run_id, &entered, &exited, first);
+                entered_by_segment.insert(target.id, entered);
                 outcome
             }
             Err(message) => {
@@ -395,6 +397,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
         };
         outcomes.push(outcome);
     }
+    crate::sequence::assign(&entered_by_segment, &fresh);
     let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == "succeeded").map(|o| o.segment_id).collect();
     for export in crate::export::exports_of(&changed) {
         crate::export::rewrite(export);

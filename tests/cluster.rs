@@ -946,3 +946,140 @@ fn many_segments_share_one_scan() {
         .get(0);
     assert_eq!(scans, 1, "six segments, one scan of customers");
 }
+
+/// The sales flow: records entering connected segments start sequences by
+/// priority, move_existing takes records, deactivation stops new
+/// connections, deletion keeps the ones made, records connect by hand.
+#[test]
+fn sequences_connect_records_by_priority() {
+    let cluster = Cluster::start("sequences", &[]);
+    let mut client = sample_database(&cluster, "2000");
+    client
+        .batch_execute(
+            r#"SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');   -- 1
+               SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '30');           -- 2
+               SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '"FR"');    -- 3
+               SELECT segments.set_priority(1, 2);
+               SELECT segments.set_priority(2, 1);
+               SELECT segments.create_sequence('Germany outreach', 'customer');                  -- 1
+               SELECT segments.create_sequence('Student offer', 'customer');                     -- 2
+               SELECT segments.create_sequence('France outreach', 'customer');                   -- 3
+               SELECT segments.connect_sequence(1, ARRAY[1]::bigint[]);
+               SELECT segments.connect_sequence(2, ARRAY[2]::bigint[]);
+               SELECT segments.connect_sequence(3, ARRAY[3]::bigint[]);
+               SELECT * FROM segments.refresh();"#,
+        )
+        .unwrap();
+    let placement = |client: &mut postgres::Client| -> Vec<(String, i64)> {
+        client
+            .query("SELECT sequence, count(*) FROM segments.sequence_records GROUP BY 1 ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let count = |client: &mut postgres::Client, sql: &str| -> i64 {
+        client.query_one(&format!("SELECT count(*) FROM customers WHERE {sql}"), &[]).unwrap().get(0)
+    };
+    let expected = vec![
+        ("France outreach".to_string(), count(&mut client, "country = 'FR' AND NOT coalesce(age < 30, false)")),
+        ("Germany outreach".to_string(), count(&mut client, "country = 'DE' AND NOT coalesce(age < 30, false)")),
+        ("Student offer".to_string(), count(&mut client, "age < 30")),
+    ];
+    assert_eq!(placement(&mut client), expected, "young Germans and French go to the higher-priority Student offer");
+    let wrong: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.sequence_records r JOIN customers c ON c.id::text = r.key
+              WHERE (c.age < 30) <> (r.sequence = 'Student offer')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+
+    // A segment connects to at most one sequence.
+    let error = client.execute("SELECT segments.connect_sequence(2, ARRAY[1]::bigint[])", &[]).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "55000");
+    assert!(message.contains("already connected to sequence \"Germany outreach\""), "{message}");
+
+    // move_existing: a higher-priority segment takes the records it wants.
+    client
+        .batch_execute(
+            r#"SELECT segments.quick_segment('Seniors', 'customer', 'age', 'gt', '60');          -- 4
+               SELECT segments.quick_segment('Seniors too', 'customer', 'age', 'gt', '60');      -- 5
+               SELECT segments.set_priority(4, 0);
+               SELECT segments.set_priority(5, 0);
+               UPDATE segments.segment SET move_existing = true WHERE id = 4;
+               SELECT segments.create_sequence('Silver surfers', 'customer');                    -- 4
+               SELECT segments.create_sequence('Never used', 'customer');                        -- 5
+               SELECT segments.connect_sequence(5, ARRAY[5]::bigint[]);
+               SELECT segments.connect_sequence(4, ARRAY[4]::bigint[]);
+               SELECT * FROM segments.refresh(ARRAY[4, 5]::bigint[]);"#,
+        )
+        .unwrap();
+    let seniors = count(&mut client, "age > 60");
+    let moved: i64 = client
+        .query_one("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'Silver surfers'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, seniors, "every senior moved: 'Seniors' has move_existing and priority 0");
+    let untouched: i64 = client
+        .query_one("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'Never used'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(untouched, 0, "'Seniors too' neither takes connected records nor beats 'Seniors' by id");
+
+    // Deactivating stops new connections, and reports the sequence.
+    let row = client.query_one("SELECT connected_sequences FROM segments.deactivate(ARRAY[3]::bigint[])", &[]).unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["France outreach".to_string()]);
+    client
+        .batch_execute(
+            "INSERT INTO customers (id, code, country, age, unsubscribed, signed_up_at) VALUES (900001, 'NEW1', 'FR', 45, false, now());
+             SELECT * FROM segments.refresh();",
+        )
+        .unwrap();
+    let new_one: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records WHERE key = '900001'", &[]).unwrap().get(0);
+    assert_eq!(new_one, 0, "an inactive segment connects nobody");
+
+    // Deleting keeps the connections made, without the segment's id.
+    let before: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records WHERE segment_id = 1", &[]).unwrap().get(0);
+    client.batch_execute("SELECT * FROM segments.delete(ARRAY[1]::bigint[])").unwrap();
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM segments.sequence_records WHERE segment_id IS NULL AND segment_name = 'Germans' AND sequence = 'Germany outreach'", &[])
+        .unwrap()
+        .get(0);
+    assert!(before > 0);
+    assert_eq!(after, before);
+
+    // By hand, with or without a segment; refusals write nothing.
+    let error = client.execute("SELECT segments.connect_records(3, ARRAY['900001', '999999'])", &[]).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "22023");
+    assert!(message.contains("\"999999\""), "{message}");
+    let added: i32 = client.query_one("SELECT segments.connect_records(3, ARRAY['900001', '0900001'])", &[]).unwrap().get(0);
+    assert_eq!(added, 1);
+    let manual: (Option<i64>, Option<String>) = {
+        let row = client.query_one("SELECT segment_id, segment_name FROM segments.sequence_records WHERE key = '900001'", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(manual, (None, None));
+    let taken_key: String = client.query_one("SELECT key FROM segments.sequence_records WHERE sequence = 'Student offer' LIMIT 1", &[]).unwrap().get(0);
+    let error = client.execute("SELECT segments.connect_records(3, ARRAY[$1])", &[&taken_key]).unwrap_err();
+    assert_eq!(sqlstate(&error).0, "55000");
+
+    for (sql, code) in [
+        ("SELECT segments.create_sequence('Student offer', 'customer')", "42710"),
+        ("SELECT segments.create_sequence('x', 'lead')", "42P01"),
+        ("SELECT segments.connect_sequence(99, ARRAY[2]::bigint[])", "42704"),
+        ("SELECT segments.connect_sequence(2, ARRAY[99]::bigint[])", "42704"),
+        ("SELECT segments.set_priority(99, 1)", "42704"),
+    ] {
+        let error = client.execute(sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&error).0, code, "{sql}");
+    }
+    let disconnected: i32 = client.query_one("SELECT segments.disconnect_sequence(2, ARRAY[2]::bigint[])", &[]).unwrap().get(0);
+    assert_eq!(disconnected, 1);
+    let still: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'Student offer'", &[]).unwrap().get(0);
+    assert!(still > 0, "disconnecting keeps the records connected");
+}

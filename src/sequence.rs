@@ -1,0 +1,254 @@
+//! Connecting records to sales sequences. After a refresh, every record
+//! that entered an active segment connected to a sequence is considered:
+//!
+//! - a record connected to no sequence of its entity goes to the sequence
+//!   of the highest-priority (lowest number; NULL last; then lowest id)
+//!   active connected segment it is in;
+//! - a record already connected elsewhere moves only when that segment has
+//!   `move_existing` set and a higher priority than the segment holding the
+//!   record (a record connected by hand or by a deleted segment counts as
+//!   held with the lowest priority).
+//!
+//! Inactive segments connect nobody; connections outlive their segment.
+
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use crate::bitmap::Members;
+use crate::catalog::{optional_value, spi, KeyKind, SpiCatalog, Catalog};
+use crate::evaluate::stored_members;
+use crate::sql::ident;
+
+/// An active segment connected to a sequence.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub segment: i64,
+    pub name: String,
+    pub entity: String,
+    pub priority: Option<i32>,
+    pub move_existing: bool,
+    pub sequence: i64,
+}
+
+impl Connected {
+    /// Sort key: lower is more important.
+    fn rank(&self) -> (bool, i32, i64) {
+        (self.priority.is_none(), self.priority.unwrap_or(0), self.segment)
+    }
+}
+
+/// Where a record should go, given the connected segments it is in and
+/// who holds it now (None: nobody; Some(None): by hand or a deleted segment).
+pub fn decide<'a>(
+    holding_me: &[&'a Connected],
+    current: Option<Option<&Connected>>,
+) -> Option<&'a Connected> {
+    let best = holding_me.iter().min_by_key(|c| c.rank())?;
+    match current {
+        None => Some(best),
+        Some(holder) => {
+            let outranks = match holder {
+                None => true,
+                Some(holder) => best.rank() < holder.rank(),
+            };
+            let elsewhere = holder.is_none_or(|h| h.sequence != best.sequence);
+            (best.move_existing && outranks && elsewhere).then_some(*best)
+        }
+    }
+}
+
+fn connected_segments() -> Vec<Connected> {
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT s.id, s.name, s.entity, s.priority, s.move_existing, c.sequence_id
+               FROM segments.sequence_segment c JOIN segments.segment s ON s.id = c.segment_id
+              WHERE s.state = 'active' ORDER BY s.id",
+            None,
+            &[],
+        ))
+        .map(|row| Connected {
+            segment: spi(row.get(1)).unwrap(),
+            name: spi(row.get(2)).unwrap(),
+            entity: spi(row.get(3)).unwrap(),
+            priority: spi(row.get(4)),
+            move_existing: spi(row.get(5)).unwrap(),
+            sequence: spi(row.get(6)).unwrap(),
+        })
+        .collect()
+    })
+}
+
+/// (position, key as text) for the given positions of an entity.
+fn keys_by_position(entity: &str, positions: &Members) -> Vec<(u64, String)> {
+    let kind = SpiCatalog.entity(entity).map(|e| e.key_kind);
+    if kind != Some(KeyKind::Dictionary) {
+        return positions.iter().map(|p| (p, crate::bitmap::key_of(p).to_string())).collect();
+    }
+    let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT position, key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2)",
+            None,
+            &[entity.into(), wanted.into()],
+        ))
+        .map(|row| (spi(row.get::<i64>(1)).unwrap() as u64, spi(row.get::<String>(2)).unwrap()))
+        .collect()
+    })
+}
+
+/// Connects or moves the records that entered segments. `entered` maps a
+/// segment to the positions that entered it; `fresh` holds memberships
+/// computed in the same refresh (others are read as stored).
+pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
+    let connected = connected_segments();
+    let mut by_entity: HashMap<&str, Vec<&Connected>> = HashMap::new();
+    for c in &connected {
+        by_entity.entry(c.entity.as_str()).or_default().push(c);
+    }
+    for (entity, segments) in by_entity {
+        let mut candidates = Members::new();
+        for c in &segments {
+            if let Some(e) = entered.get(&c.segment) {
+                candidates |= e;
+            }
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        let members: Vec<(&Connected, Members)> = segments
+            .iter()
+            .map(|c| (*c, fresh.get(&c.segment).cloned().unwrap_or_else(|| stored_members(c.segment))))
+            .collect();
+        let keys = keys_by_position(entity, &candidates);
+        let key_texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+        let current: HashMap<String, Option<i64>> = Spi::connect(|client| {
+            spi(client.select(
+                "SELECT key, segment_id FROM segments.sequence_record WHERE entity = $1 AND key = ANY ($2)",
+                None,
+                &[entity.into(), key_texts.into()],
+            ))
+            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<i64>(2))))
+            .collect()
+        });
+        let (mut new_keys, mut new_sequences, mut new_segments, mut new_names) = (vec![], vec![], vec![], vec![]);
+        for (position, key) in keys {
+            let holding_me: Vec<&Connected> =
+                members.iter().filter(|(_, m)| m.contains(position)).map(|(c, _)| *c).collect();
+            let holder = current.get(&key).map(|segment| segment.and_then(|id| connected.iter().find(|c| c.segment == id)));
+            if let Some(target) = decide(&holding_me, holder) {
+                new_keys.push(key);
+                new_sequences.push(target.sequence);
+                new_segments.push(target.segment);
+                new_names.push(target.name.clone());
+            }
+        }
+        if new_keys.is_empty() {
+            continue;
+        }
+        spi(Spi::run_with_args(
+            "INSERT INTO segments.sequence_record (entity, key, sequence_id, segment_id, segment_name, connected_at)
+             SELECT $1, k, q, s, n, now() FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS x(k, q, s, n)
+             ON CONFLICT ON CONSTRAINT sequence_record_pkey DO UPDATE
+                SET sequence_id = EXCLUDED.sequence_id, segment_id = EXCLUDED.segment_id,
+                    segment_name = EXCLUDED.segment_name, connected_at = EXCLUDED.connected_at",
+            &[entity.into(), new_keys.into(), new_sequences.into(), new_segments.into(), new_names.into()],
+        ));
+    }
+}
+
+/// Connects the current members of newly connected segments.
+#[pg_extern(schema = "segments")]
+fn _connect_members(segments: Vec<i64>) {
+    let entered: HashMap<i64, Members> = segments.iter().map(|&id| (id, stored_members(id))).collect();
+    assign(&entered, &HashMap::new());
+}
+
+fn key_type(entity: &str) -> String {
+    optional_value::<String>("SELECT key_type::text FROM segments.entity WHERE name = $1", &[entity.into()])
+        .unwrap_or_else(|| "text".into())
+}
+
+/// The keys of `keys` that no row of the entity table has, comma-separated
+/// (NULL when all exist). A key that is not even of the key's type is missing.
+#[pg_extern(schema = "segments")]
+fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
+    let Some(table) = SpiCatalog.entity(entity) else {
+        crate::error::SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).raise()
+    };
+    let sql = format!(
+        "SELECT k FROM unnest($1::text[]) AS k WHERE NOT EXISTS (SELECT FROM {} e WHERE e.{}::text = k)",
+        table.table.relation_sql,
+        ident(&table.key_column)
+    );
+    let missing: Vec<String> = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[canonical(entity, &keys).into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
+    });
+    let originals: Vec<String> = keys
+        .iter()
+        .zip(canonical(entity, &keys))
+        .filter(|(_, c)| missing.contains(c))
+        .map(|(k, _)| format!("\"{k}\""))
+        .collect();
+    (!originals.is_empty()).then(|| originals.join(", "))
+}
+
+/// Keys as the entity stores them as text: `007` is `7` for integer keys,
+/// a uuid in its canonical lower-case form. A key that is not of the key's
+/// type stays as given (and matches nothing).
+fn canonical(entity: &str, keys: &[String]) -> Vec<String> {
+    if SpiCatalog.entity(entity).map(|e| e.key_kind) == Some(KeyKind::Integer) {
+        return keys.iter().map(|k| k.trim().parse::<i64>().map(|n| n.to_string()).unwrap_or_else(|_| k.clone())).collect();
+    }
+    let type_sql = key_type(entity);
+    keys.iter()
+        .map(|k| {
+            crate::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| {
+                optional_value::<String>(&format!("SELECT ($1::{type_sql})::text"), &[k.as_str().into()])
+            }))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| k.clone())
+        })
+        .collect()
+}
+
+#[pg_extern(schema = "segments")]
+fn _canonical_keys(entity: &str, keys: Vec<String>) -> Vec<String> {
+    canonical(entity, &keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(segment: i64, priority: Option<i32>, move_existing: bool, sequence: i64) -> Connected {
+        Connected { segment, name: format!("s{segment}"), entity: "lead".into(), priority, move_existing, sequence }
+    }
+
+    #[test]
+    fn the_highest_priority_segment_wins_an_unconnected_record() {
+        let (a, b, c) = (seg(1, Some(5), false, 10), seg(2, Some(1), false, 20), seg(3, None, false, 30));
+        assert_eq!(decide(&[&a, &b, &c], None).unwrap().segment, 2);
+        assert_eq!(decide(&[&a, &c], None).unwrap().segment, 1, "NULL priority comes last");
+        let (d, e) = (seg(4, Some(1), false, 40), seg(5, Some(1), false, 50));
+        assert_eq!(decide(&[&e, &d], None).unwrap().segment, 4, "ties go to the lowest id");
+        assert!(decide(&[], None).is_none());
+    }
+
+    #[test]
+    fn connected_records_move_only_to_a_higher_priority_move_existing_segment() {
+        let low = seg(1, Some(9), false, 10);
+        let high_moving = seg(2, Some(1), true, 20);
+        let high_staying = seg(3, Some(1), false, 30);
+        assert_eq!(decide(&[&high_moving], Some(Some(&low))).unwrap().segment, 2);
+        assert!(decide(&[&high_staying], Some(Some(&low))).is_none());
+        assert!(decide(&[&low], Some(Some(&high_moving))).is_none(), "never to a lower priority");
+        let lower_moving = seg(4, Some(20), true, 40);
+        assert!(decide(&[&lower_moving], Some(Some(&low))).is_none());
+        assert_eq!(decide(&[&high_moving], Some(None)).unwrap().segment, 2, "hand-made connections can be taken");
+        let same_sequence = seg(5, Some(0), true, 10);
+        assert!(decide(&[&same_sequence], Some(Some(&low))).is_none(), "already in that sequence");
+    }
+}
