@@ -100,15 +100,12 @@ $$;
 
 -- Activates ("resumes computation of") inactive segments; returns how many.
 CREATE FUNCTION segments.activate(segments bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(activate.segments);
-    UPDATE segments.segment s SET state = 'active' WHERE s.id = ANY (activate.segments) AND s.state = 'inactive';
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(activate.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET state = 'active'
+         WHERE s.id = ANY (activate.segments) AND s.state = 'inactive' RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 -- Deactivates segments, keeping definition and membership; reports the
@@ -134,61 +131,47 @@ END
 $$;
 
 CREATE FUNCTION segments.set_type(segments bigint[], type text) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(set_type.segments);
-    UPDATE segments.segment s SET type = set_type.type
-     WHERE s.id = ANY (set_type.segments) AND s.type IS DISTINCT FROM set_type.type;
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(set_type.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET type = set_type.type
+         WHERE s.id = ANY (set_type.segments) AND s.type IS DISTINCT FROM set_type.type RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 CREATE FUNCTION segments.set_schedule(segments bigint[], schedule text) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(set_schedule.segments);
-    UPDATE segments.segment s SET schedule = set_schedule.schedule
-     WHERE s.id = ANY (set_schedule.segments) AND s.schedule IS DISTINCT FROM set_schedule.schedule;
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(set_schedule.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET schedule = set_schedule.schedule
+         WHERE s.id = ANY (set_schedule.segments) AND s.schedule IS DISTINCT FROM set_schedule.schedule RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 -- Adds tags (each once, after the existing ones); returns how many segments changed.
 CREATE FUNCTION segments.tag(segments bigint[], tags text[]) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(tag.segments);
-    UPDATE segments.segment s
-       SET tags = s.tags || ARRAY(SELECT DISTINCT t FROM unnest(tag.tags) AS t
-                                   WHERE t IS NOT NULL AND NOT t = ANY (s.tags) ORDER BY t)
-     WHERE s.id = ANY (tag.segments)
-       AND EXISTS (SELECT FROM unnest(tag.tags) AS t WHERE t IS NOT NULL AND NOT t = ANY (s.tags));
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(tag.segments);
+    WITH changed AS (
+        UPDATE segments.segment s
+           SET tags = s.tags || ARRAY(SELECT DISTINCT t FROM unnest(tag.tags) AS t
+                                       WHERE t IS NOT NULL AND NOT t = ANY (s.tags) ORDER BY t)
+         WHERE s.id = ANY (tag.segments)
+           AND EXISTS (SELECT FROM unnest(tag.tags) AS t WHERE t IS NOT NULL AND NOT t = ANY (s.tags))
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 CREATE FUNCTION segments.untag(segments bigint[], tags text[]) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(untag.segments);
-    UPDATE segments.segment s
-       SET tags = ARRAY(SELECT t FROM unnest(s.tags) WITH ORDINALITY AS x(t, i)
-                         WHERE NOT t = ANY (untag.tags) ORDER BY i)
-     WHERE s.id = ANY (untag.segments) AND s.tags && untag.tags;
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(untag.segments);
+    WITH changed AS (
+        UPDATE segments.segment s
+           SET tags = ARRAY(SELECT t FROM unnest(s.tags) WITH ORDINALITY AS x(t, i)
+                             WHERE NOT t = ANY (untag.tags) ORDER BY i)
+         WHERE s.id = ANY (untag.segments) AND s.tags && untag.tags
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 -- Deletes segments with their membership, history and usages. Refused
@@ -236,29 +219,21 @@ $$;
 
 -- never_expire: admins exclude segments from the unused-segment cleanup.
 CREATE FUNCTION segments.disable_auto_cleanup(segments bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(disable_auto_cleanup.segments);
-    UPDATE segments.segment s SET never_expire = true
-     WHERE s.id = ANY (disable_auto_cleanup.segments) AND NOT s.never_expire;
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(disable_auto_cleanup.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET never_expire = true
+         WHERE s.id = ANY (disable_auto_cleanup.segments) AND NOT s.never_expire RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 CREATE FUNCTION segments.enable_auto_cleanup(segments bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    changed integer;
-BEGIN
-    PERFORM segments._require_segments(enable_auto_cleanup.segments);
-    UPDATE segments.segment s SET never_expire = false
-     WHERE s.id = ANY (enable_auto_cleanup.segments) AND s.never_expire;
-    GET DIAGNOSTICS changed = ROW_COUNT;
-    RETURN changed;
-END
+LANGUAGE sql AS $$
+    SELECT segments._require_segments(enable_auto_cleanup.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET never_expire = false
+         WHERE s.id = ANY (enable_auto_cleanup.segments) AND s.never_expire RETURNING 1)
+    SELECT count(*)::integer FROM changed;
 $$;
 
 -- Member counts over time, from the refresh history.
