@@ -10,7 +10,9 @@
 //! Because every leaf condition is two-valued (NULL makes it false), `all`,
 //! `any` and `not` are exactly intersection, union and complement of the
 //! leaves' bitmaps, and the counts of every rule come from the bitmaps too.
-//! Runs of plain attribute conditions are folded into one filter.
+//! Every attribute condition is a leaf of its own, so that segments built
+//! from the same conditions (country, age band, tier...) share them: a
+//! thousand segments may need only a few dozen filters in one scan.
 //!
 //! Identifiers come from the catalog and pass through `sql::ident`; values
 //! pass through `sql::literal` with a cast: the SQL is safe by construction.
@@ -94,12 +96,6 @@ pub struct Planner<'a> {
     eligible: Option<Expr>,
 }
 
-/// A compiled condition: plain SQL while it only tests entity columns, so
-/// that runs of attribute conditions fold into one filter.
-enum Part {
-    Sql(String),
-    Expr(Expr),
-}
 
 fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
     SegmentsError::InvalidParameter(format!("{path}: {message}"))
@@ -128,8 +124,7 @@ impl<'a> Planner<'a> {
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
-            let part = planner.entity_condition(&condition)?;
-            planner.eligible = Some(planner.into_expr(part));
+            planner.eligible = Some(planner.entity_condition(&condition)?);
         }
         Ok(planner)
     }
@@ -174,13 +169,6 @@ impl<'a> Planner<'a> {
         self.leaves.len() - 1
     }
 
-    fn into_expr(&mut self, part: Part) -> Expr {
-        match part {
-            Part::Sql(sql) => Expr::Leaf(self.intern(Leaf::Filter(sql))),
-            Part::Expr(expr) => expr,
-        }
-    }
-
     fn rules(&mut self, rules: &[Rule], self_id: Option<i64>) -> Result<Vec<CompiledRule>, Reported> {
         rules
             .iter()
@@ -188,8 +176,7 @@ impl<'a> Planner<'a> {
                 let body = match &rule.body {
                     RuleBody::Where(condition) => {
                         self.check_segment_refs(condition, self_id)?;
-                        let part = self.entity_condition(condition)?;
-                        CompiledBody::Expr(self.into_expr(part))
+                        CompiledBody::Expr(self.entity_condition(condition)?)
                     }
                     RuleBody::Rules(sub) => CompiledBody::Rules(self.rules(sub, self_id)?),
                 };
@@ -234,33 +221,21 @@ impl<'a> Planner<'a> {
         Ok(segment.id)
     }
 
-    fn entity_condition(&mut self, condition: &Condition) -> Result<Part, Reported> {
+    fn entity_condition(&mut self, condition: &Condition) -> Result<Expr, Reported> {
         let path = condition.path.as_str();
         Ok(match &condition.kind {
-            ConditionKind::All(items) | ConditionKind::Any(items) => {
-                let is_all = matches!(condition.kind, ConditionKind::All(_));
-                let parts = items.iter().map(|c| self.entity_condition(c)).collect::<Result<Vec<_>, _>>()?;
-                if parts.iter().all(|p| matches!(p, Part::Sql(_))) {
-                    let sqls: Vec<String> = parts
-                        .into_iter()
-                        .map(|p| match p {
-                            Part::Sql(s) => s,
-                            Part::Expr(_) => unreachable!(),
-                        })
-                        .collect();
-                    Part::Sql(join_sql(&sqls, if is_all { "AND" } else { "OR" }))
-                } else {
-                    let exprs = parts.into_iter().map(|p| self.into_expr(p)).collect();
-                    Part::Expr(if is_all { Expr::All(exprs) } else { Expr::Any(exprs) })
-                }
+            ConditionKind::All(items) => {
+                Expr::All(items.iter().map(|c| self.entity_condition(c)).collect::<Result<_, _>>()?)
             }
-            ConditionKind::Not(inner) => match self.entity_condition(inner)? {
-                Part::Sql(sql) => Part::Sql(format!("({sql}) IS NOT TRUE")),
-                Part::Expr(expr) => Part::Expr(Expr::Not(Box::new(expr))),
-            },
+            ConditionKind::Any(items) => {
+                Expr::Any(items.iter().map(|c| self.entity_condition(c)).collect::<Result<_, _>>()?)
+            }
+            ConditionKind::Not(inner) => Expr::Not(Box::new(self.entity_condition(inner)?)),
             ConditionKind::Attribute(test) => {
                 let table = self.entity.table.clone();
-                Part::Sql(attribute_sql(path, "e", &table, &format!("entity \"{}\"", self.entity.name), test, &self.reference_time)?)
+                let what = format!("entity \"{}\"", self.entity.name);
+                let sql = attribute_sql(path, "e", &table, &what, test, &self.reference_time)?;
+                Expr::Leaf(self.intern(Leaf::Filter(sql)))
             }
             ConditionKind::Related(test) => {
                 let related = self.entity.related(&test.related).cloned().ok_or_else(|| {
@@ -273,12 +248,12 @@ impl<'a> Planner<'a> {
                 })?;
                 let (leaf, negate) = self.related_leaf(path, &related, test)?;
                 let expr = Expr::Leaf(self.intern(leaf));
-                Part::Expr(if negate { Expr::Not(Box::new(expr)) } else { expr })
+                if negate { Expr::Not(Box::new(expr)) } else { expr }
             }
             ConditionKind::Segment(test) => {
                 let id = self.resolve_segment(path, &test.segment)?;
                 let expr = Expr::Leaf(self.intern(Leaf::Segment(id)));
-                Part::Expr(if test.member { expr } else { Expr::Not(Box::new(expr)) })
+                if test.member { expr } else { Expr::Not(Box::new(expr)) }
             }
         })
     }
@@ -704,11 +679,16 @@ mod tests {
     }
 
     #[test]
-    fn attribute_runs_fold_into_one_filter_and_not_is_a_complement() {
-        let sql = where_sql(json!({"all": [
+    fn each_attribute_condition_is_a_leaf_and_not_is_a_complement() {
+        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": {"all": [
             {"attribute": "country", "op": "eq", "value": "DE"},
-            {"not": {"attribute": "age", "op": "lt", "value": 18}}]}));
-        assert_eq!(sql, r#"(e."country" = 'DE'::text AND (e."age" < '18'::numeric) IS NOT TRUE)"#);
+            {"not": {"attribute": "age", "op": "lt", "value": 18}}]}}]}))
+        .unwrap();
+        assert_eq!(
+            compiled.rules[0].body,
+            CompiledBody::Expr(Expr::All(vec![Expr::Leaf(0), Expr::Not(Box::new(Expr::Leaf(1)))]))
+        );
+        assert_eq!(plan.leaves[1], Leaf::Filter(r#"e."age" < '18'::numeric"#.into()));
     }
 
     #[test]
@@ -743,7 +723,7 @@ mod tests {
         planner.add(&Definition::parse(&de).unwrap(), None).unwrap();
         let second = planner.add(&Definition::parse(&mixed).unwrap(), None).unwrap();
         let plan = planner.finish();
-        assert_eq!(plan.leaves.len(), 2);
+        assert_eq!(plan.leaves.len(), 2, "country = DE is computed once for both segments");
         assert_eq!(second.references, vec![7]);
         assert_eq!(plan.filter_leaves(), vec![0]);
         let scan = plan.entity_scan_sql(&plan.filter_leaves());

@@ -135,6 +135,46 @@ pub fn stored_members(segment_id: i64) -> Members {
     ))
 }
 
+thread_local! {
+    /// Deserialized memberships by segment, with the version (the
+    /// membership row's xmin and ctid) they were read at: a refresh writes a
+    /// new row version, so a stale entry is never used, in any snapshot.
+    static MEMBERS_CACHE: std::cell::RefCell<HashMap<i64, (String, std::rc::Rc<Members>)>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+const MEMBERS_CACHE_SIZE: usize = 64;
+
+/// The stored membership of a segment as of the current snapshot, from a
+/// per-backend cache when its row version has not changed. `version` is
+/// the row's `xmin::text || ctid::text`, None when there is no row.
+pub fn cached_members(segment_id: i64, version: Option<String>) -> std::rc::Rc<Members> {
+    let Some(version) = version else { return std::rc::Rc::new(Members::new()) };
+    let hit = MEMBERS_CACHE.with(|cache| {
+        cache.borrow().get(&segment_id).filter(|(v, _)| *v == version).map(|(_, m)| m.clone())
+    });
+    if let Some(members) = hit {
+        return members;
+    }
+    let members = std::rc::Rc::new(stored_members(segment_id));
+    MEMBERS_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= MEMBERS_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(segment_id, (version, members.clone()));
+    });
+    members
+}
+
+/// The current row version of a segment's membership.
+pub fn membership_version(segment_id: i64) -> Option<String> {
+    optional_value::<String>(
+        "SELECT xmin::text || ctid::text FROM segments.membership WHERE segment_id = $1",
+        &[segment_id.into()],
+    )
+}
+
 /// Fills segment leaves: from `fresh` when that segment was just computed
 /// in the same refresh, else from its stored membership.
 pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap<i64, Members>) {

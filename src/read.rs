@@ -10,7 +10,7 @@ use roaring::RoaringBitmap;
 use crate::bitmap::{key_of, position_of, Members};
 use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
 use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::stored_members;
+use crate::evaluate::{cached_members, membership_version, stored_members};
 use crate::sql::ident;
 use crate::suggest::closest;
 
@@ -54,13 +54,57 @@ fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<
     }
 }
 
+/// Everything `is_member` needs in one catalog query: the key kind and
+/// type of the segment's entity, and its membership's row version.
+fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<String>), Reported> {
+    let row = Spi::connect(|client| {
+        let table = spi(client.select(
+            "SELECT e.name, e.key_kind, e.key_type::text, m.xmin::text || m.ctid::text
+               FROM segments.segment s JOIN segments.entity e ON e.name = s.entity
+               LEFT JOIN segments.membership m ON m.segment_id = s.id
+              WHERE s.id = $1",
+            Some(1),
+            &[segment.into()],
+        ));
+        if table.is_empty() {
+            return None;
+        }
+        let row = table.first();
+        Some((
+            spi(row.get::<String>(1)).unwrap(),
+            spi(row.get::<String>(2)).unwrap(),
+            spi(row.get::<String>(3)).unwrap(),
+            spi(row.get::<String>(4)),
+        ))
+    });
+    let (entity, kind, key_type, version) =
+        row.ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
+    let kind = if kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
+    Ok((entity, kind, key_type, version))
+}
+
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _is_member(segment: i64, key: &str) -> bool {
-    let entity = segment_entity(segment).or_raise();
-    match position_of_key(&entity, key).or_raise() {
-        Some(position) => stored_members(segment).contains(position),
-        None => false,
-    }
+    let (entity, kind, key_type, version) = membership_lookup(segment).or_raise();
+    let position = match kind {
+        KeyKind::Integer => match key.trim().parse::<i64>() {
+            Ok(k) => position_of(k),
+            Err(_) => SegmentsError::InvalidParameter(format!(
+                "\"{key}\" is not a key of entity \"{entity}\", whose keys are integers"
+            ))
+            .raise(),
+        },
+        KeyKind::Dictionary => {
+            let sql = format!(
+                "SELECT position FROM segments.entity_key WHERE entity = $1 AND key = ($2::{key_type})::text"
+            );
+            match optional_value::<i64>(&sql, &[entity.as_str().into(), key.into()]) {
+                Some(p) => p as u64,
+                None => return false,
+            }
+        }
+    };
+    cached_members(segment, version).contains(position)
 }
 
 #[pg_extern(schema = "segments", stable)]
@@ -149,7 +193,7 @@ fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(
         ))
         .raise();
     }
-    let (ma, mb) = (stored_members(a), stored_members(b));
+    let (ma, mb) = (cached_members(a, membership_version(a)), cached_members(b, membership_version(b)));
     let both = ma.intersection_len(&mb);
     TableIterator::once(((ma.len() - both) as i64, both as i64, (mb.len() - both) as i64))
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: builds segments with the release
+# profile, starts a cluster for it, loads the sample data and compares
+# segments with hand-written SQL case by case, writing BENCHMARKS.md.
+#
+#   bash bench/run.sh              # 1M customers, 5M orders, 5M email events
+#   bash bench/run.sh --scale 10000000 --runs 3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=1000000; runs=5
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    *) echo "usage: bench/run.sh [--scale N] [--runs N]" >&2; exit 2 ;;
+  esac
+done
+dir="${SEGMENTS_BENCH_DIR:-/tmp/segments-bench}"
+port=55435
+url="host=$dir port=$port user=postgres dbname=postgres"
+
+bash scripts/setup.sh
+install_flags=()
+[ "$(id -u)" -eq 0 ] || install_flags=(--sudo)
+echo "== building segments (release profile, fat LTO)"
+cargo pgrx install --release --pg-config /usr/bin/pg_config "${install_flags[@]}" >/dev/null
+cargo build --example bench --features integration --quiet
+
+bash scripts/cluster.sh destroy "$dir"
+bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
+  max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off
+trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
+
+echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events"
+time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -f scripts/sample_data.sql
+psql "$url" -qX -c "VACUUM ANALYZE"
+
+echo "== running the cases"
+target/debug/examples/bench "$url" "$scale" "$runs" BENCHMARKS.md
+echo "== wrote BENCHMARKS.md"

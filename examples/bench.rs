@@ -1,0 +1,361 @@
+//! Benchmarks: segments against hand-written SQL, side by side, in one run
+//! on the same data. Run by `bash bench/run.sh` (which builds the extension
+//! with the release profile and starts a cluster for it); writes
+//! BENCHMARKS.md. Figures are ratios measured here, never asserted in tests.
+//!
+//!   cargo run --example bench --features integration -- URL SCALE RUNS OUTPUT
+
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+const ANCHOR: &str = "2026-11-01";
+
+struct Timing {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Timing {
+    fn of(mut samples: Vec<Duration>) -> Timing {
+        samples.sort();
+        Timing { median: samples[samples.len() / 2], min: samples[0], max: *samples.last().unwrap() }
+    }
+
+    fn text(&self) -> String {
+        format!("{} ({}–{})", ms(self.median), ms(self.min), ms(self.max))
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 { format!("{ms:.0} ms") } else { format!("{ms:.2} ms") }
+}
+
+/// Runs `f` once to warm up, then `runs` times, timing each.
+fn measure(runs: usize, mut f: impl FnMut()) -> Timing {
+    f();
+    Timing::of(
+        (0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+struct Row {
+    case: String,
+    ours: String,
+    baseline: String,
+    ratio: f64,
+    target: String,
+    met: Option<bool>,
+}
+
+fn exec(client: &mut Client, sql: &str) {
+    client.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> T {
+    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+fn create(client: &mut Client, name: &str, definition: &str) -> i64 {
+    client
+        .query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&name, &definition])
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .get(0)
+}
+
+fn refresh(client: &mut Client, ids: &[i64]) {
+    let failed: i64 = client
+        .query_one("SELECT count(*) FROM segments.refresh($1) WHERE status <> 'succeeded'", &[&ids])
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args.get(1).expect("connection string");
+    let scale: i64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
+    let runs: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(5);
+    let output = args.get(4).cloned().unwrap_or_else(|| "BENCHMARKS.md".into());
+    let mut client = Client::connect(url, NoTls).unwrap();
+    exec(
+        &mut client,
+        &format!(
+            "DROP EXTENSION IF EXISTS segments CASCADE; CREATE EXTENSION segments;
+             SET segments.reference_time = '{ANCHOR}';
+             SELECT segments.register_entity('customer', 'customers', 'id');
+             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
+             SET segments.max_active_segments = 100000;"
+        ),
+    );
+    let mut rows = Vec::new();
+    let since = format!("'{ANCHOR}'::timestamptz - interval '30 days'");
+
+    // 1. One attribute segment.
+    let one_attr = create(
+        &mut client,
+        "Germans 25-34",
+        r#"{"entity":"customer","rules":[{"where":{"all":[{"attribute":"country","op":"eq","value":"DE"},{"attribute":"age","op":"between","value":[25,34]}]}}]}"#,
+    );
+    let ours = measure(runs, || refresh(&mut client, &[one_attr]));
+    let base = measure(runs, || {
+        exec(&mut client, "DROP TABLE IF EXISTS bench_1; CREATE TABLE bench_1 AS SELECT id FROM customers WHERE country = 'DE' AND age BETWEEN 25 AND 34")
+    });
+    push(&mut rows, "1. attribute segment: refresh vs CREATE TABLE AS", &ours, &base, "≤ 1.2", Some(1.2));
+
+    // 2. One behavioural segment.
+    let behaviour = create(
+        &mut client,
+        "Spent 500 in 30 days",
+        r#"{"entity":"customer","rules":[
+            {"where":{"related":"orders","aggregate":"sum","attribute":"amount","within":"30 days","op":"gt","value":500}},
+            {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#,
+    );
+    let ours = measure(runs, || refresh(&mut client, &[behaviour]));
+    let base = measure(runs, || {
+        exec(
+            &mut client,
+            &format!(
+                "DROP TABLE IF EXISTS bench_2; CREATE TABLE bench_2 AS
+                 SELECT o.customer_id FROM orders o JOIN customers c ON c.id = o.customer_id
+                  WHERE o.ordered_at >= {since} AND o.ordered_at <= '{ANCHOR}'::timestamptz AND NOT c.unsubscribed
+                  GROUP BY o.customer_id HAVING sum(o.amount) > 500"
+            ),
+        )
+    });
+    push(&mut rows, "2. behavioural segment: refresh vs hand-written SQL", &ours, &base, "≤ 1.2", Some(1.2));
+
+    // 3. 1,000 segments of one entity.
+    let countries = ["DE", "FR", "US", "GB", "ES", "IT", "NL", "SE", "PL", "BR"];
+    let mut many = Vec::new();
+    let mut baseline_queries = Vec::new();
+    for (c, country) in countries.iter().enumerate() {
+        for band in 0..10 {
+            for value in 0..10 {
+                let (low, high, ltv) = (18 + band * 7, 24 + band * 7, value * 1000);
+                many.push(create(
+                    &mut client,
+                    &format!("mix {c}-{band}-{value}"),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{{"all":[
+                        {{"attribute":"country","op":"eq","value":"{country}"}},
+                        {{"attribute":"age","op":"between","value":[{low},{high}]}},
+                        {{"attribute":"lifetime_value","op":"gt","value":{ltv}}}]}}}}]}}"#),
+                ));
+                baseline_queries.push(format!(
+                    "DROP TABLE IF EXISTS bench_3; CREATE TABLE bench_3 AS SELECT id FROM customers
+                      WHERE country = '{country}' AND age BETWEEN {low} AND {high} AND lifetime_value > {ltv}"
+                ));
+            }
+        }
+    }
+    let ours = measure(runs.min(3), || {
+        let failed: i64 = one(&mut client, "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'");
+        assert_eq!(failed, 0);
+    });
+    let started = Instant::now();
+    for sql in &baseline_queries {
+        exec(&mut client, sql);
+    }
+    let base = Timing::of(vec![started.elapsed()]);
+    push(
+        &mut rows,
+        &format!("3. refresh() of {} segments (+2 above) vs {} queries one by one", many.len(), baseline_queries.len()),
+        &ours,
+        &base,
+        "≤ 0.1",
+        Some(0.1),
+    );
+    exec(&mut client, "SELECT segments.deactivate(array_agg(id)) FROM segments.segment WHERE name LIKE 'mix %'");
+
+    // 4. Per-rule counts of a 5-rule segment.
+    let five = create(
+        &mut client,
+        "Five rules",
+        r#"{"entity":"customer","rules":[
+            {"where":{"attribute":"country","op":"eq","value":"DE"}},
+            {"combine":"union","where":{"attribute":"country","op":"eq","value":"FR"}},
+            {"combine":"intersect","where":{"attribute":"age","op":"gte","value":30}},
+            {"combine":"intersect","where":{"related":"orders","within":"90 days"}},
+            {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#,
+    );
+    let ours = measure(runs, || refresh(&mut client, &[five]));
+    let recent = format!("EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND o.ordered_at >= '{ANCHOR}'::timestamptz - interval '90 days' AND o.ordered_at <= '{ANCHOR}'::timestamptz)");
+    let base = measure(runs, || {
+        for predicate in ["country = 'DE'", "country = 'FR'", "age >= 30", recent.as_str(), "unsubscribed"] {
+            let _: i64 = one(&mut client, &format!("SELECT count(*) FROM customers c WHERE {predicate}"));
+        }
+        exec(
+            &mut client,
+            &format!(
+                "DROP TABLE IF EXISTS bench_4; CREATE TABLE bench_4 AS SELECT id FROM customers c
+                  WHERE country IN ('DE', 'FR') AND age >= 30 AND {recent} AND NOT unsubscribed"
+            ),
+        );
+    });
+    push(&mut rows, "4. 5-rule segment with per-rule counts vs 5 counts + combined query", &ours, &base, "≤ 0.5", Some(0.5));
+
+    // 5. Reading.
+    let half_a = create(&mut client, "Half A", r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"lt","value":1600}}]}"#);
+    let half_b = create(&mut client, "Half B", r#"{"entity":"customer","rules":[{"where":{"attribute":"signed_up_at","op":"in_last","value":"18 months"}}]}"#);
+    let tenth = create(&mut client, "Tenth", r#"{"entity":"customer","rules":[{"where":{"attribute":"email","op":"ends_with","value":".de"}},{"combine":"intersect","where":{"attribute":"age","op":"lt","value":52}}]}"#);
+    refresh(&mut client, &[half_a, half_b, tenth]);
+    let sizes: Vec<i64> = [half_a, half_b, tenth]
+        .iter()
+        .map(|id| one(&mut client, &format!("SELECT member_count FROM segments.segment WHERE id = {id}")))
+        .collect();
+    exec(
+        &mut client,
+        &format!(
+            "DROP TABLE IF EXISTS bench_membership;
+             CREATE TABLE bench_membership (segment_id bigint, key bigint);
+             INSERT INTO bench_membership SELECT s.id, m.id FROM segments.segment s, segments.customer_members m
+              WHERE s.id IN ({half_a}, {half_b}, {tenth}) AND m.segment_id = s.id;
+             CREATE INDEX ON bench_membership (segment_id, key); ANALYZE bench_membership;"
+        ),
+    );
+    let calls = 20_000;
+    let ours = measure(runs, || {
+        let _: i64 = one(&mut client, &format!("SELECT count(*) FROM generate_series(1, {calls}) i WHERE segments.is_member({half_a}, i)"));
+    });
+    let base = measure(runs, || {
+        let _: i64 = one(&mut client, &format!("SELECT count(*) FROM generate_series(1, {calls}) i WHERE EXISTS (SELECT FROM bench_membership m WHERE m.segment_id = {half_a} AND m.key = i)"));
+    });
+    let per_call = |t: &Timing| Duration::from_secs_f64(t.median.as_secs_f64() / calls as f64);
+    rows.push(Row {
+        case: format!("5a. is_member, median per call ({calls} calls; vs an index lookup in a membership table)"),
+        ours: format!("{:.1} µs", per_call(&ours).as_secs_f64() * 1e6),
+        baseline: format!("{:.1} µs", per_call(&base).as_secs_f64() * 1e6),
+        ratio: ours.median.as_secs_f64() / base.median.as_secs_f64(),
+        target: "< 50 µs".into(),
+        met: Some(per_call(&ours) < Duration::from_micros(50)),
+    });
+    let ours = measure(runs, || {
+        let _: i64 = one(&mut client, &format!("SELECT both FROM segments.overlap({half_a}, {half_b})"));
+    });
+    let base = measure(runs, || {
+        let _: i64 = one(
+            &mut client,
+            &format!("SELECT count(*) FROM (SELECT key FROM bench_membership WHERE segment_id = {half_a}
+                      INTERSECT SELECT key FROM bench_membership WHERE segment_id = {half_b}) x"),
+        );
+    });
+    push(&mut rows, &format!("5b. overlap of {} and {} members vs SQL INTERSECT", sizes[0], sizes[1]), &ours, &base, "≤ 0.2", Some(0.2));
+    let ours = measure(runs, || {
+        let _: i64 = one(&mut client, &format!("SELECT count(*) FROM (SELECT max(email) FROM segments.customer_members WHERE segment_id = {tenth}) x"));
+    });
+    let base = measure(runs, || {
+        let _: i64 = one(&mut client, &format!("SELECT count(*) FROM (SELECT max(c.email) FROM bench_membership m JOIN customers c ON c.id = m.key WHERE m.segment_id = {tenth}) x"));
+    });
+    push(&mut rows, &format!("5c. members view of a {}-member segment vs a membership table join", sizes[2]), &ours, &base, "≤ 1.5", Some(1.5));
+
+    // 6. Storage.
+    exec(
+        &mut client,
+        &format!(
+            "DROP TABLE IF EXISTS bench_storage; CREATE TABLE bench_storage AS SELECT segment_id, key FROM bench_membership WHERE segment_id = {half_a};
+             CREATE INDEX ON bench_storage (segment_id, key); VACUUM ANALYZE bench_storage;"
+        ),
+    );
+    let ours_bytes: i64 = one(&mut client, &format!("SELECT octet_length(members)::bigint FROM segments.membership WHERE segment_id = {half_a}"));
+    let base_bytes: i64 = one(&mut client, "SELECT pg_total_relation_size('bench_storage')");
+    rows.push(Row {
+        case: format!("6. storage of a {}-member membership vs (segment_id, key) table + index", sizes[0]),
+        ours: format!("{} kB", ours_bytes / 1024),
+        baseline: format!("{} kB", base_bytes / 1024),
+        ratio: ours_bytes as f64 / base_bytes as f64,
+        target: "≤ 0.05".into(),
+        met: Some((ours_bytes as f64 / base_bytes as f64) <= 0.05),
+    });
+
+    // 7. Refresh after 1% of customers changed, vs a refresh with no change.
+    let full = measure(runs, || refresh(&mut client, &[behaviour]));
+    let changed = measure(runs, || {
+        exec(&mut client, &format!("UPDATE customers SET unsubscribed = NOT unsubscribed WHERE id % 100 = {}", 7));
+        refresh(&mut client, &[behaviour]);
+    });
+    rows.push(Row {
+        case: "7. refresh after 1% of customers changed (incl. the UPDATE) vs refresh with no change".into(),
+        ours: changed.text(),
+        baseline: full.text(),
+        ratio: changed.median.as_secs_f64() / full.median.as_secs_f64(),
+        target: "report".into(),
+        met: None,
+    });
+
+    write_report(&mut client, &output, scale, runs, &rows);
+    for row in &rows {
+        println!("{:<95} {:>24} {:>24} {:>8.3} {}", row.case, row.ours, row.baseline, row.ratio, row.target);
+    }
+}
+
+fn push(rows: &mut Vec<Row>, case: &str, ours: &Timing, base: &Timing, target: &str, limit: Option<f64>) {
+    let ratio = ours.median.as_secs_f64() / base.median.as_secs_f64();
+    rows.push(Row {
+        case: case.into(),
+        ours: ours.text(),
+        baseline: base.text(),
+        ratio,
+        target: target.into(),
+        met: limit.map(|l| ratio <= l),
+    });
+}
+
+fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows: &[Row]) {
+    let setting = |client: &mut Client, name: &str| -> String { one(client, &format!("SELECT current_setting('{name}')")) };
+    let version: String = one(client, "SELECT version()");
+    let settings: Vec<String> = ["shared_buffers", "work_mem", "max_parallel_workers_per_gather", "jit", "fsync"]
+        .iter()
+        .map(|s| format!("`{s}` = {}", setting(client, s)))
+        .collect();
+    let counts: (i64, i64, i64) = (
+        one(client, "SELECT count(*) FROM customers"),
+        one(client, "SELECT count(*) FROM orders"),
+        one(client, "SELECT count(*) FROM email_events"),
+    );
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024))
+        .unwrap_or(0);
+    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let mut text = format!(
+        "# Benchmarks\n\nsegments against hand-written SQL on the same data in the same run \
+         (`bash bench/run.sh`). Each case runs once to warm up, then {runs} times \
+         (case 3: 3 times, its baseline once); figures are medians with the range \
+         in parentheses. ratio = segments / baseline.\n\n\
+         - date: {date}\n- machine: {cpu}, {cores} cores, {memory} GiB\n- {version}\n- settings: {}\n\
+         - data: {} customers, {} orders, {} email events (`scripts/sample_data.sql`, scale {scale}, anchor {ANCHOR})\n\
+         - build: release profile (fat LTO)\n\n\
+         | case | segments | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n",
+        settings.join(", "),
+        counts.0,
+        counts.1,
+        counts.2
+    );
+    for row in rows {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        text.push_str(&format!("| {} | {} | {} | {:.3} | {} | {met} |\n", row.case, row.ours, row.baseline, row.ratio, row.target));
+    }
+    let notes = std::fs::read_to_string("bench/NOTES.md").unwrap_or_default();
+    if !notes.is_empty() {
+        text.push('\n');
+        text.push_str(&notes);
+    }
+    std::fs::write(output, text).unwrap();
+}
