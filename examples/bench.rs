@@ -238,7 +238,7 @@ fn main() {
         met: Some(per_call(&ours) < Duration::from_micros(50)),
     });
     let ours = measure(runs, || {
-        let _: i64 = one(&mut client, &format!("SELECT both FROM segments.overlap({half_a}, {half_b})"));
+        let _: i64 = one(&mut client, &format!(r#"SELECT "both" FROM segments.overlap({half_a}, {half_b})"#));
     });
     let base = measure(runs, || {
         let _: i64 = one(
@@ -261,9 +261,10 @@ fn main() {
         &mut client,
         &format!(
             "DROP TABLE IF EXISTS bench_storage; CREATE TABLE bench_storage AS SELECT segment_id, key FROM bench_membership WHERE segment_id = {half_a};
-             CREATE INDEX ON bench_storage (segment_id, key); VACUUM ANALYZE bench_storage;"
+             CREATE INDEX ON bench_storage (segment_id, key);"
         ),
     );
+    exec(&mut client, "VACUUM ANALYZE bench_storage");
     let ours_bytes: i64 = one(&mut client, &format!("SELECT octet_length(members)::bigint FROM segments.membership WHERE segment_id = {half_a}"));
     let base_bytes: i64 = one(&mut client, "SELECT pg_total_relation_size('bench_storage')");
     rows.push(Row {

@@ -83,6 +83,10 @@ pub struct Plan {
     /// The entity's `eligible` condition, if any.
     pub eligible: Option<Expr>,
     pub reference_time: String,
+    /// Whether evaluation needs the bitmap of every row: for `not`, for
+    /// members without related rows, and to drop related or stored
+    /// positions of rows that no longer exist.
+    pub needs_all_rows: bool,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -94,6 +98,7 @@ pub struct Planner<'a> {
     leaves: Vec<Leaf>,
     index: HashMap<Leaf, usize>,
     eligible: Option<Expr>,
+    needs_all_rows: bool,
 }
 
 
@@ -121,10 +126,12 @@ impl<'a> Planner<'a> {
             leaves: Vec::new(),
             index: HashMap::new(),
             eligible: None,
+            needs_all_rows: false,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
             planner.eligible = Some(planner.entity_condition(&condition)?);
+            planner.needs_all_rows = true;
         }
         Ok(planner)
     }
@@ -151,13 +158,46 @@ impl<'a> Planner<'a> {
         Ok(CompiledSegment { rules, references })
     }
 
-    pub fn finish(self) -> Plan {
-        Plan {
-            entity: self.entity,
-            leaves: self.leaves,
-            eligible: self.eligible,
-            reference_time: self.reference_time,
+    /// The plan for the compiled segments, which are rewritten in place:
+    /// inside an `all`, `any` or `not`, filters that no other part of the
+    /// plan uses are folded into one SQL filter, so that a lone segment gets
+    /// one short-circuiting expression while conditions shared by several
+    /// segments stay shared leaves. Leaves no longer used are dropped.
+    pub fn finish(mut self, segments: &mut [&mut CompiledSegment]) -> Plan {
+        let mut uses = vec![0usize; self.leaves.len()];
+        let mut exprs: Vec<&mut Expr> = Vec::new();
+        for segment in segments.iter_mut() {
+            rule_exprs(&mut segment.rules, &mut exprs);
         }
+        if let Some(eligible) = self.eligible.as_mut() {
+            exprs.push(eligible);
+        }
+        for expr in exprs.iter() {
+            count_uses(expr, &mut uses);
+        }
+        for expr in exprs.iter_mut() {
+            fold(expr, &mut self.leaves, &mut self.index, &uses);
+        }
+        // Keep only the leaves still used, renumbered.
+        let mut used = vec![false; self.leaves.len()];
+        for expr in exprs.iter() {
+            mark_used(expr, &mut used);
+        }
+        let mut renumber = vec![usize::MAX; self.leaves.len()];
+        let mut leaves = Vec::new();
+        for (i, leaf) in self.leaves.iter().enumerate() {
+            if used[i] {
+                renumber[i] = leaves.len();
+                leaves.push(leaf.clone());
+            }
+        }
+        let mut has_not = false;
+        for expr in exprs.iter_mut() {
+            remap(expr, &renumber, &mut has_not);
+        }
+        let needs_all_rows =
+            self.eligible.is_some() || has_not || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
+        Plan { entity: self.entity, leaves, eligible: self.eligible, reference_time: self.reference_time, needs_all_rows }
     }
 
     fn intern(&mut self, leaf: Leaf) -> usize {
@@ -230,7 +270,10 @@ impl<'a> Planner<'a> {
             ConditionKind::Any(items) => {
                 Expr::Any(items.iter().map(|c| self.entity_condition(c)).collect::<Result<_, _>>()?)
             }
-            ConditionKind::Not(inner) => Expr::Not(Box::new(self.entity_condition(inner)?)),
+            ConditionKind::Not(inner) => {
+                self.needs_all_rows = true;
+                Expr::Not(Box::new(self.entity_condition(inner)?))
+            }
             ConditionKind::Attribute(test) => {
                 let table = self.entity.table.clone();
                 let what = format!("entity \"{}\"", self.entity.name);
@@ -338,6 +381,112 @@ impl<'a> Planner<'a> {
     }
 }
 
+fn rule_exprs<'a>(rules: &'a mut [CompiledRule], out: &mut Vec<&'a mut Expr>) {
+    for rule in rules {
+        match &mut rule.body {
+            CompiledBody::Expr(expr) => out.push(expr),
+            CompiledBody::Rules(sub) => rule_exprs(sub, out),
+        }
+    }
+}
+
+fn count_uses(expr: &Expr, uses: &mut [usize]) {
+    match expr {
+        Expr::Leaf(i) => uses[*i] += 1,
+        Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| count_uses(e, uses)),
+        Expr::Not(inner) => count_uses(inner, uses),
+    }
+}
+
+fn mark_used(expr: &Expr, used: &mut [bool]) {
+    match expr {
+        Expr::Leaf(i) => used[*i] = true,
+        Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| mark_used(e, used)),
+        Expr::Not(inner) => mark_used(inner, used),
+    }
+}
+
+fn remap(expr: &mut Expr, renumber: &[usize], has_not: &mut bool) {
+    match expr {
+        Expr::Leaf(i) => *i = renumber[*i],
+        Expr::All(items) | Expr::Any(items) => items.iter_mut().for_each(|e| remap(e, renumber, has_not)),
+        Expr::Not(inner) => {
+            *has_not = true;
+            remap(inner, renumber, has_not)
+        }
+    }
+}
+
+/// The SQL of a filter leaf used only here, if `expr` is one.
+fn private_filter<'a>(expr: &Expr, leaves: &'a [Leaf], uses: &[usize]) -> Option<&'a str> {
+    match expr {
+        Expr::Leaf(i) if uses.get(*i) == Some(&1) => match &leaves[*i] {
+            Leaf::Filter(sql) => Some(sql),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn new_filter(sql: String, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>) -> Expr {
+    let leaf = Leaf::Filter(sql);
+    if let Some(&i) = index.get(&leaf) {
+        return Expr::Leaf(i); // the same expression exists: share it
+    }
+    leaves.push(leaf.clone());
+    index.insert(leaf, leaves.len() - 1);
+    Expr::Leaf(leaves.len() - 1)
+}
+
+/// Folds private filters bottom-up (see `Planner::finish`). New leaves are
+/// private too, so folding goes on through nested conditions.
+fn fold(expr: &mut Expr, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>, uses: &[usize]) {
+    let is_private = |expr: &Expr, leaves: &Vec<Leaf>| match expr {
+        Expr::Leaf(i) if *i >= uses.len() => true, // made by this fold
+        other => private_filter(other, leaves, uses).is_some(),
+    };
+    let sql_of = |expr: &Expr, leaves: &Vec<Leaf>| match expr {
+        Expr::Leaf(i) => match &leaves[*i] {
+            Leaf::Filter(sql) => sql.clone(),
+            _ => unreachable!("only filters are folded"),
+        },
+        _ => unreachable!("only leaves are folded"),
+    };
+    match expr {
+        Expr::Leaf(_) => {}
+        Expr::Not(inner) => {
+            fold(inner, leaves, index, uses);
+            if is_private(inner, leaves) {
+                let sql = format!("({}) IS NOT TRUE", sql_of(inner, leaves));
+                *expr = new_filter(sql, leaves, index);
+            }
+        }
+        Expr::All(_) | Expr::Any(_) => {
+            let operator = if matches!(expr, Expr::All(_)) { "AND" } else { "OR" };
+            let items = match expr {
+                Expr::All(items) | Expr::Any(items) => items,
+                _ => unreachable!(),
+            };
+            for item in items.iter_mut() {
+                fold(item, leaves, index, uses);
+            }
+            let (private, shared): (Vec<Expr>, Vec<Expr>) = items.drain(..).partition(|e| is_private(e, leaves));
+            *items = shared;
+            match private.len() {
+                0 => {}
+                1 => items.extend(private),
+                _ => {
+                    let sqls: Vec<String> = private.iter().map(|e| sql_of(e, leaves)).collect();
+                    items.push(new_filter(join_sql(&sqls, operator), leaves, index));
+                }
+            }
+            if items.len() == 1 {
+                *expr = items.pop().unwrap();
+            }
+        }
+    }
+}
+
 fn collect_segment_leaves(rules: &[CompiledRule], leaves: &[Leaf], out: &mut Vec<i64>) {
     fn walk(expr: &Expr, leaves: &[Leaf], out: &mut Vec<i64>) {
         match expr {
@@ -381,11 +530,16 @@ fn related_condition(condition: &Condition, table: &Table, what: &str, reference
 }
 
 /// The literal for `column`, typed so that Postgres compares it the right
-/// way: numbers as numeric (so `4.5` works on an integer column), anything
-/// else as the column's own type.
+/// way and cheaply: the column's own type, except a fraction against an
+/// integer column, which is numeric (so `4.5` works on an age).
 fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsError> {
     let text = literal_text(path, column, value)?;
-    let type_sql = if column.kind == ColumnKind::Numeric { "numeric" } else { column.type_sql.as_str() };
+    let integer_column = matches!(column.type_sql.as_str(), "smallint" | "integer" | "bigint");
+    let type_sql = if column.kind == ColumnKind::Numeric && integer_column && text.parse::<i64>().is_err() {
+        "numeric"
+    } else {
+        column.type_sql.as_str()
+    };
     Ok(format!("{}::{type_sql}", literal(&text)))
 }
 
@@ -516,7 +670,8 @@ fn compares_true(x: f64, op: Op, value: &Operand) -> bool {
 
 impl Plan {
     /// The single scan of the entity table that computes every filter leaf:
-    /// column 1 is every row, then one column per filter in `filters`.
+    /// one column per filter in `filters`, after a first column of every row
+    /// when the plan needs it.
     pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
         let (position, join) = match self.entity.key_kind {
             KeyKind::Integer => (format!("e.{}::bigint", ident(&self.entity.key_column)), String::new()),
@@ -529,7 +684,10 @@ impl Plan {
                 ),
             ),
         };
-        let mut columns = vec![format!("segments.rb_agg({position})")];
+        let mut columns = Vec::new();
+        if self.needs_all_rows {
+            columns.push(format!("segments.rb_agg({position})"));
+        }
         for &i in filters {
             if let Leaf::Filter(sql) = &self.leaves[i] {
                 columns.push(format!("segments.rb_agg({position}) FILTER (WHERE {sql})"));
@@ -594,9 +752,10 @@ pub fn compile_definition(
 ) -> Result<(Definition, Plan, CompiledSegment), Reported> {
     let definition = Definition::parse(value)?;
     let mut planner = Planner::new(catalog, &definition.entity, "entity", reference_time)?;
-    let compiled = planner.add(&definition, self_id)?;
+    let mut compiled = planner.add(&definition, self_id)?;
     check_cycles(catalog, self_id, &compiled.references)?;
-    Ok((definition, planner.finish(), compiled))
+    let plan = planner.finish(&mut [&mut compiled]);
+    Ok((definition, plan, compiled))
 }
 
 /// Refuses a definition whose segment references lead back to `self_id`.
@@ -661,7 +820,8 @@ mod tests {
         let cases = [
             (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" = 'DE'::text"#),
             (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"lower(e."country") <> lower('DE'::text)"#),
-            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"e."age" BETWEEN '18'::numeric AND '30'::numeric"#),
+            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"e."age" BETWEEN '18'::integer AND '30'::integer"#),
+            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" > '17.5'::numeric"#),
             (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" = ANY (ARRAY['DE'::text, 'FR'::text])"#),
             (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" <> ALL (ARRAY['DE'::text])"#),
             (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"strpos(e."country", 'E'::text) > 0"#),
@@ -679,16 +839,24 @@ mod tests {
     }
 
     #[test]
-    fn each_attribute_condition_is_a_leaf_and_not_is_a_complement() {
+    fn a_lone_segment_folds_its_filters_and_not_is_a_complement() {
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": {"all": [
             {"attribute": "country", "op": "eq", "value": "DE"},
-            {"not": {"attribute": "age", "op": "lt", "value": 18}}]}}]}))
+            {"not": {"attribute": "age", "op": "lt", "value": 18}},
+            {"related": "orders"}]}}]}))
         .unwrap();
-        assert_eq!(
-            compiled.rules[0].body,
-            CompiledBody::Expr(Expr::All(vec![Expr::Leaf(0), Expr::Not(Box::new(Expr::Leaf(1)))]))
-        );
-        assert_eq!(plan.leaves[1], Leaf::Filter(r#"e."age" < '18'::numeric"#.into()));
+        assert_eq!(plan.leaves.len(), 2, "{:?}", plan.leaves);
+        assert!(plan.leaves.contains(&Leaf::Filter(
+            r#"(e."country" = 'DE'::text AND (e."age" < '18'::integer) IS NOT TRUE)"#.into()
+        )));
+        assert!(matches!(&compiled.rules[0].body, CompiledBody::Expr(Expr::All(items)) if items.len() == 2));
+        assert!(plan.needs_all_rows, "the related leaf may hold rows that no longer exist");
+        let (plan, _) = compile(json!({"entity": "customer", "rules": [{"where": {"all": [
+            {"attribute": "country", "op": "eq", "value": "DE"},
+            {"attribute": "age", "op": "between", "value": [25, 34]}]}}]}))
+        .unwrap();
+        assert_eq!(plan.leaves, vec![Leaf::Filter(r#"(e."country" = 'DE'::text AND e."age" BETWEEN '25'::integer AND '34'::integer)"#.into())]);
+        assert!(!plan.needs_all_rows, "filters alone never need every row");
     }
 
     #[test]
@@ -720,13 +888,14 @@ mod tests {
         let mixed = json!({"entity": "customer", "rules": [
             {"where": {"attribute": "country", "op": "eq", "value": "DE"}},
             {"combine": "intersect", "where": {"segment": "VIP"}}]});
-        planner.add(&Definition::parse(&de).unwrap(), None).unwrap();
-        let second = planner.add(&Definition::parse(&mixed).unwrap(), None).unwrap();
-        let plan = planner.finish();
+        let mut first = planner.add(&Definition::parse(&de).unwrap(), None).unwrap();
+        let mut second = planner.add(&Definition::parse(&mixed).unwrap(), None).unwrap();
+        let plan = planner.finish(&mut [&mut first, &mut second]);
         assert_eq!(plan.leaves.len(), 2, "country = DE is computed once for both segments");
         assert_eq!(second.references, vec![7]);
         assert_eq!(plan.filter_leaves(), vec![0]);
         let scan = plan.entity_scan_sql(&plan.filter_leaves());
+        assert!(plan.needs_all_rows, "a segment leaf may hold rows deleted since");
         assert!(scan.starts_with("SELECT segments.rb_agg(e.\"id\"::bigint),"), "{scan}");
         assert!(scan.contains("FILTER (WHERE e.\"country\" = 'DE'::text)"), "{scan}");
     }

@@ -19,8 +19,11 @@ const FILTERS_PER_SCAN: usize = 500;
 /// The bitmaps of a plan's leaves. Segment leaves are filled per segment,
 /// since they depend on the order in which a refresh computes segments.
 pub struct LeafValues {
+    /// Every row (empty when the plan does not need it).
     pub all_rows: Members,
-    pub universe: Members,
+    /// What members are limited to: every (eligible) row, or None when every
+    /// leaf already holds existing rows only.
+    pub universe: Option<Members>,
     pub leaves: Vec<Members>,
 }
 
@@ -78,23 +81,33 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
     queries
 }
 
-/// Runs every query of the plan except segment references.
+/// Runs every query of the plan except segment references. (No row limit
+/// is given to SPI: Postgres runs a query with a limit without parallel
+/// workers, and these scans are the bulk of a refresh.)
 pub fn compute_leaves(plan: &Plan) -> LeafValues {
     sync_dictionary(plan);
     let mut leaves = vec![Members::new(); plan.leaves.len()];
     let filters = plan.filter_leaves();
     let mut all_rows = None;
-    let chunks: Vec<&[usize]> = if filters.is_empty() { vec![&[]] } else { filters.chunks(FILTERS_PER_SCAN).collect() };
+    let chunks: Vec<&[usize]> = match (filters.is_empty(), plan.needs_all_rows) {
+        (true, false) => vec![],
+        (true, true) => vec![&[]],
+        (false, _) => filters.chunks(FILTERS_PER_SCAN).collect(),
+    };
     Spi::connect(|client| {
         for chunk in chunks {
             let sql = plan.entity_scan_sql(chunk);
-            let table = spi(client.select(&sql, Some(1), &[]));
+            let table = spi(client.select(&sql, None, &[]));
             let row = table.first();
-            if all_rows.is_none() {
-                all_rows = Some(bitmap_of(spi(row.get::<Vec<u8>>(1))));
+            let mut first_filter = 1;
+            if plan.needs_all_rows {
+                if all_rows.is_none() {
+                    all_rows = Some(bitmap_of(spi(row.get::<Vec<u8>>(1))));
+                }
+                first_filter = 2;
             }
             for (column, &leaf) in chunk.iter().enumerate() {
-                leaves[leaf] = bitmap_of(spi(row.get::<Vec<u8>>(column + 2)));
+                leaves[leaf] = bitmap_of(spi(row.get::<Vec<u8>>(column + first_filter)));
             }
         }
     });
@@ -103,11 +116,11 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
         for (i, leaf) in plan.leaves.iter().enumerate() {
             match leaf {
                 Leaf::KeySet(sql) => {
-                    let row = spi(client.select(sql, Some(1), &[])).first();
+                    let row = spi(client.select(sql, None, &[])).first();
                     leaves[i] = bitmap_of(spi(row.get::<Vec<u8>>(1)));
                 }
                 Leaf::Aggregate { sql, empty_matches } => {
-                    let row = spi(client.select(sql, Some(1), &[])).first();
+                    let row = spi(client.select(sql, None, &[])).first();
                     let mut matching = bitmap_of(spi(row.get::<Vec<u8>>(1)));
                     if *empty_matches {
                         let with_rows = bitmap_of(spi(row.get::<Vec<u8>>(2)));
@@ -119,10 +132,11 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
             }
         }
     });
-    let mut values = LeafValues { all_rows: all_rows.clone(), universe: all_rows, leaves };
+    let universe = plan.needs_all_rows.then(|| all_rows.clone());
+    let mut values = LeafValues { all_rows, universe, leaves };
     if let Some(eligible) = &plan.eligible {
         fill_segment_leaves(plan, &mut values, &HashMap::new());
-        values.universe = evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows;
+        values.universe = Some(evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows);
     }
     values
 }
@@ -191,6 +205,6 @@ pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap
 /// The members of one compiled segment and the counts of its rules.
 pub fn evaluate_segment(segment: &CompiledSegment, values: &LeafValues) -> (Members, Vec<RuleCount>) {
     let mut counts = Vec::new();
-    let members = evaluate_rules(&segment.rules, &values.leaves, &values.all_rows, &values.universe, &mut counts);
+    let members = evaluate_rules(&segment.rules, &values.leaves, &values.all_rows, values.universe.as_ref(), &mut counts);
     (members, counts)
 }

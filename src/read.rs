@@ -54,18 +54,30 @@ fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<
     }
 }
 
+const MEMBERSHIP_LOOKUP: &str = "SELECT e.name, e.key_kind, e.key_type::text, m.xmin::text || m.ctid::text
+       FROM segments.segment s JOIN segments.entity e ON e.name = s.entity
+       LEFT JOIN segments.membership m ON m.segment_id = s.id
+      WHERE s.id = $1";
+
+thread_local! {
+    /// `MEMBERSHIP_LOOKUP`, planned once per backend: is_member is called
+    /// once per row of the queries that use it.
+    static MEMBERSHIP_LOOKUP_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Everything `is_member` needs in one catalog query: the key kind and
 /// type of the segment's entity, and its membership's row version.
 fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<String>), Reported> {
     let row = Spi::connect(|client| {
-        let table = spi(client.select(
-            "SELECT e.name, e.key_kind, e.key_type::text, m.xmin::text || m.ctid::text
-               FROM segments.segment s JOIN segments.entity e ON e.name = s.entity
-               LEFT JOIN segments.membership m ON m.segment_id = s.id
-              WHERE s.id = $1",
-            Some(1),
-            &[segment.into()],
-        ));
+        let table = MEMBERSHIP_LOOKUP_PLAN.with(|plan| {
+            let mut plan = plan.borrow_mut();
+            if plan.is_none() {
+                let prepared = spi(client.prepare(MEMBERSHIP_LOOKUP, &[pgrx::pg_sys::INT8OID.into()]));
+                *plan = Some(prepared.keep());
+            }
+            spi(client.select(plan.as_ref().unwrap(), Some(1), &[segment.into()]))
+        });
         if table.is_empty() {
             return None;
         }

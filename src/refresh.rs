@@ -165,7 +165,9 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
     }
     for (key, planner) in planners {
         if let (Ok(planner), Some(group)) = (planner, groups.get_mut(&key)) {
-            group.plan = Some(planner.finish());
+            let mut compiled: Vec<&mut CompiledSegment> =
+                group.compiled.values_mut().filter_map(|c| c.as_mut().ok()).collect();
+            group.plan = Some(planner.finish(&mut compiled));
         }
     }
     groups
@@ -181,8 +183,8 @@ fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<LeafVal
 /// group failed, to find out which segment is at fault.
 fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), String> {
     let mut planner = Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(|e| e.to_string())?;
-    let compiled = compile_one(&mut planner, target).map_err(|e| e.to_string())?;
-    let plan = planner.finish();
+    let mut compiled = compile_one(&mut planner, target).map_err(|e| e.to_string())?;
+    let plan = planner.finish(&mut [&mut compiled]);
     let mut values = compute_as(target.owner, &plan)?;
     fill_segment_leaves(&plan, &mut values, fresh);
     Ok(evaluate_segment(&compiled, &values))
@@ -341,7 +343,8 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
             continue;
         }
         let group = groups.get_mut(&(target.entity.clone(), target.owner)).expect("every active target has a group");
-        let mut shared_time = Duration::ZERO;
+        // Work shared by a group is divided among its segments.
+        let mut computed_here = Duration::ZERO;
         if group.values.is_none() {
             let compute_started = Instant::now();
             group.values = Some(match &group.plan {
@@ -349,8 +352,9 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                 None => Err("no plan".into()),
             });
             group.compute_time = compute_started.elapsed();
+            computed_here = group.compute_time;
         }
-        shared_time += group.compute_time / group.compiled.len().max(1) as u32;
+        let shared_time = group.compute_time / group.compiled.len().max(1) as u32;
         let result = match (group.compiled.get(&target.id), group.values.as_mut(), group.plan.as_ref()) {
             (Some(Err(e)), _, _) => Err(e.clone()),
             (Some(Ok(compiled)), Some(Ok(values)), Some(plan)) => {
@@ -371,7 +375,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                     member_count: Some(count),
                     entered: Some(entered.len() as i64),
                     exited: Some(exited.len() as i64),
-                    duration: started.elapsed() + shared_time,
+                    duration: started.elapsed().saturating_sub(computed_here) + shared_time,
                     error: None,
                 };
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
@@ -388,7 +392,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                     member_count: None,
                     entered: None,
                     exited: None,
-                    duration: started.elapsed() + shared_time,
+                    duration: started.elapsed().saturating_sub(computed_here) + shared_time,
                     error: Some(message),
                 };
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
