@@ -597,7 +597,7 @@ fn run_due_follows_schedules() {
         .batch_execute(
             r#"SELECT segments.quick_segment('System', 'customer', 'country', 'eq', '"DE"');
                SELECT segments.quick_segment('Idle system', 'customer', 'country', 'eq', '"FR"');
-               SELECT segments.create_segment('Hourly', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"lt","value":30}}]}', schedule => '0 * * * *');
+               SELECT segments.create_segment('Early', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"lt","value":30}}]}', schedule => '0 3 * * *');
                SELECT segments.create_segment('By hand', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":60}}]}', type => 'static');
                SELECT * FROM segments.refresh();
                SELECT segments.deactivate(ARRAY[2::bigint]);
@@ -621,7 +621,7 @@ fn run_due_follows_schedules() {
         .unwrap();
     let got: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     let want = vec![
-        ("Hourly".to_string(), "schedule".to_string(), "succeeded".to_string()),
+        ("Early".to_string(), "schedule".to_string(), "succeeded".to_string()),
         ("Idle system".to_string(), "system".to_string(), "skipped".to_string()),
         ("System".to_string(), "system".to_string(), "succeeded".to_string()),
     ];
