@@ -6,7 +6,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA segments TO segments_reader;
 GRANT INSERT, UPDATE, DELETE ON
     segments.segment, segments.membership, segments.entity_key, segments.refresh_run,
     segments.membership_change, segments.usage_registry, segments.sequence, segments.sequence_segment,
-    segments.export, segments.scheduler_state, segments.sequence_record
+    segments.export, segments.scheduler_state, segments.sequence_record, segments.similarity_score
     TO segments_editor;
 GRANT INSERT, UPDATE, DELETE ON segments.entity, segments.related TO segments_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA segments TO segments_editor;

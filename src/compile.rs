@@ -28,7 +28,7 @@ use crate::definition::{
 };
 use crate::error::{Reported, SegmentsError};
 use crate::sql::{ident, literal};
-use crate::suggest::closest;
+use crate::spelling::closest;
 use crate::validate::{check_op, literal_text};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -347,7 +347,7 @@ fn json_type(value: &Value) -> &'static str {
 fn check_keys(path: &str, object: &Map<String, Value>, allowed: &[&str]) -> Result<(), SegmentsError> {
     for key in object.keys() {
         if !allowed.contains(&key.as_str()) {
-            let suggestion = crate::suggest::closest(key, allowed.iter().copied())
+            let suggestion = crate::spelling::closest(key, allowed.iter().copied())
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_default();
             return Err(invalid(path, format!("unknown key \"{key}\"{suggestion}")));
@@ -551,7 +551,7 @@ fn parse_op(path: &str, object: &Map<String, Value>) -> Result<Op, SegmentsError
         None => return Err(invalid(path, "\"op\" is missing")),
     };
     Op::parse(name).ok_or_else(|| {
-        let suggestion = crate::suggest::closest(name, ALL_OPS.iter().map(|op| op.name()))
+        let suggestion = crate::spelling::closest(name, ALL_OPS.iter().map(|op| op.name()))
             .map(|s| format!(" (did you mean \"{s}\"?)"))
             .unwrap_or_default();
         invalid(&format!("{path}.op"), format!("unknown operator \"{name}\"{suggestion}"))

@@ -11,7 +11,7 @@ use crate::compile::Planner;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{reference_time_sql, stored_members};
 use crate::sql::{ident, literal};
-use crate::suggest::closest;
+use crate::spelling::closest;
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()

@@ -13,6 +13,9 @@
 //!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
 //! - `sequence`: connecting records that enter segments to sales sequences
+//! - `lookalike`, `suggest`: finding customers like a segment's, and
+//!   suggested segments for a measure
+//! - `spelling`: "did you mean" hints
 //! - `export`: export tables kept in step with refreshes
 //! - `settings`: every `segments.*` setting
 //! - `txn`: subtransactions and running as a segment's owner
@@ -27,6 +30,7 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod inspect;
+pub mod lookalike;
 pub mod read;
 pub mod refresh;
 pub mod segment;
@@ -35,6 +39,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod settings;
 pub mod sql;
+pub mod spelling;
 pub mod suggest;
 pub mod txn;
 pub mod validate;

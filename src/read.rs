@@ -12,7 +12,7 @@ use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{cached_members, membership_version, stored_members};
 use crate::sql::ident;
-use crate::suggest::closest;
+use crate::spelling::closest;
 
 /// A segment's entity, or 42704 when the segment does not exist.
 fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {

@@ -1,28 +1,194 @@
-//! "Did you mean" suggestions for misspelt names.
+//! Suggested segments: attribute splits whose members differ most from the
+//! whole population on a measure (a numeric column of the entity), returned
+//! as ready definitions. Categorical columns (2 to 30 distinct values) split
+//! by value; numeric columns by quartile.
 
-/// The candidate closest to `name`, when it is close enough to be a likely
-/// typo: at most a third of the name's letters differ.
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let lowered = name.to_lowercase();
-    let limit = (name.chars().count() / 3).max(1);
-    candidates
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+use crate::catalog::{spi, Catalog, Column, ColumnKind, Entity, SpiCatalog};
+use crate::error::{OrRaise, Reported, SegmentsError};
+use crate::sql::ident;
+use crate::spelling::closest;
+
+/// A candidate split and how its members compare with everyone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub condition: Value,
+    pub members: i64,
+    pub measure_avg: f64,
+}
+
+/// Ranks splits by how far their average is from the population's, skipping
+/// those too small to mean anything (under 1% of the rows, or 30).
+pub fn rank(mut splits: Vec<Split>, population_avg: f64, population: i64, max: usize) -> Vec<(Split, f64)> {
+    let minimum = ((population as f64) * 0.01).max(30.0) as i64;
+    splits.retain(|s| s.members >= minimum && s.members < population && s.measure_avg.is_finite());
+    let lift = |s: &Split| if population_avg != 0.0 { s.measure_avg / population_avg } else { f64::NAN };
+    let mut ranked: Vec<(Split, f64)> = splits.into_iter().map(|s| { let l = lift(&s); (s, l) }).collect();
+    ranked.sort_by(|a, b| {
+        let da = (a.0.measure_avg - population_avg).abs();
+        let db = (b.0.measure_avg - population_avg).abs();
+        db.total_cmp(&da).then(b.0.members.cmp(&a.0.members))
+    });
+    ranked.truncate(max);
+    ranked
+}
+
+fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
+    entity.table.column(name).ok_or_else(|| {
+        SegmentsError::UndefinedColumn(format!("column \"{name}\" does not exist on entity \"{}\"", entity.name))
+            .with_hint(closest(name, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+            .into()
+    })
+}
+
+fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
+    let table = &entity.table.relation_sql;
+    let (a, m) = (ident(&attribute.name), ident(measure));
+    let mut splits = Vec::new();
+    match attribute.kind {
+        ColumnKind::Text | ColumnKind::Boolean => {
+            // One row per distinct value: a column of 2 to 30 values is categorical.
+            let sql = format!(
+                "SELECT e.{a}::text, count(*), avg(e.{m})::float8
+                   FROM {table} e WHERE e.{a} IS NOT NULL GROUP BY e.{a} LIMIT 31"
+            );
+            let rows: Vec<(String, i64, Option<f64>)> = Spi::connect(|client| {
+                spi(client.select(&sql, None, &[]))
+                    .map(|r| (spi(r.get(1)).unwrap(), spi(r.get(2)).unwrap(), spi(r.get(3))))
+                    .collect()
+            });
+            if (2..=30).contains(&rows.len()) {
+                for (value, members, avg) in rows {
+                    let value = if attribute.kind == ColumnKind::Boolean { json!(value == "true") } else { json!(value) };
+                    let condition = json!({"attribute": attribute.name, "op": "eq", "value": value});
+                    splits.push(Split { condition, members, measure_avg: avg.unwrap_or(f64::NAN) });
+                }
+            }
+        }
+        ColumnKind::Numeric => {
+            let sql = format!(
+                "WITH q AS (SELECT percentile_disc(ARRAY[0, 0.25, 0.5, 0.75, 1]) WITHIN GROUP (ORDER BY e.{a}::float8) AS b
+                              FROM {table} e WHERE e.{a} IS NOT NULL),
+                      r AS (SELECT low, high FROM q, LATERAL (VALUES (b[1], b[2]), (b[2], b[3]), (b[3], b[4]), (b[4], b[5])) v(low, high)
+                             WHERE low < high)
+                 SELECT r.low, r.high, count(e.*), avg(e.{m})::float8
+                   FROM r LEFT JOIN {table} e ON e.{a}::float8 >= r.low AND (e.{a}::float8 < r.high OR r.high = (SELECT b[5] FROM q))
+                  GROUP BY r.low, r.high ORDER BY r.low"
+            );
+            let rows: Vec<(f64, f64, i64, Option<f64>)> = Spi::connect(|client| {
+                spi(client.select(&sql, None, &[]))
+                    .map(|r| (spi(r.get(1)).unwrap(), spi(r.get(2)).unwrap(), spi(r.get(3)).unwrap(), spi(r.get(4))))
+                    .collect()
+            });
+            let last = rows.len();
+            for (i, (low, high, members, avg)) in rows.into_iter().enumerate() {
+                let condition = if i + 1 == last {
+                    json!({"attribute": attribute.name, "op": "gte", "value": low})
+                } else {
+                    json!({"all": [{"attribute": attribute.name, "op": "gte", "value": low},
+                                    {"attribute": attribute.name, "op": "lt", "value": high}]})
+                };
+                splits.push(Split { condition, members, measure_avg: avg.unwrap_or(f64::NAN) });
+            }
+        }
+        _ => {}
+    }
+    splits
+}
+
+fn suggest_impl(
+    entity: &str,
+    measure: &str,
+    influencing: Option<Vec<String>>,
+    max_segments: i32,
+) -> Result<Vec<(Value, i64, f64, f64)>, Reported> {
+    let entity = SpiCatalog.entity(entity).ok_or_else(|| {
+        let names = SpiCatalog.entity_names();
+        SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered"))
+            .with_hint(closest(entity, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
+    })?;
+    let measure_column = column(&entity, measure)?;
+    if measure_column.kind != ColumnKind::Numeric {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "measure \"{measure}\" is {}; a measure is a numeric column",
+            measure_column.type_sql
+        ))
+        .into());
+    }
+    if max_segments < 1 {
+        return Err(SegmentsError::InvalidParameter(format!("max_segments must be 1 or more, not {max_segments}")).into());
+    }
+    let attributes: Vec<&Column> = match &influencing {
+        Some(names) => names.iter().map(|n| column(&entity, n)).collect::<Result<_, _>>()?,
+        None => entity
+            .table
+            .columns
+            .iter()
+            .filter(|c| c.name != entity.key_column && c.name != measure && matches!(c.kind, ColumnKind::Text | ColumnKind::Boolean | ColumnKind::Numeric))
+            .collect(),
+    };
+    let (population, population_avg): (i64, f64) = Spi::connect(|client| {
+        let row = spi(client.select(
+            &format!("SELECT count(*), avg(e.{})::float8 FROM {} e", ident(measure), entity.table.relation_sql),
+            None,
+            &[],
+        ))
+        .first();
+        (spi(row.get::<i64>(1)).unwrap_or(0), spi(row.get::<f64>(2)).unwrap_or(f64::NAN))
+    });
+    let splits: Vec<Split> = attributes.iter().flat_map(|a| splits_of(&entity, a, measure)).collect();
+    Ok(rank(splits, population_avg, population, max_segments as usize)
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(&lowered, &c.to_lowercase()), c))
-        .filter(|(distance, _)| *distance <= limit)
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, c)| c)
+        .map(|(split, lift)| {
+            let definition = json!({"entity": entity.name, "rules": [{"where": split.condition}]});
+            (definition, split.members, split.measure_avg, lift)
+        })
+        .collect())
+}
+
+/// Attribute splits whose members differ most from everyone on `measure`,
+/// as ready definitions (pass one to create_segment).
+#[pg_extern(schema = "segments", stable)]
+fn suggest(
+    entity: &str,
+    measure: &str,
+    influencing: default!(Option<Vec<String>>, "NULL"),
+    max_segments: default!(i32, 5),
+) -> TableIterator<
+    'static,
+    (
+        name!(definition, JsonB),
+        name!(members, i64),
+        name!(measure_avg, f64),
+        name!(lift, f64),
+    ),
+> {
+    let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
+    TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::closest;
+    use super::*;
+
+    fn split(name: &str, members: i64, avg: f64) -> Split {
+        Split { condition: json!(name), members, measure_avg: avg }
+    }
 
     #[test]
-    fn suggests_near_misses_only() {
-        let columns = ["country", "city", "age", "email"];
-        assert_eq!(closest("contry", columns), Some("country"));
-        assert_eq!(closest("Country", columns), Some("country"));
-        assert_eq!(closest("emial", columns), Some("email"));
-        assert_eq!(closest("zip_code", columns), None);
+    fn splits_rank_by_distance_from_the_population() {
+        let ranked = rank(
+            vec![split("close", 500, 101.0), split("far", 300, 180.0), split("tiny", 5, 900.0), split("low", 200, 20.0)],
+            100.0,
+            1000,
+            2,
+        );
+        let names: Vec<&str> = ranked.iter().map(|(s, _)| s.condition.as_str().unwrap()).collect();
+        assert_eq!(names, vec!["far", "low"], "tiny splits are noise");
+        assert!((ranked[0].1 - 1.8).abs() < 1e-9);
     }
 }

@@ -1083,3 +1083,106 @@ fn sequences_connect_records_by_priority() {
     let still: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'Student offer'", &[]).unwrap().get(0);
     assert!(still > 0, "disconnecting keeps the records connected");
 }
+
+/// find_similar learns what a segment's members share and finds more of
+/// them; suggest finds the split that moves a measure most.
+#[test]
+fn finding_similar_customers_and_suggested_segments() {
+    let cluster = Cluster::start("finding", &[]);
+    let mut client = sample_database(&cluster, "5000");
+    // The source: platinum customers with an even id. The other platinum
+    // customers are what a good model finds.
+    client
+        .batch_execute(
+            r#"SELECT segments.create_segment('Platinum, even', '{"entity":"customer","rules":[{"where":{"all":[
+                  {"attribute":"loyalty_tier","op":"eq","value":"platinum"},
+                  {"any":[{"attribute":"code","op":"ends_with","value":"0"},{"attribute":"code","op":"ends_with","value":"2"},
+                          {"attribute":"code","op":"ends_with","value":"4"},{"attribute":"code","op":"ends_with","value":"6"},
+                          {"attribute":"code","op":"ends_with","value":"8"}]}]}}]}');
+               SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '"DE"');
+               SELECT * FROM segments.refresh();"#,
+        )
+        .unwrap();
+    let id: i64 = client.query_one("SELECT segments.find_similar(1, 'Lookalikes', size_percent => 10)", &[]).unwrap().get(0);
+    let row = client
+        .query_one(
+            "SELECT s.type, s.member_count,
+                    (SELECT count(*) FROM segments.customer_members m WHERE m.segment_id = s.id AND m.loyalty_tier = 'platinum'),
+                    (SELECT count(*) FROM segments.customer_members m WHERE m.segment_id = s.id AND segments.is_member(1, m.id)),
+                    (SELECT count(*) FROM customers WHERE loyalty_tier = 'platinum' AND id % 2 = 1)
+               FROM segments.segment s WHERE s.id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let (kind, members, platinum, overlap, odd_platinum): (String, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(kind, "static");
+    assert!(members <= 500, "at most 10% of the 5000 customers: {members}");
+    assert!(members as f64 >= 0.8 * odd_platinum as f64, "it should find most of the {odd_platinum} other platinum customers: {members}");
+    assert!(platinum as f64 >= 0.9 * members as f64, "{platinum} of {members} are platinum");
+    assert_eq!(overlap, 0, "source members are left out unless asked for");
+    let scores = client
+        .query_one("SELECT count(*), min(score), max(score) FROM segments.similarity($1)", &[&id])
+        .unwrap();
+    assert_eq!(scores.get::<_, i64>(0), members);
+    assert!(scores.get::<_, f32>(1) >= 0.4 && scores.get::<_, f32>(2) <= 1.0);
+
+    // Within a target, and with the source included.
+    let within: i64 = client
+        .query_one("SELECT segments.find_similar(1, 'German lookalikes', target => 2, include_source => true)", &[])
+        .unwrap()
+        .get(0);
+    let outside: i64 = client
+        .query_one("SELECT count(*) FROM segments.customer_members WHERE segment_id = $1 AND NOT segments.is_member(2, id) AND NOT segments.is_member(1, id)", &[&within])
+        .unwrap()
+        .get(0);
+    assert_eq!(outside, 0, "only the target population, plus the source");
+    let sources: i64 = client
+        .query_one("SELECT count(*) FROM segments.customer_members WHERE segment_id = $1 AND segments.is_member(1, id)", &[&within])
+        .unwrap()
+        .get(0);
+    let source_size: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(sources, source_size);
+
+    for (sql, code) in [
+        ("SELECT segments.find_similar(99, 'x')", "42704"),
+        ("SELECT segments.find_similar(1, 'x', size_percent => 0)", "22023"),
+        ("SELECT segments.find_similar(1, 'Germans')", "42710"),
+    ] {
+        let error = client.execute(sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&error).0, code, "{sql}");
+    }
+
+    // Suggested segments: gold customers spend three times as much.
+    client
+        .batch_execute(
+            "ALTER TABLE customers ADD COLUMN spend numeric;
+             UPDATE customers SET spend = CASE WHEN loyalty_tier = 'gold' THEN 300 ELSE 100 END + id % 10;",
+        )
+        .unwrap();
+    let rows = client.query("SELECT definition::text, members, measure_avg, lift FROM segments.suggest('customer', 'spend')", &[]).unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 5);
+    let best: String = rows[0].get(0);
+    assert!(best.contains(r#""attribute": "loyalty_tier""#) && best.contains(r#""value": "gold""#), "{best}");
+    let gold: i64 = client.query_one("SELECT count(*) FROM customers WHERE loyalty_tier = 'gold'", &[]).unwrap().get(0);
+    assert_eq!(rows[0].get::<_, i64>(1), gold);
+    assert!(rows[0].get::<_, f64>(3) > 2.0, "gold spends well over twice the average");
+    // A suggestion is a ready definition.
+    let created: i64 = client
+        .query_one("SELECT segments.create_segment('Suggested', (SELECT definition FROM segments.suggest('customer', 'spend') LIMIT 1))", &[])
+        .unwrap()
+        .get(0);
+    assert!(created > 0);
+    let limited = client
+        .query("SELECT definition::text FROM segments.suggest('customer', 'spend', influencing => ARRAY['country', 'age'], max_segments => 3)", &[])
+        .unwrap();
+    assert!(limited.len() <= 3 && limited.iter().all(|r| !r.get::<_, String>(0).contains("loyalty_tier")));
+    for (sql, code) in [
+        ("SELECT * FROM segments.suggest('customer', 'country')", "22023"),
+        ("SELECT * FROM segments.suggest('customer', 'spent')", "42703"),
+        ("SELECT * FROM segments.suggest('buyer', 'spend')", "42P01"),
+    ] {
+        let error = client.query(sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&error).0, code, "{sql}");
+    }
+}
