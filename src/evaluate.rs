@@ -181,6 +181,27 @@ pub fn cached_members(segment_id: i64, version: Option<String>) -> std::rc::Rc<M
     members
 }
 
+/// (position, key as text) of the given positions of an entity: integer
+/// keys are their positions; dictionary keys come from segments.entity_key.
+pub fn keys_at(entity: &str, positions: &Members) -> Vec<(u64, String)> {
+    let dictionary =
+        optional_value::<String>("SELECT key_kind FROM segments.entity WHERE name = $1", &[entity.into()]).as_deref()
+            == Some("dictionary");
+    if !dictionary {
+        return positions.iter().map(|p| (p, crate::bitmap::key_of(p).to_string())).collect();
+    }
+    let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT position, key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY position",
+            None,
+            &[entity.into(), wanted.into()],
+        ))
+        .map(|row| (spi(row.get::<i64>(1)).unwrap() as u64, spi(row.get::<String>(2)).unwrap()))
+        .collect()
+    })
+}
+
 /// The current row version of a segment's membership.
 pub fn membership_version(segment_id: i64) -> Option<String> {
     optional_value::<String>(

@@ -227,21 +227,14 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
 
 /// Keys (as JSON values of the key's kind) of the given positions.
 fn key_values(entity: &Entity, positions: &[u64]) -> Vec<Value> {
-    match entity.key_kind {
-        KeyKind::Integer => positions.iter().map(|&p| Value::from(key_of(p))).collect(),
-        KeyKind::Dictionary => {
-            let wanted: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
-            Spi::connect(|client| {
-                spi(client.select(
-                    "SELECT key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY position",
-                    None,
-                    &[entity.name.as_str().into(), wanted.into()],
-                ))
-                .filter_map(|row| spi(row.get::<String>(1)).map(Value::from))
-                .collect()
-            })
-        }
-    }
+    let positions: Members = positions.iter().copied().collect();
+    crate::evaluate::keys_at(&entity.name, &positions)
+        .into_iter()
+        .map(|(p, key)| match entity.key_kind {
+            KeyKind::Integer => Value::from(key_of(p)),
+            KeyKind::Dictionary => Value::from(key),
+        })
+        .collect()
 }
 
 fn find_similar_impl(

@@ -208,29 +208,6 @@ impl Trigger {
     }
 }
 
-/// The keys (as text) at the given positions of an entity's bitmap.
-fn keys_of(entity: &str, positions: &Members) -> Vec<String> {
-    let dictionary = crate::catalog::optional_value::<String>(
-        "SELECT key_kind FROM segments.entity WHERE name = $1",
-        &[entity.into()],
-    )
-    .as_deref()
-        == Some("dictionary");
-    if !dictionary {
-        return positions.iter().map(|p| crate::bitmap::key_of(p).to_string()).collect();
-    }
-    let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
-    Spi::connect(|client| {
-        spi(client.select(
-            "SELECT key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY position",
-            None,
-            &[entity.into(), wanted.into()],
-        ))
-        .filter_map(|row| spi(row.get::<String>(1)))
-        .collect()
-    })
-}
-
 fn record_run(target: &Target, trigger: Trigger, started: pgrx::datum::TimestampWithTimeZone, outcome: &Outcome) -> i64 {
     let run = Spi::get_one_with_args::<i64>(
         "INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error) \
@@ -286,7 +263,7 @@ fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members
             if positions.is_empty() {
                 continue;
             }
-            let keys = keys_of(&target.entity, positions);
+            let keys: Vec<String> = crate::evaluate::keys_at(&target.entity, positions).into_iter().map(|(_, k)| k).collect();
             spi(Spi::run_with_args(
                 "INSERT INTO segments.membership_change (segment_id, run_id, key, change, at) \
                  SELECT $1, $2, k, $3, now() FROM unnest($4::text[]) AS k",

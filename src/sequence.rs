@@ -80,24 +80,6 @@ fn connected_segments() -> Vec<Connected> {
     })
 }
 
-/// (position, key as text) for the given positions of an entity.
-fn keys_by_position(entity: &str, positions: &Members) -> Vec<(u64, String)> {
-    let kind = SpiCatalog.entity(entity).map(|e| e.key_kind);
-    if kind != Some(KeyKind::Dictionary) {
-        return positions.iter().map(|p| (p, crate::bitmap::key_of(p).to_string())).collect();
-    }
-    let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
-    Spi::connect(|client| {
-        spi(client.select(
-            "SELECT position, key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2)",
-            None,
-            &[entity.into(), wanted.into()],
-        ))
-        .map(|row| (spi(row.get::<i64>(1)).unwrap() as u64, spi(row.get::<String>(2)).unwrap()))
-        .collect()
-    })
-}
-
 /// Connects or moves the records that entered segments. `entered` maps a
 /// segment to the positions that entered it; `fresh` holds memberships
 /// computed in the same refresh (others are read as stored).
@@ -121,7 +103,7 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
             .iter()
             .map(|c| (*c, fresh.get(&c.segment).cloned().unwrap_or_else(|| stored_members(c.segment))))
             .collect();
-        let keys = keys_by_position(entity, &candidates);
+        let keys = crate::evaluate::keys_at(entity, &candidates);
         let key_texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
         let current: HashMap<String, Option<i64>> = Spi::connect(|client| {
             spi(client.select(
