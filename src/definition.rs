@@ -3,7 +3,7 @@
 //! `validate` checks it against the catalog. Every node keeps its JSON path
 //! so that errors can say exactly where a definition went wrong.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use crate::error::SegmentsError;
 
@@ -649,11 +649,6 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
         RelatedMeasure::Exists(bool_field(path, object, "exists")?.unwrap_or(true))
     };
     Ok(RelatedTest { related, filter, within, measure })
-}
-
-/// A JSON number as it would be written in SQL.
-pub fn number_text(n: &Number) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]
