@@ -3,7 +3,8 @@
 -- last updated longer ago than `older_than` (default segments.unused_after).
 
 CREATE FUNCTION segments._check_usage_kind(kind text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF kind IS NULL OR kind NOT IN ('export', 'measure', 'segment', 'journey', 'campaign',
                                     'test_list', 'message', 'sequence', 'analytics') THEN
@@ -13,12 +14,15 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION segments.add_usage(segment bigint, kind text, consumer text, live boolean DEFAULT true)
+-- add_usage and remove_usage (src/usage.rs) check the caller, then run
+-- these as the extension: usages are internal state.
+CREATE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM segments._require_segments(ARRAY[add_usage.segment]);
-    PERFORM segments._check_usage_kind(add_usage.kind);
+    PERFORM segments._require_segments(ARRAY[_add_usage.segment]);
+    PERFORM segments._check_usage_kind(_add_usage.kind);
     IF kind IN ('segment', 'export', 'sequence') THEN
         RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself', kind
             USING ERRCODE = 'invalid_parameter_value';
@@ -27,18 +31,23 @@ BEGIN
         RAISE EXCEPTION 'a usage needs a consumer' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO segments.usage_registry (segment_id, kind, consumer, live)
-    VALUES (add_usage.segment, add_usage.kind, add_usage.consumer, coalesce(add_usage.live, true))
+    VALUES (_add_usage.segment, _add_usage.kind, _add_usage.consumer, coalesce(_add_usage.live, true))
     ON CONFLICT ON CONSTRAINT usage_registry_pkey DO UPDATE SET live = EXCLUDED.live;
 END
 $$;
 
-CREATE FUNCTION segments.remove_usage(segment bigint, kind text, consumer text) RETURNS void
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION segments._remove_usage(segment bigint, kind text, consumer text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM segments._require_segments(ARRAY[remove_usage.segment]);
-    PERFORM segments._check_usage_kind(remove_usage.kind);
+    PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
+    PERFORM segments._check_usage_kind(_remove_usage.kind);
+    IF kind IN ('segment', 'export', 'sequence') THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     DELETE FROM segments.usage_registry u
-     WHERE u.segment_id = remove_usage.segment AND u.kind = remove_usage.kind AND u.consumer = remove_usage.consumer;
+     WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'segment % has no usage of kind "%" by "%"', segment, kind, consumer
             USING ERRCODE = 'undefined_object';
@@ -48,7 +57,8 @@ $$;
 
 CREATE FUNCTION segments.deactivate_unused(older_than interval DEFAULT NULL, dry_run boolean DEFAULT false)
 RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cutoff timestamptz := now() - coalesce(
         older_than,
@@ -59,6 +69,7 @@ BEGIN
         RETURN QUERY
             SELECT s.id, s.name FROM segments.segment s
              WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+               AND segments._may_change(s.owner)
                AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
              ORDER BY s.id;
     ELSE
@@ -69,6 +80,7 @@ BEGIN
                        tags = CASE WHEN 'AutoDeactivated' = ANY (s.tags) THEN s.tags
                                    ELSE s.tags || 'AutoDeactivated'::text END
                  WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+               AND segments._may_change(s.owner)
                    AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
                 RETURNING s.id, s.name)
             SELECT d.id, d.name FROM deactivated d ORDER BY d.id;

@@ -3,57 +3,80 @@
 -- of them in the refresh's own transaction, so readers see the old rows or
 -- the new ones. An export is a live usage of each of its segments.
 
-CREATE FUNCTION segments.create_export(name text, segments bigint[], target text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+-- create_export and drop_export (src/export.rs) resolve the target as the
+-- caller, then run these as the extension with the caller's role: exports
+-- are internal state, their target tables belong to their owners.
+CREATE FUNCTION segments._create_export(caller regrole, name text, segments bigint[], target text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entities text[];
     new_id bigint;
     target_name text[];
 BEGIN
-    PERFORM segments._require_segments(create_export.segments);
-    IF cardinality(create_export.segments) = 0 THEN
-        RAISE EXCEPTION 'export "%" needs at least one segment', create_export.name
+    PERFORM segments._require_segments(_create_export.segments);
+    IF cardinality(_create_export.segments) = 0 THEN
+        RAISE EXCEPTION 'export "%" needs at least one segment', _create_export.name
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT FROM segments.export e WHERE e.name = create_export.name) THEN
-        RAISE EXCEPTION 'an export named "%" already exists', create_export.name USING ERRCODE = 'duplicate_object';
+    IF EXISTS (SELECT FROM segments.export e WHERE e.name = _create_export.name) THEN
+        RAISE EXCEPTION 'an export named "%" already exists', _create_export.name USING ERRCODE = 'duplicate_object';
     END IF;
-    entities := ARRAY(SELECT DISTINCT s.entity FROM segments.segment s WHERE s.id = ANY (create_export.segments));
+    entities := ARRAY(SELECT DISTINCT s.entity FROM segments.segment s WHERE s.id = ANY (_create_export.segments));
     IF cardinality(entities) > 1 THEN
-        RAISE EXCEPTION 'the segments of export "%" group different entities: %', create_export.name,
+        RAISE EXCEPTION 'the segments of export "%" group different entities: %', _create_export.name,
             array_to_string(entities, ', ') USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    target_name := parse_ident(create_export.target);
-    IF to_regclass(create_export.target) IS NOT NULL THEN
-        RAISE EXCEPTION 'table % already exists; an export creates its own target table', create_export.target
+    target_name := parse_ident(_create_export.target);
+    IF NOT has_schema_privilege(caller::oid, target_name[1], 'CREATE') THEN
+        RAISE EXCEPTION 'permission denied for schema %: an export creates its target table as %, who needs CREATE there',
+            quote_ident(target_name[1]), caller
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF to_regclass(_create_export.target) IS NOT NULL THEN
+        RAISE EXCEPTION 'table % already exists; an export creates its own target table', _create_export.target
             USING ERRCODE = 'duplicate_table';
     END IF;
     -- The target has the members view's columns: segment_id, segment_name, then the entity's.
     EXECUTE format('CREATE TABLE %s AS SELECT * FROM segments.%I WITH NO DATA',
                    array_to_string(ARRAY(SELECT quote_ident(p) FROM unnest(target_name) p), '.'),
                    entities[1] || '_members');
-    EXECUTE format('GRANT SELECT ON %s TO segments_reader', create_export.target);
+    -- Owned by its creator, with no privileges for anyone else until the
+    -- owner grants them.
+    EXECUTE format('ALTER TABLE %s OWNER TO %s', _create_export.target, caller);
     INSERT INTO segments.export (name, entity, segments, target, owner)
-    VALUES (create_export.name, entities[1], ARRAY(SELECT DISTINCT unnest(create_export.segments) ORDER BY 1),
-            create_export.target::regclass, quote_ident(current_user)::regrole)
+    VALUES (_create_export.name, entities[1], ARRAY(SELECT DISTINCT unnest(_create_export.segments) ORDER BY 1),
+            _create_export.target::regclass, caller)
     RETURNING id INTO new_id;
     INSERT INTO segments.usage_registry (segment_id, kind, consumer)
-    SELECT DISTINCT s, 'export', create_export.name FROM unnest(create_export.segments) s;
+    SELECT DISTINCT s, 'export', _create_export.name FROM unnest(_create_export.segments) s;
     PERFORM segments._rewrite_export(new_id);
     RETURN new_id;
 END
 $$;
 
-CREATE FUNCTION segments.drop_export(name text) RETURNS void
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION segments._drop_export(caller regrole, name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    gone segments.export;
+    found segments.export;
+    target_sql text;
 BEGIN
-    DELETE FROM segments.export e WHERE e.name = drop_export.name RETURNING * INTO gone;
-    IF gone.id IS NULL THEN
-        RAISE EXCEPTION 'export "%" does not exist', drop_export.name USING ERRCODE = 'undefined_object';
+    SELECT * INTO found FROM segments.export e WHERE e.name = _drop_export.name FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _drop_export.name USING ERRCODE = 'undefined_object';
     END IF;
-    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = gone.name;
-    EXECUTE format('DROP TABLE IF EXISTS %s', gone.target);
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM segments.export e WHERE e.id = found.id;
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = found.name;
+    -- The target may be gone already (dropped by its owner).
+    SELECT format('%I.%I', n.nspname, c.relname) INTO target_sql
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = found.target::oid;
+    IF target_sql IS NOT NULL THEN
+        EXECUTE format('DROP TABLE IF EXISTS %s', target_sql);
+    END IF;
 END
 $$;

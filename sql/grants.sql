@@ -1,12 +1,38 @@
--- Privileges, granted once every object exists. Readers read; editors
--- write segments and what refreshing them writes; admins also register
--- entities. never_expire is guarded by the lifecycle trigger.
+-- Privileges, granted once every object exists (see README, "Security
+-- model"). Readers read; editors write segments.segment, the only table
+-- writable by DML; everything else is internal state that only the
+-- extension's functions change, as the extension's owner, after checking
+-- what the caller may do.
 GRANT USAGE ON SCHEMA segments TO segments_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA segments TO segments_reader;
-GRANT INSERT, UPDATE, DELETE ON
-    segments.segment, segments.membership, segments.entity_key, segments.refresh_run,
-    segments.membership_change, segments.usage_registry, segments.sequence, segments.sequence_segment,
-    segments.export, segments.scheduler_state, segments.sequence_record, segments.similarity_score
-    TO segments_editor;
-GRANT INSERT, UPDATE, DELETE ON segments.entity, segments.related TO segments_admin;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA segments TO segments_editor;
+GRANT INSERT, UPDATE, DELETE ON segments.segment TO segments_editor;
+GRANT USAGE ON SEQUENCE segments.segment_id_seq TO segments_editor;
+
+-- Keys stay private: a role reads the keys of an entity only if it may
+-- SELECT the entity's table.
+ALTER TABLE segments.entity_key ENABLE ROW LEVEL SECURITY;
+CREATE POLICY entity_key_readable ON segments.entity_key FOR SELECT
+    USING (segments._can_read_entity(entity));
+
+-- Internal functions (named _...) are not for PUBLIC. The roles get the
+-- ones that public functions, views, policies and triggers call as the
+-- caller; each of those checks the caller itself or only reads.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'segments'::regnamespace AND p.proname LIKE '\_%' LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'segments'::regnamespace
+                AND p.proname IN ('_internal_write', '_require_may_change', '_may_change', '_is_admin',
+                                  '_check_schedule', '_check_definition', '_check_active_limit',
+                                  '_dependents', '_referenced_segments', '_require_segments',
+                                  '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
+                                  '_is_member', '_segments_of', '_run_due') LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
+    END LOOP;
+END
+$$;

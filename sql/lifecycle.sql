@@ -4,22 +4,84 @@
 
 -- Members of segments_admin, and superusers, may change never_expire.
 CREATE FUNCTION segments._is_admin() RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_has_role(current_user, 'segments_admin', 'MEMBER')
         OR coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)
 $$;
 
+-- Ownership works like PostgreSQL objects: the owner, a member of the
+-- owning role, segments_admin or a superuser may change an object.
+CREATE FUNCTION segments._may_change(owner regrole) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_has_role(current_user, owner::oid, 'MEMBER') OR segments._is_admin()
+$$;
+
+-- Refuses (42501) a change to an object the current role may not change.
+CREATE FUNCTION segments._require_may_change(what text, name text, owner regrole) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT segments._may_change(owner) THEN
+        RAISE EXCEPTION 'permission denied for % "%": it is owned by %, and only its owner, a member of that role, segments_admin or a superuser may change it',
+            what, name, owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
 -- The ids of the segments a (stored, normalized) definition refers to.
 CREATE FUNCTION segments._referenced_segments(definition jsonb) RETURNS SETOF bigint
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT (v #>> '{}')::bigint
       FROM jsonb_path_query(definition, '$.**.segment') AS v
      WHERE jsonb_typeof(v) = 'number'
 $$;
 
 CREATE FUNCTION segments._segment_before_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The extension's own writes (refresh results, set_owner) may set the
+    -- columns it maintains; a user's DML never does.
+    internal boolean := segments._internal_write();
+    restoring boolean := TG_OP = 'INSERT' AND NOT internal
+        AND coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false);
 BEGIN
+    IF TG_OP = 'UPDATE' AND NOT internal THEN
+        PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
+        IF NEW.owner IS DISTINCT FROM OLD.owner THEN
+            RAISE EXCEPTION 'column owner of segment "%" is maintained by segments; use segments.set_owner()', OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF (NEW.status, NEW.member_count, NEW.last_refreshed_at, NEW.last_error, NEW.rule_counts,
+            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id)
+           IS DISTINCT FROM
+           (OLD.status, OLD.member_count, OLD.last_refreshed_at, OLD.last_error, OLD.rule_counts,
+            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id) THEN
+            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at and updated_by are maintained by segments and cannot be set',
+                OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' AND NOT internal AND NOT restoring THEN
+        -- A new segment belongs to its creator and starts unrefreshed,
+        -- whatever the row names. (A superuser's INSERT is a restore, e.g.
+        -- pg_restore, and keeps the values it brings.)
+        NEW.owner := quote_ident(current_user)::regrole;
+        NEW.status := 'not_refreshed';
+        NEW.member_count := NULL;
+        NEW.last_refreshed_at := NULL;
+        NEW.last_error := NULL;
+        NEW.rule_counts := NULL;
+        NEW.needs_refresh := true;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        NEW.updated_by := quote_ident(current_user)::regrole;
+    END IF;
+
     IF NEW.type IS NULL OR NEW.type NOT IN ('static', 'dynamic') THEN
         RAISE EXCEPTION 'segment "%": type "%" is not static or dynamic', NEW.name, NEW.type
             USING ERRCODE = 'invalid_parameter_value';
@@ -49,8 +111,8 @@ BEGIN
         PERFORM segments._check_schedule(NEW.name, NEW.schedule, NEW.type = 'dynamic');
     END IF;
 
-    IF (TG_OP = 'INSERT' AND NEW.never_expire)
-       OR (TG_OP = 'UPDATE' AND NEW.never_expire IS DISTINCT FROM OLD.never_expire) THEN
+    IF NOT internal AND ((TG_OP = 'INSERT' AND NEW.never_expire)
+       OR (TG_OP = 'UPDATE' AND NEW.never_expire IS DISTINCT FROM OLD.never_expire)) THEN
         IF NOT segments._is_admin() THEN
             RAISE EXCEPTION 'only members of segments_admin may change never_expire (segment "%")', NEW.name
                 USING ERRCODE = 'insufficient_privilege';
@@ -104,8 +166,11 @@ CREATE TRIGGER segment_before_write
 
 -- Segment references are usages of kind 'segment': they keep the
 -- referenced segment in use and block its deletion.
+-- SECURITY DEFINER: usages are internal state, written only by the
+-- extension (its owner), whoever edits the segment.
 CREATE FUNCTION segments._segment_track_references() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
     IF TG_OP <> 'DELETE' THEN
@@ -124,7 +189,8 @@ CREATE TRIGGER segment_track_references
 -- What keeps a segment from being deleted: other segments, exports and
 -- live usages other than sequences (sequence connections stay behind).
 CREATE FUNCTION segments._dependents(segment_id bigint) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(
                CASE u.kind WHEN 'segment' THEN format('segment "%s"', c.name)
                            ELSE format('%s "%s"', u.kind, u.consumer) END,
@@ -137,10 +203,14 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 CREATE FUNCTION segments._segment_before_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dependents text := segments._dependents(OLD.id);
 BEGIN
+    IF NOT segments._internal_write() THEN
+        PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
+    END IF;
     IF dependents IS NOT NULL THEN
         RAISE EXCEPTION 'segment "%" cannot be deleted: it is used by %', OLD.name, dependents
             USING ERRCODE = 'dependent_objects_still_exist',
@@ -156,7 +226,8 @@ CREATE TRIGGER segment_before_delete
 
 -- The cap on active segments: a WARNING from 90% of it, an error past it.
 CREATE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cap bigint := coalesce(nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000);
     active bigint;
@@ -177,7 +248,8 @@ END
 $$;
 
 CREATE FUNCTION segments._segment_after_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._check_active_limit((SELECT count(*) FROM new_rows WHERE state = 'active'));
     RETURN NULL;
@@ -185,7 +257,8 @@ END
 $$;
 
 CREATE FUNCTION segments._segment_after_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._check_active_limit((
         SELECT count(*) FROM new_rows n JOIN old_rows o ON o.id = n.id

@@ -5,7 +5,8 @@
 
 -- Refuses a NULL list or ids that are not segments (42704), naming them.
 CREATE FUNCTION segments._require_segments(ids bigint[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     missing text;
 BEGIN
@@ -23,7 +24,8 @@ $$;
 
 -- The names of the sequences a segment is connected to.
 CREATE FUNCTION segments._connected_sequences(segment_id bigint) RETURNS text[]
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(q.name ORDER BY q.name), '{}')
       FROM segments.sequence_segment c JOIN segments.sequence q ON q.id = c.sequence_id
      WHERE c.segment_id = _connected_sequences.segment_id
@@ -39,7 +41,8 @@ CREATE FUNCTION segments.create_segment(
     priority integer DEFAULT NULL,
     active boolean DEFAULT true
 ) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
@@ -55,7 +58,8 @@ $$;
 -- A segment of one condition.
 CREATE FUNCTION segments.quick_segment(name text, entity text, attribute text, op text, value jsonb DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments.create_segment(
         quick_segment.name,
         jsonb_build_object('entity', quick_segment.entity, 'rules', jsonb_build_array(jsonb_build_object(
@@ -66,7 +70,8 @@ $$;
 
 -- A copy with everything a person set, named "<name> (copy)" unless named.
 CREATE FUNCTION segments.duplicate(segment bigint, name text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     source segments.segment;
     copy_name text := duplicate.name;
@@ -91,7 +96,8 @@ END
 $$;
 
 CREATE FUNCTION segments.rename(segment bigint, name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[rename.segment]);
     UPDATE segments.segment s SET name = rename.name WHERE s.id = rename.segment;
@@ -100,7 +106,8 @@ $$;
 
 -- Activates ("resumes computation of") inactive segments; returns how many.
 CREATE FUNCTION segments.activate(segments bigint[]) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(activate.segments);
     WITH changed AS (
         UPDATE segments.segment s SET state = 'active'
@@ -112,7 +119,8 @@ $$;
 -- sequences connected to each.
 CREATE FUNCTION segments.deactivate(segments bigint[])
 RETURNS TABLE (segment_id bigint, name text, connected_sequences text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -131,7 +139,8 @@ END
 $$;
 
 CREATE FUNCTION segments.set_type(segments bigint[], type text) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(set_type.segments);
     WITH changed AS (
         UPDATE segments.segment s SET type = set_type.type
@@ -140,7 +149,8 @@ LANGUAGE sql AS $$
 $$;
 
 CREATE FUNCTION segments.set_schedule(segments bigint[], schedule text) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(set_schedule.segments);
     WITH changed AS (
         UPDATE segments.segment s SET schedule = set_schedule.schedule
@@ -150,7 +160,8 @@ $$;
 
 -- Adds tags (each once, after the existing ones); returns how many segments changed.
 CREATE FUNCTION segments.tag(segments bigint[], tags text[]) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(tag.segments);
     WITH changed AS (
         UPDATE segments.segment s
@@ -163,7 +174,8 @@ LANGUAGE sql AS $$
 $$;
 
 CREATE FUNCTION segments.untag(segments bigint[], tags text[]) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(untag.segments);
     WITH changed AS (
         UPDATE segments.segment s
@@ -178,7 +190,8 @@ $$;
 -- (2BP01) while anything outside the list depends on one of them;
 -- segments of the list that depend on each other go together.
 CREATE FUNCTION segments.delete(segments bigint[]) RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     remaining bigint[];
@@ -219,7 +232,8 @@ $$;
 
 -- never_expire: admins exclude segments from the unused-segment cleanup.
 CREATE FUNCTION segments.disable_auto_cleanup(segments bigint[]) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(disable_auto_cleanup.segments);
     WITH changed AS (
         UPDATE segments.segment s SET never_expire = true
@@ -228,7 +242,8 @@ LANGUAGE sql AS $$
 $$;
 
 CREATE FUNCTION segments.enable_auto_cleanup(segments bigint[]) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT segments._require_segments(enable_auto_cleanup.segments);
     WITH changed AS (
         UPDATE segments.segment s SET never_expire = false
@@ -239,7 +254,8 @@ $$;
 -- Member counts over time, from the refresh history.
 CREATE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days')
 RETURNS TABLE (at timestamptz, member_count bigint)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[trend.segment]);
     RETURN QUERY

@@ -1,8 +1,10 @@
 -- Sales sequences: records that enter a connected segment start its
 -- sequence (see src/sequence.rs for who goes where).
 
-CREATE FUNCTION segments._require_sequence(sequence bigint) RETURNS segments.sequence
-LANGUAGE plpgsql AS $$
+-- The sequence, which `caller` must be allowed to change (42501 otherwise).
+CREATE FUNCTION segments._require_sequence(sequence bigint, caller regrole) RETURNS segments.sequence
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found segments.sequence;
 BEGIN
@@ -10,25 +12,51 @@ BEGIN
     IF found.id IS NULL THEN
         RAISE EXCEPTION 'sequence % does not exist', coalesce(sequence::text, 'NULL') USING ERRCODE = 'undefined_object';
     END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for sequence "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     RETURN found;
 END
 $$;
 
-CREATE FUNCTION segments.create_sequence(name text, entity text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+-- Refuses (42501) segments `caller` may not change, naming them and their owners.
+CREATE FUNCTION segments._require_segments_changeable(ids bigint[], caller regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    refused text;
+BEGIN
+    SELECT string_agg(format('segment "%s" (owned by %s)', s.name, s.owner), ', ' ORDER BY s.id) INTO refused
+      FROM segments.segment s
+     WHERE s.id = ANY (ids)
+       AND NOT pg_has_role(caller::oid, s.owner::oid, 'MEMBER')
+       AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER');
+    IF refused IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied for %', refused USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+-- create_sequence, connect_sequence, disconnect_sequence and
+-- connect_records (src/sequence.rs) run these as the extension with the
+-- caller's role: sequences and their records are internal state.
+CREATE FUNCTION segments._create_sequence(caller regrole, name text, entity text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    IF NOT EXISTS (SELECT FROM segments.entity e WHERE e.name = create_sequence.entity) THEN
-        RAISE EXCEPTION 'entity "%" is not registered', create_sequence.entity USING ERRCODE = 'undefined_table';
+    IF NOT EXISTS (SELECT FROM segments.entity e WHERE e.name = _create_sequence.entity) THEN
+        RAISE EXCEPTION 'entity "%" is not registered', _create_sequence.entity USING ERRCODE = 'undefined_table';
     END IF;
-    IF create_sequence.name IS NULL OR btrim(create_sequence.name) = '' THEN
+    IF _create_sequence.name IS NULL OR btrim(_create_sequence.name) = '' THEN
         RAISE EXCEPTION 'a sequence needs a name' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT FROM segments.sequence q WHERE q.name = create_sequence.name) THEN
-        RAISE EXCEPTION 'a sequence named "%" already exists', create_sequence.name USING ERRCODE = 'duplicate_object';
+    IF EXISTS (SELECT FROM segments.sequence q WHERE q.name = _create_sequence.name) THEN
+        RAISE EXCEPTION 'a sequence named "%" already exists', _create_sequence.name USING ERRCODE = 'duplicate_object';
     END IF;
-    INSERT INTO segments.sequence (name, entity) VALUES (create_sequence.name, create_sequence.entity)
+    INSERT INTO segments.sequence (name, entity, owner) VALUES (_create_sequence.name, _create_sequence.entity, caller)
     RETURNING id INTO new_id;
     RETURN new_id;
 END
@@ -37,16 +65,18 @@ $$;
 -- Connects segments to a sequence; their current members are connected
 -- right away, as if they had just entered. Returns how many segments were
 -- newly connected.
-CREATE FUNCTION segments.connect_sequence(sequence bigint, segments bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION segments._connect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    target segments.sequence := segments._require_sequence(connect_sequence.sequence);
+    target segments.sequence := segments._require_sequence(_connect_sequence.sequence, caller);
     conflict text;
     connected bigint[];
 BEGIN
-    PERFORM segments._require_segments(connect_sequence.segments);
+    PERFORM segments._require_segments(_connect_sequence.segments);
+    PERFORM segments._require_segments_changeable(_connect_sequence.segments, caller);
     SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO conflict
-      FROM segments.segment s WHERE s.id = ANY (connect_sequence.segments) AND s.entity <> target.entity;
+      FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) AND s.entity <> target.entity;
     IF conflict IS NOT NULL THEN
         RAISE EXCEPTION 'sequence "%" is for entity "%": %', target.name, target.entity, conflict
             USING ERRCODE = 'invalid_parameter_value';
@@ -55,7 +85,7 @@ BEGIN
       FROM segments.sequence_segment c
       JOIN segments.segment s ON s.id = c.segment_id
       JOIN segments.sequence q ON q.id = c.sequence_id
-     WHERE c.segment_id = ANY (connect_sequence.segments) AND c.sequence_id <> target.id;
+     WHERE c.segment_id = ANY (_connect_sequence.segments) AND c.sequence_id <> target.id;
     IF conflict IS NOT NULL THEN
         RAISE EXCEPTION 'a segment connects to at most one sequence: %', conflict
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -63,7 +93,7 @@ BEGIN
     END IF;
     WITH added AS (
         INSERT INTO segments.sequence_segment (segment_id, sequence_id)
-        SELECT DISTINCT s, target.id FROM unnest(connect_sequence.segments) AS s
+        SELECT DISTINCT s, target.id FROM unnest(_connect_sequence.segments) AS s
         ON CONFLICT ON CONSTRAINT sequence_segment_pkey DO NOTHING
         RETURNING segment_id)
     SELECT coalesce(array_agg(segment_id), '{}') INTO connected FROM added;
@@ -76,18 +106,19 @@ END
 $$;
 
 -- Disconnects segments; records already connected stay connected.
-CREATE FUNCTION segments.disconnect_sequence(sequence bigint, segments bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION segments._disconnect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    target segments.sequence := segments._require_sequence(disconnect_sequence.sequence);
+    target segments.sequence := segments._require_sequence(_disconnect_sequence.sequence, caller);
     removed integer;
 BEGIN
-    PERFORM segments._require_segments(disconnect_sequence.segments);
+    PERFORM segments._require_segments(_disconnect_sequence.segments);
     DELETE FROM segments.sequence_segment c
-     WHERE c.sequence_id = target.id AND c.segment_id = ANY (disconnect_sequence.segments);
+     WHERE c.sequence_id = target.id AND c.segment_id = ANY (_disconnect_sequence.segments);
     GET DIAGNOSTICS removed = ROW_COUNT;
     DELETE FROM segments.usage_registry u
-     WHERE u.kind = 'sequence' AND u.consumer = target.name AND u.segment_id = ANY (disconnect_sequence.segments);
+     WHERE u.kind = 'sequence' AND u.consumer = target.name AND u.segment_id = ANY (_disconnect_sequence.segments);
     RETURN removed;
 END
 $$;
@@ -95,10 +126,11 @@ $$;
 -- Connects records by hand, whether or not a segment holds them. Keys must
 -- exist in the entity table; a record connected to another sequence is
 -- refused. Returns how many records were newly connected.
-CREATE FUNCTION segments.connect_records(sequence bigint, keys text[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION segments._connect_records(caller regrole, sequence bigint, keys text[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    target segments.sequence := segments._require_sequence(connect_records.sequence);
+    target segments.sequence := segments._require_sequence(_connect_records.sequence, caller);
     missing text;
     taken text;
     added integer;
@@ -128,7 +160,8 @@ END
 $$;
 
 CREATE FUNCTION segments.set_priority(segment bigint, priority integer) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[set_priority.segment]);
     UPDATE segments.segment s SET priority = set_priority.priority WHERE s.id = set_priority.segment;

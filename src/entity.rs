@@ -1,6 +1,8 @@
 //! Entities (the tables segments group) and their related tables, and the
 //! typed `segments.<entity>_members` view that BI tools read.
 
+use std::panic::AssertUnwindSafe;
+
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::{JsonB, PgRelation};
@@ -123,7 +125,11 @@ fn register_entity(
     key_column: &str,
     eligible: default!(Option<JsonB>, "NULL"),
 ) {
-    register_entity_impl(entity, relation.oid(), key_column, eligible.map(|j| j.0)).or_raise()
+    crate::txn::require_admin("register entities");
+    crate::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    let relation = relation.oid();
+    crate::txn::privileged(AssertUnwindSafe(|| register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))))
+        .or_raise()
 }
 
 fn register_related_impl(
@@ -176,7 +182,11 @@ fn register_related(
     foreign_key: &str,
     time_column: default!(Option<&str>, "NULL"),
 ) {
-    register_related_impl(entity, name, relation.oid(), foreign_key, time_column).or_raise()
+    crate::txn::require_admin("register related tables");
+    crate::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    let relation = relation.oid();
+    crate::txn::privileged(AssertUnwindSafe(|| register_related_impl(entity, name, relation, foreign_key, time_column)))
+        .or_raise()
 }
 
 fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
@@ -201,7 +211,8 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
 /// Removes an entity registration; refused while segments use it.
 #[pg_extern(schema = "segments")]
 fn unregister_entity(entity: &str) {
-    unregister_entity_impl(entity).or_raise()
+    crate::txn::require_admin("unregister entities");
+    crate::txn::privileged(AssertUnwindSafe(|| unregister_entity_impl(entity))).or_raise()
 }
 
 /// The bitmap positions of a segment's members (integer keys are their own
@@ -210,4 +221,37 @@ fn unregister_entity(entity: &str) {
 fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
     let members = stored_members(segment);
     SetOfIterator::new(members.into_iter().map(key_of))
+}
+
+thread_local! {
+    /// (entity, role, local transaction) -> may read: the key dictionary's
+    /// row-level policy asks once per row.
+    static READABLE: std::cell::RefCell<Option<(String, pg_sys::Oid, u32, bool)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the current role may SELECT an entity's table: the row-level
+/// policy of `segments.entity_key`, so that keys are readable only by
+/// roles that could read them from the table itself.
+#[pg_extern(schema = "segments", stable, parallel_safe)]
+fn _can_read_entity(entity: &str) -> bool {
+    let role = crate::txn::current_role();
+    // SAFETY: MyProc is this backend's PGPROC, valid for its whole life.
+    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    let cached = READABLE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(e, r, t, _)| e == entity && *r == role && *t == transaction)
+            .map(|(_, _, _, ok)| *ok)
+    });
+    if let Some(ok) = cached {
+        return ok;
+    }
+    let ok = crate::catalog::optional_value::<bool>(
+        "SELECT pg_catalog.has_table_privilege(relation::oid, 'SELECT') FROM segments.entity \
+          WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    )
+    .unwrap_or(false);
+    READABLE.with(|c| *c.borrow_mut() = Some((entity.to_string(), role, transaction, ok)));
+    ok
 }

@@ -57,7 +57,9 @@ pub fn sync_dictionary(plan: &Plan) {
         plan.entity.table.relation_sql,
         ident(&plan.entity.key_column),
     );
-    spi(Spi::run(&sql));
+    // The dictionary is internal state: written as the extension, read
+    // only by roles that may read the entity table (its RLS policy).
+    crate::txn::privileged(std::panic::AssertUnwindSafe(|| spi(Spi::run(&sql))));
 }
 
 /// Every query the plan runs, in order, for `explain`.

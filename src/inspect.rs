@@ -1,6 +1,8 @@
 //! Looking inside segments: per-rule counts of the last refresh, estimates
 //! of an unsaved definition ("simulate results"), and the SQL a segment runs.
 
+use std::panic::AssertUnwindSafe;
+
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
@@ -55,25 +57,28 @@ fn rule_counts(segment: i64) -> TableIterator<'static, (
         name!(members, Option<i64>),
         name!(cumulative, Option<i64>),
     )> {
-    let (definition, counts) = segment_definition(segment).or_raise();
-    if let Some(counts) = counts {
-        let counts: Vec<RuleCount> =
-            serde_json::from_value(counts).unwrap_or_else(|e| error!("segments: stored rule counts unreadable: {e}"));
-        return rows(counts);
-    }
-    // Not refreshed since the last change: the rules, without counts.
-    let parsed = crate::definition::Definition::parse(&definition).or_raise();
-    let mut out = Vec::new();
-    fn walk(rules: &[crate::definition::Rule], out: &mut Vec<(String, Option<String>, Option<String>, Option<i64>, Option<i64>)>) {
-        for rule in rules {
-            out.push((rule.label.clone(), rule.name.clone(), rule.combine.map(|c| c.as_str().to_string()), None, None));
-            if let crate::definition::RuleBody::Rules(sub) = &rule.body {
-                walk(sub, out);
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let (definition, counts) = segment_definition(segment).or_raise();
+        if let Some(counts) = counts {
+            let counts: Vec<RuleCount> =
+                serde_json::from_value(counts).unwrap_or_else(|e| error!("segments: stored rule counts unreadable: {e}"));
+            return rows(counts);
+        }
+        // Not refreshed since the last change: the rules, without counts.
+        let parsed = crate::definition::Definition::parse(&definition).or_raise();
+        let mut out = Vec::new();
+        fn walk(rules: &[crate::definition::Rule], out: &mut Vec<(String, Option<String>, Option<String>, Option<i64>, Option<i64>)>) {
+            for rule in rules {
+                out.push((rule.label.clone(), rule.name.clone(), rule.combine.map(|c| c.as_str().to_string()), None, None));
+                if let crate::definition::RuleBody::Rules(sub) = &rule.body {
+                    walk(sub, out);
+                }
             }
         }
-    }
-    walk(&parsed.rules, &mut out);
-    TableIterator::new(out)
+        walk(&parsed.rules, &mut out);
+        TableIterator::new(out)
+    }))
 }
 
 pub fn estimate_counts(definition: &serde_json::Value) -> Result<Vec<RuleCount>, Reported> {
@@ -93,22 +98,26 @@ fn estimate(definition: JsonB) -> TableIterator<'static, (
         name!(members, Option<i64>),
         name!(cumulative, Option<i64>),
     )> {
-    rows(estimate_counts(&definition.0).or_raise())
+    let definition = definition.0;
+    rows(crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
 }
 
 /// The SQL a segment's refresh runs, one statement per leaf query.
 #[pg_extern(schema = "segments", stable)]
 fn explain(segment: i64) -> String {
-    let (definition, _) = segment_definition(segment).or_raise();
-    let (parsed, plan, _) = compile_definition(&SpiCatalog, &definition, Some(segment), &reference_time_sql()).or_raise();
-    let mut text = format!(
-        "-- segment {segment} of entity \"{}\": every query returns Roaring bitmaps of key positions;\n\
-         -- rules combine them left to right ({} top-level rule(s)).\n",
-        parsed.entity,
-        parsed.rules.len()
-    );
-    for (i, query) in plan_queries(&plan).iter().enumerate() {
-        text.push_str(&format!("-- query {}\n{query};\n", i + 1));
-    }
-    text
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let (definition, _) = segment_definition(segment).or_raise();
+        let (parsed, plan, _) = compile_definition(&SpiCatalog, &definition, Some(segment), &reference_time_sql()).or_raise();
+        let mut text = format!(
+            "-- segment {segment} of entity \"{}\": every query returns Roaring bitmaps of key positions;\n\
+             -- rules combine them left to right ({} top-level rule(s)).\n",
+            parsed.entity,
+            parsed.rules.len()
+        );
+        for (i, query) in plan_queries(&plan).iter().enumerate() {
+            text.push_str(&format!("-- query {}\n{query};\n", i + 1));
+        }
+        text
+    }))
 }

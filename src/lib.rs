@@ -18,7 +18,9 @@
 //! - `spelling`: "did you mean" hints
 //! - `export`: export tables kept in step with refreshes
 //! - `settings`: every `segments.*` setting
-//! - `txn`: subtransactions and running as a segment's owner
+//! - `txn`: subtransactions, the sandbox, running as a segment's owner or
+//!   as the extension (the only writer of internal state)
+//! - `usage`: usages recorded by applications
 //! - `error`: the one error type and its SQLSTATEs
 
 pub mod bitmap;
@@ -42,6 +44,7 @@ pub mod sql;
 pub mod spelling;
 pub mod suggest;
 pub mod txn;
+pub mod usage;
 pub mod validate;
 pub mod worker;
 
@@ -60,7 +63,7 @@ pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schem
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["roles", segment::_check_definition, segment::_check_schedule]
+    requires = ["roles", segment::_check_definition, segment::_check_schedule, txn::_internal_write]
 );
 pgrx::extension_sql_file!(
     "../sql/manage.sql",
@@ -75,6 +78,16 @@ pgrx::extension_sql_file!(
     requires = ["exports", sequence::_connect_members, sequence::_missing_keys, sequence::_canonical_keys]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+// set_owner takes a regrole, which pgrx cannot spell: declared by hand.
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION segments.set_owner(segments bigint[], owner regrole) RETURNS integer
+LANGUAGE c AS 'MODULE_PATHNAME', 'set_owner_wrapper';
+"#,
+    name = "set_owner",
+    requires = ["lifecycle"]
+);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -7,6 +7,8 @@
 
 use std::collections::HashSet;
 
+use std::panic::AssertUnwindSafe;
+
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use serde_json::{json, Value};
@@ -275,7 +277,9 @@ fn find_similar_impl(
         ))
         .into());
     }
-    let rows = load(&entity, &features);
+    // The training rows are read as the caller, in the sandbox: RLS and
+    // column privileges apply.
+    let rows = crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| load(&entity, &features)));
     let population: Members = match target {
         Some(target) => stored_members(target),
         None => rows.iter().map(|(p, _)| *p).collect(),
@@ -328,11 +332,13 @@ fn find_similar_impl(
     .expect("create_segment returns an id");
     let key_texts: Vec<String> = keys.iter().map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string())).collect();
     let scores: Vec<f32> = chosen.iter().map(|(_, s)| *s as f32).collect();
-    spi(Spi::run_with_args(
-        "INSERT INTO segments.similarity_score (segment_id, key, score) SELECT $1, k, s FROM unnest($2::text[], $3::real[]) AS x(k, s)",
-        &[id.into(), key_texts.into(), scores.into()],
-    ));
-    crate::refresh::refresh_segments(Some(&[id]), crate::refresh::Trigger::Manual, false)?;
+    crate::txn::privileged(AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "INSERT INTO segments.similarity_score (segment_id, key, score) SELECT $1, k, s FROM unnest($2::text[], $3::real[]) AS x(k, s)",
+            &[id.into(), key_texts.into(), scores.into()],
+        ));
+        crate::refresh::refresh_segments(Some(&[id]), crate::refresh::Trigger::Manual, false)
+    }))?;
     Ok(id)
 }
 
@@ -345,23 +351,30 @@ fn find_similar(
     size_percent: default!(i32, 20),
     include_source: default!(bool, false),
 ) -> i64 {
-    find_similar_impl(source, name, target, size_percent, include_source).or_raise()
+    crate::txn::require_editor("find similar customers");
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        find_similar_impl(source, name, target, size_percent, include_source).or_raise()
+    }))
 }
 
 /// The scores of the members of a segment made by `find_similar`.
 #[pg_extern(schema = "segments", stable)]
 fn similarity(segment: i64) -> TableIterator<'static, (name!(key, String), name!(score, f32))> {
-    segment_row(segment).or_raise();
-    let rows: Vec<(String, f32)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT key, score FROM segments.similarity_score WHERE segment_id = $1 ORDER BY score DESC, key",
-            None,
-            &[segment.into()],
-        ))
-        .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<f32>(2)).unwrap()))
-        .collect()
-    });
-    TableIterator::new(rows)
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        segment_row(segment).or_raise();
+        let rows: Vec<(String, f32)> = Spi::connect(|client| {
+            spi(client.select(
+                "SELECT key, score FROM segments.similarity_score WHERE segment_id = $1 ORDER BY score DESC, key",
+                None,
+                &[segment.into()],
+            ))
+            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<f32>(2)).unwrap()))
+            .collect()
+        });
+        TableIterator::new(rows)
+    }))
 }
 
 #[cfg(test)]

@@ -124,26 +124,29 @@ fn _segments_of(
     entity: &str,
     key: &str,
 ) -> TableIterator<'static, (name!(segment_id, i64), name!(name, String))> {
-    let entity = entity_named(entity).or_raise();
-    let Some(position) = position_of_key(&entity, key).or_raise() else {
-        return TableIterator::new(Vec::new());
-    };
-    let rows: Vec<(i64, String, Vec<u8>)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT s.id, s.name, m.members FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id \
-             WHERE s.entity = $1 ORDER BY s.id",
-            None,
-            &[entity.name.as_str().into()],
-        ))
-        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
-        .collect()
-    });
-    let found: Vec<(i64, String)> = rows
-        .into_iter()
-        .filter(|(_, _, bytes)| crate::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
-        .map(|(id, name, _)| (id, name))
-        .collect();
-    TableIterator::new(found)
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let entity = entity_named(entity).or_raise();
+        let Some(position) = position_of_key(&entity, key).or_raise() else {
+            return TableIterator::new(Vec::new());
+        };
+        let rows: Vec<(i64, String, Vec<u8>)> = Spi::connect(|client| {
+            spi(client.select(
+                "SELECT s.id, s.name, m.members FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id \
+                 WHERE s.entity = $1 ORDER BY s.id",
+                None,
+                &[entity.name.as_str().into()],
+            ))
+            .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+            .collect()
+        });
+        let found: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter(|(_, _, bytes)| crate::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
+            .map(|(id, name, _)| (id, name))
+            .collect();
+        TableIterator::new(found)
+    }))
 }
 
 /// The keys (as text) of the first `n` members in key order.
@@ -173,41 +176,47 @@ fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> V
 /// The first `n` members (by key) as JSON objects of the entity's columns.
 #[pg_extern(schema = "segments", stable)]
 fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
-    if n < 0 {
-        SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
-    }
-    let entity = segment_entity(segment).or_raise();
-    let keys = first_keys(&entity, &stored_members(segment), n as usize);
-    let type_sql = optional_value::<String>(
-        "SELECT key_type::text FROM segments.entity WHERE name = $1",
-        &[entity.name.as_str().into()],
-    )
-    .unwrap_or_else(|| "text".into());
-    let key = ident(&entity.key_column);
-    let sql = format!(
-        "SELECT to_jsonb(e) FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
-        entity.table.relation_sql
-    );
-    let rows: Vec<JsonB> = Spi::connect(|client| {
-        spi(client.select(&sql, None, &[keys.into()])).filter_map(|row| spi(row.get::<JsonB>(1))).collect()
-    });
-    SetOfIterator::new(rows)
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        if n < 0 {
+            SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+        }
+        let entity = segment_entity(segment).or_raise();
+        let keys = first_keys(&entity, &stored_members(segment), n as usize);
+        let type_sql = optional_value::<String>(
+            "SELECT key_type::text FROM segments.entity WHERE name = $1",
+            &[entity.name.as_str().into()],
+        )
+        .unwrap_or_else(|| "text".into());
+        let key = ident(&entity.key_column);
+        let sql = format!(
+            "SELECT to_jsonb(e) FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
+            entity.table.relation_sql
+        );
+        let rows: Vec<JsonB> = Spi::connect(|client| {
+            spi(client.select(&sql, None, &[keys.into()])).filter_map(|row| spi(row.get::<JsonB>(1))).collect()
+        });
+        SetOfIterator::new(rows)
+    }))
 }
 
 /// Members in a only, in both, in b only.
 #[pg_extern(schema = "segments", stable)]
 fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
-    let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
-    if entity_a.name != entity_b.name {
-        SegmentsError::InvalidParameter(format!(
-            "segments {a} and {b} group different entities (\"{}\" and \"{}\")",
-            entity_a.name, entity_b.name
-        ))
-        .raise();
-    }
-    let (ma, mb) = (cached_members(a, membership_version(a)), cached_members(b, membership_version(b)));
-    let both = ma.intersection_len(&mb);
-    TableIterator::once(((ma.len() - both) as i64, both as i64, (mb.len() - both) as i64))
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
+        if entity_a.name != entity_b.name {
+            SegmentsError::InvalidParameter(format!(
+                "segments {a} and {b} group different entities (\"{}\" and \"{}\")",
+                entity_a.name, entity_b.name
+            ))
+            .raise();
+        }
+        let (ma, mb) = (cached_members(a, membership_version(a)), cached_members(b, membership_version(b)));
+        let both = ma.intersection_len(&mb);
+        TableIterator::once(((ma.len() - both) as i64, both as i64, (mb.len() - both) as i64))
+    }))
 }
 
 /// The membership in the portable Roaring format: the standard 32-bit
@@ -226,8 +235,11 @@ pub fn portable_bytes(members: &Members) -> Vec<u8> {
 
 #[pg_extern(schema = "segments", stable)]
 fn bitmap(segment: i64) -> Vec<u8> {
-    segment_entity(segment).or_raise();
-    portable_bytes(&stored_members(segment))
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        segment_entity(segment).or_raise();
+        portable_bytes(&stored_members(segment))
+    }))
 }
 
 /// The distinct values of an attribute with their row counts, in the
@@ -240,28 +252,31 @@ fn attribute_values(
     search: default!(Option<&str>, "NULL"),
     n: default!(i32, 50),
 ) -> TableIterator<'static, (name!(value, String), name!(rows, i64))> {
-    let entity = entity_named(entity).or_raise();
-    if entity.table.column(attribute).is_none() {
-        SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
-            .with_hint(closest(attribute, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
-            .raise();
-    }
-    if n < 0 {
-        SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
-    }
-    let column = format!("e.{}", ident(attribute));
-    let sql = format!(
-        "SELECT {column}::text, count(*) FROM {} e WHERE {column} IS NOT NULL \
-         AND ($1::text IS NULL OR strpos(lower({column}::text), lower($1)) > 0) \
-         GROUP BY {column} ORDER BY {column} LIMIT $2",
-        entity.table.relation_sql
-    );
-    let rows: Vec<(String, i64)> = Spi::connect(|client| {
-        spi(client.select(&sql, None, &[search.into(), (n as i64).into()]))
-            .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<i64>(2)).unwrap_or(0)))
-            .collect()
-    });
-    TableIterator::new(rows)
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let entity = entity_named(entity).or_raise();
+        if entity.table.column(attribute).is_none() {
+            SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
+                .with_hint(closest(attribute, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+                .raise();
+        }
+        if n < 0 {
+            SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+        }
+        let column = format!("e.{}", ident(attribute));
+        let sql = format!(
+            "SELECT {column}::text, count(*) FROM {} e WHERE {column} IS NOT NULL \
+             AND ($1::text IS NULL OR strpos(lower({column}::text), lower($1)) > 0) \
+             GROUP BY {column} ORDER BY {column} LIMIT $2",
+            entity.table.relation_sql
+        );
+        let rows: Vec<(String, i64)> = Spi::connect(|client| {
+            spi(client.select(&sql, None, &[search.into(), (n as i64).into()]))
+                .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<i64>(2)).unwrap_or(0)))
+                .collect()
+        });
+        TableIterator::new(rows)
+    }))
 }
 
 pgrx::extension_sql!(

@@ -147,9 +147,12 @@ pub fn run_pass() -> Vec<i64> {
     runs
 }
 
+/// One pass for `segments.run_due()`: editors may run it; it runs as the
+/// extension, each segment evaluated as its owner.
 #[pg_extern(schema = "segments")]
 fn _run_due() -> Vec<i64> {
-    run_pass()
+    crate::txn::require_editor("run the scheduler");
+    crate::txn::privileged(run_pass)
 }
 
 pgrx::extension_sql!(

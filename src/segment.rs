@@ -124,3 +124,41 @@ mod tests {
         assert_eq!(definition["rules"][0]["where"]["any"][1], json!({"segment": 7, "member": false}));
     }
 }
+
+/// Gives segments to another role, as `ALTER ... OWNER TO` does: the
+/// caller must be allowed to change each segment and be a member of the
+/// new owner. Returns how many segments changed owner.
+#[pg_extern(schema = "segments", sql = false)]
+fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> i32 {
+    let Some(ids) = segments.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>()) else { return 0 };
+    let Some(owner) = owner else {
+        crate::error::SegmentsError::InvalidParameter("the new owner must not be NULL".into()).raise()
+    };
+    if ids.is_empty() {
+        return 0;
+    }
+    crate::txn::require_editor("change segment owners");
+    // The checks run as the caller, so that they see the caller's role.
+    for sql in [
+        "SELECT segments._require_segments($1)",
+        "SELECT segments._require_may_change('segment', s.name, s.owner) FROM segments.segment s
+          WHERE s.id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY s.id",
+    ] {
+        crate::catalog::spi(pgrx::spi::Spi::run_with_args(sql, &[ids.clone().into()]));
+    }
+    // SAFETY: is_member_of_role reads the role graph; both oids are roles.
+    if !unsafe { pg_sys::is_member_of_role(crate::txn::current_role(), owner) } {
+        let name = crate::catalog::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()]).unwrap_or_default();
+        crate::error::SegmentsError::InsufficientPrivilege(format!(
+            "permission denied to give segments to role {name}: you must be a member of it"
+        ))
+        .raise();
+    }
+    crate::txn::call_internal::<i32>(
+        "WITH changed AS (UPDATE segments.segment s SET owner = $2::regrole
+            WHERE s.id OPERATOR(pg_catalog.=) ANY ($1) AND s.owner OPERATOR(pg_catalog.<>) $2::regrole RETURNING 1)
+         SELECT pg_catalog.count(*)::integer FROM changed",
+        vec![ids.into(), owner.into()],
+    )
+    .unwrap_or(0)
+}

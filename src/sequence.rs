@@ -234,3 +234,59 @@ mod tests {
         assert!(decide(&[&same_sequence], Some(Some(&low))).is_none(), "already in that sequence");
     }
 }
+
+// ---- the public functions: checks, then the internal SQL as the extension --
+
+/// Creates a sales sequence for an entity, owned by the caller.
+#[pg_extern(schema = "segments")]
+fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
+    crate::txn::require_editor("create sequences");
+    crate::txn::call_internal::<i64>(
+        "SELECT segments._create_sequence($1::regrole, $2, $3)",
+        vec![crate::txn::current_role().into(), name.map(str::to_string).into(), entity.to_string().into()],
+    )
+    .expect("_create_sequence returns an id")
+}
+
+/// Connects segments to a sequence; returns how many were newly connected.
+#[pg_extern(schema = "segments")]
+fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
+    crate::txn::require_editor("connect segments to sequences");
+    crate::txn::call_internal::<i32>(
+        "SELECT segments._connect_sequence($1::regrole, $2, $3)",
+        vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
+    )
+    .unwrap_or(0)
+}
+
+/// Disconnects segments from a sequence; records already connected stay.
+#[pg_extern(schema = "segments")]
+fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
+    crate::txn::require_editor("disconnect segments from sequences");
+    crate::txn::call_internal::<i32>(
+        "SELECT segments._disconnect_sequence($1::regrole, $2, $3)",
+        vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
+    )
+    .unwrap_or(0)
+}
+
+/// Connects records to a sequence by hand. The caller must be able to
+/// read the entity table: whether a key exists is not theirs to learn
+/// otherwise.
+#[pg_extern(schema = "segments")]
+fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
+    crate::txn::require_editor("connect records to sequences");
+    let relation = crate::catalog::optional_value::<pg_sys::Oid>(
+        "SELECT e.relation::oid FROM segments.sequence q JOIN segments.entity e ON e.name OPERATOR(pg_catalog.=) q.entity \
+          WHERE q.id OPERATOR(pg_catalog.=) $1",
+        &[sequence.into()],
+    );
+    if let Some(relation) = relation {
+        crate::txn::require_select(relation, &format!("the entity table of sequence {sequence}"));
+    }
+    crate::txn::call_internal::<i32>(
+        "SELECT segments._connect_records($1::regrole, $2, $3)",
+        vec![crate::txn::current_role().into(), sequence.into(), keys.into()],
+    )
+    .unwrap_or(0)
+}

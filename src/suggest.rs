@@ -167,8 +167,11 @@ fn suggest(
         name!(lift, f64),
     ),
 > {
-    let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
-    TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
+    // Runs as the caller, in the sandbox (fixed search_path).
+    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+        let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
+        TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
+    }))
 }
 
 #[cfg(test)]

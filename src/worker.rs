@@ -53,14 +53,16 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
     result
 }
 
-fn extension_installed() -> bool {
+/// Whether the extension is installed at this library's version. A newer
+/// library installed under an older schema (before `ALTER EXTENSION
+/// segments UPDATE`) waits rather than run against tables it does not know.
+fn extension_installed() -> Option<String> {
     in_transaction("checking for the extension", || {
-        pgrx::spi::Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'segments')")
+        pgrx::spi::Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'segments'")
             .ok()
             .flatten()
-            .unwrap_or(false)
     })
-    .unwrap_or(false)
+    .flatten()
 }
 
 /// What pg_stat_activity shows for the worker: `active` during a pass.
@@ -95,17 +97,26 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if !extension_installed() {
-            if !warned_missing {
-                log!("segments scheduler: extension segments is not installed in \"{database}\"; waiting");
-                warned_missing = true;
+        match extension_installed() {
+            Some(version) if version == env!("CARGO_PKG_VERSION") => {}
+            installed => {
+                if !warned_missing {
+                    match installed {
+                        None => log!("segments scheduler: extension segments is not installed in \"{database}\"; waiting"),
+                        Some(version) => log!(
+                            "segments scheduler: extension segments is at version {version} in \"{database}\" but this library is {}; waiting for ALTER EXTENSION segments UPDATE",
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    }
+                    warned_missing = true;
+                }
+                continue;
             }
-            continue;
         }
         warned_missing = false;
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"segments scheduler pass");
         in_transaction("a scheduler pass", || {
-            crate::scheduler::run_pass();
+            crate::txn::privileged(crate::scheduler::run_pass);
         });
         report_activity(pg_sys::BackendState::STATE_IDLE, c"");
     }
