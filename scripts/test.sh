@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, the three layers of DEVELOPERS.md:
+# The whole test suite, in three layers:
 #   1. unit tests of the plain Rust (cargo test --lib)
 #   2. #[pg_test] tests inside Postgres (cargo pgrx test) and pg_regress
 #      tests (tests/pg_regress) against a cluster started with the preload
@@ -52,5 +52,8 @@ fi
 
 echo "== layer 3: integration tests on real clusters"
 cargo test --features integration --test cluster
+
+echo "== upgrade: 0.1.0 -> current, in place"
+bash scripts/upgrade_test.sh
 
 echo "== all three layers passed"

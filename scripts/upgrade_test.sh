@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Upgrade test: a database made with segments 0.1.0 (commit b2c9f01) is
+# updated in place to the current version, on a real cluster with the
+# preload. Run by scripts/test.sh after the current build is installed.
+#   1. build and install 0.1.0 from its commit (a git worktree sharing
+#      target/); a clone without that history installs the stored
+#      sql/segments--0.1.0.sql beside the current library instead;
+#   2. make segments, memberships, history, usages, an export, a sequence;
+#   3. install the current build again, restart: the old schema keeps
+#      working with the new library until the update (every C symbol the
+#      0.1.0 script names is still exported), and the worker waits;
+#   4. ALTER EXTENSION segments UPDATE: every row survives, everything
+#      refreshes, and the schema equals a fresh install's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+OLD=0.1.0
+OLD_COMMIT=b2c9f01
+NEW=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+pg_config=/usr/bin/pg_config
+libdir=$("$pg_config" --pkglibdir)
+extdir=$("$pg_config" --sharedir)/extension
+install_flags=()
+[ "$(id -u)" -eq 0 ] || install_flags=(--sudo)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+work="${TMPDIR:-/tmp}/segments-upgrade-$$"
+cluster="$work/cluster"
+port=55470
+url="host=$cluster port=$port user=postgres"
+mkdir -p "$work/new"
+chmod 755 "$work"
+
+fail() { echo "upgrade test: FAILED: $*" >&2; exit 1; }
+restore_new() { $SUDO cp "$work/new/segments.so" "$libdir/"; $SUDO cp "$work/new/"segments*.sql "$work/new/segments.control" "$extdir/"; }
+cleanup() {
+  bash scripts/cluster.sh destroy "$cluster" >/dev/null 2>&1 || true
+  [ -d "$work/old" ] && git worktree remove --force "$work/old" >/dev/null 2>&1 || true
+  [ -f "$work/new/segments.so" ] && restore_new
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+[ -f "$extdir/segments--$NEW.sql" ] || fail "install the current build first (cargo pgrx install)"
+cp "$libdir/segments.so" "$extdir/segments.control" "$extdir"/segments--*.sql "$work/new/"
+
+echo "-- the current library exports every C symbol the $OLD script names"
+missing=""
+for symbol in $(grep -oE "'MODULE_PATHNAME', '[A-Za-z_0-9]+'" sql/segments--$OLD.sql | sed "s/.*, '//; s/'$//" | sort -u); do
+  nm -D --defined-only "$work/new/segments.so" | grep -qw "$symbol" || missing="$missing $symbol"
+done
+[ -z "$missing" ] || fail "symbols of $OLD missing from the new library:$missing"
+
+echo "-- installing $OLD"
+if git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+  git worktree add --force --detach "$work/old" "$OLD_COMMIT" >/dev/null 2>&1
+  (cd "$work/old" && CARGO_TARGET_DIR="$repo/target" cargo pgrx install --pg-config "$pg_config" "${install_flags[@]}" >/dev/null)
+  diff -q "$extdir/segments--$OLD.sql" sql/segments--$OLD.sql >/dev/null \
+    || echo "   note: the $OLD script built from $OLD_COMMIT is not byte-identical to sql/segments--$OLD.sql (pgrx orders entities freely)"
+else
+  echo "   notice: commit $OLD_COMMIT is not in this clone's history; using sql/segments--$OLD.sql with the current library"
+  $SUDO cp sql/segments--$OLD.sql "$extdir/"
+fi
+
+bash scripts/cluster.sh start "$cluster" "$port" shared_preload_libraries=segments segments.naptime=1
+psql "$url" -X -q -v ON_ERROR_STOP=1 -f scripts/sample_data.sql -v scale=3000 -v anchor=2026-11-01 >/dev/null
+psql "$url" -X -q -v ON_ERROR_STOP=1 -f tests/upgrade/before.sql >/dev/null
+psql "$url" -X -qAt -v ON_ERROR_STOP=1 -f tests/upgrade/counts.sql > "$work/counts-before"
+[ "$(psql "$url" -XAtc "SELECT extversion FROM pg_extension WHERE extname = 'segments'")" = "$OLD" ] || fail "not at $OLD"
+
+echo "-- installing $NEW under the running $OLD database"
+bash scripts/cluster.sh stop "$cluster"
+restore_new
+[ -f "$extdir/segments--$OLD.sql" ] || $SUDO cp sql/segments--$OLD.sql "$extdir/"
+bash scripts/cluster.sh start "$cluster" "$port"
+sleep 2
+psql "$url" -X -qAt -v ON_ERROR_STOP=1 -c "SET segments.reference_time = '2026-11-01'" \
+  -c "SELECT count(*) FROM segments.refresh(ARRAY[1::bigint]) WHERE status = 'succeeded'" \
+  -c "SELECT segments.is_member(1, 1)" >/dev/null || fail "$OLD schema broke under the $NEW library"
+grep -q "this library is $NEW; waiting" "$cluster/server.log" || fail "the worker did not wait for the update"
+
+echo "-- ALTER EXTENSION segments UPDATE"
+psql "$url" -X -qAt -v ON_ERROR_STOP=1 -f tests/upgrade/counts.sql > "$work/counts-mid"
+psql "$url" -X -q -v ON_ERROR_STOP=1 -c "ALTER EXTENSION segments UPDATE"
+[ "$(psql "$url" -XAtc "SELECT extversion FROM pg_extension WHERE extname = 'segments'")" = "$NEW" ] || fail "not at $NEW"
+psql "$url" -X -qAt -v ON_ERROR_STOP=1 -f tests/upgrade/counts.sql > "$work/counts-after"
+diff "$work/counts-mid" "$work/counts-after" || fail "rows changed in the update"
+# The refresh before the update added history only.
+diff <(grep -v '^refresh_run' "$work/counts-before") <(grep -v '^refresh_run' "$work/counts-mid") \
+  || fail "the refresh under the new library changed rows it should not"
+refreshed=$(psql "$url" -X -qAt -v ON_ERROR_STOP=1 -c "SET segments.reference_time = '2026-11-01'" \
+  -c "SELECT count(*) FILTER (WHERE status = 'succeeded') || '/' || count(*) FROM segments.refresh()")
+[ "$refreshed" = "3/3" ] || fail "refresh after the update: $refreshed succeeded"
+
+echo "-- the updated schema equals a fresh $NEW install"
+psql "$url" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE fresh"
+psql "$url dbname=fresh" -X -q -v ON_ERROR_STOP=1 -f scripts/sample_data.sql -v scale=10 -v anchor=2026-11-01 >/dev/null
+psql "$url dbname=fresh" -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION segments" \
+  -c "SELECT segments.register_entity('customer', 'customers', 'id')" \
+  -c "SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at')" >/dev/null
+# A dump in binary-upgrade mode lists every member of the extension; what
+# depends on the data (OIDs, xids, sequence values, restrict keys) and
+# sections left empty by that filter are dropped before comparing.
+schema() {
+  pg_dump "$url dbname=$1" --binary-upgrade --schema-only --extension=segments --schema=segments \
+    | grep -vE "binary_upgrade_set|relfrozenxid|^WHERE oid = '[0-9]+';$|pg_catalog.setval|^\\\\(un)?restrict " \
+    | sed -E "s/'\\{[0-9,]+\\}'/'{oids}'/" \
+    | python3 -c '
+import sys
+sections = sys.stdin.read().split("\n--\n-- Name: ")
+kept = [s for s in sections[1:] if any(l.strip() and not l.startswith("--") for l in s.split("\n")[2:])]
+print("\n--\n-- Name: ".join(sections[:1] + kept))'
+}
+schema postgres > "$work/schema-updated.sql"
+schema fresh > "$work/schema-fresh.sql"
+if ! diff -u "$work/schema-fresh.sql" "$work/schema-updated.sql" > "$work/schema.diff"; then
+  head -n 150 "$work/schema.diff"
+  fail "the updated schema differs from a fresh install (diff above: - fresh, + updated)"
+fi
+echo "upgrade test: $OLD -> $NEW passed ($(wc -l < "$work/schema-fresh.sql") schema lines compared)"

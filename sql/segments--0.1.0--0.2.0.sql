@@ -1,0 +1,1259 @@
+-- segments 0.1.0 -> 0.2.0 (ALTER EXTENSION segments UPDATE TO '0.2.0').
+-- Keeps every segment, membership and history row; leaves a schema equal
+-- to a fresh 0.2.0 install (checked by scripts/upgrade_test.sh). How a
+-- version adds its script: README, "Upgrading".
+\echo Use "ALTER EXTENSION segments UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ---- prologue: what CREATE OR REPLACE cannot do -----------------------------
+
+-- Functions whose arguments changed.
+DROP FUNCTION segments._require_sequence(bigint);
+
+-- Sequences belong to the role that created them; those made by 0.1.0
+-- go to the extension's owner (admins manage them).
+ALTER TABLE segments.sequence ADD COLUMN owner regrole;
+UPDATE segments.sequence
+   SET owner = (SELECT n.nspowner::regrole FROM pg_catalog.pg_namespace n WHERE n.nspname = 'segments');
+
+-- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
+CREATE OR REPLACE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[_add_usage.segment]);
+    PERFORM segments._check_usage_kind(_add_usage.kind);
+    IF kind IN ('segment', 'export', 'sequence') THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF consumer IS NULL OR btrim(consumer) = '' THEN
+        RAISE EXCEPTION 'a usage needs a consumer' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer, live)
+    VALUES (_add_usage.segment, _add_usage.kind, _add_usage.consumer, coalesce(_add_usage.live, true))
+    ON CONFLICT ON CONSTRAINT usage_registry_pkey DO UPDATE SET live = EXCLUDED.live;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_can_read_entity"(
+	"entity" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_can_read_entity_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_canonical_keys"(
+	"entity" TEXT, /* & str */
+	"keys" TEXT[] /* Vec < String > */
+) RETURNS TEXT[] /* Vec < String > */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_canonical_keys_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cap bigint := coalesce(nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000);
+    active bigint;
+BEGIN
+    IF activated = 0 THEN
+        RETURN;
+    END IF;
+    SELECT count(*) INTO active FROM segments.segment WHERE state = 'active';
+    IF active > cap THEN
+        RAISE EXCEPTION 'this would make % segments active, more than segments.max_active_segments (%)', active, cap
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Deactivate or delete segments that are no longer needed.';
+    ELSIF active >= ceil(cap * 0.9) THEN
+        RAISE WARNING '% segments are active, % of segments.max_active_segments (%)',
+            active, round(100.0 * active / cap) || '%', cap;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_check_definition"(
+	"definition" jsonb, /* JsonB */
+	"segment_id" bigint /* Option < i64 > */
+) RETURNS jsonb /* JsonB */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_definition_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_check_schedule"(
+	"name" TEXT, /* & str */
+	"schedule" TEXT, /* Option < & str > */
+	"dynamic" bool /* bool */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_schedule_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._check_usage_kind(kind text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kind IS NULL OR kind NOT IN ('export', 'measure', 'segment', 'journey', 'campaign',
+                                    'test_list', 'message', 'sequence', 'analytics') THEN
+        RAISE EXCEPTION 'usage kind "%" is not one of export, measure, segment, journey, campaign, test_list, message, sequence, analytics', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_connect_members"(
+	"segments" bigint[] /* Vec < i64 > */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_connect_members_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._connect_records(caller regrole, sequence bigint, keys text[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_connect_records.sequence, caller);
+    missing text;
+    taken text;
+    added integer;
+BEGIN
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'the list of keys must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    missing := segments._missing_keys(target.entity, keys);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no record of entity "%" has key %', target.entity, missing
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(format('%s (sequence "%s")', r.key, q.name), ', ' ORDER BY r.key) INTO taken
+      FROM segments.sequence_record r JOIN segments.sequence q ON q.id = r.sequence_id
+     WHERE r.entity = target.entity AND r.key = ANY (segments._canonical_keys(target.entity, keys))
+       AND r.sequence_id <> target.id;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'a record is connected to one sequence at a time: % already connected', taken
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO segments.sequence_record (entity, key, sequence_id)
+    SELECT DISTINCT target.entity, k, target.id FROM unnest(segments._canonical_keys(target.entity, keys)) AS k
+    ON CONFLICT ON CONSTRAINT sequence_record_pkey DO NOTHING;
+    GET DIAGNOSTICS added = ROW_COUNT;
+    RETURN added;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._connect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_connect_sequence.sequence, caller);
+    conflict text;
+    connected bigint[];
+BEGIN
+    PERFORM segments._require_segments(_connect_sequence.segments);
+    PERFORM segments._require_segments_changeable(_connect_sequence.segments, caller);
+    SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO conflict
+      FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) AND s.entity <> target.entity;
+    IF conflict IS NOT NULL THEN
+        RAISE EXCEPTION 'sequence "%" is for entity "%": %', target.name, target.entity, conflict
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(format('segment "%s" is already connected to sequence "%s"', s.name, q.name), ', ') INTO conflict
+      FROM segments.sequence_segment c
+      JOIN segments.segment s ON s.id = c.segment_id
+      JOIN segments.sequence q ON q.id = c.sequence_id
+     WHERE c.segment_id = ANY (_connect_sequence.segments) AND c.sequence_id <> target.id;
+    IF conflict IS NOT NULL THEN
+        RAISE EXCEPTION 'a segment connects to at most one sequence: %', conflict
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Disconnect it from its sequence first.';
+    END IF;
+    WITH added AS (
+        INSERT INTO segments.sequence_segment (segment_id, sequence_id)
+        SELECT DISTINCT s, target.id FROM unnest(_connect_sequence.segments) AS s
+        ON CONFLICT ON CONSTRAINT sequence_segment_pkey DO NOTHING
+        RETURNING segment_id)
+    SELECT coalesce(array_agg(segment_id), '{}') INTO connected FROM added;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT s, 'sequence', target.name FROM unnest(connected) AS s
+    ON CONFLICT ON CONSTRAINT usage_registry_pkey DO NOTHING;
+    PERFORM segments._connect_members(connected);
+    RETURN cardinality(connected);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._connected_sequences(segment_id bigint) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(q.name ORDER BY q.name), '{}')
+      FROM segments.sequence_segment c JOIN segments.sequence q ON q.id = c.sequence_id
+     WHERE c.segment_id = _connected_sequences.segment_id
+$$;
+
+CREATE OR REPLACE FUNCTION segments._create_export(caller regrole, name text, segments bigint[], target text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entities text[];
+    new_id bigint;
+    target_name text[];
+BEGIN
+    PERFORM segments._require_segments(_create_export.segments);
+    IF cardinality(_create_export.segments) = 0 THEN
+        RAISE EXCEPTION 'export "%" needs at least one segment', _create_export.name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM segments.export e WHERE e.name = _create_export.name) THEN
+        RAISE EXCEPTION 'an export named "%" already exists', _create_export.name USING ERRCODE = 'duplicate_object';
+    END IF;
+    entities := ARRAY(SELECT DISTINCT s.entity FROM segments.segment s WHERE s.id = ANY (_create_export.segments));
+    IF cardinality(entities) > 1 THEN
+        RAISE EXCEPTION 'the segments of export "%" group different entities: %', _create_export.name,
+            array_to_string(entities, ', ') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    target_name := parse_ident(_create_export.target);
+    IF NOT has_schema_privilege(caller::oid, target_name[1], 'CREATE') THEN
+        RAISE EXCEPTION 'permission denied for schema %: an export creates its target table as %, who needs CREATE there',
+            quote_ident(target_name[1]), caller
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF to_regclass(_create_export.target) IS NOT NULL THEN
+        RAISE EXCEPTION 'table % already exists; an export creates its own target table', _create_export.target
+            USING ERRCODE = 'duplicate_table';
+    END IF;
+    -- The target has the members view's columns: segment_id, segment_name, then the entity's.
+    EXECUTE format('CREATE TABLE %s AS SELECT * FROM segments.%I WITH NO DATA',
+                   array_to_string(ARRAY(SELECT quote_ident(p) FROM unnest(target_name) p), '.'),
+                   entities[1] || '_members');
+    -- Owned by its creator, with no privileges for anyone else until the
+    -- owner grants them.
+    EXECUTE format('ALTER TABLE %s OWNER TO %s', _create_export.target, caller);
+    INSERT INTO segments.export (name, entity, segments, target, owner)
+    VALUES (_create_export.name, entities[1], ARRAY(SELECT DISTINCT unnest(_create_export.segments) ORDER BY 1),
+            _create_export.target::regclass, caller)
+    RETURNING id INTO new_id;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT DISTINCT s, 'export', _create_export.name FROM unnest(_create_export.segments) s;
+    PERFORM segments._rewrite_export(new_id);
+    RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._create_sequence(caller regrole, name text, entity text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM segments.entity e WHERE e.name = _create_sequence.entity) THEN
+        RAISE EXCEPTION 'entity "%" is not registered', _create_sequence.entity USING ERRCODE = 'undefined_table';
+    END IF;
+    IF _create_sequence.name IS NULL OR btrim(_create_sequence.name) = '' THEN
+        RAISE EXCEPTION 'a sequence needs a name' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM segments.sequence q WHERE q.name = _create_sequence.name) THEN
+        RAISE EXCEPTION 'a sequence named "%" already exists', _create_sequence.name USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO segments.sequence (name, entity, owner) VALUES (_create_sequence.name, _create_sequence.entity, caller)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._dependents(segment_id bigint) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(
+               CASE u.kind WHEN 'segment' THEN format('segment "%s"', c.name)
+                           ELSE format('%s "%s"', u.kind, u.consumer) END,
+               ', ' ORDER BY u.kind, u.consumer)
+      FROM segments.usage_registry u
+      LEFT JOIN segments.segment c ON u.kind = 'segment' AND c.id::text = u.consumer
+     WHERE u.segment_id = _dependents.segment_id
+       AND u.live AND u.kind <> 'sequence'
+       AND (u.kind <> 'segment' OR c.id IS NOT NULL)
+$$;
+
+CREATE OR REPLACE FUNCTION segments._disconnect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_disconnect_sequence.sequence, caller);
+    removed integer;
+BEGIN
+    PERFORM segments._require_segments(_disconnect_sequence.segments);
+    DELETE FROM segments.sequence_segment c
+     WHERE c.sequence_id = target.id AND c.segment_id = ANY (_disconnect_sequence.segments);
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    DELETE FROM segments.usage_registry u
+     WHERE u.kind = 'sequence' AND u.consumer = target.name AND u.segment_id = ANY (_disconnect_sequence.segments);
+    RETURN removed;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._drop_export(caller regrole, name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    target_sql text;
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _drop_export.name FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _drop_export.name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM segments.export e WHERE e.id = found.id;
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = found.name;
+    -- The target may be gone already (dropped by its owner).
+    SELECT format('%I.%I', n.nspname, c.relname) INTO target_sql
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = found.target::oid;
+    IF target_sql IS NOT NULL THEN
+        EXECUTE format('DROP TABLE IF EXISTS %s', target_sql);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_internal_write"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_internal_write_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._is_admin() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_has_role(current_user, 'segments_admin', 'MEMBER')
+        OR coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_is_member"(
+	"segment" bigint, /* i64 */
+	"key" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_is_member_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._may_change(owner regrole) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_has_role(current_user, owner::oid, 'MEMBER') OR segments._is_admin()
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_missing_keys"(
+	"entity" TEXT, /* & str */
+	"keys" TEXT[] /* Vec < String > */
+) RETURNS TEXT /* Option < String > */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_missing_keys_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_next_refresh_epoch"(
+	"r#type" TEXT, /* & str */
+	"state" TEXT, /* & str */
+	"schedule" TEXT, /* Option < & str > */
+	"last_refreshed" double precision, /* Option < f64 > */
+	"created" double precision, /* f64 */
+	"needs_refresh" bool /* bool */
+) RETURNS double precision /* Option < f64 > */
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_next_refresh_epoch_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._referenced_segments(definition jsonb) RETURNS SETOF bigint
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT DISTINCT (v #>> '{}')::bigint
+      FROM jsonb_path_query(definition, '$.**.segment') AS v
+     WHERE jsonb_typeof(v) = 'number'
+$$;
+
+CREATE OR REPLACE FUNCTION segments._remove_usage(segment bigint, kind text, consumer text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
+    PERFORM segments._check_usage_kind(_remove_usage.kind);
+    IF kind IN ('segment', 'export', 'sequence') THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM segments.usage_registry u
+     WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment % has no usage of kind "%" by "%"', segment, kind, consumer
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._require_may_change(what text, name text, owner regrole) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT segments._may_change(owner) THEN
+        RAISE EXCEPTION 'permission denied for % "%": it is owned by %, and only its owner, a member of that role, segments_admin or a superuser may change it',
+            what, name, owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._require_segments(ids bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    missing text;
+BEGIN
+    IF ids IS NULL THEN
+        RAISE EXCEPTION 'the list of segments must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(coalesce(i::text, 'NULL'), ', ' ORDER BY i) INTO missing
+      FROM unnest(ids) AS i
+     WHERE i IS NULL OR NOT EXISTS (SELECT FROM segments.segment s WHERE s.id = i);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'segment % does not exist', missing USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._require_segments_changeable(ids bigint[], caller regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    refused text;
+BEGIN
+    SELECT string_agg(format('segment "%s" (owned by %s)', s.name, s.owner), ', ' ORDER BY s.id) INTO refused
+      FROM segments.segment s
+     WHERE s.id = ANY (ids)
+       AND NOT pg_has_role(caller::oid, s.owner::oid, 'MEMBER')
+       AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER');
+    IF refused IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied for %', refused USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._require_sequence(sequence bigint, caller regrole) RETURNS segments.sequence
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.sequence;
+BEGIN
+    SELECT * INTO found FROM segments.sequence q WHERE q.id = _require_sequence.sequence;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'sequence % does not exist', coalesce(sequence::text, 'NULL') USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for sequence "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN found;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_rewrite_export"(
+	"export" bigint /* i64 */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_rewrite_export_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_run_due"() RETURNS bigint[] /* Vec < i64 > */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_run_due_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._segment_after_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._check_active_limit((SELECT count(*) FROM new_rows WHERE state = 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_after_update() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._check_active_limit((
+        SELECT count(*) FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state = 'active' AND o.state = 'inactive'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_before_delete() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dependents text := segments._dependents(OLD.id);
+BEGIN
+    IF NOT segments._internal_write() THEN
+        PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
+    END IF;
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'segment "%" cannot be deleted: it is used by %', OLD.name, dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Change or delete the dependents first.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_before_write() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The extension's own writes (refresh results, set_owner) may set the
+    -- columns it maintains; a user's DML never does.
+    internal boolean := segments._internal_write();
+    restoring boolean := TG_OP = 'INSERT' AND NOT internal
+        AND coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false);
+BEGIN
+    IF TG_OP = 'UPDATE' AND NOT internal THEN
+        PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
+        IF NEW.owner IS DISTINCT FROM OLD.owner THEN
+            RAISE EXCEPTION 'column owner of segment "%" is maintained by segments; use segments.set_owner()', OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF (NEW.status, NEW.member_count, NEW.last_refreshed_at, NEW.last_error, NEW.rule_counts,
+            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id)
+           IS DISTINCT FROM
+           (OLD.status, OLD.member_count, OLD.last_refreshed_at, OLD.last_error, OLD.rule_counts,
+            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id) THEN
+            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at and updated_by are maintained by segments and cannot be set',
+                OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' AND NOT internal AND NOT restoring THEN
+        -- A new segment belongs to its creator and starts unrefreshed,
+        -- whatever the row names. (A superuser's INSERT is a restore, e.g.
+        -- pg_restore, and keeps the values it brings.)
+        NEW.owner := quote_ident(current_user)::regrole;
+        NEW.status := 'not_refreshed';
+        NEW.member_count := NULL;
+        NEW.last_refreshed_at := NULL;
+        NEW.last_error := NULL;
+        NEW.rule_counts := NULL;
+        NEW.needs_refresh := true;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        NEW.updated_by := quote_ident(current_user)::regrole;
+    END IF;
+
+    IF NEW.type IS NULL OR NEW.type NOT IN ('static', 'dynamic') THEN
+        RAISE EXCEPTION 'segment "%": type "%" is not static or dynamic', NEW.name, NEW.type
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.state IS NULL OR NEW.state NOT IN ('active', 'inactive') THEN
+        RAISE EXCEPTION 'segment "%": state "%" is not active or inactive', NEW.name, NEW.state
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name)
+       AND EXISTS (SELECT FROM segments.segment s WHERE s.name = NEW.name AND s.id <> NEW.id) THEN
+        RAISE EXCEPTION 'a segment named "%" already exists', NEW.name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        NEW.owner := coalesce(NEW.owner, quote_ident(current_user)::regrole);
+        NEW.created_at := coalesce(NEW.created_at, now());
+    ELSIF NEW.type IS DISTINCT FROM OLD.type THEN
+        -- Static segments refresh only when asked; dynamic ones follow a schedule.
+        IF NEW.type = 'static' THEN
+            NEW.schedule := 'manual';
+        ELSIF NEW.schedule = 'manual' THEN
+            NEW.schedule := 'system';
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.schedule IS DISTINCT FROM OLD.schedule OR NEW.type IS DISTINCT FROM OLD.type THEN
+        PERFORM segments._check_schedule(NEW.name, NEW.schedule, NEW.type = 'dynamic');
+    END IF;
+
+    IF NOT internal AND ((TG_OP = 'INSERT' AND NEW.never_expire)
+       OR (TG_OP = 'UPDATE' AND NEW.never_expire IS DISTINCT FROM OLD.never_expire)) THEN
+        IF NOT segments._is_admin() THEN
+            RAISE EXCEPTION 'only members of segments_admin may change never_expire (segment "%")', NEW.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+
+    IF TG_OP = 'UPDATE' AND OLD.state = 'inactive' AND NEW.state = 'active' THEN
+        -- Resuming: no longer auto-deactivated, and due for computation.
+        NEW.tags := array_remove(NEW.tags, 'AutoDeactivated');
+        NEW.needs_refresh := true;
+    END IF;
+
+    IF TG_OP = 'INSERT' OR NEW.definition IS DISTINCT FROM OLD.definition THEN
+        -- Refuses a bad definition (22023, 42703, 42P01) naming its JSON path,
+        -- and stores segment references by id so that renames never break them.
+        NEW.definition := segments._check_definition(NEW.definition, NEW.id);
+        IF NEW.entity IS NOT NULL AND NEW.entity IS DISTINCT FROM NEW.definition ->> 'entity' THEN
+            RAISE EXCEPTION 'segment "%": column entity is "%" but the definition is of entity "%"',
+                NEW.name, NEW.entity, NEW.definition ->> 'entity'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        NEW.entity := NEW.definition ->> 'entity';
+        NEW.needs_refresh := true;
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        -- A restore brings its own timestamps and counts; a new row has the defaults.
+        NEW.updated_by := coalesce(NEW.updated_by, quote_ident(current_user)::regrole);
+    ELSIF NEW.definition IS DISTINCT FROM OLD.definition THEN
+        -- Counts describe the old rules until the next refresh.
+        NEW.rule_counts := NULL;
+    END IF;
+
+    -- updated_at tracks what people change, not what refreshes write.
+    IF TG_OP = 'UPDATE'
+       AND (NEW.name, NEW.description, NEW.definition, NEW.type, NEW.state, NEW.schedule,
+            NEW.tags, NEW.never_expire, NEW.priority, NEW.move_existing)
+           IS DISTINCT FROM
+           (OLD.name, OLD.description, OLD.definition, OLD.type, OLD.state, OLD.schedule,
+            OLD.tags, OLD.never_expire, OLD.priority, OLD.move_existing) THEN
+        NEW.updated_at := now();
+        NEW.updated_by := quote_ident(current_user)::regrole;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_track_references() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
+    IF TG_OP <> 'DELETE' THEN
+        DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = NEW.id::text;
+        INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+        SELECT r, 'segment', NEW.id::text FROM segments._referenced_segments(NEW.definition) AS r;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_segments_of"(
+	"entity" TEXT, /* & str */
+	"key" TEXT /* & str */
+) RETURNS TABLE (
+	"segment_id" bigint,  /* i64 */
+	"name" TEXT  /* String */
+)
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_segments_of_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.activate(segments bigint[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(activate.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET state = 'active'
+         WHERE s.id = ANY (activate.segments) AND s.state = 'inactive' RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments."add_usage"(
+	"segment" bigint, /* i64 */
+	"kind" TEXT, /* & str */
+	"consumer" TEXT, /* & str */
+	"live" bool DEFAULT true /* bool */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_usage_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."attribute_values"(
+	"entity" TEXT, /* & str */
+	"attribute" TEXT, /* & str */
+	"search" TEXT DEFAULT NULL, /* Option < & str > */
+	"n" INT DEFAULT 50 /* i32 */
+) RETURNS TABLE (
+	"value" TEXT,  /* String */
+	"rows" bigint  /* i64 */
+)
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'attribute_values_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."bitmap"(
+	"segment" bigint /* i64 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bitmap_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."connect_records"(
+	"sequence" bigint, /* i64 */
+	"keys" TEXT[] /* :: std :: option :: Option < Vec < String > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'connect_records_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."connect_sequence"(
+	"sequence" bigint, /* i64 */
+	"segments" bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'connect_sequence_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."create_export"(
+	"name" TEXT, /* & str */
+	"segments" bigint[], /* :: std :: option :: Option < Vec < i64 > > */
+	"target" TEXT /* & str */
+) RETURNS bigint /* i64 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'create_export_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.create_segment(
+    name text,
+    definition jsonb,
+    type text DEFAULT 'dynamic',
+    schedule text DEFAULT NULL,
+    description text DEFAULT NULL,
+    tags text[] DEFAULT '{}',
+    priority integer DEFAULT NULL,
+    active boolean DEFAULT true
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    INSERT INTO segments.segment (name, definition, type, schedule, description, tags, priority, state)
+    VALUES (create_segment.name, create_segment.definition, create_segment.type, create_segment.schedule,
+            create_segment.description, coalesce(create_segment.tags, '{}'), create_segment.priority,
+            CASE WHEN create_segment.active THEN 'active' ELSE 'inactive' END)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."create_sequence"(
+	"name" TEXT, /* Option < & str > */
+	"entity" TEXT /* & str */
+) RETURNS bigint /* i64 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'create_sequence_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.deactivate(segments bigint[])
+RETURNS TABLE (segment_id bigint, name text, connected_sequences text[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM segments._require_segments(deactivate.segments);
+    UPDATE segments.segment s SET state = 'inactive' WHERE s.id = ANY (deactivate.segments) AND s.state = 'active';
+    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
+               FROM segments.segment s WHERE s.id = ANY (deactivate.segments) ORDER BY s.id LOOP
+        IF cardinality(r.sequences) > 0 THEN
+            RAISE NOTICE 'segment "%" is connected to sequences: %; it will connect no new records',
+                r.name, array_to_string(r.sequences, ', ');
+        END IF;
+        segment_id := r.id; name := r.name; connected_sequences := r.sequences;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.deactivate_unused(older_than interval DEFAULT NULL, dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cutoff timestamptz := now() - coalesce(
+        older_than,
+        nullif(current_setting('segments.unused_after', true), '')::interval,
+        interval '45 days');
+BEGIN
+    IF dry_run THEN
+        RETURN QUERY
+            SELECT s.id, s.name FROM segments.segment s
+             WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+               AND segments._may_change(s.owner)
+               AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
+             ORDER BY s.id;
+    ELSE
+        RETURN QUERY
+            WITH deactivated AS (
+                UPDATE segments.segment s
+                   SET state = 'inactive',
+                       tags = CASE WHEN 'AutoDeactivated' = ANY (s.tags) THEN s.tags
+                                   ELSE s.tags || 'AutoDeactivated'::text END
+                 WHERE s.state = 'active' AND NOT s.never_expire AND s.updated_at < cutoff
+               AND segments._may_change(s.owner)
+                   AND NOT EXISTS (SELECT FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live)
+                RETURNING s.id, s.name)
+            SELECT d.id, d.name FROM deactivated d ORDER BY d.id;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.delete(segments bigint[]) RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    remaining bigint[];
+    deletable bigint[];
+    deleted_ids bigint[] := '{}';
+    deleted_names text[] := '{}';
+BEGIN
+    PERFORM segments._require_segments(delete.segments);
+    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
+               FROM segments.segment s WHERE s.id = ANY (delete.segments) ORDER BY s.id LOOP
+        IF cardinality(r.sequences) > 0 THEN
+            RAISE NOTICE 'segment "%" is connected to sequences: %; records already connected stay connected',
+                r.name, array_to_string(r.sequences, ', ');
+        END IF;
+    END LOOP;
+    remaining := ARRAY(SELECT DISTINCT unnest(delete.segments));
+    -- Dependents first: a segment goes once nothing left in the list reads it.
+    LOOP
+        EXIT WHEN cardinality(remaining) = 0;
+        deletable := ARRAY(
+            SELECT s.id FROM segments.segment s
+             WHERE s.id = ANY (remaining)
+               AND NOT EXISTS (SELECT FROM segments.usage_registry u
+                                WHERE u.segment_id = s.id AND u.kind = 'segment'
+                                  AND u.consumer = ANY (remaining::text[]) AND u.consumer <> s.id::text));
+        IF cardinality(deletable) = 0 THEN
+            deletable := remaining;  -- a cycle cannot be saved; let the trigger report what is left
+        END IF;
+        FOR r IN DELETE FROM segments.segment s WHERE s.id = ANY (deletable) RETURNING s.id, s.name LOOP
+            deleted_ids := deleted_ids || r.id;
+            deleted_names := deleted_names || r.name;
+        END LOOP;
+        remaining := ARRAY(SELECT unnest(remaining) EXCEPT SELECT unnest(deletable));
+    END LOOP;
+    RETURN QUERY SELECT d.id, d.name FROM unnest(deleted_ids, deleted_names) AS d(id, name) ORDER BY d.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.disable_auto_cleanup(segments bigint[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(disable_auto_cleanup.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET never_expire = true
+         WHERE s.id = ANY (disable_auto_cleanup.segments) AND NOT s.never_expire RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments."disconnect_sequence"(
+	"sequence" bigint, /* i64 */
+	"segments" bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'disconnect_sequence_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."drop_export"(
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_export_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.duplicate(segment bigint, name text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    source segments.segment;
+    copy_name text := duplicate.name;
+    n integer := 1;
+    new_id bigint;
+BEGIN
+    PERFORM segments._require_segments(ARRAY[duplicate.segment]);
+    SELECT * INTO source FROM segments.segment s WHERE s.id = duplicate.segment;
+    IF copy_name IS NULL THEN
+        copy_name := source.name || ' (copy)';
+        WHILE EXISTS (SELECT FROM segments.segment s WHERE s.name = copy_name) LOOP
+            n := n + 1;
+            copy_name := format('%s (copy %s)', source.name, n);
+        END LOOP;
+    END IF;
+    INSERT INTO segments.segment (name, description, entity, definition, type, schedule, tags, priority, move_existing)
+    VALUES (copy_name, source.description, source.entity, source.definition, source.type, source.schedule,
+            array_remove(source.tags, 'AutoDeactivated'), source.priority, source.move_existing)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.enable_auto_cleanup(segments bigint[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(enable_auto_cleanup.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET never_expire = false
+         WHERE s.id = ANY (enable_auto_cleanup.segments) AND s.never_expire RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments."estimate"(
+	"definition" jsonb /* JsonB */
+) RETURNS TABLE (
+	"path" TEXT,  /* String */
+	"name" TEXT,  /* Option < String > */
+	"combine" TEXT,  /* Option < String > */
+	"members" bigint,  /* Option < i64 > */
+	"cumulative" bigint  /* Option < i64 > */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'estimate_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."explain"(
+	"segment" bigint /* i64 */
+) RETURNS TEXT /* String */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'explain_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."find_similar"(
+	"source" bigint, /* i64 */
+	"name" TEXT, /* & str */
+	"target" bigint DEFAULT NULL, /* Option < i64 > */
+	"size_percent" INT DEFAULT 20, /* i32 */
+	"include_source" bool DEFAULT false /* bool */
+) RETURNS bigint /* i64 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'find_similar_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.is_member(segment bigint, key anyelement) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key::text) $$;
+
+CREATE OR REPLACE FUNCTION segments.is_member(segment bigint, key text) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key) $$;
+
+CREATE OR REPLACE FUNCTION segments."member_positions"(
+	"segment" bigint /* i64 */
+) RETURNS SETOF bigint /* i64 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'member_positions_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."overlap"(
+	"a" bigint, /* i64 */
+	"b" bigint /* i64 */
+) RETURNS TABLE (
+	"only_a" bigint,  /* i64 */
+	"both" bigint,  /* i64 */
+	"only_b" bigint  /* i64 */
+)
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'overlap_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."preview"(
+	"segment" bigint, /* i64 */
+	"n" INT DEFAULT 100 /* i32 */
+) RETURNS SETOF jsonb /* JsonB */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'preview_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.quick_segment(name text, entity text, attribute text, op text, value jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments.create_segment(
+        quick_segment.name,
+        jsonb_build_object('entity', quick_segment.entity, 'rules', jsonb_build_array(jsonb_build_object(
+            'where', jsonb_build_object('attribute', quick_segment.attribute, 'op', quick_segment.op)
+                     || CASE WHEN quick_segment.value IS NULL OR quick_segment.value = 'null'
+                             THEN '{}'::jsonb ELSE jsonb_build_object('value', quick_segment.value) END))))
+$$;
+
+CREATE OR REPLACE FUNCTION segments."rb_agg_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rb_agg_combine_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."rb_agg_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rb_agg_deserialize_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."rb_agg_final"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rb_agg_final_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."rb_agg_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rb_agg_serialize_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."rb_agg_step"(
+	"state" internal, /* Internal */
+	"position" bigint /* Option < i64 > */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rb_agg_step_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."refresh"(
+	"segments" bigint[] DEFAULT NULL /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS TABLE (
+	"segment_id" bigint,  /* i64 */
+	"status" TEXT,  /* String */
+	"member_count" bigint,  /* Option < i64 > */
+	"entered" bigint,  /* Option < i64 > */
+	"exited" bigint,  /* Option < i64 > */
+	"duration" interval,  /* pgrx :: datum :: Interval */
+	"error" TEXT  /* Option < String > */
+)
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'refresh_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."register_entity"(
+	"entity" TEXT, /* & str */
+	"relation" regclass, /* PgRelation */
+	"key_column" TEXT, /* & str */
+	"eligible" jsonb DEFAULT NULL /* Option < JsonB > */
+) RETURNS void
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'register_entity_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."register_related"(
+	"entity" TEXT, /* & str */
+	"name" TEXT, /* & str */
+	"relation" regclass, /* PgRelation */
+	"foreign_key" TEXT, /* & str */
+	"time_column" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'register_related_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."remove_usage"(
+	"segment" bigint, /* i64 */
+	"kind" TEXT, /* & str */
+	"consumer" TEXT /* & str */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'remove_usage_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.rename(segment bigint, name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[rename.segment]);
+    UPDATE segments.segment s SET name = rename.name WHERE s.id = rename.segment;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."rule_counts"(
+	"segment" bigint /* i64 */
+) RETURNS TABLE (
+	"path" TEXT,  /* String */
+	"name" TEXT,  /* Option < String > */
+	"combine" TEXT,  /* Option < String > */
+	"members" bigint,  /* Option < i64 > */
+	"cumulative" bigint  /* Option < i64 > */
+)
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rule_counts_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.run_due() RETURNS SETOF segments.refresh_run
+LANGUAGE plpgsql AS $$
+DECLARE
+    runs bigint[] := segments._run_due();
+BEGIN
+    RETURN QUERY SELECT r.* FROM segments.refresh_run r WHERE r.id = ANY (runs) ORDER BY r.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.segments_of(entity text, key anyelement)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key::text) $$;
+
+CREATE OR REPLACE FUNCTION segments.segments_of(entity text, key text)
+RETURNS TABLE (segment_id bigint, name text)
+LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key) $$;
+
+CREATE OR REPLACE FUNCTION segments.set_owner(segments bigint[], owner regrole) RETURNS integer
+LANGUAGE c AS 'MODULE_PATHNAME', 'set_owner_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.set_priority(segment bigint, priority integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[set_priority.segment]);
+    UPDATE segments.segment s SET priority = set_priority.priority WHERE s.id = set_priority.segment;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.set_schedule(segments bigint[], schedule text) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(set_schedule.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET schedule = set_schedule.schedule
+         WHERE s.id = ANY (set_schedule.segments) AND s.schedule IS DISTINCT FROM set_schedule.schedule RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments.set_type(segments bigint[], type text) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(set_type.segments);
+    WITH changed AS (
+        UPDATE segments.segment s SET type = set_type.type
+         WHERE s.id = ANY (set_type.segments) AND s.type IS DISTINCT FROM set_type.type RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments."similarity"(
+	"segment" bigint /* i64 */
+) RETURNS TABLE (
+	"key" TEXT,  /* String */
+	"score" real  /* f32 */
+)
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'similarity_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."suggest"(
+	"entity" TEXT, /* & str */
+	"measure" TEXT, /* & str */
+	"influencing" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < String > > */
+	"max_segments" INT DEFAULT 5 /* i32 */
+) RETURNS TABLE (
+	"definition" jsonb,  /* JsonB */
+	"members" bigint,  /* i64 */
+	"measure_avg" double precision,  /* f64 */
+	"lift" double precision  /* f64 */
+)
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'suggest_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.tag(segments bigint[], tags text[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(tag.segments);
+    WITH changed AS (
+        UPDATE segments.segment s
+           SET tags = s.tags || ARRAY(SELECT DISTINCT t FROM unnest(tag.tags) AS t
+                                       WHERE t IS NOT NULL AND NOT t = ANY (s.tags) ORDER BY t)
+         WHERE s.id = ANY (tag.segments)
+           AND EXISTS (SELECT FROM unnest(tag.tags) AS t WHERE t IS NOT NULL AND NOT t = ANY (s.tags))
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+CREATE OR REPLACE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days')
+RETURNS TABLE (at timestamptz, member_count bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[trend.segment]);
+    RETURN QUERY
+        SELECT r.finished_at, r.member_count FROM segments.refresh_run r
+         WHERE r.segment_id = trend.segment AND r.status = 'succeeded' AND r.finished_at >= trend.since
+         ORDER BY r.finished_at;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."unregister_entity"(
+	"entity" TEXT /* & str */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unregister_entity_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.untag(segments bigint[], tags text[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT segments._require_segments(untag.segments);
+    WITH changed AS (
+        UPDATE segments.segment s
+           SET tags = ARRAY(SELECT t FROM unnest(s.tags) WITH ORDINALITY AS x(t, i)
+                             WHERE NOT t = ANY (untag.tags) ORDER BY i)
+         WHERE s.id = ANY (untag.segments) AND s.tags && untag.tags
+        RETURNING 1)
+    SELECT count(*)::integer FROM changed;
+$$;
+
+-- END GENERATED FUNCTIONS
+
+-- ---- epilogue: privileges ----------------------------------------------------
+
+-- Only segments.segment is writable by DML; internal state is written by
+-- the extension's functions alone.
+REVOKE INSERT, UPDATE, DELETE ON
+    segments.membership, segments.entity_key, segments.refresh_run,
+    segments.membership_change, segments.usage_registry, segments.sequence, segments.sequence_segment,
+    segments.export, segments.scheduler_state, segments.sequence_record, segments.similarity_score
+    FROM segments_editor;
+REVOKE INSERT, UPDATE, DELETE ON segments.entity, segments.related FROM segments_admin;
+REVOKE USAGE ON ALL SEQUENCES IN SCHEMA segments FROM segments_editor;
+GRANT SELECT ON ALL TABLES IN SCHEMA segments TO segments_reader;
+GRANT USAGE ON SEQUENCE segments.segment_id_seq TO segments_editor;
+
+ALTER TABLE segments.entity_key ENABLE ROW LEVEL SECURITY;
+CREATE POLICY entity_key_readable ON segments.entity_key FOR SELECT
+    USING (segments._can_read_entity(entity));
+
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'segments'::regnamespace AND p.proname LIKE '\_%' LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'segments'::regnamespace
+                AND p.proname IN ('_internal_write', '_require_may_change', '_may_change', '_is_admin',
+                                  '_check_schedule', '_check_definition', '_check_active_limit',
+                                  '_dependents', '_referenced_segments', '_require_segments',
+                                  '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
+                                  '_is_member', '_segments_of', '_run_due') LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
+    END LOOP;
+END
+$$;
+
+-- Export tables made by 0.1.0 were readable by segments_reader; exports
+-- now give no privileges to anyone until their owner grants them.
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT e.target FROM segments.export e
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.target::oid) LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM segments_reader', t);
+    END LOOP;
+END
+$$;
