@@ -30,8 +30,34 @@ pub fn serialize(members: &Members) -> Vec<u8> {
 }
 
 /// Reads a serialized bitmap (as `rb_agg` and the membership table hold).
+/// Malformed input is an error, never a crash: the reader checks every
+/// length against the bytes it has, and allocates per container at most
+/// what one container can hold.
 pub fn deserialize(bytes: &[u8]) -> std::io::Result<Members> {
     RoaringTreemap::deserialize_from(bytes)
+}
+
+/// Raises 22P03 (invalid_binary_representation) for an unreadable bitmap.
+pub fn corrupt(error: std::io::Error) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        pgrx::pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+        format!("segments: corrupt membership bitmap: {error}"),
+        "segments",
+    )
+    .report(pgrx::pg_sys::elog::PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// The first `n` positions of a bitmap in key order (negative integer keys
+/// sit in the upper half of the position range and sort first), reading
+/// no more than it returns.
+pub fn first_in_key_order(members: &Members, n: usize) -> Vec<u64> {
+    const NEGATIVE: u64 = 1 << 63;
+    let mut out: Vec<u64> = members.iter().skip(members.rank(NEGATIVE - 1) as usize).take(n).collect();
+    if out.len() < n {
+        out.extend(members.iter().take_while(|p| *p < NEGATIVE).take(n - out.len()));
+    }
+    out
 }
 
 // ---- the rb_agg aggregate -------------------------------------------------
@@ -259,6 +285,67 @@ mod tests {
 
     fn rule(label: &str, combine: Option<Combine>, body: CompiledBody) -> CompiledRule {
         CompiledRule { label: label.into(), name: None, combine, body }
+    }
+
+    /// 10,000+ random and adversarial byte strings: reading them gives a
+    /// bitmap or an error, never a panic or an abort, and a bounded read of
+    /// what it claims allocates only what it returns.
+    #[test]
+    fn bitmap_reader_survives_random_and_adversarial_bytes() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = serialize(&[1u64, 2, 70_000, 1 << 40, u64::MAX].into_iter().collect());
+        let full: Members = (0u64..200_000).collect();
+        let full = serialize(&full);
+        let (mut errors, mut read) = (0, 0);
+        for case in 0..12_000 {
+            let bytes: Vec<u8> = match case % 4 {
+                // pure noise
+                0 => (0..next() % 512).map(|_| next() as u8).collect(),
+                // a valid bitmap with bytes flipped
+                1 => {
+                    let mut b = if case % 8 == 1 { valid.clone() } else { full.clone() };
+                    for _ in 0..1 + next() % 8 {
+                        let i = (next() as usize) % b.len();
+                        b[i] = next() as u8;
+                    }
+                    b
+                }
+                // truncated
+                2 => full[..(next() as usize) % full.len()].to_vec(),
+                // a header claiming huge counts: many bitmaps, 65536 run containers
+                _ => {
+                    let mut b = Vec::new();
+                    b.extend_from_slice(&(next() % u64::MAX).to_le_bytes());
+                    b.extend_from_slice(&(next() as u32).to_le_bytes());
+                    b.extend_from_slice(&12347u32.to_le_bytes()); // run-container cookie
+                    b.extend((0..next() % 4096).map(|_| next() as u8));
+                    b
+                }
+            };
+            match deserialize(&bytes) {
+                Ok(members) => {
+                    read += 1;
+                    assert!(first_in_key_order(&members, 10).len() <= 10);
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        assert_eq!(errors + read, 12_000);
+        assert!(errors > 1_000, "adversarial input should mostly be refused ({errors} refused)");
+    }
+
+    #[test]
+    fn first_members_in_key_order_take_negative_keys_first() {
+        let members: Members = [5i64, -3, 0, 9, -10].into_iter().map(position_of).collect();
+        let keys: Vec<i64> = first_in_key_order(&members, 4).into_iter().map(key_of).collect();
+        assert_eq!(keys, vec![-10, -3, 0, 5]);
+        assert_eq!(first_in_key_order(&members, 0), Vec::<u64>::new());
     }
 
     #[test]

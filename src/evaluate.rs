@@ -40,7 +40,7 @@ pub fn reference_time_sql() -> String {
 fn bitmap_of(value: Option<Vec<u8>>) -> Members {
     match value {
         None => Members::new(),
-        Some(bytes) => deserialize(&bytes).unwrap_or_else(|e| error!("segments: corrupt bitmap: {e}")),
+        Some(bytes) => deserialize(&bytes).unwrap_or_else(|e| crate::bitmap::corrupt(e)),
     }
 }
 

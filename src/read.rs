@@ -153,13 +153,12 @@ fn _segments_of(
 fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> Vec<String> {
     match entity.key_kind {
         KeyKind::Integer => {
-            let mut keys: Vec<i64> = members.iter().map(key_of).collect();
-            keys.sort_unstable();
-            keys.truncate(n);
-            keys.into_iter().map(|k| k.to_string()).collect()
+            crate::bitmap::first_in_key_order(members, n).into_iter().map(|p| key_of(p).to_string()).collect()
         }
         KeyKind::Dictionary => {
-            let positions: Vec<i64> = members.iter().map(|p| p as i64).collect();
+            // The first n members by position (the order keys were first
+            // seen in): reading n keys, not every member's.
+            let positions: Vec<i64> = members.iter().take(n).map(|p| p as i64).collect();
             Spi::connect(|client| {
                 spi(client.select(
                     "SELECT key FROM segments.entity_key WHERE entity = $1 AND position = ANY ($2) ORDER BY key LIMIT $3",
@@ -224,7 +223,8 @@ fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(
 /// below 2^32, or dictionary positions), else the 64-bit portable format.
 pub fn portable_bytes(members: &Members) -> Vec<u8> {
     if members.max().is_none_or(|m| m <= u32::MAX as u64) {
-        let small: RoaringBitmap = members.iter().map(|p| p as u32).collect();
+        // Every position is in the treemap's first bitmap: take it whole.
+        let small: RoaringBitmap = members.bitmaps().next().map(|(_, b)| b.clone()).unwrap_or_default();
         let mut bytes = Vec::with_capacity(small.serialized_size());
         small.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
         bytes

@@ -610,10 +610,12 @@ fn run_due_follows_schedules() {
     // Two days pass.
     client
         .batch_execute(
-            "UPDATE segments.scheduler_state SET last_run = last_run - interval '2 days';
+            "SET session_replication_role = replica; -- maintained columns: triggers off, as a superuser
+             UPDATE segments.scheduler_state SET last_run = last_run - interval '2 days';
              UPDATE segments.refresh_run SET started_at = started_at - interval '2 days', finished_at = finished_at - interval '2 days';
              UPDATE segments.segment SET last_refreshed_at = last_refreshed_at - interval '2 days',
-                                         created_at = created_at - interval '2 days';",
+                                         created_at = created_at - interval '2 days';
+             RESET session_replication_role;",
         )
         .unwrap();
     let rows = client
@@ -813,10 +815,13 @@ fn unused_segments_are_deactivated_and_tagged() {
     make(&mut client, "reader", r#"{"entity":"customer","rules":[{"where":{"segment":"referenced"}}]}"#);
     client
         .batch_execute(
-            "UPDATE segments.segment SET created_at = now() - interval '60 days', updated_at = now() - interval '60 days';
+            "-- Time passes: maintained columns are moved as a superuser with triggers off.
+             SET session_replication_role = replica;
+             UPDATE segments.segment SET created_at = now() - interval '60 days', updated_at = now() - interval '60 days';
              UPDATE segments.segment SET created_at = now() - interval '46 days', updated_at = now() - interval '46 days' WHERE name = 'old';
              UPDATE segments.segment SET created_at = now() - interval '44 days', updated_at = now() - interval '44 days' WHERE name = 'young';
              UPDATE segments.segment SET updated_at = now() - interval '10 days' WHERE name = 'recently edited';
+             RESET session_replication_role;
              SELECT segments.add_usage(id, 'journey', 'Welcome journey') FROM segments.segment WHERE name = 'in a journey';
              SELECT segments.add_usage(id, 'analytics', 'Funnel report', live => false) FROM segments.segment WHERE name = 'only analytics';
              SELECT segments.disable_auto_cleanup(array_agg(id)) FROM segments.segment WHERE name = 'never expires';",
