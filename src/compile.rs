@@ -27,7 +27,7 @@ use crate::definition::{
     RelatedMeasure, RelatedTest, RelativeDuration, Rule, RuleBody, SegmentRef,
 };
 use crate::error::{Reported, SegmentsError};
-use crate::sql::{ident, literal};
+use crate::sql::{ident, literal, op};
 use crate::spelling::closest;
 use crate::validate::{check_op, literal_text};
 
@@ -305,11 +305,11 @@ impl<'a> Planner<'a> {
     /// it needs for dictionary keys.
     fn position(&self, key_sql: &str) -> (String, String) {
         match self.entity.key_kind {
-            KeyKind::Integer => (format!("{key_sql}::bigint"), String::new()),
+            KeyKind::Integer => (format!("{key_sql}::pg_catalog.int8"), String::new()),
             KeyKind::Dictionary => (
                 "k.position".to_string(),
                 format!(
-                    " JOIN segments.entity_key k ON k.entity = {} AND k.key = {key_sql}::text",
+                    " JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) {} AND k.key OPERATOR(pg_catalog.=) {key_sql}::pg_catalog.text",
                     literal(&self.entity.name)
                 ),
             ),
@@ -344,7 +344,7 @@ impl<'a> Planner<'a> {
             }
             RelatedMeasure::Aggregate { function, attribute, op, value } => {
                 let measure = match (function, attribute) {
-                    (AggregateFunction::Count, None) => "count(*)".to_string(),
+                    (AggregateFunction::Count, None) => "pg_catalog.count(*)".to_string(),
                     (function, Some(attribute)) => {
                         let column = related.table.column(attribute).ok_or_else(|| {
                             SegmentsError::UndefinedColumn(format!(
@@ -364,7 +364,7 @@ impl<'a> Planner<'a> {
                             )
                             .into());
                         }
-                        format!("{}(r.{})", function.as_str(), ident(&column.name))
+                        format!("pg_catalog.{}(r.{})", function.as_str(), ident(&column.name))
                     }
                     (_, None) => unreachable!("parser requires an attribute"),
                 };
@@ -543,23 +543,30 @@ fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsE
     Ok(format!("{}::{type_sql}", literal(&text)))
 }
 
+/// `low <= column <= high` with both operators named by schema. (Every
+/// `OPERATOR(...)` has the same precedence, so operands are atoms or
+/// parenthesized.)
+fn between(column: &str, low: &str, high: &str) -> String {
+    format!("({column} {} {low} AND {column} {} {high})", op(">="), op("<="))
+}
+
 /// The reference time converted to the column's kind.
 fn reference_as(kind: ColumnKind, timestamptz_sql: &str) -> String {
     match kind {
-        ColumnKind::Date => format!("({timestamptz_sql})::date"),
-        ColumnKind::Timestamp => format!("({timestamptz_sql})::timestamp"),
+        ColumnKind::Date => format!("({timestamptz_sql})::pg_catalog.date"),
+        ColumnKind::Timestamp => format!("({timestamptz_sql})::pg_catalog.timestamp"),
         _ => timestamptz_sql.to_string(),
     }
 }
 
 fn interval(duration: &RelativeDuration) -> String {
-    format!("{}::interval", literal(&duration.interval_text()))
+    format!("{}::pg_catalog.interval", literal(&duration.interval_text()))
 }
 
 fn in_last_sql(column_sql: &str, kind: ColumnKind, duration: &RelativeDuration, reference: &str) -> String {
-    let from = reference_as(kind, &format!("{reference} - {}", interval(duration)));
+    let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(duration)));
     let to = reference_as(kind, reference);
-    format!("({column_sql} >= {from} AND {column_sql} <= {to})")
+    between(column_sql, &from, &to)
 }
 
 pub fn attribute_sql(
@@ -577,33 +584,33 @@ pub fn attribute_sql(
     check_op(path, column, test.op, test.ignore_case)?;
     let vpath = format!("{path}.value");
     let raw = format!("{alias}.{}", ident(&column.name));
-    let fold = |sql: String| if test.ignore_case { format!("lower({sql})") } else { sql };
+    let fold = |sql: String| if test.ignore_case { format!("pg_catalog.lower({sql})") } else { sql };
     let col = fold(raw.clone());
     let lit = |value: &Value| typed(&vpath, column, value).map(fold);
     let kind = column.kind;
     let sql = match (test.op, &test.value) {
-        (Op::Eq, Operand::Scalar(v)) => format!("{col} = {}", lit(v)?),
-        (Op::Ne, Operand::Scalar(v)) => format!("{col} <> {}", lit(v)?),
-        (Op::Lt, Operand::Scalar(v)) => format!("{col} < {}", lit(v)?),
-        (Op::Lte, Operand::Scalar(v)) => format!("{col} <= {}", lit(v)?),
-        (Op::Gt, Operand::Scalar(v)) => format!("{col} > {}", lit(v)?),
-        (Op::Gte, Operand::Scalar(v)) => format!("{col} >= {}", lit(v)?),
-        (Op::Between, Operand::Range(low, high)) => format!("{col} BETWEEN {} AND {}", lit(low)?, lit(high)?),
+        (Op::Eq, Operand::Scalar(v)) => format!("{col} {} {}", op("="), lit(v)?),
+        (Op::Ne, Operand::Scalar(v)) => format!("{col} {} {}", op("<>"), lit(v)?),
+        (Op::Lt, Operand::Scalar(v)) => format!("{col} {} {}", op("<"), lit(v)?),
+        (Op::Lte, Operand::Scalar(v)) => format!("{col} {} {}", op("<="), lit(v)?),
+        (Op::Gt, Operand::Scalar(v)) => format!("{col} {} {}", op(">"), lit(v)?),
+        (Op::Gte, Operand::Scalar(v)) => format!("{col} {} {}", op(">="), lit(v)?),
+        (Op::Between, Operand::Range(low, high)) => between(&col, &lit(low)?, &lit(high)?),
         (Op::In | Op::NotIn, Operand::List(values)) => {
             let items = values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| typed(&format!("{vpath}[{i}]"), column, v).map(fold))
                 .collect::<Result<Vec<_>, _>>()?;
-            let test_sql = if test.op == Op::In { "= ANY" } else { "<> ALL" };
+            let test_sql = if test.op == Op::In { format!("{} ANY", op("=")) } else { format!("{} ALL", op("<>")) };
             format!("{col} {test_sql} (ARRAY[{}])", items.join(", "))
         }
-        (Op::Contains, Operand::Scalar(v)) => format!("strpos({col}, {}) > 0", lit(v)?),
-        (Op::NotContains, Operand::Scalar(v)) => format!("strpos({col}, {}) = 0", lit(v)?),
-        (Op::StartsWith, Operand::Scalar(v)) => format!("starts_with({col}, {})", lit(v)?),
+        (Op::Contains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op(">")),
+        (Op::NotContains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op("=")),
+        (Op::StartsWith, Operand::Scalar(v)) => format!("pg_catalog.starts_with({col}, {})", lit(v)?),
         (Op::EndsWith, Operand::Scalar(v)) => {
             let l = lit(v)?;
-            format!("right({col}, length({l})) = {l}")
+            format!("pg_catalog.\"right\"({col}, pg_catalog.length({l})) {} {l}", op("="))
         }
         (Op::IsNull, _) => format!("{raw} IS NULL"),
         (Op::IsNotNull, _) => format!("{raw} IS NOT NULL"),
@@ -611,21 +618,23 @@ pub fn attribute_sql(
         (Op::IsFalse, _) => format!("{raw} IS FALSE"),
         (Op::InLast, Operand::Duration(d)) => in_last_sql(&raw, kind, d, reference),
         (Op::NotInLast, Operand::Duration(d)) => {
-            let from = reference_as(kind, &format!("{reference} - {}", interval(d)));
-            format!("({raw} < {from} OR {raw} > {})", reference_as(kind, reference))
+            let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(d)));
+            format!("({raw} {} {from} OR {raw} {} {})", op("<"), op(">"), reference_as(kind, reference))
         }
         (Op::InNext, Operand::Duration(d)) => {
-            let to = reference_as(kind, &format!("{reference} + {}", interval(d)));
-            format!("({raw} >= {} AND {raw} <= {to})", reference_as(kind, reference))
+            let to = reference_as(kind, &format!("({reference} {} {})", op("+"), interval(d)));
+            between(&raw, &reference_as(kind, reference), &to)
         }
-        (Op::Before, Operand::Scalar(v)) => format!("{raw} < {}", lit(v)?),
-        (Op::After, Operand::Scalar(v)) => format!("{raw} > {}", lit(v)?),
+        (Op::Before, Operand::Scalar(v)) => format!("{raw} {} {}", op("<"), lit(v)?),
+        (Op::After, Operand::Scalar(v)) => format!("{raw} {} {}", op(">"), lit(v)?),
         (Op::On, Operand::Scalar(v)) => {
             let day = literal_text(&vpath, column, v)?;
-            format!("({raw})::date = ({})::date", literal(&day))
+            format!("({raw})::pg_catalog.date {} ({})::pg_catalog.date", op("="), literal(&day))
         }
-        (Op::IsToday, _) => format!("({raw})::date = ({reference})::date"),
-        (Op::IsAnniversary, _) => format!("to_char({raw}, 'MM-DD') = to_char({reference}, 'MM-DD')"),
+        (Op::IsToday, _) => format!("({raw})::pg_catalog.date {} ({reference})::pg_catalog.date", op("=")),
+        (Op::IsAnniversary, _) => {
+            format!("pg_catalog.to_char({raw}, 'MM-DD') {} pg_catalog.to_char({reference}, 'MM-DD')", op("="))
+        }
         (op, _) => return Err(invalid(path, format!("operator {} got a value of the wrong shape", op.name())).into()),
     };
     Ok(sql)
@@ -636,9 +645,9 @@ fn number(value: &Value) -> f64 {
 }
 
 fn comparison_sql(column: &str, op: Op, value: &Operand) -> String {
-    let lit = |v: &Value| format!("{}::numeric", literal(&v.to_string()));
+    let lit = |v: &Value| format!("{}::pg_catalog.numeric", literal(&v.to_string()));
     match (op, value) {
-        (Op::Between, Operand::Range(low, high)) => format!("{column} BETWEEN {} AND {}", lit(low), lit(high)),
+        (Op::Between, Operand::Range(low, high)) => between(column, &lit(low), &lit(high)),
         (op, Operand::Scalar(v)) => {
             let symbol = match op {
                 Op::Eq => "=",
@@ -648,7 +657,7 @@ fn comparison_sql(column: &str, op: Op, value: &Operand) -> String {
                 Op::Gt => ">",
                 _ => ">=",
             };
-            format!("{column} {symbol} {}", lit(v))
+            format!("{column} {} {}", self::op(symbol), lit(v))
         }
         _ => unreachable!("parser checks aggregate operands"),
     }
@@ -674,11 +683,11 @@ impl Plan {
     /// when the plan needs it.
     pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
         let (position, join) = match self.entity.key_kind {
-            KeyKind::Integer => (format!("e.{}::bigint", ident(&self.entity.key_column)), String::new()),
+            KeyKind::Integer => (format!("e.{}::pg_catalog.int8", ident(&self.entity.key_column)), String::new()),
             KeyKind::Dictionary => (
                 "k.position".to_string(),
                 format!(
-                    " JOIN segments.entity_key k ON k.entity = {} AND k.key = e.{}::text",
+                    " JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) {} AND k.key OPERATOR(pg_catalog.=) e.{}::pg_catalog.text",
                     literal(&self.entity.name),
                     ident(&self.entity.key_column)
                 ),
@@ -818,20 +827,20 @@ mod tests {
     #[test]
     fn attribute_operators_compile_to_sql() {
         let cases = [
-            (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" = 'DE'::text"#),
-            (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"lower(e."country") <> lower('DE'::text)"#),
-            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"e."age" BETWEEN '18'::integer AND '30'::integer"#),
-            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" > '17.5'::numeric"#),
-            (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" = ANY (ARRAY['DE'::text, 'FR'::text])"#),
-            (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" <> ALL (ARRAY['DE'::text])"#),
-            (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"strpos(e."country", 'E'::text) > 0"#),
-            (json!({"attribute": "country", "op": "starts_with", "value": "D"}), r#"starts_with(e."country", 'D'::text)"#),
+            (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" OPERATOR(pg_catalog.=) 'DE'::text"#),
+            (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"pg_catalog.lower(e."country") OPERATOR(pg_catalog.<>) pg_catalog.lower('DE'::text)"#),
+            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"(e."age" OPERATOR(pg_catalog.>=) '18'::integer AND e."age" OPERATOR(pg_catalog.<=) '30'::integer)"#),
+            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" OPERATOR(pg_catalog.>) '17.5'::numeric"#),
+            (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" OPERATOR(pg_catalog.=) ANY (ARRAY['DE'::text, 'FR'::text])"#),
+            (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" OPERATOR(pg_catalog.<>) ALL (ARRAY['DE'::text])"#),
+            (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"pg_catalog.strpos(e."country", 'E'::text) OPERATOR(pg_catalog.>) 0"#),
+            (json!({"attribute": "country", "op": "starts_with", "value": "D"}), r#"pg_catalog.starts_with(e."country", 'D'::text)"#),
             (json!({"attribute": "country", "op": "is_null"}), r#"e."country" IS NULL"#),
             (json!({"attribute": "unsubscribed", "op": "is_false"}), r#"e."unsubscribed" IS FALSE"#),
-            (json!({"attribute": "birth_date", "op": "is_anniversary"}), r#"to_char(e."birth_date", 'MM-DD') = to_char('2026-11-01 00:00:00+00'::timestamptz, 'MM-DD')"#),
+            (json!({"attribute": "birth_date", "op": "is_anniversary"}), r#"pg_catalog.to_char(e."birth_date", 'MM-DD') OPERATOR(pg_catalog.=) pg_catalog.to_char('2026-11-01 00:00:00+00'::timestamptz, 'MM-DD')"#),
             (json!({"attribute": "signed_up_at", "op": "in_last", "value": "30 days"}),
-             r#"(e."signed_up_at" >= '2026-11-01 00:00:00+00'::timestamptz - '30 days'::interval AND e."signed_up_at" <= '2026-11-01 00:00:00+00'::timestamptz)"#),
-            (json!({"attribute": "birth_date", "op": "before", "value": "2000-01-01"}), r#"e."birth_date" < '2000-01-01'::date"#),
+             r#"(e."signed_up_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND e."signed_up_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz)"#),
+            (json!({"attribute": "birth_date", "op": "before", "value": "2000-01-01"}), r#"e."birth_date" OPERATOR(pg_catalog.<) '2000-01-01'::date"#),
         ];
         for (condition, expected) in cases {
             assert_eq!(where_sql(condition), expected);
@@ -847,7 +856,7 @@ mod tests {
         .unwrap();
         assert_eq!(plan.leaves.len(), 2, "{:?}", plan.leaves);
         assert!(plan.leaves.contains(&Leaf::Filter(
-            r#"(e."country" = 'DE'::text AND (e."age" < '18'::integer) IS NOT TRUE)"#.into()
+            r#"(e."country" OPERATOR(pg_catalog.=) 'DE'::text AND (e."age" OPERATOR(pg_catalog.<) '18'::integer) IS NOT TRUE)"#.into()
         )));
         assert!(matches!(&compiled.rules[0].body, CompiledBody::Expr(Expr::All(items)) if items.len() == 2));
         assert!(plan.needs_all_rows, "the related leaf may hold rows that no longer exist");
@@ -855,7 +864,7 @@ mod tests {
             {"attribute": "country", "op": "eq", "value": "DE"},
             {"attribute": "age", "op": "between", "value": [25, 34]}]}}]}))
         .unwrap();
-        assert_eq!(plan.leaves, vec![Leaf::Filter(r#"(e."country" = 'DE'::text AND e."age" BETWEEN '25'::integer AND '34'::integer)"#.into())]);
+        assert_eq!(plan.leaves, vec![Leaf::Filter(r#"(e."country" OPERATOR(pg_catalog.=) 'DE'::text AND (e."age" OPERATOR(pg_catalog.>=) '25'::integer AND e."age" OPERATOR(pg_catalog.<=) '34'::integer))"#.into())]);
         assert!(!plan.needs_all_rows, "filters alone never need every row");
     }
 
@@ -864,7 +873,7 @@ mod tests {
         let sql = where_sql(json!({"related": "orders", "within": "30 days", "where": {"attribute": "status", "op": "eq", "value": "paid"}}));
         assert_eq!(
             sql,
-            r#"SELECT segments.rb_agg(r."customer_id"::bigint) FROM "public"."orders" r WHERE (r."status" = 'paid'::text AND (r."ordered_at" >= '2026-11-01 00:00:00+00'::timestamptz - '30 days'::interval AND r."ordered_at" <= '2026-11-01 00:00:00+00'::timestamptz))"#
+            r#"SELECT segments.rb_agg(r."customer_id"::pg_catalog.int8) FROM "public"."orders" r WHERE (r."status" OPERATOR(pg_catalog.=) 'paid'::text AND (r."ordered_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND r."ordered_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz))"#
         );
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
             {"related": "orders", "aggregate": "count", "op": "lt", "value": 3}}]})).unwrap();
@@ -896,8 +905,8 @@ mod tests {
         assert_eq!(plan.filter_leaves(), vec![0]);
         let scan = plan.entity_scan_sql(&plan.filter_leaves());
         assert!(plan.needs_all_rows, "a segment leaf may hold rows deleted since");
-        assert!(scan.starts_with("SELECT segments.rb_agg(e.\"id\"::bigint),"), "{scan}");
-        assert!(scan.contains("FILTER (WHERE e.\"country\" = 'DE'::text)"), "{scan}");
+        assert!(scan.starts_with("SELECT segments.rb_agg(e.\"id\"::pg_catalog.int8),"), "{scan}");
+        assert!(scan.contains("FILTER (WHERE e.\"country\" OPERATOR(pg_catalog.=) 'DE'::text)"), "{scan}");
     }
 
     #[test]
@@ -984,9 +993,9 @@ mod tests {
     #[test]
     fn injection_attempts_stay_inside_literals_and_identifiers() {
         let sql = where_sql(json!({"attribute": "country", "op": "eq", "value": "x'); DROP TABLE customers; --"}));
-        assert_eq!(sql, r#"e."country" = 'x''); DROP TABLE customers; --'::text"#);
+        assert_eq!(sql, r#"e."country" OPERATOR(pg_catalog.=) 'x''); DROP TABLE customers; --'::text"#);
         let sql = where_sql(json!({"attribute": "country", "op": "contains", "value": "\\'; --"}));
-        assert_eq!(sql, r#"strpos(e."country", E'\\''; --'::text) > 0"#);
+        assert_eq!(sql, r#"pg_catalog.strpos(e."country", E'\\''; --'::text) OPERATOR(pg_catalog.>) 0"#);
         let (code, _, _) = error(json!({"entity": "customer", "rules": [{"where":
             {"attribute": "country\"; DROP TABLE customers; --", "op": "is_null"}}]}));
         assert_eq!(code, "42703");

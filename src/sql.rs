@@ -21,6 +21,12 @@ pub fn literal(value: &str) -> String {
     }
 }
 
+/// A built-in operator named by schema, `OPERATOR(pg_catalog.=)`: the SQL
+/// the extension generates never finds an operator through search_path.
+pub fn op(symbol: &str) -> String {
+    format!("OPERATOR(pg_catalog.{symbol})")
+}
+
 /// A literal of a given SQL type, e.g. `'DE'::text`. `type_sql` is the
 /// catalog's `format_type` output, never user input.
 pub fn typed_literal(value: &str, type_sql: &str) -> String {
