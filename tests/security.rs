@@ -496,3 +496,114 @@ fn cancels_win() {
     let runs_after: i64 = admin.query_one("SELECT count(*) FROM segments.refresh_run", &[]).unwrap().get(0);
     assert_eq!(runs_before, runs_after, "a cancelled refresh left history");
 }
+
+/// Eight clients for a minute of mixed refreshes, edits, (de)activations,
+/// deletes and scheduler passes under the worker: no error but documented
+/// refusals (2BP01 for a segment others read, 42704 for one another client
+/// just deleted), no deadlock, and memberships equal to hand-written SQL.
+#[test]
+fn concurrent_mixed_work_under_the_worker() {
+    let seconds: u64 = std::env::var("SEGMENTS_CONCURRENCY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let cluster = Cluster::start("sec-concurrency", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let mut admin = setup(&cluster, "3000");
+    // Conditions and the hand-written SQL each must equal.
+    let conditions: Vec<(String, String)> = ["DE", "FR", "ES", "IT", "NL"]
+        .iter()
+        .map(|c| (format!(r#"{{"attribute":"country","op":"eq","value":"{c}"}}"#), format!("country = '{c}'")))
+        .chain([20, 30, 40, 50, 60].iter().map(|a| (format!(r#"{{"attribute":"age","op":"gt","value":{a}}}"#), format!("age > {a}"))))
+        .collect();
+    let definition = |i: usize| format!(r#"{{"entity":"customer","rules":[{{"where":{}}}]}}"#, conditions[i % conditions.len()].0);
+    for i in 0..12 {
+        admin
+            .execute("SELECT segments.create_segment($1, $2::text::jsonb, description => $3)", &[&format!("s{i}"), &definition(i), &conditions[i % conditions.len()].1])
+            .unwrap();
+    }
+    // Two segments read others: deleting those is refused while they do.
+    admin.batch_execute(r#"SELECT segments.create_segment('reads s0', '{"entity":"customer","rules":[{"where":{"segment":"s0"}}]}');
+                           SELECT segments.create_segment('reads s1', '{"entity":"customer","rules":[{"where":{"segment":"s1"}}]}');"#).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let url = cluster.url("postgres");
+    let workers: Vec<_> = (0..8u64)
+        .map(|client_no| {
+            let url = url.clone();
+            let conditions = conditions.clone();
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (client_no + 1) * 0x9E37_79B9;
+                let mut next = move |n: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % n
+                };
+                let (mut done, mut refused, mut unexpected) = (0u64, 0u64, Vec::new());
+                while Instant::now() < deadline {
+                    let ids: Vec<i64> = client
+                        .query("SELECT id FROM segments.segment WHERE name NOT LIKE 'reads%' ORDER BY id", &[])
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let pick = ids[next(ids.len() as u64) as usize];
+                    let c = next(conditions.len() as u64) as usize;
+                    let sql = match next(7) {
+                        0 | 1 => format!("SELECT * FROM segments.refresh(ARRAY[{pick}, {}]::bigint[])", ids[next(ids.len() as u64) as usize]),
+                        2 => format!(
+                            "UPDATE segments.segment SET definition = '{{\"entity\":\"customer\",\"rules\":[{{\"where\":{}}}]}}', description = '{}' WHERE id = {pick}",
+                            conditions[c].0,
+                            conditions[c].1.replace('\'', "''")
+                        ),
+                        3 => format!("SELECT segments.deactivate(ARRAY[{pick}::bigint])"),
+                        4 => format!("SELECT segments.activate(ARRAY[{pick}::bigint])"),
+                        5 => format!(
+                            "SELECT segments.delete(ARRAY[{pick}::bigint]); \
+                             SELECT segments.create_segment('n{client_no}-{done}', '{{\"entity\":\"customer\",\"rules\":[{{\"where\":{}}}]}}', description => '{}')",
+                            conditions[c].0,
+                            conditions[c].1.replace('\'', "''")
+                        ),
+                        _ => "SELECT * FROM segments.run_due()".to_string(),
+                    };
+                    match client.batch_execute(&sql) {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            let code = e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default();
+                            if code == "2BP01" || code == "42704" {
+                                refused += 1;
+                            } else {
+                                unexpected.push(format!("{code} {e} ({sql})"));
+                            }
+                        }
+                    }
+                }
+                (done, refused, unexpected)
+            })
+        })
+        .collect();
+    let (mut done, mut refused, mut unexpected) = (0, 0, Vec::new());
+    for worker in workers {
+        let (d, r, u) = worker.join().unwrap();
+        done += d;
+        refused += r;
+        unexpected.extend(u);
+    }
+    assert!(unexpected.is_empty(), "{} unexpected errors, e.g. {:?}", unexpected.len(), &unexpected[..unexpected.len().min(5)]);
+    // Final memberships equal hand-written SQL.
+    admin.batch_execute("SELECT segments.activate(array_agg(id)) FROM segments.segment; SELECT * FROM segments.refresh();").unwrap();
+    let rows = admin.query("SELECT id, description FROM segments.segment WHERE description IS NOT NULL ORDER BY id", &[]).unwrap();
+    for row in &rows {
+        let (id, oracle): (i64, String) = (row.get(0), row.get(1));
+        let want: i64 = admin.query_one(&format!("SELECT count(*) FROM customers WHERE {oracle}"), &[]).unwrap().get(0);
+        let exact: bool = admin
+            .query_one(
+                &format!("SELECT (SELECT array_agg(id ORDER BY id) FROM customers WHERE {oracle}) IS NOT DISTINCT FROM \
+                          (SELECT array_agg(id ORDER BY id) FROM segments.customer_members WHERE segment_id = $1)"),
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        assert!(exact, "segment {id} ({oracle}, {want} rows) differs from the hand-written query");
+    }
+    let deadlocks = cluster.server_log().matches("deadlock detected").count();
+    assert_eq!(deadlocks, 0, "deadlocks in the server log");
+    println!("concurrency: 8 clients, {seconds} s, {done} statements, {refused} documented refusals, 0 unexpected errors, 0 deadlocks, {} memberships checked", rows.len());
+}
