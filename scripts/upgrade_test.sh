@@ -46,8 +46,9 @@ cp "$libdir/segments.so" "$extdir/segments.control" "$extdir"/segments--*.sql "$
 
 echo "-- the current library exports every C symbol the $OLD script names"
 missing=""
+nm -D --defined-only "$work/new/segments.so" > "$work/new-symbols"
 for symbol in $(grep -oE "'MODULE_PATHNAME', '[A-Za-z_0-9]+'" sql/segments--$OLD.sql | sed "s/.*, '//; s/'$//" | sort -u); do
-  nm -D --defined-only "$work/new/segments.so" | grep -qw "$symbol" || missing="$missing $symbol"
+  grep -qw "$symbol" "$work/new-symbols" || missing="$missing $symbol"
 done
 [ -z "$missing" ] || fail "symbols of $OLD missing from the new library:$missing"
 
@@ -103,7 +104,7 @@ psql "$url dbname=fresh" -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION segments"
 # sections left empty by that filter are dropped before comparing.
 schema() {
   pg_dump "$url dbname=$1" --binary-upgrade --schema-only --extension=segments --schema=segments \
-    | grep -vE "binary_upgrade_set|relfrozenxid|^WHERE oid = '[0-9]+';$|pg_catalog.setval|^\\\\(un)?restrict " \
+    | grep -vE "binary_upgrade_set|^-- set missing value|relfrozenxid|^WHERE oid = '[0-9]+';$|pg_catalog.setval|^\\\\(un)?restrict " \
     | sed -E "s/'\\{[0-9,]+\\}'/'{oids}'/" \
     | python3 -c '
 import sys
@@ -113,7 +114,7 @@ print("\n--\n-- Name: ".join(sections[:1] + kept))'
 }
 schema postgres > "$work/schema-updated.sql"
 schema fresh > "$work/schema-fresh.sql"
-if ! diff -u "$work/schema-fresh.sql" "$work/schema-updated.sql" > "$work/schema.diff"; then
+if ! diff -u -B "$work/schema-fresh.sql" "$work/schema-updated.sql" > "$work/schema.diff"; then
   head -n 150 "$work/schema.diff"
   fail "the updated schema differs from a fresh install (diff above: - fresh, + updated)"
 fi

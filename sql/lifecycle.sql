@@ -57,11 +57,11 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
         IF (NEW.status, NEW.member_count, NEW.last_refreshed_at, NEW.last_error, NEW.rule_counts,
-            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id)
+            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id, NEW.consecutive_failures)
            IS DISTINCT FROM
            (OLD.status, OLD.member_count, OLD.last_refreshed_at, OLD.last_error, OLD.rule_counts,
-            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id) THEN
-            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at and updated_by are maintained by segments and cannot be set',
+            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id, OLD.consecutive_failures) THEN
+            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at, updated_by and consecutive_failures are maintained by segments and cannot be set',
                 OLD.name
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -80,6 +80,7 @@ BEGIN
         NEW.created_at := now();
         NEW.updated_at := now();
         NEW.updated_by := quote_ident(current_user)::regrole;
+        NEW.consecutive_failures := 0;
     END IF;
 
     IF NEW.type IS NULL OR NEW.type NOT IN ('static', 'dynamic') THEN
@@ -128,7 +129,7 @@ BEGIN
     IF TG_OP = 'INSERT' OR NEW.definition IS DISTINCT FROM OLD.definition THEN
         -- Refuses a bad definition (22023, 42703, 42P01) naming its JSON path,
         -- and stores segment references by id so that renames never break them.
-        NEW.definition := segments._check_definition(NEW.definition, NEW.id);
+        NEW.definition := segments._check_definition(NEW.definition::text, NEW.id);
         IF NEW.entity IS NOT NULL AND NEW.entity IS DISTINCT FROM NEW.definition ->> 'entity' THEN
             RAISE EXCEPTION 'segment "%": column entity is "%" but the definition is of entity "%"',
                 NEW.name, NEW.entity, NEW.definition ->> 'entity'

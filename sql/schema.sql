@@ -69,7 +69,10 @@ CREATE TABLE segments.segment (
     rule_counts       jsonb,
     -- Set when a segment is created or activated: the scheduler computes it
     -- on its next pass ("resume computation").
-    needs_refresh     boolean NOT NULL DEFAULT true
+    needs_refresh     boolean NOT NULL DEFAULT true,
+    -- Added in 0.2.0: failed refreshes in a row (0 after a success); the
+    -- worker retries a failing segment with backoff.
+    consecutive_failures integer NOT NULL DEFAULT 0
 );
 CREATE INDEX ON segments.segment (entity);
 
@@ -131,7 +134,12 @@ CREATE TABLE segments.export (
     segments   bigint[] NOT NULL,
     target     regclass NOT NULL,
     owner      regrole NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- Added in 0.2.0: the last rewrite, which fails alone (never undoing
+    -- the refresh that triggered it).
+    status     text NOT NULL DEFAULT 'not_written' CHECK (status IN ('not_written', 'succeeded', 'failed')),
+    last_error text,
+    last_written_at timestamptz
 );
 
 -- Scores of the members of segments made by find_similar().

@@ -6,14 +6,23 @@
 
 -- ---- prologue: what CREATE OR REPLACE cannot do -----------------------------
 
--- Functions whose arguments changed.
+-- Functions whose arguments or language changed.
 DROP FUNCTION segments._require_sequence(bigint);
+DROP FUNCTION segments._check_definition(jsonb, bigint);
+DROP FUNCTION segments.estimate(jsonb);
 
 -- Sequences belong to the role that created them; those made by 0.1.0
 -- go to the extension's owner (admins manage them).
 ALTER TABLE segments.sequence ADD COLUMN owner regrole;
 UPDATE segments.sequence
    SET owner = (SELECT n.nspowner::regrole FROM pg_catalog.pg_namespace n WHERE n.nspname = 'segments');
+
+-- Failure counts (worker backoff) and export outcomes.
+ALTER TABLE segments.segment ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0;
+ALTER TABLE segments.export
+    ADD COLUMN status text NOT NULL DEFAULT 'not_written' CHECK (status IN ('not_written', 'succeeded', 'failed')),
+    ADD COLUMN last_error text,
+    ADD COLUMN last_written_at timestamptz;
 
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
 CREATE OR REPLACE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
@@ -74,7 +83,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION segments."_check_definition"(
-	"definition" jsonb, /* JsonB */
+	"definition" TEXT, /* & str */
 	"segment_id" bigint /* Option < i64 > */
 ) RETURNS jsonb /* JsonB */
 
@@ -317,6 +326,19 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments."_estimate"(
+	"definition" TEXT /* & str */
+) RETURNS TABLE (
+	"path" TEXT,  /* String */
+	"name" TEXT,  /* Option < String > */
+	"combine" TEXT,  /* Option < String > */
+	"members" bigint,  /* Option < i64 > */
+	"cumulative" bigint  /* Option < i64 > */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_estimate_wrapper';
+
 CREATE OR REPLACE FUNCTION segments."_internal_write"() RETURNS bool /* bool */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
@@ -342,6 +364,12 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_has_role(current_user, owner::oid, 'MEMBER') OR segments._is_admin()
 $$;
+
+CREATE OR REPLACE FUNCTION segments._members_view_release() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_members_view_release_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._members_view_restore() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_members_view_restore_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."_missing_keys"(
 	"entity" TEXT, /* & str */
@@ -522,11 +550,11 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
         IF (NEW.status, NEW.member_count, NEW.last_refreshed_at, NEW.last_error, NEW.rule_counts,
-            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id)
+            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id, NEW.consecutive_failures)
            IS DISTINCT FROM
            (OLD.status, OLD.member_count, OLD.last_refreshed_at, OLD.last_error, OLD.rule_counts,
-            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id) THEN
-            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at and updated_by are maintained by segments and cannot be set',
+            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id, OLD.consecutive_failures) THEN
+            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at, updated_by and consecutive_failures are maintained by segments and cannot be set',
                 OLD.name
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -545,6 +573,7 @@ BEGIN
         NEW.created_at := now();
         NEW.updated_at := now();
         NEW.updated_by := quote_ident(current_user)::regrole;
+        NEW.consecutive_failures := 0;
     END IF;
 
     IF NEW.type IS NULL OR NEW.type NOT IN ('static', 'dynamic') THEN
@@ -593,7 +622,7 @@ BEGIN
     IF TG_OP = 'INSERT' OR NEW.definition IS DISTINCT FROM OLD.definition THEN
         -- Refuses a bad definition (22023, 42703, 42P01) naming its JSON path,
         -- and stores segment references by id so that renames never break them.
-        NEW.definition := segments._check_definition(NEW.definition, NEW.id);
+        NEW.definition := segments._check_definition(NEW.definition::text, NEW.id);
         IF NEW.entity IS NOT NULL AND NEW.entity IS DISTINCT FROM NEW.definition ->> 'entity' THEN
             RAISE EXCEPTION 'segment "%": column entity is "%" but the definition is of entity "%"',
                 NEW.name, NEW.entity, NEW.definition ->> 'entity'
@@ -903,18 +932,11 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM changed;
 $$;
 
-CREATE OR REPLACE FUNCTION segments."estimate"(
-	"definition" jsonb /* JsonB */
-) RETURNS TABLE (
-	"path" TEXT,  /* String */
-	"name" TEXT,  /* Option < String > */
-	"combine" TEXT,  /* Option < String > */
-	"members" bigint,  /* Option < i64 > */
-	"cumulative" bigint  /* Option < i64 > */
-)
-STRICT 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'estimate_wrapper';
+CREATE OR REPLACE FUNCTION segments.estimate(definition jsonb)
+RETURNS TABLE (path text, name text, combine text, members bigint, cumulative bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM segments._estimate(definition::text) $$;
 
 CREATE OR REPLACE FUNCTION segments."explain"(
 	"segment" bigint /* i64 */
@@ -1192,6 +1214,14 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'unregister_entity_wrapper';
 
+CREATE OR REPLACE FUNCTION segments."unregister_related"(
+	"entity" TEXT, /* & str */
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unregister_related_wrapper';
+
 CREATE OR REPLACE FUNCTION segments.untag(segments bigint[], tags text[]) RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1207,7 +1237,29 @@ $$;
 
 -- END GENERATED FUNCTIONS
 
--- ---- epilogue: privileges ----------------------------------------------------
+-- ---- epilogue: event triggers, views, privileges -----------------------------
+
+-- Members views follow their tables (see src/entity.rs).
+CREATE EVENT TRIGGER segments_members_view_release ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION segments._members_view_release();
+CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION segments._members_view_restore();
+
+-- segment_list gains consecutive_failures (at the end).
+CREATE OR REPLACE VIEW segments.segment_list AS
+SELECT s.id, s.name, s.description, s.entity, s.type, s.state, s.status, s.member_count,
+       s.last_refreshed_at, s.last_error, s.schedule, s.tags, s.never_expire, s.priority, s.owner,
+       s.created_at, s.updated_at,
+       to_timestamp(segments._next_refresh_epoch(
+           s.type, s.state, s.schedule, extract(epoch FROM s.last_refreshed_at)::float8,
+           extract(epoch FROM s.created_at)::float8, s.needs_refresh)) AS next_refresh_at,
+       (SELECT count(*) FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live) AS usage_count,
+       s.consecutive_failures
+  FROM segments.segment s;
+
+-- ---- privileges ----------------------------------------------------------------
 
 -- Only segments.segment is writable by DML; internal state is written by
 -- the extension's functions alone.
@@ -1239,7 +1291,7 @@ BEGIN
                                   '_check_schedule', '_check_definition', '_check_active_limit',
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
-                                  '_is_member', '_segments_of', '_run_due') LOOP
+                                  '_is_member', '_segments_of', '_run_due', '_estimate') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END

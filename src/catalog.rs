@@ -58,6 +58,10 @@ pub struct Column {
     /// `format_type` of the column, e.g. `numeric(10,2)`: safe to splice.
     pub type_sql: String,
     pub kind: ColumnKind,
+    /// The type without its modifier (`numeric`, `character varying`):
+    /// literals take this type, so a value is never cut or rounded to the
+    /// column's declared size before it is compared.
+    pub base_type_sql: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +69,9 @@ pub struct Table {
     /// The schema-qualified, quoted name of the relation.
     pub relation_sql: String,
     pub columns: Vec<Column>,
+    /// The registered relation no longer exists (dropped): every use of it
+    /// fails, naming it, and nothing else does.
+    pub dropped: bool,
 }
 
 impl Table {
@@ -174,7 +181,8 @@ pub mod fixture {
     }
 
     fn column(name: &str, type_sql: &str, kind: ColumnKind) -> Column {
-        Column { name: name.into(), type_sql: type_sql.into(), kind }
+        let base = type_sql.split('(').next().unwrap_or(type_sql).to_string();
+        Column { name: name.into(), type_sql: type_sql.into(), kind, base_type_sql: base }
     }
 
     /// customers(id, country, age, ...) with orders(customer_id, amount, ...).
@@ -182,6 +190,7 @@ pub mod fixture {
         let customer = Entity {
             name: "customer".into(),
             table: Table {
+                dropped: false,
                 relation_sql: "\"public\".\"customers\"".into(),
                 columns: vec![
                     column("id", "bigint", ColumnKind::Numeric),
@@ -199,6 +208,7 @@ pub mod fixture {
             related: vec![Related {
                 name: "orders".into(),
                 table: Table {
+                    dropped: false,
                     relation_sql: "\"public\".\"orders\"".into(),
                     columns: vec![
                         column("customer_id", "bigint", ColumnKind::Numeric),
@@ -238,7 +248,8 @@ const TABLE_COLUMNS_SQL: &str = "
     SELECT a.attname::text,
            format_type(a.atttypid, a.atttypmod),
            coalesce(nullif(t.typbasetype, 0), t.oid)::oid,
-           bt.typcategory::text
+           bt.typcategory::text,
+           format_type(a.atttypid, NULL)
       FROM pg_catalog.pg_attribute a
       JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
       JOIN pg_catalog.pg_type bt ON bt.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
@@ -246,30 +257,32 @@ const TABLE_COLUMNS_SQL: &str = "
      ORDER BY a.attnum";
 
 impl SpiCatalog {
-    /// The columns of a relation and its qualified name.
+    /// The columns of a relation and its qualified name; a relation that
+    /// no longer exists is a `dropped` table named by its old OID.
     pub fn table(relation: pgrx::pg_sys::Oid) -> Table {
         use pgrx::spi::Spi;
-        Spi::connect(|client| {
-            let relation_sql: String = spi(client
-                .select(
-                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-                    None,
-                    &[relation.into()],
-                )
-                .and_then(|t| t.first().get_one()))
-            .unwrap_or_else(|| pgrx::error!("segments: relation {relation:?} does not exist"));
-            let columns = spi(client.select(TABLE_COLUMNS_SQL, None, &[relation.into()]))
+        let relation_sql = optional_value::<String>(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[relation.into()],
+        );
+        let Some(relation_sql) = relation_sql else {
+            return Table { relation_sql: format!("relation {}", relation.to_u32()), columns: Vec::new(), dropped: true };
+        };
+        let columns = Spi::connect(|client| {
+            spi(client.select(TABLE_COLUMNS_SQL, None, &[relation.into()]))
                 .map(|row| {
                     let name: String = spi(row.get(1)).unwrap_or_default();
                     let type_sql: String = spi(row.get(2)).unwrap_or_default();
                     let base: pgrx::pg_sys::Oid = spi(row.get(3)).unwrap_or(pgrx::pg_sys::InvalidOid);
                     let category: String = spi(row.get(4)).unwrap_or_default();
-                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category) }
+                    let base_type_sql: String = spi(row.get(5)).unwrap_or_default();
+                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category), base_type_sql }
                 })
-                .collect();
-            Table { relation_sql, columns }
-        })
+                .collect()
+        });
+        Table { relation_sql, columns, dropped: false }
     }
 }
 

@@ -119,6 +119,13 @@ impl<'a> Planner<'a> {
             SegmentsError::UndefinedTable(format!("{path}: entity \"{entity}\" is not registered"))
                 .with_hint(did_you_mean(entity, names.iter().map(String::as_str)))
         })?;
+        if entity.table.dropped {
+            return Err(SegmentsError::UndefinedTable(format!(
+                "{path}: the table of entity \"{}\" ({}) no longer exists",
+                entity.name, entity.table.relation_sql
+            ))
+            .with_hint(Some(format!("Unregister it with segments.unregister_entity('{}').", entity.name))));
+        }
         let mut planner = Planner {
             catalog,
             entity,
@@ -318,6 +325,16 @@ impl<'a> Planner<'a> {
 
     fn related_leaf(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Leaf, bool), Reported> {
         let what = format!("related table \"{}\"", related.name);
+        if related.table.dropped {
+            return Err(SegmentsError::UndefinedTable(format!(
+                "{path}.related: the table of related table \"{}\" of entity \"{}\" ({}) no longer exists",
+                related.name, self.entity.name, related.table.relation_sql
+            ))
+            .with_hint(Some(format!(
+                "Unregister it with segments.unregister_related('{}', '{}').",
+                self.entity.name, related.name
+            ))));
+        }
         let mut filters = Vec::new();
         if let Some(filter) = &test.filter {
             filters.push(related_condition(filter, &related.table, &what, &self.reference_time)?);
@@ -534,13 +551,29 @@ fn related_condition(condition: &Condition, table: &Table, what: &str, reference
 /// integer column, which is numeric (so `4.5` works on an age).
 fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsError> {
     let text = literal_text(path, column, value)?;
-    let integer_column = matches!(column.type_sql.as_str(), "smallint" | "integer" | "bigint");
-    let type_sql = if column.kind == ColumnKind::Numeric && integer_column && text.parse::<i64>().is_err() {
-        "numeric"
-    } else {
-        column.type_sql.as_str()
+    Ok(format!("{}::{}", literal(&text), literal_type(column, &text)))
+}
+
+/// The type a literal for `column` takes: the column's type without its
+/// modifier, so that `varchar(5) eq "abcdefgh"` or `numeric(5,2) gt 4.555`
+/// compare the value as written, never cut or rounded; and numeric where
+/// an integer literal is a fraction or out of the column type's range, so
+/// that `int lt 3000000000` is a comparison, never a failed refresh.
+fn literal_type<'c>(column: &'c Column, text: &str) -> &'c str {
+    let fits = match column.base_type_sql.as_str() {
+        "smallint" => Some(text.parse::<i16>().is_ok()),
+        "integer" => Some(text.parse::<i32>().is_ok()),
+        "bigint" => Some(text.parse::<i64>().is_ok()),
+        _ => None,
     };
-    Ok(format!("{}::{type_sql}", literal(&text)))
+    match (fits, column.base_type_sql.as_str()) {
+        (Some(false), _) => "pg_catalog.numeric",
+        // Without a length these would mean char(1) and cut the value.
+        (_, "character") => "pg_catalog.bpchar",
+        (_, "character varying") => "pg_catalog.varchar",
+        (_, "bit") => "pg_catalog.varbit",
+        (_, base) => base,
+    }
 }
 
 /// `low <= column <= high` with both operators named by schema. (Every
@@ -830,7 +863,7 @@ mod tests {
             (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" OPERATOR(pg_catalog.=) 'DE'::text"#),
             (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"pg_catalog.lower(e."country") OPERATOR(pg_catalog.<>) pg_catalog.lower('DE'::text)"#),
             (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"(e."age" OPERATOR(pg_catalog.>=) '18'::integer AND e."age" OPERATOR(pg_catalog.<=) '30'::integer)"#),
-            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" OPERATOR(pg_catalog.>) '17.5'::numeric"#),
+            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" OPERATOR(pg_catalog.>) '17.5'::pg_catalog.numeric"#),
             (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" OPERATOR(pg_catalog.=) ANY (ARRAY['DE'::text, 'FR'::text])"#),
             (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" OPERATOR(pg_catalog.<>) ALL (ARRAY['DE'::text])"#),
             (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"pg_catalog.strpos(e."country", 'E'::text) OPERATOR(pg_catalog.>) 0"#),
@@ -988,6 +1021,23 @@ mod tests {
                 "\"public\".\"orders\".status",
             ]
         );
+    }
+
+    #[test]
+    fn literals_are_never_cut_or_rounded_to_the_column_size() {
+        let column = |type_sql: &str, base: &str| Column {
+            name: "c".into(),
+            type_sql: type_sql.into(),
+            kind: if base == "character varying" || base == "character" { ColumnKind::Text } else { ColumnKind::Numeric },
+            base_type_sql: base.into(),
+        };
+        assert_eq!(literal_type(&column("character varying(5)", "character varying"), "abcdefgh"), "pg_catalog.varchar");
+        assert_eq!(literal_type(&column("character(3)", "character"), "abcz"), "pg_catalog.bpchar");
+        assert_eq!(literal_type(&column("numeric(5,2)", "numeric"), "4.555"), "numeric");
+        assert_eq!(literal_type(&column("integer", "integer"), "3000000000"), "pg_catalog.numeric");
+        assert_eq!(literal_type(&column("integer", "integer"), "30"), "integer");
+        assert_eq!(literal_type(&column("smallint", "smallint"), "40000"), "pg_catalog.numeric");
+        assert_eq!(literal_type(&column("bigint", "bigint"), "1.5"), "pg_catalog.numeric");
     }
 
     #[test]

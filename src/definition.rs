@@ -184,7 +184,16 @@ impl RelativeDuration {
             "year" | "years" => DurationUnit::Years,
             _ => return None,
         };
-        if words.next().is_some() || !(0..=100_000).contains(&amount) {
+        // At most 1000 years, so that the window's edge is always a valid
+        // timestamp, whatever the reference time.
+        let hours_per_unit: i64 = match unit {
+            DurationUnit::Hours => 1,
+            DurationUnit::Days => 24,
+            DurationUnit::Weeks => 24 * 7,
+            DurationUnit::Months => 24 * 31,
+            DurationUnit::Years => 24 * 366,
+        };
+        if words.next().is_some() || amount < 0 || amount.saturating_mul(hours_per_unit) > 1000 * 24 * 366 {
             return None;
         }
         Some(RelativeDuration { amount, unit })
@@ -594,9 +603,9 @@ pub fn parse_operand(path: &str, op: Op, value: Option<&Value>) -> Result<Operan
         OperandShape::Duration => match value {
             Some(Value::String(text)) => Operand::Duration(
                 RelativeDuration::parse(text)
-                    .ok_or_else(|| needs("a duration such as \"30 days\" (hours, days, weeks, months, years)"))?,
+                    .ok_or_else(|| needs("a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)"))?,
             ),
-            _ => return Err(needs("a duration such as \"30 days\" (hours, days, weeks, months, years)")),
+            _ => return Err(needs("a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)")),
         },
     })
 }
@@ -610,7 +619,7 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
     let within = match object.get("within") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(RelativeDuration::parse(text).ok_or_else(|| {
-            invalid(&format!("{path}.within"), "must be a duration such as \"30 days\" (hours, days, weeks, months, years)")
+            invalid(&format!("{path}.within"), "must be a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)")
         })?),
         Some(other) => {
             return Err(invalid(&format!("{path}.within"), format!("must be a duration string, not {}", json_type(other))))
@@ -651,9 +660,107 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
     Ok(RelatedTest { related, filter, within, measure })
 }
 
+/// How deep a definition may nest (objects and arrays).
+pub const MAX_NESTING: usize = 100;
+
+/// Parses a definition's JSON text, refusing (22023, naming the JSON path)
+/// one nested deeper than `MAX_NESTING` before a recursive parser sees it.
+pub fn parse_json_text(text: &str) -> Result<Value, SegmentsError> {
+    if let Some(path) = too_deep(text, MAX_NESTING) {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "{path}: the definition nests deeper than {MAX_NESTING} levels"
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| SegmentsError::InvalidParameter(format!("definition: not valid JSON: {e}")))
+}
+
+/// The JSON path (as `rules[0].where.not`) where `text` first nests deeper
+/// than `max`, scanning without recursion.
+fn too_deep(text: &str, max: usize) -> Option<String> {
+    // Each open container: its path segment so far, and for arrays the index.
+    enum Frame {
+        Object(Option<String>),
+        Array(usize),
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut last_string: Option<String> = None;
+    let path = |stack: &[Frame]| {
+        let mut out = String::new();
+        for frame in stack {
+            match frame {
+                Frame::Object(Some(key)) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(key);
+                }
+                Frame::Object(None) => {}
+                Frame::Array(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        if out.is_empty() { "definition".to_string() } else { out }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut s = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(escaped) = chars.next() {
+                                s.push(escaped);
+                            }
+                        }
+                        '"' => break,
+                        c => s.push(c),
+                    }
+                }
+                last_string = Some(s);
+            }
+            ':' => {
+                if let Some(Frame::Object(key)) = stack.last_mut() {
+                    *key = last_string.take();
+                }
+            }
+            ',' => {
+                if let Some(Frame::Array(i)) = stack.last_mut() {
+                    *i += 1;
+                }
+            }
+            '{' | '[' => {
+                if stack.len() >= max {
+                    return Some(path(&stack));
+                }
+                stack.push(if c == '{' { Frame::Object(None) } else { Frame::Array(0) });
+            }
+            '}' | ']' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_with_its_path() {
+        let mut deep = String::from("{\"attribute\":\"age\",\"op\":\"is_null\"}");
+        for _ in 0..150 {
+            deep = format!("{{\"not\":{deep}}}");
+        }
+        let text = format!("{{\"entity\":\"customer\",\"rules\":[{{\"where\":{deep}}}]}}");
+        let error = parse_json_text(&text).unwrap_err().to_string();
+        assert!(error.starts_with("rules[0].where.not.not."), "{error}");
+        assert!(error.ends_with("nests deeper than 100 levels"), "{error}");
+        let shallow = "{\"entity\":\"c\",\"rules\":[{\"where\":{\"all\":[{\"a\":1},{\"b\":[1,2]}]}}]}";
+        assert!(parse_json_text(shallow).is_ok());
+        assert_eq!(too_deep("[[1],[[2]]]", 2), Some("[1][0]".into()));
+    }
     use serde_json::json;
 
     fn parse(v: Value) -> Result<Definition, SegmentsError> {

@@ -255,3 +255,195 @@ fn _can_read_entity(entity: &str) -> bool {
     READABLE.with(|c| *c.borrow_mut() = Some((entity.to_string(), role, transaction, ok)));
     ok
 }
+
+fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
+    let exists = crate::catalog::optional_value::<bool>(
+        "SELECT true FROM segments.related WHERE entity OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
+        &[entity.into(), name.into()],
+    );
+    if exists.is_none() {
+        return Err(SegmentsError::UndefinedTable(format!(
+            "related table \"{name}\" is not registered for entity \"{entity}\""
+        ))
+        .into());
+    }
+    let users = spi(Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', name, id), ', ' ORDER BY name) FROM segments.segment \
+          WHERE entity OPERATOR(pg_catalog.=) $1 \
+            AND pg_catalog.jsonb_path_exists(definition, '$.** ? (@.related == $name)', pg_catalog.jsonb_build_object('name', $2::text))",
+        &[entity.into(), name.into()],
+    ));
+    if let Some(users) = users {
+        return Err(SegmentsError::DependentObjects(format!(
+            "related table \"{name}\" of entity \"{entity}\" is used by segments: {users}"
+        ))
+        .with_hint(Some("Change or delete those segments first.".into())));
+    }
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.related WHERE entity OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
+        &[entity.into(), name.into()],
+    ));
+    Ok(())
+}
+
+/// Removes a related table's registration (also when its table was
+/// dropped); refused while segments read it.
+#[pg_extern(schema = "segments")]
+fn unregister_related(entity: &str, name: &str) {
+    crate::txn::require_admin("unregister related tables");
+    crate::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name))).or_raise()
+}
+
+// ---- members views that follow their tables --------------------------------
+
+thread_local! {
+    /// Grants of members views dropped at ddl_command_start, by entity, to
+    /// put back when the view is made again at ddl_command_end.
+    static SAVED_GRANTS: std::cell::RefCell<std::collections::HashMap<String, Vec<(pg_sys::Oid, String, bool)>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The relation an ALTER TABLE or a column rename is about, if any.
+///
+/// # Safety
+/// `fcinfo` must be the call info of an event trigger function.
+unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::Oid> {
+    // SAFETY: Postgres passes EventTriggerData as the context of event
+    // trigger functions; the node tags are checked before each cast.
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
+            return None;
+        }
+        let tree = (*(context as *mut pg_sys::EventTriggerData)).parsetree;
+        if tree.is_null() {
+            return None;
+        }
+        let relation = match (*tree).type_ {
+            pg_sys::NodeTag::T_AlterTableStmt => (*(tree as *mut pg_sys::AlterTableStmt)).relation,
+            pg_sys::NodeTag::T_RenameStmt => {
+                let rename = tree as *mut pg_sys::RenameStmt;
+                if (*rename).renameType != pg_sys::ObjectType::OBJECT_COLUMN {
+                    return None;
+                }
+                (*rename).relation
+            }
+            _ => return None,
+        };
+        if relation.is_null() {
+            return None;
+        }
+        let oid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
+}
+
+/// ddl_command_start: before an ALTER TABLE (or a column rename) of a
+/// registered entity table, its members view is dropped, grants saved, so
+/// that DROP COLUMN and ALTER COLUMN TYPE just work; ddl_command_end makes
+/// it again from the table's new columns, in the same transaction.
+#[pg_extern(schema = "segments", sql = false)]
+fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
+    // SAFETY: called only as the event trigger function declared below.
+    let Some(relation) = (unsafe { altered_relation(fcinfo) }) else { return };
+    crate::txn::privileged(AssertUnwindSafe(|| {
+        let entities: Vec<String> = Spi::connect(|client| {
+            spi(client.select(
+                "SELECT name FROM segments.entity WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+                None,
+                &[relation.into()],
+            ))
+            .filter_map(|row| spi(row.get::<String>(1)))
+            .collect()
+        });
+        for entity in entities {
+            let view = format!("segments.{}", ident(&members_view_name(&entity)));
+            let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
+                spi(client.select(
+                    "SELECT a.grantee, a.privilege_type, a.is_grantable \
+                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+                        AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+                    None,
+                    &[view.clone().into()],
+                ))
+                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+                .collect()
+            });
+            SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.clone(), grants));
+            spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
+        }
+    }));
+}
+
+/// ddl_command_end: every registered entity whose table exists and whose
+/// members view is missing gets it back, with the grants it had.
+#[pg_extern(schema = "segments", sql = false)]
+fn _members_view_restore(_fcinfo: pg_sys::FunctionCallInfo) {
+    crate::txn::privileged(AssertUnwindSafe(restore_members_views));
+}
+
+pub fn restore_members_views() {
+    let missing: Vec<String> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT e.name FROM segments.entity e \
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid) \
+                AND pg_catalog.to_regclass('segments.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(e.name OPERATOR(pg_catalog.||) '_members')) IS NULL",
+            None,
+            &[],
+        ))
+        .filter_map(|row| spi(row.get::<String>(1)))
+        .collect()
+    });
+    for entity in missing {
+        let Some(found) = SpiCatalog.entity(&entity) else { continue };
+        let (type_oid, key_type_sql) = key_type_oid_of(&entity);
+        let _ = type_oid;
+        spi(Spi::run(&members_view_sql(&entity, &found.table, &found.key_column, found.key_kind, &key_type_sql)));
+        let view = format!("segments.{}", ident(&members_view_name(&entity)));
+        let grants = SAVED_GRANTS.with(|saved| saved.borrow_mut().remove(&entity));
+        match grants {
+            Some(grants) => {
+                for (grantee, privilege, grantable) in grants {
+                    let to = if grantee == pg_sys::InvalidOid {
+                        "PUBLIC".to_string()
+                    } else {
+                        crate::catalog::optional_value::<String>("SELECT $1::pg_catalog.regrole::pg_catalog.text", &[grantee.into()])
+                            .unwrap_or_else(|| "PUBLIC".into())
+                    };
+                    let option = if grantable { " WITH GRANT OPTION" } else { "" };
+                    spi(Spi::run(&format!("GRANT {privilege} ON {view} TO {to}{option}")));
+                }
+            }
+            None => spi(Spi::run(&format!("GRANT SELECT ON {view} TO segments_reader, segments_editor, segments_admin"))),
+        }
+    }
+}
+
+fn key_type_oid_of(entity: &str) -> (pg_sys::Oid, String) {
+    let row = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT key_type::pg_catalog.oid, pg_catalog.format_type(key_type, NULL) FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    );
+    let (oid, type_sql) = spi(row);
+    (oid.unwrap_or(pg_sys::InvalidOid), type_sql.unwrap_or_else(|| "text".into()))
+}
+
+pgrx::extension_sql!(
+    r#"
+-- Members views follow their tables: released before an ALTER TABLE of a
+-- registered table, made again from its new columns when it ends.
+CREATE FUNCTION segments._members_view_release() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_members_view_release_wrapper';
+CREATE FUNCTION segments._members_view_restore() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_members_view_restore_wrapper';
+CREATE EVENT TRIGGER segments_members_view_release ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION segments._members_view_release();
+CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION segments._members_view_restore();
+"#,
+    name = "members_view_events",
+    requires = ["schema"]
+);

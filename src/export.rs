@@ -9,11 +9,16 @@ use crate::catalog::spi;
 use crate::error::SegmentsError;
 use crate::txn::{as_role, call_internal, current_role, require_editor, run_internal};
 
-/// Rewrites one export's target table from its segments' memberships.
+/// Rewrites one export's target table from its segments' memberships, as
+/// the export's owner. The export row is locked first, so that two
+/// refreshes feeding one export rewrite it one after the other, never
+/// interleaved (which would duplicate rows). Columns are matched by name:
+/// a table the owner changed, or a members view that gained columns,
+/// still gets the columns both have.
 pub fn rewrite(export: i64) {
-    let row = Spi::connect(|client| {
-        let table = spi(client.select(
-            "SELECT target::text, owner::oid, segments, entity FROM segments.export WHERE id = $1",
+    let row = Spi::connect_mut(|client| {
+        let table = spi(client.update(
+            "SELECT target::oid, owner::oid, segments, entity FROM segments.export WHERE id = $1 FOR UPDATE",
             Some(1),
             &[export.into()],
         ));
@@ -22,21 +27,66 @@ pub fn rewrite(export: i64) {
         }
         let row = table.first();
         Some((
-            spi(row.get::<String>(1)).unwrap(),
+            spi(row.get::<pg_sys::Oid>(1)).unwrap(),
             spi(row.get::<pg_sys::Oid>(2)).unwrap(),
             spi(row.get::<Vec<i64>>(3)).unwrap(),
             spi(row.get::<String>(4)).unwrap(),
         ))
     });
     let Some((target, owner, segments, entity)) = row else { return };
+    let target_sql = crate::catalog::optional_value::<String>(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[target.into()],
+    )
+    .unwrap_or_else(|| {
+        SegmentsError::UndefinedTable(format!("the target table of export {export} (relation {}) no longer exists", target.to_u32()))
+            .raise()
+    });
     let view = crate::sql::ident(&crate::entity::members_view_name(&entity));
+    let columns = spi(Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.attname), ', ' ORDER BY t.attnum) \
+           FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_attribute v ON v.attname OPERATOR(pg_catalog.=) t.attname \
+          WHERE t.attrelid OPERATOR(pg_catalog.=) $1 AND t.attnum OPERATOR(pg_catalog.>) 0 AND NOT t.attisdropped \
+            AND v.attrelid OPERATOR(pg_catalog.=) ('segments.' OPERATOR(pg_catalog.||) $2)::pg_catalog.regclass \
+            AND v.attnum OPERATOR(pg_catalog.>) 0 AND NOT v.attisdropped",
+        &[target.into(), view.clone().into()],
+    ))
+    .unwrap_or_else(|| SegmentsError::InvalidState(format!("export target {target_sql} has no column of the members view")).raise());
     as_role(owner, move || {
-        spi(Spi::run(&format!("DELETE FROM {target}")));
+        spi(Spi::run(&format!("DELETE FROM {target_sql}")));
         spi(Spi::run_with_args(
-            &format!("INSERT INTO {target} SELECT * FROM segments.{view} WHERE segment_id = ANY ($1)"),
+            &format!(
+                "INSERT INTO {target_sql} ({columns}) SELECT {columns} FROM segments.{view} \
+                 WHERE segment_id OPERATOR(pg_catalog.=) ANY ($1)"
+            ),
             &[segments.into()],
         ));
     });
+}
+
+/// Rewrites an export in a subtransaction and records the outcome on the
+/// export (`status`, `last_error`, `last_written_at`): a failing export
+/// fails alone.
+pub fn rewrite_recorded(export: i64) {
+    if crate::txn::legacy_schema() {
+        rewrite(export);
+        return;
+    }
+    let result = crate::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
+    let (status, error) = match &result {
+        Ok(()) => ("succeeded", None),
+        Err(message) => ("failed", Some(message.clone())),
+    };
+    if let Some(message) = &error {
+        warning!("segments: export {export} failed: {message}");
+    }
+    spi(Spi::run_with_args(
+        "UPDATE segments.export SET status = $2, last_error = $3, \
+                last_written_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'succeeded' THEN pg_catalog.now() ELSE last_written_at END \
+          WHERE id OPERATOR(pg_catalog.=) $1",
+        &[export.into(), status.into(), error.into()],
+    ));
 }
 
 /// The exports that contain any of the given segments.
@@ -59,6 +109,13 @@ pub fn exports_of(segments: &[i64]) -> Vec<i64> {
 #[pg_extern(schema = "segments")]
 fn _rewrite_export(export: i64) {
     rewrite(export);
+    if crate::txn::legacy_schema() {
+        return;
+    }
+    spi(Spi::run_with_args(
+        "UPDATE segments.export SET status = 'succeeded', last_error = NULL, last_written_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+        &[export.into()],
+    ));
 }
 
 /// The target named as the caller would name it in CREATE TABLE: an

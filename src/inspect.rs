@@ -89,8 +89,23 @@ pub fn estimate_counts(definition: &serde_json::Value) -> Result<Vec<RuleCount>,
 }
 
 /// Counts what an unsaved definition would select, rule by rule, with the
-/// caller's privileges. Nothing is saved.
+/// caller's privileges. Nothing is saved. (`segments.estimate(jsonb)`
+/// passes the definition as text, see `_check_definition`.)
 #[pg_extern(schema = "segments")]
+fn _estimate(definition: &str) -> TableIterator<'static, (
+        name!(path, String),
+        name!(name, Option<String>),
+        name!(combine, Option<String>),
+        name!(members, Option<i64>),
+        name!(cumulative, Option<i64>),
+    )> {
+    let definition = crate::definition::parse_json_text(definition).or_raise();
+    rows(crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
+}
+
+/// 0.1.0's `estimate(jsonb)` entry point: its symbol stays so that a 0.1.0
+/// schema keeps working with this library until ALTER EXTENSION UPDATE.
+#[pg_extern(schema = "segments", sql = false)]
 fn estimate(definition: JsonB) -> TableIterator<'static, (
         name!(path, String),
         name!(name, Option<String>),
@@ -101,6 +116,19 @@ fn estimate(definition: JsonB) -> TableIterator<'static, (
     let definition = definition.0;
     rows(crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
 }
+
+pgrx::extension_sql!(
+    r#"
+-- "Simulate": counts what an unsaved definition would select, rule by rule.
+CREATE FUNCTION segments.estimate(definition jsonb)
+RETURNS TABLE (path text, name text, combine text, members bigint, cumulative bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM segments._estimate(definition::text) $$;
+"#,
+    name = "estimate",
+    requires = [_estimate]
+);
 
 /// The SQL a segment's refresh runs, one statement per leaf query.
 #[pg_extern(schema = "segments", stable)]

@@ -96,6 +96,7 @@ pub extern "C-unwind" fn _PG_init() {
         settings::register_preload();
         worker::register();
     }
+    settings::reserve_prefix();
 }
 
 /// Required by `cargo pgrx test`.

@@ -244,9 +244,10 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, 
         &[id.into(), serialize(members).into(), count.into()],
     ));
     let counts = serde_json::to_value(counts).expect("rule counts serialize");
+    let failures = if crate::txn::legacy_schema() { "" } else { ", consecutive_failures = 0" };
     spi(Spi::run_with_args(
-        "UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
-         last_error = NULL, rule_counts = $3, needs_refresh = false WHERE id = $1",
+        &format!("UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
+         last_error = NULL, rule_counts = $3, needs_refresh = false{failures} WHERE id = $1"),
         &[id.into(), count.into(), JsonB(counts).into()],
     ));
     (entered, exited, first)
@@ -278,9 +279,14 @@ fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members
 }
 
 fn store_status(id: i64, status: &str, error: Option<&str>) {
+    let failures = if crate::txn::legacy_schema() {
+        ""
+    } else {
+        ", consecutive_failures = consecutive_failures + CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END"
+    };
     spi(Spi::run_with_args(
-        "UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
-         needs_refresh = needs_refresh AND $2 <> 'failed' WHERE id = $1",
+        &format!("UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
+         needs_refresh = needs_refresh AND $2 <> 'failed'{failures} WHERE id = $1"),
         &[id.into(), status.into(), error.into()],
     ));
 }
@@ -378,10 +384,14 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
         };
         outcomes.push(outcome);
     }
-    crate::sequence::assign(&entered_by_segment, &fresh);
+    // Sequences and exports come after the memberships and fail alone:
+    // their failure never undoes a refresh.
+    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| crate::sequence::assign(&entered_by_segment, &fresh))) {
+        warning!("segments: connecting entered records to sequences failed: {message}");
+    }
     let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == "succeeded").map(|o| o.segment_id).collect();
     for export in crate::export::exports_of(&changed) {
-        crate::export::rewrite(export);
+        crate::export::rewrite_recorded(export);
     }
     outcomes.sort_by_key(|o| o.segment_id);
     Ok(outcomes)

@@ -1,5 +1,6 @@
 //! Refresh schedules: `system`, `daily`, `weekly`, `monthly`, `manual`, or
-//! a five-field cron expression. Times are UTC, as in pg_cron.
+//! a five-field cron expression, read in `segments.timezone` (default: the
+//! server's TimeZone), as pg_cron reads `cron.timezone`.
 
 use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds};
@@ -55,14 +56,23 @@ impl Schedule {
 
     /// The first time strictly after `after` at which the schedule fires;
     /// `system` follows `system_cron`. None for manual schedules.
-    pub fn next_after(&self, after: DateTime<Utc>, system_cron: &Cron) -> Option<DateTime<Utc>> {
+    pub fn next_after(&self, after: DateTime<Utc>, system_cron: &Cron, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
         let cron = match self {
             Schedule::Manual => return None,
             Schedule::System => system_cron,
             Schedule::Cron(cron) => cron,
         };
-        cron.find_next_occurrence(&after, false).ok()
+        next_in_zone(cron, after, zone)
     }
+}
+
+/// The first time strictly after `after` at which `cron`, read as wall-clock
+/// time in `zone`, fires.
+pub fn next_in_zone(cron: &Cron, after: DateTime<Utc>, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&after.with_timezone(zone), false).ok().map(|t| t.with_timezone(&Utc))
+}
+
+impl Schedule {
 }
 
 /// Checks a schedule for a segment of the given type.
@@ -80,6 +90,18 @@ pub fn check(text: Option<&str>, dynamic: bool) -> Result<(), SegmentsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cron_schedules_follow_the_time_zone() {
+        let cron = parse_cron("0 2 * * *").unwrap();
+        let after: DateTime<Utc> = "2026-11-01T00:00:00Z".parse().unwrap();
+        let utc = next_in_zone(&cron, after, &chrono_tz::UTC).unwrap();
+        assert_eq!(utc.to_rfc3339(), "2026-11-01T02:00:00+00:00");
+        let berlin = next_in_zone(&cron, after, &chrono_tz::Europe::Berlin).unwrap();
+        assert_eq!(berlin.to_rfc3339(), "2026-11-01T01:00:00+00:00"); // 02:00 CET
+        let kiritimati = next_in_zone(&cron, after, &chrono_tz::Pacific::Kiritimati).unwrap();
+        assert_eq!(kiritimati.to_rfc3339(), "2026-11-01T12:00:00+00:00"); // 02:00 on Nov 2 at +14
+    }
     use chrono::TimeZone;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
@@ -90,7 +112,7 @@ mod tests {
     fn named_schedules_and_cron() {
         let system = parse_cron("0 2 * * *").unwrap();
         let from = at(2026, 11, 22, 10, 30);
-        let next = |text: &str| Schedule::parse(Some(text), true).unwrap().next_after(from, &system);
+        let next = |text: &str| Schedule::parse(Some(text), true).unwrap().next_after(from, &system, &chrono_tz::UTC);
         assert_eq!(next("system"), Some(at(2026, 11, 23, 2, 0)));
         assert_eq!(next("daily"), Some(at(2026, 11, 23, 0, 0)));
         assert_eq!(next("weekly"), Some(at(2026, 11, 29, 0, 0))); // a Sunday

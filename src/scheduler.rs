@@ -48,6 +48,8 @@ struct Candidate {
     schedule: Option<String>,
     needs_refresh: bool,
     active: bool,
+    dynamic: bool,
+    consecutive_failures: i32,
     /// The latest of: created, last refreshed, last scheduled attempt.
     last: f64,
 }
@@ -57,9 +59,10 @@ fn candidates() -> Vec<Candidate> {
         spi(client.select(
             "SELECT s.id, s.schedule, s.needs_refresh, s.state = 'active',
                     extract(epoch FROM greatest(s.created_at, s.last_refreshed_at,
-                        (SELECT max(r.started_at) FROM segments.refresh_run r WHERE r.segment_id = s.id)))::float8
+                        (SELECT max(r.started_at) FROM segments.refresh_run r WHERE r.segment_id = s.id)))::float8,
+                    s.type = 'dynamic', s.consecutive_failures
                FROM segments.segment s
-              WHERE s.type = 'dynamic'
+              WHERE s.type = 'dynamic' OR (s.needs_refresh AND s.state = 'active')
               ORDER BY s.id",
             None,
             &[],
@@ -70,23 +73,34 @@ fn candidates() -> Vec<Candidate> {
             needs_refresh: spi(row.get(3)).unwrap(),
             active: spi(row.get(4)).unwrap(),
             last: spi(row.get(5)).unwrap_or_default(),
+            dynamic: spi(row.get(6)).unwrap_or(true),
+            consecutive_failures: spi(row.get(7)).unwrap_or(0),
         })
         .collect()
     })
 }
 
-/// Runs one pass and returns the ids of the refresh runs it recorded.
-pub fn run_pass() -> Vec<i64> {
+/// Seconds to wait before retrying a segment after `failures` failed
+/// refreshes in a row: naptime, doubling, at most an hour.
+pub fn retry_wait(naptime: f64, failures: i32) -> f64 {
+    let doublings = (failures.max(1) - 1).min(20);
+    (naptime * f64::from(1u32 << doublings)).min(3600.0)
+}
+
+/// The first step of a pass: runs the cleanup when due and decides what to
+/// refresh.
+pub fn plan_pass() -> Due {
     writing_transaction();
     let now = spi(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")).unwrap();
     let now = from_epoch(now);
     let system = system_cron();
 
     // The system refresh: locked, so that passes never overlap.
-    let system_due = system.find_next_occurrence(&job_last_run("system"), false).is_ok_and(|t| t <= now);
+    let zone = crate::settings::timezone();
+    let system_due = crate::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
     let cleanup_cron = settings::text(&settings::CLEANUP_SCHEDULE).unwrap_or_else(|| "30 1 * * *".into());
     let cleanup_cron = parse_cron(&cleanup_cron).unwrap_or_else(|e| error!("segments.cleanup_schedule: {e}"));
-    let cleanup_due = cleanup_cron.find_next_occurrence(&job_last_run("cleanup"), false).is_ok_and(|t| t <= now);
+    let cleanup_due = crate::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
 
     if cleanup_due {
         let deactivated = spi(Spi::get_one::<i64>("SELECT count(*) FROM segments.deactivate_unused()")).unwrap_or(0);
@@ -98,12 +112,29 @@ pub fn run_pass() -> Vec<i64> {
 
     let mut by_system = Vec::new();
     let mut by_schedule = Vec::new();
+    let naptime = settings::NAPTIME.get().max(1) as f64;
     for candidate in candidates() {
+        // A segment that keeps failing waits naptime, then twice that, ...
+        // up to an hour after its last attempt.
+        if candidate.consecutive_failures > 0 {
+            let wait = retry_wait(naptime, candidate.consecutive_failures);
+            if from_epoch(candidate.last + wait) > now {
+                continue;
+            }
+        }
+        if !candidate.dynamic {
+            // A static segment is computed once when created, changed or
+            // resumed ("resume computation"); otherwise only when asked.
+            if candidate.needs_refresh && candidate.active {
+                by_schedule.push(candidate.id);
+            }
+            continue;
+        }
         let Ok(schedule) = Schedule::parse(candidate.schedule.as_deref(), true) else {
             continue; // refused at save time; an old row is left alone
         };
         let own_due = match &schedule {
-            Schedule::Cron(_) => schedule.next_after(from_epoch(candidate.last), &system).is_some_and(|t| t <= now),
+            Schedule::Cron(_) => schedule.next_after(from_epoch(candidate.last), &system, &zone).is_some_and(|t| t <= now),
             _ => false,
         };
         if matches!(schedule, Schedule::System) && system_due {
@@ -115,13 +146,45 @@ pub fn run_pass() -> Vec<i64> {
     if system_due {
         set_job_last_run("system");
     }
+    Due { by_system, by_schedule }
+}
 
-    let mut runs = Vec::new();
-    for (ids, trigger) in [(by_system, Trigger::System), (by_schedule, Trigger::Schedule)] {
-        if ids.is_empty() {
-            continue;
+/// What a pass refreshes, by trigger.
+pub struct Due {
+    pub by_system: Vec<i64>,
+    pub by_schedule: Vec<i64>,
+}
+
+impl Due {
+    /// Groups of segments that share a plan (entity and owner), each with
+    /// its trigger: the worker commits after each group.
+    pub fn groups(&self) -> Vec<(Vec<i64>, Trigger)> {
+        let mut out = Vec::new();
+        for (ids, trigger) in [(&self.by_system, Trigger::System), (&self.by_schedule, Trigger::Schedule)] {
+            if ids.is_empty() {
+                continue;
+            }
+            let groups: Vec<Vec<i64>> = Spi::connect(|client| {
+                spi(client.select(
+                    "SELECT pg_catalog.array_agg(id ORDER BY id) FROM segments.segment \
+                      WHERE id OPERATOR(pg_catalog.=) ANY ($1) GROUP BY entity, owner ORDER BY pg_catalog.min(id)",
+                    None,
+                    &[ids.clone().into()],
+                ))
+                .filter_map(|row| spi(row.get::<Vec<i64>>(1)))
+                .collect()
+            });
+            out.extend(groups.into_iter().map(|g| (g, trigger)));
         }
-        let outcomes = refresh_segments(Some(&ids), trigger, true).or_raise();
+        out
+    }
+}
+
+/// Refreshes one group and logs the outcome; returns the runs recorded.
+pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
+    let mut runs = Vec::new();
+    {
+        let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
         let failed = outcomes.iter().filter(|o| o.status == "failed").count();
         for outcome in outcomes.iter().filter(|o| o.status == "failed") {
             log!(
@@ -138,12 +201,27 @@ pub fn run_pass() -> Vec<i64> {
         );
         runs.extend(outcomes.iter().map(|o| o.run_id));
     }
+    runs
+}
 
+/// Drops history older than `segments.history_retention`.
+pub fn trim_history() {
+    writing_transaction();
     let retention = settings::text(&settings::HISTORY_RETENTION).unwrap_or_else(|| "90 days".into());
     spi(Spi::run_with_args(
         "DELETE FROM segments.refresh_run WHERE started_at < clock_timestamp() - $1::interval",
         &[retention.as_str().into()],
     ));
+}
+
+/// One whole pass in the current transaction (`segments.run_due()`).
+pub fn run_pass() -> Vec<i64> {
+    let due = plan_pass();
+    let mut runs = Vec::new();
+    for (ids, trigger) in due.groups() {
+        runs.extend(refresh_group(&ids, trigger));
+    }
+    trim_history();
     runs
 }
 

@@ -63,8 +63,11 @@ pub fn references_by_id(value: &mut Value, catalog: &dyn Catalog) {
 }
 
 #[pg_extern(schema = "segments")]
-fn _check_definition(definition: JsonB, segment_id: Option<i64>) -> JsonB {
-    JsonB(check_definition(&definition.0, segment_id).or_raise())
+fn _check_definition(definition: &str, segment_id: Option<i64>) -> JsonB {
+    // Text, not jsonb: a definition too deep for a recursive parser is
+    // refused with its path before one sees it.
+    let definition = crate::definition::parse_json_text(definition).or_raise();
+    JsonB(check_definition(&definition, segment_id).or_raise())
 }
 
 #[pg_extern(schema = "segments", stable)]
@@ -93,8 +96,12 @@ fn _next_refresh_epoch(
     created: f64,
     needs_refresh: bool,
 ) -> Option<f64> {
-    if state != "active" || r#type != "dynamic" {
+    if state != "active" {
         return None;
+    }
+    if r#type != "dynamic" {
+        // Computed once when created, changed or resumed.
+        return needs_refresh.then(|| chrono::Utc::now().timestamp_micros() as f64 / 1e6);
     }
     let parsed = Schedule::parse(schedule, true).ok()?;
     if matches!(parsed, Schedule::Manual) {
@@ -106,7 +113,7 @@ fn _next_refresh_epoch(
     }
     let since = last_refreshed.unwrap_or(created);
     let since = chrono::DateTime::from_timestamp_micros((since * 1e6) as i64)?;
-    parsed.next_after(since, &system_cron()).map(|t| t.timestamp_micros() as f64 / 1e6)
+    parsed.next_after(since, &system_cron(), &crate::settings::timezone()).map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Every `segments.*` setting, in one place. Settings read by the
 //! background worker at start need a restart; the worker's schedules follow
-//! a reload; the rest are settable by superusers per session.
+//! a reload; the rest are settable by superusers per session. Values are
+//! checked when set (SET, ALTER SYSTEM, reload): a bad one is refused
+//! naming the setting, and the `segments.` prefix is reserved.
 
-use std::ffi::CString;
+use std::ffi::{c_char, c_void, CStr, CString};
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub static REFERENCE_TIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -14,6 +16,77 @@ pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"30 1 * * *"));
 pub static UNUSED_AFTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"45 days"));
 pub static HISTORY_RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"90 days"));
+pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Refuses a value with a detail message, for a check hook.
+unsafe fn refuse(detail: &str) -> bool {
+    // SAFETY: check hooks may set the detail, a palloc'd string.
+    unsafe {
+        pg_sys::GUC_check_errcode(pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        let detail = CString::new(detail.replace('\0', "")).unwrap_or_default();
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+    }
+    false
+}
+
+unsafe fn value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
+    // SAFETY: Postgres hands the hook a pointer to the new (possibly NULL) value.
+    unsafe { (!newval.is_null() && !(*newval).is_null()).then(|| CStr::from_ptr(*newval).to_str().unwrap_or("")) }
+}
+
+/// A five-field cron expression.
+unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+    match unsafe { value(newval) } {
+        None => true,
+        Some(text) => match crate::schedule::parse_cron(text.trim()) {
+            Ok(_) => true,
+            Err(e) => unsafe { refuse(&e.to_string()) },
+        },
+    }
+}
+
+/// A duration such as `45 days` (hours, days, weeks, months, years).
+unsafe extern "C-unwind" fn check_duration(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+    match unsafe { value(newval) } {
+        None => true,
+        Some(text) if crate::definition::RelativeDuration::parse(text).is_some() => true,
+        Some(_) => unsafe { refuse("It must be a duration such as \"45 days\" (hours, days, weeks, months, years; at most 1000 years).") },
+    }
+}
+
+/// A time zone both PostgreSQL and the scheduler know.
+unsafe extern "C-unwind" fn check_timezone(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+    match unsafe { value(newval) } {
+        None | Some("") => true,
+        Some(name) => {
+            let known_to_postgres = CString::new(name).map(|c| unsafe { !pg_sys::pg_tzset(c.as_ptr()).is_null() }).unwrap_or(false);
+            if known_to_postgres && name.parse::<chrono_tz::Tz>().is_ok() {
+                true
+            } else {
+                unsafe { refuse("It must be a time zone name such as \"Europe/Berlin\" or \"UTC\".") }
+            }
+        }
+    }
+}
+
+/// The time zone of calendar days and cron schedules: `segments.timezone`,
+/// else the server's `TimeZone` (its configured value, not a session's).
+pub fn timezone_name() -> String {
+    if let Some(name) = text(&TIMEZONE) {
+        return name;
+    }
+    // SAFETY: reads the reset value of a built-in setting.
+    let reset = unsafe { pg_sys::GetConfigOptionResetString(c"TimeZone".as_ptr()) };
+    if reset.is_null() {
+        return "UTC".into();
+    }
+    unsafe { CStr::from_ptr(reset) }.to_string_lossy().into_owned()
+}
+
+/// `timezone_name()` for chrono; UTC when chrono does not know it.
+pub fn timezone() -> chrono_tz::Tz {
+    timezone_name().parse().unwrap_or(chrono_tz::UTC)
+}
 
 /// Settings read at server start exist only when the library is preloaded
 /// (Postgres refuses to define them later).
@@ -57,38 +130,71 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_string_guc(
-        c"segments.system_schedule",
-        c"Cron expression of the system refresh of segments on the 'system' schedule.",
-        c"",
-        &SYSTEM_SCHEDULE,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"segments.cleanup_schedule",
-        c"Cron expression of the daily deactivation of unused segments.",
-        c"",
-        &CLEANUP_SCHEDULE,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"segments.unused_after",
-        c"How long a segment without live usage stays active after it was created or last updated.",
-        c"",
-        &UNUSED_AFTER,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"segments.history_retention",
-        c"How long refresh history and membership changes are kept.",
-        c"",
-        &HISTORY_RETENTION,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
+    // SAFETY: the hooks are plain functions that only read their input.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"segments.system_schedule",
+            c"Cron expression of the system refresh of segments on the 'system' schedule.",
+            c"Five fields, in segments.timezone.",
+            &SYSTEM_SCHEDULE,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_cron),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"segments.cleanup_schedule",
+            c"Cron expression of the daily deactivation of unused segments.",
+            c"Five fields, in segments.timezone.",
+            &CLEANUP_SCHEDULE,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_cron),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"segments.unused_after",
+            c"How long a segment without live usage stays active after it was created or last updated.",
+            c"A duration such as 45 days.",
+            &UNUSED_AFTER,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_duration),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"segments.history_retention",
+            c"How long refresh history and membership changes are kept.",
+            c"A duration such as 90 days.",
+            &HISTORY_RETENTION,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_duration),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"segments.timezone",
+            c"The time zone of calendar days (on, is_today, is_anniversary, date windows) and cron schedules.",
+            c"Default: the server's TimeZone.",
+            &TIMEZONE,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_timezone),
+            None,
+            None,
+        );
+    }
+}
+
+/// Reserves the `segments.` prefix: a misspelt `segments.*` setting is an
+/// error, not a silent placeholder. Call after every setting is defined.
+pub fn reserve_prefix() {
+    // SAFETY: called from _PG_init, after the definitions above.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"segments".as_ptr()) };
 }
 
 pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {

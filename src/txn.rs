@@ -78,6 +78,19 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
             0,
             false,
         );
+        // Calendar days (on, is_today, is_anniversary, date windows) follow
+        // segments.timezone, never the zone of the session that refreshes.
+        let zone = std::ffi::CString::new(crate::settings::timezone_name()).unwrap_or_default();
+        pg_sys::set_config_option(
+            c"TimeZone".as_ptr(),
+            zone.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
         nest_level
     };
     let result = PgTryBuilder::new(f)
@@ -106,6 +119,30 @@ pub fn privileged<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     PgTryBuilder::new(|| sandboxed(owner, f))
         .finally(|| INTERNAL_DEPTH.with(|d| d.set(d.get().saturating_sub(1))))
         .execute()
+}
+
+thread_local! {
+    static SCHEMA_VERSION: std::cell::RefCell<Option<(u32, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the database's schema is older than this library (a new build
+/// installed before `ALTER EXTENSION segments UPDATE`): the library then
+/// leaves the columns the update adds alone, so the old schema keeps
+/// working until the update.
+pub fn legacy_schema() -> bool {
+    // SAFETY: MyProc is this backend's PGPROC.
+    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    let cached = SCHEMA_VERSION.with(|v| v.borrow().as_ref().filter(|(t, _)| *t == transaction).map(|(_, v)| v.clone()));
+    let version = cached.unwrap_or_else(|| {
+        let version = crate::catalog::optional_value::<String>(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'segments'",
+            &[],
+        )
+        .unwrap_or_default();
+        SCHEMA_VERSION.with(|v| *v.borrow_mut() = Some((transaction, version.clone())));
+        version
+    });
+    version == "0.1.0"
 }
 
 /// Whether `role` has the privileges of the named role (superusers do).

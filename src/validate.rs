@@ -162,7 +162,7 @@ mod tests {
     use serde_json::json;
 
     fn col(kind: ColumnKind, type_sql: &str) -> Column {
-        Column { name: "c".into(), type_sql: type_sql.into(), kind }
+        Column { name: "c".into(), type_sql: type_sql.into(), kind, base_type_sql: type_sql.split('(').next().unwrap_or(type_sql).into() }
     }
 
     #[test]

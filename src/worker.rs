@@ -115,9 +115,18 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         }
         warned_missing = false;
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"segments scheduler pass");
-        in_transaction("a scheduler pass", || {
-            crate::txn::privileged(crate::scheduler::run_pass);
+        // One transaction to decide, then one per group of segments: a
+        // failure (or a shutdown) loses one group's work at most, and what
+        // succeeded is committed.
+        let groups = in_transaction("planning a scheduler pass", || {
+            crate::txn::privileged(|| crate::scheduler::plan_pass().groups())
         });
+        for (ids, trigger) in groups.unwrap_or_default() {
+            in_transaction("a scheduler group", move || {
+                crate::txn::privileged(move || crate::scheduler::refresh_group(&ids, trigger));
+            });
+        }
+        in_transaction("trimming history", || crate::txn::privileged(crate::scheduler::trim_history));
         report_activity(pg_sys::BackendState::STATE_IDLE, c"");
     }
 }
