@@ -249,3 +249,16 @@ $$;
     name = "run_due",
     requires = ["cleanup", _run_due]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::retry_wait;
+
+    #[test]
+    fn retries_double_from_naptime_up_to_an_hour() {
+        let waits: Vec<f64> = (1..=4).map(|f| retry_wait(10.0, f)).collect();
+        assert_eq!(waits, vec![10.0, 20.0, 40.0, 80.0]);
+        assert_eq!(retry_wait(10.0, 12), 3600.0);
+        assert_eq!(retry_wait(10.0, i32::MAX), 3600.0);
+    }
+}
