@@ -161,7 +161,7 @@ fn rb_agg_serialize(state: Internal) -> Vec<u8> {
 #[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
 fn rb_agg_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
     let mut state = Internal::default();
-    let members = deserialize(bytes).unwrap_or_else(|e| error!("segments: corrupt partial bitmap: {e}"));
+    let members = deserialize(bytes).unwrap_or_else(|e| corrupt(e));
     unsafe { accumulator(&mut state, fcinfo) }.members = members;
     state
 }

@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use crate::catalog::spi;
-use crate::error::OrRaise;
+use crate::error::{OrRaise, SegmentsError};
 use crate::refresh::{refresh_segments, Trigger};
 use crate::schedule::{parse_cron, Schedule};
 use crate::segment::system_cron;
@@ -99,7 +99,8 @@ pub fn plan_pass() -> Due {
     let zone = crate::settings::timezone();
     let system_due = crate::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
     let cleanup_cron = settings::text(&settings::CLEANUP_SCHEDULE).unwrap_or_else(|| "30 1 * * *".into());
-    let cleanup_cron = parse_cron(&cleanup_cron).unwrap_or_else(|e| error!("segments.cleanup_schedule: {e}"));
+    let cleanup_cron = parse_cron(&cleanup_cron)
+        .unwrap_or_else(|e| SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise());
     let cleanup_due = crate::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
 
     if cleanup_due {

@@ -80,7 +80,7 @@ fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
 /// The system refresh's cron, from `segments.system_schedule`.
 pub fn system_cron() -> croner::Cron {
     let text = settings::text(&settings::SYSTEM_SCHEDULE).unwrap_or_else(|| "0 2 * * *".into());
-    parse_cron(&text).unwrap_or_else(|e| error!("segments.system_schedule: {e}"))
+    parse_cron(&text).unwrap_or_else(|e| crate::error::SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
 }
 
 /// When a segment is next refreshed by the scheduler, as Unix epoch
