@@ -31,7 +31,8 @@ BEGIN
                                   '_check_schedule', '_check_definition', '_check_active_limit',
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
-                                  '_is_member', '_segments_of', '_run_due', '_estimate') LOOP
+                                  '_is_member', '_segments_of', '_run_due', '_estimate',
+                                  '_sync_capture', '_apply_changes') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END

@@ -275,3 +275,44 @@ CREATE TRIGGER segment_active_limit_insert
 CREATE TRIGGER segment_active_limit_update
     AFTER UPDATE ON segments.segment REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION segments._segment_after_update();
+
+-- Live segments: the capture of changed keys. SECURITY DEFINER: the queue
+-- is internal state, whoever changes the captured table.
+CREATE FUNCTION segments._capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], NULL);
+    ELSIF TG_OP = 'INSERT' THEN
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT DISTINCT %L, n.%I::text FROM segments_new n WHERE n.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT DISTINCT %L, o.%I::text FROM segments_old o WHERE o.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    ELSE
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT %L, k FROM (SELECT n.%I::text AS k FROM segments_new n
+                                           UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Capture follows the live segments: installed on a table when the first
+-- live segment needs it, removed with the last.
+CREATE FUNCTION segments._segment_sync_capture() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._sync_capture();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER segment_sync_capture
+    AFTER INSERT OR UPDATE OF schedule, state, definition OR DELETE ON segments.segment
+    FOR EACH STATEMENT EXECUTE FUNCTION segments._segment_sync_capture();

@@ -87,6 +87,9 @@ pub struct Plan {
     /// members without related rows, and to drop related or stored
     /// positions of rows that no longer exist.
     pub needs_all_rows: bool,
+    /// Live segments: an SQL array of the keys to evaluate (every query
+    /// reads just those rows); None for a full evaluation.
+    pub restriction: Option<String>,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -99,6 +102,7 @@ pub struct Planner<'a> {
     index: HashMap<Leaf, usize>,
     eligible: Option<Expr>,
     needs_all_rows: bool,
+    restriction: Option<String>,
 }
 
 
@@ -134,6 +138,7 @@ impl<'a> Planner<'a> {
             index: HashMap::new(),
             eligible: None,
             needs_all_rows: false,
+            restriction: None,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -170,6 +175,13 @@ impl<'a> Planner<'a> {
     /// plan uses are folded into one SQL filter, so that a lone segment gets
     /// one short-circuiting expression while conditions shared by several
     /// segments stay shared leaves. Leaves no longer used are dropped.
+    /// Evaluates only the rows whose key is in `keys_sql`, an SQL array of
+    /// the key type (live segments apply changes this way). Set it before
+    /// adding definitions.
+    pub fn restrict_to(&mut self, keys_sql: String) {
+        self.restriction = Some(keys_sql);
+    }
+
     pub fn finish(mut self, segments: &mut [&mut CompiledSegment]) -> Plan {
         let mut uses = vec![0usize; self.leaves.len()];
         let mut exprs: Vec<&mut Expr> = Vec::new();
@@ -204,7 +216,14 @@ impl<'a> Planner<'a> {
         }
         let needs_all_rows =
             self.eligible.is_some() || has_not || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
-        Plan { entity: self.entity, leaves, eligible: self.eligible, reference_time: self.reference_time, needs_all_rows }
+        Plan {
+            entity: self.entity,
+            leaves,
+            eligible: self.eligible,
+            reference_time: self.reference_time,
+            needs_all_rows,
+            restriction: self.restriction,
+        }
     }
 
     fn intern(&mut self, leaf: Leaf) -> usize {
@@ -351,8 +370,11 @@ impl<'a> Planner<'a> {
             })?;
             filters.push(in_last_sql(&format!("r.{}", ident(&column.name)), column.kind, within, &self.reference_time));
         }
-        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
         let fk = format!("r.{}", ident(&related.foreign_key));
+        if let Some(keys) = &self.restriction {
+            filters.push(format!("{fk} {} ANY ({keys})", op("=")));
+        }
+        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
         let from = format!("{} r", related.table.relation_sql);
         Ok(match &test.measure {
             RelatedMeasure::Exists(exists) => {
@@ -735,7 +757,11 @@ impl Plan {
                 columns.push(format!("segments.rb_agg({position}) FILTER (WHERE {sql})"));
             }
         }
-        format!("SELECT {} FROM {} e{join}", columns.join(",\n       "), self.entity.table.relation_sql)
+        let restriction = match &self.restriction {
+            Some(keys) => format!(" WHERE e.{} {} ANY ({keys})", ident(&self.entity.key_column), op("=")),
+            None => String::new(),
+        };
+        format!("SELECT {} FROM {} e{join}{restriction}", columns.join(",\n       "), self.entity.table.relation_sql)
     }
 
     pub fn filter_leaves(&self) -> Vec<usize> {

@@ -46,7 +46,8 @@ fn bitmap_of(value: Option<Vec<u8>>) -> Members {
 
 /// Gives every key of a dictionary-keyed entity a bitmap position.
 pub fn sync_dictionary(plan: &Plan) {
-    if plan.entity.key_kind != KeyKind::Dictionary {
+    // A restricted (live) plan's keys were given positions by the caller.
+    if plan.entity.key_kind != KeyKind::Dictionary || plan.restriction.is_some() {
         return;
     }
     let sql = format!(

@@ -12,6 +12,7 @@
 //! - `schedule`, `scheduler`, `worker`: schedules, one scheduler pass, the
 //!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
+//! - `live`: change capture and the apply step of live segments
 //! - `sequence`: connecting records that enter segments to sales sequences
 //! - `lookalike`, `suggest`: finding customers like a segment's, and
 //!   suggested segments for a measure
@@ -32,6 +33,7 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod inspect;
+pub mod live;
 pub mod lookalike;
 pub mod read;
 pub mod refresh;
@@ -63,7 +65,7 @@ pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schem
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["roles", segment::_check_definition, segment::_check_schedule, txn::_internal_write]
+    requires = ["roles", segment::_check_definition, segment::_check_schedule, txn::_internal_write, live::_sync_capture]
 );
 pgrx::extension_sql_file!(
     "../sql/manage.sql",

@@ -135,7 +135,7 @@ struct Group {
     compute_time: Duration,
 }
 
-fn compile_one(planner: &mut Planner, target: &Target) -> Result<CompiledSegment, Reported> {
+pub fn compile_one(planner: &mut Planner, target: &Target) -> Result<CompiledSegment, Reported> {
     let definition = Definition::parse(&target.definition)?;
     let compiled = planner.add(&definition, Some(target.id))?;
     check_cycles(&SpiCatalog, Some(target.id), &compiled.references)?;
@@ -174,7 +174,7 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
 }
 
 /// Computes a plan's leaves as `owner`, in a subtransaction.
-fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<LeafValues, String> {
+pub fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<LeafValues, String> {
     let plan = AssertUnwindSafe(plan);
     in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
 }
@@ -196,6 +196,8 @@ pub enum Trigger {
     Manual,
     Schedule,
     System,
+    /// Changes applied to a live segment.
+    Live,
 }
 
 impl Trigger {
@@ -204,24 +206,42 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
             Trigger::System => "system",
+            Trigger::Live => "live",
         }
     }
 }
 
 fn record_run(target: &Target, trigger: Trigger, started: pgrx::datum::TimestampWithTimeZone, outcome: &Outcome) -> i64 {
+    record_run_of(target.id, trigger, started, outcome, None)
+}
+
+/// Records one refresh (or live application) of a segment in the history.
+pub fn record_run_of(
+    segment: i64,
+    trigger: Trigger,
+    started: pgrx::datum::TimestampWithTimeZone,
+    outcome: &Outcome,
+    keys_examined: Option<i64>,
+) -> i64 {
+    let keys_column = if crate::txn::legacy_schema() { "" } else { ", keys_examined" };
+    let keys_value = if crate::txn::legacy_schema() { "" } else { ", $9" };
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+        segment.into(),
+        trigger.as_str().into(),
+        started.into(),
+        outcome.status.into(),
+        outcome.member_count.into(),
+        outcome.entered.into(),
+        outcome.exited.into(),
+        outcome.error.clone().into(),
+    ];
+    if !crate::txn::legacy_schema() {
+        args.push(keys_examined.into());
+    }
     let run = Spi::get_one_with_args::<i64>(
-        "INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error) \
-         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8) RETURNING id",
-        &[
-            target.id.into(),
-            trigger.as_str().into(),
-            started.into(),
-            outcome.status.into(),
-            outcome.member_count.into(),
-            outcome.entered.into(),
-            outcome.exited.into(),
-            outcome.error.clone().into(),
-        ],
+        &format!("INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error{keys_column}) \
+         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8{keys_value}) RETURNING id"),
+        &args,
     );
     spi(run).expect("INSERT ... RETURNING returns a row")
 }
@@ -255,7 +275,7 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, 
 
 /// Records who entered and who exited, and tells listeners. The first
 /// refresh of a segment records its count only: everyone entered.
-fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members, first: bool) {
+pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members, first: bool) {
     if entered.is_empty() && exited.is_empty() {
         return;
     }

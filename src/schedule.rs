@@ -17,6 +17,9 @@ pub const MONTHLY: &str = "0 0 1 * *";
 pub enum Schedule {
     /// Follows `segments.system_schedule`.
     System,
+    /// Follows row changes (live segments); also fully refreshed by the
+    /// system refresh, so relative-time windows slide at least daily.
+    Live,
     /// Refreshed only when asked.
     Manual,
     Cron(Cron),
@@ -26,7 +29,7 @@ pub fn parse_cron(text: &str) -> Result<Cron, SegmentsError> {
     let fields = text.split_whitespace().count();
     if fields != 5 {
         return Err(SegmentsError::InvalidParameter(format!(
-            "schedule \"{text}\" is not system, daily, weekly, monthly, manual or a five-field cron expression \
+            "schedule \"{text}\" is not system, live, daily, weekly, monthly, manual or a five-field cron expression \
              (minute hour day-of-month month day-of-week)"
         )));
     }
@@ -46,6 +49,7 @@ impl Schedule {
             None if dynamic => Schedule::System,
             None => Schedule::Manual,
             Some("system") => Schedule::System,
+            Some("live") => Schedule::Live,
             Some("manual") => Schedule::Manual,
             Some("daily") => Schedule::Cron(parse_cron(DAILY)?),
             Some("weekly") => Schedule::Cron(parse_cron(WEEKLY)?),
@@ -59,7 +63,7 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>, system_cron: &Cron, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
         let cron = match self {
             Schedule::Manual => return None,
-            Schedule::System => system_cron,
+            Schedule::System | Schedule::Live => system_cron,
             Schedule::Cron(cron) => cron,
         };
         next_in_zone(cron, after, zone)

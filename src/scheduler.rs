@@ -138,7 +138,7 @@ pub fn plan_pass() -> Due {
             Schedule::Cron(_) => schedule.next_after(from_epoch(candidate.last), &system, &zone).is_some_and(|t| t <= now),
             _ => false,
         };
-        if matches!(schedule, Schedule::System) && system_due {
+        if matches!(schedule, Schedule::System | Schedule::Live) && system_due {
             by_system.push(candidate.id);
         } else if own_due || (candidate.active && candidate.needs_refresh && !matches!(schedule, Schedule::Manual)) {
             by_schedule.push(candidate.id);

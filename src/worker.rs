@@ -127,6 +127,10 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
             });
         }
         in_transaction("trimming history", || crate::txn::privileged(crate::scheduler::trim_history));
+        // Live segments: the changes captured since the last pass.
+        in_transaction("applying live changes", || {
+            crate::txn::privileged(crate::live::apply_changes);
+        });
         report_activity(pg_sys::BackendState::STATE_IDLE, c"");
     }
 }

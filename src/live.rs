@@ -1,0 +1,346 @@
+//! Live segments (`schedule = 'live'`): memberships follow inserts,
+//! updates and deletes within seconds, at a cost proportional to what
+//! changed.
+//!
+//! - Capture: statement-level AFTER triggers with transition tables on the
+//!   entity table and the related tables live segments read write the
+//!   changed keys to `segments.change_queue` (a TRUNCATE writes a NULL
+//!   key: everything changed). `sync_capture` installs them when the first
+//!   live segment needs a table and removes them with the last.
+//! - Apply: `apply_changes` takes each entity's queued keys once (deleting
+//!   them in its own transaction, so a killed apply redoes its batch),
+//!   evaluates every live segment of the entity on just those keys with
+//!   the same compiled plan as a refresh (every query restricted to
+//!   `key = ANY (...)`), and patches the bitmaps; entered and exited rows,
+//!   NOTIFY, sequences and exports follow as for a refresh.
+
+use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::bitmap::{position_of, serialize, Members};
+use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
+use crate::compile::Planner;
+use crate::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
+use crate::refresh::{compile_one, compute_as, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
+use crate::sql::{ident, literal};
+use crate::txn::{in_subtransaction, writing_transaction};
+
+/// Trigger names: one per operation, relation, entity and key column.
+fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
+    let mut hash: u32 = 2166136261;
+    for b in format!("{entity}\u{0}{column}").bytes() {
+        hash = (hash ^ u32::from(b)).wrapping_mul(16777619);
+    }
+    format!("segments_live_{operation}_{hash:08x}")
+}
+
+/// Installs the capture triggers live segments need and removes the rest.
+/// Runs as the extension (it creates triggers on users' tables).
+pub fn sync_capture() {
+    let needed: Vec<(pg_sys::Oid, String, String, String)> = Spi::connect(|client| {
+        spi(client.select(
+            "WITH live AS (
+                 SELECT s.entity, s.definition FROM segments.segment s
+                  WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active')
+             SELECT e.relation::pg_catalog.oid, e.name, e.key_column::pg_catalog.text,
+                    pg_catalog.format('%I.%I', n.nspname, c.relname)
+               FROM segments.entity e
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE e.name IN (SELECT entity FROM live)
+             UNION
+             SELECT r.relation::pg_catalog.oid, r.entity, r.foreign_key::pg_catalog.text,
+                    pg_catalog.format('%I.%I', n.nspname, c.relname)
+               FROM segments.related r
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relation::pg_catalog.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE EXISTS (SELECT FROM live l WHERE l.entity OPERATOR(pg_catalog.=) r.entity
+                              AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
+                                                               pg_catalog.jsonb_build_object('n', r.name)))",
+            None,
+            &[],
+        ))
+        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap(), spi(row.get(4)).unwrap()))
+        .collect()
+    });
+    let existing: BTreeSet<(u32, String)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT tgrelid, tgname::pg_catalog.text FROM pg_catalog.pg_trigger \
+              WHERE tgname::pg_catalog.text LIKE 'segments\\_live\\_%' AND NOT tgisinternal",
+            None,
+            &[],
+        ))
+        .map(|row| (spi(row.get::<pg_sys::Oid>(1)).unwrap().to_u32(), spi(row.get::<String>(2)).unwrap()))
+        .collect()
+    });
+    let mut wanted = BTreeSet::new();
+    for (relation, entity, column, relation_sql) in &needed {
+        for (operation, event, referencing) in [
+            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new"),
+            ("upd", "UPDATE", " REFERENCING NEW TABLE AS segments_new OLD TABLE AS segments_old"),
+            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old"),
+            ("trn", "TRUNCATE", ""),
+        ] {
+            let name = trigger_name(operation, entity, column);
+            wanted.insert((relation.to_u32(), name.clone()));
+            if !existing.contains(&(relation.to_u32(), name.clone())) {
+                spi(Spi::run(&format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} FOR EACH STATEMENT \
+                     EXECUTE FUNCTION segments._capture({}, {})",
+                    ident(&name),
+                    literal(entity),
+                    literal(column)
+                )));
+            }
+        }
+    }
+    for (relation, name) in existing.difference(&wanted) {
+        let relation_sql = optional_value::<String>(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[pg_sys::Oid::from(*relation).into()],
+        );
+        if let Some(relation_sql) = relation_sql {
+            spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {relation_sql}", ident(name))));
+        }
+    }
+}
+
+/// The live segments of an entity, locked as a refresh locks them, so that
+/// applying changes and a full refresh of a segment serialize.
+fn live_targets(entity: &str) -> Vec<Target> {
+    Spi::connect_mut(|client| {
+        spi(client.update(
+            "SELECT id, entity, owner::pg_catalog.oid, definition FROM segments.segment \
+              WHERE entity OPERATOR(pg_catalog.=) $1 AND schedule OPERATOR(pg_catalog.=) 'live' \
+                AND state OPERATOR(pg_catalog.=) 'active' ORDER BY id FOR NO KEY UPDATE",
+            None,
+            &[entity.into()],
+        ))
+        .map(|row| Target {
+            id: spi(row.get(1)).unwrap(),
+            entity: spi(row.get(2)).unwrap(),
+            owner: spi(row.get(3)).unwrap(),
+            active: true,
+            definition: spi(row.get::<JsonB>(4)).map(|j| j.0).unwrap_or(Value::Null),
+        })
+        .collect()
+    })
+}
+
+/// Bitmap positions of the changed keys, and the SQL array of the keys in
+/// the key's own type for the restricted queries.
+fn positions_of(entity: &crate::catalog::Entity, keys: &[String]) -> (Members, String) {
+    match entity.key_kind {
+        KeyKind::Integer => {
+            let ints: Vec<i64> = keys.iter().filter_map(|k| k.trim().parse::<i64>().ok()).collect();
+            let members: Members = ints.iter().map(|k| position_of(*k)).collect();
+            let list = ints.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            (members, format!("'{{{list}}}'::pg_catalog.int8[]"))
+        }
+        KeyKind::Dictionary => {
+            spi(Spi::run_with_args(
+                "INSERT INTO segments.entity_key (entity, key) SELECT $1, k FROM pg_catalog.unnest($2::pg_catalog.text[]) k \
+                 ON CONFLICT (entity, key) DO NOTHING",
+                &[entity.name.as_str().into(), keys.to_vec().into()],
+            ));
+            let positions: Vec<i64> = Spi::connect(|client| {
+                spi(client.select(
+                    "SELECT position FROM segments.entity_key WHERE entity OPERATOR(pg_catalog.=) $1 \
+                       AND key OPERATOR(pg_catalog.=) ANY ($2)",
+                    None,
+                    &[entity.name.as_str().into(), keys.to_vec().into()],
+                ))
+                .filter_map(|row| spi(row.get::<i64>(1)))
+                .collect()
+            });
+            let key_type = optional_value::<String>(
+                "SELECT pg_catalog.format_type(key_type, NULL) FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+                &[entity.name.as_str().into()],
+            )
+            .unwrap_or_else(|| "text".into());
+            let items = keys.iter().map(|k| literal(k)).collect::<Vec<_>>().join(",");
+            (positions.into_iter().map(|p| p as u64).collect(), format!("ARRAY[{items}]::pg_catalog.text[]::{key_type}[]"))
+        }
+    }
+}
+
+/// Applies one entity's changed keys to its live segments; returns the runs.
+fn apply_entity(entity_name: &str, targets: &[Target], keys: &[String]) -> Vec<i64> {
+    let started = Instant::now();
+    let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()"))
+        .expect("clock_timestamp() is never NULL");
+    let Some(entity) = SpiCatalog.entity(entity_name) else { return Vec::new() };
+    let (changed, keys_sql) = positions_of(&entity, keys);
+    let reference = reference_time_sql();
+    // One plan per owner, restricted to the changed keys.
+    let mut plans: HashMap<pg_sys::Oid, (crate::compile::Plan, HashMap<i64, Result<crate::compile::CompiledSegment, String>>)> =
+        HashMap::new();
+    let mut by_owner: HashMap<pg_sys::Oid, Vec<&Target>> = HashMap::new();
+    for target in targets {
+        by_owner.entry(target.owner).or_default().push(target);
+    }
+    for (owner, owned) in &by_owner {
+        let Ok(mut planner) = Planner::new(&SpiCatalog, entity_name, "entity", &reference) else { continue };
+        planner.restrict_to(keys_sql.clone());
+        let mut compiled: HashMap<i64, Result<crate::compile::CompiledSegment, String>> =
+            owned.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(|e| e.to_string()))).collect();
+        let mut refs: Vec<&mut crate::compile::CompiledSegment> = compiled.values_mut().filter_map(|c| c.as_mut().ok()).collect();
+        let plan = planner.finish(&mut refs);
+        plans.insert(*owner, (plan, compiled));
+    }
+    let mut values: HashMap<pg_sys::Oid, Result<crate::evaluate::LeafValues, String>> = HashMap::new();
+    let mut fresh: HashMap<i64, Members> = HashMap::new();
+    let mut entered_by_segment: HashMap<i64, Members> = HashMap::new();
+    let mut runs = Vec::new();
+    let mut changed_segments = Vec::new();
+    for i in dependency_order(targets) {
+        let target = &targets[i];
+        let outcome_of = |status: &'static str, error: Option<String>| Outcome {
+            segment_id: target.id,
+            run_id: 0,
+            status,
+            member_count: None,
+            entered: None,
+            exited: None,
+            duration: started.elapsed(),
+            error,
+        };
+        let Some((plan, compiled)) = plans.get(&target.owner) else { continue };
+        let leaf_values = values.entry(target.owner).or_insert_with(|| compute_as(target.owner, plan));
+        let result = match (compiled.get(&target.id), leaf_values) {
+            (Some(Ok(compiled)), Ok(leaf_values)) => {
+                fill_segment_leaves(plan, leaf_values, &fresh);
+                Ok(evaluate_segment(compiled, leaf_values).0)
+            }
+            (Some(Err(e)), _) => Err(e.clone()),
+            (_, Err(e)) => Err(e.clone()),
+            (None, _) => continue,
+        };
+        match result {
+            Ok(subset) => {
+                let old = stored_members(target.id);
+                let new = (&old - &changed) | (subset & &changed);
+                let entered = &new - &old;
+                let exited = &old - &new;
+                let count = new.len() as i64;
+                if !entered.is_empty() || !exited.is_empty() {
+                    spi(Spi::run_with_args(
+                        "INSERT INTO segments.membership (segment_id, members, member_count, refreshed_at) VALUES ($1, $2, $3, pg_catalog.now()) \
+                         ON CONFLICT (segment_id) DO UPDATE SET members = EXCLUDED.members, member_count = EXCLUDED.member_count, \
+                         refreshed_at = EXCLUDED.refreshed_at",
+                        &[target.id.into(), serialize(&new).into(), count.into()],
+                    ));
+                    // Rule counts describe a full evaluation: cleared until the next one.
+                    spi(Spi::run_with_args(
+                        "UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = pg_catalog.now(), \
+                         last_error = NULL, rule_counts = NULL, consecutive_failures = 0 WHERE id OPERATOR(pg_catalog.=) $1",
+                        &[target.id.into(), count.into()],
+                    ));
+                    changed_segments.push(target.id);
+                }
+                let mut outcome = outcome_of("succeeded", None);
+                outcome.member_count = Some(count);
+                outcome.entered = Some(entered.len() as i64);
+                outcome.exited = Some(exited.len() as i64);
+                outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
+                record_changes(target, outcome.run_id, &entered, &exited, false);
+                runs.push(outcome.run_id);
+                entered_by_segment.insert(target.id, entered);
+                fresh.insert(target.id, new);
+            }
+            Err(message) => {
+                spi(Spi::run_with_args(
+                    "UPDATE segments.segment SET status = 'failed', last_error = $2, \
+                     consecutive_failures = consecutive_failures + 1 WHERE id OPERATOR(pg_catalog.=) $1",
+                    &[target.id.into(), message.clone().into()],
+                ));
+                let mut outcome = outcome_of("failed", Some(message));
+                outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
+                runs.push(outcome.run_id);
+            }
+        }
+    }
+    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| crate::sequence::assign(&entered_by_segment, &fresh))) {
+        warning!("segments: connecting entered records to sequences failed: {message}");
+    }
+    for export in crate::export::exports_of(&changed_segments) {
+        crate::export::rewrite_recorded(export);
+    }
+    runs
+}
+
+/// Applies every queued change; returns the runs recorded.
+pub fn apply_changes() -> Vec<i64> {
+    writing_transaction();
+    let entities: Vec<String> = Spi::connect(|client| {
+        spi(client.select("SELECT DISTINCT entity FROM segments.change_queue ORDER BY 1", None, &[]))
+            .filter_map(|row| spi(row.get::<String>(1)))
+            .collect()
+    });
+    let mut runs = Vec::new();
+    for entity in entities {
+        let targets = live_targets(&entity);
+        // Taken once: a killed apply rolls back and leaves them queued.
+        let keys: Vec<Option<String>> = Spi::connect_mut(|client| {
+            spi(client.update(
+                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key",
+                None,
+                &[entity.as_str().into()],
+            ))
+            .map(|row| spi(row.get::<String>(1)))
+            .collect()
+        });
+        if targets.is_empty() || keys.is_empty() {
+            continue;
+        }
+        if keys.iter().any(Option::is_none) {
+            // A TRUNCATE: everything changed.
+            let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
+            let outcomes = crate::refresh::refresh_segments(Some(&ids), Trigger::Live, false).unwrap_or_default();
+            runs.extend(outcomes.iter().map(|o| o.run_id));
+            continue;
+        }
+        let keys: Vec<String> = keys.into_iter().flatten().collect::<BTreeSet<_>>().into_iter().collect();
+        runs.extend(apply_entity(&entity, &targets, &keys));
+    }
+    runs
+}
+
+/// Installs or removes capture triggers to match the live segments; the
+/// lifecycle trigger calls it when schedules, states or definitions change.
+#[pg_extern(schema = "segments")]
+fn _sync_capture() {
+    crate::txn::privileged(sync_capture);
+}
+
+/// One application of queued changes, for `segments.apply_changes()`.
+#[pg_extern(schema = "segments")]
+fn _apply_changes() -> Vec<i64> {
+    crate::txn::require_editor("apply changes to live segments");
+    crate::txn::privileged(apply_changes)
+}
+
+pgrx::extension_sql!(
+    r#"
+-- Applies the changes captured for live segments now (the worker does it
+-- every segments.naptime); returns the runs recorded (trigger 'live').
+CREATE FUNCTION segments.apply_changes() RETURNS SETOF segments.refresh_run
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    runs bigint[] := segments._apply_changes();
+BEGIN
+    RETURN QUERY SELECT r.* FROM segments.refresh_run r WHERE r.id = ANY (runs) ORDER BY r.id;
+END
+$$;
+"#,
+    name = "apply_changes",
+    requires = ["run_due", _apply_changes]
+);
