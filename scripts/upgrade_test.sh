@@ -72,6 +72,8 @@ psql "$url" -X -qAt -v ON_ERROR_STOP=1 -f tests/upgrade/counts.sql > "$work/coun
 echo "-- installing $NEW under the running $OLD database"
 bash scripts/cluster.sh stop "$cluster"
 restore_new
+# The upgrade scripts as they are in this tree.
+$SUDO cp sql/segments--*--*.sql "$extdir/"
 [ -f "$extdir/segments--$OLD.sql" ] || $SUDO cp sql/segments--$OLD.sql "$extdir/"
 bash scripts/cluster.sh start "$cluster" "$port"
 sleep 2

@@ -24,6 +24,18 @@ ALTER TABLE segments.export
     ADD COLUMN last_error text,
     ADD COLUMN last_written_at timestamptz;
 
+-- Live segments: the 'live' trigger of runs, keys examined, the queue.
+ALTER TABLE segments.refresh_run DROP CONSTRAINT refresh_run_trigger_check;
+ALTER TABLE segments.refresh_run ADD CONSTRAINT refresh_run_trigger_check
+    CHECK (trigger IN ('manual', 'schedule', 'system', 'live'));
+ALTER TABLE segments.refresh_run ADD COLUMN keys_examined bigint;
+CREATE TABLE segments.change_queue (
+    entity    text NOT NULL,
+    key       text,
+    queued_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON segments.change_queue (entity);
+
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
 CREATE OR REPLACE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
 RETURNS void
@@ -45,6 +57,11 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments."_apply_changes"() RETURNS bigint[] /* Vec < i64 > */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_apply_changes_wrapper';
+
 CREATE OR REPLACE FUNCTION segments."_can_read_entity"(
 	"entity" TEXT /* & str */
 ) RETURNS bool /* bool */
@@ -59,6 +76,30 @@ CREATE OR REPLACE FUNCTION segments."_canonical_keys"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_canonical_keys_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], NULL);
+    ELSIF TG_OP = 'INSERT' THEN
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT DISTINCT %L, n.%I::text FROM segments_new n WHERE n.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT DISTINCT %L, o.%I::text FROM segments_old o WHERE o.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    ELSE
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
+                        SELECT %L, k FROM (SELECT n.%I::text AS k FROM segments_new n
+                                           UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
 LANGUAGE plpgsql
@@ -654,6 +695,15 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments._segment_sync_capture() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._sync_capture();
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._segment_track_references() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -679,6 +729,11 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_segments_of_wrapper';
 
+CREATE OR REPLACE FUNCTION segments."_sync_capture"() RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_sync_capture_wrapper';
+
 CREATE OR REPLACE FUNCTION segments.activate(segments bigint[]) RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -698,6 +753,16 @@ CREATE OR REPLACE FUNCTION segments."add_usage"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_usage_wrapper';
+
+CREATE OR REPLACE FUNCTION segments.apply_changes() RETURNS SETOF segments.refresh_run
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    runs bigint[] := segments._apply_changes();
+BEGIN
+    RETURN QUERY SELECT r.* FROM segments.refresh_run r WHERE r.id = ANY (runs) ORDER BY r.id;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION segments."attribute_values"(
 	"entity" TEXT, /* & str */
@@ -1246,6 +1311,11 @@ CREATE EVENT TRIGGER segments_members_view_release ON ddl_command_start
 CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION segments._members_view_restore();
+
+-- Capture follows the live segments.
+CREATE TRIGGER segment_sync_capture
+    AFTER INSERT OR UPDATE OF schedule, state, definition OR DELETE ON segments.segment
+    FOR EACH STATEMENT EXECUTE FUNCTION segments._segment_sync_capture();
 
 -- segment_list gains consecutive_failures (at the end).
 CREATE OR REPLACE VIEW segments.segment_list AS
