@@ -27,8 +27,11 @@ cargo pgrx install --release --pg-config /usr/bin/pg_config "${install_flags[@]}
 cargo build --example bench --features integration --quiet
 
 bash scripts/cluster.sh destroy "$dir"
+# The worker is preloaded for the live-latency case, asleep (naptime 1 h)
+# until that case wakes it.
 bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
-  max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off
+  max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off \
+  shared_preload_libraries=segments segments.naptime=3600
 trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
 echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events"
