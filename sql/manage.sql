@@ -3,7 +3,8 @@
 --   SELECT segments.deactivate(array_agg(id)) FROM segments.segment WHERE 'spring-2026' = ANY (tags);
 -- The lifecycle triggers (lifecycle.sql) validate every write.
 
--- Refuses a NULL list or ids that are not segments (42704), naming them.
+-- Refuses ids that are not segments (42704), naming them. A NULL or empty
+-- list is no segment: management functions then change nothing.
 CREATE FUNCTION segments._require_segments(ids bigint[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -11,7 +12,7 @@ DECLARE
     missing text;
 BEGIN
     IF ids IS NULL THEN
-        RAISE EXCEPTION 'the list of segments must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+        RETURN;
     END IF;
     SELECT string_agg(coalesce(i::text, 'NULL'), ', ' ORDER BY i) INTO missing
       FROM unnest(ids) AS i

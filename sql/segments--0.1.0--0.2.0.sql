@@ -440,6 +440,11 @@ SET search_path = pg_catalog, pg_temp AS $$
      WHERE jsonb_typeof(v) = 'number'
 $$;
 
+CREATE OR REPLACE FUNCTION segments."_remake_members_views"() RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_remake_members_views_wrapper';
+
 CREATE OR REPLACE FUNCTION segments._remove_usage(segment bigint, kind text, consumer text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -478,7 +483,7 @@ DECLARE
     missing text;
 BEGIN
     IF ids IS NULL THEN
-        RAISE EXCEPTION 'the list of segments must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+        RETURN;
     END IF;
     SELECT string_agg(coalesce(i::text, 'NULL'), ', ' ORDER BY i) INTO missing
       FROM unnest(ids) AS i
@@ -1329,6 +1334,63 @@ SELECT s.id, s.name, s.description, s.entity, s.type, s.state, s.status, s.membe
        s.consecutive_failures
   FROM segments.segment s;
 
+-- Every management function taking `segments bigint[]` also takes one id
+-- (`segments.activate(2)`) and an untyped literal (`segments.refresh(NULL)`,
+-- `segments.activate('{1,2}')`): overloads on bigint and on text, made
+-- here from the array forms so that they never drift. The text form keeps
+-- untyped calls unambiguous: an unknown literal prefers the string type.
+DO $$
+DECLARE
+    f record;
+    args text;
+    call_args text;
+    body text;
+BEGIN
+    FOR f IN
+        SELECT p.oid, p.proname, p.proretset, pg_catalog.pg_get_function_result(p.oid) AS result,
+               p.proargnames, p.proargtypes::oid[] AS types, p.pronargs
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'segments'::regnamespace
+           AND p.proname NOT LIKE '\_%'
+           AND 'segments' = ANY (p.proargnames)
+           AND p.proargtypes[pg_catalog.array_position(p.proargnames, 'segments') - 1] = 'bigint[]'::regtype
+         ORDER BY p.proname
+    LOOP
+        FOR single IN 1..2 LOOP
+            args := '';
+            call_args := '';
+            FOR i IN 1..f.pronargs LOOP
+                IF i > 1 THEN
+                    args := args || ', ';
+                    call_args := call_args || ', ';
+                END IF;
+                IF f.proargnames[i] = 'segments' THEN
+                    args := args || 'segments ' || CASE single WHEN 1 THEN 'bigint' ELSE 'text' END;
+                    call_args := call_args || CASE single
+                        WHEN 1 THEN 'CASE WHEN $' || i || ' IS NULL THEN NULL ELSE ARRAY[$' || i || '] END'
+                        ELSE 'CASE WHEN $' || i || ' IS NULL THEN NULL WHEN pg_catalog.btrim($' || i || ') LIKE ''{%'' THEN $' || i || '::bigint[] ELSE ARRAY[$' || i || '::bigint] END'
+                    END;
+                ELSE
+                    args := args || pg_catalog.quote_ident(f.proargnames[i]) || ' ' || pg_catalog.format_type(f.types[i - 1], NULL);
+                    call_args := call_args || '$' || i;
+                END IF;
+            END LOOP;
+            body := CASE WHEN f.proretset OR f.result LIKE 'TABLE(%'
+                         THEN 'SELECT * FROM segments.' || pg_catalog.quote_ident(f.proname) || '(' || call_args || ')'
+                         ELSE 'SELECT segments.' || pg_catalog.quote_ident(f.proname) || '(' || call_args || ')' END;
+            EXECUTE pg_catalog.format(
+                'CREATE FUNCTION segments.%I(%s) RETURNS %s LANGUAGE sql SET search_path = pg_catalog, pg_temp AS %L',
+                f.proname, args, f.result, body);
+            EXECUTE pg_catalog.format(
+                'COMMENT ON FUNCTION segments.%I(%s) IS %L',
+                f.proname, args,
+                'Same as ' || f.proname || '(segments bigint[]), for ' ||
+                CASE single WHEN 1 THEN 'one segment id.' ELSE 'an untyped literal: NULL, one id or an array literal.' END);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
 -- ---- privileges ----------------------------------------------------------------
 
 -- Only segments.segment is writable by DML; internal state is written by
@@ -1377,6 +1439,222 @@ BEGIN
     FOR t IN SELECT e.target FROM segments.export e
               WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.target::oid) LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM segments_reader', t);
+    END LOOP;
+END
+$$;
+
+-- Comments on every public object: a \d+ or \df+ reader understands each
+-- without the README.
+COMMENT ON TABLE segments.change_queue IS 'Keys changed in tables live segments read, waiting for apply_changes() (internal).';
+COMMENT ON COLUMN segments.change_queue.entity IS 'The entity whose key changed.';
+COMMENT ON COLUMN segments.change_queue.key IS 'The key as text; NULL: the whole table changed (TRUNCATE).';
+COMMENT ON COLUMN segments.change_queue.queued_at IS 'When the change was captured.';
+COMMENT ON TABLE segments.entity IS 'Registered entities: tables whose rows segments group.';
+COMMENT ON COLUMN segments.entity.name IS 'Entity name.';
+COMMENT ON COLUMN segments.entity.relation IS 'The entity table.';
+COMMENT ON COLUMN segments.entity.key_column IS 'Its key column.';
+COMMENT ON COLUMN segments.entity.key_kind IS 'integer (keys are positions) or dictionary (positions from entity_key).';
+COMMENT ON COLUMN segments.entity.key_type IS 'Type of the key column.';
+COMMENT ON COLUMN segments.entity.eligible IS 'Condition every member of every segment of the entity meets.';
+COMMENT ON COLUMN segments.entity.created_at IS 'When it was registered.';
+COMMENT ON TABLE segments.entity_key IS 'Bitmap positions of text and uuid keys; rows are visible only to roles that may read the entity table.';
+COMMENT ON COLUMN segments.entity_key.entity IS 'The entity.';
+COMMENT ON COLUMN segments.entity_key.position IS 'The key''s bitmap position.';
+COMMENT ON COLUMN segments.entity_key.key IS 'The key as text.';
+COMMENT ON TABLE segments.export IS 'Exports: tables kept holding the members of some segments.';
+COMMENT ON COLUMN segments.export.id IS 'Export id.';
+COMMENT ON COLUMN segments.export.name IS 'Export name.';
+COMMENT ON COLUMN segments.export.entity IS 'Entity of its segments.';
+COMMENT ON COLUMN segments.export.segments IS 'The segments exported.';
+COMMENT ON COLUMN segments.export.target IS 'The table written.';
+COMMENT ON COLUMN segments.export.owner IS 'The role that created it; rewrites run as this role.';
+COMMENT ON COLUMN segments.export.created_at IS 'When it was created.';
+COMMENT ON COLUMN segments.export.status IS 'Outcome of the last rewrite: not_written, succeeded or failed.';
+COMMENT ON COLUMN segments.export.last_error IS 'Error of the last failed rewrite.';
+COMMENT ON COLUMN segments.export.last_written_at IS 'When it was last rewritten.';
+COMMENT ON TABLE segments.membership IS 'The members of each segment as a Roaring bitmap of key positions (one row per segment).';
+COMMENT ON COLUMN segments.membership.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.membership.members IS 'Serialized Roaring treemap of member positions.';
+COMMENT ON COLUMN segments.membership.member_count IS 'Number of members.';
+COMMENT ON COLUMN segments.membership.refreshed_at IS 'When it was computed.';
+COMMENT ON TABLE segments.membership_change IS 'Who entered and who exited a segment, per refresh run.';
+COMMENT ON COLUMN segments.membership_change.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.membership_change.run_id IS 'The refresh run.';
+COMMENT ON COLUMN segments.membership_change.key IS 'The record''s key as text.';
+COMMENT ON COLUMN segments.membership_change.change IS 'entered or exited.';
+COMMENT ON COLUMN segments.membership_change.at IS 'When.';
+COMMENT ON TABLE segments.refresh_run IS 'History: one row per refresh (or live application) of a segment.';
+COMMENT ON COLUMN segments.refresh_run.id IS 'Run id.';
+COMMENT ON COLUMN segments.refresh_run.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.refresh_run.trigger IS 'manual, schedule, system or live.';
+COMMENT ON COLUMN segments.refresh_run.started_at IS 'Start.';
+COMMENT ON COLUMN segments.refresh_run.finished_at IS 'End.';
+COMMENT ON COLUMN segments.refresh_run.status IS 'succeeded, failed, skipped or running.';
+COMMENT ON COLUMN segments.refresh_run.member_count IS 'Members after the run.';
+COMMENT ON COLUMN segments.refresh_run.entered IS 'Records that entered.';
+COMMENT ON COLUMN segments.refresh_run.exited IS 'Records that exited.';
+COMMENT ON COLUMN segments.refresh_run.error IS 'Error of a failed run.';
+COMMENT ON COLUMN segments.refresh_run.keys_examined IS 'Keys a live application evaluated.';
+COMMENT ON TABLE segments.related IS 'Registered related (one-to-many) tables of entities.';
+COMMENT ON COLUMN segments.related.entity IS 'The entity.';
+COMMENT ON COLUMN segments.related.name IS 'Name used in definitions.';
+COMMENT ON COLUMN segments.related.relation IS 'The table.';
+COMMENT ON COLUMN segments.related.foreign_key IS 'Column holding the entity key.';
+COMMENT ON COLUMN segments.related.time_column IS 'Column within windows measure against.';
+COMMENT ON TABLE segments.scheduler_state IS 'When the scheduler last ran its cluster-wide jobs (internal).';
+COMMENT ON COLUMN segments.scheduler_state.job IS 'system or cleanup.';
+COMMENT ON COLUMN segments.scheduler_state.last_run IS 'When it last ran.';
+COMMENT ON TABLE segments.segment IS 'The segments; writable by DML on segments the caller may change, guarded by lifecycle triggers.';
+COMMENT ON COLUMN segments.segment.id IS 'Segment id.';
+COMMENT ON COLUMN segments.segment.name IS 'Unique name.';
+COMMENT ON COLUMN segments.segment.description IS 'Free text.';
+COMMENT ON COLUMN segments.segment.entity IS 'The entity it groups.';
+COMMENT ON COLUMN segments.segment.definition IS 'The rules (jsonb), segment references stored by id.';
+COMMENT ON COLUMN segments.segment.type IS 'static or dynamic.';
+COMMENT ON COLUMN segments.segment.state IS 'active or inactive.';
+COMMENT ON COLUMN segments.segment.status IS 'Outcome of the last refresh: not_refreshed, running, succeeded, failed or skipped.';
+COMMENT ON COLUMN segments.segment.member_count IS 'Members at the last refresh.';
+COMMENT ON COLUMN segments.segment.last_refreshed_at IS 'When it was last refreshed.';
+COMMENT ON COLUMN segments.segment.last_error IS 'Error of the last failed refresh.';
+COMMENT ON COLUMN segments.segment.schedule IS 'system, live, daily, weekly, monthly, manual or a cron expression.';
+COMMENT ON COLUMN segments.segment.tags IS 'Tags.';
+COMMENT ON COLUMN segments.segment.never_expire IS 'Left alone by the unused-segment cleanup (admins only).';
+COMMENT ON COLUMN segments.segment.priority IS 'Sequence priority (lower first).';
+COMMENT ON COLUMN segments.segment.move_existing IS 'May take records connected to other sequences when of higher priority.';
+COMMENT ON COLUMN segments.segment.owner IS 'The role it belongs to; it is evaluated with its privileges.';
+COMMENT ON COLUMN segments.segment.created_at IS 'When it was created.';
+COMMENT ON COLUMN segments.segment.updated_at IS 'When a person last changed it.';
+COMMENT ON COLUMN segments.segment.updated_by IS 'Who last changed it.';
+COMMENT ON COLUMN segments.segment.rule_counts IS 'Per-rule counts of the last refresh; NULL after a definition change.';
+COMMENT ON COLUMN segments.segment.needs_refresh IS 'Due for computation (created, changed or resumed).';
+COMMENT ON COLUMN segments.segment.consecutive_failures IS 'Failed refreshes in a row (0 after a success).';
+COMMENT ON VIEW segments.segment_list IS 'One row per segment, as the segment list shows it.';
+COMMENT ON COLUMN segments.segment_list.id IS 'Segment id.';
+COMMENT ON COLUMN segments.segment_list.name IS 'Name.';
+COMMENT ON COLUMN segments.segment_list.description IS 'Description.';
+COMMENT ON COLUMN segments.segment_list.entity IS 'Entity.';
+COMMENT ON COLUMN segments.segment_list.type IS 'static or dynamic.';
+COMMENT ON COLUMN segments.segment_list.state IS 'active or inactive.';
+COMMENT ON COLUMN segments.segment_list.status IS 'Outcome of the last refresh.';
+COMMENT ON COLUMN segments.segment_list.member_count IS 'Members.';
+COMMENT ON COLUMN segments.segment_list.last_refreshed_at IS 'Last refresh.';
+COMMENT ON COLUMN segments.segment_list.last_error IS 'Last error.';
+COMMENT ON COLUMN segments.segment_list.schedule IS 'Schedule.';
+COMMENT ON COLUMN segments.segment_list.tags IS 'Tags.';
+COMMENT ON COLUMN segments.segment_list.never_expire IS 'Excluded from cleanup.';
+COMMENT ON COLUMN segments.segment_list.priority IS 'Sequence priority.';
+COMMENT ON COLUMN segments.segment_list.owner IS 'Owner.';
+COMMENT ON COLUMN segments.segment_list.created_at IS 'Created.';
+COMMENT ON COLUMN segments.segment_list.updated_at IS 'Last changed by a person.';
+COMMENT ON COLUMN segments.segment_list.next_refresh_at IS 'When it will next be computed (NULL: only when asked).';
+COMMENT ON COLUMN segments.segment_list.usage_count IS 'Live usages.';
+COMMENT ON COLUMN segments.segment_list.consecutive_failures IS 'Failed refreshes in a row.';
+COMMENT ON TABLE segments.sequence IS 'Sales sequences.';
+COMMENT ON COLUMN segments.sequence.id IS 'Sequence id.';
+COMMENT ON COLUMN segments.sequence.name IS 'Name.';
+COMMENT ON COLUMN segments.sequence.entity IS 'Entity of its records.';
+COMMENT ON COLUMN segments.sequence.created_at IS 'Created.';
+COMMENT ON COLUMN segments.sequence.owner IS 'The role that created it.';
+COMMENT ON TABLE segments.sequence_record IS 'Records connected to sequences (one sequence per record of an entity).';
+COMMENT ON COLUMN segments.sequence_record.entity IS 'Entity.';
+COMMENT ON COLUMN segments.sequence_record.key IS 'Record key as text.';
+COMMENT ON COLUMN segments.sequence_record.sequence_id IS 'The sequence.';
+COMMENT ON COLUMN segments.sequence_record.segment_id IS 'The segment that connected it (NULL once deleted, or by hand).';
+COMMENT ON COLUMN segments.sequence_record.segment_name IS 'That segment''s name at the time.';
+COMMENT ON COLUMN segments.sequence_record.connected_at IS 'When.';
+COMMENT ON VIEW segments.sequence_records IS 'Records connected to sequences, by sequence name.';
+COMMENT ON COLUMN segments.sequence_records.sequence IS 'Sequence name.';
+COMMENT ON COLUMN segments.sequence_records.key IS 'Record key.';
+COMMENT ON COLUMN segments.sequence_records.segment_id IS 'Segment that connected it.';
+COMMENT ON COLUMN segments.sequence_records.segment_name IS 'Its name at the time.';
+COMMENT ON COLUMN segments.sequence_records.connected_at IS 'When.';
+COMMENT ON TABLE segments.sequence_segment IS 'Segments connected to sequences (at most one sequence per segment).';
+COMMENT ON COLUMN segments.sequence_segment.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.sequence_segment.sequence_id IS 'The sequence.';
+COMMENT ON COLUMN segments.sequence_segment.connected_at IS 'When.';
+COMMENT ON TABLE segments.similarity_score IS 'Scores of the members of segments made by find_similar.';
+COMMENT ON COLUMN segments.similarity_score.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.similarity_score.key IS 'Record key.';
+COMMENT ON COLUMN segments.similarity_score.score IS 'Score 0 to 1.';
+COMMENT ON VIEW segments.usage IS 'Every usage of every segment.';
+COMMENT ON COLUMN segments.usage.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.usage.kind IS 'export, measure, segment, journey, campaign, test_list, message, sequence or analytics.';
+COMMENT ON COLUMN segments.usage.consumer IS 'Who uses it (a segment by name).';
+COMMENT ON COLUMN segments.usage.live IS 'Whether it keeps the segment in use.';
+COMMENT ON COLUMN segments.usage.since IS 'Since when.';
+COMMENT ON TABLE segments.usage_registry IS 'What uses each segment (internal; see view usage).';
+COMMENT ON COLUMN segments.usage_registry.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.usage_registry.kind IS 'Usage kind.';
+COMMENT ON COLUMN segments.usage_registry.consumer IS 'Who uses it.';
+COMMENT ON COLUMN segments.usage_registry.live IS 'Whether it keeps the segment in use.';
+COMMENT ON COLUMN segments.usage_registry.since IS 'Since when.';
+COMMENT ON FUNCTION segments.find_similar(bigint,text,bigint,integer,boolean) IS 'Creates a static segment of the customers most like the members of source (logistic regression on the entity''s numeric and categorical columns), the best size_percent of target (or everyone) scoring 0.4 or more; returns its id.';
+COMMENT ON FUNCTION segments.create_sequence(text,text) IS 'Creates a sales sequence for an entity, owned by the caller; returns its id.';
+COMMENT ON FUNCTION segments.remove_usage(bigint,text,text) IS 'Removes a usage recorded with add_usage (kinds segment, export and sequence are the extension''s own).';
+COMMENT ON FUNCTION segments.connect_records(bigint,text[]) IS 'Connects records (entity keys as text) to a sequence by hand; returns how many were newly connected.';
+COMMENT ON FUNCTION segments.overlap(bigint,bigint) IS 'Members only in a, in both, and only in b.';
+COMMENT ON FUNCTION segments.drop_export(text) IS 'Drops an export and its target table (its owner, or an admin).';
+COMMENT ON FUNCTION segments.unregister_entity(text) IS 'Removes an entity registration and its members view; refused while segments use it; works when the table is gone. Admins only.';
+COMMENT ON FUNCTION segments.is_member(bigint,anyelement) IS 'Whether the record with this key (in its own type) is a member of the segment at its last refresh.';
+COMMENT ON FUNCTION segments.is_member(bigint,text) IS 'Whether the record with this key (as text) is a member of the segment at its last refresh.';
+COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of.';
+COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
+COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) of each member of a segment made by find_similar.';
+COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
+COMMENT ON FUNCTION segments.create_export(text,bigint[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name), rewritten after each of their refreshes; returns the export id.';
+COMMENT ON FUNCTION segments.attribute_values(text,text,text,integer) IS 'The most frequent values of an entity column (optionally containing search), with their row counts: a value picker.';
+COMMENT ON FUNCTION segments.connect_sequence(bigint,bigint[]) IS 'Connects segments to a sequence: records entering them start it; returns how many segments were newly connected.';
+COMMENT ON FUNCTION segments.preview(bigint,integer) IS 'The first n members of a segment as JSON rows of the entity table, read with the caller''s privileges.';
+COMMENT ON FUNCTION segments.refresh(bigint[]) IS 'Recomputes the given segments (NULL: every active segment) now, each as its owner; one row per segment with its outcome.';
+COMMENT ON FUNCTION segments.bitmap(bigint) IS 'The segment''s members as a portable Roaring bitmap of key positions (32-bit format when positions fit).';
+COMMENT ON FUNCTION segments.explain(bigint) IS 'The SQL a refresh of the segment runs, one statement per leaf query.';
+COMMENT ON FUNCTION segments.register_entity(text,regclass,text,jsonb) IS 'Registers a table whose rows segments group, its key column and an optional eligibility condition; creates view segments.<entity>_members. Admins only.';
+COMMENT ON FUNCTION segments.rule_counts(bigint) IS 'Members per rule and subrule at the last refresh: the rule alone and cumulative with the rules before it.';
+COMMENT ON FUNCTION segments.suggest(text,text,text[],integer) IS 'Suggested segments: splits of the population whose average measure differs most from everyone''s, as ready definitions.';
+COMMENT ON FUNCTION segments.unregister_related(text,text) IS 'Removes a related table registration; refused while segments read it; works when the table is gone. Admins only.';
+COMMENT ON FUNCTION segments.member_positions(bigint) IS 'The bitmap positions of a segment''s members (used by the members views).';
+COMMENT ON FUNCTION segments.disconnect_sequence(bigint,bigint[]) IS 'Disconnects segments from a sequence; records already connected stay; returns how many were disconnected.';
+COMMENT ON FUNCTION segments.create_segment(text,jsonb,text,text,text,text[],integer,boolean) IS 'Creates a segment from a definition, owned by the caller; returns its id.';
+COMMENT ON FUNCTION segments.quick_segment(text,text,text,text,jsonb) IS 'Creates a segment of one attribute condition; returns its id.';
+COMMENT ON FUNCTION segments.duplicate(bigint,text) IS 'Copies a segment (definition, type, schedule, tags, priority) as ''<name> (copy)'' or the given name; returns the new id.';
+COMMENT ON FUNCTION segments.rename(bigint,text) IS 'Renames a segment; segments that read it keep working.';
+COMMENT ON FUNCTION segments.activate(bigint[]) IS 'Activates (resumes computation of) segments; returns how many changed.';
+COMMENT ON FUNCTION segments.deactivate(bigint[]) IS 'Deactivates segments, keeping definition and membership; returns them with their connected sequences.';
+COMMENT ON FUNCTION segments.set_type(bigint[],text) IS 'Makes segments static or dynamic; returns how many changed.';
+COMMENT ON FUNCTION segments.set_schedule(bigint[],text) IS 'Sets the schedule (system, live, daily, weekly, monthly, manual or cron) of segments; returns how many changed.';
+COMMENT ON FUNCTION segments.tag(bigint[],text[]) IS 'Adds tags to segments; returns how many changed.';
+COMMENT ON FUNCTION segments.untag(bigint[],text[]) IS 'Removes tags from segments; returns how many changed.';
+COMMENT ON FUNCTION segments.delete(bigint[]) IS 'Deletes segments with their membership and history; refused while something else depends on one of them.';
+COMMENT ON FUNCTION segments.disable_auto_cleanup(bigint[]) IS 'Sets never_expire: the unused-segment cleanup leaves these segments alone. Admins only.';
+COMMENT ON FUNCTION segments.enable_auto_cleanup(bigint[]) IS 'Clears never_expire. Admins only.';
+COMMENT ON FUNCTION segments.trend(bigint,timestamp with time zone) IS 'Member counts of a segment after each successful refresh since a time.';
+COMMENT ON FUNCTION segments.deactivate_unused(interval,boolean) IS 'Deactivates (and tags AutoDeactivated) active segments without live usage created or updated longer ago than older_than; dry_run only lists them.';
+COMMENT ON FUNCTION segments.run_due() IS 'One scheduler pass: the cleanup and the refreshes that are due; returns the runs recorded.';
+COMMENT ON FUNCTION segments.apply_changes() IS 'Applies the row changes captured for live segments; returns the runs recorded (trigger live).';
+COMMENT ON FUNCTION segments.set_priority(bigint,integer) IS 'Sets a segment''s sequence priority (lower first).';
+COMMENT ON FUNCTION segments.set_owner(bigint[],regrole) IS 'Gives segments to another role, like ALTER ... OWNER TO: you must be allowed to change them and be a member of the new owner.';
+COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key and optional time column. Admins only.';
+COMMENT ON FUNCTION segments.estimate(jsonb) IS 'Simulates a definition: members per rule, nothing saved.';
+COMMENT ON FUNCTION segments.rb_agg_step(internal,bigint) IS 'Transition function of rb_agg.';
+COMMENT ON FUNCTION segments.rb_agg_combine(internal,internal) IS 'Combine function of rb_agg (parallel aggregation).';
+COMMENT ON FUNCTION segments.rb_agg_serialize(internal) IS 'Serial function of rb_agg.';
+COMMENT ON FUNCTION segments.rb_agg_deserialize(bytea,internal) IS 'Deserial function of rb_agg.';
+COMMENT ON FUNCTION segments.rb_agg_final(internal) IS 'Final function of rb_agg: the serialized bitmap.';
+COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';
+
+-- Members views made by 0.1.0 get this version's shape, comments included.
+SELECT segments._remake_members_views();
+-- (Made inside this script, they would become members of the extension;
+-- members views belong to the database, as at registration.)
+DO $$
+DECLARE
+    v regclass;
+BEGIN
+    FOR v IN SELECT pg_catalog.to_regclass('segments.' || pg_catalog.quote_ident(e.name || '_members'))
+               FROM segments.entity e LOOP
+        IF v IS NOT NULL THEN
+            EXECUTE pg_catalog.format('ALTER EXTENSION segments DROP VIEW %s', v);
+        END IF;
     END LOOP;
 END
 $$;

@@ -73,6 +73,29 @@ fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: Key
     )
 }
 
+/// Comments on a members view and every column of it.
+fn comment_members_view(entity: &str, table: &Table) {
+    let view = format!("segments.{}", ident(&members_view_name(entity)));
+    let mut sql = format!(
+        "COMMENT ON VIEW {view} IS {};\n\
+         COMMENT ON COLUMN {view}.segment_id IS 'The segment.';\n\
+         COMMENT ON COLUMN {view}.segment_name IS 'The segment''s name.';\n",
+        literal(&format!(
+            "Members of the segments of entity {entity}: segment_id, segment_name, then every column of {} \
+             (security_invoker: you see the rows you may SELECT).",
+            table.relation_sql
+        ))
+    );
+    for column in &table.columns {
+        sql.push_str(&format!(
+            "COMMENT ON COLUMN {view}.{} IS {};\n",
+            ident(&column.name),
+            literal(&format!("Column {} of {}.", column.name, table.relation_sql))
+        ));
+    }
+    spi(Spi::run(&sql));
+}
+
 fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, eligible: Option<serde_json::Value>) -> Result<(), Reported> {
     check_name("entity", entity, 40)?;
     if SpiCatalog.entity(entity).is_some() {
@@ -110,6 +133,7 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
     // Compiling the eligible condition checks it against the columns.
     Planner::new(&SpiCatalog, entity, "entity", &reference_time_sql())?;
     spi(Spi::run(&members_view_sql(entity, &table, key_column, key_kind, &key_type_sql)));
+    comment_members_view(entity, &table);
     spi(Spi::run(&format!(
         "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
         ident(&members_view_name(entity))
@@ -400,6 +424,7 @@ pub fn restore_members_views() {
         let (type_oid, key_type_sql) = key_type_oid_of(&entity);
         let _ = type_oid;
         spi(Spi::run(&members_view_sql(&entity, &found.table, &found.key_column, found.key_kind, &key_type_sql)));
+        comment_members_view(&entity, &found.table);
         let view = format!("segments.{}", ident(&members_view_name(&entity)));
         let grants = SAVED_GRANTS.with(|saved| saved.borrow_mut().remove(&entity));
         match grants {
@@ -447,3 +472,36 @@ CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
     name = "members_view_events",
     requires = ["schema"]
 );
+
+/// Makes every members view again from its table's current columns, with
+/// its grants and comments (used by ALTER EXTENSION UPDATE: views made by
+/// an older version get this version's shape). Admins only.
+#[pg_extern(schema = "segments")]
+fn _remake_members_views() {
+    crate::txn::require_admin("remake members views");
+    crate::txn::privileged(AssertUnwindSafe(|| {
+        let entities: Vec<(String, pg_sys::Oid)> = Spi::connect(|client| {
+            spi(client.select("SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name", None, &[]))
+                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap()))
+                .collect()
+        });
+        for (entity, _) in entities {
+            let view = format!("segments.{}", ident(&members_view_name(&entity)));
+            let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
+                spi(client.select(
+                    "SELECT a.grantee, a.privilege_type, a.is_grantable \
+                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+                        AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+                    None,
+                    &[view.clone().into()],
+                ))
+                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+                .collect()
+            });
+            SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.clone(), grants));
+            spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
+        }
+        restore_members_views();
+    }));
+}

@@ -1191,3 +1191,50 @@ fn finding_similar_customers_and_suggested_segments() {
         assert_eq!(sqlstate(&error).0, code, "{sql}");
     }
 }
+
+/// Every public function, view, table and column has a comment, members
+/// views included (the single-id overloads too).
+#[test]
+fn every_public_object_has_a_comment() {
+    let cluster = Cluster::start("comments", &[]);
+    let mut client = sample_database(&cluster, "100");
+    let missing: Vec<String> = client
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'segments'::regnamespace AND p.proname NOT LIKE '\\_%'
+                AND obj_description(p.oid, 'pg_proc') IS NULL
+             UNION ALL
+             SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'segments'::regnamespace AND c.relkind IN ('r', 'v')
+                AND obj_description(c.oid, 'pg_class') IS NULL
+             UNION ALL
+             SELECT c.oid::regclass::text || '.' || a.attname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+              WHERE c.relnamespace = 'segments'::regnamespace AND c.relkind IN ('r', 'v') AND a.attnum > 0
+                AND NOT a.attisdropped AND col_description(c.oid, a.attnum) IS NULL
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(missing.is_empty(), "objects without a comment: {missing:?}");
+    // One id and untyped literals work; NULL and empty change nothing.
+    let id: i64 = client.query_one("SELECT segments.quick_segment('x', 'customer', 'age', 'gt', '30')", &[]).unwrap().get(0);
+    let n: i32 = client.query_one(&format!("SELECT segments.tag({id}, ARRAY['a'])"), &[]).unwrap().get(0);
+    assert_eq!(n, 1);
+    let rows = client.query("SELECT * FROM segments.refresh(NULL)", &[]).unwrap();
+    assert_eq!(rows.len(), 1, "refresh(NULL) is every segment");
+    for sql in ["SELECT segments.activate(NULL)", "SELECT segments.activate(ARRAY[]::bigint[])", "SELECT segments.set_type(NULL, 'static')"] {
+        let n: i32 = client.query_one(sql, &[]).unwrap().get(0);
+        assert_eq!(n, 0, "{sql}");
+    }
+    let rows = client.query("SELECT * FROM segments.deactivate((SELECT array_agg(id) FROM segments.segment WHERE 'nope' = ANY (tags)))", &[]).unwrap();
+    assert!(rows.is_empty());
+    let rows = client.query("SELECT * FROM segments.delete(NULL)", &[]).unwrap();
+    assert!(rows.is_empty());
+    let state: String = client.query_one(&format!("SELECT state FROM segments.segment WHERE id = {id}"), &[]).unwrap().get(0);
+    assert_eq!(state, "active");
+    let n: i32 = client.query_one(&format!("SELECT segments.activate('{{{id}}}')"), &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+}
