@@ -51,7 +51,7 @@ if ! "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
 fi
 
 echo "== layer 3: integration tests on real clusters"
-cargo test --features integration --test cluster --test security --test robustness --test live --test differential
+cargo test --features integration --test cluster --test analyst --test security --test robustness --test live --test differential
 
 echo "== upgrade: 0.1.0 -> current, in place"
 bash scripts/upgrade_test.sh

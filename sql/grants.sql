@@ -89,7 +89,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -292,4 +292,37 @@ COMMENT ON FUNCTION segments.rb_agg_combine(internal,internal) IS 'Combine funct
 COMMENT ON FUNCTION segments.rb_agg_serialize(internal) IS 'Serial function of rb_agg.';
 COMMENT ON FUNCTION segments.rb_agg_deserialize(bytea,internal) IS 'Deserial function of rb_agg.';
 COMMENT ON FUNCTION segments.rb_agg_final(internal) IS 'Final function of rb_agg: the serialized bitmap.';
+COMMENT ON TABLE segments.definition_version IS 'Every definition, name, type and schedule each segment has had (see view definition_history).';
+COMMENT ON COLUMN segments.definition_version.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.definition_version.version IS 'Version number, from 1.';
+COMMENT ON COLUMN segments.definition_version.name IS 'Name at this version.';
+COMMENT ON COLUMN segments.definition_version.definition IS 'Definition at this version.';
+COMMENT ON COLUMN segments.definition_version.type IS 'Type at this version.';
+COMMENT ON COLUMN segments.definition_version.schedule IS 'Schedule at this version.';
+COMMENT ON COLUMN segments.definition_version.changed_by IS 'Who made the change.';
+COMMENT ON COLUMN segments.definition_version.changed_at IS 'When.';
+COMMENT ON VIEW segments.definition_history IS 'Every definition, name, type and schedule change of every segment: who, when, old and new.';
+COMMENT ON COLUMN segments.definition_history.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.definition_history.version IS 'Version number (restore_definition takes it).';
+COMMENT ON COLUMN segments.definition_history.changed_at IS 'When.';
+COMMENT ON COLUMN segments.definition_history.changed_by IS 'Who.';
+COMMENT ON COLUMN segments.definition_history.old_name IS 'Name before (NULL for the first version).';
+COMMENT ON COLUMN segments.definition_history.new_name IS 'Name after.';
+COMMENT ON COLUMN segments.definition_history.old_definition IS 'Definition before.';
+COMMENT ON COLUMN segments.definition_history.new_definition IS 'Definition after.';
+COMMENT ON COLUMN segments.definition_history.old_type IS 'Type before.';
+COMMENT ON COLUMN segments.definition_history.new_type IS 'Type after.';
+COMMENT ON COLUMN segments.definition_history.old_schedule IS 'Schedule before.';
+COMMENT ON COLUMN segments.definition_history.new_schedule IS 'Schedule after.';
+COMMENT ON TABLE segments.limits IS 'Limits set with set_limit(), lasting across sessions (one row).';
+COMMENT ON COLUMN segments.limits.singleton IS 'Always true: the table has one row.';
+COMMENT ON COLUMN segments.limits.max_active_segments IS 'The active-segment limit (NULL: the setting segments.max_active_segments).';
+COMMENT ON COLUMN segments.segment_list.active_segments IS 'Active segments in the database.';
+COMMENT ON COLUMN segments.segment_list.max_active_segments IS 'The active-segment limit in force.';
+COMMENT ON FUNCTION segments.restore_definition(bigint, integer) IS 'Puts back the definition a segment had at a version of definition_history (recorded as a new version).';
+COMMENT ON FUNCTION segments.members_at(bigint, timestamp with time zone) IS 'The keys of a segment''s members as they were after its last refresh at or before a time, within the history retention.';
+COMMENT ON FUNCTION segments.freeze(bigint, text) IS 'Creates a static segment holding the current membership of another; returns its id.';
+COMMENT ON FUNCTION segments.set_limit(integer) IS 'Sets the active-segment limit persistently (admins only); NULL goes back to the setting.';
+COMMENT ON FUNCTION segments.explain_member(bigint, anyelement) IS 'Why a record (key in its own type) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
+COMMENT ON FUNCTION segments.explain_member(bigint, text) IS 'Why a record (key as text) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
 COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';

@@ -225,12 +225,25 @@ CREATE TRIGGER segment_before_delete
     BEFORE DELETE ON segments.segment
     FOR EACH ROW EXECUTE FUNCTION segments._segment_before_delete();
 
+-- The cap on active segments: segments.max_active_segments when a session
+-- or the configuration sets it, else the limit stored by set_limit(), else
+-- the setting's default.
+CREATE FUNCTION segments._active_limit() RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN coalesce((SELECT s.source FROM pg_catalog.pg_settings s
+                                WHERE s.name = 'segments.max_active_segments'), 'default') <> 'default'
+                THEN current_setting('segments.max_active_segments')::bigint
+                ELSE coalesce((SELECT l.max_active_segments FROM segments.limits l),
+                              nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000) END
+$$;
+
 -- The cap on active segments: a WARNING from 90% of it, an error past it.
 CREATE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cap bigint := coalesce(nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000);
+    cap bigint := segments._active_limit();
     active bigint;
 BEGIN
     IF activated = 0 THEN

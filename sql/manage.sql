@@ -275,7 +275,9 @@ SELECT s.id, s.name, s.description, s.entity, s.type, s.state, s.status, s.membe
            s.type, s.state, s.schedule, extract(epoch FROM s.last_refreshed_at)::float8,
            extract(epoch FROM s.created_at)::float8, s.needs_refresh)) AS next_refresh_at,
        (SELECT count(*) FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live) AS usage_count,
-       s.consecutive_failures
+       s.consecutive_failures,
+       (SELECT count(*) FROM segments.segment a WHERE a.state = 'active') AS active_segments,
+       segments._active_limit() AS max_active_segments
   FROM segments.segment s;
 
 -- Every usage of every segment; a segment reading another shows by name.

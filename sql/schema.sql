@@ -198,6 +198,12 @@ CREATE TABLE segments.scheduler_state (
 );
 INSERT INTO segments.scheduler_state (job) VALUES ('system'), ('cleanup');
 
+-- Limits admins set with segments.set_limit(), lasting across sessions.
+CREATE TABLE segments.limits (
+    singleton           boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    max_active_segments integer CHECK (max_active_segments > 0)
+);
+
 SELECT pg_catalog.pg_extension_config_dump('segments.entity', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.related', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.entity_key', '');
@@ -213,6 +219,7 @@ SELECT pg_catalog.pg_extension_config_dump('segments.similarity_score', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence_segment', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence_record', '');
+SELECT pg_catalog.pg_extension_config_dump('segments.limits', '');
 -- Identity sequences too, so that ids go on where they were after a restore.
 SELECT pg_catalog.pg_extension_config_dump(pg_get_serial_sequence('segments.segment', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_get_serial_sequence('segments.refresh_run', 'id'), '');

@@ -36,7 +36,39 @@ CREATE TABLE segments.change_queue (
 );
 CREATE INDEX ON segments.change_queue (entity);
 
+-- Definition history and persistent limits.
+CREATE TABLE segments.definition_version (
+    segment_id bigint NOT NULL REFERENCES segments.segment (id) ON DELETE CASCADE,
+    version    integer NOT NULL,
+    name       text NOT NULL,
+    definition jsonb NOT NULL,
+    type       text NOT NULL,
+    schedule   text,
+    changed_by regrole,
+    changed_at timestamptz NOT NULL,
+    PRIMARY KEY (segment_id, version)
+);
+SELECT pg_catalog.pg_extension_config_dump('segments.definition_version', '');
+-- Each segment's history starts with what it is now.
+INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
+SELECT s.id, 1, s.name, s.definition, s.type, s.schedule, s.updated_by, s.updated_at FROM segments.segment s;
+CREATE TABLE segments.limits (
+    singleton           boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    max_active_segments integer CHECK (max_active_segments > 0)
+);
+SELECT pg_catalog.pg_extension_config_dump('segments.limits', '');
+
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
+CREATE OR REPLACE FUNCTION segments._active_limit() RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN coalesce((SELECT s.source FROM pg_catalog.pg_settings s
+                                WHERE s.name = 'segments.max_active_segments'), 'default') <> 'default'
+                THEN current_setting('segments.max_active_segments')::bigint
+                ELSE coalesce((SELECT l.max_active_segments FROM segments.limits l),
+                              nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000) END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
 RETURNS void
 LANGUAGE plpgsql
@@ -105,7 +137,7 @@ CREATE OR REPLACE FUNCTION segments._check_active_limit(activated bigint) RETURN
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cap bigint := coalesce(nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000);
+    cap bigint := segments._active_limit();
     active bigint;
 BEGIN
     IF activated = 0 THEN
@@ -379,6 +411,20 @@ CREATE OR REPLACE FUNCTION segments."_estimate"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_estimate_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_explain_member"(
+	"segment" bigint, /* i64 */
+	"key" TEXT /* & str */
+) RETURNS TABLE (
+	"path" TEXT,  /* String */
+	"name" TEXT,  /* Option < String > */
+	"condition" jsonb,  /* Option < JsonB > */
+	"matches" bool,  /* bool */
+	"value" TEXT  /* Option < String > */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_explain_member_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."_internal_write"() RETURNS bool /* bool */
 STRICT STABLE PARALLEL SAFE 
@@ -700,6 +746,22 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments._segment_record_version() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND (NEW.name, NEW.definition, NEW.type, NEW.schedule)
+                            IS NOT DISTINCT FROM (OLD.name, OLD.definition, OLD.type, OLD.schedule) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
+    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
+           NEW.updated_by, clock_timestamp()
+      FROM segments.definition_version v WHERE v.segment_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._segment_sync_capture() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1015,6 +1077,16 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'explain_wrapper';
 
+CREATE OR REPLACE FUNCTION segments.explain_member(segment bigint, key anyelement)
+RETURNS TABLE (path text, name text, condition jsonb, matches boolean, value text)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM segments._explain_member(segment, key::text) $$;
+
+CREATE OR REPLACE FUNCTION segments.explain_member(segment bigint, key text)
+RETURNS TABLE (path text, name text, condition jsonb, matches boolean, value text)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM segments._explain_member(segment, key) $$;
+
 CREATE OR REPLACE FUNCTION segments."find_similar"(
 	"source" bigint, /* i64 */
 	"name" TEXT, /* & str */
@@ -1025,6 +1097,14 @@ CREATE OR REPLACE FUNCTION segments."find_similar"(
 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'find_similar_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."freeze"(
+	"segment" bigint, /* i64 */
+	"name" TEXT /* & str */
+) RETURNS bigint /* i64 */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'freeze_wrapper';
 
 CREATE OR REPLACE FUNCTION segments.is_member(segment bigint, key anyelement) RETURNS boolean
 LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key::text) $$;
@@ -1038,6 +1118,14 @@ CREATE OR REPLACE FUNCTION segments."member_positions"(
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'member_positions_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."members_at"(
+	"segment" bigint, /* i64 */
+	"at" timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+) RETURNS SETOF TEXT /* String */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'members_at_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."overlap"(
 	"a" bigint, /* i64 */
@@ -1163,6 +1251,21 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments.restore_definition(segment bigint, version integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old jsonb;
+BEGIN
+    SELECT v.definition INTO old FROM segments.definition_version v
+     WHERE v.segment_id = restore_definition.segment AND v.version = restore_definition.version;
+    IF old IS NULL THEN
+        RAISE EXCEPTION 'segment % has no definition version %', segment, version USING ERRCODE = 'undefined_object';
+    END IF;
+    UPDATE segments.segment s SET definition = old WHERE s.id = restore_definition.segment;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments."rule_counts"(
 	"segment" bigint /* i64 */
 ) RETURNS TABLE (
@@ -1192,6 +1295,13 @@ LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key::text)
 CREATE OR REPLACE FUNCTION segments.segments_of(entity text, key text)
 RETURNS TABLE (segment_id bigint, name text)
 LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key) $$;
+
+CREATE OR REPLACE FUNCTION segments."set_limit"(
+	"max_active" INT /* Option < i32 > */
+) RETURNS void
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_limit_wrapper';
 
 CREATE OR REPLACE FUNCTION segments.set_owner(segments bigint[], owner regrole) RETURNS integer
 LANGUAGE c AS 'MODULE_PATHNAME', 'set_owner_wrapper';
@@ -1317,12 +1427,26 @@ CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION segments._members_view_restore();
 
+-- Definition history.
+CREATE TRIGGER segment_record_version
+    AFTER INSERT OR UPDATE OF name, definition, type, schedule ON segments.segment
+    FOR EACH ROW EXECUTE FUNCTION segments._segment_record_version();
+CREATE VIEW segments.definition_history AS
+SELECT v.segment_id, v.version, v.changed_at, v.changed_by,
+       lag(v.name) OVER w AS old_name, v.name AS new_name,
+       lag(v.definition) OVER w AS old_definition, v.definition AS new_definition,
+       lag(v.type) OVER w AS old_type, v.type AS new_type,
+       lag(v.schedule) OVER w AS old_schedule, v.schedule AS new_schedule
+  FROM segments.definition_version v
+WINDOW w AS (PARTITION BY v.segment_id ORDER BY v.version);
+
 -- Capture follows the live segments.
 CREATE TRIGGER segment_sync_capture
     AFTER INSERT OR UPDATE OF schedule, state, definition OR DELETE ON segments.segment
     FOR EACH STATEMENT EXECUTE FUNCTION segments._segment_sync_capture();
 
--- segment_list gains consecutive_failures (at the end).
+-- segment_list gains consecutive failures and the active count against the
+-- limit (at the end).
 CREATE OR REPLACE VIEW segments.segment_list AS
 SELECT s.id, s.name, s.description, s.entity, s.type, s.state, s.status, s.member_count,
        s.last_refreshed_at, s.last_error, s.schedule, s.tags, s.never_expire, s.priority, s.owner,
@@ -1331,7 +1455,9 @@ SELECT s.id, s.name, s.description, s.entity, s.type, s.state, s.status, s.membe
            s.type, s.state, s.schedule, extract(epoch FROM s.last_refreshed_at)::float8,
            extract(epoch FROM s.created_at)::float8, s.needs_refresh)) AS next_refresh_at,
        (SELECT count(*) FROM segments.usage_registry u WHERE u.segment_id = s.id AND u.live) AS usage_count,
-       s.consecutive_failures
+       s.consecutive_failures,
+       (SELECT count(*) FROM segments.segment a WHERE a.state = 'active') AS active_segments,
+       segments._active_limit() AS max_active_segments
   FROM segments.segment s;
 
 -- Every management function taking `segments bigint[]` also takes one id
@@ -1424,7 +1550,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -1640,6 +1766,39 @@ COMMENT ON FUNCTION segments.rb_agg_combine(internal,internal) IS 'Combine funct
 COMMENT ON FUNCTION segments.rb_agg_serialize(internal) IS 'Serial function of rb_agg.';
 COMMENT ON FUNCTION segments.rb_agg_deserialize(bytea,internal) IS 'Deserial function of rb_agg.';
 COMMENT ON FUNCTION segments.rb_agg_final(internal) IS 'Final function of rb_agg: the serialized bitmap.';
+COMMENT ON TABLE segments.definition_version IS 'Every definition, name, type and schedule each segment has had (see view definition_history).';
+COMMENT ON COLUMN segments.definition_version.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.definition_version.version IS 'Version number, from 1.';
+COMMENT ON COLUMN segments.definition_version.name IS 'Name at this version.';
+COMMENT ON COLUMN segments.definition_version.definition IS 'Definition at this version.';
+COMMENT ON COLUMN segments.definition_version.type IS 'Type at this version.';
+COMMENT ON COLUMN segments.definition_version.schedule IS 'Schedule at this version.';
+COMMENT ON COLUMN segments.definition_version.changed_by IS 'Who made the change.';
+COMMENT ON COLUMN segments.definition_version.changed_at IS 'When.';
+COMMENT ON VIEW segments.definition_history IS 'Every definition, name, type and schedule change of every segment: who, when, old and new.';
+COMMENT ON COLUMN segments.definition_history.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.definition_history.version IS 'Version number (restore_definition takes it).';
+COMMENT ON COLUMN segments.definition_history.changed_at IS 'When.';
+COMMENT ON COLUMN segments.definition_history.changed_by IS 'Who.';
+COMMENT ON COLUMN segments.definition_history.old_name IS 'Name before (NULL for the first version).';
+COMMENT ON COLUMN segments.definition_history.new_name IS 'Name after.';
+COMMENT ON COLUMN segments.definition_history.old_definition IS 'Definition before.';
+COMMENT ON COLUMN segments.definition_history.new_definition IS 'Definition after.';
+COMMENT ON COLUMN segments.definition_history.old_type IS 'Type before.';
+COMMENT ON COLUMN segments.definition_history.new_type IS 'Type after.';
+COMMENT ON COLUMN segments.definition_history.old_schedule IS 'Schedule before.';
+COMMENT ON COLUMN segments.definition_history.new_schedule IS 'Schedule after.';
+COMMENT ON TABLE segments.limits IS 'Limits set with set_limit(), lasting across sessions (one row).';
+COMMENT ON COLUMN segments.limits.singleton IS 'Always true: the table has one row.';
+COMMENT ON COLUMN segments.limits.max_active_segments IS 'The active-segment limit (NULL: the setting segments.max_active_segments).';
+COMMENT ON COLUMN segments.segment_list.active_segments IS 'Active segments in the database.';
+COMMENT ON COLUMN segments.segment_list.max_active_segments IS 'The active-segment limit in force.';
+COMMENT ON FUNCTION segments.restore_definition(bigint, integer) IS 'Puts back the definition a segment had at a version of definition_history (recorded as a new version).';
+COMMENT ON FUNCTION segments.members_at(bigint, timestamp with time zone) IS 'The keys of a segment''s members as they were after its last refresh at or before a time, within the history retention.';
+COMMENT ON FUNCTION segments.freeze(bigint, text) IS 'Creates a static segment holding the current membership of another; returns its id.';
+COMMENT ON FUNCTION segments.set_limit(integer) IS 'Sets the active-segment limit persistently (admins only); NULL goes back to the setting.';
+COMMENT ON FUNCTION segments.explain_member(bigint, anyelement) IS 'Why a record (key in its own type) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
+COMMENT ON FUNCTION segments.explain_member(bigint, text) IS 'Why a record (key as text) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
 COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';
 
 -- Members views made by 0.1.0 get this version's shape, comments included.

@@ -342,7 +342,9 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn related_leaf(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Leaf, bool), Reported> {
+    /// The filters of a related condition (its `where`, its window, and a
+    /// live restriction) and its foreign-key expression.
+    fn related_filters(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Vec<String>, String), Reported> {
         let what = format!("related table \"{}\"", related.name);
         if related.table.dropped {
             return Err(SegmentsError::UndefinedTable(format!(
@@ -374,6 +376,30 @@ impl<'a> Planner<'a> {
         if let Some(keys) = &self.restriction {
             filters.push(format!("{fk} {} ANY ({keys})", op("=")));
         }
+        Ok((filters, fk))
+    }
+
+    /// For `explain_member`: the value a related condition compares for the
+    /// restricted keys, as text (how many related rows match, or the
+    /// aggregate), NULL when there is none.
+    pub fn related_value_sql(&self, path: &str, test: &RelatedTest) -> Result<String, Reported> {
+        let related = self.entity.related(&test.related).ok_or_else(|| {
+            SegmentsError::UndefinedTable(format!("{path}.related: related table \"{}\" is not registered", test.related))
+        })?;
+        let (filters, _) = self.related_filters(path, related, test)?;
+        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
+        let measure = match &test.measure {
+            RelatedMeasure::Aggregate { function, attribute: Some(attribute), .. } if *function != AggregateFunction::Count => {
+                format!("pg_catalog.{}(r.{})", function.as_str(), ident(attribute))
+            }
+            _ => "pg_catalog.count(*)".to_string(),
+        };
+        Ok(format!("SELECT ({measure})::pg_catalog.text FROM {} r{where_sql}", related.table.relation_sql))
+    }
+
+    fn related_leaf(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Leaf, bool), Reported> {
+        let what = format!("related table \"{}\"", related.name);
+        let (filters, fk) = self.related_filters(path, related, test)?;
         let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
         let from = format!("{} r", related.table.relation_sql);
         Ok(match &test.measure {

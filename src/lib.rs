@@ -12,12 +12,15 @@
 //! - `schedule`, `scheduler`, `worker`: schedules, one scheduler pass, the
 //!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
+//! - `explain`: explain_member, why a record is or is not a member
 //! - `live`: change capture and the apply step of live segments
 //! - `sequence`: connecting records that enter segments to sales sequences
 //! - `lookalike`, `suggest`: finding customers like a segment's, and
 //!   suggested segments for a measure
 //! - `spelling`: "did you mean" hints
 //! - `export`: export tables kept in step with refreshes
+//! - `history`: membership at a past time, frozen copies (definition
+//!   history is sql/history.sql)
 //! - `settings`: every `segments.*` setting
 //! - `txn`: subtransactions, the sandbox, running as a segment's owner or
 //!   as the extension (the only writer of internal state)
@@ -31,7 +34,9 @@ pub mod definition;
 pub mod entity;
 pub mod error;
 pub mod evaluate;
+pub mod explain;
 pub mod export;
+pub mod history;
 pub mod inspect;
 pub mod live;
 pub mod lookalike;
@@ -73,6 +78,7 @@ pgrx::extension_sql_file!(
     requires = ["lifecycle", segment::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
+pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["cleanup", "key_functions", export::_rewrite_export]);
 pgrx::extension_sql_file!(
     "../sql/sequences.sql",

@@ -132,6 +132,23 @@ mod tests {
     }
 }
 
+/// Sets the active-segment limit persistently (admins only); NULL goes
+/// back to the setting `segments.max_active_segments`.
+#[pg_extern(schema = "segments")]
+fn set_limit(max_active: Option<i32>) {
+    crate::txn::require_admin("change the active-segment limit");
+    if let Some(limit) = max_active {
+        if limit < 1 {
+            crate::error::SegmentsError::InvalidParameter(format!("max_active must be 1 or more, not {limit}")).raise();
+        }
+    }
+    crate::txn::run_internal(
+        "INSERT INTO segments.limits (singleton, max_active_segments) VALUES (true, $1) \
+         ON CONFLICT (singleton) DO UPDATE SET max_active_segments = EXCLUDED.max_active_segments",
+        vec![max_active.into()],
+    );
+}
+
 /// Gives segments to another role, as `ALTER ... OWNER TO` does: the
 /// caller must be allowed to change each segment and be a member of the
 /// new owner. Returns how many segments changed owner.

@@ -1,0 +1,183 @@
+//! Layer 3: what analysts and DBAs of 0.2.0 ask for (SPEC section 13):
+//! why a record is or is not a member, definition history, membership at a
+//! past time, frozen copies, the active limit.
+
+mod harness;
+
+use harness::Cluster;
+
+const ANCHOR: &str = "2026-11-01";
+
+fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
+    cluster.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", ANCHOR)]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION segments;
+             SET segments.reference_time = '{ANCHOR}';
+             SELECT segments.register_entity('customer', 'customers', 'id');
+             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');"
+        ))
+        .unwrap();
+    client
+}
+
+/// explain_member agrees with is_member on every one of 10,000+ keys, and
+/// shows the value each condition compared.
+#[test]
+fn explain_member_agrees_with_is_member() {
+    let cluster = Cluster::start("explain", &[]);
+    let mut client = sample(&cluster, "10500");
+    let id: i64 = client
+        .query_one(
+            r#"SELECT segments.create_segment('Explained', '{"entity":"customer","rules":[
+                {"name":"Germans or French","where":{"any":[{"attribute":"country","op":"eq","value":"DE"},{"attribute":"country","op":"eq","value":"FR"}]}},
+                {"name":"big spenders","combine":"union","where":{"related":"orders","aggregate":"sum","attribute":"amount","within":"90 days","op":"gt","value":2000}},
+                {"name":"not unsubscribed","combine":"except","where":{"not":{"attribute":"unsubscribed","op":"is_false"}}}]}')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    let disagree: i64 = client
+        .query_one(
+            "SELECT count(*) FROM customers c
+              WHERE (SELECT e.matches FROM segments.explain_member($1, c.id) e WHERE e.path = 'member')
+                    IS DISTINCT FROM segments.is_member($1, c.id)",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    let keys: i64 = client.query_one("SELECT count(*) FROM customers", &[]).unwrap().get(0);
+    assert!(keys >= 10_000);
+    assert_eq!(disagree, 0, "explain_member disagrees with is_member on {disagree} of {keys} keys");
+    // A German member: the country row says DE and matches.
+    let german: i64 = client
+        .query_one("SELECT min(id) FROM customers WHERE country = 'DE' AND NOT unsubscribed", &[])
+        .unwrap()
+        .get(0);
+    let rows = client.query("SELECT path, name, matches, value FROM segments.explain_member($1, $2::bigint)", &[&id, &german]).unwrap();
+    let find = |path: &str| rows.iter().find(|r| r.get::<_, String>(0) == path).unwrap_or_else(|| panic!("no row {path}"));
+    assert_eq!(find("rules[0].where.any[0]").get::<_, Option<String>>(3).as_deref(), Some("DE"));
+    assert!(find("rules[0].where.any[0]").get::<_, bool>(2));
+    assert!(!find("rules[0].where.any[1]").get::<_, bool>(2));
+    assert!(find("rules[1].where").get::<_, Option<String>>(3).is_some(), "the aggregate's value is shown");
+    assert!(find("member").get::<_, bool>(2));
+    assert_eq!(find("member").get::<_, Option<String>>(3).as_deref(), Some("is_member now: true"));
+    // A key that is no record.
+    let rows = client.query("SELECT path, matches FROM segments.explain_member($1, 'nope'::text)", &[&id]);
+    assert!(rows.is_err(), "a non-integer key of an integer entity is refused");
+    let rows = client.query("SELECT path, matches FROM segments.explain_member($1, 999999999)", &[&id]).unwrap();
+    assert!(rows.iter().all(|r| !r.get::<_, bool>(1)));
+}
+
+/// Definition history records every change with who and when; restoring
+/// a version puts it back as a new version.
+#[test]
+fn definition_history_and_restore() {
+    let cluster = Cluster::start("history", &[]);
+    let mut client = sample(&cluster, "500");
+    client.batch_execute("CREATE ROLE alice LOGIN IN ROLE segments_editor; GRANT SELECT ON customers, orders TO alice;").unwrap();
+    let mut alice = postgres::Client::connect(&cluster.url("postgres").replace("user=postgres", "user=alice"), postgres::NoTls).unwrap();
+    let id: i64 = alice.query_one("SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')", &[]).unwrap().get(0);
+    alice
+        .batch_execute(&format!(
+            r#"UPDATE segments.segment SET definition = '{{"entity":"customer","rules":[{{"where":{{"attribute":"country","op":"eq","value":"FR"}}}}]}}' WHERE id = {id};
+               SELECT segments.rename({id}, 'French');
+               SELECT segments.set_schedule(ARRAY[{id}]::bigint[], 'daily');
+               SELECT segments.tag({id}, ARRAY['x']);"#
+        ))
+        .unwrap();
+    let rows = client
+        .query("SELECT version, changed_by::text, old_name, new_name, new_definition #>> '{rules,0,where,value}', new_schedule FROM segments.definition_history WHERE segment_id = $1 ORDER BY version", &[&id])
+        .unwrap();
+    assert_eq!(rows.len(), 4, "create, definition, rename, schedule (tags are not part of the history)");
+    assert!(rows.iter().all(|r| r.get::<_, Option<String>>(1).as_deref() == Some("alice")));
+    assert_eq!(rows[1].get::<_, Option<String>>(4).as_deref(), Some("FR"));
+    assert_eq!(rows[2].get::<_, Option<String>>(2).as_deref(), Some("Germans"));
+    assert_eq!(rows[2].get::<_, Option<String>>(3).as_deref(), Some("French"));
+    assert_eq!(rows[3].get::<_, Option<String>>(5).as_deref(), Some("daily"));
+    alice.batch_execute(&format!("SELECT segments.restore_definition({id}, 1)")).unwrap();
+    let value: String = client.query_one("SELECT definition #>> '{rules,0,where,value}' FROM segments.segment WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(value, "DE");
+    let versions: i64 = client.query_one("SELECT count(*) FROM segments.definition_history WHERE segment_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(versions, 5);
+    let error = alice.batch_execute(&format!("SELECT segments.restore_definition({id}, 42)")).unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "42704");
+}
+
+/// members_at gives back the membership recorded at each refresh; freeze
+/// makes a static copy of the current one.
+#[test]
+fn membership_at_a_past_time_and_frozen_copies() {
+    let cluster = Cluster::start("members-at", &[]);
+    let mut client = sample(&cluster, "2000");
+    let id: i64 = client.query_one("SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')", &[]).unwrap().get(0);
+    let mut snapshots: Vec<(String, Vec<String>)> = Vec::new();
+    for step in 0..5 {
+        client.batch_execute(&format!("UPDATE customers SET country = 'DE' WHERE id % 37 = {step}; UPDATE customers SET country = 'FR' WHERE id % 41 = {step};")).unwrap();
+        client.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{id}]::bigint[])")).unwrap();
+        let at: String = client.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
+        let keys: Vec<String> = client
+            .query(&format!("SELECT id::text FROM segments.customer_members WHERE segment_id = {id} ORDER BY 1"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        snapshots.push((at, keys));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (at, want) in &snapshots {
+        let got: Vec<String> = client
+            .query(&format!("SELECT k FROM segments.members_at({id}, '{at}') k ORDER BY 1"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(&got, want, "members_at({at})");
+    }
+    let before: i64 = client.query_one(&format!("SELECT count(*) FROM segments.members_at({id}, '2000-01-01')"), &[]).unwrap().get(0);
+    assert_eq!(before, 0, "before the segment existed");
+    // freeze: a static copy that does not move.
+    let frozen: i64 = client.query_one(&format!("SELECT segments.freeze({id}, 'Germans, frozen')"), &[]).unwrap().get(0);
+    let (kind, count): (String, i64) = {
+        let r = client.query_one("SELECT type, member_count FROM segments.segment WHERE id = $1", &[&frozen]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kind, "static");
+    assert_eq!(count, snapshots.last().unwrap().1.len() as i64);
+    client.batch_execute(&format!("UPDATE customers SET country = 'DE'; SELECT * FROM segments.refresh(ARRAY[{frozen}]::bigint[]);")).unwrap();
+    let after: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&frozen]).unwrap().get(0);
+    assert_eq!(after, count, "a frozen copy keeps its members");
+}
+
+/// Admins set the active limit persistently; segment_list shows the count
+/// against it.
+#[test]
+fn admins_set_the_active_limit() {
+    let cluster = Cluster::start("limit", &[]);
+    let mut client = sample(&cluster, "100");
+    client
+        .batch_execute(
+            "CREATE ROLE ada LOGIN IN ROLE segments_admin; CREATE ROLE ed LOGIN IN ROLE segments_editor;
+             GRANT SELECT ON customers TO ada, ed;",
+        )
+        .unwrap();
+    let connect = |role: &str| postgres::Client::connect(&cluster.url("postgres").replace("user=postgres", &format!("user={role}")), postgres::NoTls).unwrap();
+    let (mut ada, mut ed) = (connect("ada"), connect("ed"));
+    assert_eq!(ed.batch_execute("SELECT segments.set_limit(3)").unwrap_err().as_db_error().unwrap().code().code(), "42501");
+    ada.batch_execute("SELECT segments.set_limit(3)").unwrap();
+    for i in 0..3 {
+        ed.batch_execute(&format!("SELECT segments.quick_segment('s{i}', 'customer', 'age', 'gt', '{i}')")).unwrap();
+    }
+    let error = connect("ed").batch_execute("SELECT segments.quick_segment('s4', 'customer', 'age', 'gt', '4')").unwrap_err();
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "54000");
+    assert!(db.message().contains("max_active_segments"), "{}", db.message());
+    let row = ed.query_one("SELECT active_segments, max_active_segments FROM segments.segment_list LIMIT 1", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 3));
+    // Admins register entities too.
+    client.batch_execute("CREATE TABLE leads (id int PRIMARY KEY, status text); GRANT SELECT ON leads TO ada;").unwrap();
+    ada.batch_execute("SELECT segments.register_entity('lead', 'leads', 'id'); SELECT segments.unregister_entity('lead');").unwrap();
+    assert_eq!(ed.batch_execute("SELECT segments.register_entity('lead', 'leads', 'id')").unwrap_err().as_db_error().unwrap().code().code(), "42501");
+}
