@@ -80,3 +80,75 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Adds segments to an export (same entity), recording their usages, and
+-- rewrites it; returns how many were added. Owner of the export or admin.
+CREATE FUNCTION segments._add_to_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    added bigint[];
+    wrong text;
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _add_to_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _add_to_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM segments._require_segments(_add_to_export.segments);
+    SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO wrong
+      FROM segments.segment s WHERE s.id = ANY (_add_to_export.segments) AND s.entity <> found.entity;
+    IF wrong IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" is of entity "%": %', found.name, found.entity, wrong USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    added := ARRAY(SELECT DISTINCT s FROM unnest(coalesce(_add_to_export.segments, '{}')) s
+                    WHERE s IS NOT NULL AND NOT s = ANY (found.segments) ORDER BY 1);
+    IF cardinality(added) = 0 THEN
+        RETURN 0;
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT DISTINCT x FROM unnest(e.segments || added) x ORDER BY 1)
+     WHERE e.id = found.id;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT s, 'export', found.name FROM unnest(added) s ON CONFLICT ON CONSTRAINT usage_registry_pkey DO NOTHING;
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(added);
+END
+$$;
+
+-- Removes segments from an export, with their usages, and rewrites it;
+-- returns how many were removed. The last segment cannot go (drop the
+-- export instead).
+CREATE FUNCTION segments._remove_from_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    removed bigint[];
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _remove_from_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _remove_from_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    removed := ARRAY(SELECT s FROM unnest(found.segments) s WHERE s = ANY (coalesce(_remove_from_export.segments, '{}')));
+    IF cardinality(removed) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF cardinality(removed) = cardinality(found.segments) THEN
+        RAISE EXCEPTION 'export "%" would have no segment left', found.name
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export with segments.drop_export() instead.';
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT x FROM unnest(e.segments) x WHERE NOT x = ANY (removed) ORDER BY 1)
+     WHERE e.id = found.id;
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = found.name AND u.segment_id = ANY (removed);
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(removed);
+END
+$$;

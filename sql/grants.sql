@@ -21,21 +21,22 @@ BEGIN
          ORDER BY p.proname
     LOOP
         FOR single IN 1..2 LOOP
-            args := '';
+            -- The array form's arguments, defaults included, with segments
+            -- retyped (and without a default of its own).
+            args := regexp_replace(pg_catalog.pg_get_function_arguments(f.oid),
+                                   'segments bigint\[\]( DEFAULT [^,]*)?',
+                                   'segments ' || CASE single WHEN 1 THEN 'bigint' ELSE 'text' END);
             call_args := '';
             FOR i IN 1..f.pronargs LOOP
                 IF i > 1 THEN
-                    args := args || ', ';
                     call_args := call_args || ', ';
                 END IF;
                 IF f.proargnames[i] = 'segments' THEN
-                    args := args || 'segments ' || CASE single WHEN 1 THEN 'bigint' ELSE 'text' END;
                     call_args := call_args || CASE single
                         WHEN 1 THEN 'CASE WHEN $' || i || ' IS NULL THEN NULL ELSE ARRAY[$' || i || '] END'
                         ELSE 'CASE WHEN $' || i || ' IS NULL THEN NULL WHEN pg_catalog.btrim($' || i || ') LIKE ''{%'' THEN $' || i || '::bigint[] ELSE ARRAY[$' || i || '::bigint] END'
                     END;
                 ELSE
-                    args := args || pg_catalog.quote_ident(f.proargnames[i]) || ' ' || pg_catalog.format_type(f.types[i - 1], NULL);
                     call_args := call_args || '$' || i;
                 END IF;
             END LOOP;
@@ -47,7 +48,7 @@ BEGIN
                 f.proname, args, f.result, body);
             EXECUTE pg_catalog.format(
                 'COMMENT ON FUNCTION segments.%I(%s) IS %L',
-                f.proname, args,
+                f.proname, regexp_replace(args, ' DEFAULT [^,]*', '', 'g'),
                 'Same as ' || f.proname || '(segments bigint[]), for ' ||
                 CASE single WHEN 1 THEN 'one segment id.' ELSE 'an untyped literal: NULL, one id or an array literal.' END);
         END LOOP;
@@ -89,7 +90,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -240,7 +241,7 @@ COMMENT ON COLUMN segments.usage_registry.kind IS 'Usage kind.';
 COMMENT ON COLUMN segments.usage_registry.consumer IS 'Who uses it.';
 COMMENT ON COLUMN segments.usage_registry.live IS 'Whether it keeps the segment in use.';
 COMMENT ON COLUMN segments.usage_registry.since IS 'Since when.';
-COMMENT ON FUNCTION segments.find_similar(bigint,text,bigint,integer,boolean) IS 'Creates a static segment of the customers most like the members of source (logistic regression on the entity''s numeric and categorical columns), the best size_percent of target (or everyone) scoring 0.4 or more; returns its id.';
+COMMENT ON FUNCTION segments.find_similar(bigint,text,bigint,integer,boolean,text) IS 'Creates a static segment of the customers most like the members of source (logistic regression on the entity''s numeric and categorical columns), the best size_percent of target (or everyone) scoring 0.4 or more (or min_band: high, medium, low); returns its id.';
 COMMENT ON FUNCTION segments.create_sequence(text,text) IS 'Creates a sales sequence for an entity, owned by the caller; returns its id.';
 COMMENT ON FUNCTION segments.remove_usage(bigint,text,text) IS 'Removes a usage recorded with add_usage (kinds segment, export and sequence are the extension''s own).';
 COMMENT ON FUNCTION segments.connect_records(bigint,text[]) IS 'Connects records (entity keys as text) to a sequence by hand; returns how many were newly connected.';
@@ -251,7 +252,7 @@ COMMENT ON FUNCTION segments.is_member(bigint,anyelement) IS 'Whether the record
 COMMENT ON FUNCTION segments.is_member(bigint,text) IS 'Whether the record with this key (as text) is a member of the segment at its last refresh.';
 COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of.';
 COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
-COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) of each member of a segment made by find_similar.';
+COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) and band (high from 0.85, medium from 0.7, low from 0.55) of each member of a segment made by find_similar.';
 COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
 COMMENT ON FUNCTION segments.create_export(text,bigint[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name), rewritten after each of their refreshes; returns the export id.';
 COMMENT ON FUNCTION segments.attribute_values(text,text,text,integer) IS 'The most frequent values of an entity column (optionally containing search), with their row counts: a value picker.';
@@ -271,15 +272,20 @@ COMMENT ON FUNCTION segments.quick_segment(text,text,text,text,jsonb) IS 'Create
 COMMENT ON FUNCTION segments.duplicate(bigint,text) IS 'Copies a segment (definition, type, schedule, tags, priority) as ''<name> (copy)'' or the given name; returns the new id.';
 COMMENT ON FUNCTION segments.rename(bigint,text) IS 'Renames a segment; segments that read it keep working.';
 COMMENT ON FUNCTION segments.activate(bigint[]) IS 'Activates (resumes computation of) segments; returns how many changed.';
-COMMENT ON FUNCTION segments.deactivate(bigint[]) IS 'Deactivates segments, keeping definition and membership; returns them with their connected sequences.';
+COMMENT ON FUNCTION segments.deactivate(bigint[], boolean) IS 'Deactivates segments, keeping definition and membership; returns them with their connected sequences and what reads them (also as NOTICE and WARNING); dry_run changes nothing.';
 COMMENT ON FUNCTION segments.set_type(bigint[],text) IS 'Makes segments static or dynamic; returns how many changed.';
 COMMENT ON FUNCTION segments.set_schedule(bigint[],text) IS 'Sets the schedule (system, live, daily, weekly, monthly, manual or cron) of segments; returns how many changed.';
 COMMENT ON FUNCTION segments.tag(bigint[],text[]) IS 'Adds tags to segments; returns how many changed.';
 COMMENT ON FUNCTION segments.untag(bigint[],text[]) IS 'Removes tags from segments; returns how many changed.';
-COMMENT ON FUNCTION segments.delete(bigint[]) IS 'Deletes segments with their membership and history; refused while something else depends on one of them.';
+COMMENT ON FUNCTION segments.delete(bigint[], boolean) IS 'Deletes segments with their membership and history, refused while something else depends on one of them; returns them with their connected sequences and, with dry_run (which changes nothing), what depends on them.';
+COMMENT ON FUNCTION segments.activate_sequence(bigint) IS 'Activates a sequence: records entering its segments start it. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.deactivate_sequence(bigint) IS 'Deactivates a sequence: it connects nobody new and keeps its records. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.drop_sequence(bigint) IS 'Drops a sequence with its connections and connected records. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.disconnect_records(bigint, text[]) IS 'Disconnects records (keys as text) from a sequence; returns how many. Sequence managers and admins.';
+COMMENT ON COLUMN segments.sequence.state IS 'active or inactive: an inactive sequence connects nobody new.';
 COMMENT ON FUNCTION segments.disable_auto_cleanup(bigint[]) IS 'Sets never_expire: the unused-segment cleanup leaves these segments alone. Admins only.';
 COMMENT ON FUNCTION segments.enable_auto_cleanup(bigint[]) IS 'Clears never_expire. Admins only.';
-COMMENT ON FUNCTION segments.trend(bigint,timestamp with time zone) IS 'Member counts of a segment after each successful refresh since a time.';
+COMMENT ON FUNCTION segments.trend(bigint,timestamp with time zone,timestamp with time zone,text) IS 'Member counts of a segment between since and until: after each successful refresh, or per bucket (hour, day, week, month) the last count and the entered and exited totals.';
 COMMENT ON FUNCTION segments.deactivate_unused(interval,boolean) IS 'Deactivates (and tags AutoDeactivated) active segments without live usage created or updated longer ago than older_than; dry_run only lists them.';
 COMMENT ON FUNCTION segments.run_due() IS 'One scheduler pass: the cleanup and the refreshes that are due; returns the runs recorded.';
 COMMENT ON FUNCTION segments.apply_changes() IS 'Applies the row changes captured for live segments; returns the runs recorded (trigger live).';
@@ -325,4 +331,6 @@ COMMENT ON FUNCTION segments.freeze(bigint, text) IS 'Creates a static segment h
 COMMENT ON FUNCTION segments.set_limit(integer) IS 'Sets the active-segment limit persistently (admins only); NULL goes back to the setting.';
 COMMENT ON FUNCTION segments.explain_member(bigint, anyelement) IS 'Why a record (key in its own type) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
 COMMENT ON FUNCTION segments.explain_member(bigint, text) IS 'Why a record (key as text) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
+COMMENT ON FUNCTION segments.add_to_export(text, bigint[]) IS 'Adds segments (of the export''s entity) to an export, recording their usage, and rewrites it; returns how many were added.';
+COMMENT ON FUNCTION segments.remove_from_export(text, bigint[]) IS 'Removes segments from an export with their usage, and rewrites it; returns how many were removed.';
 COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';

@@ -24,6 +24,11 @@ BEGIN
                             IS NOT DISTINCT FROM (OLD.name, OLD.definition, OLD.type, OLD.schedule) THEN
         RETURN NULL;
     END IF;
+    -- A restore (pg_restore copies segments, then their versions) brings
+    -- the history along.
+    IF TG_OP = 'INSERT' AND current_query() ~* '^\s*COPY\s' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
     SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
            NEW.updated_by, clock_timestamp()

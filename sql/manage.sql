@@ -116,24 +116,48 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM changed;
 $$;
 
--- Deactivates segments, keeping definition and membership; reports the
--- sequences connected to each.
-CREATE FUNCTION segments.deactivate(segments bigint[])
-RETURNS TABLE (segment_id bigint, name text, connected_sequences text[])
+-- What reads a segment and would break or go stale without it: segments
+-- (active ones, with only_active), exports and live usages other than
+-- sequences, named as in messages: segment "X", export "Y", journey "Z".
+CREATE FUNCTION segments._dependent_list(segment_id bigint, only_active boolean DEFAULT false) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(d ORDER BY d), '{}')
+      FROM (SELECT CASE u.kind WHEN 'segment' THEN format('segment "%s"', c.name)
+                               ELSE format('%s "%s"', u.kind, u.consumer) END AS d
+              FROM segments.usage_registry u
+              LEFT JOIN segments.segment c ON u.kind = 'segment' AND c.id::text = u.consumer
+             WHERE u.segment_id = _dependent_list.segment_id
+               AND u.live AND u.kind <> 'sequence'
+               AND (u.kind <> 'segment' OR (c.id IS NOT NULL AND (NOT only_active OR c.state = 'active')))) x
+$$;
+
+-- Deactivates segments, keeping definition and membership. Returns each
+-- with its connected sequences and what reads it (named in a NOTICE and a
+-- WARNING too); dry_run changes nothing and says what would happen.
+CREATE FUNCTION segments.deactivate(segments bigint[], dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text, connected_sequences text[], dependents text[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
     PERFORM segments._require_segments(deactivate.segments);
-    UPDATE segments.segment s SET state = 'inactive' WHERE s.id = ANY (deactivate.segments) AND s.state = 'active';
-    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
+    IF NOT dry_run THEN
+        UPDATE segments.segment s SET state = 'inactive' WHERE s.id = ANY (deactivate.segments) AND s.state = 'active';
+    END IF;
+    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences,
+                    segments._dependent_list(s.id, true) AS readers
                FROM segments.segment s WHERE s.id = ANY (deactivate.segments) ORDER BY s.id LOOP
         IF cardinality(r.sequences) > 0 THEN
             RAISE NOTICE 'segment "%" is connected to sequences: %; it will connect no new records',
                 r.name, array_to_string(r.sequences, ', ');
         END IF;
-        segment_id := r.id; name := r.name; connected_sequences := r.sequences;
+        IF cardinality(r.readers) > 0 THEN
+            RAISE WARNING 'segment "%" is read by %; they will use its last membership until it is active again',
+                r.name, array_to_string(r.readers, ', ');
+        END IF;
+        segment_id := r.id; name := r.name; connected_sequences := r.sequences; dependents := r.readers;
         RETURN NEXT;
     END LOOP;
 END
@@ -189,24 +213,37 @@ $$;
 
 -- Deletes segments with their membership, history and usages. Refused
 -- (2BP01) while anything outside the list depends on one of them;
--- segments of the list that depend on each other go together.
-CREATE FUNCTION segments.delete(segments bigint[]) RETURNS TABLE (segment_id bigint, name text)
+-- segments of the list that depend on each other go together. Returns
+-- each with its connected sequences (connections made stay) and what
+-- depends on it; dry_run changes nothing and says what would happen.
+CREATE FUNCTION segments.delete(segments bigint[], dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text, connected_sequences text[], dependents text[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     remaining bigint[];
     deletable bigint[];
-    deleted_ids bigint[] := '{}';
-    deleted_names text[] := '{}';
+
 BEGIN
     PERFORM segments._require_segments(delete.segments);
+    IF dry_run THEN
+        RETURN QUERY
+            SELECT s.id, s.name, segments._connected_sequences(s.id),
+                   ARRAY(SELECT d FROM unnest(segments._dependent_list(s.id)) d
+                          WHERE d NOT IN (SELECT format('segment "%s"', o.name) FROM segments.segment o
+                                           WHERE o.id = ANY (delete.segments)))
+              FROM segments.segment s WHERE s.id = ANY (delete.segments) ORDER BY s.id;
+        RETURN;
+    END IF;
     FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
                FROM segments.segment s WHERE s.id = ANY (delete.segments) ORDER BY s.id LOOP
         IF cardinality(r.sequences) > 0 THEN
             RAISE NOTICE 'segment "%" is connected to sequences: %; records already connected stay connected',
                 r.name, array_to_string(r.sequences, ', ');
         END IF;
+        segment_id := r.id; name := r.name; connected_sequences := r.sequences; dependents := '{}';
+        RETURN NEXT;
     END LOOP;
     remaining := ARRAY(SELECT DISTINCT unnest(delete.segments));
     -- Dependents first: a segment goes once nothing left in the list reads it.
@@ -221,13 +258,9 @@ BEGIN
         IF cardinality(deletable) = 0 THEN
             deletable := remaining;  -- a cycle cannot be saved; let the trigger report what is left
         END IF;
-        FOR r IN DELETE FROM segments.segment s WHERE s.id = ANY (deletable) RETURNING s.id, s.name LOOP
-            deleted_ids := deleted_ids || r.id;
-            deleted_names := deleted_names || r.name;
-        END LOOP;
+        DELETE FROM segments.segment s WHERE s.id = ANY (deletable);
         remaining := ARRAY(SELECT unnest(remaining) EXCEPT SELECT unnest(deletable));
     END LOOP;
-    RETURN QUERY SELECT d.id, d.name FROM unnest(deleted_ids, deleted_names) AS d(id, name) ORDER BY d.id;
 END
 $$;
 
@@ -252,17 +285,36 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM changed;
 $$;
 
--- Member counts over time, from the refresh history.
-CREATE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days')
-RETURNS TABLE (at timestamptz, member_count bigint)
+-- Member counts over time, from the refresh history: one point per
+-- successful refresh between since and until, or with bucket (hour, day,
+-- week, month) one point per bucket: its last count and the entered and
+-- exited totals.
+CREATE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days',
+                               until timestamptz DEFAULT now(), bucket text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, member_count bigint, entered bigint, exited bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[trend.segment]);
-    RETURN QUERY
-        SELECT r.finished_at, r.member_count FROM segments.refresh_run r
-         WHERE r.segment_id = trend.segment AND r.status = 'succeeded' AND r.finished_at >= trend.since
-         ORDER BY r.finished_at;
+    IF bucket IS NOT NULL AND bucket NOT IN ('hour', 'day', 'week', 'month') THEN
+        RAISE EXCEPTION 'bucket "%" is not hour, day, week or month', bucket USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF bucket IS NULL THEN
+        RETURN QUERY
+            SELECT r.finished_at, r.member_count, r.entered, r.exited FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+             ORDER BY r.finished_at;
+    ELSE
+        RETURN QUERY
+            SELECT date_trunc(bucket, r.finished_at) AS b,
+                   (array_agg(r.member_count ORDER BY r.finished_at DESC))[1],
+                   sum(r.entered)::bigint, sum(r.exited)::bigint
+              FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+             GROUP BY 1 ORDER BY 1;
+    END IF;
 END
 $$;
 

@@ -168,8 +168,10 @@ CREATE TABLE segments.sequence (
     name       text NOT NULL UNIQUE CHECK (btrim(name) <> ''),
     entity     text NOT NULL REFERENCES segments.entity (name),
     created_at timestamptz NOT NULL DEFAULT now(),
-    -- Added in 0.2.0: the role that created it (see the security model).
-    owner      regrole
+    -- Added in 0.2.0: the role that created it (see the security model),
+    -- and its state: an inactive sequence connects nobody new.
+    owner      regrole,
+    state      text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'inactive'))
 );
 CREATE TABLE segments.sequence_segment (
     segment_id   bigint PRIMARY KEY REFERENCES segments.segment (id) ON DELETE CASCADE,

@@ -10,12 +10,27 @@
 DROP FUNCTION segments._require_sequence(bigint);
 DROP FUNCTION segments._check_definition(jsonb, bigint);
 DROP FUNCTION segments.estimate(jsonb);
+DROP FUNCTION segments.deactivate(bigint[]);
+DROP FUNCTION segments.delete(bigint[]);
+DROP FUNCTION segments.trend(bigint, timestamptz);
+DROP FUNCTION segments.similarity(bigint);
+DROP FUNCTION segments.find_similar(bigint, text, bigint, integer, boolean);
 
 -- Sequences belong to the role that created them; those made by 0.1.0
 -- go to the extension's owner (admins manage them).
 ALTER TABLE segments.sequence ADD COLUMN owner regrole;
 UPDATE segments.sequence
    SET owner = (SELECT n.nspowner::regrole FROM pg_catalog.pg_namespace n WHERE n.nspname = 'segments');
+ALTER TABLE segments.sequence ADD COLUMN state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'inactive'));
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'segments_sequence_manager') THEN
+        CREATE ROLE segments_sequence_manager NOLOGIN;
+    END IF;
+END
+$$;
+GRANT segments_reader TO segments_sequence_manager;
+GRANT segments_sequence_manager TO segments_admin;
 
 -- Failure counts (worker backoff) and export outcomes.
 ALTER TABLE segments.segment ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0;
@@ -67,6 +82,42 @@ SET search_path = pg_catalog, pg_temp AS $$
                 THEN current_setting('segments.max_active_segments')::bigint
                 ELSE coalesce((SELECT l.max_active_segments FROM segments.limits l),
                               nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000) END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._add_to_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    added bigint[];
+    wrong text;
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _add_to_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _add_to_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM segments._require_segments(_add_to_export.segments);
+    SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO wrong
+      FROM segments.segment s WHERE s.id = ANY (_add_to_export.segments) AND s.entity <> found.entity;
+    IF wrong IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" is of entity "%": %', found.name, found.entity, wrong USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    added := ARRAY(SELECT DISTINCT s FROM unnest(coalesce(_add_to_export.segments, '{}')) s
+                    WHERE s IS NOT NULL AND NOT s = ANY (found.segments) ORDER BY 1);
+    IF cardinality(added) = 0 THEN
+        RETURN 0;
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT DISTINCT x FROM unnest(e.segments || added) x ORDER BY 1)
+     WHERE e.id = found.id;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT s, 'export', found.name FROM unnest(added) s ON CONFLICT ON CONSTRAINT usage_registry_pkey DO NOTHING;
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(added);
+END
 $$;
 
 CREATE OR REPLACE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
@@ -342,6 +393,19 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments._dependent_list(segment_id bigint, only_active boolean DEFAULT false) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(d ORDER BY d), '{}')
+      FROM (SELECT CASE u.kind WHEN 'segment' THEN format('segment "%s"', c.name)
+                               ELSE format('%s "%s"', u.kind, u.consumer) END AS d
+              FROM segments.usage_registry u
+              LEFT JOIN segments.segment c ON u.kind = 'segment' AND c.id::text = u.consumer
+             WHERE u.segment_id = _dependent_list.segment_id
+               AND u.live AND u.kind <> 'sequence'
+               AND (u.kind <> 'segment' OR (c.id IS NOT NULL AND (NOT only_active OR c.state = 'active')))) x
+$$;
+
 CREATE OR REPLACE FUNCTION segments._dependents(segment_id bigint) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -354,6 +418,20 @@ SET search_path = pg_catalog, pg_temp AS $$
      WHERE u.segment_id = _dependents.segment_id
        AND u.live AND u.kind <> 'sequence'
        AND (u.kind <> 'segment' OR c.id IS NOT NULL)
+$$;
+
+CREATE OR REPLACE FUNCTION segments._disconnect_records(caller regrole, sequence bigint, keys text[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_disconnect_records.sequence, caller);
+    removed integer;
+BEGIN
+    DELETE FROM segments.sequence_record r
+     WHERE r.sequence_id = target.id AND r.key = ANY (segments._canonical_keys(target.entity, coalesce(keys, '{}')));
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION segments._disconnect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
@@ -396,6 +474,17 @@ BEGIN
     IF target_sql IS NOT NULL THEN
         EXECUTE format('DROP TABLE IF EXISTS %s', target_sql);
     END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._drop_sequence(caller regrole, sequence bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_drop_sequence.sequence, caller);
+BEGIN
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'sequence' AND u.consumer = target.name;
+    DELETE FROM segments.sequence q WHERE q.id = target.id;  -- connections and records cascade
 END
 $$;
 
@@ -490,6 +579,37 @@ CREATE OR REPLACE FUNCTION segments."_remake_members_views"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_remake_members_views_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._remove_from_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    removed bigint[];
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _remove_from_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _remove_from_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    removed := ARRAY(SELECT s FROM unnest(found.segments) s WHERE s = ANY (coalesce(_remove_from_export.segments, '{}')));
+    IF cardinality(removed) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF cardinality(removed) = cardinality(found.segments) THEN
+        RAISE EXCEPTION 'export "%" would have no segment left', found.name
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export with segments.drop_export() instead.';
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT x FROM unnest(e.segments) x WHERE NOT x = ANY (removed) ORDER BY 1)
+     WHERE e.id = found.id;
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = found.name AND u.segment_id = ANY (removed);
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(removed);
+END
+$$;
 
 CREATE OR REPLACE FUNCTION segments._remove_usage(segment bigint, kind text, consumer text) RETURNS void
 LANGUAGE plpgsql
@@ -754,6 +874,11 @@ BEGIN
                             IS NOT DISTINCT FROM (OLD.name, OLD.definition, OLD.type, OLD.schedule) THEN
         RETURN NULL;
     END IF;
+    -- A restore (pg_restore copies segments, then their versions) brings
+    -- the history along.
+    IF TG_OP = 'INSERT' AND current_query() ~* '^\s*COPY\s' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
     SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
            NEW.updated_by, clock_timestamp()
@@ -796,6 +921,18 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_segments_of_wrapper';
 
+CREATE OR REPLACE FUNCTION segments._set_sequence_state(caller regrole, sequence bigint, state text) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_set_sequence_state.sequence, caller);
+BEGIN
+    UPDATE segments.sequence q SET state = _set_sequence_state.state
+     WHERE q.id = target.id AND q.state <> _set_sequence_state.state;
+    RETURN FOUND;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments."_sync_capture"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
@@ -810,6 +947,21 @@ SET search_path = pg_catalog, pg_temp AS $$
          WHERE s.id = ANY (activate.segments) AND s.state = 'inactive' RETURNING 1)
     SELECT count(*)::integer FROM changed;
 $$;
+
+CREATE OR REPLACE FUNCTION segments."activate_sequence"(
+	"sequence" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'activate_sequence_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."add_to_export"(
+	"export" TEXT, /* & str */
+	"segments" bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_to_export_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."add_usage"(
 	"segment" bigint, /* i64 */
@@ -908,26 +1060,40 @@ CREATE OR REPLACE FUNCTION segments."create_sequence"(
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'create_sequence_wrapper';
 
-CREATE OR REPLACE FUNCTION segments.deactivate(segments bigint[])
-RETURNS TABLE (segment_id bigint, name text, connected_sequences text[])
+CREATE OR REPLACE FUNCTION segments.deactivate(segments bigint[], dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text, connected_sequences text[], dependents text[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
     PERFORM segments._require_segments(deactivate.segments);
-    UPDATE segments.segment s SET state = 'inactive' WHERE s.id = ANY (deactivate.segments) AND s.state = 'active';
-    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
+    IF NOT dry_run THEN
+        UPDATE segments.segment s SET state = 'inactive' WHERE s.id = ANY (deactivate.segments) AND s.state = 'active';
+    END IF;
+    FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences,
+                    segments._dependent_list(s.id, true) AS readers
                FROM segments.segment s WHERE s.id = ANY (deactivate.segments) ORDER BY s.id LOOP
         IF cardinality(r.sequences) > 0 THEN
             RAISE NOTICE 'segment "%" is connected to sequences: %; it will connect no new records',
                 r.name, array_to_string(r.sequences, ', ');
         END IF;
-        segment_id := r.id; name := r.name; connected_sequences := r.sequences;
+        IF cardinality(r.readers) > 0 THEN
+            RAISE WARNING 'segment "%" is read by %; they will use its last membership until it is active again',
+                r.name, array_to_string(r.readers, ', ');
+        END IF;
+        segment_id := r.id; name := r.name; connected_sequences := r.sequences; dependents := r.readers;
         RETURN NEXT;
     END LOOP;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION segments."deactivate_sequence"(
+	"sequence" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'deactivate_sequence_wrapper';
 
 CREATE OR REPLACE FUNCTION segments.deactivate_unused(older_than interval DEFAULT NULL, dry_run boolean DEFAULT false)
 RETURNS TABLE (segment_id bigint, name text)
@@ -962,23 +1128,34 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION segments.delete(segments bigint[]) RETURNS TABLE (segment_id bigint, name text)
+CREATE OR REPLACE FUNCTION segments.delete(segments bigint[], dry_run boolean DEFAULT false)
+RETURNS TABLE (segment_id bigint, name text, connected_sequences text[], dependents text[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     remaining bigint[];
     deletable bigint[];
-    deleted_ids bigint[] := '{}';
-    deleted_names text[] := '{}';
+
 BEGIN
     PERFORM segments._require_segments(delete.segments);
+    IF dry_run THEN
+        RETURN QUERY
+            SELECT s.id, s.name, segments._connected_sequences(s.id),
+                   ARRAY(SELECT d FROM unnest(segments._dependent_list(s.id)) d
+                          WHERE d NOT IN (SELECT format('segment "%s"', o.name) FROM segments.segment o
+                                           WHERE o.id = ANY (delete.segments)))
+              FROM segments.segment s WHERE s.id = ANY (delete.segments) ORDER BY s.id;
+        RETURN;
+    END IF;
     FOR r IN SELECT s.id, s.name, segments._connected_sequences(s.id) AS sequences
                FROM segments.segment s WHERE s.id = ANY (delete.segments) ORDER BY s.id LOOP
         IF cardinality(r.sequences) > 0 THEN
             RAISE NOTICE 'segment "%" is connected to sequences: %; records already connected stay connected',
                 r.name, array_to_string(r.sequences, ', ');
         END IF;
+        segment_id := r.id; name := r.name; connected_sequences := r.sequences; dependents := '{}';
+        RETURN NEXT;
     END LOOP;
     remaining := ARRAY(SELECT DISTINCT unnest(delete.segments));
     -- Dependents first: a segment goes once nothing left in the list reads it.
@@ -993,13 +1170,9 @@ BEGIN
         IF cardinality(deletable) = 0 THEN
             deletable := remaining;  -- a cycle cannot be saved; let the trigger report what is left
         END IF;
-        FOR r IN DELETE FROM segments.segment s WHERE s.id = ANY (deletable) RETURNING s.id, s.name LOOP
-            deleted_ids := deleted_ids || r.id;
-            deleted_names := deleted_names || r.name;
-        END LOOP;
+        DELETE FROM segments.segment s WHERE s.id = ANY (deletable);
         remaining := ARRAY(SELECT unnest(remaining) EXCEPT SELECT unnest(deletable));
     END LOOP;
-    RETURN QUERY SELECT d.id, d.name FROM unnest(deleted_ids, deleted_names) AS d(id, name) ORDER BY d.id;
 END
 $$;
 
@@ -1012,6 +1185,14 @@ SET search_path = pg_catalog, pg_temp AS $$
          WHERE s.id = ANY (disable_auto_cleanup.segments) AND NOT s.never_expire RETURNING 1)
     SELECT count(*)::integer FROM changed;
 $$;
+
+CREATE OR REPLACE FUNCTION segments."disconnect_records"(
+	"sequence" bigint, /* i64 */
+	"keys" TEXT[] /* :: std :: option :: Option < Vec < String > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'disconnect_records_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."disconnect_sequence"(
 	"sequence" bigint, /* i64 */
@@ -1027,6 +1208,13 @@ CREATE OR REPLACE FUNCTION segments."drop_export"(
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'drop_export_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."drop_sequence"(
+	"sequence" bigint /* i64 */
+) RETURNS void
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_sequence_wrapper';
 
 CREATE OR REPLACE FUNCTION segments.duplicate(segment bigint, name text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql
@@ -1092,11 +1280,12 @@ CREATE OR REPLACE FUNCTION segments."find_similar"(
 	"name" TEXT, /* & str */
 	"target" bigint DEFAULT NULL, /* Option < i64 > */
 	"size_percent" INT DEFAULT 20, /* i32 */
-	"include_source" bool DEFAULT false /* bool */
+	"include_source" bool DEFAULT false, /* bool */
+	"min_band" TEXT DEFAULT NULL /* Option < & str > */
 ) RETURNS bigint /* i64 */
-
+ 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'find_similar_wrapper';
+AS 'MODULE_PATHNAME', 'find_similar_banded_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."freeze"(
 	"segment" bigint, /* i64 */
@@ -1233,6 +1422,14 @@ CREATE OR REPLACE FUNCTION segments."register_related"(
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'register_related_wrapper';
 
+CREATE OR REPLACE FUNCTION segments."remove_from_export"(
+	"export" TEXT, /* & str */
+	"segments" bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS INT /* i32 */
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'remove_from_export_wrapper';
+
 CREATE OR REPLACE FUNCTION segments."remove_usage"(
 	"segment" bigint, /* i64 */
 	"kind" TEXT, /* & str */
@@ -1339,11 +1536,12 @@ CREATE OR REPLACE FUNCTION segments."similarity"(
 	"segment" bigint /* i64 */
 ) RETURNS TABLE (
 	"key" TEXT,  /* String */
-	"score" real  /* f32 */
+	"score" real,  /* f32 */
+	"band" TEXT  /* Option < String > */
 )
-STRICT STABLE 
+STRICT STABLE  
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'similarity_wrapper';
+AS 'MODULE_PATHNAME', 'similarity_banded_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."suggest"(
 	"entity" TEXT, /* & str */
@@ -1374,16 +1572,32 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM changed;
 $$;
 
-CREATE OR REPLACE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days')
-RETURNS TABLE (at timestamptz, member_count bigint)
+CREATE OR REPLACE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days',
+                               until timestamptz DEFAULT now(), bucket text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, member_count bigint, entered bigint, exited bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[trend.segment]);
-    RETURN QUERY
-        SELECT r.finished_at, r.member_count FROM segments.refresh_run r
-         WHERE r.segment_id = trend.segment AND r.status = 'succeeded' AND r.finished_at >= trend.since
-         ORDER BY r.finished_at;
+    IF bucket IS NOT NULL AND bucket NOT IN ('hour', 'day', 'week', 'month') THEN
+        RAISE EXCEPTION 'bucket "%" is not hour, day, week or month', bucket USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF bucket IS NULL THEN
+        RETURN QUERY
+            SELECT r.finished_at, r.member_count, r.entered, r.exited FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+             ORDER BY r.finished_at;
+    ELSE
+        RETURN QUERY
+            SELECT date_trunc(bucket, r.finished_at) AS b,
+                   (array_agg(r.member_count ORDER BY r.finished_at DESC))[1],
+                   sum(r.entered)::bigint, sum(r.exited)::bigint
+              FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+             GROUP BY 1 ORDER BY 1;
+    END IF;
 END
 $$;
 
@@ -1483,21 +1697,22 @@ BEGIN
          ORDER BY p.proname
     LOOP
         FOR single IN 1..2 LOOP
-            args := '';
+            -- The array form's arguments, defaults included, with segments
+            -- retyped (and without a default of its own).
+            args := regexp_replace(pg_catalog.pg_get_function_arguments(f.oid),
+                                   'segments bigint\[\]( DEFAULT [^,]*)?',
+                                   'segments ' || CASE single WHEN 1 THEN 'bigint' ELSE 'text' END);
             call_args := '';
             FOR i IN 1..f.pronargs LOOP
                 IF i > 1 THEN
-                    args := args || ', ';
                     call_args := call_args || ', ';
                 END IF;
                 IF f.proargnames[i] = 'segments' THEN
-                    args := args || 'segments ' || CASE single WHEN 1 THEN 'bigint' ELSE 'text' END;
                     call_args := call_args || CASE single
                         WHEN 1 THEN 'CASE WHEN $' || i || ' IS NULL THEN NULL ELSE ARRAY[$' || i || '] END'
                         ELSE 'CASE WHEN $' || i || ' IS NULL THEN NULL WHEN pg_catalog.btrim($' || i || ') LIKE ''{%'' THEN $' || i || '::bigint[] ELSE ARRAY[$' || i || '::bigint] END'
                     END;
                 ELSE
-                    args := args || pg_catalog.quote_ident(f.proargnames[i]) || ' ' || pg_catalog.format_type(f.types[i - 1], NULL);
                     call_args := call_args || '$' || i;
                 END IF;
             END LOOP;
@@ -1509,7 +1724,7 @@ BEGIN
                 f.proname, args, f.result, body);
             EXECUTE pg_catalog.format(
                 'COMMENT ON FUNCTION segments.%I(%s) IS %L',
-                f.proname, args,
+                f.proname, regexp_replace(args, ' DEFAULT [^,]*', '', 'g'),
                 'Same as ' || f.proname || '(segments bigint[]), for ' ||
                 CASE single WHEN 1 THEN 'one segment id.' ELSE 'an untyped literal: NULL, one id or an array literal.' END);
         END LOOP;
@@ -1550,7 +1765,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -1714,7 +1929,7 @@ COMMENT ON COLUMN segments.usage_registry.kind IS 'Usage kind.';
 COMMENT ON COLUMN segments.usage_registry.consumer IS 'Who uses it.';
 COMMENT ON COLUMN segments.usage_registry.live IS 'Whether it keeps the segment in use.';
 COMMENT ON COLUMN segments.usage_registry.since IS 'Since when.';
-COMMENT ON FUNCTION segments.find_similar(bigint,text,bigint,integer,boolean) IS 'Creates a static segment of the customers most like the members of source (logistic regression on the entity''s numeric and categorical columns), the best size_percent of target (or everyone) scoring 0.4 or more; returns its id.';
+COMMENT ON FUNCTION segments.find_similar(bigint,text,bigint,integer,boolean,text) IS 'Creates a static segment of the customers most like the members of source (logistic regression on the entity''s numeric and categorical columns), the best size_percent of target (or everyone) scoring 0.4 or more (or min_band: high, medium, low); returns its id.';
 COMMENT ON FUNCTION segments.create_sequence(text,text) IS 'Creates a sales sequence for an entity, owned by the caller; returns its id.';
 COMMENT ON FUNCTION segments.remove_usage(bigint,text,text) IS 'Removes a usage recorded with add_usage (kinds segment, export and sequence are the extension''s own).';
 COMMENT ON FUNCTION segments.connect_records(bigint,text[]) IS 'Connects records (entity keys as text) to a sequence by hand; returns how many were newly connected.';
@@ -1725,7 +1940,7 @@ COMMENT ON FUNCTION segments.is_member(bigint,anyelement) IS 'Whether the record
 COMMENT ON FUNCTION segments.is_member(bigint,text) IS 'Whether the record with this key (as text) is a member of the segment at its last refresh.';
 COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of.';
 COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
-COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) of each member of a segment made by find_similar.';
+COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) and band (high from 0.85, medium from 0.7, low from 0.55) of each member of a segment made by find_similar.';
 COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
 COMMENT ON FUNCTION segments.create_export(text,bigint[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name), rewritten after each of their refreshes; returns the export id.';
 COMMENT ON FUNCTION segments.attribute_values(text,text,text,integer) IS 'The most frequent values of an entity column (optionally containing search), with their row counts: a value picker.';
@@ -1745,15 +1960,20 @@ COMMENT ON FUNCTION segments.quick_segment(text,text,text,text,jsonb) IS 'Create
 COMMENT ON FUNCTION segments.duplicate(bigint,text) IS 'Copies a segment (definition, type, schedule, tags, priority) as ''<name> (copy)'' or the given name; returns the new id.';
 COMMENT ON FUNCTION segments.rename(bigint,text) IS 'Renames a segment; segments that read it keep working.';
 COMMENT ON FUNCTION segments.activate(bigint[]) IS 'Activates (resumes computation of) segments; returns how many changed.';
-COMMENT ON FUNCTION segments.deactivate(bigint[]) IS 'Deactivates segments, keeping definition and membership; returns them with their connected sequences.';
+COMMENT ON FUNCTION segments.deactivate(bigint[], boolean) IS 'Deactivates segments, keeping definition and membership; returns them with their connected sequences and what reads them (also as NOTICE and WARNING); dry_run changes nothing.';
 COMMENT ON FUNCTION segments.set_type(bigint[],text) IS 'Makes segments static or dynamic; returns how many changed.';
 COMMENT ON FUNCTION segments.set_schedule(bigint[],text) IS 'Sets the schedule (system, live, daily, weekly, monthly, manual or cron) of segments; returns how many changed.';
 COMMENT ON FUNCTION segments.tag(bigint[],text[]) IS 'Adds tags to segments; returns how many changed.';
 COMMENT ON FUNCTION segments.untag(bigint[],text[]) IS 'Removes tags from segments; returns how many changed.';
-COMMENT ON FUNCTION segments.delete(bigint[]) IS 'Deletes segments with their membership and history; refused while something else depends on one of them.';
+COMMENT ON FUNCTION segments.delete(bigint[], boolean) IS 'Deletes segments with their membership and history, refused while something else depends on one of them; returns them with their connected sequences and, with dry_run (which changes nothing), what depends on them.';
+COMMENT ON FUNCTION segments.activate_sequence(bigint) IS 'Activates a sequence: records entering its segments start it. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.deactivate_sequence(bigint) IS 'Deactivates a sequence: it connects nobody new and keeps its records. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.drop_sequence(bigint) IS 'Drops a sequence with its connections and connected records. Sequence managers and admins.';
+COMMENT ON FUNCTION segments.disconnect_records(bigint, text[]) IS 'Disconnects records (keys as text) from a sequence; returns how many. Sequence managers and admins.';
+COMMENT ON COLUMN segments.sequence.state IS 'active or inactive: an inactive sequence connects nobody new.';
 COMMENT ON FUNCTION segments.disable_auto_cleanup(bigint[]) IS 'Sets never_expire: the unused-segment cleanup leaves these segments alone. Admins only.';
 COMMENT ON FUNCTION segments.enable_auto_cleanup(bigint[]) IS 'Clears never_expire. Admins only.';
-COMMENT ON FUNCTION segments.trend(bigint,timestamp with time zone) IS 'Member counts of a segment after each successful refresh since a time.';
+COMMENT ON FUNCTION segments.trend(bigint,timestamp with time zone,timestamp with time zone,text) IS 'Member counts of a segment between since and until: after each successful refresh, or per bucket (hour, day, week, month) the last count and the entered and exited totals.';
 COMMENT ON FUNCTION segments.deactivate_unused(interval,boolean) IS 'Deactivates (and tags AutoDeactivated) active segments without live usage created or updated longer ago than older_than; dry_run only lists them.';
 COMMENT ON FUNCTION segments.run_due() IS 'One scheduler pass: the cleanup and the refreshes that are due; returns the runs recorded.';
 COMMENT ON FUNCTION segments.apply_changes() IS 'Applies the row changes captured for live segments; returns the runs recorded (trigger live).';
@@ -1799,6 +2019,8 @@ COMMENT ON FUNCTION segments.freeze(bigint, text) IS 'Creates a static segment h
 COMMENT ON FUNCTION segments.set_limit(integer) IS 'Sets the active-segment limit persistently (admins only); NULL goes back to the setting.';
 COMMENT ON FUNCTION segments.explain_member(bigint, anyelement) IS 'Why a record (key in its own type) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
 COMMENT ON FUNCTION segments.explain_member(bigint, text) IS 'Why a record (key as text) is or is not a member: rule by rule and condition by condition, with the value compared; the last row (path member) is the result and whether it is a member now.';
+COMMENT ON FUNCTION segments.add_to_export(text, bigint[]) IS 'Adds segments (of the export''s entity) to an export, recording their usage, and rewrites it; returns how many were added.';
+COMMENT ON FUNCTION segments.remove_from_export(text, bigint[]) IS 'Removes segments from an export with their usage, and rewrites it; returns how many were removed.';
 COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';
 
 -- Members views made by 0.1.0 get this version's shape, comments included.

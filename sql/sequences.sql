@@ -159,6 +159,43 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION segments._set_sequence_state(caller regrole, sequence bigint, state text) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_set_sequence_state.sequence, caller);
+BEGIN
+    UPDATE segments.sequence q SET state = _set_sequence_state.state
+     WHERE q.id = target.id AND q.state <> _set_sequence_state.state;
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION segments._drop_sequence(caller regrole, sequence bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_drop_sequence.sequence, caller);
+BEGIN
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'sequence' AND u.consumer = target.name;
+    DELETE FROM segments.sequence q WHERE q.id = target.id;  -- connections and records cascade
+END
+$$;
+
+CREATE FUNCTION segments._disconnect_records(caller regrole, sequence bigint, keys text[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_disconnect_records.sequence, caller);
+    removed integer;
+BEGIN
+    DELETE FROM segments.sequence_record r
+     WHERE r.sequence_id = target.id AND r.key = ANY (segments._canonical_keys(target.entity, coalesce(keys, '{}')));
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END
+$$;
+
 CREATE FUNCTION segments.set_priority(segment bigint, priority integer) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$

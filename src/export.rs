@@ -159,3 +159,25 @@ fn drop_export(name: &str) {
         vec![current_role().into(), name.to_string().into()],
     );
 }
+
+/// Adds segments to an export; returns how many were added.
+#[pg_extern(schema = "segments")]
+fn add_to_export(export: &str, segments: Option<Vec<i64>>) -> i32 {
+    require_editor("change exports");
+    call_internal::<i32>(
+        "SELECT segments._add_to_export($1::regrole, $2, $3)",
+        vec![current_role().into(), export.to_string().into(), segments.into()],
+    )
+    .unwrap_or(0)
+}
+
+/// Removes segments from an export; returns how many were removed.
+#[pg_extern(schema = "segments")]
+fn remove_from_export(export: &str, segments: Option<Vec<i64>>) -> i32 {
+    require_editor("change exports");
+    call_internal::<i32>(
+        "SELECT segments._remove_from_export($1::regrole, $2, $3)",
+        vec![current_role().into(), export.to_string().into(), segments.into()],
+    )
+    .unwrap_or(0)
+}

@@ -140,8 +140,35 @@ fn thin<T>(items: Vec<T>, limit: usize) -> Vec<T> {
 
 /// The best candidates: scores of `MIN_SCORE` or more, highest first
 /// (ties by position), at most `count`.
-pub fn choose(mut scored: Vec<(u64, f64)>, count: usize) -> Vec<(u64, f64)> {
-    scored.retain(|(_, s)| *s >= MIN_SCORE);
+pub fn choose(scored: Vec<(u64, f64)>, count: usize) -> Vec<(u64, f64)> {
+    choose_from(scored, count, MIN_SCORE)
+}
+
+/// Score bands, as Customer Insights shows them: high from 0.85, medium
+/// from 0.7, low from 0.55; below that (and never below 0.4) no band.
+pub fn band(score: f64) -> Option<&'static str> {
+    match score {
+        s if s >= 0.85 => Some("high"),
+        s if s >= 0.7 => Some("medium"),
+        s if s >= 0.55 => Some("low"),
+        _ => None,
+    }
+}
+
+/// The lowest score of a band name (22023 for an unknown one).
+pub fn band_floor(name: &str) -> Result<f64, SegmentsError> {
+    match name {
+        "high" => Ok(0.85),
+        "medium" => Ok(0.7),
+        "low" => Ok(0.55),
+        other => Err(SegmentsError::InvalidParameter(format!("min_band \"{other}\" is not high, medium or low"))),
+    }
+}
+
+/// The best `count` scores at or above `floor` (never below 0.4).
+pub fn choose_from(mut scored: Vec<(u64, f64)>, count: usize, floor: f64) -> Vec<(u64, f64)> {
+    let floor = floor.max(MIN_SCORE);
+    scored.retain(|(_, s)| *s >= floor);
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     scored.truncate(count);
     scored
@@ -245,6 +272,7 @@ fn find_similar_impl(
     target: Option<i64>,
     size_percent: i32,
     include_source: bool,
+    min_band: Option<&str>,
 ) -> Result<i64, Reported> {
     let (source_name, entity_name) = segment_row(source)?;
     if let Some(target) = target {
@@ -307,7 +335,11 @@ fn find_similar_impl(
         .map(|(p, s)| (*p, model.score(&encoder.encode(s))))
         .collect();
     let count = (population.len() as f64 * size_percent as f64 / 100.0).ceil() as usize;
-    let mut chosen = choose(scored, count);
+    let floor = match min_band {
+        Some(band) => band_floor(band)?,
+        None => MIN_SCORE,
+    };
+    let mut chosen = choose_from(scored, count, floor);
     if include_source {
         chosen.extend(rows.iter().filter(|(p, _)| source_members.contains(*p)).map(|(p, s)| (*p, model.score(&encoder.encode(s)))));
     }
@@ -342,35 +374,55 @@ fn find_similar_impl(
     Ok(id)
 }
 
+/// 0.1.0's `find_similar` (five arguments): its symbol stays so that a
+/// 0.1.0 schema keeps working with this library until the update.
+#[pg_extern(schema = "segments", sql = false)]
+fn find_similar(source: i64, name: &str, target: Option<i64>, size_percent: i32, include_source: bool) -> i64 {
+    find_similar_banded(source, name, target, size_percent, include_source, None)
+}
+
 /// Creates a static segment of the customers most like `source`'s members.
-#[pg_extern(schema = "segments")]
-fn find_similar(
+#[pg_extern(schema = "segments", name = "find_similar")]
+fn find_similar_banded(
     source: i64,
     name: &str,
     target: default!(Option<i64>, "NULL"),
     size_percent: default!(i32, 20),
     include_source: default!(bool, false),
+    min_band: default!(Option<&str>, "NULL"),
 ) -> i64 {
     crate::txn::require_editor("find similar customers");
     // Runs as the caller, in the sandbox (fixed search_path).
     crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        find_similar_impl(source, name, target, size_percent, include_source).or_raise()
+        find_similar_impl(source, name, target, size_percent, include_source, min_band).or_raise()
     }))
 }
 
 /// The scores of the members of a segment made by `find_similar`.
-#[pg_extern(schema = "segments", stable)]
+/// 0.1.0's `similarity` (key, score): its symbol stays until the update.
+#[pg_extern(schema = "segments", sql = false)]
 fn similarity(segment: i64) -> TableIterator<'static, (name!(key, String), name!(score, f32))> {
+    let rows: Vec<(String, f32)> = similarity_banded(segment).map(|(k, s, _)| (k, s)).collect();
+    TableIterator::new(rows)
+}
+
+/// The scores, with their bands, of the members of a segment made by
+/// `find_similar`.
+#[pg_extern(schema = "segments", name = "similarity", stable)]
+fn similarity_banded(segment: i64) -> TableIterator<'static, (name!(key, String), name!(score, f32), name!(band, Option<String>))> {
     // Runs as the caller, in the sandbox (fixed search_path).
     crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         segment_row(segment).or_raise();
-        let rows: Vec<(String, f32)> = Spi::connect(|client| {
+        let rows: Vec<(String, f32, Option<String>)> = Spi::connect(|client| {
             spi(client.select(
                 "SELECT key, score FROM segments.similarity_score WHERE segment_id = $1 ORDER BY score DESC, key",
                 None,
                 &[segment.into()],
             ))
-            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<f32>(2)).unwrap()))
+            .map(|row| {
+                let score = spi(row.get::<f32>(2)).unwrap_or_default();
+                (spi(row.get::<String>(1)).unwrap_or_default(), score, band(f64::from(score)).map(str::to_string))
+            })
             .collect()
         });
         TableIterator::new(rows)
@@ -407,7 +459,10 @@ mod tests {
     fn choosing_keeps_the_best_above_the_threshold() {
         let scored = vec![(1, 0.9), (2, 0.39), (3, 0.7), (4, 0.95), (5, 0.7)];
         assert_eq!(choose(scored.clone(), 3), vec![(4, 0.95), (1, 0.9), (3, 0.7)]);
-        assert_eq!(choose(scored, 10).len(), 4, "0.39 never qualifies");
+        assert_eq!(choose(scored.clone(), 10).len(), 4, "0.39 never qualifies");
+        assert_eq!(choose_from(scored, 10, 0.85), vec![(4, 0.95), (1, 0.9)], "min_band high");
+        assert_eq!((band(0.9), band(0.7), band(0.6), band(0.5)), (Some("high"), Some("medium"), Some("low"), None));
+        assert!(band_floor("great").is_err());
         assert_eq!(thin((0..10).collect::<Vec<_>>(), 3), vec![0, 4, 8]);
     }
 }

@@ -64,7 +64,8 @@ fn connected_segments() -> Vec<Connected> {
         spi(client.select(
             "SELECT s.id, s.name, s.entity, s.priority, s.move_existing, c.sequence_id
                FROM segments.sequence_segment c JOIN segments.segment s ON s.id = c.segment_id
-              WHERE s.state = 'active' ORDER BY s.id",
+               JOIN segments.sequence q ON q.id = c.sequence_id
+              WHERE s.state = 'active' AND q.state = 'active' ORDER BY s.id",
             None,
             &[],
         ))
@@ -240,7 +241,7 @@ mod tests {
 /// Creates a sales sequence for an entity, owned by the caller.
 #[pg_extern(schema = "segments")]
 fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
-    crate::txn::require_editor("create sequences");
+    crate::txn::require_sequence_manager("create sequences");
     crate::txn::call_internal::<i64>(
         "SELECT segments._create_sequence($1::regrole, $2, $3)",
         vec![crate::txn::current_role().into(), name.map(str::to_string).into(), entity.to_string().into()],
@@ -251,7 +252,7 @@ fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
 /// Connects segments to a sequence; returns how many were newly connected.
 #[pg_extern(schema = "segments")]
 fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::txn::require_editor("connect segments to sequences");
+    crate::txn::require_sequence_manager("connect segments to sequences");
     crate::txn::call_internal::<i32>(
         "SELECT segments._connect_sequence($1::regrole, $2, $3)",
         vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
@@ -262,7 +263,7 @@ fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// Disconnects segments from a sequence; records already connected stay.
 #[pg_extern(schema = "segments")]
 fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::txn::require_editor("disconnect segments from sequences");
+    crate::txn::require_sequence_manager("disconnect segments from sequences");
     crate::txn::call_internal::<i32>(
         "SELECT segments._disconnect_sequence($1::regrole, $2, $3)",
         vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
@@ -275,7 +276,7 @@ fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// otherwise.
 #[pg_extern(schema = "segments")]
 fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
-    crate::txn::require_editor("connect records to sequences");
+    crate::txn::require_sequence_manager("connect records to sequences");
     let relation = crate::catalog::optional_value::<pg_sys::Oid>(
         "SELECT e.relation::oid FROM segments.sequence q JOIN segments.entity e ON e.name OPERATOR(pg_catalog.=) q.entity \
           WHERE q.id OPERATOR(pg_catalog.=) $1",
@@ -286,6 +287,50 @@ fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
     }
     crate::txn::call_internal::<i32>(
         "SELECT segments._connect_records($1::regrole, $2, $3)",
+        vec![crate::txn::current_role().into(), sequence.into(), keys.into()],
+    )
+    .unwrap_or(0)
+}
+
+/// Activates or deactivates a sequence: an inactive sequence connects
+/// nobody new and keeps the records it has. Returns whether it changed.
+#[pg_extern(schema = "segments")]
+fn activate_sequence(sequence: i64) -> bool {
+    crate::txn::require_sequence_manager("activate sequences");
+    crate::txn::call_internal::<bool>(
+        "SELECT segments._set_sequence_state($1::regrole, $2, 'active')",
+        vec![crate::txn::current_role().into(), sequence.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Deactivates a sequence (see `activate_sequence`).
+#[pg_extern(schema = "segments")]
+fn deactivate_sequence(sequence: i64) -> bool {
+    crate::txn::require_sequence_manager("deactivate sequences");
+    crate::txn::call_internal::<bool>(
+        "SELECT segments._set_sequence_state($1::regrole, $2, 'inactive')",
+        vec![crate::txn::current_role().into(), sequence.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Drops a sequence with its segment connections and connected records.
+#[pg_extern(schema = "segments")]
+fn drop_sequence(sequence: i64) {
+    crate::txn::require_sequence_manager("drop sequences");
+    crate::txn::run_internal(
+        "SELECT segments._drop_sequence($1::regrole, $2)",
+        vec![crate::txn::current_role().into(), sequence.into()],
+    );
+}
+
+/// Disconnects records from a sequence; returns how many were connected.
+#[pg_extern(schema = "segments")]
+fn disconnect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
+    crate::txn::require_sequence_manager("disconnect records from sequences");
+    crate::txn::call_internal::<i32>(
+        "SELECT segments._disconnect_records($1::regrole, $2, $3)",
         vec![crate::txn::current_role().into(), sequence.into(), keys.into()],
     )
     .unwrap_or(0)

@@ -164,6 +164,17 @@ pub fn require_editor(what: &str) {
     }
 }
 
+/// Refuses (42501) a caller that is not a `segments_sequence_manager` (or
+/// admin, or superuser).
+pub fn require_sequence_manager(what: &str) {
+    if !has_role(current_role(), c"segments_sequence_manager") {
+        crate::error::SegmentsError::InsufficientPrivilege(format!(
+            "permission denied to {what}: only members of segments_sequence_manager or segments_admin may"
+        ))
+        .raise();
+    }
+}
+
 /// Refuses (42501) a caller that is not a `segments_admin` (or superuser).
 pub fn require_admin(what: &str) {
     if !has_role(current_role(), c"segments_admin") {

@@ -181,3 +181,103 @@ fn admins_set_the_active_limit() {
     ada.batch_execute("SELECT segments.register_entity('lead', 'leads', 'id'); SELECT segments.unregister_entity('lead');").unwrap();
     assert_eq!(ed.batch_execute("SELECT segments.register_entity('lead', 'leads', 'id')").unwrap_err().as_db_error().unwrap().code().code(), "42501");
 }
+
+/// Seed behaviours: sequence lifecycle and its role, confirmations that
+/// name what breaks (dry runs change nothing), export membership, score
+/// bands, trend buckets.
+#[test]
+fn seed_behaviours() {
+    let cluster = Cluster::start("seeds", &[]);
+    let mut client = sample(&cluster, "2000");
+    client
+        .batch_execute(
+            "CREATE ROLE sam LOGIN IN ROLE segments_sequence_manager; CREATE ROLE ed LOGIN IN ROLE segments_editor;
+             GRANT SELECT ON customers, orders TO sam, ed;",
+        )
+        .unwrap();
+    let connect = |role: &str| postgres::Client::connect(&cluster.url("postgres").replace("user=postgres", &format!("user={role}")), postgres::NoTls).unwrap();
+    let (mut sam, mut ed) = (connect("sam"), connect("ed"));
+    let code = |e: postgres::Error| e.as_db_error().unwrap().code().code().to_string();
+    // Sequences: managers (and admins) only.
+    assert_eq!(code(ed.batch_execute("SELECT segments.create_sequence('Welcome', 'customer')").unwrap_err()), "42501");
+    let seq: i64 = sam.query_one("SELECT segments.create_sequence('Welcome', 'customer')", &[]).unwrap().get(0);
+    let de: i64 = ed.query_one("SELECT segments.quick_segment('DE', 'customer', 'country', 'eq', '\"DE\"')", &[]).unwrap().get(0);
+    let reader: i64 = ed
+        .query_one(r#"SELECT segments.create_segment('Reads DE', '{"entity":"customer","rules":[{"where":{"segment":"DE"}}]}')"#, &[])
+        .unwrap()
+        .get(0);
+    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    client.batch_execute(&format!("GRANT ed TO sam")).unwrap();
+    sam.batch_execute(&format!("SELECT segments.connect_sequence({seq}, ARRAY[{de}::bigint])")).unwrap();
+    let connected: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records", &[]).unwrap().get(0);
+    assert!(connected > 0);
+    // An inactive sequence connects nobody new and keeps its records.
+    assert!(sam.query_one(&format!("SELECT segments.deactivate_sequence({seq})"), &[]).unwrap().get::<_, bool>(0));
+    client.batch_execute("UPDATE customers SET country = 'DE' WHERE id % 50 = 0; SELECT * FROM segments.refresh();").unwrap();
+    let after: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records", &[]).unwrap().get(0);
+    assert_eq!(after, connected, "an inactive sequence connected new records");
+    sam.batch_execute(&format!("SELECT segments.activate_sequence({seq})")).unwrap();
+    let removed: i32 = sam.query_one(&format!("SELECT segments.disconnect_records({seq}, ARRAY(SELECT key FROM segments.sequence_records LIMIT 3))"), &[]).unwrap().get(0);
+    assert_eq!(removed, 3);
+
+    // Confirmations: a dry run names what would break and changes nothing.
+    let before: String = client.query_one("SELECT string_agg(id || state, ',' ORDER BY id) FROM segments.segment", &[]).unwrap().get(0);
+    let row = ed.query_one(&format!("SELECT connected_sequences, dependents FROM segments.deactivate({de}, dry_run => true)"), &[]).unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["Welcome".to_string()]);
+    assert_eq!(row.get::<_, Vec<String>>(1), vec!["segment \"Reads DE\"".to_string()]);
+    let row = ed.query_one(&format!("SELECT connected_sequences, dependents FROM segments.delete({de}, dry_run => true)"), &[]).unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["Welcome".to_string()]);
+    assert_eq!(row.get::<_, Vec<String>>(1), vec!["segment \"Reads DE\"".to_string()]);
+    let after: String = client.query_one("SELECT string_agg(id || state, ',' ORDER BY id) FROM segments.segment", &[]).unwrap().get(0);
+    assert_eq!(before, after, "a dry run changed something");
+    // Deactivating for real warns, naming the reader.
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = warnings.clone();
+    let mut config: postgres::Config = cluster.url("postgres").replace("user=postgres", "user=ed").parse().unwrap();
+    config.notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()));
+    let mut watched = config.connect(postgres::NoTls).unwrap();
+    watched.batch_execute(&format!("SELECT * FROM segments.deactivate({de})")).unwrap();
+    assert!(warnings.lock().unwrap().iter().any(|w| w.contains("Reads DE")), "{:?}", warnings.lock().unwrap());
+    watched.batch_execute(&format!("SELECT segments.activate({de})")).unwrap();
+    let _ = reader;
+
+    // Exports: add and remove segments, keeping usages right.
+    client.batch_execute("CREATE SCHEMA out AUTHORIZATION ed").unwrap();
+    ed.batch_execute(&format!("SELECT segments.create_export('crm', ARRAY[{reader}::bigint], 'out.crm')")).unwrap();
+    let added: i32 = ed.query_one(&format!("SELECT segments.add_to_export('crm', ARRAY[{de}::bigint])"), &[]).unwrap().get(0);
+    assert_eq!(added, 1);
+    let usages: i64 = client.query_one(&format!("SELECT count(*) FROM segments.usage WHERE segment_id = {de} AND kind = 'export'"), &[]).unwrap().get(0);
+    assert_eq!(usages, 1);
+    let rows: i64 = client.query_one(&format!("SELECT count(*) FROM out.crm WHERE segment_id = {de}"), &[]).unwrap().get(0);
+    assert!(rows > 0);
+    let removed: i32 = ed.query_one(&format!("SELECT segments.remove_from_export('crm', ARRAY[{de}::bigint])"), &[]).unwrap().get(0);
+    assert_eq!(removed, 1);
+    let usages: i64 = client.query_one(&format!("SELECT count(*) FROM segments.usage WHERE segment_id = {de} AND kind = 'export'"), &[]).unwrap().get(0);
+    assert_eq!(usages, 0);
+    assert_eq!(code(ed.batch_execute(&format!("SELECT segments.remove_from_export('crm', ARRAY[{reader}::bigint])")).unwrap_err()), "22023");
+
+    // Score bands.
+    let similar: i64 = ed.query_one(&format!("SELECT segments.find_similar({de}, 'Like DE', size_percent => 10, min_band => 'medium')"), &[]).unwrap().get(0);
+    let (low, bands): (f32, i64) = {
+        let r = client.query_one(&format!("SELECT coalesce(min(score), 1), count(*) FILTER (WHERE band IS NULL) FROM segments.similarity({similar})"), &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(low >= 0.7, "min_band medium kept a score of {low}");
+    assert_eq!(bands, 0);
+    assert_eq!(code(ed.batch_execute(&format!("SELECT segments.find_similar({de}, 'x', min_band => 'great')")).unwrap_err()), "22023");
+
+    // Trend: one point per bucket, with entered and exited totals.
+    for _ in 0..3 {
+        client.batch_execute(&format!("UPDATE customers SET country = 'DE' WHERE id % 97 = 1; UPDATE customers SET country = 'FR' WHERE id % 89 = 2; SELECT * FROM segments.refresh(ARRAY[{de}::bigint]);")).unwrap();
+    }
+    let points = client.query(&format!("SELECT at, member_count, entered, exited FROM segments.trend({de}, now() - interval '1 day', now(), 'day')"), &[]).unwrap();
+    assert_eq!(points.len(), 1);
+    let last: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&de]).unwrap().get(0);
+    assert_eq!(points[0].get::<_, i64>(1), last);
+    let per_run = client.query(&format!("SELECT at FROM segments.trend({de}, now() - interval '1 day', now())"), &[]).unwrap();
+    assert!(per_run.len() >= 4);
+    assert_eq!(code(client.batch_execute(&format!("SELECT * FROM segments.trend({de}, now(), now(), 'fortnight')")).unwrap_err()), "22023");
+    sam.batch_execute(&format!("SELECT segments.drop_sequence({seq})")).unwrap();
+    let left: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}

@@ -30,7 +30,7 @@ fn extension_loads_with_preload_in_two_databases() {
             .query_one("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'segments\\_%'", &[])
             .unwrap()
             .get(0);
-        assert_eq!(roles, 3, "{db}: roles missing");
+        assert_eq!(roles, 4, "{db}: roles missing");
     }
 }
 

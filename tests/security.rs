@@ -30,7 +30,7 @@ fn setup(cluster: &Cluster, scale: &str) -> postgres::Client {
             "CREATE EXTENSION segments;
              SELECT segments.register_entity('customer', 'customers', 'id');
              SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
-             CREATE ROLE alice LOGIN IN ROLE segments_editor;
+             CREATE ROLE alice LOGIN IN ROLE segments_editor, segments_sequence_manager;
              CREATE ROLE mallory LOGIN IN ROLE segments_editor;
              CREATE ROLE rita LOGIN IN ROLE segments_reader;
              GRANT SELECT ON customers, orders TO alice, mallory;
