@@ -1,7 +1,11 @@
-//! Suggested segments: attribute splits whose members differ most from the
-//! whole population on a measure (a numeric column of the entity), returned
-//! as ready definitions. Categorical columns (2 to 30 distinct values) split
-//! by value; numeric columns by quartile.
+//! Suggested segments: splits whose members differ most from the whole
+//! population on a measure, returned as ready definitions. The measure is
+//! a numeric column of the entity, or activity: a related table (`orders`:
+//! how many rows in the last 90 days) or one of its numeric columns
+//! (`orders.amount`: their sum). Categorical columns (2 to 30 distinct
+//! values) split by value; numeric columns by quartile; related tables
+//! with a time column split by activity (rows in the last 30 days, none in
+//! 60 days, 3 or more in 90 days).
 
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
@@ -45,15 +49,97 @@ fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
     })
 }
 
+/// The measure of one entity row (alias e) as SQL, and its description.
+fn measure_sql(entity: &Entity, measure: &str, reference: &str) -> Result<String, Reported> {
+    if let Ok(column) = column(entity, measure) {
+        if column.kind != ColumnKind::Numeric {
+            return Err(SegmentsError::InvalidParameter(format!(
+                "measure \"{measure}\" is {}; a measure is a numeric column, a related table or related.column",
+                column.type_sql
+            ))
+            .into());
+        }
+        return Ok(format!("e.{}::float8", ident(measure)));
+    }
+    let (related_name, attribute) = match measure.split_once('.') {
+        Some((r, a)) => (r, Some(a)),
+        None => (measure, None),
+    };
+    let Some(related) = entity.related(related_name) else {
+        return Err(column(entity, measure).err().expect("no such column"));
+    };
+    let mut filters = vec![format!("r.{} = e.{}", ident(&related.foreign_key), ident(&entity.key_column))];
+    if let Some(time) = &related.time_column {
+        filters.push(format!("r.{t} >= {reference} - interval '90 days' AND r.{t} <= {reference}", t = ident(time)));
+    }
+    let value = match attribute {
+        None => "count(*)".to_string(),
+        Some(a) => {
+            let c = related.table.column(a).ok_or_else(|| {
+                SegmentsError::UndefinedColumn(format!("column \"{a}\" does not exist on related table \"{related_name}\""))
+            })?;
+            if c.kind != ColumnKind::Numeric {
+                return Err(SegmentsError::InvalidParameter(format!("measure \"{measure}\" is {}; it must be numeric", c.type_sql)).into());
+            }
+            format!("coalesce(sum(r.{}), 0)", ident(a))
+        }
+    };
+    Ok(format!(
+        "(SELECT {value} FROM {} r WHERE {})::float8",
+        related.table.relation_sql,
+        filters.join(" AND ")
+    ))
+}
+
+/// Activity splits: for every related table with a time column, who has
+/// rows in the last 30 days, who has none in 60 days, who has 3 or more in
+/// 90 days.
+fn activity_splits(entity: &Entity, measure_sql: &str, reference: &str) -> Vec<Split> {
+    let mut splits = Vec::new();
+    for related in &entity.related {
+        let Some(time) = &related.time_column else { continue };
+        let rows = |days: i32| {
+            format!(
+                "FROM {} r WHERE r.{} = e.{} AND r.{t} >= {reference} - interval '{days} days' AND r.{t} <= {reference}",
+                related.table.relation_sql,
+                ident(&related.foreign_key),
+                ident(&entity.key_column),
+                t = ident(time)
+            )
+        };
+        let candidates = [
+            (json!({"related": related.name, "within": "30 days"}), format!("EXISTS (SELECT 1 {})", rows(30))),
+            (json!({"related": related.name, "exists": false, "within": "60 days"}), format!("NOT EXISTS (SELECT 1 {})", rows(60))),
+            (
+                json!({"related": related.name, "aggregate": "count", "within": "90 days", "op": "gte", "value": 3}),
+                format!("(SELECT count(*) {}) >= 3", rows(90)),
+            ),
+        ];
+        for (condition, sql) in candidates {
+            let row = Spi::connect(|client| {
+                let table = spi(client.select(
+                    &format!("SELECT count(*), avg({measure_sql}) FROM {} e WHERE {sql}", entity.table.relation_sql),
+                    None,
+                    &[],
+                ));
+                let row = table.first();
+                (spi(row.get::<i64>(1)).unwrap_or(0), spi(row.get::<f64>(2)))
+            });
+            splits.push(Split { condition, members: row.0, measure_avg: row.1.unwrap_or(f64::NAN) });
+        }
+    }
+    splits
+}
+
 fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
     let table = &entity.table.relation_sql;
-    let (a, m) = (ident(&attribute.name), ident(measure));
+    let (a, m) = (ident(&attribute.name), measure.to_string());
     let mut splits = Vec::new();
     match attribute.kind {
         ColumnKind::Text | ColumnKind::Boolean => {
             // One row per distinct value: a column of 2 to 30 values is categorical.
             let sql = format!(
-                "SELECT e.{a}::text, count(*), avg(e.{m})::float8
+                "SELECT e.{a}::text, count(*), avg({m})::float8
                    FROM {table} e WHERE e.{a} IS NOT NULL GROUP BY e.{a} LIMIT 31"
             );
             let rows: Vec<(String, i64, Option<f64>)> = Spi::connect(|client| {
@@ -75,7 +161,7 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
                               FROM {table} e WHERE e.{a} IS NOT NULL),
                       r AS (SELECT low, high FROM q, LATERAL (VALUES (b[1], b[2]), (b[2], b[3]), (b[3], b[4]), (b[4], b[5])) v(low, high)
                              WHERE low < high)
-                 SELECT r.low, r.high, count(e.*), avg(e.{m})::float8
+                 SELECT r.low, r.high, count(e.*), avg({m})::float8
                    FROM r LEFT JOIN {table} e ON e.{a}::float8 >= r.low AND (e.{a}::float8 < r.high OR r.high = (SELECT b[5] FROM q))
                   GROUP BY r.low, r.high ORDER BY r.low"
             );
@@ -111,14 +197,8 @@ fn suggest_impl(
         SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered"))
             .with_hint(closest(entity, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
     })?;
-    let measure_column = column(&entity, measure)?;
-    if measure_column.kind != ColumnKind::Numeric {
-        return Err(SegmentsError::InvalidParameter(format!(
-            "measure \"{measure}\" is {}; a measure is a numeric column",
-            measure_column.type_sql
-        ))
-        .into());
-    }
+    let reference = crate::evaluate::reference_time_sql();
+    let measure_sql = measure_sql(&entity, measure, &reference)?;
     if max_segments < 1 {
         return Err(SegmentsError::InvalidParameter(format!("max_segments must be 1 or more, not {max_segments}")).into());
     }
@@ -133,14 +213,17 @@ fn suggest_impl(
     };
     let (population, population_avg): (i64, f64) = Spi::connect(|client| {
         let row = spi(client.select(
-            &format!("SELECT count(*), avg(e.{})::float8 FROM {} e", ident(measure), entity.table.relation_sql),
+            &format!("SELECT count(*), avg({measure_sql})::float8 FROM {} e", entity.table.relation_sql),
             None,
             &[],
         ))
         .first();
         (spi(row.get::<i64>(1)).unwrap_or(0), spi(row.get::<f64>(2)).unwrap_or(f64::NAN))
     });
-    let splits: Vec<Split> = attributes.iter().flat_map(|a| splits_of(&entity, a, measure)).collect();
+    let mut splits: Vec<Split> = attributes.iter().flat_map(|a| splits_of(&entity, a, &measure_sql)).collect();
+    if influencing.is_none() {
+        splits.extend(activity_splits(&entity, &measure_sql, &reference));
+    }
     Ok(rank(splits, population_avg, population, max_segments as usize)
         .into_iter()
         .map(|(split, lift)| {

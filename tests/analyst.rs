@@ -277,6 +277,17 @@ fn seed_behaviours() {
     let per_run = client.query(&format!("SELECT at FROM segments.trend({de}, now() - interval '1 day', now())"), &[]).unwrap();
     assert!(per_run.len() >= 4);
     assert_eq!(code(client.batch_execute(&format!("SELECT * FROM segments.trend({de}, now(), now(), 'fortnight')")).unwrap_err()), "22023");
+    // Suggested segments from activity: a related table as the measure, and
+    // activity splits among the candidates.
+    let rows = ed.query("SELECT definition::text, members, lift FROM segments.suggest('customer', 'orders', max_segments => 20)", &[]).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().any(|r| r.get::<_, String>(0).contains("\"related\"")), "no activity split suggested");
+    let top: String = rows[0].get(0);
+    ed.batch_execute(&format!("SELECT segments.create_segment('Suggested', '{}')", top.replace('\'', "''"))).unwrap();
+    let rows = ed.query("SELECT definition::text FROM segments.suggest('customer', 'orders.amount', max_segments => 3)", &[]).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(code(ed.batch_execute("SELECT * FROM segments.suggest('customer', 'order')").unwrap_err()), "42703");
+
     sam.batch_execute(&format!("SELECT segments.drop_sequence({seq})")).unwrap();
     let left: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records", &[]).unwrap().get(0);
     assert_eq!(left, 0);
