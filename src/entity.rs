@@ -362,6 +362,26 @@ unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::O
     }
 }
 
+/// Drops an entity's members view, keeping its grants to put back when
+/// `restore_members_views` makes it again.
+fn release_members_view(entity: &str) {
+    let view = format!("segments.{}", ident(&members_view_name(entity)));
+    let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT a.grantee, a.privilege_type, a.is_grantable \
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+              WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+                AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+            None,
+            &[view.clone().into()],
+        ))
+        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+        .collect()
+    });
+    SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.to_string(), grants));
+    spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
+}
+
 /// ddl_command_start: before an ALTER TABLE (or a column rename) of a
 /// registered entity table, its members view is dropped, grants saved, so
 /// that DROP COLUMN and ALTER COLUMN TYPE just work; ddl_command_end makes
@@ -381,21 +401,7 @@ fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
             .collect()
         });
         for entity in entities {
-            let view = format!("segments.{}", ident(&members_view_name(&entity)));
-            let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
-                spi(client.select(
-                    "SELECT a.grantee, a.privilege_type, a.is_grantable \
-                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
-                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-                        AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
-                    None,
-                    &[view.clone().into()],
-                ))
-                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
-                .collect()
-            });
-            SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.clone(), grants));
-            spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
+            release_members_view(&entity);
         }
     }));
 }
@@ -486,21 +492,7 @@ fn _remake_members_views() {
                 .collect()
         });
         for (entity, _) in entities {
-            let view = format!("segments.{}", ident(&members_view_name(&entity)));
-            let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
-                spi(client.select(
-                    "SELECT a.grantee, a.privilege_type, a.is_grantable \
-                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
-                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-                        AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
-                    None,
-                    &[view.clone().into()],
-                ))
-                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
-                .collect()
-            });
-            SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.clone(), grants));
-            spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
+            release_members_view(&entity);
         }
         restore_members_views();
     }));
