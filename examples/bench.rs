@@ -73,7 +73,7 @@ fn create(client: &mut Client, name: &str, definition: &str) -> i64 {
 
 fn refresh(client: &mut Client, ids: &[i64]) {
     let failed: i64 = client
-        .query_one("SELECT count(*) FROM segments.refresh($1) WHERE status <> 'succeeded'", &[&ids])
+        .query_one("SELECT count(*) FROM segments.refresh($1::bigint[]) WHERE status <> 'succeeded'", &[&ids])
         .unwrap()
         .get(0);
     assert_eq!(failed, 0);

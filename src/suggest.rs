@@ -158,7 +158,8 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
         ColumnKind::Numeric => {
             let sql = format!(
                 "WITH q AS (SELECT percentile_disc(ARRAY[0, 0.25, 0.5, 0.75, 1]) WITHIN GROUP (ORDER BY e.{a}::float8) AS b
-                              FROM {table} e WHERE e.{a} IS NOT NULL),
+                              FROM {table} e WHERE e.{a} IS NOT NULL
+                               AND e.{a}::float8 NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)),
                       r AS (SELECT low, high FROM q, LATERAL (VALUES (b[1], b[2]), (b[2], b[3]), (b[3], b[4]), (b[4], b[5])) v(low, high)
                              WHERE low < high)
                  SELECT r.low, r.high, count(e.*), avg({m})::float8
@@ -172,6 +173,10 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
             });
             let last = rows.len();
             for (i, (low, high, members, avg)) in rows.into_iter().enumerate() {
+                // NaN and infinite values make no split a definition can hold.
+                if !low.is_finite() || !high.is_finite() {
+                    continue;
+                }
                 let condition = if i + 1 == last {
                     json!({"attribute": attribute.name, "op": "gte", "value": low})
                 } else {

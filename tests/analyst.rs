@@ -288,6 +288,15 @@ fn seed_behaviours() {
     assert_eq!(rows.len(), 3);
     assert_eq!(code(ed.batch_execute("SELECT * FROM segments.suggest('customer', 'order')").unwrap_err()), "42703");
 
+    // NaN and infinite values never make a split with a null value.
+    client
+        .batch_execute("ALTER TABLE customers ADD COLUMN score float8;
+                        UPDATE customers SET score = CASE id % 10 WHEN 0 THEN 'NaN' WHEN 1 THEN 'Infinity' WHEN 2 THEN '-Infinity' ELSE id END;")
+        .unwrap();
+    let rows = client.query("SELECT definition::text FROM segments.suggest('customer', 'lifetime_value', ARRAY['score'], 10)", &[]).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| !r.get::<_, String>(0).contains("null")), "a split holds null");
+
     sam.batch_execute(&format!("SELECT segments.drop_sequence({seq})")).unwrap();
     let left: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records", &[]).unwrap().get(0);
     assert_eq!(left, 0);
