@@ -352,7 +352,8 @@ fn main() {
     // 7c. Latency from COMMIT to is_member with the worker (naptime 1 s)
     // under 1,000 changed rows per second.
     if one::<String>(&mut client, "SELECT current_setting('shared_preload_libraries')").contains("segments") {
-        exec(&mut client, "ALTER SYSTEM SET segments.naptime = 1; SELECT pg_reload_conf();");
+        exec(&mut client, "ALTER SYSTEM SET segments.naptime = 1");
+        exec(&mut client, "SELECT pg_reload_conf()");
         let url = url.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = {
