@@ -315,6 +315,26 @@ BEGIN
 END
 $$;
 
+-- Updates of the columns live segments read, row by row (a trigger with a
+-- column list cannot have transition tables): the row's key, and its old
+-- key when the key itself changed.
+CREATE FUNCTION segments._capture_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_key text := to_jsonb(NEW) ->> TG_ARGV[1];
+    old_key text := to_jsonb(OLD) ->> TG_ARGV[1];
+BEGIN
+    IF new_key IS NOT NULL THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], new_key);
+    END IF;
+    IF old_key IS DISTINCT FROM new_key AND old_key IS NOT NULL THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], old_key);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- Capture follows the live segments: installed on a table when the first
 -- live segment needs it, removed with the last.
 CREATE FUNCTION segments._segment_sync_capture() RETURNS trigger

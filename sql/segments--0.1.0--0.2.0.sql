@@ -184,6 +184,23 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments._capture_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_key text := to_jsonb(NEW) ->> TG_ARGV[1];
+    old_key text := to_jsonb(OLD) ->> TG_ARGV[1];
+BEGIN
+    IF new_key IS NOT NULL THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], new_key);
+    END IF;
+    IF old_key IS DISTINCT FROM new_key AND old_key IS NOT NULL THEN
+        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], old_key);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$

@@ -79,20 +79,39 @@ pub fn sync_capture() {
         .map(|row| (spi(row.get::<pg_sys::Oid>(1)).unwrap().to_u32(), spi(row.get::<String>(2)).unwrap()))
         .collect()
     });
+    let read = columns_read_by_live_segments();
     let mut wanted = BTreeSet::new();
     for (relation, entity, column, relation_sql) in &needed {
-        for (operation, event, referencing) in [
-            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new"),
-            ("upd", "UPDATE", " REFERENCING NEW TABLE AS segments_new OLD TABLE AS segments_old"),
-            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old"),
-            ("trn", "TRUNCATE", ""),
+        // An UPDATE matters only when it sets a column a live segment reads
+        // (or the key): other updates do not even fire the trigger.
+        let mut columns: BTreeSet<String> = read
+            .get(entity)
+            .map(|cols| cols.iter().filter(|(r, _)| r == relation_sql).map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default();
+        columns.insert(column.clone());
+        let columns_sql = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        // Updates: a row trigger on just those columns, fired only when one
+        // of them really changed (a column list excludes transition tables).
+        let changed = columns
+            .iter()
+            .map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}", c = ident(c)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let update_event = format!("UPDATE OF {columns_sql}");
+        let update_row = format!(" FOR EACH ROW WHEN ({changed})");
+        for (operation, event, referencing, function) in [
+            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT", "_capture"),
+            ("upd", update_event.as_str(), update_row.as_str(), "_capture_row"),
+            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT", "_capture"),
+            ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture"),
         ] {
-            let name = trigger_name(operation, entity, column);
+            let identity = if operation == "upd" { format!("{column}\u{0}{columns_sql}") } else { column.clone() };
+            let name = trigger_name(operation, entity, &identity);
             wanted.insert((relation.to_u32(), name.clone()));
             if !existing.contains(&(relation.to_u32(), name.clone())) {
                 spi(Spi::run(&format!(
-                    "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} FOR EACH STATEMENT \
-                     EXECUTE FUNCTION segments._capture({}, {})",
+                    "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} \
+                     EXECUTE FUNCTION segments.{function}({}, {})",
                     ident(&name),
                     literal(entity),
                     literal(column)
@@ -110,6 +129,35 @@ pub fn sync_capture() {
             spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {relation_sql}", ident(name))));
         }
     }
+}
+
+/// By entity: the (relation, column) pairs its active live segments read,
+/// and its eligibility condition reads.
+fn columns_read_by_live_segments() -> HashMap<String, Vec<(String, String)>> {
+    let live: Vec<(String, Value)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT entity, definition FROM segments.segment \
+              WHERE schedule OPERATOR(pg_catalog.=) 'live' AND state OPERATOR(pg_catalog.=) 'active'",
+            None,
+            &[],
+        ))
+        .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<JsonB>(2)).map(|j| j.0).unwrap_or(Value::Null)))
+        .collect()
+    });
+    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (entity_name, definition) in live {
+        let Some(entity) = SpiCatalog.entity(&entity_name) else { continue };
+        let mut definitions = vec![definition];
+        if let Some(eligible) = &entity.eligible {
+            definitions.push(serde_json::json!({"entity": entity_name, "rules": [{"where": eligible}]}));
+        }
+        for definition in definitions {
+            if let Ok(parsed) = crate::definition::Definition::parse(&definition) {
+                out.entry(entity_name.clone()).or_default().extend(crate::compile::columns_read(&parsed, &entity));
+            }
+        }
+    }
+    out
 }
 
 /// The live segments of an entity, locked as a refresh locks them, so that
