@@ -291,7 +291,7 @@ fn seed_behaviours() {
     // NaN and infinite values never make a split with a null value.
     client
         .batch_execute("ALTER TABLE customers ADD COLUMN score float8;
-                        UPDATE customers SET score = CASE id % 10 WHEN 0 THEN 'NaN' WHEN 1 THEN 'Infinity' WHEN 2 THEN '-Infinity' ELSE id END;")
+                        UPDATE customers SET score = CASE id % 10 WHEN 0 THEN 'NaN'::float8 WHEN 1 THEN 'Infinity'::float8 WHEN 2 THEN '-Infinity'::float8 ELSE id::float8 END;")
         .unwrap();
     let rows = client.query("SELECT definition::text FROM segments.suggest('customer', 'lifetime_value', ARRAY['score'], 10)", &[]).unwrap();
     assert!(!rows.is_empty());
