@@ -366,6 +366,19 @@ unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::O
 /// `restore_members_views` makes it again.
 fn release_members_view(entity: &str) {
     let view = format!("segments.{}", ident(&members_view_name(entity)));
+    // A view of the user's built on the members view keeps it: dropping it
+    // would take theirs along. The ALTER TABLE then meets PostgreSQL's own
+    // dependency checks, which name that view.
+    let has_dependents = crate::catalog::optional_value::<bool>(
+        "SELECT true FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid \
+          WHERE d.refobjid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+            AND r.ev_class OPERATOR(pg_catalog.<>) pg_catalog.to_regclass($1) LIMIT 1",
+        &[view.clone().into()],
+    )
+    .unwrap_or(false);
+    if has_dependents {
+        return;
+    }
     let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
         spi(client.select(
             "SELECT a.grantee, a.privilege_type, a.is_grantable \
