@@ -65,6 +65,9 @@ GRANT USAGE ON SCHEMA segments TO segments_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA segments TO segments_reader;
 GRANT INSERT, UPDATE, DELETE ON segments.segment TO segments_editor;
 GRANT USAGE ON SEQUENCE segments.segment_id_seq TO segments_editor;
+-- The live queue and kept related values hold keys and conditions' answers
+-- computed with their owners' privileges: not for readers.
+REVOKE SELECT ON segments.change_queue, segments.related_state FROM segments_reader;
 
 -- Keys stay private: a role reads the keys of an entity only if it may
 -- SELECT the entity's table.
@@ -102,6 +105,14 @@ COMMENT ON TABLE segments.change_queue IS 'Keys changed in tables live segments 
 COMMENT ON COLUMN segments.change_queue.entity IS 'The entity whose key changed.';
 COMMENT ON COLUMN segments.change_queue.key IS 'The key as text; NULL: the whole table changed (TRUNCATE).';
 COMMENT ON COLUMN segments.change_queue.queued_at IS 'When the change was captured.';
+COMMENT ON COLUMN segments.change_queue.source IS 'The related table whose rows changed; NULL: the entity''s own row.';
+COMMENT ON TABLE segments.related_state IS 'Live segments: the last value of each related condition, kept between applications (internal).';
+COMMENT ON COLUMN segments.related_state.owner IS 'The role whose privileges computed the value.';
+COMMENT ON COLUMN segments.related_state.entity IS 'The entity.';
+COMMENT ON COLUMN segments.related_state.leaf IS 'md5 of the condition''s query at a fixed reference time.';
+COMMENT ON COLUMN segments.related_state.matching IS 'Bitmap: positions where the condition holds.';
+COMMENT ON COLUMN segments.related_state.with_rows IS 'Bitmap, aggregates only: positions with any related row.';
+COMMENT ON COLUMN segments.related_state.computed_at IS 'When the value was last computed or patched.';
 COMMENT ON TABLE segments.entity IS 'Registered entities: tables whose rows segments group.';
 COMMENT ON COLUMN segments.entity.name IS 'Entity name.';
 COMMENT ON COLUMN segments.entity.relation IS 'The entity table.';

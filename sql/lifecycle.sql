@@ -296,44 +296,27 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], NULL);
+        INSERT INTO segments.change_queue (entity, key, source) VALUES (TG_ARGV[0], NULL, nullif(TG_ARGV[2], ''));
     ELSIF TG_OP = 'INSERT' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT DISTINCT %L, n.%I::text FROM segments_new n WHERE n.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT DISTINCT %L, n.%I::text, %L FROM segments_new n WHERE n.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
     ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT DISTINCT %L, o.%I::text FROM segments_old o WHERE o.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT DISTINCT %L, o.%I::text, %L FROM segments_old o WHERE o.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
     ELSE
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT %L, k FROM (SELECT n.%I::text AS k FROM segments_new n
-                                           UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT %L, k, %L FROM (SELECT n.%I::text AS k FROM segments_new n
+                                               UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
+                       TG_ARGV[0], nullif(TG_ARGV[2], ''), TG_ARGV[1], TG_ARGV[1]);
     END IF;
     RETURN NULL;
 END
 $$;
 
--- Updates of the columns live segments read, row by row (a trigger with a
--- column list cannot have transition tables): the row's key, and its old
--- key when the key itself changed.
-CREATE FUNCTION segments._capture_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    new_key text := to_jsonb(NEW) ->> TG_ARGV[1];
-    old_key text := to_jsonb(OLD) ->> TG_ARGV[1];
-BEGIN
-    IF new_key IS NOT NULL THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], new_key);
-    END IF;
-    IF old_key IS DISTINCT FROM new_key AND old_key IS NOT NULL THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], old_key);
-    END IF;
-    RETURN NULL;
-END
-$$;
+-- Updates of the columns live segments read are captured row by row by
+-- segments._capture_row(), a C trigger function (src/capture.rs).
 
 -- Capture follows the live segments: installed on a table when the first
 -- live segment needs it, removed with the last.

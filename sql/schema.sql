@@ -107,13 +107,30 @@ CREATE INDEX ON segments.refresh_run (segment_id, started_at);
 
 -- Keys changed in tables live segments read, waiting for apply_changes().
 -- Written by the capture triggers in the same transaction as the change; a
--- NULL key means the whole table changed (TRUNCATE).
+-- NULL key means the whole table changed (TRUNCATE). No index: apply_changes
+-- drains it whole, and every index entry would cost the captured writes.
 CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
-    queued_at timestamptz NOT NULL DEFAULT now()
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    source    text
 );
-CREATE INDEX ON segments.change_queue (entity);
+
+-- Live segments: the last value of each related condition they use, per
+-- owner, kept between applications so that a change of an entity's own row
+-- does not read related tables again. A value depends only on its related
+-- table; its keys are patched as their related rows change. A full
+-- refresh of the entity's live segments forgets them (the windows of
+-- relative conditions slide then).
+CREATE TABLE segments.related_state (
+    owner       oid NOT NULL,
+    entity      text NOT NULL,
+    leaf        text NOT NULL,
+    matching    bytea NOT NULL,
+    with_rows   bytea,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, entity, leaf)
+);
 
 -- Who entered and who exited a segment, per run.
 CREATE TABLE segments.membership_change (

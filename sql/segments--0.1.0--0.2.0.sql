@@ -47,9 +47,18 @@ ALTER TABLE segments.refresh_run ADD COLUMN keys_examined bigint;
 CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
-    queued_at timestamptz NOT NULL DEFAULT now()
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    source    text
 );
-CREATE INDEX ON segments.change_queue (entity);
+CREATE TABLE segments.related_state (
+    owner       oid NOT NULL,
+    entity      text NOT NULL,
+    leaf        text NOT NULL,
+    matching    bytea NOT NULL,
+    with_rows   bytea,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, entity, leaf)
+);
 
 -- Definition history and persistent limits.
 CREATE TABLE segments.definition_version (
@@ -165,41 +174,27 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], NULL);
+        INSERT INTO segments.change_queue (entity, key, source) VALUES (TG_ARGV[0], NULL, nullif(TG_ARGV[2], ''));
     ELSIF TG_OP = 'INSERT' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT DISTINCT %L, n.%I::text FROM segments_new n WHERE n.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT DISTINCT %L, n.%I::text, %L FROM segments_new n WHERE n.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
     ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT DISTINCT %L, o.%I::text FROM segments_old o WHERE o.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT DISTINCT %L, o.%I::text, %L FROM segments_old o WHERE o.%I IS NOT NULL',
+                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
     ELSE
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key)
-                        SELECT %L, k FROM (SELECT n.%I::text AS k FROM segments_new n
-                                           UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
+        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
+                        SELECT %L, k, %L FROM (SELECT n.%I::text AS k FROM segments_new n
+                                               UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
+                       TG_ARGV[0], nullif(TG_ARGV[2], ''), TG_ARGV[1], TG_ARGV[1]);
     END IF;
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION segments._capture_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    new_key text := to_jsonb(NEW) ->> TG_ARGV[1];
-    old_key text := to_jsonb(OLD) ->> TG_ARGV[1];
-BEGIN
-    IF new_key IS NOT NULL THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], new_key);
-    END IF;
-    IF old_key IS DISTINCT FROM new_key AND old_key IS NOT NULL THEN
-        INSERT INTO segments.change_queue (entity, key) VALUES (TG_ARGV[0], old_key);
-    END IF;
-    RETURN NULL;
-END
-$$;
+LANGUAGE c AS 'MODULE_PATHNAME', '_capture_row_wrapper';
 
 CREATE OR REPLACE FUNCTION segments._check_active_limit(activated bigint) RETURNS void
 LANGUAGE plpgsql
@@ -1762,6 +1757,9 @@ REVOKE INSERT, UPDATE, DELETE ON segments.entity, segments.related FROM segments
 REVOKE USAGE ON ALL SEQUENCES IN SCHEMA segments FROM segments_editor;
 GRANT SELECT ON ALL TABLES IN SCHEMA segments TO segments_reader;
 GRANT USAGE ON SEQUENCE segments.segment_id_seq TO segments_editor;
+-- The live queue and kept related values hold keys and conditions' answers
+-- computed with their owners' privileges: not for readers.
+REVOKE SELECT ON segments.change_queue, segments.related_state FROM segments_reader;
 
 ALTER TABLE segments.entity_key ENABLE ROW LEVEL SECURITY;
 CREATE POLICY entity_key_readable ON segments.entity_key FOR SELECT
@@ -1807,6 +1805,14 @@ COMMENT ON TABLE segments.change_queue IS 'Keys changed in tables live segments 
 COMMENT ON COLUMN segments.change_queue.entity IS 'The entity whose key changed.';
 COMMENT ON COLUMN segments.change_queue.key IS 'The key as text; NULL: the whole table changed (TRUNCATE).';
 COMMENT ON COLUMN segments.change_queue.queued_at IS 'When the change was captured.';
+COMMENT ON COLUMN segments.change_queue.source IS 'The related table whose rows changed; NULL: the entity''s own row.';
+COMMENT ON TABLE segments.related_state IS 'Live segments: the last value of each related condition, kept between applications (internal).';
+COMMENT ON COLUMN segments.related_state.owner IS 'The role whose privileges computed the value.';
+COMMENT ON COLUMN segments.related_state.entity IS 'The entity.';
+COMMENT ON COLUMN segments.related_state.leaf IS 'md5 of the condition''s query at a fixed reference time.';
+COMMENT ON COLUMN segments.related_state.matching IS 'Bitmap: positions where the condition holds.';
+COMMENT ON COLUMN segments.related_state.with_rows IS 'Bitmap, aggregates only: positions with any related row.';
+COMMENT ON COLUMN segments.related_state.computed_at IS 'When the value was last computed or patched.';
 COMMENT ON TABLE segments.entity IS 'Registered entities: tables whose rows segments group.';
 COMMENT ON COLUMN segments.entity.name IS 'Entity name.';
 COMMENT ON COLUMN segments.entity.relation IS 'The entity table.';

@@ -45,6 +45,16 @@ pub enum Leaf {
     Segment(i64),
 }
 
+impl Leaf {
+    /// The leaf's SQL (a filter expression or a query); empty for a segment.
+    pub fn sql(&self) -> &str {
+        match self {
+            Leaf::Filter(sql) | Leaf::KeySet(sql) | Leaf::Aggregate { sql, .. } => sql,
+            Leaf::Segment(_) => "",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Leaf(usize),
@@ -90,6 +100,9 @@ pub struct Plan {
     /// Live segments: an SQL array of the keys to evaluate (every query
     /// reads just those rows); None for a full evaluation.
     pub restriction: Option<String>,
+    /// By leaf: the name of the related table a related leaf reads (live
+    /// apply keeps their values between applications).
+    pub related_of: Vec<Option<String>>,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -103,6 +116,9 @@ pub struct Planner<'a> {
     eligible: Option<Expr>,
     needs_all_rows: bool,
     restriction: Option<String>,
+    /// Per related table, a narrower restriction than `restriction`.
+    related_restriction: HashMap<String, String>,
+    related_of: HashMap<Leaf, String>,
 }
 
 
@@ -139,6 +155,8 @@ impl<'a> Planner<'a> {
             eligible: None,
             needs_all_rows: false,
             restriction: None,
+            related_restriction: HashMap::new(),
+            related_of: HashMap::new(),
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -182,6 +200,12 @@ impl<'a> Planner<'a> {
         self.restriction = Some(keys_sql);
     }
 
+    /// Restricts the queries of one related table to `keys_sql` instead
+    /// (live apply: only the keys whose rows of that table changed).
+    pub fn restrict_related_to(&mut self, related: &str, keys_sql: String) {
+        self.related_restriction.insert(related.to_string(), keys_sql);
+    }
+
     pub fn finish(mut self, segments: &mut [&mut CompiledSegment]) -> Plan {
         let mut uses = vec![0usize; self.leaves.len()];
         let mut exprs: Vec<&mut Expr> = Vec::new();
@@ -204,10 +228,12 @@ impl<'a> Planner<'a> {
         }
         let mut renumber = vec![usize::MAX; self.leaves.len()];
         let mut leaves = Vec::new();
+        let mut related_of = Vec::new();
         for (i, leaf) in self.leaves.iter().enumerate() {
             if used[i] {
                 renumber[i] = leaves.len();
                 leaves.push(leaf.clone());
+                related_of.push(self.related_of.get(leaf).cloned());
             }
         }
         let mut has_not = false;
@@ -223,6 +249,7 @@ impl<'a> Planner<'a> {
             reference_time: self.reference_time,
             needs_all_rows,
             restriction: self.restriction,
+            related_of,
         }
     }
 
@@ -316,6 +343,7 @@ impl<'a> Planner<'a> {
                     .with_hint(did_you_mean(&test.related, names))
                 })?;
                 let (leaf, negate) = self.related_leaf(path, &related, test)?;
+                self.related_of.insert(leaf.clone(), related.name.clone());
                 let expr = Expr::Leaf(self.intern(leaf));
                 if negate { Expr::Not(Box::new(expr)) } else { expr }
             }
@@ -373,7 +401,7 @@ impl<'a> Planner<'a> {
             filters.push(in_last_sql(&format!("r.{}", ident(&column.name)), column.kind, within, &self.reference_time));
         }
         let fk = format!("r.{}", ident(&related.foreign_key));
-        if let Some(keys) = &self.restriction {
+        if let Some(keys) = self.related_restriction.get(&related.name).or(self.restriction.as_ref()) {
             filters.push(format!("{fk} {} ANY ({keys})", op("=")));
         }
         Ok((filters, fk))
@@ -898,8 +926,7 @@ mod tests {
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": condition}]})).unwrap();
         let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!("one leaf expected") };
         match &plan.leaves[*i] {
-            Leaf::Filter(sql) | Leaf::KeySet(sql) => sql.clone(),
-            Leaf::Aggregate { sql, .. } => sql.clone(),
+            Leaf::Filter(_) | Leaf::KeySet(_) | Leaf::Aggregate { .. } => plan.leaves[*i].sql().to_string(),
             Leaf::Segment(id) => format!("segment {id}"),
         }
     }

@@ -84,10 +84,61 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
     queries
 }
 
+/// What a related leaf's query returns: the positions where it holds and,
+/// for an aggregate, the positions with any related row. It depends on the
+/// related table only, which is why live apply can keep it.
+#[derive(Clone, Debug, Default)]
+pub struct RelatedValue {
+    pub matching: Members,
+    pub with_rows: Option<Members>,
+}
+
+impl RelatedValue {
+    /// This value with the positions in `keys` replaced by `fresh`'s.
+    pub fn patched(&self, keys: &Members, fresh: &RelatedValue) -> RelatedValue {
+        let patch = |old: &Members, new: &Members| (old - keys) | (new & keys);
+        RelatedValue {
+            matching: patch(&self.matching, &fresh.matching),
+            with_rows: match (&self.with_rows, &fresh.with_rows) {
+                (Some(old), Some(new)) => Some(patch(old, new)),
+                _ => None,
+            },
+        }
+    }
+
+    /// This value limited to `keys`.
+    pub fn within(&self, keys: &Members) -> RelatedValue {
+        RelatedValue { matching: &self.matching & keys, with_rows: self.with_rows.as_ref().map(|w| w & keys) }
+    }
+}
+
+/// Runs the query of a related leaf (`KeySet` or `Aggregate`); None for
+/// other leaves.
+pub fn related_value(leaf: &Leaf) -> Option<RelatedValue> {
+    let (sql, aggregate) = match leaf {
+        Leaf::KeySet(sql) => (sql, false),
+        Leaf::Aggregate { sql, .. } => (sql, true),
+        Leaf::Filter(_) | Leaf::Segment(_) => return None,
+    };
+    Spi::connect(|client| {
+        let row = spi(client.select(sql, None, &[])).first();
+        Some(RelatedValue {
+            matching: bitmap_of(spi(row.get::<Vec<u8>>(1))),
+            with_rows: aggregate.then(|| bitmap_of(spi(row.get::<Vec<u8>>(2)))),
+        })
+    })
+}
+
 /// Runs every query of the plan except segment references. (No row limit
 /// is given to SPI: Postgres runs a query with a limit without parallel
 /// workers, and these scans are the bulk of a refresh.)
 pub fn compute_leaves(plan: &Plan) -> LeafValues {
+    compute_leaves_knowing(plan, &HashMap::new())
+}
+
+/// `compute_leaves`, with the values of some related leaves given by the
+/// caller instead of queried (live apply keeps them between applications).
+pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>) -> LeafValues {
     sync_dictionary(plan);
     let mut leaves = vec![Members::new(); plan.leaves.len()];
     let filters = plan.filter_leaves();
@@ -115,26 +166,17 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
         }
     });
     let all_rows = all_rows.unwrap_or_default();
-    Spi::connect(|client| {
-        for (i, leaf) in plan.leaves.iter().enumerate() {
-            match leaf {
-                Leaf::KeySet(sql) => {
-                    let row = spi(client.select(sql, None, &[])).first();
-                    leaves[i] = bitmap_of(spi(row.get::<Vec<u8>>(1)));
-                }
-                Leaf::Aggregate { sql, empty_matches } => {
-                    let row = spi(client.select(sql, None, &[])).first();
-                    let mut matching = bitmap_of(spi(row.get::<Vec<u8>>(1)));
-                    if *empty_matches {
-                        let with_rows = bitmap_of(spi(row.get::<Vec<u8>>(2)));
-                        matching |= &all_rows - &with_rows;
-                    }
-                    leaves[i] = matching;
-                }
-                Leaf::Filter(_) | Leaf::Segment(_) => {}
-            }
+    for (i, leaf) in plan.leaves.iter().enumerate() {
+        let value = match known.get(&i) {
+            Some(value) => Some(value.clone()),
+            None => related_value(leaf),
+        };
+        let Some(RelatedValue { mut matching, with_rows }) = value else { continue };
+        if let (Leaf::Aggregate { empty_matches: true, .. }, Some(with_rows)) = (leaf, with_rows) {
+            matching |= &all_rows - &with_rows;
         }
-    });
+        leaves[i] = matching;
+    }
     let universe = plan.needs_all_rows.then(|| all_rows.clone());
     let mut values = LeafValues { all_rows, universe, leaves };
     if let Some(eligible) = &plan.eligible {

@@ -28,6 +28,7 @@
 //! - `error`: the one error type and its SQLSTATEs
 
 pub mod bitmap;
+pub mod capture;
 pub mod catalog;
 pub mod compile;
 pub mod definition;

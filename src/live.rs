@@ -26,8 +26,8 @@ use serde_json::Value;
 use crate::bitmap::{position_of, serialize, Members};
 use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
 use crate::compile::Planner;
-use crate::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
-use crate::refresh::{compile_one, compute_as, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
+use crate::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
+use crate::refresh::{compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
 use crate::sql::{ident, literal};
 use crate::txn::{in_subtransaction, writing_transaction};
 
@@ -43,20 +43,22 @@ fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
 /// Installs the capture triggers live segments need and removes the rest.
 /// Runs as the extension (it creates triggers on users' tables).
 pub fn sync_capture() {
-    let needed: Vec<(pg_sys::Oid, String, String, String)> = Spi::connect(|client| {
+    // (relation, entity, key column, relation SQL, source: '' for the entity
+    // table, else the related table's name).
+    let needed: Vec<(pg_sys::Oid, String, String, String, String)> = Spi::connect(|client| {
         spi(client.select(
             "WITH live AS (
                  SELECT s.entity, s.definition FROM segments.segment s
                   WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active')
              SELECT e.relation::pg_catalog.oid, e.name, e.key_column::pg_catalog.text,
-                    pg_catalog.format('%I.%I', n.nspname, c.relname)
+                    pg_catalog.format('%I.%I', n.nspname, c.relname), ''
                FROM segments.entity e
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
               WHERE e.name IN (SELECT entity FROM live)
              UNION
              SELECT r.relation::pg_catalog.oid, r.entity, r.foreign_key::pg_catalog.text,
-                    pg_catalog.format('%I.%I', n.nspname, c.relname)
+                    pg_catalog.format('%I.%I', n.nspname, c.relname), r.name
                FROM segments.related r
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relation::pg_catalog.oid
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
@@ -66,7 +68,15 @@ pub fn sync_capture() {
             None,
             &[],
         ))
-        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap(), spi(row.get(4)).unwrap()))
+        .map(|row| {
+            (
+                spi(row.get(1)).unwrap(),
+                spi(row.get(2)).unwrap(),
+                spi(row.get(3)).unwrap(),
+                spi(row.get(4)).unwrap(),
+                spi(row.get(5)).unwrap(),
+            )
+        })
         .collect()
     });
     let existing: BTreeSet<(u32, String)> = Spi::connect(|client| {
@@ -81,7 +91,7 @@ pub fn sync_capture() {
     });
     let read = columns_read_by_live_segments();
     let mut wanted = BTreeSet::new();
-    for (relation, entity, column, relation_sql) in &needed {
+    for (relation, entity, column, relation_sql, source) in &needed {
         // An UPDATE matters only when it sets a column a live segment reads
         // (or the key): other updates do not even fire the trigger.
         let mut columns: BTreeSet<String> = read
@@ -105,20 +115,30 @@ pub fn sync_capture() {
             ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT", "_capture"),
             ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture"),
         ] {
-            let identity = if operation == "upd" { format!("{column}\u{0}{columns_sql}") } else { column.clone() };
+            let identity = if operation == "upd" {
+                format!("{column}\u{0}{source}\u{0}{columns_sql}")
+            } else {
+                format!("{column}\u{0}{source}")
+            };
             let name = trigger_name(operation, entity, &identity);
             wanted.insert((relation.to_u32(), name.clone()));
             if !existing.contains(&(relation.to_u32(), name.clone())) {
                 spi(Spi::run(&format!(
                     "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} \
-                     EXECUTE FUNCTION segments.{function}({}, {})",
+                     EXECUTE FUNCTION segments.{function}({}, {}, {})",
                     ident(&name),
                     literal(entity),
-                    literal(column)
+                    literal(column),
+                    literal(source)
                 )));
             }
         }
     }
+    // Related values kept for entities without live segments any more.
+    spi(Spi::run(
+        "DELETE FROM segments.related_state WHERE entity OPERATOR(pg_catalog.<>) ALL (SELECT s.entity FROM segments.segment s \
+          WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active')",
+    ));
     for (relation, name) in existing.difference(&wanted) {
         let relation_sql = optional_value::<String>(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
@@ -219,29 +239,172 @@ fn positions_of(entity: &crate::catalog::Entity, keys: &[String]) -> (Members, S
     }
 }
 
-/// Applies one entity's changed keys to its live segments; returns the runs.
-fn apply_entity(entity_name: &str, targets: &[Target], keys: &[String]) -> Vec<i64> {
+/// A plan compiled three ways for one owner's live segments of an entity:
+/// restricted to the changed keys (what apply evaluates), unrestricted
+/// (to compute a related value from scratch), and unrestricted at a fixed
+/// reference time (whose leaf SQL names a related value independently of
+/// when it is computed). The three are compiled from the same definitions
+/// in the same order, so their leaves line up.
+struct OwnerPlan {
+    restricted: crate::compile::Plan,
+    compiled: HashMap<i64, Result<crate::compile::CompiledSegment, String>>,
+    full: crate::compile::Plan,
+    identity: crate::compile::Plan,
+}
+
+type Compiled = HashMap<i64, Result<crate::compile::CompiledSegment, String>>;
+
+/// Compiles `targets` (sorted by id, so that leaves are numbered alike
+/// across plans) into one plan; `restrict` sets the planner's restrictions.
+fn plan_for(entity: &str, targets: &[&Target], reference: &str, restrict: impl FnOnce(&mut Planner)) -> Option<(crate::compile::Plan, Compiled)> {
+    let mut planner = Planner::new(&SpiCatalog, entity, "entity", reference).ok()?;
+    restrict(&mut planner);
+    let mut compiled: Vec<(i64, Result<crate::compile::CompiledSegment, String>)> =
+        targets.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(|e| e.to_string()))).collect();
+    let mut refs: Vec<&mut crate::compile::CompiledSegment> = compiled.iter_mut().filter_map(|(_, c)| c.as_mut().ok()).collect();
+    let plan = planner.finish(&mut refs);
+    Some((plan, compiled.into_iter().collect()))
+}
+
+/// The reference time of identity plans: any fixed instant.
+const IDENTITY_REFERENCE: &str = "'2000-01-01 00:00:00+00'::pg_catalog.timestamptz";
+
+/// The related values of an owner's restricted plan, limited to the
+/// changed keys: kept ones (`segments.related_state`) patched with the keys
+/// whose related rows changed, so that a change of the entity's own rows
+/// does not read related tables. Runs the queries as the owner.
+fn related_values(
+    owner: pg_sys::Oid,
+    entity: &str,
+    plans: &OwnerPlan,
+    changed: &Members,
+    changed_related: &HashMap<String, Members>,
+) -> Result<HashMap<usize, RelatedValue>, String> {
+    let mut known = HashMap::new();
+    let mut identities = Vec::new();
+    let leaves = plans.restricted.leaves.len();
+    if plans.full.leaves.len() != leaves || plans.identity.leaves.len() != leaves {
+        return Err("segments: internal error: the plans of a live application differ".into());
+    }
+    for i in 0..leaves {
+        let Some(related) = &plans.restricted.related_of[i] else { continue };
+        let identity = plans.identity.leaves[i].sql().to_string();
+        identities.push(identity.clone());
+        let kept = kept_related_value(owner, entity, &identity);
+        let value = match (kept, changed_related.get(related)) {
+            (Some(kept), None) => kept,
+            (Some(kept), Some(keys)) => {
+                let fresh = related_as(owner, &plans.restricted.leaves[i])?;
+                let value = kept.patched(keys, &fresh);
+                keep_related_value(owner, entity, &identity, &value);
+                value
+            }
+            (None, _) => {
+                let value = related_as(owner, &plans.full.leaves[i])?;
+                keep_related_value(owner, entity, &identity, &value);
+                value
+            }
+        };
+        known.insert(i, value.within(changed));
+    }
+    // Values no live segment of this owner uses any more.
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.related_state WHERE owner OPERATOR(pg_catalog.=) $1 AND entity OPERATOR(pg_catalog.=) $2 \
+           AND leaf OPERATOR(pg_catalog.<>) ALL (SELECT pg_catalog.md5(l) FROM pg_catalog.unnest($3::pg_catalog.text[]) l)",
+        &[owner.into(), entity.into(), identities.into()],
+    ));
+    Ok(known)
+}
+
+/// One related leaf's query, run as `owner` in the sandbox.
+fn related_as(owner: pg_sys::Oid, leaf: &crate::compile::Leaf) -> Result<RelatedValue, String> {
+    let leaf = AssertUnwindSafe(leaf);
+    in_subtransaction(AssertUnwindSafe(|| {
+        crate::txn::as_role(owner, AssertUnwindSafe(|| crate::evaluate::related_value(&leaf).unwrap_or_default()))
+    }))
+}
+
+/// A related value kept by an earlier application, if any.
+fn kept_related_value(owner: pg_sys::Oid, entity: &str, identity: &str) -> Option<RelatedValue> {
+    Spi::connect(|client| {
+        let table = spi(client.select(
+            "SELECT matching, with_rows FROM segments.related_state WHERE owner OPERATOR(pg_catalog.=) $1 \
+               AND entity OPERATOR(pg_catalog.=) $2 AND leaf OPERATOR(pg_catalog.=) pg_catalog.md5($3)",
+            None,
+            &[owner.into(), entity.into(), identity.into()],
+        ));
+        let row = table.into_iter().next()?;
+        let matching = spi(row.get::<Vec<u8>>(1))?;
+        let with_rows = spi(row.get::<Vec<u8>>(2));
+        let read = |bytes: &[u8]| crate::bitmap::deserialize(bytes).unwrap_or_else(|e| crate::bitmap::corrupt(e));
+        Some(RelatedValue { matching: read(&matching), with_rows: with_rows.as_deref().map(read) })
+    })
+}
+
+fn keep_related_value(owner: pg_sys::Oid, entity: &str, identity: &str, value: &RelatedValue) {
+    spi(Spi::run_with_args(
+        "INSERT INTO segments.related_state (owner, entity, leaf, matching, with_rows) \
+         VALUES ($1, $2, pg_catalog.md5($3), $4, $5) ON CONFLICT (owner, entity, leaf) DO UPDATE \
+         SET matching = EXCLUDED.matching, with_rows = EXCLUDED.with_rows, computed_at = pg_catalog.now()",
+        &[owner.into(), entity.into(), identity.into(), serialize(&value.matching).into(), value.with_rows.as_ref().map(serialize).into()],
+    ));
+}
+
+/// Forgets the related values kept for the live segments of these
+/// entities: a full refresh evaluates them anew (relative windows slide).
+pub fn forget_related_values(entities: &[String]) {
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.related_state WHERE entity OPERATOR(pg_catalog.=) ANY ($1)",
+        &[entities.to_vec().into()],
+    ));
+}
+
+/// Applies one entity's changed keys to its live segments; returns the
+/// runs. `changes` pairs each key with the related table whose rows
+/// changed (None: the entity's own row).
+fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Option<String>)]) -> Vec<i64> {
     let started = Instant::now();
     let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()"))
         .expect("clock_timestamp() is never NULL");
     let Some(entity) = SpiCatalog.entity(entity_name) else { return Vec::new() };
-    let (changed, keys_sql) = positions_of(&entity, keys);
+    let keys: Vec<String> = changes.iter().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let (changed, keys_sql) = positions_of(&entity, &keys);
+    // Per related table: the keys whose rows of it changed.
+    let mut by_related: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    for (key, source) in changes {
+        if let Some(source) = source {
+            by_related.entry(source.as_str()).or_default().insert(key.clone());
+        }
+    }
+    let mut changed_related: HashMap<String, Members> = HashMap::new();
+    let mut related_sql: Vec<(String, String)> = Vec::new();
+    for related in &entity.related {
+        let keys: Vec<String> = by_related.get(related.name.as_str()).map(|k| k.iter().cloned().collect()).unwrap_or_default();
+        let (positions, sql) = positions_of(&entity, &keys);
+        if !keys.is_empty() {
+            changed_related.insert(related.name.clone(), positions);
+        }
+        related_sql.push((related.name.clone(), sql));
+    }
     let reference = reference_time_sql();
-    // One plan per owner, restricted to the changed keys.
-    let mut plans: HashMap<pg_sys::Oid, (crate::compile::Plan, HashMap<i64, Result<crate::compile::CompiledSegment, String>>)> =
-        HashMap::new();
     let mut by_owner: HashMap<pg_sys::Oid, Vec<&Target>> = HashMap::new();
     for target in targets {
         by_owner.entry(target.owner).or_default().push(target);
     }
-    for (owner, owned) in &by_owner {
-        let Ok(mut planner) = Planner::new(&SpiCatalog, entity_name, "entity", &reference) else { continue };
-        planner.restrict_to(keys_sql.clone());
-        let mut compiled: HashMap<i64, Result<crate::compile::CompiledSegment, String>> =
-            owned.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(|e| e.to_string()))).collect();
-        let mut refs: Vec<&mut crate::compile::CompiledSegment> = compiled.values_mut().filter_map(|c| c.as_mut().ok()).collect();
-        let plan = planner.finish(&mut refs);
-        plans.insert(*owner, (plan, compiled));
+    let mut plans: HashMap<pg_sys::Oid, OwnerPlan> = HashMap::new();
+    for (owner, owned) in &mut by_owner {
+        owned.sort_by_key(|t| t.id);
+        let restricted = plan_for(entity_name, owned, &reference, |planner| {
+            planner.restrict_to(keys_sql.clone());
+            for (name, sql) in &related_sql {
+                planner.restrict_related_to(name, sql.clone());
+            }
+        });
+        let full = plan_for(entity_name, owned, &reference, |_| {});
+        let identity = plan_for(entity_name, owned, IDENTITY_REFERENCE, |_| {});
+        if let (Some((restricted, compiled)), Some((full, _)), Some((identity, _))) = (restricted, full, identity) {
+            plans.insert(*owner, OwnerPlan { restricted, compiled, full, identity });
+        }
     }
     let mut values: HashMap<pg_sys::Oid, Result<crate::evaluate::LeafValues, String>> = HashMap::new();
     let mut fresh: HashMap<i64, Members> = HashMap::new();
@@ -260,8 +423,11 @@ fn apply_entity(entity_name: &str, targets: &[Target], keys: &[String]) -> Vec<i
             duration: started.elapsed(),
             error,
         };
-        let Some((plan, compiled)) = plans.get(&target.owner) else { continue };
-        let leaf_values = values.entry(target.owner).or_insert_with(|| compute_as(target.owner, plan));
+        let Some(OwnerPlan { restricted: plan, compiled, .. }) = plans.get(&target.owner) else { continue };
+        let leaf_values = values.entry(target.owner).or_insert_with(|| {
+            let known = related_values(target.owner, entity_name, &plans[&target.owner], &changed, &changed_related)?;
+            compute_as_knowing(target.owner, plan, &known)
+        });
         let result = match (compiled.get(&target.id), leaf_values) {
             (Some(Ok(compiled)), Ok(leaf_values)) => {
                 fill_segment_leaves(plan, leaf_values, &fresh);
@@ -336,27 +502,32 @@ pub fn apply_changes() -> Vec<i64> {
     for entity in entities {
         let targets = live_targets(&entity);
         // Taken once: a killed apply rolls back and leaves them queued.
-        let keys: Vec<Option<String>> = Spi::connect_mut(|client| {
+        let changes: Vec<(Option<String>, Option<String>)> = Spi::connect_mut(|client| {
             spi(client.update(
-                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key",
+                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key, source",
                 None,
                 &[entity.as_str().into()],
             ))
-            .map(|row| spi(row.get::<String>(1)))
+            .map(|row| (spi(row.get::<String>(1)), spi(row.get::<String>(2))))
             .collect()
         });
-        if targets.is_empty() || keys.is_empty() {
+        if targets.is_empty() || changes.is_empty() {
             continue;
         }
-        if keys.iter().any(Option::is_none) {
+        if changes.iter().any(|(key, _)| key.is_none()) {
             // A TRUNCATE: everything changed.
             let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
             let outcomes = crate::refresh::refresh_segments(Some(&ids), Trigger::Live, false).unwrap_or_default();
             runs.extend(outcomes.iter().map(|o| o.run_id));
             continue;
         }
-        let keys: Vec<String> = keys.into_iter().flatten().collect::<BTreeSet<_>>().into_iter().collect();
-        runs.extend(apply_entity(&entity, &targets, &keys));
+        let changes: Vec<(String, Option<String>)> = changes
+            .into_iter()
+            .filter_map(|(key, source)| Some((key?, source)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        runs.extend(apply_entity(&entity, &targets, &changes));
     }
     runs
 }

@@ -179,6 +179,18 @@ pub fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<Lea
     in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
 }
 
+/// `compute_as`, with some related values known (live apply).
+pub fn compute_as_knowing(
+    owner: pg_sys::Oid,
+    plan: &crate::compile::Plan,
+    known: &HashMap<usize, crate::evaluate::RelatedValue>,
+) -> Result<LeafValues, String> {
+    let (plan, known) = (AssertUnwindSafe(plan), AssertUnwindSafe(known));
+    in_subtransaction(AssertUnwindSafe(|| {
+        as_role(owner, AssertUnwindSafe(|| crate::evaluate::compute_leaves_knowing(&plan, &known)))
+    }))
+}
+
 /// Evaluates one target on its own plan: used when the shared plan of its
 /// group failed, to find out which segment is at fault.
 fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), String> {
@@ -318,6 +330,21 @@ fn store_status(id: i64, status: &str, error: Option<&str>) {
 pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
     let targets = load_targets(ids, skip_locked)?;
+    // Related values kept for live segments are as of their windows: a
+    // full evaluation of one starts its entity's anew.
+    let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
+    let live_entities: Vec<String> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT DISTINCT entity FROM segments.segment WHERE id = ANY ($1) AND schedule = 'live'",
+            None,
+            &[ids.into()],
+        ))
+        .filter_map(|row| spi(row.get::<String>(1)))
+        .collect()
+    });
+    if !live_entities.is_empty() {
+        crate::live::forget_related_values(&live_entities);
+    }
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);
     let mut fresh: HashMap<i64, Members> = HashMap::new();

@@ -127,6 +127,91 @@ fn live_segments_follow_row_changes() {
     assert_eq!(triggers, 0, "capture triggers left behind");
 }
 
+/// Scans of a table so far, as this backend's flushed statistics say.
+fn scans(client: &mut postgres::Client, table: &str) -> i64 {
+    client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    client
+        .query_one(
+            "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+            &[&table],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Related values are kept between applications: a change of customers
+/// alone does not read orders, and every mix of entity and related changes
+/// (amounts, a moved order, deletes, a customer without orders, a full
+/// refresh in between) still equals hand-written SQL, for aggregates,
+/// `count lt` (members without rows) and `exists: false`.
+#[test]
+fn kept_related_values_stay_exact_and_spare_related_reads() {
+    let cluster = Cluster::start("live-kept", &[]);
+    let mut client = sample(&cluster, "3000");
+    client.batch_execute(&format!("SET segments.reference_time = '{ANCHOR}'")).unwrap();
+    let few = r#"{"entity":"customer","rules":[{"where":{"all":[{"attribute":"country","op":"eq","value":"DE"},
+                   {"related":"orders","aggregate":"count","within":"90 days","op":"lt","value":2}]}}]}"#;
+    let few_sql = format!(
+        "country = 'DE' AND (SELECT count(*) FROM orders o WHERE o.customer_id = c.id \
+           AND o.ordered_at >= '{ANCHOR}'::timestamptz - interval '90 days' AND o.ordered_at <= '{ANCHOR}'::timestamptz) < 2"
+    );
+    let none = r#"{"entity":"customer","rules":[{"where":{"related":"orders","exists":false,"where":{"attribute":"status","op":"eq","value":"refunded"}}},
+                   {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#;
+    let none_sql = "NOT EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND o.status = 'refunded') AND NOT unsubscribed";
+    let buyers: i64 = client.query_one("SELECT segments.create_segment('Buyers', $1::text::jsonb, schedule => 'live')", &[&BUYERS]).unwrap().get(0);
+    let few: i64 = client.query_one("SELECT segments.create_segment('Few', $1::text::jsonb, schedule => 'live')", &[&few]).unwrap().get(0);
+    let none: i64 = client.query_one("SELECT segments.create_segment('No refunds', $1::text::jsonb, schedule => 'live')", &[&none]).unwrap().get(0);
+    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    let check = |client: &mut postgres::Client, what: &str| {
+        assert!(equals(client, buyers, BUYERS_SQL), "{what}: buyers differ");
+        assert!(equals(client, few, &few_sql), "{what}: few differ");
+        assert!(equals(client, none, none_sql), "{what}: no-refunds differ");
+    };
+    let kept = |client: &mut postgres::Client| -> i64 {
+        client.query_one("SELECT count(*) FROM segments.related_state", &[]).unwrap().get(0)
+    };
+    // The first application computes the related values once and keeps them.
+    client.batch_execute("UPDATE customers SET country = 'DE' WHERE id % 7 = 0").unwrap();
+    apply(&mut client);
+    check(&mut client, "first application");
+    assert_eq!(kept(&mut client), 3, "one kept value per related condition");
+    // A change of customers alone reads no orders.
+    client.batch_execute("UPDATE customers SET country = 'FR', unsubscribed = NOT unsubscribed WHERE id % 11 = 0").unwrap();
+    let before = scans(&mut client, "orders");
+    assert!(apply(&mut client) > 0);
+    let after = scans(&mut client, "orders");
+    assert_eq!(before, after, "an entity-only change read orders");
+    check(&mut client, "entity-only change");
+    let steps = [
+        ("amounts", "UPDATE orders SET amount = amount + 2500 WHERE customer_id % 13 = 0"),
+        ("statuses", "UPDATE orders SET status = 'refunded' WHERE customer_id % 17 = 0"),
+        ("a moved order", "UPDATE orders SET customer_id = 14 WHERE id IN (SELECT id FROM orders WHERE customer_id <> 14 ORDER BY id LIMIT 30)"),
+        ("recent orders", "INSERT INTO orders (id, customer_id, amount, ordered_at, status, channel) SELECT 8000000 + id, id, 10, '2026-10-20', 'paid', 'web' FROM customers WHERE id % 19 = 0"),
+        ("deleted orders", "DELETE FROM orders WHERE customer_id % 23 = 0"),
+        ("a customer without orders", "INSERT INTO customers (id, code, country, unsubscribed, signed_up_at) VALUES (900001, 'X1', 'DE', false, now())"),
+        ("both tables", "UPDATE customers SET country = 'DE' WHERE id % 29 = 0; UPDATE orders SET amount = 1 WHERE customer_id % 31 = 0"),
+    ];
+    for (what, sql) in steps {
+        client.batch_execute(sql).unwrap();
+        apply(&mut client);
+        check(&mut client, what);
+    }
+    // A full refresh forgets the kept values; the next application keeps them anew.
+    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    assert_eq!(kept(&mut client), 0, "a full refresh kept stale related values");
+    client.batch_execute("UPDATE orders SET amount = amount * 3 WHERE customer_id % 37 = 0; UPDATE customers SET country = 'DE' WHERE id % 41 = 0").unwrap();
+    apply(&mut client);
+    check(&mut client, "after a full refresh");
+    assert_eq!(kept(&mut client), 3);
+    // Readers never see them; they go with the last live segment.
+    client.batch_execute("CREATE ROLE kept_reader LOGIN IN ROLE segments_reader").unwrap();
+    let denied = client.batch_execute("SET ROLE kept_reader; SELECT * FROM segments.related_state");
+    assert!(denied.is_err(), "a reader read kept related values");
+    client.batch_execute("RESET ROLE").unwrap();
+    client.batch_execute(&format!("SELECT segments.set_schedule(ARRAY[{buyers}, {few}, {none}]::bigint[], 'daily')")).unwrap();
+    assert_eq!(kept(&mut client), 0, "kept values left behind");
+}
+
 /// The worker applies changes within seconds; a killed apply redoes its
 /// batch; text keys work.
 #[test]
