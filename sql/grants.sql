@@ -276,7 +276,8 @@ COMMENT ON FUNCTION segments.register_entity(text,regclass,text,jsonb) IS 'Regis
 COMMENT ON FUNCTION segments.rule_counts(bigint) IS 'Members per rule and subrule at the last refresh: the rule alone and cumulative with the rules before it.';
 COMMENT ON FUNCTION segments.suggest(text,text,text[],integer) IS 'Suggested segments: splits of the population whose average measure differs most from everyone''s, as ready definitions.';
 COMMENT ON FUNCTION segments.unregister_related(text,text) IS 'Removes a related table registration; refused while segments read it; works when the table is gone. Admins only.';
-COMMENT ON FUNCTION segments.member_positions(bigint) IS 'The bitmap positions of a segment''s members (used by the members views).';
+COMMENT ON FUNCTION segments.member_positions(bigint) IS 'The bitmap positions of a segment''s members.';
+COMMENT ON FUNCTION segments.bitmap_positions(bytea) IS 'The positions in a serialized bitmap (the members views join them to the entity table; pure, so it may run on Citus workers).';
 COMMENT ON FUNCTION segments.disconnect_sequence(bigint,bigint[]) IS 'Disconnects segments from a sequence; records already connected stay; returns how many were disconnected.';
 COMMENT ON FUNCTION segments.create_segment(text,jsonb,text,text,text,text[],integer,boolean) IS 'Creates a segment from a definition, owned by the caller; returns its id.';
 COMMENT ON FUNCTION segments.quick_segment(text,text,text,text,jsonb) IS 'Creates a segment of one attribute condition; returns its id.';
@@ -304,11 +305,11 @@ COMMENT ON FUNCTION segments.set_priority(bigint,integer) IS 'Sets a segment''s 
 COMMENT ON FUNCTION segments.set_owner(bigint[],regrole) IS 'Gives segments to another role, like ALTER ... OWNER TO: you must be allowed to change them and be a member of the new owner.';
 COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key and optional time column. Admins only.';
 COMMENT ON FUNCTION segments.estimate(jsonb) IS 'Simulates a definition: members per rule, nothing saved.';
-COMMENT ON FUNCTION segments.rb_agg_step(internal,bigint) IS 'Transition function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_combine(internal,internal) IS 'Combine function of rb_agg (parallel aggregation).';
-COMMENT ON FUNCTION segments.rb_agg_serialize(internal) IS 'Serial function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_deserialize(bytea,internal) IS 'Deserial function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_final(internal) IS 'Final function of rb_agg: the serialized bitmap.';
+COMMENT ON AGGREGATE segments.rb_agg(bigint) IS
+    'The positions of the aggregated rows as a serialized Roaring bitmap (64-bit portable format).';
+COMMENT ON FUNCTION segments.rb_agg_step(bytea,bigint) IS 'Transition function of rb_agg (its bytea state is an expanded object, changed in place).';
+COMMENT ON FUNCTION segments.rb_agg_combine(bytea,bytea) IS 'Combine function of rb_agg (parallel workers, Citus shards).';
+COMMENT ON FUNCTION segments.rb_agg_final(bytea) IS 'Final function of rb_agg: the serialized bitmap.';
 COMMENT ON TABLE segments.definition_version IS 'Every definition, name, type and schedule each segment has had (see view definition_history).';
 COMMENT ON COLUMN segments.definition_version.segment_id IS 'The segment.';
 COMMENT ON COLUMN segments.definition_version.version IS 'Version number, from 1.';

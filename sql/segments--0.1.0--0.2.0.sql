@@ -16,6 +16,15 @@ DROP FUNCTION segments.trend(bigint, timestamptz);
 DROP FUNCTION segments.similarity(bigint);
 DROP FUNCTION segments.find_similar(bigint, text, bigint, integer, boolean);
 
+-- rb_agg's state is a bytea (an expanded object changed in place) instead
+-- of internal, so that Citus splits it between shards and coordinator.
+DROP AGGREGATE segments.rb_agg(bigint);
+DROP FUNCTION segments.rb_agg_step(internal, bigint);
+DROP FUNCTION segments.rb_agg_combine(internal, internal);
+DROP FUNCTION segments.rb_agg_serialize(internal);
+DROP FUNCTION segments.rb_agg_deserialize(bytea, internal);
+DROP FUNCTION segments.rb_agg_final(internal);
+
 -- Sequences belong to the role that created them; those made by 0.1.0
 -- go to the extension's owner (admins manage them).
 ALTER TABLE segments.sequence ADD COLUMN owner regrole;
@@ -1015,6 +1024,13 @@ STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'bitmap_wrapper';
 
+CREATE OR REPLACE FUNCTION segments."bitmap_positions"(
+	"bitmap" bytea /* & [u8] */
+) RETURNS SETOF bigint /* i64 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bitmap_positions_wrapper';
+
 CREATE OR REPLACE FUNCTION segments."connect_records"(
 	"sequence" bigint, /* i64 */
 	"keys" TEXT[] /* :: std :: option :: Option < Vec < String > > */
@@ -1360,43 +1376,14 @@ SET search_path = pg_catalog, pg_temp AS $$
                              THEN '{}'::jsonb ELSE jsonb_build_object('value', quick_segment.value) END))))
 $$;
 
-CREATE OR REPLACE FUNCTION segments."rb_agg_combine"(
-	"state" internal, /* Internal */
-	"other" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'rb_agg_combine_wrapper';
+CREATE OR REPLACE FUNCTION segments.rb_agg_combine(bytea, bytea) RETURNS bytea
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'rb_agg_combine';
 
-CREATE OR REPLACE FUNCTION segments."rb_agg_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'rb_agg_deserialize_wrapper';
+CREATE OR REPLACE FUNCTION segments.rb_agg_final(bytea) RETURNS bytea
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'rb_agg_final';
 
-CREATE OR REPLACE FUNCTION segments."rb_agg_final"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'rb_agg_final_wrapper';
-
-CREATE OR REPLACE FUNCTION segments."rb_agg_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'rb_agg_serialize_wrapper';
-
-CREATE OR REPLACE FUNCTION segments."rb_agg_step"(
-	"state" internal, /* Internal */
-	"position" bigint /* Option < i64 > */
-) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'rb_agg_step_wrapper';
+CREATE OR REPLACE FUNCTION segments.rb_agg_step(bytea, bigint) RETURNS bytea
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'rb_agg_step';
 
 CREATE OR REPLACE FUNCTION segments."refresh"(
 	"segments" bigint[] DEFAULT NULL /* :: std :: option :: Option < Vec < i64 > > */
@@ -1644,6 +1631,14 @@ $$;
 -- END GENERATED FUNCTIONS
 
 -- ---- epilogue: event triggers, views, privileges -----------------------------
+
+CREATE AGGREGATE segments.rb_agg(bigint) (
+    SFUNC = segments.rb_agg_step,
+    STYPE = bytea,
+    FINALFUNC = segments.rb_agg_final,
+    COMBINEFUNC = segments.rb_agg_combine,
+    PARALLEL = SAFE
+);
 
 -- Members views follow their tables (see src/entity.rs).
 CREATE EVENT TRIGGER segments_members_view_release ON ddl_command_start
@@ -1976,7 +1971,8 @@ COMMENT ON FUNCTION segments.register_entity(text,regclass,text,jsonb) IS 'Regis
 COMMENT ON FUNCTION segments.rule_counts(bigint) IS 'Members per rule and subrule at the last refresh: the rule alone and cumulative with the rules before it.';
 COMMENT ON FUNCTION segments.suggest(text,text,text[],integer) IS 'Suggested segments: splits of the population whose average measure differs most from everyone''s, as ready definitions.';
 COMMENT ON FUNCTION segments.unregister_related(text,text) IS 'Removes a related table registration; refused while segments read it; works when the table is gone. Admins only.';
-COMMENT ON FUNCTION segments.member_positions(bigint) IS 'The bitmap positions of a segment''s members (used by the members views).';
+COMMENT ON FUNCTION segments.member_positions(bigint) IS 'The bitmap positions of a segment''s members.';
+COMMENT ON FUNCTION segments.bitmap_positions(bytea) IS 'The positions in a serialized bitmap (the members views join them to the entity table; pure, so it may run on Citus workers).';
 COMMENT ON FUNCTION segments.disconnect_sequence(bigint,bigint[]) IS 'Disconnects segments from a sequence; records already connected stay; returns how many were disconnected.';
 COMMENT ON FUNCTION segments.create_segment(text,jsonb,text,text,text,text[],integer,boolean) IS 'Creates a segment from a definition, owned by the caller; returns its id.';
 COMMENT ON FUNCTION segments.quick_segment(text,text,text,text,jsonb) IS 'Creates a segment of one attribute condition; returns its id.';
@@ -2004,11 +2000,11 @@ COMMENT ON FUNCTION segments.set_priority(bigint,integer) IS 'Sets a segment''s 
 COMMENT ON FUNCTION segments.set_owner(bigint[],regrole) IS 'Gives segments to another role, like ALTER ... OWNER TO: you must be allowed to change them and be a member of the new owner.';
 COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key and optional time column. Admins only.';
 COMMENT ON FUNCTION segments.estimate(jsonb) IS 'Simulates a definition: members per rule, nothing saved.';
-COMMENT ON FUNCTION segments.rb_agg_step(internal,bigint) IS 'Transition function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_combine(internal,internal) IS 'Combine function of rb_agg (parallel aggregation).';
-COMMENT ON FUNCTION segments.rb_agg_serialize(internal) IS 'Serial function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_deserialize(bytea,internal) IS 'Deserial function of rb_agg.';
-COMMENT ON FUNCTION segments.rb_agg_final(internal) IS 'Final function of rb_agg: the serialized bitmap.';
+COMMENT ON AGGREGATE segments.rb_agg(bigint) IS
+    'The positions of the aggregated rows as a serialized Roaring bitmap (64-bit portable format).';
+COMMENT ON FUNCTION segments.rb_agg_step(bytea,bigint) IS 'Transition function of rb_agg (its bytea state is an expanded object, changed in place).';
+COMMENT ON FUNCTION segments.rb_agg_combine(bytea,bytea) IS 'Combine function of rb_agg (parallel workers, Citus shards).';
+COMMENT ON FUNCTION segments.rb_agg_final(bytea) IS 'Final function of rb_agg: the serialized bitmap.';
 COMMENT ON TABLE segments.definition_version IS 'Every definition, name, type and schedule each segment has had (see view definition_history).';
 COMMENT ON COLUMN segments.definition_version.segment_id IS 'The segment.';
 COMMENT ON COLUMN segments.definition_version.version IS 'Version number, from 1.';

@@ -1,13 +1,11 @@
-//! Memberships as Roaring bitmaps of key positions, the `rb_agg` aggregate
-//! that builds them inside a scan, and the algebra that turns leaf bitmaps
+//! Memberships as Roaring bitmaps of key positions (`aggregate` builds them
+//! inside a scan), and the algebra that turns leaf bitmaps
 //! into rule and segment memberships with their counts.
 //!
 //! A position is a 64-bit number: an integer key is its own position (a
 //! negative key maps to the upper half of the range), any other key gets one
 //! from `segments.entity_key`.
 
-use pgrx::prelude::*;
-use pgrx::Internal;
 use roaring::RoaringTreemap;
 
 use crate::compile::{CompiledBody, CompiledRule, Expr};
@@ -59,140 +57,6 @@ pub fn first_in_key_order(members: &Members, n: usize) -> Vec<u64> {
     }
     out
 }
-
-// ---- the rb_agg aggregate -------------------------------------------------
-
-/// The state of `rb_agg`: positions arrive mostly in ascending order (a
-/// sequential scan of a table keyed by a sequence), so they are buffered and
-/// appended in runs, which is far cheaper than inserting them one by one.
-#[derive(Default)]
-pub struct Accumulator {
-    members: Members,
-    buffer: Vec<u64>,
-}
-
-const BUFFER: usize = 4096;
-
-impl Accumulator {
-    pub fn add(&mut self, position: u64) {
-        self.buffer.push(position);
-        if self.buffer.len() >= BUFFER {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.buffer.is_empty() {
-            return;
-        }
-        if !self.buffer.is_sorted() {
-            self.buffer.sort_unstable();
-        }
-        self.buffer.dedup();
-        let after_max = self.members.max().is_none_or(|max| self.buffer[0] > max);
-        if after_max {
-            self.members.append(self.buffer.drain(..)).expect("sorted, deduplicated and above the maximum");
-        } else {
-            self.members.extend(self.buffer.drain(..));
-        }
-    }
-
-    pub fn merge(&mut self, mut other: Accumulator) {
-        other.flush();
-        self.flush();
-        self.members |= other.members;
-    }
-
-    pub fn finish(&mut self) -> &Members {
-        self.flush();
-        &self.members
-    }
-}
-
-/// The aggregate's state, created in the aggregate's memory context so that
-/// it lives as long as the aggregate, not the current row.
-unsafe fn accumulator<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &'a mut Accumulator {
-    unsafe {
-        if !state.initialized() {
-            let mut aggregate_context = std::ptr::null_mut();
-            if pg_sys::AggCheckCallContext(fcinfo, &mut aggregate_context) == 0 {
-                error!("rb_agg called outside of an aggregate");
-            }
-            let previous = pg_sys::MemoryContextSwitchTo(aggregate_context);
-            *state = Internal::new(Accumulator::default());
-            pg_sys::MemoryContextSwitchTo(previous);
-        }
-        state.get_mut::<Accumulator>().expect("initialized above")
-    }
-}
-
-/// Transition function of `segments.rb_agg(bigint)`: adds a position.
-#[pg_extern(schema = "segments", immutable, parallel_safe)]
-fn rb_agg_step(state: Internal, position: Option<i64>, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
-    let mut state = state;
-    if let Some(position) = position {
-        unsafe { accumulator(&mut state, fcinfo) }.add(position_of(position));
-    }
-    state
-}
-
-/// Combine function (parallel aggregation): merges two partial states.
-#[pg_extern(schema = "segments", immutable, parallel_safe)]
-fn rb_agg_combine(state: Internal, other: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
-    let mut state = state;
-    let mut other = other;
-    if let Some(partial) = unsafe { other.get_mut::<Accumulator>() } {
-        let partial = std::mem::take(partial);
-        unsafe { accumulator(&mut state, fcinfo) }.merge(partial);
-    }
-    state
-}
-
-/// Serialization of a partial state, for parallel workers.
-#[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
-fn rb_agg_serialize(state: Internal) -> Vec<u8> {
-    let mut state = state;
-    match unsafe { state.get_mut::<Accumulator>() } {
-        Some(accumulator) => serialize(accumulator.finish()),
-        None => serialize(&Members::new()),
-    }
-}
-
-#[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
-fn rb_agg_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
-    let mut state = Internal::default();
-    let members = deserialize(bytes).unwrap_or_else(|e| corrupt(e));
-    unsafe { accumulator(&mut state, fcinfo) }.members = members;
-    state
-}
-
-/// Final function of `segments.rb_agg(bigint)`: the serialized bitmap.
-#[pg_extern(schema = "segments", immutable, parallel_safe)]
-fn rb_agg_final(state: Internal) -> Vec<u8> {
-    let mut state = state;
-    match unsafe { state.get_mut::<Accumulator>() } {
-        Some(accumulator) => serialize(accumulator.finish()),
-        None => serialize(&Members::new()),
-    }
-}
-
-pgrx::extension_sql!(
-    r#"
-CREATE AGGREGATE segments.rb_agg(bigint) (
-    SFUNC = segments.rb_agg_step,
-    STYPE = internal,
-    FINALFUNC = segments.rb_agg_final,
-    COMBINEFUNC = segments.rb_agg_combine,
-    SERIALFUNC = segments.rb_agg_serialize,
-    DESERIALFUNC = segments.rb_agg_deserialize,
-    PARALLEL = SAFE
-);
-COMMENT ON AGGREGATE segments.rb_agg(bigint) IS
-    'The positions of the aggregated rows as a serialized Roaring bitmap (64-bit portable format).';
-"#,
-    name = "rb_agg",
-    requires = [rb_agg_step, rb_agg_final, rb_agg_combine, rb_agg_serialize, rb_agg_deserialize]
-);
 
 // ---- algebra --------------------------------------------------------------
 
@@ -355,28 +219,6 @@ mod tests {
         }
         let members: Members = [1u64, 5, 1 << 40].into_iter().collect();
         assert_eq!(deserialize(&serialize(&members)).unwrap(), members);
-    }
-
-    #[test]
-    fn the_accumulator_takes_positions_in_any_order() {
-        let mut ascending = Accumulator::default();
-        let mut shuffled = Accumulator::default();
-        let positions: Vec<u64> = (0..20_000u64).map(|i| i * 3).collect();
-        for &p in &positions {
-            ascending.add(p);
-        }
-        for &p in positions.iter().rev().chain(positions.iter().step_by(7)) {
-            shuffled.add(p);
-        }
-        let expected: Members = positions.iter().copied().collect();
-        assert_eq!(ascending.finish(), &expected);
-        assert_eq!(shuffled.finish(), &expected);
-        let mut left = Accumulator::default();
-        let mut right = Accumulator::default();
-        (0..10u64).for_each(|p| left.add(p));
-        (5..15u64).for_each(|p| right.add(p));
-        left.merge(right);
-        assert_eq!(left.finish(), &(0..15u64).collect::<Members>());
     }
 
     #[test]

@@ -66,7 +66,8 @@ fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: Key
         "CREATE VIEW segments.{} WITH (security_invoker = true) AS\n\
          SELECT s.id AS segment_id, s.name AS segment_name, e.*\n  \
          FROM segments.segment s\n  \
-         CROSS JOIN LATERAL segments.member_positions(s.id) AS m(position)\n  \
+         JOIN segments.membership b ON b.segment_id = s.id\n  \
+         CROSS JOIN LATERAL segments.bitmap_positions(b.members) AS m(position)\n  \
          {join}\n WHERE s.entity = {}",
         ident(&members_view_name(entity)),
         literal(entity)
@@ -138,6 +139,9 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
         "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
         ident(&members_view_name(entity))
     )));
+    if let Some(warning) = crate::citus::entity_warning(&table.relation_sql, key_column, crate::citus::placement(relation).as_ref()) {
+        pgrx::warning!("segments: {warning}");
+    }
     Ok(())
 }
 
@@ -194,6 +198,22 @@ fn register_related_impl(
         "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column) VALUES ($1, $2, $3::oid::regclass, $4, $5)",
         &[entity.into(), name.into(), relation.into(), foreign_key.into(), time_column.into()],
     ));
+    let entity_relation = crate::catalog::optional_value::<pg_sys::Oid>(
+        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    );
+    if let Some(entity_relation) = entity_relation {
+        let warning = crate::citus::related_warning(
+            &table.relation_sql,
+            foreign_key,
+            crate::citus::placement(relation).as_ref(),
+            &owner.table.relation_sql,
+            crate::citus::placement(entity_relation).as_ref(),
+        );
+        if let Some(warning) = warning {
+            pgrx::warning!("segments: {warning}");
+        }
+    }
     Ok(())
 }
 
@@ -240,10 +260,20 @@ fn unregister_entity(entity: &str) {
 }
 
 /// The bitmap positions of a segment's members (integer keys are their own
-/// positions). The members views join these to the entity table.
+/// positions).
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
     let members = stored_members(segment);
+    SetOfIterator::new(members.into_iter().map(key_of))
+}
+
+/// The positions in a serialized bitmap. The members views join these to
+/// the entity table: a pure function of its argument, it gives the same
+/// answer wherever it runs, which on Citus is on the workers, next to the
+/// shards, with the bitmap shipped to them.
+#[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
+fn bitmap_positions(bitmap: &[u8]) -> SetOfIterator<'static, i64> {
+    let members = crate::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::bitmap::corrupt(e));
     SetOfIterator::new(members.into_iter().map(key_of))
 }
 

@@ -36,6 +36,10 @@ pub enum SegmentsError {
     /// The request contradicts the object's state (55000).
     #[error("{0}")]
     InvalidState(String),
+    /// Something this setup cannot do, e.g. live capture of a Citus
+    /// distributed table (0A000).
+    #[error("{0}")]
+    FeatureNotSupported(String),
 }
 
 /// An error with a hint for the user ("Perhaps you meant ...").
@@ -59,6 +63,7 @@ impl SegmentsError {
             SegmentsError::LimitExceeded(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             SegmentsError::ObjectInUse(_) => ERRCODE_OBJECT_IN_USE,
             SegmentsError::InvalidState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SegmentsError::FeatureNotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
         }
     }
 
@@ -75,6 +80,7 @@ impl SegmentsError {
             SegmentsError::LimitExceeded(_) => "54000",
             SegmentsError::ObjectInUse(_) => "55006",
             SegmentsError::InvalidState(_) => "55000",
+            SegmentsError::FeatureNotSupported(_) => "0A000",
         }
     }
 

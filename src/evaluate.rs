@@ -188,10 +188,11 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
 
 /// The stored membership of a segment (empty before its first refresh).
 pub fn stored_members(segment_id: i64) -> Members {
-    bitmap_of(optional_value::<Vec<u8>>(
-        "SELECT members FROM segments.membership WHERE segment_id = $1",
-        &[segment_id.into()],
-    ))
+    let bytes = optional_value::<Vec<u8>>("SELECT members FROM segments.membership WHERE segment_id = $1", &[segment_id.into()]);
+    if bytes.is_none() {
+        crate::citus::refuse_on_worker("member_positions");
+    }
+    bitmap_of(bytes)
 }
 
 thread_local! {

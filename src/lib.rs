@@ -3,8 +3,12 @@
 //! Rooms, by concern:
 //! - `definition`, `validate`: the definition model and its checks
 //! - `catalog`: what the compiler knows of entities, columns and segments
+//! - `citus`: placement of distributed tables, registration warnings, and
+//!   the refusals that keep coordinator-only state off the workers
 //! - `compile`: definitions to SQL leaves and bitmap algebra
-//! - `bitmap`: Roaring memberships, the `rb_agg` aggregate, rule counts
+//! - `aggregate`: `rb_agg`, positions to a bitmap inside a scan (an
+//!   expanded bytea state that Citus can split between shards)
+//! - `bitmap`: Roaring memberships, rule counts
 //! - `evaluate`: running a plan's queries, evaluating segments
 //! - `entity`: registering entities and related tables, members views
 //! - `segment`: the segment catalog and its lifecycle trigger
@@ -26,10 +30,14 @@
 //!   as the extension (the only writer of internal state)
 //! - `usage`: usages recorded by applications
 //! - `error`: the one error type and its SQLSTATEs
+//! - `compat`: C symbols older versions' SQL names (until ALTER EXTENSION UPDATE)
 
+pub mod aggregate;
 pub mod bitmap;
 pub mod capture;
 pub mod catalog;
+pub mod citus;
+mod compat;
 pub mod compile;
 pub mod definition;
 pub mod entity;
@@ -67,6 +75,7 @@ mod pg_tests;
 mod segments {}
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/aggregate.sql", name = "aggregate", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schema"]);
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",

@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::bitmap::{position_of, serialize, Members};
 use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
 use crate::compile::Planner;
+use crate::error::OrRaise;
 use crate::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
 use crate::refresh::{compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
 use crate::sql::{ident, literal};
@@ -92,6 +93,7 @@ pub fn sync_capture() {
     let read = columns_read_by_live_segments();
     let mut wanted = BTreeSet::new();
     for (relation, entity, column, relation_sql, source) in &needed {
+        crate::citus::refuse_capture(*relation, relation_sql).or_raise();
         // An UPDATE matters only when it sets a column a live segment reads
         // (or the key): other updates do not even fire the trigger.
         let mut columns: BTreeSet<String> = read

@@ -17,12 +17,16 @@ use crate::spelling::closest;
 /// A segment's entity, or 42704 when the segment does not exist.
 fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {
     let entity = optional_value::<String>("SELECT entity FROM segments.segment WHERE id = $1", &[segment.into()])
-        .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
+        .ok_or_else(|| {
+            crate::citus::refuse_on_worker("functions of segments");
+            SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
+        })?;
     entity_named(&entity)
 }
 
 fn entity_named(name: &str) -> Result<crate::catalog::Entity, Reported> {
     SpiCatalog.entity(name).ok_or_else(|| {
+        crate::citus::refuse_on_worker("functions of segments");
         let names = SpiCatalog.entity_names();
         SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
             .with_hint(closest(name, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
@@ -89,8 +93,10 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
             spi(row.get::<String>(4)),
         ))
     });
-    let (entity, kind, key_type, version) =
-        row.ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
+    let (entity, kind, key_type, version) = row.ok_or_else(|| {
+        crate::citus::refuse_on_worker("is_member");
+        SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
+    })?;
     let kind = if kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
     Ok((entity, kind, key_type, version))
 }
