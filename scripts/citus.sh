@@ -80,7 +80,7 @@ EOF
     for i in 0 1 2; do
       node="$dir/node$i"
       bash scripts/cluster.sh start "$node" $((port + i)) \
-        shared_preload_libraries=citus,segments segments.naptime=3600 max_connections=200 \
+        shared_preload_libraries=citus,segments,pg_stat_statements segments.naptime=3600 max_connections=200 \
         citus.shard_count=32 wal_level=logical max_worker_processes=16
     done
     [ "$(id -u)" -eq 0 ] && chmod 755 "$dir"

@@ -53,6 +53,9 @@ fi
 echo "== layer 3: integration tests on real clusters"
 cargo test --features integration --test cluster --test analyst --test security --test robustness --test live --test differential
 
+echo "== layer 3: Citus (a coordinator and two workers; skipped where Citus is not installed)"
+cargo test --features integration --test citus -- --nocapture
+
 echo "== upgrade: 0.1.0 -> current, in place"
 bash scripts/upgrade_test.sh
 

@@ -91,3 +91,64 @@ impl Drop for Cluster {
             .output();
     }
 }
+
+/// A throwaway three-node Citus cluster (`scripts/citus.sh`): a coordinator
+/// and two workers, destroyed when dropped. `None` when Citus is not
+/// installed on this machine (the caller prints that it skipped).
+pub struct CitusCluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl CitusCluster {
+    pub fn installed() -> bool {
+        Command::new("bash")
+            .arg(repo().join("scripts/citus.sh"))
+            .arg("installed")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    pub fn start(name: &str, port: u16) -> Option<CitusCluster> {
+        if !Self::installed() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("segments-citus-{name}-{}", std::process::id()));
+        let cluster = CitusCluster { dir, port };
+        cluster.script(&["destroy"]);
+        cluster.script(&["start", &port.to_string()]);
+        Some(cluster)
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let mut command = Command::new("bash");
+        command.arg(repo().join("scripts/citus.sh")).arg(args[0]).arg(&self.dir).args(&args[1..]);
+        run(&mut command)
+    }
+
+    /// Node 0 is the coordinator, 1 and 2 the workers.
+    pub fn url(&self, node: u16) -> String {
+        format!("host={}/node{node} port={} user=postgres dbname=postgres", self.dir.display(), self.port + node)
+    }
+
+    pub fn connect(&self, node: u16) -> postgres::Client {
+        postgres::Client::connect(&self.url(node), postgres::NoTls).unwrap_or_else(|e| panic!("connect to {}: {e}", self.url(node)))
+    }
+
+    /// Runs SQL with psql on the coordinator; returns (stdout, stderr).
+    pub fn psql(&self, sql: &str) -> (String, String) {
+        let output = Command::new("psql")
+            .arg(self.url(0))
+            .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+impl Drop for CitusCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/citus.sh")).arg("destroy").arg(&self.dir).output();
+    }
+}
