@@ -41,3 +41,9 @@ psql "$url" -qX -c "VACUUM ANALYZE"
 echo "== running the cases"
 target/debug/examples/bench "$url" "$scale" "$runs" BENCHMARKS.md
 echo "== wrote BENCHMARKS.md"
+
+# Where Citus is installed: the same segments distributed vs local.
+if bash scripts/citus.sh installed; then
+  echo "== Citus: distributed vs local"
+  bash bench/citus.sh --scale "$scale" --out BENCHMARKS.md
+fi
