@@ -160,14 +160,19 @@ fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
     let Some(table) = SpiCatalog.entity(entity) else {
         crate::error::SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).raise()
     };
+    // An inner join rather than NOT EXISTS: Citus plans it on distributed
+    // tables (a correlated subquery beside a set-returning function it
+    // refuses).
     let sql = format!(
-        "SELECT k FROM unnest($1::text[]) AS k WHERE NOT EXISTS (SELECT FROM {} e WHERE e.{}::text = k)",
+        "SELECT DISTINCT k FROM unnest($1::text[]) AS k JOIN {} e ON e.{}::text = k",
         table.table.relation_sql,
         ident(&table.key_column)
     );
-    let missing: Vec<String> = Spi::connect(|client| {
-        spi(client.select(&sql, None, &[canonical(entity, &keys).into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
+    let canonical_keys = canonical(entity, &keys);
+    let found: std::collections::HashSet<String> = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[canonical_keys.clone().into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
     });
+    let missing: Vec<String> = canonical_keys.iter().filter(|k| !found.contains(*k)).cloned().collect();
     let originals: Vec<String> = keys
         .iter()
         .zip(canonical(entity, &keys))

@@ -198,6 +198,21 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         );
     }
 
+    // Sequences connect the members of a segment, and check hand-connected
+    // keys against the distributed table, on the coordinator.
+    let sequence: i64 = c.query_one("SELECT segments.create_sequence('welcome', 'customer')", &[]).unwrap().get(0);
+    c.execute(&format!("SELECT segments.connect_sequence({sequence}, ARRAY[{}]::bigint[])", ids[0]), &[]).unwrap();
+    let (_, _, de_condition) = CUSTOMER_SEGMENTS[0];
+    assert_eq!(
+        scalar_i64(&mut c, &format!("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'welcome'")),
+        scalar_i64(&mut c, &format!("SELECT count(*) FROM customers c WHERE {de_condition}")),
+        "the members of the connected segment are in the sequence"
+    );
+    let outsider: i64 = scalar_i64(&mut c, &format!("SELECT min(id) FROM customers c WHERE NOT ({de_condition})"));
+    c.execute(&format!("SELECT segments.connect_records({sequence}, ARRAY['{outsider}'])"), &[]).unwrap();
+    let error = c.execute(&format!("SELECT segments.connect_records({sequence}, ARRAY['{}'])", CUSTOMERS + 1), &[]).unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "22023", "{error:?}");
+
     // A per-row call Citus would send to the shards fails, naming why,
     // instead of answering from the workers' empty state.
     let error = c
