@@ -212,7 +212,7 @@ impl RelativeDuration {
     }
 }
 
-/// The operators of SPEC section 2.
+/// The operators of definitions (the README's "Definitions" section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Eq,

@@ -17,11 +17,14 @@
 //!   background worker that runs passes
 //! - `inspect`: rule counts, estimates, explain
 //! - `explain`: explain_member, why a record is or is not a member
-//! - `live`: change capture and the apply step of live segments
+//! - `live`: capture triggers' life cycle and the apply step of live segments
+//! - `capture`: the C row trigger that queues changed keys of updates
+//! - `read`: preview, is_member, segments_of, overlap, bitmap, value picker
 //! - `sequence`: connecting records that enter segments to sales sequences
 //! - `lookalike`, `suggest`: finding customers like a segment's, and
 //!   suggested segments for a measure
 //! - `spelling`: "did you mean" hints
+//! - `sql`: quoting identifiers and literals for generated SQL
 //! - `export`: export tables kept in step with refreshes
 //! - `history`: membership at a past time, frozen copies (definition
 //!   history is sql/history.sql)

@@ -100,7 +100,7 @@ mod tests {
             let complement = count(&format!("SELECT count(*) FROM truth WHERE ({predicate}) IS NOT TRUE"));
             assert_eq!(estimate_members(&format!(r#"{{"not": {condition}}}"#)), complement, "not {condition}");
         }
-        // Every operator of the SPEC is exercised above.
+        // Every operator of a definition is exercised above.
         for op in crate::definition::ALL_OPS {
             let name = format!("\"op\": \"{}\"", op.name());
             assert!(cases.iter().any(|(c, _)| c.contains(&name)), "no truth-table case for {}", op.name());
