@@ -239,6 +239,16 @@ pub mod fixture {
 /// Reads entities, related tables and segments from the database.
 pub struct SpiCatalog;
 
+/// The registered entity `name`, or 42P01 naming it (with the closest
+/// registered name as a hint).
+pub fn registered_entity(name: &str) -> Result<Entity, crate::error::Reported> {
+    SpiCatalog.entity(name).ok_or_else(|| {
+        let names = SpiCatalog.entity_names();
+        crate::error::SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
+            .with_hint(crate::spelling::perhaps(name, names.iter().map(String::as_str)))
+    })
+}
+
 /// Unwraps an SPI result; SPI only fails this way on a bug of ours.
 pub fn spi<T>(result: Result<T, pgrx::spi::SpiError>) -> T {
     result.unwrap_or_else(|e| pgrx::error!("segments: SPI failed: {e}"))

@@ -28,7 +28,7 @@ use crate::definition::{
 };
 use crate::error::{Reported, SegmentsError};
 use crate::sql::{ident, literal, op};
-use crate::spelling::closest;
+use crate::spelling::perhaps;
 use crate::validate::{check_op, literal_text};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -126,9 +126,7 @@ fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
     SegmentsError::InvalidParameter(format!("{path}: {message}"))
 }
 
-fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    closest(name, candidates).map(|c| format!("Perhaps you meant \"{c}\"."))
-}
+
 
 impl<'a> Planner<'a> {
     /// `reference_time` is a SQL expression of type timestamptz (normally a
@@ -137,7 +135,7 @@ impl<'a> Planner<'a> {
         let entity = catalog.entity(entity).ok_or_else(|| {
             let names = catalog.entity_names();
             SegmentsError::UndefinedTable(format!("{path}: entity \"{entity}\" is not registered"))
-                .with_hint(did_you_mean(entity, names.iter().map(String::as_str)))
+                .with_hint(perhaps(entity, names.iter().map(String::as_str)))
         })?;
         if entity.table.dropped {
             return Err(SegmentsError::UndefinedTable(format!(
@@ -296,7 +294,7 @@ impl<'a> Planner<'a> {
         let segment = self.catalog.segment(reference).ok_or_else(|| {
             let names = self.catalog.segment_names();
             let hint = match reference {
-                SegmentRef::Name(name) => did_you_mean(name, names.iter().map(String::as_str)),
+                SegmentRef::Name(name) => perhaps(name, names.iter().map(String::as_str)),
                 SegmentRef::Id(_) => None,
             };
             SegmentsError::UndefinedTable(format!("{path}.segment: segment {reference} does not exist")).with_hint(hint)
@@ -340,7 +338,7 @@ impl<'a> Planner<'a> {
                         "{path}.related: related table \"{}\" is not registered for entity \"{}\"",
                         test.related, self.entity.name
                     ))
-                    .with_hint(did_you_mean(&test.related, names))
+                    .with_hint(perhaps(&test.related, names))
                 })?;
                 let (leaf, negate) = self.related_leaf(path, &related, test)?;
                 self.related_of.insert(leaf.clone(), related.name.clone());
@@ -443,7 +441,7 @@ impl<'a> Planner<'a> {
                             SegmentsError::UndefinedColumn(format!(
                                 "{path}.attribute: column \"{attribute}\" does not exist on {what}"
                             ))
-                            .with_hint(did_you_mean(attribute, related.table.column_names()))
+                            .with_hint(perhaps(attribute, related.table.column_names()))
                         })?;
                         if *function != AggregateFunction::Count && column.kind != ColumnKind::Numeric {
                             return Err(invalid(
@@ -688,7 +686,7 @@ pub fn attribute_sql(
 ) -> Result<String, Reported> {
     let column = table.column(&test.column).ok_or_else(|| {
         SegmentsError::UndefinedColumn(format!("{path}: column \"{}\" does not exist on {what}", test.column))
-            .with_hint(did_you_mean(&test.column, table.column_names()))
+            .with_hint(perhaps(&test.column, table.column_names()))
     })?;
     check_op(path, column, test.op, test.ignore_case)?;
     let vpath = format!("{path}.value");

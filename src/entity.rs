@@ -13,7 +13,6 @@ use crate::compile::Planner;
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{reference_time_sql, stored_members};
 use crate::sql::{ident, literal};
-use crate::spelling::closest;
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()
@@ -31,7 +30,7 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
 
 fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
     SegmentsError::UndefinedColumn(format!("column \"{column}\" does not exist on {owner}"))
-        .with_hint(closest(column, table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+        .with_hint(crate::spelling::perhaps(column, table.column_names()))
 }
 
 fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
@@ -168,11 +167,7 @@ fn register_related_impl(
     time_column: Option<&str>,
 ) -> Result<(), Reported> {
     check_name("related table", name, 63)?;
-    let owner = SpiCatalog.entity(entity).ok_or_else(|| {
-        let names = SpiCatalog.entity_names();
-        SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered"))
-            .with_hint(closest(entity, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
-    })?;
+    let owner = crate::catalog::registered_entity(entity)?;
     if owner.related(name).is_some() {
         return Err(SegmentsError::DuplicateObject(format!(
             "related table \"{name}\" is already registered for entity \"{entity}\""
@@ -234,9 +229,7 @@ fn register_related(
 }
 
 fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
-    if SpiCatalog.entity(entity).is_none() {
-        return Err(SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).into());
-    }
+    crate::catalog::registered_entity(entity)?;
     let users = spi(Spi::get_one_with_args::<String>(
         "SELECT string_agg(format('%s (%s)', name, id), ', ' ORDER BY name) FROM segments.segment WHERE entity = $1",
         &[entity.into()],

@@ -166,9 +166,7 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
     .map(|d| d.0)
     .zip(optional_value::<String>("SELECT entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1", &[segment.into()]))
     .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
-    let entity = SpiCatalog
-        .entity(&entity_name)
-        .ok_or_else(|| SegmentsError::UndefinedTable(format!("entity \"{entity_name}\" is not registered")))?;
+    let entity = crate::catalog::registered_entity(&entity_name)?;
     let definition = Definition::parse(&raw)?;
     let (position, keys_sql) = locate(&entity, key)?;
     let probe = Probe { segment, entity: &entity, raw: &raw, keys_sql, position, reference: reference_time_sql() };

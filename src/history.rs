@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
-use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
+use crate::catalog::{optional_value, spi, KeyKind};
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{keys_at, stored_members};
 
@@ -92,9 +92,7 @@ fn members_at(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> SetOfIter
 
 fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     let (source_name, entity_name) = segment_row(segment)?;
-    let entity = SpiCatalog
-        .entity(&entity_name)
-        .ok_or_else(|| SegmentsError::UndefinedTable(format!("entity \"{entity_name}\" is not registered")))?;
+    let entity = crate::catalog::registered_entity(&entity_name)?;
     let members = stored_members(segment);
     let keys: Vec<Value> = keys_at(&entity_name, &members)
         .into_iter()

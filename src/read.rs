@@ -8,11 +8,10 @@ use pgrx::JsonB;
 use roaring::RoaringBitmap;
 
 use crate::bitmap::{key_of, position_of, Members};
-use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
+use crate::catalog::{optional_value, spi, KeyKind};
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::{cached_members, membership_version, stored_members};
 use crate::sql::ident;
-use crate::spelling::closest;
 
 /// A segment's entity, or 42704 when the segment does not exist.
 fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {
@@ -25,12 +24,7 @@ fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {
 }
 
 fn entity_named(name: &str) -> Result<crate::catalog::Entity, Reported> {
-    SpiCatalog.entity(name).ok_or_else(|| {
-        crate::citus::refuse_on_worker("functions of segments");
-        let names = SpiCatalog.entity_names();
-        SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
-            .with_hint(closest(name, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
-    })
+    crate::catalog::registered_entity(name).inspect_err(|_| crate::citus::refuse_on_worker("functions of segments"))
 }
 
 /// The bitmap position of a key given as text, if the key has one.
@@ -263,7 +257,7 @@ fn attribute_values(
         let entity = entity_named(entity).or_raise();
         if entity.table.column(attribute).is_none() {
             SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
-                .with_hint(closest(attribute, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+                .with_hint(crate::spelling::perhaps(attribute, entity.table.column_names()))
                 .raise();
         }
         if n < 0 {

@@ -13,9 +13,14 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// The "Perhaps you meant ..." hint for a misspelt name, if one is close.
+pub fn perhaps<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(name, candidates).map(|c| format!("Perhaps you meant \"{c}\"."))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::closest;
+    use super::{closest, perhaps};
 
     #[test]
     fn suggests_near_misses_only() {
@@ -24,5 +29,6 @@ mod tests {
         assert_eq!(closest("Country", columns), Some("country"));
         assert_eq!(closest("emial", columns), Some("email"));
         assert_eq!(closest("zip_code", columns), None);
+        assert_eq!(perhaps("contry", columns).as_deref(), Some("Perhaps you meant \"country\"."));
     }
 }

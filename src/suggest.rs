@@ -12,10 +12,9 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::catalog::{spi, Catalog, Column, ColumnKind, Entity, SpiCatalog};
+use crate::catalog::{spi, Column, ColumnKind, Entity};
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::sql::ident;
-use crate::spelling::closest;
 
 /// A candidate split and how its members compare with everyone.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +43,7 @@ pub fn rank(mut splits: Vec<Split>, population_avg: f64, population: i64, max: u
 fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
     entity.table.column(name).ok_or_else(|| {
         SegmentsError::UndefinedColumn(format!("column \"{name}\" does not exist on entity \"{}\"", entity.name))
-            .with_hint(closest(name, entity.table.column_names()).map(|c| format!("Perhaps you meant \"{c}\".")))
+            .with_hint(crate::spelling::perhaps(name, entity.table.column_names()))
             .into()
     })
 }
@@ -197,11 +196,7 @@ fn suggest_impl(
     influencing: Option<Vec<String>>,
     max_segments: i32,
 ) -> Result<Vec<(Value, i64, f64, f64)>, Reported> {
-    let entity = SpiCatalog.entity(entity).ok_or_else(|| {
-        let names = SpiCatalog.entity_names();
-        SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered"))
-            .with_hint(closest(entity, names.iter().map(String::as_str)).map(|c| format!("Perhaps you meant \"{c}\".")))
-    })?;
+    let entity = crate::catalog::registered_entity(entity)?;
     let reference = crate::evaluate::reference_time_sql();
     let measure_sql = measure_sql(&entity, measure, &reference)?;
     if max_segments < 1 {
