@@ -164,7 +164,8 @@ fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
     // tables (a correlated subquery beside a set-returning function it
     // refuses).
     let sql = format!(
-        "SELECT DISTINCT k FROM unnest($1::text[]) AS k JOIN {} e ON e.{}::text = k",
+        "SELECT DISTINCT k FROM pg_catalog.unnest($1::pg_catalog.text[]) AS k \
+         JOIN {} e ON e.{}::pg_catalog.text OPERATOR(pg_catalog.=) k",
         table.table.relation_sql,
         ident(&table.key_column)
     );

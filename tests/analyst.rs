@@ -9,17 +9,7 @@ use harness::Cluster;
 const ANCHOR: &str = "2026-11-01";
 
 fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
-    cluster.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", ANCHOR)]);
-    let mut client = cluster.connect("postgres");
-    client
-        .batch_execute(&format!(
-            "CREATE EXTENSION segments;
-             SET segments.reference_time = '{ANCHOR}';
-             SELECT segments.register_entity('customer', 'customers', 'id');
-             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');"
-        ))
-        .unwrap();
-    client
+    cluster.sample_database(scale, ANCHOR, &format!("SET segments.reference_time = '{ANCHOR}';"))
 }
 
 /// explain_member agrees with is_member on every one of 10,000+ keys, and

@@ -36,18 +36,8 @@ fn extension_loads_with_preload_in_two_databases() {
 
 /// Loads the sample data set and registers its tables.
 fn sample_database(cluster: &Cluster, scale: &str) -> postgres::Client {
-    cluster.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", ANCHOR)]);
-    let mut client = cluster.connect("postgres");
-    client
-        .batch_execute(&format!(
-            "CREATE EXTENSION segments;
-             SET segments.reference_time = '{ANCHOR}';
-             SELECT segments.register_entity('customer', 'customers', 'id');
-             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
-             SELECT segments.register_related('customer', 'email_events', 'email_events', 'customer_id', 'occurred_at');"
-        ))
-        .unwrap();
-    client
+    let then = format!("SET segments.reference_time = '{ANCHOR}'; {}", Cluster::EMAIL_EVENTS);
+    cluster.sample_database(scale, ANCHOR, &then)
 }
 
 /// Each kind of condition selects exactly the rows a hand-written query does.

@@ -11,16 +11,7 @@ use harness::Cluster;
 const ANCHOR: &str = "2026-11-01";
 
 fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
-    cluster.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", ANCHOR)]);
-    let mut client = cluster.connect("postgres");
-    client
-        .batch_execute(
-            "CREATE EXTENSION segments;
-             SELECT segments.register_entity('customer', 'customers', 'id');
-             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');",
-        )
-        .unwrap();
-    client
+    cluster.sample_database(scale, ANCHOR, "")
 }
 
 const DE: &str = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}},

@@ -23,23 +23,17 @@ fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
 /// Sample data, the extension, and three roles: alice (editor, owns the
 /// segments under attack), mallory (a hostile editor), rita (a reader).
 fn setup(cluster: &Cluster, scale: &str) -> postgres::Client {
-    cluster.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", ANCHOR)]);
-    let mut admin = cluster.connect("postgres");
-    admin
-        .batch_execute(
-            "CREATE EXTENSION segments;
-             SELECT segments.register_entity('customer', 'customers', 'id');
-             SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
-             CREATE ROLE alice LOGIN IN ROLE segments_editor, segments_sequence_manager;
+    cluster.sample_database(
+        scale,
+        ANCHOR,
+        "CREATE ROLE alice LOGIN IN ROLE segments_editor, segments_sequence_manager;
              CREATE ROLE mallory LOGIN IN ROLE segments_editor;
              CREATE ROLE rita LOGIN IN ROLE segments_reader;
              GRANT SELECT ON customers, orders TO alice, mallory;
              CREATE SCHEMA mallory AUTHORIZATION mallory;
              -- A DBA who left public writable, as before PostgreSQL 15.
              GRANT CREATE ON SCHEMA public TO PUBLIC;",
-        )
-        .unwrap();
-    admin
+    )
 }
 
 fn expect_code(client: &mut postgres::Client, sql: &str, code: &str) -> String {

@@ -71,6 +71,28 @@ impl Cluster {
         run(&mut command)
     }
 
+    /// Registers the sample's `email_events` (for `sample_database`'s `then`).
+    pub const EMAIL_EVENTS: &'static str =
+        "SELECT segments.register_related('customer', 'email_events', 'email_events', 'customer_id', 'occurred_at');";
+
+    /// The sample data set (`scripts/sample_data.sql` at `scale`, anchored
+    /// at `anchor`), the extension, and `customers` with its `orders`
+    /// registered; then `then` (more registrations, settings, roles), as
+    /// the superuser.
+    pub fn sample_database(&self, scale: &str, anchor: &str, then: &str) -> postgres::Client {
+        self.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", anchor)]);
+        let mut client = self.connect("postgres");
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION segments;
+                 SELECT segments.register_entity('customer', 'customers', 'id');
+                 SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
+                 {then}"
+            ))
+            .unwrap_or_else(|e| panic!("setting up the sample database: {e}"));
+        client
+    }
+
     /// Stops the cluster (fast shutdown) and starts it again.
     pub fn restart(&self) {
         self.script(&["stop", self.dir_str()]);
