@@ -149,4 +149,43 @@ mod tests {
             .unwrap();
         assert_eq!(count("SELECT count(*) FROM segments.rule_counts((SELECT id FROM segments.segment WHERE name = 'Fruit')) WHERE members IS NULL"), 1);
     }
+
+    /// `rb_agg` builds the same bitmap whatever the row order, duplicates and
+    /// NULLs, per group too, and `bitmap_positions` gives back exactly the
+    /// distinct positions; a malformed bitmap is 22P03, not a crash.
+    #[pg_test]
+    fn test_rb_agg_and_bitmap_positions_round_trip() {
+        let keys = "SELECT ((i * 7919) % 50000 - 1000)::bigint AS k FROM generate_series(1, 60000) i \
+                    UNION ALL SELECT NULL UNION ALL SELECT 42";
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM segments.bitmap_positions((SELECT segments.rb_agg(k) FROM ({keys}) s)) p"
+            )),
+            count(&format!("SELECT count(DISTINCT k) FROM ({keys}) s"))
+        );
+        let same = Spi::get_one::<bool>(&format!(
+            "SELECT (SELECT array_agg(p ORDER BY p) FROM segments.bitmap_positions(
+                        (SELECT segments.rb_agg(k ORDER BY random()) FROM ({keys}) s)) p)
+                  = (SELECT array_agg(DISTINCT k ORDER BY k) FROM ({keys}) s WHERE k IS NOT NULL)"
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(same, "positions equal the distinct keys");
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM (SELECT k % 7 AS g, segments.rb_agg(k) AS b FROM ({keys}) s GROUP BY 1) x \
+                  WHERE (SELECT count(*) FROM segments.bitmap_positions(x.b)) \
+                      = (SELECT count(DISTINCT k) FROM ({keys}) s WHERE k % 7 IS NOT DISTINCT FROM x.g)"
+            )),
+            count(&format!("SELECT count(DISTINCT k % 7) + 1 FROM ({keys}) s"))
+        );
+        Spi::run(
+            "DO $$ BEGIN
+               PERFORM segments.bitmap_positions('\\x0102030405'::bytea);
+               RAISE EXCEPTION 'a malformed bitmap was accepted';
+             EXCEPTION WHEN invalid_binary_representation THEN NULL;
+             END $$",
+        )
+        .unwrap();
+    }
 }
