@@ -116,6 +116,10 @@ pub struct Entity {
     pub table: Table,
     pub key_column: String,
     pub key_kind: KeyKind,
+    /// Citus: the quoted name of the entity's key dictionary copy,
+    /// distributed and colocated with the entity table (dictionary keys of
+    /// a table distributed by its key; see `citus::sync_key_replica`).
+    pub key_replica: Option<String>,
     pub eligible: Option<Value>,
     pub related: Vec<Related>,
 }
@@ -123,6 +127,33 @@ pub struct Entity {
 impl Entity {
     pub fn related(&self, name: &str) -> Option<&Related> {
         self.related.iter().find(|r| r.name == name)
+    }
+
+    /// The key column's type, without modifier.
+    pub fn key_type_sql(&self) -> &str {
+        self.table.column(&self.key_column).map(|c| c.base_type_sql.as_str()).unwrap_or("pg_catalog.text")
+    }
+
+    /// How a key expression becomes a bitmap position: the position's SQL
+    /// and the join it needs. Integer keys are their own positions;
+    /// dictionary keys join `segments.entity_key` or, on Citus, its
+    /// colocated copy, so that the join runs on the shards.
+    pub fn position_sql(&self, key_sql: &str) -> (String, String) {
+        match (self.key_kind, &self.key_replica) {
+            (KeyKind::Integer, _) => (format!("{key_sql}::pg_catalog.int8"), String::new()),
+            (KeyKind::Dictionary, Some(replica)) => (
+                "k.position".to_string(),
+                format!(" JOIN {replica} k ON k.key OPERATOR(pg_catalog.=) {key_sql}::{}", self.key_type_sql()),
+            ),
+            (KeyKind::Dictionary, None) => (
+                "k.position".to_string(),
+                format!(
+                    " JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) {} \
+                     AND k.key OPERATOR(pg_catalog.=) {key_sql}::pg_catalog.text",
+                    crate::sql::literal(&self.name)
+                ),
+            ),
+        }
     }
 }
 
@@ -204,6 +235,7 @@ pub mod fixture {
             },
             key_column: "id".into(),
             key_kind: KeyKind::Integer,
+            key_replica: None,
             eligible: None,
             related: vec![Related {
                 name: "orders".into(),
@@ -343,14 +375,14 @@ impl Catalog for SpiCatalog {
                 time_column,
             })
             .collect();
-        Some(Entity {
-            name: name.to_string(),
-            table: SpiCatalog::table(relation),
-            key_column,
-            key_kind: if key_kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary },
-            eligible,
-            related,
-        })
+        let table = SpiCatalog::table(relation);
+        let key_kind = if key_kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
+        let key_replica = (key_kind == KeyKind::Dictionary && !table.dropped)
+            .then(|| crate::citus::placement(relation))
+            .flatten()
+            .filter(|p| p.is_distributed() && p.column.as_deref() == Some(key_column.as_str()))
+            .map(|_| crate::citus::key_replica_name(name));
+        Some(Entity { name: name.to_string(), table, key_column, key_kind, key_replica, eligible, related })
     }
 
     fn entity_names(&self) -> Vec<String> {

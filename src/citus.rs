@@ -9,9 +9,11 @@
 //! when it finds nothing there, it says so instead of answering wrongly.
 
 use pgrx::pg_sys;
+use pgrx::spi::Spi;
 
-use crate::catalog::optional_value;
+use crate::catalog::{optional_value, spi, Entity};
 use crate::error::{Reported, SegmentsError};
+use crate::sql::{ident, literal};
 
 /// How Citus places a table: `method` is pg_dist_partition's partmethod
 /// (`h` hash-distributed, `n` reference or Citus-local), `column` the
@@ -180,4 +182,204 @@ mod tests {
             .contains("not both distributed"));
         assert_eq!(related_warning("public.orders", "customer_id", None, "public.customers", None), None);
     }
+}
+
+/// The quoted name of an entity's colocated key dictionary copy.
+pub fn key_replica_name(entity: &str) -> String {
+    format!("segments.{}", ident(&format!("{entity}_keys")))
+}
+
+/// The row-level policy of a key replica: its keys are readable by roles
+/// that may read the entity table, as for `segments.entity_key`. The table
+/// is named as text (a regclass constant would make the entity table
+/// undroppable); the policy is remade when the table is renamed. With no
+/// column reference, PostgreSQL checks it once per scan, not per row.
+fn replica_policy_sql(relation_sql: &str) -> String {
+    format!(
+        "pg_catalog.has_table_privilege({}, 'SELECT')",
+        literal(relation_sql)
+    )
+}
+
+/// Gives every key of a dictionary-keyed entity whose table Citus
+/// distributes by its key a bitmap position, in `segments.entity_key` (the
+/// coordinator's dictionary, which coordinator reads use) and in the
+/// entity's key replica, a copy distributed and colocated with the entity
+/// table that leaf queries join on the shards. Without the replica, Citus
+/// would send the whole dictionary to every shard on every refresh.
+///
+/// Only keys missing from the replica travel: the anti-join runs on the
+/// shards. Runs as the extension's owner, serialized per entity.
+pub fn sync_key_replica(entity: &Entity) {
+    let Some(replica) = entity.key_replica.as_deref() else {
+        return;
+    };
+    crate::txn::privileged(std::panic::AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('segments.key_replica'), pg_catalog.hashtext($1))",
+            &[entity.name.as_str().into()],
+        ));
+        ensure_key_replica(entity, replica);
+        let key = ident(&entity.key_column);
+        let fresh_sql = format!(
+            "INSERT INTO segments.entity_key (entity, key) \
+             SELECT {name}, e.{key}::pg_catalog.text FROM {table} e LEFT JOIN {replica} r ON r.key OPERATOR(pg_catalog.=) e.{key} \
+              WHERE r.key IS NULL AND e.{key} IS NOT NULL \
+             ON CONFLICT (entity, key) DO UPDATE SET key = EXCLUDED.key RETURNING key, position",
+            name = literal(&entity.name),
+            table = entity.table.relation_sql,
+        );
+        // DO UPDATE returns keys the coordinator knew but the replica
+        // missed (it was remade), so that they reach it too.
+        let (keys, positions): (Vec<String>, Vec<i64>) = Spi::connect_mut(|client| {
+            spi(client.update(&fresh_sql, None, &[]))
+                .map(|row| {
+                    (
+                        spi(row.get::<String>(1)).unwrap_or_default(),
+                        spi(row.get::<i64>(2)).unwrap_or_default(),
+                    )
+                })
+                .unzip()
+        });
+        if !keys.is_empty() {
+            spi(Spi::run_with_args(
+                &format!(
+                    "INSERT INTO {replica} (key, position) SELECT u.k::{}, u.p \
+                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int8[])) u (k, p) \
+                     ON CONFLICT (key) DO NOTHING",
+                    entity.key_type_sql()
+                ),
+                &[keys.into(), positions.into()],
+            ));
+        }
+    }))
+}
+
+/// Makes the key replica exist, colocated with the entity table, of the
+/// key's type, with a policy naming the table's current name; a replica
+/// that is none of these is remade from `segments.entity_key`.
+fn ensure_key_replica(entity: &Entity, replica: &str) {
+    let policy = replica_policy_sql(&entity.table.relation_sql);
+    let state = Spi::connect(|client| {
+        let rows = spi(client.select(
+            "SELECT (SELECT p.colocationid FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) r.oid) \
+                    IS NOT DISTINCT FROM \
+                    (SELECT p.colocationid FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $2::pg_catalog.regclass), \
+                    (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) r.oid AND a.attname OPERATOR(pg_catalog.=) 'key') \
+                    IS NOT DISTINCT FROM \
+                    (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) $2::pg_catalog.regclass AND a.attname OPERATOR(pg_catalog.=) $3), \
+                    coalesce((SELECT pg_catalog.strpos(pg_catalog.pg_get_expr(y.polqual, y.polrelid), $4) OPERATOR(pg_catalog.>) 0 \
+                                FROM pg_catalog.pg_policy y WHERE y.polrelid OPERATOR(pg_catalog.=) r.oid), false) \
+               FROM (SELECT pg_catalog.to_regclass($1)::pg_catalog.oid AS oid) r WHERE r.oid IS NOT NULL",
+            Some(1),
+            &[
+                replica.into(),
+                entity.table.relation_sql.as_str().into(),
+                entity.key_column.as_str().into(),
+                literal(&entity.table.relation_sql).into(),
+            ],
+        ));
+        if rows.is_empty() {
+            return None;
+        }
+        let row = rows.first();
+        Some((
+            spi(row.get::<bool>(1)).unwrap_or(false),
+            spi(row.get::<bool>(2)).unwrap_or(false),
+            spi(row.get::<bool>(3)).unwrap_or(false),
+        ))
+    });
+    quietly(|| match state {
+        Some((true, true, true)) => {}
+        Some((true, true, false)) => {
+            run_each(&[
+                format!("DROP POLICY IF EXISTS readable ON {replica}"),
+                format!("CREATE POLICY readable ON {replica} FOR SELECT USING ({policy})"),
+            ]);
+        }
+        Some(_) => {
+            drop_key_replica_table(replica);
+            create_key_replica(entity, replica, &policy);
+        }
+        None => create_key_replica(entity, replica, &policy),
+    });
+}
+
+fn create_key_replica(entity: &Entity, replica: &str, policy: &str) {
+    spi(Spi::run(&format!(
+        "CREATE TABLE {replica} (key {} PRIMARY KEY, position pg_catalog.int8 NOT NULL)",
+        entity.key_type_sql()
+    )));
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.create_distributed_table($1, 'key', colocate_with => $2)",
+        &[replica.into(), entity.table.relation_sql.as_str().into()],
+    ));
+    let comment = format!(
+        "Bitmap positions of the keys of entity \"{}\", distributed with its table for Citus (internal; rebuilt from segments.entity_key).",
+        entity.name
+    );
+    run_each(&[
+        format!("ALTER TABLE {replica} ENABLE ROW LEVEL SECURITY"),
+        format!("CREATE POLICY readable ON {replica} FOR SELECT USING ({policy})"),
+        format!("GRANT SELECT ON {replica} TO segments_reader"),
+        format!("COMMENT ON TABLE {replica} IS {}", literal(&comment)),
+        format!("ALTER EXTENSION segments ADD TABLE {replica}"),
+    ]);
+    spi(Spi::run_with_args(
+        &format!(
+            "INSERT INTO {replica} (key, position) SELECT k.key::{}, k.position FROM segments.entity_key k \
+              WHERE k.entity OPERATOR(pg_catalog.=) $1",
+            entity.key_type_sql()
+        ),
+        &[entity.name.as_str().into()],
+    ));
+}
+
+fn drop_key_replica_table(replica: &str) {
+    run_each(&[
+        format!("ALTER EXTENSION segments DROP TABLE {replica}"),
+        format!("DROP TABLE {replica}"),
+    ]);
+}
+
+fn run_each(statements: &[String]) {
+    for statement in statements {
+        spi(Spi::run(statement));
+    }
+}
+
+/// Whether a relation of this (quoted) name exists.
+pub fn relation_exists(name: &str) -> bool {
+    optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &[name.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Drops an entity's key replica, if it has one (unregister_entity).
+pub fn drop_key_replica(entity: &str) {
+    let replica = key_replica_name(entity);
+    if relation_exists(&replica) {
+        quietly(|| drop_key_replica_table(&replica));
+    }
+}
+
+/// Runs `f` with NOTICEs off: Citus tells every DDL's caller what it
+/// propagates and what not ("does not propagate adding/dropping member
+/// objects"), which is noise to a refresh.
+fn quietly(f: impl FnOnce()) {
+    let previous = optional_value::<String>(
+        "SELECT pg_catalog.current_setting('client_min_messages')",
+        &[],
+    )
+    .unwrap_or_else(|| "notice".into());
+    spi(Spi::run(
+        "SELECT pg_catalog.set_config('client_min_messages', 'warning', true)",
+    ));
+    f();
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.set_config('client_min_messages', $1, true)",
+        &[previous.into()],
+    ));
 }

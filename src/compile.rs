@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::catalog::{Catalog, Column, ColumnKind, Entity, KeyKind, Related, Table};
+use crate::catalog::{Catalog, Column, ColumnKind, Entity, Related, Table};
 use crate::definition::{
     parse_condition, AggregateFunction, AttributeTest, Combine, Condition, ConditionKind, Definition, Op, Operand,
     RelatedMeasure, RelatedTest, RelativeDuration, Rule, RuleBody, SegmentRef,
@@ -356,16 +356,7 @@ impl<'a> Planner<'a> {
     /// The SQL that maps a key expression to a bitmap position, and the join
     /// it needs for dictionary keys.
     fn position(&self, key_sql: &str) -> (String, String) {
-        match self.entity.key_kind {
-            KeyKind::Integer => (format!("{key_sql}::pg_catalog.int8"), String::new()),
-            KeyKind::Dictionary => (
-                "k.position".to_string(),
-                format!(
-                    " JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) {} AND k.key OPERATOR(pg_catalog.=) {key_sql}::pg_catalog.text",
-                    literal(&self.entity.name)
-                ),
-            ),
-        }
+        self.entity.position_sql(key_sql)
     }
 
     /// The filters of a related condition (its `where`, its window, and a
@@ -789,17 +780,7 @@ impl Plan {
     /// one column per filter in `filters`, after a first column of every row
     /// when the plan needs it.
     pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
-        let (position, join) = match self.entity.key_kind {
-            KeyKind::Integer => (format!("e.{}::pg_catalog.int8", ident(&self.entity.key_column)), String::new()),
-            KeyKind::Dictionary => (
-                "k.position".to_string(),
-                format!(
-                    " JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) {} AND k.key OPERATOR(pg_catalog.=) e.{}::pg_catalog.text",
-                    literal(&self.entity.name),
-                    ident(&self.entity.key_column)
-                ),
-            ),
-        };
+        let (position, join) = self.entity.position_sql(&format!("e.{}", ident(&self.entity.key_column)));
         let mut columns = Vec::new();
         if self.needs_all_rows {
             columns.push(format!("segments.rb_agg({position})"));
@@ -976,6 +957,27 @@ mod tests {
         .unwrap();
         assert_eq!(plan.leaves, vec![Leaf::Filter(r#"(e."country" OPERATOR(pg_catalog.=) 'DE'::text AND (e."age" OPERATOR(pg_catalog.>=) '25'::integer AND e."age" OPERATOR(pg_catalog.<=) '34'::integer))"#.into())]);
         assert!(!plan.needs_all_rows, "filters alone never need every row");
+    }
+
+    #[test]
+    fn dictionary_keys_join_the_dictionary_or_its_citus_copy() {
+        let mut catalog = customers();
+        catalog.entities[0].key_kind = crate::catalog::KeyKind::Dictionary;
+        let definition = json!({"entity": "customer", "rules": [{"where": {"related": "orders"}}]});
+        let plan = |catalog: &crate::catalog::fixture::FixedCatalog| compile_definition(catalog, &definition, None, NOW).unwrap().1;
+        assert_eq!(
+            plan(&catalog).leaves[0].sql(),
+            r#"SELECT segments.rb_agg(k.position) FROM "public"."orders" r JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) 'customer' AND k.key OPERATOR(pg_catalog.=) r."customer_id"::pg_catalog.text"#
+        );
+        // On Citus the copy is joined on the key itself, typed as the
+        // entity's key, so that the join is colocated and runs on the shards.
+        catalog.entities[0].key_replica = Some(r#"segments."customer_keys""#.into());
+        assert_eq!(
+            plan(&catalog).leaves[0].sql(),
+            r#"SELECT segments.rb_agg(k.position) FROM "public"."orders" r JOIN segments."customer_keys" k ON k.key OPERATOR(pg_catalog.=) r."customer_id"::bigint"#
+        );
+        let scan = plan(&catalog).entity_scan_sql(&[]);
+        assert!(scan.contains(r#" JOIN segments."customer_keys" k ON k.key OPERATOR(pg_catalog.=) e."id"::bigint"#), "{scan}");
     }
 
     #[test]

@@ -241,6 +241,7 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
         .with_hint(Some("Delete those segments first with segments.delete().".into())));
     }
     spi(Spi::run(&format!("DROP VIEW IF EXISTS segments.{}", ident(&members_view_name(entity)))));
+    crate::citus::drop_key_replica(entity);
     spi(Spi::run_with_args("DELETE FROM segments.entity WHERE name = $1", &[entity.into()]));
     Ok(())
 }

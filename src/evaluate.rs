@@ -50,6 +50,9 @@ pub fn sync_dictionary(plan: &Plan) {
     if plan.entity.key_kind != KeyKind::Dictionary || plan.restriction.is_some() {
         return;
     }
+    if plan.entity.key_replica.is_some() {
+        return crate::citus::sync_key_replica(&plan.entity);
+    }
     let sql = format!(
         "INSERT INTO segments.entity_key (entity, key) SELECT {}, e.{}::text FROM {} e \
          WHERE e.{} IS NOT NULL ON CONFLICT (entity, key) DO NOTHING",

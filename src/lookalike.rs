@@ -17,7 +17,7 @@ use crate::bitmap::{key_of, Members};
 use crate::catalog::{optional_value, spi, Catalog, ColumnKind, Entity, KeyKind, SpiCatalog};
 use crate::error::{OrRaise, Reported, SegmentsError};
 use crate::evaluate::stored_members;
-use crate::sql::{ident, literal};
+use crate::sql::ident;
 
 /// Scores below this never qualify.
 pub const MIN_SCORE: f64 = 0.4;
@@ -214,17 +214,7 @@ fn features(entity: &Entity) -> Features {
 
 /// Every row of the entity as (position, features).
 fn load(entity: &Entity, features: &Features) -> Vec<(u64, Sample)> {
-    let (position, join) = match entity.key_kind {
-        KeyKind::Integer => (format!("e.{}::bigint", ident(&entity.key_column)), String::new()),
-        KeyKind::Dictionary => (
-            "k.position".to_string(),
-            format!(
-                " JOIN segments.entity_key k ON k.entity = {} AND k.key = e.{}::text",
-                literal(&entity.name),
-                ident(&entity.key_column)
-            ),
-        ),
-    };
+    let (position, join) = entity.position_sql(&format!("e.{}", ident(&entity.key_column)));
     let mut columns = vec![position];
     columns.extend(features.numeric.iter().map(|c| format!("e.{}::float8", ident(c))));
     columns.extend(features.categorical.iter().map(|c| format!("e.{}::text", ident(c))));
@@ -290,7 +280,11 @@ fn find_similar_impl(
     if optional_value::<i64>("SELECT id FROM segments.segment WHERE name = $1", &[name.into()]).is_some() {
         return Err(SegmentsError::DuplicateObject(format!("a segment named \"{name}\" already exists")).into());
     }
-    let entity = SpiCatalog.entity(&entity_name).expect("a segment's entity exists");
+    let mut entity = SpiCatalog.entity(&entity_name).expect("a segment's entity exists");
+    // Before a first refresh made the Citus key replica, read the dictionary.
+    if entity.key_replica.as_deref().is_some_and(|replica| !crate::citus::relation_exists(replica)) {
+        entity.key_replica = None;
+    }
     let features = features(&entity);
     if features.numeric.is_empty() && features.categorical.is_empty() {
         return Err(SegmentsError::InvalidParameter(format!(

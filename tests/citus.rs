@@ -141,6 +141,69 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
     }
     assert!(calls >= 32, "the leaves ran shard by shard ({calls} shard queries)");
     assert_eq!(rows, calls, "each shard query returns one aggregate row ({rows} rows for {calls} queries)");
+    // No query read rows sent from the coordinator: text keys join the
+    // colocated copy of the dictionary on the shards instead of the
+    // coordinator's table (only the copy's new keys were sent to it).
+    for node in [1, 2] {
+        let shipped: Vec<String> = cluster
+            .connect(node)
+            .query(
+                "SELECT query FROM pg_stat_statements WHERE query LIKE '%read_intermediate_result%' \
+                   AND query NOT LIKE 'INSERT INTO segments.account_keys%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(shipped.is_empty(), "worker {node} read no intermediate results: {shipped:#?}");
+    }
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM pg_dist_partition r JOIN pg_dist_partition a ON a.colocationid = r.colocationid \
+              WHERE r.logicalrelid = 'segments.account_keys'::regclass AND a.logicalrelid = 'accounts'::regclass"
+        ),
+        1,
+        "the key replica is colocated with accounts"
+    );
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 10_000, "every key has a copy");
+
+    // The replica's keys are as private as the table's.
+    c.batch_execute(
+        "CREATE ROLE key_reader LOGIN IN ROLE segments_reader; GRANT SELECT ON accounts TO key_reader;
+         CREATE ROLE key_outsider LOGIN IN ROLE segments_reader;",
+    )
+    .unwrap();
+    let replica_rows = |c: &mut postgres::Client, role: &str| -> i64 {
+        c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+        let n = scalar_i64(c, "SELECT count(*) FROM segments.account_keys");
+        c.batch_execute("RESET ROLE").unwrap();
+        n
+    };
+    assert_eq!(replica_rows(&mut c, "key_reader"), 10_000);
+    assert_eq!(replica_rows(&mut c, "key_outsider"), 0, "a role that cannot read accounts reads no keys");
+
+    // New keys reach the replica at the next refresh, and only they travel.
+    for node in [1, 2] {
+        cluster.connect(node).batch_execute("SELECT pg_stat_statements_reset()").unwrap();
+    }
+    c.batch_execute(
+        "INSERT INTO accounts SELECT 'B' || lpad(i::text, 6, '0'), 'north', 50 FROM generate_series(1, 40) i;
+         SELECT count(*) FROM segments.refresh();",
+    )
+    .unwrap();
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 10_040, "new keys were copied");
+    let copied: i64 = [1, 2]
+        .iter()
+        .map(|&node| {
+            scalar_i64(
+                &mut cluster.connect(node),
+                "SELECT coalesce(sum(rows), 0)::bigint FROM pg_stat_statements WHERE query LIKE 'INSERT INTO segments.account_keys%'",
+            )
+        })
+        .sum();
+    assert_eq!(copied, 40, "only the new keys were sent to the replica");
 
     c.batch_execute("RESET citus.coordinator_aggregation_strategy").unwrap();
     let segments = CUSTOMER_SEGMENTS.iter().map(|s| ("customer", "customers c", "id", s)).chain(
@@ -198,6 +261,37 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         );
     }
 
+    // A renamed entity table: the replica's policy follows it.
+    c.batch_execute("ALTER TABLE accounts RENAME TO accounts_renamed").unwrap();
+    for row in c
+        .query(
+            "SELECT r.status, coalesce(r.error, '') FROM segments.refresh() r JOIN segments.segment s ON s.id = r.segment_id \
+              WHERE s.entity = 'account'",
+            &[],
+        )
+        .unwrap()
+    {
+        let (status, error): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(status, "succeeded", "after a rename: {error}");
+    }
+    assert_eq!(replica_rows(&mut c, "key_reader"), 10_040, "the policy names the renamed table");
+    c.batch_execute("ALTER TABLE accounts_renamed RENAME TO accounts").unwrap();
+
+    // Unregistering an entity drops its replica.
+    c.batch_execute(
+        "SELECT segments.register_entity('account_copy', 'accounts', 'code');
+         SELECT segments.create_segment('copy', '{\"entity\":\"account_copy\",\"rules\":[{\"where\":{\"attribute\":\"region\",\"op\":\"eq\",\"value\":\"east\"}}]}');
+         SELECT segments.refresh(ARRAY(SELECT id FROM segments.segment WHERE name = 'copy'));",
+    )
+    .unwrap();
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_copy_keys"), 10_040);
+    c.batch_execute(
+        "SELECT segments.delete(ARRAY(SELECT id FROM segments.segment WHERE name = 'copy'));
+         SELECT segments.unregister_entity('account_copy');",
+    )
+    .unwrap();
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM pg_class WHERE relname = 'account_copy_keys'"), 0, "replica dropped");
+
     // Sequences connect the members of a segment, and check hand-connected
     // keys against the distributed table, on the coordinator.
     let sequence: i64 = c.query_one("SELECT segments.create_sequence('welcome', 'customer')", &[]).unwrap().get(0);
@@ -242,4 +336,14 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
     assert!(stderr.contains("WARNING") && stderr.contains("not colocated"), "{stderr}");
     let (_, stderr) = cluster.psql("SELECT segments.register_entity('store', 'stores', 'id')");
     assert!(stderr.contains("WARNING") && stderr.contains("not by its key"), "{stderr}");
+
+    // The replicas belong to the extension: DROP EXTENSION takes them too.
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM pg_depend WHERE classid = 'pg_class'::regclass AND objid = 'segments.account_keys'::regclass \
+                AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'segments') AND deptype = 'e'"
+        ),
+        1
+    );
 }
