@@ -22,6 +22,9 @@ const SCHEMA: &str = "
     SELECT create_distributed_table('orders', 'customer_id', colocate_with => 'customers');
     SELECT create_distributed_table('accounts', 'code');
     SELECT create_distributed_table('events', 'account_code', colocate_with => 'accounts');
+    CREATE TABLE devices (id uuid PRIMARY KEY, kind text NOT NULL);
+    SELECT create_distributed_table('devices', 'id');
+    INSERT INTO devices SELECT md5(i::text)::uuid, (ARRAY['phone','tablet','watch'])[1 + i % 3] FROM generate_series(1, 3000) i;
     INSERT INTO customers
          SELECT i, (ARRAY['DE','FR','US','ES'])[1 + i % 4], (ARRAY['gold','silver',NULL])[1 + i % 3], i % 7 = 0
            FROM generate_series(1, 20000) i;
@@ -64,6 +67,13 @@ const CUSTOMER_SEGMENTS: &[(&str, &str, &str)] = &[
         "NOT EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id)",
     ),
 ];
+
+/// uuid keys take the dictionary's path, like text keys.
+const DEVICE_SEGMENTS: &[(&str, &str, &str)] = &[(
+    "Phones",
+    r#"{"entity":"device","rules":[{"where":{"attribute":"kind","op":"eq","value":"phone"}}]}"#,
+    "kind = 'phone'",
+)];
 
 const ACCOUNT_SEGMENTS: &[(&str, &str, &str)] = &[
     (
@@ -112,11 +122,12 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
          SELECT segments.register_entity('customer', 'customers', 'id');
          SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');
          SELECT segments.register_entity('account', 'accounts', 'code');
-         SELECT segments.register_related('account', 'events', 'events', 'account_code', 'at');",
+         SELECT segments.register_related('account', 'events', 'events', 'account_code', 'at');
+         SELECT segments.register_entity('device', 'devices', 'id');",
     )
     .unwrap();
     let mut ids = Vec::new();
-    for (name, definition, _) in CUSTOMER_SEGMENTS.iter().chain(ACCOUNT_SEGMENTS) {
+    for (name, definition, _) in CUSTOMER_SEGMENTS.iter().chain(ACCOUNT_SEGMENTS).chain(DEVICE_SEGMENTS) {
         let id: i64 = c.query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[name, definition]).unwrap().get(0);
         ids.push(id);
     }
@@ -168,6 +179,11 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         "the key replica is colocated with accounts"
     );
     assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 10_000, "every key has a copy");
+    let device_key_type: String = c
+        .query_one("SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid = 'segments.device_keys'::regclass AND attname = 'key'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(device_key_type, "uuid", "the copy's key has the entity key's type");
 
     // The replica's keys are as private as the table's.
     c.batch_execute(
@@ -207,7 +223,10 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
 
     c.batch_execute("RESET citus.coordinator_aggregation_strategy").unwrap();
     let segments = CUSTOMER_SEGMENTS.iter().map(|s| ("customer", "customers c", "id", s)).chain(
-        ACCOUNT_SEGMENTS.iter().map(|s| ("account", "accounts a", "code", s)),
+        ACCOUNT_SEGMENTS
+            .iter()
+            .map(|s| ("account", "accounts a", "code", s))
+            .chain(DEVICE_SEGMENTS.iter().map(|s| ("device", "devices d", "id", s))),
     );
     for ((entity, table, key, (name, _, condition)), id) in segments.zip(&ids) {
         let expected = format!("SELECT {key}::text FROM {table} WHERE {condition}");
