@@ -415,16 +415,6 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
     let mut changed_segments = Vec::new();
     for i in dependency_order(targets) {
         let target = &targets[i];
-        let outcome_of = |status: &'static str, error: Option<String>| Outcome {
-            segment_id: target.id,
-            run_id: 0,
-            status,
-            member_count: None,
-            entered: None,
-            exited: None,
-            duration: started.elapsed(),
-            error,
-        };
         let Some(OwnerPlan { restricted: plan, compiled, .. }) = plans.get(&target.owner) else { continue };
         let leaf_values = values.entry(target.owner).or_insert_with(|| {
             let known = related_values(target.owner, entity_name, &plans[&target.owner], &changed, &changed_related)?;
@@ -461,10 +451,7 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
                     ));
                     changed_segments.push(target.id);
                 }
-                let mut outcome = outcome_of("succeeded", None);
-                outcome.member_count = Some(count);
-                outcome.entered = Some(entered.len() as i64);
-                outcome.exited = Some(exited.len() as i64);
+                let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), started.elapsed());
                 outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
                 record_changes(target, outcome.run_id, &entered, &exited, false);
                 runs.push(outcome.run_id);
@@ -477,7 +464,7 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
                      consecutive_failures = consecutive_failures + 1 WHERE id OPERATOR(pg_catalog.=) $1",
                     &[target.id.into(), message.clone().into()],
                 ));
-                let mut outcome = outcome_of("failed", Some(message));
+                let mut outcome = Outcome::failed(target.id, message, started.elapsed());
                 outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
                 runs.push(outcome.run_id);
             }

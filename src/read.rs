@@ -29,25 +29,25 @@ fn entity_named(name: &str) -> Result<crate::catalog::Entity, Reported> {
 
 /// The bitmap position of a key given as text, if the key has one.
 fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<u64>, Reported> {
-    match entity.key_kind {
+    key_position(&entity.name, entity.key_kind, entity.key_type_sql(), key)
+}
+
+/// The bitmap position of `key` (as text) of an entity whose keys are of
+/// `kind` and `key_type`: integer keys are their own positions, dictionary
+/// keys are looked up, cast through the key type so that e.g. an
+/// upper-case uuid matches. None: a dictionary key never seen.
+fn key_position(entity: &str, kind: KeyKind, key_type: &str, key: &str) -> Result<Option<u64>, Reported> {
+    match kind {
         KeyKind::Integer => key.trim().parse::<i64>().map(|k| Some(position_of(k))).map_err(|_| {
-            SegmentsError::InvalidParameter(format!(
-                "\"{key}\" is not a key of entity \"{}\", whose keys are integers",
-                entity.name
-            ))
-            .into()
+            SegmentsError::InvalidParameter(format!("\"{key}\" is not a key of entity \"{entity}\", whose keys are integers"))
+                .into()
         }),
         KeyKind::Dictionary => {
-            // Cast through the key type so that e.g. an upper-case uuid matches.
-            let type_sql = optional_value::<String>(
-                "SELECT key_type::text FROM segments.entity WHERE name = $1",
-                &[entity.name.as_str().into()],
-            )
-            .unwrap_or_else(|| "text".into());
             let sql = format!(
-                "SELECT position FROM segments.entity_key WHERE entity = $1 AND key = ($2::{type_sql})::text"
+                "SELECT position FROM segments.entity_key WHERE entity OPERATOR(pg_catalog.=) $1 \
+                    AND key OPERATOR(pg_catalog.=) ($2::{key_type})::pg_catalog.text"
             );
-            Ok(optional_value::<i64>(&sql, &[entity.name.as_str().into(), key.into()]).map(|p| p as u64))
+            Ok(optional_value::<i64>(&sql, &[entity.into(), key.into()]).map(|p| p as u64))
         }
     }
 }
@@ -98,24 +98,7 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _is_member(segment: i64, key: &str) -> bool {
     let (entity, kind, key_type, version) = membership_lookup(segment).or_raise();
-    let position = match kind {
-        KeyKind::Integer => match key.trim().parse::<i64>() {
-            Ok(k) => position_of(k),
-            Err(_) => SegmentsError::InvalidParameter(format!(
-                "\"{key}\" is not a key of entity \"{entity}\", whose keys are integers"
-            ))
-            .raise(),
-        },
-        KeyKind::Dictionary => {
-            let sql = format!(
-                "SELECT position FROM segments.entity_key WHERE entity = $1 AND key = ($2::{key_type})::text"
-            );
-            match optional_value::<i64>(&sql, &[entity.as_str().into(), key.into()]) {
-                Some(p) => p as u64,
-                None => return false,
-            }
-        }
-    };
+    let Some(position) = key_position(&entity, kind, &key_type, key).or_raise() else { return false };
     cached_members(segment, version).contains(position)
 }
 

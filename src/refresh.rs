@@ -30,17 +30,71 @@ pub struct Target {
     pub definition: Value,
 }
 
+/// How a refresh of one segment ended; `as_str` is its spelling in
+/// `segments.segment.status`, `segments.refresh_run.status` and refresh()'s
+/// result (`sql/schema.sql` checks the same words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    /// An inactive segment: nothing was evaluated.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub segment_id: i64,
     /// The `segments.refresh_run` row of this refresh.
     pub run_id: i64,
-    pub status: &'static str,
+    pub status: RunStatus,
     pub member_count: Option<i64>,
     pub entered: Option<i64>,
     pub exited: Option<i64>,
     pub duration: Duration,
     pub error: Option<String>,
+}
+
+impl Outcome {
+    /// A segment that was not evaluated (inactive).
+    pub fn skipped(segment_id: i64, duration: Duration) -> Outcome {
+        Outcome {
+            segment_id,
+            run_id: 0,
+            status: RunStatus::Skipped,
+            member_count: None,
+            entered: None,
+            exited: None,
+            duration,
+            error: None,
+        }
+    }
+
+    /// A segment whose members are now `member_count`, of which `entered`
+    /// are new and `exited` left.
+    pub fn succeeded(segment_id: i64, member_count: i64, entered: u64, exited: u64, duration: Duration) -> Outcome {
+        Outcome {
+            status: RunStatus::Succeeded,
+            member_count: Some(member_count),
+            entered: Some(entered as i64),
+            exited: Some(exited as i64),
+            ..Outcome::skipped(segment_id, duration)
+        }
+    }
+
+    /// A segment whose evaluation failed with `message`.
+    pub fn failed(segment_id: i64, message: String, duration: Duration) -> Outcome {
+        Outcome { status: RunStatus::Failed, error: Some(message), ..Outcome::skipped(segment_id, duration) }
+    }
 }
 
 /// Loads and locks the segments to refresh: the given ids, or every active
@@ -241,7 +295,7 @@ pub fn record_run_of(
         segment.into(),
         trigger.as_str().into(),
         started.into(),
-        outcome.status.into(),
+        outcome.status.as_str().into(),
         outcome.member_count.into(),
         outcome.entered.into(),
         outcome.exited.into(),
@@ -310,7 +364,7 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
     spi(Spi::run_with_args("SELECT pg_notify('segments', $1)", &[payload.to_string().into()]));
 }
 
-fn store_status(id: i64, status: &str, error: Option<&str>) {
+fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
     let failures = if crate::txn::legacy_schema() {
         ""
     } else {
@@ -319,7 +373,7 @@ fn store_status(id: i64, status: &str, error: Option<&str>) {
     spi(Spi::run_with_args(
         &format!("UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
          needs_refresh = needs_refresh AND $2 <> 'failed'{failures} WHERE id = $1"),
-        &[id.into(), status.into(), error.into()],
+        &[id.into(), status.as_str().into(), error.into()],
     ));
 }
 
@@ -357,17 +411,8 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
         let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()"))
             .expect("clock_timestamp() is never NULL");
         if !target.active {
-            store_status(target.id, "skipped", None);
-            let mut outcome = Outcome {
-                segment_id: target.id,
-                run_id: 0,
-                status: "skipped",
-                member_count: None,
-                entered: None,
-                exited: None,
-                duration: started.elapsed(),
-                error: None,
-            };
+            store_status(target.id, RunStatus::Skipped, None);
+            let mut outcome = Outcome::skipped(target.id, started.elapsed());
             outcome.run_id = record_run(target, trigger, started_at, &outcome);
             outcomes.push(outcome);
             continue;
@@ -398,33 +443,17 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                 let (entered, exited, first) = store_success(target.id, &members, &counts);
                 let count = members.len() as i64;
                 fresh.insert(target.id, members);
-                let mut outcome = Outcome {
-                    segment_id: target.id,
-                    run_id: 0,
-                    status: "succeeded",
-                    member_count: Some(count),
-                    entered: Some(entered.len() as i64),
-                    exited: Some(exited.len() as i64),
-                    duration: started.elapsed().saturating_sub(computed_here) + shared_time,
-                    error: None,
-                };
+                let duration = started.elapsed().saturating_sub(computed_here) + shared_time;
+                let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), duration);
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 record_changes(target, outcome.run_id, &entered, &exited, first);
                 entered_by_segment.insert(target.id, entered);
                 outcome
             }
             Err(message) => {
-                store_status(target.id, "failed", Some(&message));
-                let mut outcome = Outcome {
-                    segment_id: target.id,
-                    run_id: 0,
-                    status: "failed",
-                    member_count: None,
-                    entered: None,
-                    exited: None,
-                    duration: started.elapsed().saturating_sub(computed_here) + shared_time,
-                    error: Some(message),
-                };
+                store_status(target.id, RunStatus::Failed, Some(&message));
+                let duration = started.elapsed().saturating_sub(computed_here) + shared_time;
+                let mut outcome = Outcome::failed(target.id, message, duration);
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 outcome
             }
@@ -436,7 +465,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
     if let Err(message) = in_subtransaction(AssertUnwindSafe(|| crate::sequence::assign(&entered_by_segment, &fresh))) {
         warning!("segments: connecting entered records to sequences failed: {message}");
     }
-    let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == "succeeded").map(|o| o.segment_id).collect();
+    let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == RunStatus::Succeeded).map(|o| o.segment_id).collect();
     for export in crate::export::exports_of(&changed) {
         crate::export::rewrite_recorded(export);
     }
@@ -471,6 +500,6 @@ fn refresh(
     let outcomes =
         crate::txn::privileged(AssertUnwindSafe(|| refresh_segments(segments.as_deref(), Trigger::Manual, false))).or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
-        (o.segment_id, o.status.to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
+        (o.segment_id, o.status.as_str().to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
     }))
 }

@@ -186,8 +186,8 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
     let mut runs = Vec::new();
     {
         let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
-        let failed = outcomes.iter().filter(|o| o.status == "failed").count();
-        for outcome in outcomes.iter().filter(|o| o.status == "failed") {
+        let failed = outcomes.iter().filter(|o| o.status == crate::refresh::RunStatus::Failed).count();
+        for outcome in outcomes.iter().filter(|o| o.status == crate::refresh::RunStatus::Failed) {
             log!(
                 "segments: refresh of segment {} failed: {}",
                 outcome.segment_id,
