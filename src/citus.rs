@@ -215,11 +215,7 @@ pub fn sync_key_replica(entity: &Entity) {
         return;
     };
     crate::txn::privileged(std::panic::AssertUnwindSafe(|| {
-        spi(Spi::run_with_args(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('segments.key_replica'), pg_catalog.hashtext($1))",
-            &[entity.name.as_str().into()],
-        ));
-        ensure_key_replica(entity, replica);
+        lock_and_ensure(entity, replica);
         let key = ident(&entity.key_column);
         let fresh_sql = format!(
             "INSERT INTO segments.entity_key (entity, key) \
@@ -253,6 +249,24 @@ pub fn sync_key_replica(entity: &Entity) {
             ));
         }
     }))
+}
+
+/// Makes an entity's key replica (empty) at registration, in the
+/// registering session: the first refresh may run in the background
+/// worker, and DDL on distributed tables is best done by a user's session.
+pub fn prepare_key_replica(entity: &Entity) {
+    if let Some(replica) = entity.key_replica.as_deref() {
+        crate::txn::privileged(std::panic::AssertUnwindSafe(|| lock_and_ensure(entity, replica)));
+    }
+}
+
+/// Serializes the replica's upkeep per entity, then makes it right.
+fn lock_and_ensure(entity: &Entity, replica: &str) {
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('segments.key_replica'), pg_catalog.hashtext($1))",
+        &[entity.name.as_str().into()],
+    ));
+    ensure_key_replica(entity, replica);
 }
 
 /// Makes the key replica exist, colocated with the entity table, of the

@@ -141,6 +141,9 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
     if let Some(warning) = crate::citus::entity_warning(&table.relation_sql, key_column, crate::citus::placement(relation).as_ref()) {
         pgrx::warning!("segments: {warning}");
     }
+    if let Some(registered) = SpiCatalog.entity(entity) {
+        crate::citus::prepare_key_replica(&registered);
+    }
     Ok(())
 }
 
