@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, in three layers:
-#   1. unit tests of the plain Rust (cargo test --lib)
+#   1. unit tests of the plain Rust: segments-core and the extension's
+#      pure parts (cargo test --workspace --lib)
 #   2. #[pg_test] tests inside Postgres (cargo pgrx test) and pg_regress
 #      tests (tests/pg_regress) against a cluster started with the preload
 #   3. integration tests (tests/cluster.rs) that start their own clusters
@@ -26,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== layer 1: unit tests"
-cargo test --lib
+cargo test --workspace --lib
 
 echo "== layer 2: #[pg_test] tests"
 rm -rf "$pgrx_data"

@@ -5,9 +5,9 @@
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::catalog::spi;
-use crate::error::SegmentsError;
-use crate::txn::{as_role, call_internal, current_role, require_editor, run_internal};
+use crate::pg::spi::spi;
+use crate::pg::error::{Raise, SegmentsError};
+use crate::pg::txn::{as_role, call_internal, current_role, require_editor, run_internal};
 
 /// Rewrites one export's target table from its segments' memberships, as
 /// the export's owner. The export row is locked first, so that two
@@ -34,7 +34,7 @@ pub fn rewrite(export: i64) {
         ))
     });
     let Some((target, owner, segments, entity)) = row else { return };
-    let target_sql = crate::catalog::optional_value::<String>(
+    let target_sql = crate::pg::spi::optional_value::<String>(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
         &[target.into()],
@@ -43,7 +43,7 @@ pub fn rewrite(export: i64) {
         SegmentsError::UndefinedTable(format!("the target table of export {export} (relation {}) no longer exists", target.to_u32()))
             .raise()
     });
-    let view = crate::sql::ident(&crate::entity::members_view_name(&entity));
+    let view = segments_core::sql::ident(&crate::api::entity::members_view_name(&entity));
     let columns = spi(Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.attname), ', ' ORDER BY t.attnum) \
            FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_attribute v ON v.attname OPERATOR(pg_catalog.=) t.attname \
@@ -69,11 +69,11 @@ pub fn rewrite(export: i64) {
 /// export (`status`, `last_error`, `last_written_at`): a failing export
 /// fails alone.
 pub fn rewrite_recorded(export: i64) {
-    if crate::txn::legacy_schema() {
+    if crate::pg::txn::legacy_schema() {
         rewrite(export);
         return;
     }
-    let result = crate::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
+    let result = crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
     let (status, error) = match &result {
         Ok(()) => ("succeeded", None),
         Err(message) => ("failed", Some(message.clone())),
@@ -109,7 +109,7 @@ pub fn exports_of(segments: &[i64]) -> Vec<i64> {
 #[pg_extern(schema = "segments")]
 fn _rewrite_export(export: i64) {
     rewrite(export);
-    if crate::txn::legacy_schema() {
+    if crate::pg::txn::legacy_schema() {
         return;
     }
     spi(Spi::run_with_args(

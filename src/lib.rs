@@ -1,71 +1,29 @@
 //! segments: customer segmentation inside PostgreSQL.
 //!
-//! Rooms, by concern:
-//! - `definition`, `validate`: the definition model and its checks
-//! - `catalog`: what the compiler knows of entities, columns and segments
-//! - `citus`: placement of distributed tables, registration warnings, and
-//!   the refusals that keep coordinator-only state off the workers
-//! - `compile`: definitions to SQL leaves and bitmap algebra
-//! - `aggregate`: `rb_agg`, positions to a bitmap inside a scan (an
-//!   expanded bytea state that Citus can split between shards)
-//! - `bitmap`: Roaring memberships, rule counts
-//! - `evaluate`: running a plan's queries, evaluating segments
-//! - `entity`: registering entities and related tables, members views
-//! - `segment`: the segment catalog and its lifecycle trigger
-//! - `refresh`: the refresh engine
-//! - `schedule`, `scheduler`, `worker`: schedules, one scheduler pass, the
-//!   background worker that runs passes
-//! - `inspect`: rule counts, estimates, explain
-//! - `explain`: explain_member, why a record is or is not a member
-//! - `live`: capture triggers' life cycle and the apply step of live segments
-//! - `capture`: the C row trigger that queues changed keys of updates
-//! - `read`: preview, is_member, segments_of, overlap, bitmap, value picker
-//! - `sequence`: connecting records that enter segments to sales sequences
-//! - `lookalike`, `suggest`: finding customers like a segment's, and
-//!   suggested segments for a measure
-//! - `spelling`: "did you mean" hints
-//! - `sql`: quoting identifiers and literals for generated SQL
-//! - `export`: export tables kept in step with refreshes
-//! - `history`: membership at a past time, frozen copies (definition
-//!   history is sql/history.sql)
-//! - `settings`: every `segments.*` setting
-//! - `txn`: subtransactions, the sandbox, running as a segment's owner or
-//!   as the extension (the only writer of internal state)
-//! - `usage`: usages recorded by applications
-//! - `error`: the one error type and its SQLSTATEs
-//! - `compat`: C symbols older versions' SQL names (until ALTER EXTENSION UPDATE)
+//! The engine's pure half (definitions, validation, the compiler to SQL
+//! text, bitmap algebra, schedules) is the `segments-core` crate; this crate
+//! runs it inside PostgreSQL. Rooms, by concern (ARCHITECTURE.md has the
+//! data flow):
+//! - `api/`: the SQL surface, thin `#[pg_extern]` wrappers by SPEC section
+//!   (entities, segments, reads, inspection, explain, history, usage, and
+//!   `compat`, the C symbols older versions' SQL names)
+//! - `engine/`: evaluation (`evaluate`, `aggregate`'s `rb_agg`), the refresh
+//!   engine and its stores (`refresh`), live segments (`live`, `capture`),
+//!   Citus placement (`citus`)
+//! - `schedule/`: one scheduler pass (`pass`) and the background worker
+//! - `pg/`: errors as Postgres errors, SPI helpers, the real catalog,
+//!   transactions and the owner sandbox (`txn`), every setting (`gucs`)
+//! - optional parts, one module and one entry point each: `sequence`
+//!   (sales sequences), `export` (export tables), `lookalike`, `suggest`
 
-pub mod aggregate;
-pub mod bitmap;
-pub mod capture;
-pub mod catalog;
-pub mod citus;
-mod compat;
-pub mod compile;
-pub mod definition;
-pub mod entity;
-pub mod error;
-pub mod evaluate;
-pub mod explain;
-pub mod export;
-pub mod history;
-pub mod inspect;
-pub mod live;
-pub mod lookalike;
-pub mod read;
-pub mod refresh;
-pub mod segment;
-pub mod sequence;
-pub mod schedule;
-pub mod scheduler;
-pub mod settings;
-pub mod sql;
-pub mod spelling;
-pub mod suggest;
-pub mod txn;
-pub mod usage;
-pub mod validate;
-pub mod worker;
+mod api;
+mod engine;
+mod export;
+mod lookalike;
+mod pg;
+mod schedule;
+mod sequence;
+mod suggest;
 
 #[cfg(feature = "pg_test")]
 mod pg_tests;
@@ -83,12 +41,12 @@ pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schem
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["roles", segment::_check_definition, segment::_check_schedule, txn::_internal_write, live::_sync_capture]
+    requires = ["roles", api::segment::_check_definition, api::segment::_check_schedule, pg::txn::_internal_write, engine::live::_sync_capture]
 );
 pgrx::extension_sql_file!(
     "../sql/manage.sql",
     name = "manage",
-    requires = ["lifecycle", segment::_next_refresh_epoch]
+    requires = ["lifecycle", api::segment::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage"]);
@@ -112,12 +70,12 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'set_owner_wrapper';
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
+    pg::gucs::register();
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        settings::register_preload();
-        worker::register();
+        pg::gucs::register_preload();
+        schedule::worker::register();
     }
-    settings::reserve_prefix();
+    pg::gucs::reserve_prefix();
 }
 
 /// Required by `cargo pgrx test`.

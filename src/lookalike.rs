@@ -13,11 +13,13 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
-use crate::bitmap::{key_of, Members};
-use crate::catalog::{optional_value, spi, Catalog, ColumnKind, Entity, KeyKind, SpiCatalog};
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::stored_members;
-use crate::sql::ident;
+use segments_core::bitmap::{key_of, Members};
+use crate::pg::spi::{optional_value, spi};
+use segments_core::catalog::{Catalog, ColumnKind, Entity, KeyKind};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::stored_members;
+use segments_core::sql::ident;
 
 /// Scores below this never qualify.
 pub const MIN_SCORE: f64 = 0.4;
@@ -138,12 +140,6 @@ fn thin<T>(items: Vec<T>, limit: usize) -> Vec<T> {
     items.into_iter().step_by(step).collect()
 }
 
-/// The best candidates: scores of `MIN_SCORE` or more, highest first
-/// (ties by position), at most `count`.
-pub fn choose(scored: Vec<(u64, f64)>, count: usize) -> Vec<(u64, f64)> {
-    choose_from(scored, count, MIN_SCORE)
-}
-
 /// Score bands, as Customer Insights shows them: high from 0.85, medium
 /// from 0.7, low from 0.55; below that (and never below 0.4) no band.
 pub fn band(score: f64) -> Option<&'static str> {
@@ -182,7 +178,7 @@ struct Features {
 /// Numeric columns and categorical columns of 2 to 30 distinct values,
 /// the key excluded.
 fn features(entity: &Entity) -> Features {
-    let candidates: Vec<&crate::catalog::Column> = entity
+    let candidates: Vec<&segments_core::catalog::Column> = entity
         .table
         .columns
         .iter()
@@ -247,7 +243,7 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
 /// Keys (as JSON values of the key's kind) of the given positions.
 fn key_values(entity: &Entity, positions: &[u64]) -> Vec<Value> {
     let positions: Members = positions.iter().copied().collect();
-    crate::evaluate::keys_at(&entity.name, &positions)
+    crate::engine::evaluate::keys_at(&entity.name, &positions)
         .into_iter()
         .map(|(p, key)| match entity.key_kind {
             KeyKind::Integer => Value::from(key_of(p)),
@@ -282,7 +278,7 @@ fn find_similar_impl(
     }
     let mut entity = SpiCatalog.entity(&entity_name).expect("a segment's entity exists");
     // Before a first refresh made the Citus key replica, read the dictionary.
-    if entity.key_replica.as_deref().is_some_and(|replica| !crate::citus::relation_exists(replica)) {
+    if entity.key_replica.as_deref().is_some_and(|replica| !crate::engine::citus::relation_exists(replica)) {
         entity.key_replica = None;
     }
     let features = features(&entity);
@@ -301,7 +297,7 @@ fn find_similar_impl(
     }
     // The training rows are read as the caller, in the sandbox: RLS and
     // column privileges apply.
-    let rows = crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| load(&entity, &features)));
+    let rows = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| load(&entity, &features)));
     let population: Members = match target {
         Some(target) => stored_members(target),
         None => rows.iter().map(|(p, _)| *p).collect(),
@@ -358,12 +354,12 @@ fn find_similar_impl(
     .expect("create_segment returns an id");
     let key_texts: Vec<String> = keys.iter().map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string())).collect();
     let scores: Vec<f32> = chosen.iter().map(|(_, s)| *s as f32).collect();
-    crate::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
             "INSERT INTO segments.similarity_score (segment_id, key, score) SELECT $1, k, s FROM unnest($2::text[], $3::real[]) AS x(k, s)",
             &[id.into(), key_texts.into(), scores.into()],
         ));
-        crate::refresh::refresh_segments(Some(&[id]), crate::refresh::Trigger::Manual, false)
+        crate::engine::refresh::refresh_segments(Some(&[id]), crate::engine::refresh::Trigger::Manual, false)
     }))?;
     Ok(id)
 }
@@ -385,9 +381,9 @@ fn find_similar_banded(
     include_source: default!(bool, false),
     min_band: default!(Option<&str>, "NULL"),
 ) -> i64 {
-    crate::txn::require_editor("find similar customers");
+    crate::pg::txn::require_editor("find similar customers");
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         find_similar_impl(source, name, target, size_percent, include_source, min_band).or_raise()
     }))
 }
@@ -405,7 +401,7 @@ fn similarity(segment: i64) -> TableIterator<'static, (name!(key, String), name!
 #[pg_extern(schema = "segments", name = "similarity", stable)]
 fn similarity_banded(segment: i64) -> TableIterator<'static, (name!(key, String), name!(score, f32), name!(band, Option<String>))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         segment_row(segment).or_raise();
         let rows: Vec<(String, f32, Option<String>)> = Spi::connect(|client| {
             spi(client.select(
@@ -452,8 +448,8 @@ mod tests {
     #[test]
     fn choosing_keeps_the_best_above_the_threshold() {
         let scored = vec![(1, 0.9), (2, 0.39), (3, 0.7), (4, 0.95), (5, 0.7)];
-        assert_eq!(choose(scored.clone(), 3), vec![(4, 0.95), (1, 0.9), (3, 0.7)]);
-        assert_eq!(choose(scored.clone(), 10).len(), 4, "0.39 never qualifies");
+        assert_eq!(choose_from(scored.clone(), 3, MIN_SCORE), vec![(4, 0.95), (1, 0.9), (3, 0.7)]);
+        assert_eq!(choose_from(scored.clone(), 10, MIN_SCORE).len(), 4, "0.39 never qualifies");
         assert_eq!(choose_from(scored, 10, 0.85), vec![(4, 0.95), (1, 0.9)], "min_band high");
         assert_eq!((band(0.9), band(0.7), band(0.6), band(0.5)), (Some("high"), Some("medium"), Some("low"), None));
         assert!(band_floor("great").is_err());

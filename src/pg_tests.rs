@@ -101,7 +101,7 @@ mod tests {
             assert_eq!(estimate_members(&format!(r#"{{"not": {condition}}}"#)), complement, "not {condition}");
         }
         // Every operator of a definition is exercised above.
-        for op in crate::definition::ALL_OPS {
+        for op in segments_core::definition::ALL_OPS {
             let name = format!("\"op\": \"{}\"", op.name());
             assert!(cases.iter().any(|(c, _)| c.contains(&name)), "no truth-table case for {}", op.name());
         }

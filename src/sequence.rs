@@ -16,10 +16,13 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::bitmap::Members;
-use crate::catalog::{optional_value, spi, KeyKind, SpiCatalog, Catalog};
-use crate::evaluate::stored_members;
-use crate::sql::ident;
+use segments_core::bitmap::Members;
+use crate::pg::spi::{optional_value, spi};
+use segments_core::catalog::{KeyKind, Catalog};
+use crate::pg::catalog::SpiCatalog;
+use crate::engine::evaluate::stored_members;
+use segments_core::sql::ident;
+use crate::pg::error::Raise;
 
 /// An active segment connected to a sequence.
 #[derive(Debug, Clone)]
@@ -104,7 +107,7 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
             .iter()
             .map(|c| (*c, fresh.get(&c.segment).cloned().unwrap_or_else(|| stored_members(c.segment))))
             .collect();
-        let keys = crate::evaluate::keys_at(entity, &candidates);
+        let keys = crate::engine::evaluate::keys_at(entity, &candidates);
         let key_texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
         let current: HashMap<String, Option<i64>> = Spi::connect(|client| {
             spi(client.select(
@@ -158,7 +161,7 @@ fn key_type(entity: &str) -> String {
 #[pg_extern(schema = "segments")]
 fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
     let Some(table) = SpiCatalog.entity(entity) else {
-        crate::error::SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).raise()
+        crate::pg::error::SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).raise()
     };
     // An inner join rather than NOT EXISTS: Citus plans it on distributed
     // tables (a correlated subquery beside a set-returning function it
@@ -193,7 +196,7 @@ fn canonical(entity: &str, keys: &[String]) -> Vec<String> {
     let type_sql = key_type(entity);
     keys.iter()
         .map(|k| {
-            crate::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| {
+            crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| {
                 optional_value::<String>(&format!("SELECT ($1::{type_sql})::text"), &[k.as_str().into()])
             }))
             .ok()
@@ -247,10 +250,10 @@ mod tests {
 /// Creates a sales sequence for an entity, owned by the caller.
 #[pg_extern(schema = "segments")]
 fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
-    crate::txn::require_sequence_manager("create sequences");
-    crate::txn::call_internal::<i64>(
+    crate::pg::txn::require_sequence_manager("create sequences");
+    crate::pg::txn::call_internal::<i64>(
         "SELECT segments._create_sequence($1::regrole, $2, $3)",
-        vec![crate::txn::current_role().into(), name.map(str::to_string).into(), entity.to_string().into()],
+        vec![crate::pg::txn::current_role().into(), name.map(str::to_string).into(), entity.to_string().into()],
     )
     .expect("_create_sequence returns an id")
 }
@@ -258,10 +261,10 @@ fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
 /// Connects segments to a sequence; returns how many were newly connected.
 #[pg_extern(schema = "segments")]
 fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::txn::require_sequence_manager("connect segments to sequences");
-    crate::txn::call_internal::<i32>(
+    crate::pg::txn::require_sequence_manager("connect segments to sequences");
+    crate::pg::txn::call_internal::<i32>(
         "SELECT segments._connect_sequence($1::regrole, $2, $3)",
-        vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into(), segments.into()],
     )
     .unwrap_or(0)
 }
@@ -269,10 +272,10 @@ fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// Disconnects segments from a sequence; records already connected stay.
 #[pg_extern(schema = "segments")]
 fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::txn::require_sequence_manager("disconnect segments from sequences");
-    crate::txn::call_internal::<i32>(
+    crate::pg::txn::require_sequence_manager("disconnect segments from sequences");
+    crate::pg::txn::call_internal::<i32>(
         "SELECT segments._disconnect_sequence($1::regrole, $2, $3)",
-        vec![crate::txn::current_role().into(), sequence.into(), segments.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into(), segments.into()],
     )
     .unwrap_or(0)
 }
@@ -282,18 +285,18 @@ fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// otherwise.
 #[pg_extern(schema = "segments")]
 fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
-    crate::txn::require_sequence_manager("connect records to sequences");
-    let relation = crate::catalog::optional_value::<pg_sys::Oid>(
+    crate::pg::txn::require_sequence_manager("connect records to sequences");
+    let relation = crate::pg::spi::optional_value::<pg_sys::Oid>(
         "SELECT e.relation::oid FROM segments.sequence q JOIN segments.entity e ON e.name OPERATOR(pg_catalog.=) q.entity \
           WHERE q.id OPERATOR(pg_catalog.=) $1",
         &[sequence.into()],
     );
     if let Some(relation) = relation {
-        crate::txn::require_select(relation, &format!("the entity table of sequence {sequence}"));
+        crate::pg::txn::require_select(relation, &format!("the entity table of sequence {sequence}"));
     }
-    crate::txn::call_internal::<i32>(
+    crate::pg::txn::call_internal::<i32>(
         "SELECT segments._connect_records($1::regrole, $2, $3)",
-        vec![crate::txn::current_role().into(), sequence.into(), keys.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into(), keys.into()],
     )
     .unwrap_or(0)
 }
@@ -302,10 +305,10 @@ fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
 /// nobody new and keeps the records it has. Returns whether it changed.
 #[pg_extern(schema = "segments")]
 fn activate_sequence(sequence: i64) -> bool {
-    crate::txn::require_sequence_manager("activate sequences");
-    crate::txn::call_internal::<bool>(
+    crate::pg::txn::require_sequence_manager("activate sequences");
+    crate::pg::txn::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'active')",
-        vec![crate::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into()],
     )
     .unwrap_or(false)
 }
@@ -313,10 +316,10 @@ fn activate_sequence(sequence: i64) -> bool {
 /// Deactivates a sequence (see `activate_sequence`).
 #[pg_extern(schema = "segments")]
 fn deactivate_sequence(sequence: i64) -> bool {
-    crate::txn::require_sequence_manager("deactivate sequences");
-    crate::txn::call_internal::<bool>(
+    crate::pg::txn::require_sequence_manager("deactivate sequences");
+    crate::pg::txn::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'inactive')",
-        vec![crate::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into()],
     )
     .unwrap_or(false)
 }
@@ -324,20 +327,20 @@ fn deactivate_sequence(sequence: i64) -> bool {
 /// Drops a sequence with its segment connections and connected records.
 #[pg_extern(schema = "segments")]
 fn drop_sequence(sequence: i64) {
-    crate::txn::require_sequence_manager("drop sequences");
-    crate::txn::run_internal(
+    crate::pg::txn::require_sequence_manager("drop sequences");
+    crate::pg::txn::run_internal(
         "SELECT segments._drop_sequence($1::regrole, $2)",
-        vec![crate::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into()],
     );
 }
 
 /// Disconnects records from a sequence; returns how many were connected.
 #[pg_extern(schema = "segments")]
 fn disconnect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
-    crate::txn::require_sequence_manager("disconnect records from sequences");
-    crate::txn::call_internal::<i32>(
+    crate::pg::txn::require_sequence_manager("disconnect records from sequences");
+    crate::pg::txn::call_internal::<i32>(
         "SELECT segments._disconnect_records($1::regrole, $2, $3)",
-        vec![crate::txn::current_role().into(), sequence.into(), keys.into()],
+        vec![crate::pg::txn::current_role().into(), sequence.into(), keys.into()],
     )
     .unwrap_or(0)
 }

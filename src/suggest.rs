@@ -12,9 +12,11 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::catalog::{spi, Column, ColumnKind, Entity};
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::sql::ident;
+use crate::pg::spi::spi;
+
+use segments_core::catalog::{Column, ColumnKind, Entity};
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use segments_core::sql::ident;
 
 /// A candidate split and how its members compare with everyone.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +45,7 @@ pub fn rank(mut splits: Vec<Split>, population_avg: f64, population: i64, max: u
 fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
     entity.table.column(name).ok_or_else(|| {
         SegmentsError::UndefinedColumn(format!("column \"{name}\" does not exist on entity \"{}\"", entity.name))
-            .with_hint(crate::spelling::perhaps(name, entity.table.column_names()))
+            .with_hint(segments_core::spelling::perhaps(name, entity.table.column_names()))
             .into()
     })
 }
@@ -196,8 +198,8 @@ fn suggest_impl(
     influencing: Option<Vec<String>>,
     max_segments: i32,
 ) -> Result<Vec<(Value, i64, f64, f64)>, Reported> {
-    let entity = crate::catalog::registered_entity(entity)?;
-    let reference = crate::evaluate::reference_time_sql();
+    let entity = crate::pg::catalog::registered_entity(entity)?;
+    let reference = crate::engine::evaluate::reference_time_sql();
     let measure_sql = measure_sql(&entity, measure, &reference)?;
     if max_segments < 1 {
         return Err(SegmentsError::InvalidParameter(format!("max_segments must be 1 or more, not {max_segments}")).into());
@@ -251,7 +253,7 @@ fn suggest(
     ),
 > {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
         TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
     }))

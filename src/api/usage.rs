@@ -6,7 +6,7 @@
 
 use pgrx::prelude::*;
 
-use crate::txn::{require_editor, run_internal};
+use crate::pg::txn::{require_editor, run_internal};
 
 /// Records that `consumer` uses a segment; `live` false does not keep it in use.
 #[pg_extern(schema = "segments")]

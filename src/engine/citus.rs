@@ -11,9 +11,11 @@
 use pgrx::pg_sys;
 use pgrx::spi::Spi;
 
-use crate::catalog::{optional_value, spi, Entity};
-use crate::error::{Reported, SegmentsError};
-use crate::sql::{ident, literal};
+use crate::pg::spi::{optional_value, spi};
+
+use segments_core::catalog::Entity;
+use crate::pg::error::{Raise, Reported, SegmentsError};
+use segments_core::sql::{ident, literal};
 
 /// How Citus places a table: `method` is pg_dist_partition's partmethod
 /// (`h` hash-distributed, `n` reference or Citus-local), `column` the
@@ -49,7 +51,7 @@ pub fn placement(relation: pg_sys::Oid) -> Option<Placement> {
         return None;
     }
     pgrx::spi::Spi::connect(|client| {
-        let table = crate::catalog::spi(client.select(
+        let table = crate::pg::spi::spi(client.select(
             "SELECT p.partmethod::pg_catalog.text, \
                     CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' \
                          THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) END, \
@@ -63,9 +65,9 @@ pub fn placement(relation: pg_sys::Oid) -> Option<Placement> {
         }
         let row = table.first();
         Some(Placement {
-            method: crate::catalog::spi(row.get::<String>(1)).unwrap_or_default(),
-            column: crate::catalog::spi(row.get::<String>(2)),
-            colocation: crate::catalog::spi(row.get::<i32>(3)).unwrap_or(0),
+            method: crate::pg::spi::spi(row.get::<String>(1)).unwrap_or_default(),
+            column: crate::pg::spi::spi(row.get::<String>(2)),
+            colocation: crate::pg::spi::spi(row.get::<i32>(3)).unwrap_or(0),
         })
     })
 }
@@ -214,7 +216,7 @@ pub fn sync_key_replica(entity: &Entity) {
     let Some(replica) = entity.key_replica.as_deref() else {
         return;
     };
-    crate::txn::privileged(std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
         lock_and_ensure(entity, replica);
         let key = ident(&entity.key_column);
         let fresh_sql = format!(
@@ -256,7 +258,7 @@ pub fn sync_key_replica(entity: &Entity) {
 /// worker, and DDL on distributed tables is best done by a user's session.
 pub fn prepare_key_replica(entity: &Entity) {
     if let Some(replica) = entity.key_replica.as_deref() {
-        crate::txn::privileged(std::panic::AssertUnwindSafe(|| lock_and_ensure(entity, replica)));
+        crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| lock_and_ensure(entity, replica)));
     }
 }
 

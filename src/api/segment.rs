@@ -7,13 +7,17 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::Value;
 
-use crate::catalog::{optional_value, Catalog, SpiCatalog};
-use crate::compile::{columns_read, compile_definition};
-use crate::definition::SegmentRef;
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::reference_time_sql;
-use crate::schedule::{self, parse_cron, Schedule};
-use crate::settings;
+use crate::pg::spi::optional_value;
+
+use segments_core::catalog::Catalog;
+
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::{columns_read, compile_definition};
+use segments_core::definition::SegmentRef;
+use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
+use crate::engine::evaluate::reference_time_sql;
+use segments_core::schedule::{self, parse_cron, Schedule};
+use crate::pg::gucs;
 
 /// Validates a definition against the catalog and returns it with segment
 /// references stored by id, so that renaming a segment never breaks the
@@ -66,7 +70,7 @@ pub fn references_by_id(value: &mut Value, catalog: &dyn Catalog) {
 fn _check_definition(definition: &str, segment_id: Option<i64>) -> JsonB {
     // Text, not jsonb: a definition too deep for a recursive parser is
     // refused with its path before one sees it.
-    let definition = crate::definition::parse_json_text(definition).or_raise();
+    let definition = segments_core::definition::parse_json_text(definition).or_raise();
     JsonB(check_definition(&definition, segment_id).or_raise())
 }
 
@@ -79,8 +83,8 @@ fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
 
 /// The system refresh's cron, from `segments.system_schedule`.
 pub fn system_cron() -> croner::Cron {
-    let text = settings::text(&settings::SYSTEM_SCHEDULE).unwrap_or_else(|| "0 2 * * *".into());
-    parse_cron(&text).unwrap_or_else(|e| crate::error::SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
+    let text = gucs::text(&gucs::SYSTEM_SCHEDULE).unwrap_or_else(|| "0 2 * * *".into());
+    parse_cron(&text).unwrap_or_else(|e| crate::pg::error::SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
 }
 
 /// When a segment is next refreshed by the scheduler, as Unix epoch
@@ -113,13 +117,13 @@ fn _next_refresh_epoch(
     }
     let since = last_refreshed.unwrap_or(created);
     let since = chrono::DateTime::from_timestamp_micros((since * 1e6) as i64)?;
-    parsed.next_after(since, &system_cron(), &crate::settings::timezone()).map(|t| t.timestamp_micros() as f64 / 1e6)
+    parsed.next_after(since, &system_cron(), &crate::pg::gucs::timezone()).map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixture::customers;
+    use segments_core::catalog::fixture::customers;
     use serde_json::json;
 
     #[test]
@@ -136,13 +140,13 @@ mod tests {
 /// back to the setting `segments.max_active_segments`.
 #[pg_extern(schema = "segments")]
 fn set_limit(max_active: Option<i32>) {
-    crate::txn::require_admin("change the active-segment limit");
+    crate::pg::txn::require_admin("change the active-segment limit");
     if let Some(limit) = max_active {
         if limit < 1 {
-            crate::error::SegmentsError::InvalidParameter(format!("max_active must be 1 or more, not {limit}")).raise();
+            crate::pg::error::SegmentsError::InvalidParameter(format!("max_active must be 1 or more, not {limit}")).raise();
         }
     }
-    crate::txn::run_internal(
+    crate::pg::txn::run_internal(
         "INSERT INTO segments.limits (singleton, max_active_segments) VALUES (true, $1) \
          ON CONFLICT (singleton) DO UPDATE SET max_active_segments = EXCLUDED.max_active_segments",
         vec![max_active.into()],
@@ -156,29 +160,29 @@ fn set_limit(max_active: Option<i32>) {
 fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> i32 {
     let Some(ids) = segments.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>()) else { return 0 };
     let Some(owner) = owner else {
-        crate::error::SegmentsError::InvalidParameter("the new owner must not be NULL".into()).raise()
+        crate::pg::error::SegmentsError::InvalidParameter("the new owner must not be NULL".into()).raise()
     };
     if ids.is_empty() {
         return 0;
     }
-    crate::txn::require_editor("change segment owners");
+    crate::pg::txn::require_editor("change segment owners");
     // The checks run as the caller, so that they see the caller's role.
     for sql in [
         "SELECT segments._require_segments($1)",
         "SELECT segments._require_may_change('segment', s.name, s.owner) FROM segments.segment s
           WHERE s.id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY s.id",
     ] {
-        crate::catalog::spi(pgrx::spi::Spi::run_with_args(sql, &[ids.clone().into()]));
+        crate::pg::spi::spi(pgrx::spi::Spi::run_with_args(sql, &[ids.clone().into()]));
     }
     // SAFETY: is_member_of_role reads the role graph; both oids are roles.
-    if !unsafe { pg_sys::is_member_of_role(crate::txn::current_role(), owner) } {
-        let name = crate::catalog::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()]).unwrap_or_default();
-        crate::error::SegmentsError::InsufficientPrivilege(format!(
+    if !unsafe { pg_sys::is_member_of_role(crate::pg::txn::current_role(), owner) } {
+        let name = crate::pg::spi::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()]).unwrap_or_default();
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
             "permission denied to give segments to role {name}: you must be a member of it"
         ))
         .raise();
     }
-    crate::txn::call_internal::<i32>(
+    crate::pg::txn::call_internal::<i32>(
         "WITH changed AS (UPDATE segments.segment s SET owner = $2::regrole
             WHERE s.id OPERATOR(pg_catalog.=) ANY ($1) AND s.owner OPERATOR(pg_catalog.<>) $2::regrole RETURNING 1)
          SELECT pg_catalog.count(*)::integer FROM changed",

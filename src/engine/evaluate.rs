@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
-use crate::catalog::{optional_value, spi, KeyKind};
-use crate::compile::{CompiledSegment, Leaf, Plan};
-use crate::sql::{ident, literal};
+use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
+use crate::pg::spi::{optional_value, spi};
+use segments_core::catalog::KeyKind;
+use segments_core::compile::{CompiledSegment, Leaf, Plan};
+use segments_core::sql::{ident, literal};
 
 /// Postgres allows 1664 target columns; stay well below.
 const FILTERS_PER_SCAN: usize = 500;
@@ -40,7 +41,7 @@ pub fn reference_time_sql() -> String {
 fn bitmap_of(value: Option<Vec<u8>>) -> Members {
     match value {
         None => Members::new(),
-        Some(bytes) => deserialize(&bytes).unwrap_or_else(|e| crate::bitmap::corrupt(e)),
+        Some(bytes) => deserialize(&bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e)),
     }
 }
 
@@ -51,7 +52,7 @@ pub fn sync_dictionary(plan: &Plan) {
         return;
     }
     if plan.entity.key_replica.is_some() {
-        return crate::citus::sync_key_replica(&plan.entity);
+        return crate::engine::citus::sync_key_replica(&plan.entity);
     }
     // The anti-join finds the new keys in one pass over both (a merge or
     // hash join); ON CONFLICT alone would probe the index for every key of
@@ -67,7 +68,7 @@ pub fn sync_dictionary(plan: &Plan) {
     );
     // The dictionary is internal state: written as the extension, read
     // only by roles that may read the entity table (its RLS policy).
-    crate::txn::privileged(std::panic::AssertUnwindSafe(|| spi(Spi::run(&sql))));
+    crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| spi(Spi::run(&sql))));
 }
 
 /// Every query the plan runs, in order, for `explain`.
@@ -197,7 +198,7 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
 pub fn stored_members(segment_id: i64) -> Members {
     let bytes = optional_value::<Vec<u8>>("SELECT members FROM segments.membership WHERE segment_id = $1", &[segment_id.into()]);
     if bytes.is_none() {
-        crate::citus::refuse_on_worker("member_positions");
+        crate::engine::citus::refuse_on_worker("member_positions");
     }
     bitmap_of(bytes)
 }
@@ -241,7 +242,7 @@ pub fn keys_at(entity: &str, positions: &Members) -> Vec<(u64, String)> {
         optional_value::<String>("SELECT key_kind FROM segments.entity WHERE name = $1", &[entity.into()]).as_deref()
             == Some("dictionary");
     if !dictionary {
-        return positions.iter().map(|p| (p, crate::bitmap::key_of(p).to_string())).collect();
+        return positions.iter().map(|p| (p, segments_core::bitmap::key_of(p).to_string())).collect();
     }
     let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
     Spi::connect(|client| {

@@ -35,17 +35,6 @@ pub fn deserialize(bytes: &[u8]) -> std::io::Result<Members> {
     RoaringTreemap::deserialize_from(bytes)
 }
 
-/// Raises 22P03 (invalid_binary_representation) for an unreadable bitmap.
-pub fn corrupt(error: std::io::Error) -> ! {
-    pgrx::pg_sys::panic::ErrorReport::new(
-        pgrx::pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
-        format!("segments: corrupt membership bitmap: {error}"),
-        "segments",
-    )
-    .report(pgrx::pg_sys::elog::PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
-}
-
 /// The first `n` positions of a bitmap in key order (negative integer keys
 /// sit in the upper half of the position range and sort first), reading
 /// no more than it returns.

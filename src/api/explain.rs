@@ -12,13 +12,15 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::bitmap::position_of;
-use crate::catalog::{optional_value, Catalog, Entity, KeyKind, SpiCatalog};
-use crate::compile::Planner;
-use crate::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
-use crate::sql::{ident, literal, op};
+use segments_core::bitmap::position_of;
+use crate::pg::spi::optional_value;
+use segments_core::catalog::{Catalog, Entity, KeyKind};
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::Planner;
+use segments_core::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
+use segments_core::sql::{ident, literal, op};
 
 type Row = (String, Option<String>, Option<JsonB>, bool, Option<String>);
 
@@ -159,14 +161,14 @@ fn locate(entity: &Entity, key: &str) -> Result<(Option<u64>, String), Reported>
 }
 
 fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
-    let (raw, entity_name) = crate::catalog::optional_value::<JsonB>(
+    let (raw, entity_name) = crate::pg::spi::optional_value::<JsonB>(
         "SELECT definition FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1",
         &[segment.into()],
     )
     .map(|d| d.0)
     .zip(optional_value::<String>("SELECT entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1", &[segment.into()]))
     .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
-    let entity = crate::catalog::registered_entity(&entity_name)?;
+    let entity = crate::pg::catalog::registered_entity(&entity_name)?;
     let definition = Definition::parse(&raw)?;
     let (position, keys_sql) = locate(&entity, key)?;
     let probe = Probe { segment, entity: &entity, raw: &raw, keys_sql, position, reference: reference_time_sql() };
@@ -211,7 +213,7 @@ fn _explain_member(
 > {
     // As the caller, in the sandbox: values are read with the caller's
     // privileges (row-level security included).
-    let rows = crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| explain_member_rows(segment, key))).or_raise();
+    let rows = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| explain_member_rows(segment, key))).or_raise();
     TableIterator::new(rows)
 }
 

@@ -26,7 +26,7 @@ use crate::definition::{
     parse_condition, AggregateFunction, AttributeTest, Combine, Condition, ConditionKind, Definition, Op, Operand,
     RelatedMeasure, RelatedTest, RelativeDuration, Rule, RuleBody, SegmentRef,
 };
-use crate::error::{Reported, SegmentsError};
+use crate::error::{invalid, Reported, SegmentsError};
 use crate::sql::{ident, literal, op};
 use crate::spelling::perhaps;
 use crate::validate::{check_op, literal_text};
@@ -121,10 +121,6 @@ pub struct Planner<'a> {
     related_of: HashMap<Leaf, String>,
 }
 
-
-fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
-    SegmentsError::InvalidParameter(format!("{path}: {message}"))
-}
 
 
 

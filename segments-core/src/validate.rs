@@ -7,11 +7,7 @@ use serde_json::Value;
 
 use crate::catalog::{Column, ColumnKind};
 use crate::definition::Op;
-use crate::error::SegmentsError;
-
-fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
-    SegmentsError::InvalidParameter(format!("{path}: {message}"))
-}
+use crate::error::{invalid, SegmentsError};
 
 /// Refuses an operator that does not apply to the column's type.
 pub fn check_op(path: &str, column: &Column, op: Op, ignore_case: bool) -> Result<(), SegmentsError> {

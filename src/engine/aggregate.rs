@@ -20,7 +20,9 @@ use std::ffi::c_void;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::bitmap::{corrupt, deserialize, position_of, serialize, Members};
+use crate::pg::error::corrupt;
+
+use segments_core::bitmap::{deserialize, position_of, serialize, Members};
 
 // ---- the accumulator ------------------------------------------------------
 

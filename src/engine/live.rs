@@ -23,14 +23,16 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::Value;
 
-use crate::bitmap::{position_of, serialize, Members};
-use crate::catalog::{optional_value, spi, Catalog, KeyKind, SpiCatalog};
-use crate::compile::Planner;
-use crate::error::OrRaise;
-use crate::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
-use crate::refresh::{compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
-use crate::sql::{ident, literal};
-use crate::txn::{in_subtransaction, writing_transaction};
+use segments_core::bitmap::{position_of, serialize, Members};
+use crate::pg::spi::{optional_value, spi};
+use segments_core::catalog::{Catalog, KeyKind};
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::Planner;
+use crate::pg::error::OrRaise;
+use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
+use crate::engine::refresh::{compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
+use segments_core::sql::{ident, literal};
+use crate::pg::txn::{in_subtransaction, writing_transaction};
 
 /// Trigger names: one per operation, relation, entity and key column.
 fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
@@ -93,7 +95,7 @@ pub fn sync_capture() {
     let read = columns_read_by_live_segments();
     let mut wanted = BTreeSet::new();
     for (relation, entity, column, relation_sql, source) in &needed {
-        crate::citus::refuse_capture(*relation, relation_sql).or_raise();
+        crate::engine::citus::refuse_capture(*relation, relation_sql).or_raise();
         // An UPDATE matters only when it sets a column a live segment reads
         // (or the key): other updates do not even fire the trigger.
         let mut columns: BTreeSet<String> = read
@@ -174,8 +176,8 @@ fn columns_read_by_live_segments() -> HashMap<String, Vec<(String, String)>> {
             definitions.push(serde_json::json!({"entity": entity_name, "rules": [{"where": eligible}]}));
         }
         for definition in definitions {
-            if let Ok(parsed) = crate::definition::Definition::parse(&definition) {
-                out.entry(entity_name.clone()).or_default().extend(crate::compile::columns_read(&parsed, &entity));
+            if let Ok(parsed) = segments_core::definition::Definition::parse(&definition) {
+                out.entry(entity_name.clone()).or_default().extend(segments_core::compile::columns_read(&parsed, &entity));
             }
         }
     }
@@ -206,7 +208,7 @@ fn live_targets(entity: &str) -> Vec<Target> {
 
 /// Bitmap positions of the changed keys, and the SQL array of the keys in
 /// the key's own type for the restricted queries.
-fn positions_of(entity: &crate::catalog::Entity, keys: &[String]) -> (Members, String) {
+fn positions_of(entity: &segments_core::catalog::Entity, keys: &[String]) -> (Members, String) {
     match entity.key_kind {
         KeyKind::Integer => {
             let ints: Vec<i64> = keys.iter().filter_map(|k| k.trim().parse::<i64>().ok()).collect();
@@ -248,22 +250,22 @@ fn positions_of(entity: &crate::catalog::Entity, keys: &[String]) -> (Members, S
 /// when it is computed). The three are compiled from the same definitions
 /// in the same order, so their leaves line up.
 struct OwnerPlan {
-    restricted: crate::compile::Plan,
-    compiled: HashMap<i64, Result<crate::compile::CompiledSegment, String>>,
-    full: crate::compile::Plan,
-    identity: crate::compile::Plan,
+    restricted: segments_core::compile::Plan,
+    compiled: HashMap<i64, Result<segments_core::compile::CompiledSegment, String>>,
+    full: segments_core::compile::Plan,
+    identity: segments_core::compile::Plan,
 }
 
-type Compiled = HashMap<i64, Result<crate::compile::CompiledSegment, String>>;
+type Compiled = HashMap<i64, Result<segments_core::compile::CompiledSegment, String>>;
 
 /// Compiles `targets` (sorted by id, so that leaves are numbered alike
 /// across plans) into one plan; `restrict` sets the planner's restrictions.
-fn plan_for(entity: &str, targets: &[&Target], reference: &str, restrict: impl FnOnce(&mut Planner)) -> Option<(crate::compile::Plan, Compiled)> {
+fn plan_for(entity: &str, targets: &[&Target], reference: &str, restrict: impl FnOnce(&mut Planner)) -> Option<(segments_core::compile::Plan, Compiled)> {
     let mut planner = Planner::new(&SpiCatalog, entity, "entity", reference).ok()?;
     restrict(&mut planner);
-    let mut compiled: Vec<(i64, Result<crate::compile::CompiledSegment, String>)> =
+    let mut compiled: Vec<(i64, Result<segments_core::compile::CompiledSegment, String>)> =
         targets.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(|e| e.to_string()))).collect();
-    let mut refs: Vec<&mut crate::compile::CompiledSegment> = compiled.iter_mut().filter_map(|(_, c)| c.as_mut().ok()).collect();
+    let mut refs: Vec<&mut segments_core::compile::CompiledSegment> = compiled.iter_mut().filter_map(|(_, c)| c.as_mut().ok()).collect();
     let plan = planner.finish(&mut refs);
     Some((plan, compiled.into_iter().collect()))
 }
@@ -319,10 +321,10 @@ fn related_values(
 }
 
 /// One related leaf's query, run as `owner` in the sandbox.
-fn related_as(owner: pg_sys::Oid, leaf: &crate::compile::Leaf) -> Result<RelatedValue, String> {
+fn related_as(owner: pg_sys::Oid, leaf: &segments_core::compile::Leaf) -> Result<RelatedValue, String> {
     let leaf = AssertUnwindSafe(leaf);
     in_subtransaction(AssertUnwindSafe(|| {
-        crate::txn::as_role(owner, AssertUnwindSafe(|| crate::evaluate::related_value(&leaf).unwrap_or_default()))
+        crate::pg::txn::as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::related_value(&leaf).unwrap_or_default()))
     }))
 }
 
@@ -338,7 +340,7 @@ fn kept_related_value(owner: pg_sys::Oid, entity: &str, identity: &str) -> Optio
         let row = table.into_iter().next()?;
         let matching = spi(row.get::<Vec<u8>>(1))?;
         let with_rows = spi(row.get::<Vec<u8>>(2));
-        let read = |bytes: &[u8]| crate::bitmap::deserialize(bytes).unwrap_or_else(|e| crate::bitmap::corrupt(e));
+        let read = |bytes: &[u8]| segments_core::bitmap::deserialize(bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e));
         Some(RelatedValue { matching: read(&matching), with_rows: with_rows.as_deref().map(read) })
     })
 }
@@ -408,7 +410,7 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
             plans.insert(*owner, OwnerPlan { restricted, compiled, full, identity });
         }
     }
-    let mut values: HashMap<pg_sys::Oid, Result<crate::evaluate::LeafValues, String>> = HashMap::new();
+    let mut values: HashMap<pg_sys::Oid, Result<crate::engine::evaluate::LeafValues, String>> = HashMap::new();
     let mut fresh: HashMap<i64, Members> = HashMap::new();
     let mut entered_by_segment: HashMap<i64, Members> = HashMap::new();
     let mut runs = Vec::new();
@@ -506,7 +508,7 @@ pub fn apply_changes() -> Vec<i64> {
         if changes.iter().any(|(key, _)| key.is_none()) {
             // A TRUNCATE: everything changed.
             let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
-            let outcomes = crate::refresh::refresh_segments(Some(&ids), Trigger::Live, false).unwrap_or_default();
+            let outcomes = crate::engine::refresh::refresh_segments(Some(&ids), Trigger::Live, false).unwrap_or_default();
             runs.extend(outcomes.iter().map(|o| o.run_id));
             continue;
         }
@@ -525,14 +527,14 @@ pub fn apply_changes() -> Vec<i64> {
 /// lifecycle trigger calls it when schedules, states or definitions change.
 #[pg_extern(schema = "segments")]
 fn _sync_capture() {
-    crate::txn::privileged(sync_capture);
+    crate::pg::txn::privileged(sync_capture);
 }
 
 /// One application of queued changes, for `segments.apply_changes()`.
 #[pg_extern(schema = "segments")]
 fn _apply_changes() -> Vec<i64> {
-    crate::txn::require_editor("apply changes to live segments");
-    crate::txn::privileged(apply_changes)
+    crate::pg::txn::require_editor("apply changes to live segments");
+    crate::pg::txn::privileged(apply_changes)
 }
 
 pgrx::extension_sql!(

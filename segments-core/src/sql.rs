@@ -27,12 +27,6 @@ pub fn op(symbol: &str) -> String {
     format!("OPERATOR(pg_catalog.{symbol})")
 }
 
-/// A literal of a given SQL type, e.g. `'DE'::text`. `type_sql` is the
-/// catalog's `format_type` output, never user input.
-pub fn typed_literal(value: &str, type_sql: &str) -> String {
-    format!("{}::{}", literal(value), type_sql)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,10 +45,5 @@ mod tests {
         assert_eq!(literal("'); DROP TABLE customers; --"), "'''); DROP TABLE customers; --'");
         assert_eq!(literal("a\\'b"), "E'a\\\\''b'");
         assert_eq!(literal("ünï €"), "'ünï €'");
-    }
-
-    #[test]
-    fn typed_literals_append_the_catalog_type() {
-        assert_eq!(typed_literal("30", "integer"), "'30'::integer");
     }
 }

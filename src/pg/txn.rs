@@ -6,6 +6,7 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
+use crate::pg::error::Raise;
 
 /// The search path every statement the extension runs on someone's behalf
 /// runs under: nothing a role can create is ever found by name.
@@ -80,7 +81,7 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
         );
         // Calendar days (on, is_today, is_anniversary, date windows) follow
         // segments.timezone, never the zone of the session that refreshes.
-        let zone = std::ffi::CString::new(crate::settings::timezone_name()).unwrap_or_default();
+        let zone = std::ffi::CString::new(crate::pg::gucs::timezone_name()).unwrap_or_default();
         pg_sys::set_config_option(
             c"TimeZone".as_ptr(),
             zone.as_ptr(),
@@ -134,7 +135,7 @@ pub fn legacy_schema() -> bool {
     let transaction = unsafe { (*pg_sys::MyProc).lxid };
     let cached = SCHEMA_VERSION.with(|v| v.borrow().as_ref().filter(|(t, _)| *t == transaction).map(|(_, v)| v.clone()));
     let version = cached.unwrap_or_else(|| {
-        let version = crate::catalog::optional_value::<String>(
+        let version = crate::pg::spi::optional_value::<String>(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'segments'",
             &[],
         )
@@ -157,7 +158,7 @@ pub fn has_role(role: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
 /// Refuses (42501) a caller that is not a `segments_editor` (or above).
 pub fn require_editor(what: &str) {
     if !has_role(current_role(), c"segments_editor") {
-        crate::error::SegmentsError::InsufficientPrivilege(format!(
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
             "permission denied to {what}: only members of segments_editor may"
         ))
         .raise();
@@ -168,7 +169,7 @@ pub fn require_editor(what: &str) {
 /// admin, or superuser).
 pub fn require_sequence_manager(what: &str) {
     if !has_role(current_role(), c"segments_sequence_manager") {
-        crate::error::SegmentsError::InsufficientPrivilege(format!(
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
             "permission denied to {what}: only members of segments_sequence_manager or segments_admin may"
         ))
         .raise();
@@ -178,7 +179,7 @@ pub fn require_sequence_manager(what: &str) {
 /// Refuses (42501) a caller that is not a `segments_admin` (or superuser).
 pub fn require_admin(what: &str) {
     if !has_role(current_role(), c"segments_admin") {
-        crate::error::SegmentsError::InsufficientPrivilege(format!(
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
             "permission denied to {what}: only members of segments_admin may"
         ))
         .raise();
@@ -191,7 +192,7 @@ pub fn require_select(relation: pg_sys::Oid, what: &str) {
     let ok = unsafe { pg_sys::pg_class_aclcheck(relation, current_role(), pg_sys::ACL_SELECT as pg_sys::AclMode) }
         == pg_sys::AclResult::ACLCHECK_OK;
     if !ok {
-        crate::error::SegmentsError::InsufficientPrivilege(format!("permission denied for {what}")).raise();
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!("permission denied for {what}")).raise();
     }
 }
 
@@ -282,10 +283,10 @@ pub fn call_internal<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     sql: &str,
     args: Vec<pgrx::datum::DatumWithOid<'static>>,
 ) -> Option<T> {
-    privileged(std::panic::AssertUnwindSafe(|| crate::catalog::spi(pgrx::spi::Spi::get_one_with_args::<T>(sql, &args))))
+    privileged(std::panic::AssertUnwindSafe(|| crate::pg::spi::spi(pgrx::spi::Spi::get_one_with_args::<T>(sql, &args))))
 }
 
 /// `call_internal` for functions returning void.
 pub fn run_internal(sql: &str, args: Vec<pgrx::datum::DatumWithOid<'static>>) {
-    privileged(std::panic::AssertUnwindSafe(|| crate::catalog::spi(pgrx::spi::Spi::run_with_args(sql, &args))))
+    privileged(std::panic::AssertUnwindSafe(|| crate::pg::spi::spi(pgrx::spi::Spi::run_with_args(sql, &args))))
 }

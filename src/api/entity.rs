@@ -7,12 +7,14 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::{JsonB, PgRelation};
 
-use crate::bitmap::key_of;
-use crate::catalog::{spi, Catalog, KeyKind, SpiCatalog, Table};
-use crate::compile::Planner;
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{reference_time_sql, stored_members};
-use crate::sql::{ident, literal};
+use segments_core::bitmap::key_of;
+use crate::pg::spi::spi;
+use segments_core::catalog::{Catalog, KeyKind, Table};
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::Planner;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::{reference_time_sql, stored_members};
+use segments_core::sql::{ident, literal};
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()
@@ -30,7 +32,7 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
 
 fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
     SegmentsError::UndefinedColumn(format!("column \"{column}\" does not exist on {owner}"))
-        .with_hint(crate::spelling::perhaps(column, table.column_names()))
+        .with_hint(segments_core::spelling::perhaps(column, table.column_names()))
 }
 
 fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
@@ -138,11 +140,11 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
         "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
         ident(&members_view_name(entity))
     )));
-    if let Some(warning) = crate::citus::entity_warning(&table.relation_sql, key_column, crate::citus::placement(relation).as_ref()) {
+    if let Some(warning) = crate::engine::citus::entity_warning(&table.relation_sql, key_column, crate::engine::citus::placement(relation).as_ref()) {
         pgrx::warning!("segments: {warning}");
     }
     if let Some(registered) = SpiCatalog.entity(entity) {
-        crate::citus::prepare_key_replica(&registered);
+        crate::engine::citus::prepare_key_replica(&registered);
     }
     Ok(())
 }
@@ -155,10 +157,10 @@ fn register_entity(
     key_column: &str,
     eligible: default!(Option<JsonB>, "NULL"),
 ) {
-    crate::txn::require_admin("register entities");
-    crate::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    crate::pg::txn::require_admin("register entities");
+    crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::txn::privileged(AssertUnwindSafe(|| register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))))
+    crate::pg::txn::privileged(AssertUnwindSafe(|| register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))))
         .or_raise()
 }
 
@@ -170,7 +172,7 @@ fn register_related_impl(
     time_column: Option<&str>,
 ) -> Result<(), Reported> {
     check_name("related table", name, 63)?;
-    let owner = crate::catalog::registered_entity(entity)?;
+    let owner = crate::pg::catalog::registered_entity(entity)?;
     if owner.related(name).is_some() {
         return Err(SegmentsError::DuplicateObject(format!(
             "related table \"{name}\" is already registered for entity \"{entity}\""
@@ -196,17 +198,17 @@ fn register_related_impl(
         "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column) VALUES ($1, $2, $3::oid::regclass, $4, $5)",
         &[entity.into(), name.into(), relation.into(), foreign_key.into(), time_column.into()],
     ));
-    let entity_relation = crate::catalog::optional_value::<pg_sys::Oid>(
+    let entity_relation = crate::pg::spi::optional_value::<pg_sys::Oid>(
         "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
         &[entity.into()],
     );
     if let Some(entity_relation) = entity_relation {
-        let warning = crate::citus::related_warning(
+        let warning = crate::engine::citus::related_warning(
             &table.relation_sql,
             foreign_key,
-            crate::citus::placement(relation).as_ref(),
+            crate::engine::citus::placement(relation).as_ref(),
             &owner.table.relation_sql,
-            crate::citus::placement(entity_relation).as_ref(),
+            crate::engine::citus::placement(entity_relation).as_ref(),
         );
         if let Some(warning) = warning {
             pgrx::warning!("segments: {warning}");
@@ -224,15 +226,15 @@ fn register_related(
     foreign_key: &str,
     time_column: default!(Option<&str>, "NULL"),
 ) {
-    crate::txn::require_admin("register related tables");
-    crate::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    crate::pg::txn::require_admin("register related tables");
+    crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::txn::privileged(AssertUnwindSafe(|| register_related_impl(entity, name, relation, foreign_key, time_column)))
+    crate::pg::txn::privileged(AssertUnwindSafe(|| register_related_impl(entity, name, relation, foreign_key, time_column)))
         .or_raise()
 }
 
 fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
-    crate::catalog::registered_entity(entity)?;
+    crate::pg::catalog::registered_entity(entity)?;
     let users = spi(Spi::get_one_with_args::<String>(
         "SELECT string_agg(format('%s (%s)', name, id), ', ' ORDER BY name) FROM segments.segment WHERE entity = $1",
         &[entity.into()],
@@ -244,7 +246,7 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
         .with_hint(Some("Delete those segments first with segments.delete().".into())));
     }
     spi(Spi::run(&format!("DROP VIEW IF EXISTS segments.{}", ident(&members_view_name(entity)))));
-    crate::citus::drop_key_replica(entity);
+    crate::engine::citus::drop_key_replica(entity);
     spi(Spi::run_with_args("DELETE FROM segments.entity WHERE name = $1", &[entity.into()]));
     Ok(())
 }
@@ -252,8 +254,8 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
 /// Removes an entity registration; refused while segments use it.
 #[pg_extern(schema = "segments")]
 fn unregister_entity(entity: &str) {
-    crate::txn::require_admin("unregister entities");
-    crate::txn::privileged(AssertUnwindSafe(|| unregister_entity_impl(entity))).or_raise()
+    crate::pg::txn::require_admin("unregister entities");
+    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_entity_impl(entity))).or_raise()
 }
 
 /// The bitmap positions of a segment's members (integer keys are their own
@@ -270,7 +272,7 @@ fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
 /// shards, with the bitmap shipped to them.
 #[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
 fn bitmap_positions(bitmap: &[u8]) -> SetOfIterator<'static, i64> {
-    let members = crate::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::bitmap::corrupt(e));
+    let members = segments_core::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::pg::error::corrupt(e));
     SetOfIterator::new(members.into_iter().map(key_of))
 }
 
@@ -285,7 +287,7 @@ thread_local! {
 /// roles that could read them from the table itself.
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _can_read_entity(entity: &str) -> bool {
-    let role = crate::txn::current_role();
+    let role = crate::pg::txn::current_role();
     // SAFETY: MyProc is this backend's PGPROC, valid for its whole life.
     let transaction = unsafe { (*pg_sys::MyProc).lxid };
     let cached = READABLE.with(|c| {
@@ -297,7 +299,7 @@ fn _can_read_entity(entity: &str) -> bool {
     if let Some(ok) = cached {
         return ok;
     }
-    let ok = crate::catalog::optional_value::<bool>(
+    let ok = crate::pg::spi::optional_value::<bool>(
         "SELECT pg_catalog.has_table_privilege(relation::oid, 'SELECT') FROM segments.entity \
           WHERE name OPERATOR(pg_catalog.=) $1",
         &[entity.into()],
@@ -308,7 +310,7 @@ fn _can_read_entity(entity: &str) -> bool {
 }
 
 fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
-    let exists = crate::catalog::optional_value::<bool>(
+    let exists = crate::pg::spi::optional_value::<bool>(
         "SELECT true FROM segments.related WHERE entity OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
         &[entity.into(), name.into()],
     );
@@ -341,8 +343,8 @@ fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
 /// dropped); refused while segments read it.
 #[pg_extern(schema = "segments")]
 fn unregister_related(entity: &str, name: &str) {
-    crate::txn::require_admin("unregister related tables");
-    crate::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name))).or_raise()
+    crate::pg::txn::require_admin("unregister related tables");
+    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name))).or_raise()
 }
 
 // ---- members views that follow their tables --------------------------------
@@ -396,7 +398,7 @@ fn release_members_view(entity: &str) {
     // A view of the user's built on the members view keeps it: dropping it
     // would take theirs along. The ALTER TABLE then meets PostgreSQL's own
     // dependency checks, which name that view.
-    let has_dependents = crate::catalog::optional_value::<bool>(
+    let has_dependents = crate::pg::spi::optional_value::<bool>(
         "SELECT true FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid \
           WHERE d.refobjid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
             AND r.ev_class OPERATOR(pg_catalog.<>) pg_catalog.to_regclass($1) LIMIT 1",
@@ -430,7 +432,7 @@ fn release_members_view(entity: &str) {
 fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
     // SAFETY: called only as the event trigger function declared below.
     let Some(relation) = (unsafe { altered_relation(fcinfo) }) else { return };
-    crate::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<String> = Spi::connect(|client| {
             spi(client.select(
                 "SELECT name FROM segments.entity WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
@@ -450,7 +452,7 @@ fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
 /// members view is missing gets it back, with the grants it had.
 #[pg_extern(schema = "segments", sql = false)]
 fn _members_view_restore(_fcinfo: pg_sys::FunctionCallInfo) {
-    crate::txn::privileged(AssertUnwindSafe(restore_members_views));
+    crate::pg::txn::privileged(AssertUnwindSafe(restore_members_views));
 }
 
 pub fn restore_members_views() {
@@ -479,7 +481,7 @@ pub fn restore_members_views() {
                     let to = if grantee == pg_sys::InvalidOid {
                         "PUBLIC".to_string()
                     } else {
-                        crate::catalog::optional_value::<String>("SELECT $1::pg_catalog.regrole::pg_catalog.text", &[grantee.into()])
+                        crate::pg::spi::optional_value::<String>("SELECT $1::pg_catalog.regrole::pg_catalog.text", &[grantee.into()])
                             .unwrap_or_else(|| "PUBLIC".into())
                     };
                     let option = if grantable { " WITH GRANT OPTION" } else { "" };
@@ -524,8 +526,8 @@ CREATE EVENT TRIGGER segments_members_view_restore ON ddl_command_end
 /// an older version get this version's shape). Admins only.
 #[pg_extern(schema = "segments")]
 fn _remake_members_views() {
-    crate::txn::require_admin("remake members views");
-    crate::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::txn::require_admin("remake members views");
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<(String, pg_sys::Oid)> = Spi::connect(|client| {
             spi(client.select("SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name", None, &[]))
                 .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap()))

@@ -10,9 +10,11 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
-use crate::catalog::{optional_value, spi, KeyKind};
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{keys_at, stored_members};
+use crate::pg::spi::{optional_value, spi};
+
+use segments_core::catalog::KeyKind;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::{keys_at, stored_members};
 
 fn segment_row(segment: i64) -> Result<(String, String), Reported> {
     Spi::connect(|client| {
@@ -86,13 +88,13 @@ fn members_at_impl(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> Resu
 /// refresh at or before `at`, within the history retention.
 #[pg_extern(schema = "segments", stable)]
 fn members_at(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> SetOfIterator<'static, String> {
-    let keys = crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| members_at_impl(segment, at))).or_raise();
+    let keys = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| members_at_impl(segment, at))).or_raise();
     SetOfIterator::new(keys)
 }
 
 fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     let (source_name, entity_name) = segment_row(segment)?;
-    let entity = crate::catalog::registered_entity(&entity_name)?;
+    let entity = crate::pg::catalog::registered_entity(&entity_name)?;
     let members = stored_members(segment);
     let keys: Vec<Value> = keys_at(&entity_name, &members)
         .into_iter()
@@ -119,7 +121,7 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     .expect("create_segment returns an id");
     // The copy's membership is the source's, as of now.
     let count = members.len() as i64;
-    crate::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
             "INSERT INTO segments.membership (segment_id, members, member_count, refreshed_at) \
              SELECT $1, members, member_count, pg_catalog.now() FROM segments.membership WHERE segment_id OPERATOR(pg_catalog.=) $2",
@@ -138,6 +140,6 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
 /// its id.
 #[pg_extern(schema = "segments")]
 fn freeze(segment: i64, name: &str) -> i64 {
-    crate::txn::require_editor("freeze segments");
-    crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| freeze_impl(segment, name))).or_raise()
+    crate::pg::txn::require_editor("freeze segments");
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| freeze_impl(segment, name))).or_raise()
 }

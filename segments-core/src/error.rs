@@ -1,8 +1,7 @@
-//! The one error type of the extension. Every variant knows its SQLSTATE, so
-//! a user (or a client library) can tell a bad definition from a missing
-//! column from a refused delete without parsing messages.
-
-use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+//! The one error type of segments. Every variant knows its SQLSTATE, so a
+//! user (or a client library) can tell a bad definition from a missing
+//! column from a refused delete without parsing messages. The extension
+//! raises these as Postgres errors (`pg::error` there).
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SegmentsError {
@@ -50,24 +49,7 @@ pub struct Reported {
 }
 
 impl SegmentsError {
-    pub fn sqlstate(&self) -> PgSqlErrorCode {
-        use PgSqlErrorCode::*;
-        match self {
-            SegmentsError::InvalidParameter(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            SegmentsError::UndefinedColumn(_) => ERRCODE_UNDEFINED_COLUMN,
-            SegmentsError::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
-            SegmentsError::UndefinedObject(_) => ERRCODE_UNDEFINED_OBJECT,
-            SegmentsError::DuplicateObject(_) => ERRCODE_DUPLICATE_OBJECT,
-            SegmentsError::DependentObjects(_) => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-            SegmentsError::InsufficientPrivilege(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            SegmentsError::LimitExceeded(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            SegmentsError::ObjectInUse(_) => ERRCODE_OBJECT_IN_USE,
-            SegmentsError::InvalidState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            SegmentsError::FeatureNotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
-        }
-    }
-
-    /// The five-character SQLSTATE, for tests and logs.
+    /// The five-character SQLSTATE: the one place a kind of error gets its code.
     pub fn code(&self) -> &'static str {
         match self {
             SegmentsError::InvalidParameter(_) => "22023",
@@ -87,11 +69,6 @@ impl SegmentsError {
     pub fn with_hint(self, hint: Option<String>) -> Reported {
         Reported { error: self, hint }
     }
-
-    /// Raises the error in Postgres: the current transaction is aborted.
-    pub fn raise(self) -> ! {
-        Reported { error: self, hint: None }.raise()
-    }
 }
 
 impl From<SegmentsError> for Reported {
@@ -106,33 +83,10 @@ impl std::fmt::Display for Reported {
     }
 }
 
-impl Reported {
-    pub fn raise(self) -> ! {
-        let mut report = pgrx::pg_sys::panic::ErrorReport::new(
-            self.error.sqlstate(),
-            self.error.to_string(),
-            "segments",
-        );
-        if let Some(hint) = self.hint {
-            report = report.set_hint(hint);
-        }
-        report.report(pgrx::pg_sys::elog::PgLogLevel::ERROR);
-        unreachable!("ERROR does not return")
-    }
-}
-
 pub type Result<T, E = Reported> = std::result::Result<T, E>;
 
-/// `result.or_raise()` turns an error into a Postgres ERROR.
-pub trait OrRaise<T> {
-    fn or_raise(self) -> T;
-}
-
-impl<T, E: Into<Reported>> OrRaise<T> for std::result::Result<T, E> {
-    fn or_raise(self) -> T {
-        match self {
-            Ok(value) => value,
-            Err(error) => error.into().raise(),
-        }
-    }
+/// A malformed definition or argument at `path` (22023): the message names
+/// where in the definition the problem is.
+pub fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
+    SegmentsError::InvalidParameter(format!("{path}: {message}"))
 }

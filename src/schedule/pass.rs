@@ -15,13 +15,13 @@ use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::catalog::spi;
-use crate::error::{OrRaise, SegmentsError};
-use crate::refresh::{refresh_segments, Trigger};
-use crate::schedule::{parse_cron, Schedule};
-use crate::segment::system_cron;
-use crate::settings;
-use crate::txn::writing_transaction;
+use crate::pg::spi::spi;
+use crate::pg::error::{OrRaise, Raise, SegmentsError};
+use crate::engine::refresh::{refresh_segments, Trigger};
+use segments_core::schedule::{parse_cron, Schedule};
+use crate::api::segment::system_cron;
+use crate::pg::gucs;
+use crate::pg::txn::writing_transaction;
 
 fn from_epoch(seconds: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((seconds * 1e6) as i64).unwrap_or_default()
@@ -96,12 +96,12 @@ pub fn plan_pass() -> Due {
     let system = system_cron();
 
     // The system refresh: locked, so that passes never overlap.
-    let zone = crate::settings::timezone();
-    let system_due = crate::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
-    let cleanup_cron = settings::text(&settings::CLEANUP_SCHEDULE).unwrap_or_else(|| "30 1 * * *".into());
+    let zone = crate::pg::gucs::timezone();
+    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
+    let cleanup_cron = gucs::text(&gucs::CLEANUP_SCHEDULE).unwrap_or_else(|| "30 1 * * *".into());
     let cleanup_cron = parse_cron(&cleanup_cron)
         .unwrap_or_else(|e| SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise());
-    let cleanup_due = crate::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
+    let cleanup_due = segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
 
     if cleanup_due {
         let deactivated = spi(Spi::get_one::<i64>("SELECT count(*) FROM segments.deactivate_unused()")).unwrap_or(0);
@@ -113,7 +113,7 @@ pub fn plan_pass() -> Due {
 
     let mut by_system = Vec::new();
     let mut by_schedule = Vec::new();
-    let naptime = settings::NAPTIME.get().max(1) as f64;
+    let naptime = gucs::NAPTIME.get().max(1) as f64;
     for candidate in candidates() {
         // A segment that keeps failing waits naptime, then twice that, ...
         // up to an hour after its last attempt.
@@ -186,8 +186,8 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
     let mut runs = Vec::new();
     {
         let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
-        let failed = outcomes.iter().filter(|o| o.status == crate::refresh::RunStatus::Failed).count();
-        for outcome in outcomes.iter().filter(|o| o.status == crate::refresh::RunStatus::Failed) {
+        let failed = outcomes.iter().filter(|o| o.status == crate::engine::refresh::RunStatus::Failed).count();
+        for outcome in outcomes.iter().filter(|o| o.status == crate::engine::refresh::RunStatus::Failed) {
             log!(
                 "segments: refresh of segment {} failed: {}",
                 outcome.segment_id,
@@ -208,7 +208,7 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
 /// Drops history older than `segments.history_retention`.
 pub fn trim_history() {
     writing_transaction();
-    let retention = settings::text(&settings::HISTORY_RETENTION).unwrap_or_else(|| "90 days".into());
+    let retention = gucs::text(&gucs::HISTORY_RETENTION).unwrap_or_else(|| "90 days".into());
     spi(Spi::run_with_args(
         "DELETE FROM segments.refresh_run WHERE started_at < clock_timestamp() - $1::interval",
         &[retention.as_str().into()],
@@ -230,8 +230,8 @@ pub fn run_pass() -> Vec<i64> {
 /// extension, each segment evaluated as its owner.
 #[pg_extern(schema = "segments")]
 fn _run_due() -> Vec<i64> {
-    crate::txn::require_editor("run the scheduler");
-    crate::txn::privileged(run_pass)
+    crate::pg::txn::require_editor("run the scheduler");
+    crate::pg::txn::privileged(run_pass)
 }
 
 pgrx::extension_sql!(

@@ -38,7 +38,7 @@ unsafe fn value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
 unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
     match unsafe { value(newval) } {
         None => true,
-        Some(text) => match crate::schedule::parse_cron(text.trim()) {
+        Some(text) => match segments_core::schedule::parse_cron(text.trim()) {
             Ok(_) => true,
             Err(e) => unsafe { refuse(&e.to_string()) },
         },
@@ -49,7 +49,7 @@ unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *m
 unsafe extern "C-unwind" fn check_duration(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
     match unsafe { value(newval) } {
         None => true,
-        Some(text) if crate::definition::RelativeDuration::parse(text).is_some() => true,
+        Some(text) if segments_core::definition::RelativeDuration::parse(text).is_some() => true,
         Some(_) => unsafe { refuse("It must be a duration such as \"45 days\" (hours, days, weeks, months, years; at most 1000 years).") },
     }
 }

@@ -13,7 +13,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::settings;
+use crate::pg::gucs;
 
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
@@ -38,7 +38,7 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
     }
     let result = PgTryBuilder::new(|| Some(work()))
         .catch_others(|error| {
-            log!("segments scheduler: {what} failed: {}", crate::txn::error_text(&error));
+            log!("segments scheduler: {what} failed: {}", crate::pg::txn::error_text(&error));
             None
         })
         .execute();
@@ -84,12 +84,12 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
-    let database = settings::text(&settings::DATABASE).unwrap_or_else(|| "postgres".into());
+    let database = gucs::text(&gucs::DATABASE).unwrap_or_else(|| "postgres".into());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("segments scheduler started in database \"{database}\"");
     let mut warned_missing = false;
     loop {
-        let naptime = Duration::from_secs(settings::NAPTIME.get().max(1) as u64);
+        let naptime = Duration::from_secs(gucs::NAPTIME.get().max(1) as u64);
         if !BackgroundWorker::wait_latch(Some(naptime)) {
             break; // the postmaster died
         }
@@ -119,17 +119,17 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         // failure (or a shutdown) loses one group's work at most, and what
         // succeeded is committed.
         let groups = in_transaction("planning a scheduler pass", || {
-            crate::txn::privileged(|| crate::scheduler::plan_pass().groups())
+            crate::pg::txn::privileged(|| crate::schedule::pass::plan_pass().groups())
         });
         for (ids, trigger) in groups.unwrap_or_default() {
             in_transaction("a scheduler group", move || {
-                crate::txn::privileged(move || crate::scheduler::refresh_group(&ids, trigger));
+                crate::pg::txn::privileged(move || crate::schedule::pass::refresh_group(&ids, trigger));
             });
         }
-        in_transaction("trimming history", || crate::txn::privileged(crate::scheduler::trim_history));
+        in_transaction("trimming history", || crate::pg::txn::privileged(crate::schedule::pass::trim_history));
         // Live segments: the changes captured since the last pass.
         in_transaction("applying live changes", || {
-            crate::txn::privileged(crate::live::apply_changes);
+            crate::pg::txn::privileged(crate::engine::live::apply_changes);
         });
         report_activity(pg_sys::BackendState::STATE_IDLE, c"");
     }

@@ -13,13 +13,14 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::Value;
 
-use crate::bitmap::{serialize, Members, RuleCount};
-use crate::catalog::{spi, SpiCatalog};
-use crate::compile::{check_cycles, CompiledSegment, Planner};
-use crate::definition::Definition;
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
-use crate::txn::{as_role, in_subtransaction, writing_transaction};
+use segments_core::bitmap::{serialize, Members, RuleCount};
+use crate::pg::spi::spi;
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::{check_cycles, CompiledSegment, Planner};
+use segments_core::definition::Definition;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
+use crate::pg::txn::{as_role, in_subtransaction, writing_transaction};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -142,8 +143,8 @@ pub fn dependency_order(targets: &[Target]) -> Vec<usize> {
                 .segment_refs()
                 .into_iter()
                 .filter_map(|(_, r)| match r {
-                    crate::definition::SegmentRef::Id(id) => ids.get(id).copied(),
-                    crate::definition::SegmentRef::Name(n) => names.get(n).and_then(|id| ids.get(id)).copied(),
+                    segments_core::definition::SegmentRef::Id(id) => ids.get(id).copied(),
+                    segments_core::definition::SegmentRef::Name(n) => names.get(n).and_then(|id| ids.get(id)).copied(),
                 })
                 .collect(),
             Err(_) => vec![],
@@ -183,7 +184,7 @@ fn spi_names(targets: &[Target]) -> HashMap<String, i64> {
 /// A set of segments sharing one plan (same entity, same owner).
 struct Group {
     owner: pg_sys::Oid,
-    plan: Option<crate::compile::Plan>,
+    plan: Option<segments_core::compile::Plan>,
     compiled: HashMap<i64, Result<CompiledSegment, String>>,
     values: Option<Result<LeafValues, String>>,
     compute_time: Duration,
@@ -228,7 +229,7 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
 }
 
 /// Computes a plan's leaves as `owner`, in a subtransaction.
-pub fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<LeafValues, String> {
+pub fn compute_as(owner: pg_sys::Oid, plan: &segments_core::compile::Plan) -> Result<LeafValues, String> {
     let plan = AssertUnwindSafe(plan);
     in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
 }
@@ -236,12 +237,12 @@ pub fn compute_as(owner: pg_sys::Oid, plan: &crate::compile::Plan) -> Result<Lea
 /// `compute_as`, with some related values known (live apply).
 pub fn compute_as_knowing(
     owner: pg_sys::Oid,
-    plan: &crate::compile::Plan,
-    known: &HashMap<usize, crate::evaluate::RelatedValue>,
+    plan: &segments_core::compile::Plan,
+    known: &HashMap<usize, crate::engine::evaluate::RelatedValue>,
 ) -> Result<LeafValues, String> {
     let (plan, known) = (AssertUnwindSafe(plan), AssertUnwindSafe(known));
     in_subtransaction(AssertUnwindSafe(|| {
-        as_role(owner, AssertUnwindSafe(|| crate::evaluate::compute_leaves_knowing(&plan, &known)))
+        as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::compute_leaves_knowing(&plan, &known)))
     }))
 }
 
@@ -289,8 +290,8 @@ pub fn record_run_of(
     outcome: &Outcome,
     keys_examined: Option<i64>,
 ) -> i64 {
-    let keys_column = if crate::txn::legacy_schema() { "" } else { ", keys_examined" };
-    let keys_value = if crate::txn::legacy_schema() { "" } else { ", $9" };
+    let keys_column = if crate::pg::txn::legacy_schema() { "" } else { ", keys_examined" };
+    let keys_value = if crate::pg::txn::legacy_schema() { "" } else { ", $9" };
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
         segment.into(),
         trigger.as_str().into(),
@@ -301,7 +302,7 @@ pub fn record_run_of(
         outcome.exited.into(),
         outcome.error.clone().into(),
     ];
-    if !crate::txn::legacy_schema() {
+    if !crate::pg::txn::legacy_schema() {
         args.push(keys_examined.into());
     }
     let run = Spi::get_one_with_args::<i64>(
@@ -314,12 +315,12 @@ pub fn record_run_of(
 
 /// Stores a new membership and returns (entered, exited) positions.
 fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, Members, bool) {
-    let previous = crate::catalog::optional_value::<Vec<u8>>(
+    let previous = crate::pg::spi::optional_value::<Vec<u8>>(
         "SELECT members FROM segments.membership WHERE segment_id = $1",
         &[id.into()],
     );
     let first = previous.is_none();
-    let old = previous.map(|b| crate::bitmap::deserialize(&b).unwrap_or_default()).unwrap_or_default();
+    let old = previous.map(|b| segments_core::bitmap::deserialize(&b).unwrap_or_default()).unwrap_or_default();
     let entered = members - &old;
     let exited = &old - members;
     let count = members.len() as i64;
@@ -330,7 +331,7 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, 
         &[id.into(), serialize(members).into(), count.into()],
     ));
     let counts = serde_json::to_value(counts).expect("rule counts serialize");
-    let failures = if crate::txn::legacy_schema() { "" } else { ", consecutive_failures = 0" };
+    let failures = if crate::pg::txn::legacy_schema() { "" } else { ", consecutive_failures = 0" };
     spi(Spi::run_with_args(
         &format!("UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
          last_error = NULL, rule_counts = $3, needs_refresh = false{failures} WHERE id = $1"),
@@ -350,7 +351,7 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
             if positions.is_empty() {
                 continue;
             }
-            let keys: Vec<String> = crate::evaluate::keys_at(&target.entity, positions).into_iter().map(|(_, k)| k).collect();
+            let keys: Vec<String> = crate::engine::evaluate::keys_at(&target.entity, positions).into_iter().map(|(_, k)| k).collect();
             spi(Spi::run_with_args(
                 "INSERT INTO segments.membership_change (segment_id, run_id, key, change, at) \
                  SELECT $1, $2, k, $3, now() FROM unnest($4::text[]) AS k",
@@ -365,7 +366,7 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
 }
 
 fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
-    let failures = if crate::txn::legacy_schema() {
+    let failures = if crate::pg::txn::legacy_schema() {
         ""
     } else {
         ", consecutive_failures = consecutive_failures + CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END"
@@ -397,7 +398,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
         .collect()
     });
     if !live_entities.is_empty() {
-        crate::live::forget_related_values(&live_entities);
+        crate::engine::live::forget_related_values(&live_entities);
     }
     let reference = reference_time_sql();
     let mut groups = build_groups(&targets, &reference);
@@ -496,9 +497,9 @@ fn refresh(
 > {
     // Editors may refresh any segment: a refresh computes as the segment's
     // owner and changes no definition.
-    crate::txn::require_editor("refresh segments");
+    crate::pg::txn::require_editor("refresh segments");
     let outcomes =
-        crate::txn::privileged(AssertUnwindSafe(|| refresh_segments(segments.as_deref(), Trigger::Manual, false))).or_raise();
+        crate::pg::txn::privileged(AssertUnwindSafe(|| refresh_segments(segments.as_deref(), Trigger::Manual, false))).or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
         (o.segment_id, o.status.as_str().to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
     }))

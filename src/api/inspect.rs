@@ -7,11 +7,12 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
 
-use crate::bitmap::RuleCount;
-use crate::catalog::{spi, SpiCatalog};
-use crate::compile::compile_definition;
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, plan_queries, reference_time_sql};
+use segments_core::bitmap::RuleCount;
+use crate::pg::spi::spi;
+use crate::pg::catalog::SpiCatalog;
+use segments_core::compile::compile_definition;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, plan_queries, reference_time_sql};
 
 type CountRow = (
     name!(path, String),
@@ -58,7 +59,7 @@ fn rule_counts(segment: i64) -> TableIterator<'static, (
         name!(cumulative, Option<i64>),
     )> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let (definition, counts) = segment_definition(segment).or_raise();
         if let Some(counts) = counts {
             let counts: Vec<RuleCount> =
@@ -66,12 +67,12 @@ fn rule_counts(segment: i64) -> TableIterator<'static, (
             return rows(counts);
         }
         // Not refreshed since the last change: the rules, without counts.
-        let parsed = crate::definition::Definition::parse(&definition).or_raise();
+        let parsed = segments_core::definition::Definition::parse(&definition).or_raise();
         let mut out = Vec::new();
-        fn walk(rules: &[crate::definition::Rule], out: &mut Vec<(String, Option<String>, Option<String>, Option<i64>, Option<i64>)>) {
+        fn walk(rules: &[segments_core::definition::Rule], out: &mut Vec<(String, Option<String>, Option<String>, Option<i64>, Option<i64>)>) {
             for rule in rules {
                 out.push((rule.label.clone(), rule.name.clone(), rule.combine.map(|c| c.as_str().to_string()), None, None));
-                if let crate::definition::RuleBody::Rules(sub) = &rule.body {
+                if let segments_core::definition::RuleBody::Rules(sub) = &rule.body {
                     walk(sub, out);
                 }
             }
@@ -99,8 +100,8 @@ fn _estimate(definition: &str) -> TableIterator<'static, (
         name!(members, Option<i64>),
         name!(cumulative, Option<i64>),
     )> {
-    let definition = crate::definition::parse_json_text(definition).or_raise();
-    rows(crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
+    let definition = segments_core::definition::parse_json_text(definition).or_raise();
+    rows(crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
 }
 
 /// 0.1.0's `estimate(jsonb)` entry point: its symbol stays so that a 0.1.0
@@ -114,7 +115,7 @@ fn estimate(definition: JsonB) -> TableIterator<'static, (
         name!(cumulative, Option<i64>),
     )> {
     let definition = definition.0;
-    rows(crate::txn::as_role(crate::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
+    rows(crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
 }
 
 pgrx::extension_sql!(
@@ -134,7 +135,7 @@ AS $$ SELECT * FROM segments._estimate(definition::text) $$;
 #[pg_extern(schema = "segments", stable)]
 fn explain(segment: i64) -> String {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let (definition, _) = segment_definition(segment).or_raise();
         let (parsed, plan, _) = compile_definition(&SpiCatalog, &definition, Some(segment), &reference_time_sql()).or_raise();
         let mut text = format!(

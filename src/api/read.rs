@@ -7,28 +7,29 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use roaring::RoaringBitmap;
 
-use crate::bitmap::{key_of, position_of, Members};
-use crate::catalog::{optional_value, spi, KeyKind};
-use crate::error::{OrRaise, Reported, SegmentsError};
-use crate::evaluate::{cached_members, membership_version, stored_members};
-use crate::sql::ident;
+use segments_core::bitmap::{key_of, position_of, Members};
+use crate::pg::spi::{optional_value, spi};
+use segments_core::catalog::KeyKind;
+use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
+use crate::engine::evaluate::{cached_members, membership_version, stored_members};
+use segments_core::sql::ident;
 
 /// A segment's entity, or 42704 when the segment does not exist.
-fn segment_entity(segment: i64) -> Result<crate::catalog::Entity, Reported> {
+fn segment_entity(segment: i64) -> Result<segments_core::catalog::Entity, Reported> {
     let entity = optional_value::<String>("SELECT entity FROM segments.segment WHERE id = $1", &[segment.into()])
         .ok_or_else(|| {
-            crate::citus::refuse_on_worker("functions of segments");
+            crate::engine::citus::refuse_on_worker("functions of segments");
             SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
         })?;
     entity_named(&entity)
 }
 
-fn entity_named(name: &str) -> Result<crate::catalog::Entity, Reported> {
-    crate::catalog::registered_entity(name).inspect_err(|_| crate::citus::refuse_on_worker("functions of segments"))
+fn entity_named(name: &str) -> Result<segments_core::catalog::Entity, Reported> {
+    crate::pg::catalog::registered_entity(name).inspect_err(|_| crate::engine::citus::refuse_on_worker("functions of segments"))
 }
 
 /// The bitmap position of a key given as text, if the key has one.
-fn position_of_key(entity: &crate::catalog::Entity, key: &str) -> Result<Option<u64>, Reported> {
+fn position_of_key(entity: &segments_core::catalog::Entity, key: &str) -> Result<Option<u64>, Reported> {
     key_position(&entity.name, entity.key_kind, entity.key_type_sql(), key)
 }
 
@@ -88,7 +89,7 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
         ))
     });
     let (entity, kind, key_type, version) = row.ok_or_else(|| {
-        crate::citus::refuse_on_worker("is_member");
+        crate::engine::citus::refuse_on_worker("is_member");
         SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
     })?;
     let kind = if kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
@@ -108,7 +109,7 @@ fn _segments_of(
     key: &str,
 ) -> TableIterator<'static, (name!(segment_id, i64), name!(name, String))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let entity = entity_named(entity).or_raise();
         let Some(position) = position_of_key(&entity, key).or_raise() else {
             return TableIterator::new(Vec::new());
@@ -125,7 +126,7 @@ fn _segments_of(
         });
         let found: Vec<(i64, String)> = rows
             .into_iter()
-            .filter(|(_, _, bytes)| crate::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
+            .filter(|(_, _, bytes)| segments_core::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
             .map(|(id, name, _)| (id, name))
             .collect();
         TableIterator::new(found)
@@ -133,10 +134,10 @@ fn _segments_of(
 }
 
 /// The keys (as text) of the first `n` members in key order.
-fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> Vec<String> {
+fn first_keys(entity: &segments_core::catalog::Entity, members: &Members, n: usize) -> Vec<String> {
     match entity.key_kind {
         KeyKind::Integer => {
-            crate::bitmap::first_in_key_order(members, n).into_iter().map(|p| key_of(p).to_string()).collect()
+            segments_core::bitmap::first_in_key_order(members, n).into_iter().map(|p| key_of(p).to_string()).collect()
         }
         KeyKind::Dictionary => {
             // The first n members by position (the order keys were first
@@ -159,7 +160,7 @@ fn first_keys(entity: &crate::catalog::Entity, members: &Members, n: usize) -> V
 #[pg_extern(schema = "segments", stable)]
 fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         if n < 0 {
             SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
         }
@@ -186,7 +187,7 @@ fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB>
 #[pg_extern(schema = "segments", stable)]
 fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
         if entity_a.name != entity_b.name {
             SegmentsError::InvalidParameter(format!(
@@ -212,14 +213,14 @@ pub fn portable_bytes(members: &Members) -> Vec<u8> {
         small.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
         bytes
     } else {
-        crate::bitmap::serialize(members)
+        segments_core::bitmap::serialize(members)
     }
 }
 
 #[pg_extern(schema = "segments", stable)]
 fn bitmap(segment: i64) -> Vec<u8> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         segment_entity(segment).or_raise();
         portable_bytes(&stored_members(segment))
     }))
@@ -236,11 +237,11 @@ fn attribute_values(
     n: default!(i32, 50),
 ) -> TableIterator<'static, (name!(value, String), name!(rows, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::txn::as_role(crate::txn::current_role(), std::panic::AssertUnwindSafe(|| {
+    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
         let entity = entity_named(entity).or_raise();
         if entity.table.column(attribute).is_none() {
             SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
-                .with_hint(crate::spelling::perhaps(attribute, entity.table.column_names()))
+                .with_hint(segments_core::spelling::perhaps(attribute, entity.table.column_names()))
                 .raise();
         }
         if n < 0 {

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::SegmentsError;
+use crate::error::{invalid, SegmentsError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -333,11 +333,6 @@ impl Op {
     pub fn is_comparison(self) -> bool {
         matches!(self, Op::Eq | Op::Ne | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::Between)
     }
-}
-
-/// Builds an error for the node at `path`.
-fn invalid(path: &str, message: impl std::fmt::Display) -> SegmentsError {
-    SegmentsError::InvalidParameter(format!("{path}: {message}"))
 }
 
 fn json_type(value: &Value) -> &'static str {

@@ -9,8 +9,9 @@
 use pgrx::prelude::*;
 use pgrx::Internal;
 
-use crate::aggregate::Accumulator;
-use crate::bitmap::{corrupt, deserialize, position_of, serialize, Members};
+use crate::engine::aggregate::Accumulator;
+use crate::pg::error::corrupt;
+use segments_core::bitmap::{deserialize, position_of, serialize, Members};
 
 /// The accumulator of an `internal` state, made in the aggregate's memory
 /// context so that it lives as long as the aggregate.

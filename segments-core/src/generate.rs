@@ -1,0 +1,326 @@
+//! Random segment definitions with an independent SQL oracle for each, for
+//! the differential fuzzer (tests/differential.rs in the extension): every
+//! operator, null-heavy columns, related aggregates with windows, nested
+//! any/all/not, subrules with all three combines, varchar/char/numeric
+//! typmods, integer bounds.
+//!
+//! The definitions read `people` (entity `person`, key `id`) and its related
+//! table `events` (`person_id`, time column `at`), as `TABLES_SQL` creates
+//! them; the oracle's SQL is a predicate over `people p`.
+
+/// The tables the definitions read, with rows that hit every edge case the
+/// generator aims at (NULLs, typmods, integer bounds, quotes).
+pub const TABLES_SQL: &str = "
+CREATE TABLE people (id int PRIMARY KEY, txt text, vc varchar(5), ch char(3), i int, big bigint,
+                     num numeric(5,2), b boolean, ts timestamptz, d date);
+INSERT INTO people
+SELECT g,
+       (ARRAY['abc','abcde','ABC','a''b','','x','de',NULL,NULL])[1 + g % 9],
+       (ARRAY['abcde','abcd','ab','x',NULL,'ABCDE'])[1 + g % 6],
+       (ARRAY['abc','ab','x',NULL,'de'])[1 + g % 5],
+       (ARRAY[0, 7, -7, 2147483647, -2147483648, NULL, 12, 13])[1 + g % 8],
+       (ARRAY[0, 7, -7, 9223372036854775807, 3000000000, NULL, 99999999999])[1 + g % 7],
+       (ARRAY[4.56, 4.55, 999.99, -3, 0, NULL, 12.50])[1 + g % 7],
+       (ARRAY[true, false, NULL])[1 + g % 3],
+       CASE WHEN g % 11 = 0 THEN NULL ELSE '2026-11-01 12:00:00+00'::timestamptz - (g * interval '7 hours 13 minutes') END,
+       CASE WHEN g % 13 = 0 THEN NULL ELSE '2026-11-01'::date - (g % 800) END
+  FROM generate_series(1, 600) g;
+CREATE TABLE events (person_id int, kind text, amount numeric(8,2), at timestamptz);
+INSERT INTO events
+SELECT 1 + (g * 7) % 500, (ARRAY['open','click','buy',NULL])[1 + g % 4],
+       CASE WHEN g % 10 = 0 THEN NULL ELSE (g % 97) * 1.5 END,
+       '2026-11-01 12:00:00+00'::timestamptz - (g * interval '5 hours 17 minutes')
+  FROM generate_series(1, 2500) g;";
+
+/// The reference time the definitions' windows are relative to.
+pub const REFERENCE: &str = "'2026-11-01 12:00:00+00'::timestamptz";
+
+/// A xorshift generator: a seed replays a run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// A condition as JSON, with the oracle's SQL for it (true or false for
+/// every row: NULL attributes make a leaf false, `not` is the complement).
+pub struct Generated {
+    pub json: String,
+    pub sql: String,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+const TEXTS: &[&str] = &["abc", "abcde", "abcdefgh", "ab", "x", "ABC", "a'b", "", "abcz", "de", "zz"];
+const DURATIONS: &[(&str, &str)] = &[("12 hours", "12 hours"), ("3 days", "3 days"), ("2 weeks", "2 weeks"), ("1 months", "1 months"), ("1 years", "1 years")];
+
+fn leaf(rng: &mut Rng) -> Generated {
+    let null_false = |sql: String| format!("coalesce(({sql}), false)");
+    match rng.below(8) {
+        // text-like columns: txt (text), vc (varchar(5)), ch (char(3))
+        0 | 1 => {
+            let column = *rng.pick(&["txt", "vc", "ch"]);
+            let v = *rng.pick(TEXTS);
+            let ignore = rng.chance(25);
+            let col = if ignore { format!("lower(p.{column}::text)") } else { format!("p.{column}::text") };
+            let lit = |v: &str| if ignore { format!("lower({}::text)", quote(v)) } else { format!("{}::text", quote(v)) };
+            // char(n) compares without trailing spaces: its text form.
+            let (op, sql) = match rng.below(10) {
+                0 => ("eq", format!("{col} = {}", lit(v))),
+                1 => ("ne", format!("{col} <> {}", lit(v))),
+                2 => ("contains", format!("strpos({col}, {}) > 0", lit(v))),
+                3 => ("not_contains", format!("strpos({col}, {}) = 0", lit(v))),
+                4 => ("starts_with", format!("starts_with({col}, {})", lit(v))),
+                5 => ("ends_with", format!("right({col}, length({})) = {}", lit(v), lit(v))),
+                6 => ("lt", format!("{col} < {}", lit(v))),
+                7 => ("is_null", format!("p.{column} IS NULL")),
+                8 => ("is_not_null", format!("p.{column} IS NOT NULL")),
+                _ => {
+                    let w = *rng.pick(TEXTS);
+                    let json = format!(r#"{{"attribute":"{column}","op":"in","value":[{},{}]{}}}"#, json_str(v), json_str(w), if ignore { r#","ignore_case":true"# } else { "" });
+                    return Generated { json, sql: null_false(format!("{col} IN ({}, {})", lit(v), lit(w))) };
+                }
+            };
+            let value = if op == "is_null" || op == "is_not_null" { String::new() } else { format!(r#","value":{}"#, json_str(v)) };
+            let ic = if ignore && op != "is_null" && op != "is_not_null" { r#","ignore_case":true"# } else { "" };
+            // ch is char(3) and compares as bpchar in segments: 'abc ' = 'abc'.
+            let sql = if column == "ch" && !ignore { sql.replace("p.ch::text", "rtrim(p.ch::text)") } else { sql };
+            let sql = if op == "is_null" { sql } else { null_false(sql) };
+            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}{ic}}}"#), sql }
+        }
+        // numbers: i (int), big (bigint), num (numeric(5,2))
+        2 | 3 => {
+            let column = *rng.pick(&["i", "big", "num"]);
+            let values: &[&str] = match column {
+                "num" => &["4.555", "4.56", "1000", "999.995", "-3", "0", "12.5"],
+                _ => &["3000000000", "-3000000000", "0", "7", "-7", "2147483647", "99999999999", "12.5"],
+            };
+            let v = *rng.pick(values);
+            let w = *rng.pick(values);
+            let col = format!("p.{column}::numeric");
+            let (op, json_value, sql) = match rng.below(9) {
+                0 => ("eq", v.to_string(), format!("{col} = {v}")),
+                1 => ("ne", v.to_string(), format!("{col} <> {v}")),
+                2 => ("lt", v.to_string(), format!("{col} < {v}")),
+                3 => ("lte", v.to_string(), format!("{col} <= {v}")),
+                4 => ("gt", v.to_string(), format!("{col} > {v}")),
+                5 => ("gte", v.to_string(), format!("{col} >= {v}")),
+                6 => ("between", format!("[{v},{w}]"), format!("{col} >= {v} AND {col} <= {w}")),
+                7 => ("in", format!("[{v},{w}]"), format!("{col} IN ({v}, {w})")),
+                _ => ("not_in", format!("[{v},{w}]"), format!("{col} NOT IN ({v}, {w})")),
+            };
+            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}","value":{json_value}}}"#), sql: null_false(sql) }
+        }
+        // booleans
+        4 => {
+            let (op, sql) = *rng.pick(&[("is_true", "p.b IS TRUE"), ("is_false", "p.b IS FALSE"), ("is_null", "p.b IS NULL")]);
+            Generated { json: format!(r#"{{"attribute":"b","op":"{op}"}}"#), sql: sql.to_string() }
+        }
+        // time: ts (timestamptz), d (date)
+        5 => {
+            let (column, date) = *rng.pick(&[("ts", false), ("d", true)]);
+            let (duration, interval) = *rng.pick(DURATIONS);
+            let r = |expr: String| if date { format!("({expr})::date") } else { expr };
+            let reference = r(REFERENCE.to_string());
+            let col = format!("p.{column}");
+            let (op, value, sql) = match rng.below(7) {
+                0 => ("in_last", Some(json_str(duration)), format!("{col} >= {} AND {col} <= {reference}", r(format!("{REFERENCE} - interval '{interval}'")))),
+                1 => ("not_in_last", Some(json_str(duration)), format!("{col} < {} OR {col} > {reference}", r(format!("{REFERENCE} - interval '{interval}'")))),
+                2 => ("in_next", Some(json_str(duration)), format!("{col} >= {reference} AND {col} <= {}", r(format!("{REFERENCE} + interval '{interval}'")))),
+                3 => ("before", Some(json_str("2026-10-15")), format!("{col} < '2026-10-15'::{}", if date { "date" } else { "timestamptz" })),
+                4 => ("after", Some(json_str("2026-10-15")), format!("{col} > '2026-10-15'::{}", if date { "date" } else { "timestamptz" })),
+                5 => ("is_today", None, format!("{col}::date = {REFERENCE}::date")),
+                _ => ("is_anniversary", None, format!("to_char({col}, 'MM-DD') = to_char({REFERENCE}, 'MM-DD')")),
+            };
+            let value = value.map(|v| format!(r#","value":{v}"#)).unwrap_or_default();
+            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}}}"#), sql: null_false(sql) }
+        }
+        // related: exists / not exists, with a filter and a window
+        6 => {
+            let exists = rng.chance(70);
+            let (filter_json, filter_sql) = related_filter(rng);
+            let (within_json, within_sql) = window(rng);
+            let json = format!(r#"{{"related":"events","exists":{exists}{filter_json}{within_json}}}"#);
+            let sub = format!("SELECT 1 FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}");
+            let sql = if exists { format!("EXISTS ({sub})") } else { format!("NOT EXISTS ({sub})") };
+            Generated { json, sql }
+        }
+        // related aggregates
+        _ => {
+            let function = *rng.pick(&["count", "sum", "avg", "min", "max"]);
+            let (filter_json, filter_sql) = related_filter(rng);
+            let (within_json, within_sql) = window(rng);
+            let v = *rng.pick(&["0", "1", "2", "50", "100.5", "-1"]);
+            let (op, json_value, cmp) = match rng.below(4) {
+                0 => ("gt", v.to_string(), format!("> {v}")),
+                1 => ("lte", v.to_string(), format!("<= {v}")),
+                2 => ("eq", v.to_string(), format!("= {v}")),
+                _ => ("between", "[1, 60]".to_string(), "BETWEEN 1 AND 60".to_string()),
+            };
+            let measure = if function == "count" { "count(*)".to_string() } else { format!("{function}(r.amount)") };
+            let attribute = if function == "count" { String::new() } else { r#","attribute":"amount""#.to_string() };
+            let json = format!(r#"{{"related":"events","aggregate":"{function}"{attribute}{filter_json}{within_json},"op":"{op}","value":{json_value}}}"#);
+            let sql = format!("coalesce((SELECT {measure} FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}) {cmp}, false)");
+            Generated { json, sql }
+        }
+    }
+}
+
+fn related_filter(rng: &mut Rng) -> (String, String) {
+    match rng.below(3) {
+        0 => (String::new(), String::new()),
+        1 => {
+            let kind = *rng.pick(&["open", "click", "buy"]);
+            (format!(r#","where":{{"attribute":"kind","op":"eq","value":"{kind}"}}"#), format!(" AND coalesce(r.kind = '{kind}', false)"))
+        }
+        _ => (r#","where":{"attribute":"amount","op":"gt","value":20}"#.to_string(), " AND coalesce(r.amount > 20, false)".to_string()),
+    }
+}
+
+fn window(rng: &mut Rng) -> (String, String) {
+    if rng.chance(50) {
+        return (String::new(), String::new());
+    }
+    let (duration, interval) = *rng.pick(DURATIONS);
+    (
+        format!(r#","within":{}"#, json_str(duration)),
+        format!(" AND r.at >= {REFERENCE} - interval '{interval}' AND r.at <= {REFERENCE}"),
+    )
+}
+
+fn condition(rng: &mut Rng, depth: usize) -> Generated {
+    if depth >= 3 || rng.chance(45) {
+        return leaf(rng);
+    }
+    match rng.below(3) {
+        0 => {
+            let inner = condition(rng, depth + 1);
+            Generated { json: format!(r#"{{"not":{}}}"#, inner.json), sql: format!("NOT ({})", inner.sql) }
+        }
+        kind => {
+            let items: Vec<Generated> = (0..1 + rng.below(3)).map(|_| condition(rng, depth + 1)).collect();
+            let (key, joiner) = if kind == 1 { ("all", " AND ") } else { ("any", " OR ") };
+            Generated {
+                json: format!(r#"{{"{key}":[{}]}}"#, items.iter().map(|g| g.json.as_str()).collect::<Vec<_>>().join(",")),
+                sql: format!("({})", items.iter().map(|g| format!("({})", g.sql)).collect::<Vec<_>>().join(joiner)),
+            }
+        }
+    }
+}
+
+/// Rules combined left to right; the oracle combines them the same way.
+pub fn rules(rng: &mut Rng, depth: usize) -> Generated {
+    let mut json = Vec::new();
+    let mut sql = String::new();
+    for i in 0..1 + rng.below(3) {
+        let body = if depth < 1 && rng.chance(20) { rules(rng, depth + 1) } else { condition(rng, 0) };
+        let body_json = if depth < 1 && body.json.starts_with('[') {
+            format!(r#""rules":{}"#, body.json)
+        } else {
+            format!(r#""where":{}"#, body.json)
+        };
+        if i == 0 {
+            json.push(format!("{{{body_json}}}"));
+            sql = format!("({})", body.sql);
+        } else {
+            let combine = *rng.pick(&["union", "intersect", "except"]);
+            json.push(format!(r#"{{"combine":"{combine}",{body_json}}}"#));
+            sql = match combine {
+                "union" => format!("({sql} OR ({}))", body.sql),
+                "intersect" => format!("({sql} AND ({}))", body.sql),
+                _ => format!("({sql} AND NOT ({}))", body.sql),
+            };
+        }
+    }
+    Generated { json: format!("[{}]", json.join(",")), sql }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::fixture::{column, FixedCatalog};
+    use crate::catalog::{ColumnKind, Entity, KeyKind, Related, Table};
+    use crate::compile::compile_definition;
+
+    /// `TABLES_SQL`'s tables as the catalog sees them.
+    fn people() -> FixedCatalog {
+        use ColumnKind::*;
+        let table = |name: &str, columns: Vec<Column>| Table { dropped: false, relation_sql: format!("\"public\".\"{name}\""), columns };
+        use crate::catalog::Column;
+        let person = Entity {
+            name: "person".into(),
+            table: table("people", vec![
+                column("id", "integer", Numeric),
+                column("txt", "text", Text),
+                column("vc", "character varying(5)", Text),
+                column("ch", "character(3)", Text),
+                column("i", "integer", Numeric),
+                column("big", "bigint", Numeric),
+                column("num", "numeric(5,2)", Numeric),
+                column("b", "boolean", Boolean),
+                column("ts", "timestamp with time zone", TimestampTz),
+                column("d", "date", Date),
+            ]),
+            key_column: "id".into(),
+            key_kind: KeyKind::Integer,
+            key_replica: None,
+            eligible: None,
+            related: vec![Related {
+                name: "events".into(),
+                table: table("events", vec![
+                    column("person_id", "integer", Numeric),
+                    column("kind", "text", Text),
+                    column("amount", "numeric(8,2)", Numeric),
+                    column("at", "timestamp with time zone", TimestampTz),
+                ]),
+                foreign_key: "person_id".into(),
+                time_column: Some("at".into()),
+            }],
+        };
+        FixedCatalog { entities: vec![person], segments: vec![] }
+    }
+
+    #[test]
+    fn every_generated_definition_parses_and_compiles() {
+        let catalog = people();
+        let mut rng = Rng(0x5EED_2026);
+        for _ in 0..2000 {
+            let generated = rules(&mut rng, 0);
+            let text = format!(r#"{{"entity":"person","rules":{}}}"#, generated.json);
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+            let (definition, plan, _) = compile_definition(&catalog, &value, None, REFERENCE).unwrap_or_else(|e| panic!("refused ({e}): {text}"));
+            assert!(!definition.rules.is_empty());
+            assert!(!plan.leaves.is_empty(), "no leaf for {text}");
+            assert!(!generated.sql.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_definitions() {
+        let (mut a, mut b) = (Rng(42), Rng(42));
+        for _ in 0..50 {
+            let (x, y) = (rules(&mut a, 0), rules(&mut b, 0));
+            assert_eq!((x.json, x.sql), (y.json, y.sql));
+        }
+    }
+}

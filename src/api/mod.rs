@@ -1,0 +1,12 @@
+//! The SQL surface: `#[pg_extern]` functions grouped as SPEC groups them.
+//! Each delegates to the engine, segments-core or the optional parts; SQL
+//! that only reads or writes tables lives in `sql/`.
+
+pub mod compat;
+pub mod entity;
+pub mod explain;
+pub mod history;
+pub mod inspect;
+pub mod read;
+pub mod segment;
+pub mod usage;

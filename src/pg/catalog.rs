@@ -1,0 +1,158 @@
+//! The real catalog, read through SPI: registered entities, their columns
+//! and related tables, and segments, as the compiler's `Catalog` trait
+//! (segments-core) sees them.
+
+use serde_json::Value;
+
+use segments_core::catalog::*;
+use segments_core::definition::SegmentRef;
+
+use crate::pg::spi::{optional_value, spi};
+
+/// Reads entities, related tables and segments from the database.
+pub struct SpiCatalog;
+
+/// The registered entity `name`, or 42P01 naming it (with the closest
+/// registered name as a hint).
+pub fn registered_entity(name: &str) -> Result<Entity, crate::pg::error::Reported> {
+    SpiCatalog.entity(name).ok_or_else(|| {
+        let names = SpiCatalog.entity_names();
+        crate::pg::error::SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
+            .with_hint(segments_core::spelling::perhaps(name, names.iter().map(String::as_str)))
+    })
+}
+
+const TABLE_COLUMNS_SQL: &str = "
+    SELECT a.attname::text,
+           format_type(a.atttypid, a.atttypmod),
+           coalesce(nullif(t.typbasetype, 0), t.oid)::oid,
+           bt.typcategory::text,
+           format_type(a.atttypid, NULL)
+      FROM pg_catalog.pg_attribute a
+      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+      JOIN pg_catalog.pg_type bt ON bt.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY a.attnum";
+
+impl SpiCatalog {
+    /// The columns of a relation and its qualified name; a relation that
+    /// no longer exists is a `dropped` table named by its old OID.
+    pub fn table(relation: pgrx::pg_sys::Oid) -> Table {
+        use pgrx::spi::Spi;
+        let relation_sql = optional_value::<String>(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[relation.into()],
+        );
+        let Some(relation_sql) = relation_sql else {
+            return Table { relation_sql: format!("relation {}", relation.to_u32()), columns: Vec::new(), dropped: true };
+        };
+        let columns = Spi::connect(|client| {
+            spi(client.select(TABLE_COLUMNS_SQL, None, &[relation.into()]))
+                .map(|row| {
+                    let name: String = spi(row.get(1)).unwrap_or_default();
+                    let type_sql: String = spi(row.get(2)).unwrap_or_default();
+                    let base: pgrx::pg_sys::Oid = spi(row.get(3)).unwrap_or(pgrx::pg_sys::InvalidOid);
+                    let category: String = spi(row.get(4)).unwrap_or_default();
+                    let base_type_sql: String = spi(row.get(5)).unwrap_or_default();
+                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category), base_type_sql }
+                })
+                .collect()
+        });
+        Table { relation_sql, columns, dropped: false }
+    }
+}
+
+impl Catalog for SpiCatalog {
+    fn entity(&self, name: &str) -> Option<Entity> {
+        use pgrx::spi::Spi;
+        let row = Spi::connect(|client| {
+            let table = spi(client.select(
+                "SELECT relation::oid, key_column::text, key_kind, eligible FROM segments.entity WHERE name = $1",
+                None,
+                &[name.into()],
+            ));
+            if table.is_empty() {
+                return None;
+            }
+            let row = table.first();
+            Some((
+                spi(row.get::<pgrx::pg_sys::Oid>(1)).unwrap(),
+                spi(row.get::<String>(2)).unwrap(),
+                spi(row.get::<String>(3)).unwrap(),
+                spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0),
+            ))
+        })?;
+        let (relation, key_column, key_kind, eligible) = row;
+        let related_rows: Vec<(String, pgrx::pg_sys::Oid, String, Option<String>)> = Spi::connect(|client| {
+            spi(client.select(
+                "SELECT name, relation::oid, foreign_key::text, time_column::text FROM segments.related \
+                 WHERE entity = $1 ORDER BY name",
+                None,
+                &[name.into()],
+            ))
+            .map(|row| {
+                (
+                    spi(row.get(1)).unwrap(),
+                    spi(row.get(2)).unwrap(),
+                    spi(row.get(3)).unwrap(),
+                    spi(row.get(4)),
+                )
+            })
+            .collect()
+        });
+        let related = related_rows
+            .into_iter()
+            .map(|(name, relation, foreign_key, time_column)| Related {
+                name,
+                table: SpiCatalog::table(relation),
+                foreign_key,
+                time_column,
+            })
+            .collect();
+        let table = SpiCatalog::table(relation);
+        let key_kind = if key_kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
+        let key_replica = (key_kind == KeyKind::Dictionary && !table.dropped)
+            .then(|| crate::engine::citus::placement(relation))
+            .flatten()
+            .filter(|p| p.is_distributed() && p.column.as_deref() == Some(key_column.as_str()))
+            .map(|_| crate::engine::citus::key_replica_name(name));
+        Some(Entity { name: name.to_string(), table, key_column, key_kind, key_replica, eligible, related })
+    }
+
+    fn entity_names(&self) -> Vec<String> {
+        names("SELECT name FROM segments.entity ORDER BY name")
+    }
+
+    fn segment(&self, reference: &SegmentRef) -> Option<SegmentSummary> {
+        use pgrx::spi::Spi;
+        let (sql, arg): (&str, pgrx::datum::DatumWithOid) = match reference {
+            SegmentRef::Id(id) => ("SELECT id, name, entity, definition FROM segments.segment WHERE id = $1", (*id).into()),
+            SegmentRef::Name(name) => {
+                ("SELECT id, name, entity, definition FROM segments.segment WHERE name = $1", name.as_str().into())
+            }
+        };
+        Spi::connect(|client| {
+            let table = spi(client.select(sql, None, &[arg]));
+            if table.is_empty() {
+                return None;
+            }
+            let row = table.first();
+            Some(SegmentSummary {
+                id: spi(row.get(1)).unwrap(),
+                name: spi(row.get(2)).unwrap(),
+                entity: spi(row.get(3)).unwrap(),
+                definition: spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0).unwrap_or(Value::Null),
+            })
+        })
+    }
+
+    fn segment_names(&self) -> Vec<String> {
+        names("SELECT name FROM segments.segment ORDER BY name")
+    }
+}
+
+fn names(sql: &str) -> Vec<String> {
+    pgrx::spi::Spi::connect(|client| spi(client.select(sql, None, &[])).filter_map(|row| spi(row.get(1))).collect())
+}
