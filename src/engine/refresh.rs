@@ -134,49 +134,21 @@ fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, R
 
 /// Orders targets so that a segment comes after the segments it reads.
 pub fn dependency_order(targets: &[Target]) -> Vec<usize> {
-    let ids: HashMap<i64, usize> = targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-    let names: HashMap<String, i64> = spi_names(targets);
-    let reads: Vec<Vec<usize>> = targets
-        .iter()
-        .map(|t| match Definition::parse(&t.definition) {
-            Ok(d) => d
-                .segment_refs()
-                .into_iter()
-                .filter_map(|(_, r)| match r {
-                    segments_core::definition::SegmentRef::Id(id) => ids.get(id).copied(),
-                    segments_core::definition::SegmentRef::Name(n) => names.get(n).and_then(|id| ids.get(id)).copied(),
-                })
-                .collect(),
-            Err(_) => vec![],
-        })
-        .collect();
-    let mut order = Vec::with_capacity(targets.len());
-    let mut state = vec![0u8; targets.len()]; // 0 new, 1 visiting, 2 done
-    fn visit(i: usize, reads: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>) {
-        if state[i] != 0 {
-            return; // done, or a cycle (refused at save time; evaluated as stored)
-        }
-        state[i] = 1;
-        for &j in &reads[i] {
-            visit(j, reads, state, order);
-        }
-        state[i] = 2;
-        order.push(i);
-    }
-    for i in 0..targets.len() {
-        visit(i, &reads, &mut state, &mut order);
-    }
-    order
+    let names = spi_names(targets);
+    let segments: Vec<(i64, &str, &Value)> =
+        targets.iter().map(|t| (t.id, names.get(&t.id).map_or("", String::as_str), &t.definition)).collect();
+    segments_core::compile::dependency_order(&segments)
 }
 
-fn spi_names(targets: &[Target]) -> HashMap<String, i64> {
+/// The targets' names, by id.
+fn spi_names(targets: &[Target]) -> HashMap<i64, String> {
     if targets.is_empty() {
         return HashMap::new();
     }
     let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
     Spi::connect(|client| {
         spi(client.select("SELECT name, id FROM segments.segment WHERE id = ANY ($1)", None, &[ids.into()]))
-            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<i64>(2)).unwrap()))
+            .filter_map(|row| Some((spi(row.get::<i64>(2))?, spi(row.get::<String>(1))?)))
             .collect()
     })
 }

@@ -16,20 +16,36 @@
 //!
 //! Identifiers come from the catalog and pass through `sql::ident`; values
 //! pass through `sql::literal` with a cast: the SQL is safe by construction.
+//!
+//! This file plans (the leaf types, `Planner`, `Plan`); the rooms beside it:
+//! - `emit`: the SQL text of conditions (comparisons, windows, literals)
+//! - `fold`: the plan's optimisation (private filters folded into one)
+//! - `access`: which columns a definition reads, for the privilege check
+//! - `references`: refusing segment references that lead back to a
+//!   segment, and the order to evaluate segments that read each other in
+
+mod access;
+mod emit;
+mod fold;
+mod references;
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-
-use crate::catalog::{Catalog, Column, ColumnKind, Entity, Related, Table};
+use crate::catalog::{Catalog, ColumnKind, Entity, Related};
 use crate::definition::{
-    parse_condition, AggregateFunction, AttributeTest, Combine, Condition, ConditionKind, Definition, Op, Operand,
-    RelatedMeasure, RelatedTest, RelativeDuration, Rule, RuleBody, SegmentRef,
+    parse_condition, AggregateFunction, Combine, Condition, ConditionKind, Definition, RelatedMeasure, RelatedTest,
+    Rule, RuleBody, SegmentRef,
 };
 use crate::error::{invalid, Reported, SegmentsError};
-use crate::sql::{ident, literal, op};
+use crate::sql::{ident, op};
 use crate::spelling::perhaps;
-use crate::validate::{check_op, literal_text};
+use serde_json::Value;
+
+pub use access::columns_read;
+pub use references::{check_cycles, dependency_order};
+pub use emit::attribute_sql;
+use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition};
+use fold::{collect_segment_leaves, fold, mark_used, remap, rule_exprs, count_uses};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Leaf {
@@ -459,318 +475,6 @@ impl<'a> Planner<'a> {
     }
 }
 
-fn rule_exprs<'a>(rules: &'a mut [CompiledRule], out: &mut Vec<&'a mut Expr>) {
-    for rule in rules {
-        match &mut rule.body {
-            CompiledBody::Expr(expr) => out.push(expr),
-            CompiledBody::Rules(sub) => rule_exprs(sub, out),
-        }
-    }
-}
-
-fn count_uses(expr: &Expr, uses: &mut [usize]) {
-    match expr {
-        Expr::Leaf(i) => uses[*i] += 1,
-        Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| count_uses(e, uses)),
-        Expr::Not(inner) => count_uses(inner, uses),
-    }
-}
-
-fn mark_used(expr: &Expr, used: &mut [bool]) {
-    match expr {
-        Expr::Leaf(i) => used[*i] = true,
-        Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| mark_used(e, used)),
-        Expr::Not(inner) => mark_used(inner, used),
-    }
-}
-
-fn remap(expr: &mut Expr, renumber: &[usize], has_not: &mut bool) {
-    match expr {
-        Expr::Leaf(i) => *i = renumber[*i],
-        Expr::All(items) | Expr::Any(items) => items.iter_mut().for_each(|e| remap(e, renumber, has_not)),
-        Expr::Not(inner) => {
-            *has_not = true;
-            remap(inner, renumber, has_not)
-        }
-    }
-}
-
-/// The SQL of a filter leaf used only here, if `expr` is one.
-fn private_filter<'a>(expr: &Expr, leaves: &'a [Leaf], uses: &[usize]) -> Option<&'a str> {
-    match expr {
-        Expr::Leaf(i) if uses.get(*i) == Some(&1) => match &leaves[*i] {
-            Leaf::Filter(sql) => Some(sql),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn new_filter(sql: String, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>) -> Expr {
-    let leaf = Leaf::Filter(sql);
-    if let Some(&i) = index.get(&leaf) {
-        return Expr::Leaf(i); // the same expression exists: share it
-    }
-    leaves.push(leaf.clone());
-    index.insert(leaf, leaves.len() - 1);
-    Expr::Leaf(leaves.len() - 1)
-}
-
-/// Folds private filters bottom-up (see `Planner::finish`). New leaves are
-/// private too, so folding goes on through nested conditions.
-fn fold(expr: &mut Expr, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>, uses: &[usize]) {
-    let is_private = |expr: &Expr, leaves: &Vec<Leaf>| match expr {
-        Expr::Leaf(i) if *i >= uses.len() => true, // made by this fold
-        other => private_filter(other, leaves, uses).is_some(),
-    };
-    let sql_of = |expr: &Expr, leaves: &Vec<Leaf>| match expr {
-        Expr::Leaf(i) => match &leaves[*i] {
-            Leaf::Filter(sql) => sql.clone(),
-            _ => unreachable!("only filters are folded"),
-        },
-        _ => unreachable!("only leaves are folded"),
-    };
-    match expr {
-        Expr::Leaf(_) => {}
-        Expr::Not(inner) => {
-            fold(inner, leaves, index, uses);
-            if is_private(inner, leaves) {
-                let sql = format!("({}) IS NOT TRUE", sql_of(inner, leaves));
-                *expr = new_filter(sql, leaves, index);
-            }
-        }
-        Expr::All(_) | Expr::Any(_) => {
-            let operator = if matches!(expr, Expr::All(_)) { "AND" } else { "OR" };
-            let items = match expr {
-                Expr::All(items) | Expr::Any(items) => items,
-                _ => unreachable!(),
-            };
-            for item in items.iter_mut() {
-                fold(item, leaves, index, uses);
-            }
-            let (private, shared): (Vec<Expr>, Vec<Expr>) = items.drain(..).partition(|e| is_private(e, leaves));
-            *items = shared;
-            match private.len() {
-                0 => {}
-                1 => items.extend(private),
-                _ => {
-                    let sqls: Vec<String> = private.iter().map(|e| sql_of(e, leaves)).collect();
-                    items.push(new_filter(join_sql(&sqls, operator), leaves, index));
-                }
-            }
-            if items.len() == 1 {
-                *expr = items.pop().unwrap();
-            }
-        }
-    }
-}
-
-fn collect_segment_leaves(rules: &[CompiledRule], leaves: &[Leaf], out: &mut Vec<i64>) {
-    fn walk(expr: &Expr, leaves: &[Leaf], out: &mut Vec<i64>) {
-        match expr {
-            Expr::Leaf(i) => {
-                if let Leaf::Segment(id) = leaves[*i] {
-                    out.push(id);
-                }
-            }
-            Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| walk(e, leaves, out)),
-            Expr::Not(inner) => walk(inner, leaves, out),
-        }
-    }
-    for rule in rules {
-        match &rule.body {
-            CompiledBody::Expr(expr) => walk(expr, leaves, out),
-            CompiledBody::Rules(sub) => collect_segment_leaves(sub, leaves, out),
-        }
-    }
-}
-
-fn join_sql(parts: &[String], operator: &str) -> String {
-    if parts.len() == 1 {
-        return parts[0].clone();
-    }
-    format!("({})", parts.join(&format!(" {operator} ")))
-}
-
-/// A condition inside `related`: only the related table's columns.
-fn related_condition(condition: &Condition, table: &Table, what: &str, reference: &str) -> Result<String, Reported> {
-    Ok(match &condition.kind {
-        ConditionKind::All(items) | ConditionKind::Any(items) => {
-            let sqls = items.iter().map(|c| related_condition(c, table, what, reference)).collect::<Result<Vec<_>, _>>()?;
-            join_sql(&sqls, if matches!(condition.kind, ConditionKind::All(_)) { "AND" } else { "OR" })
-        }
-        ConditionKind::Not(inner) => format!("({}) IS NOT TRUE", related_condition(inner, table, what, reference)?),
-        ConditionKind::Attribute(test) => attribute_sql(&condition.path, "r", table, what, test, reference)?,
-        ConditionKind::Related(_) | ConditionKind::Segment(_) => {
-            return Err(invalid(&condition.path, format!("inside \"related\", conditions test columns of {what} only")).into())
-        }
-    })
-}
-
-/// The literal for `column`, typed so that Postgres compares it the right
-/// way and cheaply: the column's own type, except a fraction against an
-/// integer column, which is numeric (so `4.5` works on an age).
-fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsError> {
-    let text = literal_text(path, column, value)?;
-    Ok(format!("{}::{}", literal(&text), literal_type(column, &text)))
-}
-
-/// The type a literal for `column` takes: the column's type without its
-/// modifier, so that `varchar(5) eq "abcdefgh"` or `numeric(5,2) gt 4.555`
-/// compare the value as written, never cut or rounded; and numeric where
-/// an integer literal is a fraction or out of the column type's range, so
-/// that `int lt 3000000000` is a comparison, never a failed refresh.
-fn literal_type<'c>(column: &'c Column, text: &str) -> &'c str {
-    let fits = match column.base_type_sql.as_str() {
-        "smallint" => Some(text.parse::<i16>().is_ok()),
-        "integer" => Some(text.parse::<i32>().is_ok()),
-        "bigint" => Some(text.parse::<i64>().is_ok()),
-        _ => None,
-    };
-    match (fits, column.base_type_sql.as_str()) {
-        (Some(false), _) => "pg_catalog.numeric",
-        // Without a length these would mean char(1) and cut the value.
-        (_, "character") => "pg_catalog.bpchar",
-        (_, "character varying") => "pg_catalog.varchar",
-        (_, "bit") => "pg_catalog.varbit",
-        (_, base) => base,
-    }
-}
-
-/// `low <= column <= high` with both operators named by schema. (Every
-/// `OPERATOR(...)` has the same precedence, so operands are atoms or
-/// parenthesized.)
-fn between(column: &str, low: &str, high: &str) -> String {
-    format!("({column} {} {low} AND {column} {} {high})", op(">="), op("<="))
-}
-
-/// The reference time converted to the column's kind.
-fn reference_as(kind: ColumnKind, timestamptz_sql: &str) -> String {
-    match kind {
-        ColumnKind::Date => format!("({timestamptz_sql})::pg_catalog.date"),
-        ColumnKind::Timestamp => format!("({timestamptz_sql})::pg_catalog.timestamp"),
-        _ => timestamptz_sql.to_string(),
-    }
-}
-
-fn interval(duration: &RelativeDuration) -> String {
-    format!("{}::pg_catalog.interval", literal(&duration.interval_text()))
-}
-
-fn in_last_sql(column_sql: &str, kind: ColumnKind, duration: &RelativeDuration, reference: &str) -> String {
-    let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(duration)));
-    let to = reference_as(kind, reference);
-    between(column_sql, &from, &to)
-}
-
-pub fn attribute_sql(
-    path: &str,
-    alias: &str,
-    table: &Table,
-    what: &str,
-    test: &AttributeTest,
-    reference: &str,
-) -> Result<String, Reported> {
-    let column = table.column(&test.column).ok_or_else(|| {
-        SegmentsError::UndefinedColumn(format!("{path}: column \"{}\" does not exist on {what}", test.column))
-            .with_hint(perhaps(&test.column, table.column_names()))
-    })?;
-    check_op(path, column, test.op, test.ignore_case)?;
-    let vpath = format!("{path}.value");
-    let raw = format!("{alias}.{}", ident(&column.name));
-    let fold = |sql: String| if test.ignore_case { format!("pg_catalog.lower({sql})") } else { sql };
-    let col = fold(raw.clone());
-    let lit = |value: &Value| typed(&vpath, column, value).map(fold);
-    let kind = column.kind;
-    let sql = match (test.op, &test.value) {
-        (Op::Eq, Operand::Scalar(v)) => format!("{col} {} {}", op("="), lit(v)?),
-        (Op::Ne, Operand::Scalar(v)) => format!("{col} {} {}", op("<>"), lit(v)?),
-        (Op::Lt, Operand::Scalar(v)) => format!("{col} {} {}", op("<"), lit(v)?),
-        (Op::Lte, Operand::Scalar(v)) => format!("{col} {} {}", op("<="), lit(v)?),
-        (Op::Gt, Operand::Scalar(v)) => format!("{col} {} {}", op(">"), lit(v)?),
-        (Op::Gte, Operand::Scalar(v)) => format!("{col} {} {}", op(">="), lit(v)?),
-        (Op::Between, Operand::Range(low, high)) => between(&col, &lit(low)?, &lit(high)?),
-        (Op::In | Op::NotIn, Operand::List(values)) => {
-            let items = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| typed(&format!("{vpath}[{i}]"), column, v).map(fold))
-                .collect::<Result<Vec<_>, _>>()?;
-            let test_sql = if test.op == Op::In { format!("{} ANY", op("=")) } else { format!("{} ALL", op("<>")) };
-            format!("{col} {test_sql} (ARRAY[{}])", items.join(", "))
-        }
-        (Op::Contains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op(">")),
-        (Op::NotContains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op("=")),
-        (Op::StartsWith, Operand::Scalar(v)) => format!("pg_catalog.starts_with({col}, {})", lit(v)?),
-        (Op::EndsWith, Operand::Scalar(v)) => {
-            let l = lit(v)?;
-            format!("pg_catalog.\"right\"({col}, pg_catalog.length({l})) {} {l}", op("="))
-        }
-        (Op::IsNull, _) => format!("{raw} IS NULL"),
-        (Op::IsNotNull, _) => format!("{raw} IS NOT NULL"),
-        (Op::IsTrue, _) => format!("{raw} IS TRUE"),
-        (Op::IsFalse, _) => format!("{raw} IS FALSE"),
-        (Op::InLast, Operand::Duration(d)) => in_last_sql(&raw, kind, d, reference),
-        (Op::NotInLast, Operand::Duration(d)) => {
-            let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(d)));
-            format!("({raw} {} {from} OR {raw} {} {})", op("<"), op(">"), reference_as(kind, reference))
-        }
-        (Op::InNext, Operand::Duration(d)) => {
-            let to = reference_as(kind, &format!("({reference} {} {})", op("+"), interval(d)));
-            between(&raw, &reference_as(kind, reference), &to)
-        }
-        (Op::Before, Operand::Scalar(v)) => format!("{raw} {} {}", op("<"), lit(v)?),
-        (Op::After, Operand::Scalar(v)) => format!("{raw} {} {}", op(">"), lit(v)?),
-        (Op::On, Operand::Scalar(v)) => {
-            let day = literal_text(&vpath, column, v)?;
-            format!("({raw})::pg_catalog.date {} ({})::pg_catalog.date", op("="), literal(&day))
-        }
-        (Op::IsToday, _) => format!("({raw})::pg_catalog.date {} ({reference})::pg_catalog.date", op("=")),
-        (Op::IsAnniversary, _) => {
-            format!("pg_catalog.to_char({raw}, 'MM-DD') {} pg_catalog.to_char({reference}, 'MM-DD')", op("="))
-        }
-        (op, _) => return Err(invalid(path, format!("operator {} got a value of the wrong shape", op.name())).into()),
-    };
-    Ok(sql)
-}
-
-fn number(value: &Value) -> f64 {
-    value.as_f64().unwrap_or(f64::NAN)
-}
-
-fn comparison_sql(column: &str, op: Op, value: &Operand) -> String {
-    let lit = |v: &Value| format!("{}::pg_catalog.numeric", literal(&v.to_string()));
-    match (op, value) {
-        (Op::Between, Operand::Range(low, high)) => between(column, &lit(low), &lit(high)),
-        (op, Operand::Scalar(v)) => {
-            let symbol = match op {
-                Op::Eq => "=",
-                Op::Ne => "<>",
-                Op::Lt => "<",
-                Op::Lte => "<=",
-                Op::Gt => ">",
-                _ => ">=",
-            };
-            format!("{column} {} {}", self::op(symbol), lit(v))
-        }
-        _ => unreachable!("parser checks aggregate operands"),
-    }
-}
-
-/// Whether `x op value` holds, for the aggregate of a member with no rows.
-fn compares_true(x: f64, op: Op, value: &Operand) -> bool {
-    match (op, value) {
-        (Op::Between, Operand::Range(low, high)) => number(low) <= x && x <= number(high),
-        (Op::Eq, Operand::Scalar(v)) => x == number(v),
-        (Op::Ne, Operand::Scalar(v)) => x != number(v),
-        (Op::Lt, Operand::Scalar(v)) => x < number(v),
-        (Op::Lte, Operand::Scalar(v)) => x <= number(v),
-        (Op::Gt, Operand::Scalar(v)) => x > number(v),
-        (Op::Gte, Operand::Scalar(v)) => x >= number(v),
-        _ => false,
-    }
-}
-
 impl Plan {
     /// The single scan of the entity table that computes every filter leaf:
     /// one column per filter in `filters`, after a first column of every row
@@ -798,48 +502,6 @@ impl Plan {
     }
 }
 
-/// Every (relation, column) a definition reads, the entity's key included:
-/// whoever saves a definition must be able to read them all, since the
-/// segment is evaluated with its owner's privileges.
-pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, String)> {
-    fn walk(condition: &Condition, entity: &Entity, table: &Table, out: &mut Vec<(String, String)>) {
-        match &condition.kind {
-            ConditionKind::All(items) | ConditionKind::Any(items) => items.iter().for_each(|c| walk(c, entity, table, out)),
-            ConditionKind::Not(inner) => walk(inner, entity, table, out),
-            ConditionKind::Attribute(test) => out.push((table.relation_sql.clone(), test.column.clone())),
-            ConditionKind::Related(test) => {
-                let Some(related) = entity.related(&test.related) else { return };
-                let rel = related.table.relation_sql.clone();
-                out.push((rel.clone(), related.foreign_key.clone()));
-                if let (Some(_), Some(time)) = (&test.within, &related.time_column) {
-                    out.push((rel.clone(), time.clone()));
-                }
-                if let RelatedMeasure::Aggregate { attribute: Some(attribute), .. } = &test.measure {
-                    out.push((rel.clone(), attribute.clone()));
-                }
-                if let Some(filter) = &test.filter {
-                    walk(filter, entity, &related.table, out);
-                }
-            }
-            ConditionKind::Segment(_) => {}
-        }
-    }
-    let mut out = vec![(entity.table.relation_sql.clone(), entity.key_column.clone())];
-    for rule_condition in definition.rules.iter().flat_map(rule_conditions) {
-        walk(rule_condition, entity, &entity.table, &mut out);
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn rule_conditions(rule: &Rule) -> Vec<&Condition> {
-    match &rule.body {
-        RuleBody::Where(condition) => vec![condition],
-        RuleBody::Rules(sub) => sub.iter().flat_map(rule_conditions).collect(),
-    }
-}
-
 /// Parses and compiles one definition on its own, as saving it does.
 pub fn compile_definition(
     catalog: &dyn Catalog,
@@ -855,39 +517,12 @@ pub fn compile_definition(
     Ok((definition, plan, compiled))
 }
 
-/// Refuses a definition whose segment references lead back to `self_id`.
-pub fn check_cycles(catalog: &dyn Catalog, self_id: Option<i64>, references: &[i64]) -> Result<(), Reported> {
-    let Some(self_id) = self_id else { return Ok(()) };
-    let mut stack: Vec<(i64, Vec<String>)> = references.iter().map(|&id| (id, vec![])).collect();
-    let mut seen = std::collections::HashSet::new();
-    while let Some((id, mut trail)) = stack.pop() {
-        let Some(segment) = catalog.segment(&SegmentRef::Id(id)) else { continue };
-        trail.push(segment.name.clone());
-        if id == self_id {
-            return Err(invalid(
-                "rules",
-                format!("segment references form a cycle: this segment -> {}", trail.join(" -> ")),
-            )
-            .into());
-        }
-        if !seen.insert(id) {
-            continue;
-        }
-        if let Ok(definition) = Definition::parse(&segment.definition) {
-            for (_, reference) in definition.segment_refs() {
-                if let Some(target) = catalog.segment(reference) {
-                    stack.push((target.id, trail.clone()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::emit::literal_type;
     use super::*;
     use crate::catalog::fixture::customers;
+    use crate::catalog::Column;
     use serde_json::json;
 
     const NOW: &str = "'2026-11-01 00:00:00+00'::timestamptz";
