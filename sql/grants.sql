@@ -159,6 +159,7 @@ COMMENT ON COLUMN segments.refresh_run.entered IS 'Records that entered.';
 COMMENT ON COLUMN segments.refresh_run.exited IS 'Records that exited.';
 COMMENT ON COLUMN segments.refresh_run.error IS 'Error of a failed run.';
 COMMENT ON COLUMN segments.refresh_run.keys_examined IS 'Keys a live application evaluated.';
+COMMENT ON COLUMN segments.refresh_run.error_code IS 'The SQLSTATE of a failed run''s error, e.g. 42703 for a column that no longer exists.';
 COMMENT ON TABLE segments.related IS 'Registered related (one-to-many) tables of entities.';
 COMMENT ON COLUMN segments.related.entity IS 'The entity.';
 COMMENT ON COLUMN segments.related.name IS 'Name used in definitions.';

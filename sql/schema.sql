@@ -101,7 +101,9 @@ CREATE TABLE segments.refresh_run (
     exited       bigint,
     error        text,
     -- Added in 0.2.0: keys examined by a live application ('live' runs).
-    keys_examined bigint
+    keys_examined bigint,
+    -- Added in 0.2.0: the SQLSTATE of a failed run's error.
+    error_code   text
 );
 CREATE INDEX ON segments.refresh_run (segment_id, started_at);
 

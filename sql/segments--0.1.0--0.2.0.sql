@@ -53,6 +53,7 @@ ALTER TABLE segments.refresh_run DROP CONSTRAINT refresh_run_trigger_check;
 ALTER TABLE segments.refresh_run ADD CONSTRAINT refresh_run_trigger_check
     CHECK (trigger IN ('manual', 'schedule', 'system', 'live'));
 ALTER TABLE segments.refresh_run ADD COLUMN keys_examined bigint;
+ALTER TABLE segments.refresh_run ADD COLUMN error_code text;
 CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
@@ -1854,6 +1855,7 @@ COMMENT ON COLUMN segments.refresh_run.entered IS 'Records that entered.';
 COMMENT ON COLUMN segments.refresh_run.exited IS 'Records that exited.';
 COMMENT ON COLUMN segments.refresh_run.error IS 'Error of a failed run.';
 COMMENT ON COLUMN segments.refresh_run.keys_examined IS 'Keys a live application evaluated.';
+COMMENT ON COLUMN segments.refresh_run.error_code IS 'The SQLSTATE of a failed run''s error, e.g. 42703 for a column that no longer exists.';
 COMMENT ON TABLE segments.related IS 'Registered related (one-to-many) tables of entities.';
 COMMENT ON COLUMN segments.related.entity IS 'The entity.';
 COMMENT ON COLUMN segments.related.name IS 'Name used in definitions.';

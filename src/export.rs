@@ -76,7 +76,7 @@ pub fn rewrite_recorded(export: i64) {
     let result = crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
     let (status, error) = match &result {
         Ok(()) => ("succeeded", None),
-        Err(message) => ("failed", Some(message.clone())),
+        Err(failure) => ("failed", Some(failure.message.clone())),
     };
     if let Some(message) = &error {
         warning!("segments: export {export} failed: {message}");

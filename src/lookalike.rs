@@ -237,7 +237,7 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
         let row = table.first();
         Some((spi(row.get::<String>(1)).unwrap(), spi(row.get::<String>(2)).unwrap()))
     });
-    row.ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")).into())
+    row.ok_or_else(|| SegmentsError::no_such_segment(segment).into())
 }
 
 /// Keys (as JSON values of the key's kind) of the given positions.

@@ -22,7 +22,7 @@ use segments_core::catalog::{KeyKind, Catalog};
 use crate::pg::catalog::SpiCatalog;
 use crate::engine::evaluate::stored_members;
 use segments_core::sql::ident;
-use crate::pg::error::Raise;
+use crate::pg::error::OrRaise;
 
 /// An active segment connected to a sequence.
 #[derive(Debug, Clone)]
@@ -160,9 +160,7 @@ fn key_type(entity: &str) -> String {
 /// (NULL when all exist). A key that is not even of the key's type is missing.
 #[pg_extern(schema = "segments")]
 fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
-    let Some(table) = SpiCatalog.entity(entity) else {
-        crate::pg::error::SegmentsError::UndefinedTable(format!("entity \"{entity}\" is not registered")).raise()
-    };
+    let table = crate::pg::catalog::registered_entity(entity).or_raise();
     // An inner join rather than NOT EXISTS: Citus plans it on distributed
     // tables (a correlated subquery beside a set-returning function it
     // refuses).

@@ -399,6 +399,10 @@ fn roles_and_owner_privileges() {
     let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(status, "failed");
     assert!(error.unwrap_or_default().contains("permission denied for table customers"));
+    // The history keeps the error's SQLSTATE.
+    let code: Option<String> =
+        admin.query_one("SELECT error_code FROM segments.refresh_run WHERE segment_id = $1 ORDER BY id DESC LIMIT 1", &[&id]).unwrap().get(0);
+    assert_eq!(code.as_deref(), Some("42501"));
     let kept: i64 = admin.query_one("SELECT member_count FROM segments.membership WHERE segment_id = $1", &[&id]).unwrap().get(0);
     assert_eq!(kept, count, "a failed refresh keeps the old membership");
 }
@@ -652,6 +656,13 @@ fn a_failing_segment_does_not_stop_the_others() {
     assert_eq!(statuses, vec![(1, "failed".into()), (2, "succeeded".into()), (3, "succeeded".into())]);
     let error: String = rows[0].get(2);
     assert!(error.contains("score"), "{error}");
+    let codes: Vec<Option<String>> = client
+        .query("SELECT DISTINCT ON (segment_id) error_code FROM segments.refresh_run ORDER BY segment_id, id DESC", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(codes, vec![Some("42703".to_string()), None, None], "a compile failure keeps its SQLSTATE, successes have none");
     let row = client
         .query_one("SELECT status, last_error, member_count, (SELECT member_count FROM segments.membership WHERE segment_id = 1) FROM segments.segment WHERE id = 1", &[])
         .unwrap();

@@ -66,6 +66,19 @@ impl SegmentsError {
         }
     }
 
+    /// A segment id handed to a function that names no segment: 42704, as
+    /// for any object a function is handed.
+    pub fn no_such_segment(id: impl std::fmt::Display) -> Self {
+        SegmentsError::UndefinedObject(format!("segment {id} does not exist"))
+    }
+
+    /// A segment a definition reads that does not exist: 42P01, as for
+    /// anything a definition names (SPEC: unknown entity, related table or
+    /// segment); `path` is where in the definition.
+    pub fn missing_segment_reference(path: &str, reference: impl std::fmt::Display) -> Self {
+        SegmentsError::UndefinedTable(format!("{path}.segment: segment {reference} does not exist"))
+    }
+
     pub fn with_hint(self, hint: Option<String>) -> Reported {
         Reported { error: self, hint }
     }

@@ -94,7 +94,7 @@ impl Probe<'_> {
                 let id = SpiCatalog
                     .segment(&test.segment)
                     .map(|s| s.id)
-                    .ok_or_else(|| SegmentsError::UndefinedObject(format!("{}: segment does not exist", condition.path)))?;
+                    .ok_or_else(|| SegmentsError::missing_segment_reference(&condition.path, &test.segment))?;
                 let member = self.position.is_some_and(|p| stored_members(id).contains(p));
                 Some(if member { "member".into() } else { "not a member".into() })
             }
@@ -167,7 +167,7 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
     )
     .map(|d| d.0)
     .zip(optional_value::<String>("SELECT entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1", &[segment.into()]))
-    .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")))?;
+    .ok_or_else(|| SegmentsError::no_such_segment(segment))?;
     let entity = crate::pg::catalog::registered_entity(&entity_name)?;
     let definition = Definition::parse(&raw)?;
     let (position, keys_sql) = locate(&entity, key)?;

@@ -29,7 +29,7 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
         let row = table.first();
         Some((spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<String>(2)).unwrap_or_default()))
     })
-    .ok_or_else(|| SegmentsError::UndefinedObject(format!("segment {segment} does not exist")).into())
+    .ok_or_else(|| SegmentsError::no_such_segment(segment).into())
 }
 
 /// The member keys after the last successful refresh at or before `at`:

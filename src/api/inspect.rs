@@ -43,7 +43,7 @@ fn segment_definition(segment: i64) -> Result<(serde_json::Value, Option<serde_j
     });
     match row {
         (Some(definition), counts) => Ok((definition.0, counts.map(|c| c.0))),
-        (None, _) => Err(SegmentsError::UndefinedObject(format!("segment {segment} does not exist")).into()),
+        (None, _) => Err(SegmentsError::no_such_segment(segment).into()),
     }
 }
 

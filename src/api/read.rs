@@ -19,7 +19,7 @@ fn segment_entity(segment: i64) -> Result<segments_core::catalog::Entity, Report
     let entity = optional_value::<String>("SELECT entity FROM segments.segment WHERE id = $1", &[segment.into()])
         .ok_or_else(|| {
             crate::engine::citus::refuse_on_worker("functions of segments");
-            SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
+            SegmentsError::no_such_segment(segment)
         })?;
     entity_named(&entity)
 }
@@ -90,7 +90,7 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
     });
     let (entity, kind, key_type, version) = row.ok_or_else(|| {
         crate::engine::citus::refuse_on_worker("is_member");
-        SegmentsError::UndefinedObject(format!("segment {segment} does not exist"))
+        SegmentsError::no_such_segment(segment)
     })?;
     let kind = if kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
     Ok((entity, kind, key_type, version))

@@ -28,9 +28,12 @@ use crate::pg::spi::{optional_value, spi};
 use segments_core::catalog::{Catalog, KeyKind};
 use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
-use crate::pg::error::OrRaise;
+use crate::pg::error::{Failure, OrRaise};
 use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
-use crate::engine::refresh::{compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, Outcome, Target, Trigger};
+use crate::engine::refresh::{
+    compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, store_status, Outcome, RunStatus, Target,
+    Trigger,
+};
 use segments_core::sql::{ident, literal};
 use crate::pg::txn::{in_subtransaction, writing_transaction};
 
@@ -251,20 +254,20 @@ fn positions_of(entity: &segments_core::catalog::Entity, keys: &[String]) -> (Me
 /// in the same order, so their leaves line up.
 struct OwnerPlan {
     restricted: segments_core::compile::Plan,
-    compiled: HashMap<i64, Result<segments_core::compile::CompiledSegment, String>>,
+    compiled: HashMap<i64, Result<segments_core::compile::CompiledSegment, Failure>>,
     full: segments_core::compile::Plan,
     identity: segments_core::compile::Plan,
 }
 
-type Compiled = HashMap<i64, Result<segments_core::compile::CompiledSegment, String>>;
+type Compiled = HashMap<i64, Result<segments_core::compile::CompiledSegment, Failure>>;
 
 /// Compiles `targets` (sorted by id, so that leaves are numbered alike
 /// across plans) into one plan; `restrict` sets the planner's restrictions.
 fn plan_for(entity: &str, targets: &[&Target], reference: &str, restrict: impl FnOnce(&mut Planner)) -> Option<(segments_core::compile::Plan, Compiled)> {
     let mut planner = Planner::new(&SpiCatalog, entity, "entity", reference).ok()?;
     restrict(&mut planner);
-    let mut compiled: Vec<(i64, Result<segments_core::compile::CompiledSegment, String>)> =
-        targets.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(|e| e.to_string()))).collect();
+    let mut compiled: Vec<(i64, Result<segments_core::compile::CompiledSegment, Failure>)> =
+        targets.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(Failure::from))).collect();
     let mut refs: Vec<&mut segments_core::compile::CompiledSegment> = compiled.iter_mut().filter_map(|(_, c)| c.as_mut().ok()).collect();
     let plan = planner.finish(&mut refs);
     Some((plan, compiled.into_iter().collect()))
@@ -283,12 +286,12 @@ fn related_values(
     plans: &OwnerPlan,
     changed: &Members,
     changed_related: &HashMap<String, Members>,
-) -> Result<HashMap<usize, RelatedValue>, String> {
+) -> Result<HashMap<usize, RelatedValue>, Failure> {
     let mut known = HashMap::new();
     let mut identities = Vec::new();
     let leaves = plans.restricted.leaves.len();
     if plans.full.leaves.len() != leaves || plans.identity.leaves.len() != leaves {
-        return Err("segments: internal error: the plans of a live application differ".into());
+        return Err(Failure::internal("the plans of a live application differ"));
     }
     for i in 0..leaves {
         let Some(related) = &plans.restricted.related_of[i] else { continue };
@@ -321,7 +324,7 @@ fn related_values(
 }
 
 /// One related leaf's query, run as `owner` in the sandbox.
-fn related_as(owner: pg_sys::Oid, leaf: &segments_core::compile::Leaf) -> Result<RelatedValue, String> {
+fn related_as(owner: pg_sys::Oid, leaf: &segments_core::compile::Leaf) -> Result<RelatedValue, Failure> {
     let leaf = AssertUnwindSafe(leaf);
     in_subtransaction(AssertUnwindSafe(|| {
         crate::pg::txn::as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::related_value(&leaf).unwrap_or_default()))
@@ -410,7 +413,7 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
             plans.insert(*owner, OwnerPlan { restricted, compiled, full, identity });
         }
     }
-    let mut values: HashMap<pg_sys::Oid, Result<crate::engine::evaluate::LeafValues, String>> = HashMap::new();
+    let mut values: HashMap<pg_sys::Oid, Result<crate::engine::evaluate::LeafValues, Failure>> = HashMap::new();
     let mut fresh: HashMap<i64, Members> = HashMap::new();
     let mut entered_by_segment: HashMap<i64, Members> = HashMap::new();
     let mut runs = Vec::new();
@@ -460,13 +463,9 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
                 entered_by_segment.insert(target.id, entered);
                 fresh.insert(target.id, new);
             }
-            Err(message) => {
-                spi(Spi::run_with_args(
-                    "UPDATE segments.segment SET status = 'failed', last_error = $2, \
-                     consecutive_failures = consecutive_failures + 1 WHERE id OPERATOR(pg_catalog.=) $1",
-                    &[target.id.into(), message.clone().into()],
-                ));
-                let mut outcome = Outcome::failed(target.id, message, started.elapsed());
+            Err(failure) => {
+                store_status(target.id, RunStatus::Failed, Some(&failure.message));
+                let mut outcome = Outcome::failed(target.id, failure, started.elapsed());
                 outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
                 runs.push(outcome.run_id);
             }

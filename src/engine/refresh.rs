@@ -18,7 +18,7 @@ use crate::pg::spi::spi;
 use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::{check_cycles, CompiledSegment, Planner};
 use segments_core::definition::Definition;
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::error::{Failure, OrRaise, Reported, SegmentsError};
 use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
 use crate::pg::txn::{as_role, in_subtransaction, writing_transaction};
 
@@ -62,7 +62,7 @@ pub struct Outcome {
     pub entered: Option<i64>,
     pub exited: Option<i64>,
     pub duration: Duration,
-    pub error: Option<String>,
+    pub error: Option<Failure>,
 }
 
 impl Outcome {
@@ -92,9 +92,9 @@ impl Outcome {
         }
     }
 
-    /// A segment whose evaluation failed with `message`.
-    pub fn failed(segment_id: i64, message: String, duration: Duration) -> Outcome {
-        Outcome { status: RunStatus::Failed, error: Some(message), ..Outcome::skipped(segment_id, duration) }
+    /// A segment whose evaluation failed.
+    pub fn failed(segment_id: i64, failure: Failure, duration: Duration) -> Outcome {
+        Outcome { status: RunStatus::Failed, error: Some(failure), ..Outcome::skipped(segment_id, duration) }
     }
 }
 
@@ -109,7 +109,7 @@ fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, R
             &[ids.to_vec().into()],
         ));
         if let Some(missing) = missing {
-            return Err(SegmentsError::UndefinedObject(format!("segment {missing} does not exist")).into());
+            return Err(SegmentsError::no_such_segment(missing).into());
         }
     }
     let sql = format!(
@@ -157,8 +157,8 @@ fn spi_names(targets: &[Target]) -> HashMap<i64, String> {
 struct Group {
     owner: pg_sys::Oid,
     plan: Option<segments_core::compile::Plan>,
-    compiled: HashMap<i64, Result<CompiledSegment, String>>,
-    values: Option<Result<LeafValues, String>>,
+    compiled: HashMap<i64, Result<CompiledSegment, Failure>>,
+    values: Option<Result<LeafValues, Failure>>,
     compute_time: Duration,
 }
 
@@ -171,12 +171,12 @@ pub fn compile_one(planner: &mut Planner, target: &Target) -> Result<CompiledSeg
 
 fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys::Oid), Group> {
     let mut groups: HashMap<(String, pg_sys::Oid), Group> = HashMap::new();
-    let mut planners: HashMap<(String, pg_sys::Oid), Result<Planner, String>> = HashMap::new();
+    let mut planners: HashMap<(String, pg_sys::Oid), Result<Planner, Failure>> = HashMap::new();
     for target in targets.iter().filter(|t| t.active) {
         let key = (target.entity.clone(), target.owner);
         let planner = planners
             .entry(key.clone())
-            .or_insert_with(|| Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(|e| e.to_string()));
+            .or_insert_with(|| Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from));
         let group = groups.entry(key).or_insert_with(|| Group {
             owner: target.owner,
             plan: None,
@@ -185,7 +185,7 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
             compute_time: Duration::ZERO,
         });
         let compiled = match planner {
-            Ok(planner) => compile_one(planner, target).map_err(|e| e.to_string()),
+            Ok(planner) => compile_one(planner, target).map_err(Failure::from),
             Err(e) => Err(e.clone()),
         };
         group.compiled.insert(target.id, compiled);
@@ -201,7 +201,7 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
 }
 
 /// Computes a plan's leaves as `owner`, in a subtransaction.
-pub fn compute_as(owner: pg_sys::Oid, plan: &segments_core::compile::Plan) -> Result<LeafValues, String> {
+pub fn compute_as(owner: pg_sys::Oid, plan: &segments_core::compile::Plan) -> Result<LeafValues, Failure> {
     let plan = AssertUnwindSafe(plan);
     in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
 }
@@ -211,7 +211,7 @@ pub fn compute_as_knowing(
     owner: pg_sys::Oid,
     plan: &segments_core::compile::Plan,
     known: &HashMap<usize, crate::engine::evaluate::RelatedValue>,
-) -> Result<LeafValues, String> {
+) -> Result<LeafValues, Failure> {
     let (plan, known) = (AssertUnwindSafe(plan), AssertUnwindSafe(known));
     in_subtransaction(AssertUnwindSafe(|| {
         as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::compute_leaves_knowing(&plan, &known)))
@@ -220,9 +220,9 @@ pub fn compute_as_knowing(
 
 /// Evaluates one target on its own plan: used when the shared plan of its
 /// group failed, to find out which segment is at fault.
-fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), String> {
-    let mut planner = Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(|e| e.to_string())?;
-    let mut compiled = compile_one(&mut planner, target).map_err(|e| e.to_string())?;
+fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), Failure> {
+    let mut planner = Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from)?;
+    let mut compiled = compile_one(&mut planner, target).map_err(Failure::from)?;
     let plan = planner.finish(&mut [&mut compiled]);
     let mut values = compute_as(target.owner, &plan)?;
     fill_segment_leaves(&plan, &mut values, fresh);
@@ -262,8 +262,9 @@ pub fn record_run_of(
     outcome: &Outcome,
     keys_examined: Option<i64>,
 ) -> i64 {
-    let keys_column = if crate::pg::txn::legacy_schema() { "" } else { ", keys_examined" };
-    let keys_value = if crate::pg::txn::legacy_schema() { "" } else { ", $9" };
+    // A 0.1.0 schema (before ALTER EXTENSION UPDATE) has neither column.
+    let added_columns = if crate::pg::txn::legacy_schema() { "" } else { ", keys_examined, error_code" };
+    let added_values = if crate::pg::txn::legacy_schema() { "" } else { ", $9, $10" };
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
         segment.into(),
         trigger.as_str().into(),
@@ -272,14 +273,15 @@ pub fn record_run_of(
         outcome.member_count.into(),
         outcome.entered.into(),
         outcome.exited.into(),
-        outcome.error.clone().into(),
+        outcome.error.as_ref().map(|f| f.message.clone()).into(),
     ];
     if !crate::pg::txn::legacy_schema() {
         args.push(keys_examined.into());
+        args.push(outcome.error.as_ref().map(|f| f.sqlstate.clone()).into());
     }
     let run = Spi::get_one_with_args::<i64>(
-        &format!("INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error{keys_column}) \
-         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8{keys_value}) RETURNING id"),
+        &format!("INSERT INTO segments.refresh_run (segment_id, trigger, started_at, finished_at, status, member_count, entered, exited, error{added_columns}) \
+         VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8{added_values}) RETURNING id"),
         &args,
     );
     spi(run).expect("INSERT ... RETURNING returns a row")
@@ -337,7 +339,9 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
     spi(Spi::run_with_args("SELECT pg_notify('segments', $1)", &[payload.to_string().into()]));
 }
 
-fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
+/// Stores a segment's status after a refresh (or live application), and
+/// the error of a failed one.
+pub fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
     let failures = if crate::pg::txn::legacy_schema() {
         ""
     } else {
@@ -397,7 +401,7 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
             let compute_started = Instant::now();
             group.values = Some(match &group.plan {
                 Some(plan) => compute_as(group.owner, plan),
-                None => Err("no plan".into()),
+                None => Err(Failure::internal("no plan")),
             });
             group.compute_time = compute_started.elapsed();
             computed_here = group.compute_time;
@@ -423,10 +427,10 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                 entered_by_segment.insert(target.id, entered);
                 outcome
             }
-            Err(message) => {
-                store_status(target.id, RunStatus::Failed, Some(&message));
+            Err(failure) => {
+                store_status(target.id, RunStatus::Failed, Some(&failure.message));
                 let duration = started.elapsed().saturating_sub(computed_here) + shared_time;
-                let mut outcome = Outcome::failed(target.id, message, duration);
+                let mut outcome = Outcome::failed(target.id, failure, duration);
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 outcome
             }
@@ -473,6 +477,6 @@ fn refresh(
     let outcomes =
         crate::pg::txn::privileged(AssertUnwindSafe(|| refresh_segments(segments.as_deref(), Trigger::Manual, false))).or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
-        (o.segment_id, o.status.as_str().to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error)
+        (o.segment_id, o.status.as_str().to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error.map(|f| f.message))
     }))
 }

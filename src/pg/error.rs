@@ -12,6 +12,44 @@ fn packed_sqlstate(code: &str) -> PgSqlErrorCode {
     PgSqlErrorCode::from(packed)
 }
 
+/// PostgreSQL's five-character form of a packed SQLSTATE (PGUNSIXBIT).
+pub fn unpacked_sqlstate(packed: i32) -> String {
+    (0..5).map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0')).collect()
+}
+
+/// Why a segment's refresh (or live application) failed, with the
+/// SQLSTATE of the error, as `segments.refresh_run` records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of ours, not of the segment (XX000, internal_error).
+    pub fn internal(message: &str) -> Failure {
+        Failure { sqlstate: "XX000".into(), message: format!("segments: internal error: {message}") }
+    }
+}
+
+impl From<Reported> for Failure {
+    fn from(reported: Reported) -> Failure {
+        Failure { sqlstate: reported.error.code().into(), message: reported.error.to_string() }
+    }
+}
+
+impl From<SegmentsError> for Failure {
+    fn from(error: SegmentsError) -> Failure {
+        Reported::from(error).into()
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// `error.raise()` aborts the current transaction with the error's
 /// SQLSTATE, message and hint.
 pub trait Raise {
@@ -73,5 +111,8 @@ mod tests {
         assert_eq!(packed_sqlstate("2BP01"), ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST);
         assert_eq!(packed_sqlstate("0A000"), ERRCODE_FEATURE_NOT_SUPPORTED);
         assert_eq!(packed_sqlstate("55006"), ERRCODE_OBJECT_IN_USE);
+        for code in ["22023", "42P01", "2BP01", "0A000", "57014", "XX000"] {
+            assert_eq!(unpacked_sqlstate(packed_sqlstate(code) as i32), code);
+        }
     }
 }

@@ -215,6 +215,18 @@ pub fn error_text(error: &CaughtError) -> String {
     }
 }
 
+/// A caught error as a segment's failure: its SQLSTATE and its text.
+fn failure(error: &CaughtError) -> crate::pg::error::Failure {
+    let report = match error {
+        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    crate::pg::error::Failure {
+        sqlstate: crate::pg::error::unpacked_sqlstate(report.sql_error_code() as i32),
+        message: error_text(error),
+    }
+}
+
 /// Errors a subtransaction must not swallow: cancels and timeouts (57014),
 /// shutdowns and terminations (class 57), and out-of-memory (53200).
 fn must_propagate(error: &CaughtError) -> bool {
@@ -240,8 +252,9 @@ pub fn writing_transaction() {
 }
 
 /// Runs `f` in a subtransaction. On an error, everything `f` wrote is rolled
-/// back and the error's message is returned; the outer transaction goes on.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+/// back and the error (SQLSTATE and message) is returned; the outer
+/// transaction goes on.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, crate::pg::error::Failure> {
     unsafe {
         let outer_context = pg_sys::CurrentMemoryContext;
         let outer_owner = pg_sys::CurrentResourceOwner;
@@ -270,7 +283,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
                 if must_propagate(&error) {
                     error.rethrow();
                 }
-                Err(error_text(&error))
+                Err(failure(&error))
             }
         }
     }

@@ -191,7 +191,7 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
             log!(
                 "segments: refresh of segment {} failed: {}",
                 outcome.segment_id,
-                outcome.error.as_deref().unwrap_or("")
+                outcome.error.as_ref().map_or("", |f| f.message.as_str())
             );
         }
         log!(

@@ -309,7 +309,7 @@ impl<'a> Planner<'a> {
                 SegmentRef::Name(name) => perhaps(name, names.iter().map(String::as_str)),
                 SegmentRef::Id(_) => None,
             };
-            SegmentsError::UndefinedTable(format!("{path}.segment: segment {reference} does not exist")).with_hint(hint)
+            SegmentsError::missing_segment_reference(path, reference).with_hint(hint)
         })?;
         if segment.entity != self.entity.name {
             return Err(invalid(
