@@ -60,10 +60,7 @@ RETURNS TABLE (segment_id bigint, name text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cutoff timestamptz := now() - coalesce(
-        older_than,
-        nullif(current_setting('segments.unused_after', true), '')::interval,
-        interval '45 days');
+    cutoff timestamptz := now() - coalesce(older_than, segments._setting('segments.unused_after')::interval);
 BEGIN
     IF dry_run THEN
         RETURN QUERY

@@ -235,7 +235,7 @@ SET search_path = pg_catalog, pg_temp AS $$
                                 WHERE s.name = 'segments.max_active_segments'), 'default') <> 'default'
                 THEN current_setting('segments.max_active_segments')::bigint
                 ELSE coalesce((SELECT l.max_active_segments FROM segments.limits l),
-                              nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000) END
+                              segments._setting('segments.max_active_segments')::bigint) END
 $$;
 
 -- The cap on active segments: a WARNING from 90% of it, an error past it.

@@ -100,7 +100,7 @@ SET search_path = pg_catalog, pg_temp AS $$
                                 WHERE s.name = 'segments.max_active_segments'), 'default') <> 'default'
                 THEN current_setting('segments.max_active_segments')::bigint
                 ELSE coalesce((SELECT l.max_active_segments FROM segments.limits l),
-                              nullif(current_setting('segments.max_active_segments', true), '')::bigint, 10000) END
+                              segments._setting('segments.max_active_segments')::bigint) END
 $$;
 
 CREATE OR REPLACE FUNCTION segments._add_to_export(caller regrole, export text, segments bigint[]) RETURNS integer
@@ -955,6 +955,13 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments."_setting"(
+	"name" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_setting_wrapper';
+
 CREATE OR REPLACE FUNCTION segments."_sync_capture"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
@@ -1129,10 +1136,7 @@ RETURNS TABLE (segment_id bigint, name text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cutoff timestamptz := now() - coalesce(
-        older_than,
-        nullif(current_setting('segments.unused_after', true), '')::interval,
-        interval '45 days');
+    cutoff timestamptz := now() - coalesce(older_than, segments._setting('segments.unused_after')::interval);
 BEGIN
     IF dry_run THEN
         RETURN QUERY
@@ -1776,7 +1780,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END

@@ -41,7 +41,14 @@ pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schem
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["roles", api::segment::_check_definition, api::segment::_check_schedule, pg::txn::_internal_write, engine::live::_sync_capture]
+    requires = [
+        "roles",
+        api::segment::_check_definition,
+        api::segment::_check_schedule,
+        pg::txn::_internal_write,
+        pg::gucs::_setting,
+        engine::live::_sync_capture
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/manage.sql",
@@ -50,23 +57,27 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage"]);
-pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["cleanup", "key_functions", export::_rewrite_export]);
+pgrx::extension_sql_file!("../sql/ddl_events.sql", name = "ddl_events", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../sql/wrappers.sql",
+    name = "wrappers",
+    requires = [
+        "cleanup",
+        api::read::_is_member,
+        api::read::_segments_of,
+        api::explain::_explain_member,
+        api::inspect::_estimate,
+        schedule::pass::_run_due,
+        engine::live::_apply_changes
+    ]
+);
+pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["wrappers", export::_rewrite_export]);
 pgrx::extension_sql_file!(
     "../sql/sequences.sql",
     name = "sequences",
     requires = ["exports", sequence::_connect_members, sequence::_missing_keys, sequence::_canonical_keys]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
-
-// set_owner takes a regrole, which pgrx cannot spell: declared by hand.
-pgrx::extension_sql!(
-    r#"
-CREATE FUNCTION segments.set_owner(segments bigint[], owner regrole) RETURNS integer
-LANGUAGE c AS 'MODULE_PATHNAME', 'set_owner_wrapper';
-"#,
-    name = "set_owner",
-    requires = ["lifecycle"]
-);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

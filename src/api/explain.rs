@@ -217,21 +217,6 @@ fn _explain_member(
     TableIterator::new(rows)
 }
 
-pgrx::extension_sql!(
-    r#"
-CREATE FUNCTION segments.explain_member(segment bigint, key anyelement)
-RETURNS TABLE (path text, name text, condition jsonb, matches boolean, value text)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM segments._explain_member(segment, key::text) $$;
-CREATE FUNCTION segments.explain_member(segment bigint, key text)
-RETURNS TABLE (path text, name text, condition jsonb, matches boolean, value text)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM segments._explain_member(segment, key) $$;
-"#,
-    name = "explain_member",
-    requires = [_explain_member]
-);
-
 #[cfg(test)]
 mod tests {
     use super::json_at;

@@ -118,19 +118,6 @@ fn estimate(definition: JsonB) -> TableIterator<'static, (
     rows(crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| estimate_counts(&definition))).or_raise())
 }
 
-pgrx::extension_sql!(
-    r#"
--- "Simulate": counts what an unsaved definition would select, rule by rule.
-CREATE FUNCTION segments.estimate(definition jsonb)
-RETURNS TABLE (path text, name text, combine text, members bigint, cumulative bigint)
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM segments._estimate(definition::text) $$;
-"#,
-    name = "estimate",
-    requires = [_estimate]
-);
-
 /// The SQL a segment's refresh runs, one statement per leaf query.
 #[pg_extern(schema = "segments", stable)]
 fn explain(segment: i64) -> String {

@@ -263,25 +263,6 @@ fn attribute_values(
     }))
 }
 
-pgrx::extension_sql!(
-    r#"
--- Keys in their own type or as text. The text overloads take untyped
--- literals, so segments.is_member(7, 'C00042') needs no cast.
-CREATE FUNCTION segments.is_member(segment bigint, key anyelement) RETURNS boolean
-LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key::text) $$;
-CREATE FUNCTION segments.is_member(segment bigint, key text) RETURNS boolean
-LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key) $$;
-CREATE FUNCTION segments.segments_of(entity text, key anyelement)
-RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key::text) $$;
-CREATE FUNCTION segments.segments_of(entity text, key text)
-RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key) $$;
-"#,
-    name = "key_functions",
-    requires = [_is_member, _segments_of]
-);
-
 #[cfg(test)]
 mod tests {
     use super::*;

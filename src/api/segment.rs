@@ -83,7 +83,7 @@ fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
 
 /// The system refresh's cron, from `segments.system_schedule`.
 pub fn system_cron() -> croner::Cron {
-    let text = gucs::text(&gucs::SYSTEM_SCHEDULE).unwrap_or_else(|| "0 2 * * *".into());
+    let text = gucs::system_schedule();
     parse_cron(&text).unwrap_or_else(|e| crate::pg::error::SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
 }
 

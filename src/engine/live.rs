@@ -536,20 +536,3 @@ fn _apply_changes() -> Vec<i64> {
     crate::pg::txn::privileged(apply_changes)
 }
 
-pgrx::extension_sql!(
-    r#"
--- Applies the changes captured for live segments now (the worker does it
--- every segments.naptime); returns the runs recorded (trigger 'live').
-CREATE FUNCTION segments.apply_changes() RETURNS SETOF segments.refresh_run
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    runs bigint[] := segments._apply_changes();
-BEGIN
-    RETURN QUERY SELECT r.* FROM segments.refresh_run r WHERE r.id = ANY (runs) ORDER BY r.id;
-END
-$$;
-"#,
-    name = "apply_changes",
-    requires = ["run_due", _apply_changes]
-);

@@ -8,14 +8,23 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
+use crate::pg::error::{Raise, SegmentsError};
+
+// Defaults with more than one reader: the setting and the fallback for an
+// empty value. SQL reads the effective values through `_setting`.
+const DEFAULT_SYSTEM_SCHEDULE: &CStr = c"0 2 * * *";
+const DEFAULT_CLEANUP_SCHEDULE: &CStr = c"30 1 * * *";
+const DEFAULT_UNUSED_AFTER: &CStr = c"45 days";
+const DEFAULT_HISTORY_RETENTION: &CStr = c"90 days";
+
 pub static REFERENCE_TIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"0 2 * * *"));
-pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"30 1 * * *"));
-pub static UNUSED_AFTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"45 days"));
-pub static HISTORY_RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"90 days"));
+pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
+pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_CLEANUP_SCHEDULE));
+pub static UNUSED_AFTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_UNUSED_AFTER));
+pub static HISTORY_RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_HISTORY_RETENTION));
 pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Refuses a value with a detail message, for a check hook.
@@ -195,6 +204,43 @@ pub fn register() {
 pub fn reserve_prefix() {
     // SAFETY: called from _PG_init, after the definitions above.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"segments".as_ptr()) };
+}
+
+/// A text setting's value, or `default` when it is empty.
+fn text_or(setting: &GucSetting<Option<CString>>, default: &CStr) -> String {
+    text(setting).unwrap_or_else(|| default.to_string_lossy().into_owned())
+}
+
+/// `segments.system_schedule`: when every dynamic segment is refreshed.
+pub fn system_schedule() -> String {
+    text_or(&SYSTEM_SCHEDULE, DEFAULT_SYSTEM_SCHEDULE)
+}
+
+/// `segments.cleanup_schedule`: when unused segments are deactivated.
+pub fn cleanup_schedule() -> String {
+    text_or(&CLEANUP_SCHEDULE, DEFAULT_CLEANUP_SCHEDULE)
+}
+
+/// `segments.history_retention`: how long refresh and change rows stay.
+pub fn history_retention() -> String {
+    text_or(&HISTORY_RETENTION, DEFAULT_HISTORY_RETENTION)
+}
+
+/// `segments.unused_after`: how long a segment without usage stays active.
+pub fn unused_after() -> String {
+    text_or(&UNUSED_AFTER, DEFAULT_UNUSED_AFTER)
+}
+
+/// The effective value of a setting SQL functions read: calling it loads
+/// the library, so the setting exists and its default comes from here, not
+/// from a copy in SQL. Only settings SQL needs are readable this way.
+#[pgrx::pg_extern(schema = "segments", stable)]
+fn _setting(name: &str) -> String {
+    match name {
+        "segments.max_active_segments" => MAX_ACTIVE_SEGMENTS.get().to_string(),
+        "segments.unused_after" => unused_after(),
+        _ => SegmentsError::InvalidParameter(format!("setting \"{name}\" is not read through segments._setting")).raise(),
+    }
 }
 
 pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {

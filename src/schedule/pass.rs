@@ -98,7 +98,7 @@ pub fn plan_pass() -> Due {
     // The system refresh: locked, so that passes never overlap.
     let zone = crate::pg::gucs::timezone();
     let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
-    let cleanup_cron = gucs::text(&gucs::CLEANUP_SCHEDULE).unwrap_or_else(|| "30 1 * * *".into());
+    let cleanup_cron = gucs::cleanup_schedule();
     let cleanup_cron = parse_cron(&cleanup_cron)
         .unwrap_or_else(|e| SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise());
     let cleanup_due = segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
@@ -208,7 +208,7 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
 /// Drops history older than `segments.history_retention`.
 pub fn trim_history() {
     writing_transaction();
-    let retention = gucs::text(&gucs::HISTORY_RETENTION).unwrap_or_else(|| "90 days".into());
+    let retention = gucs::history_retention();
     spi(Spi::run_with_args(
         "DELETE FROM segments.refresh_run WHERE started_at < clock_timestamp() - $1::interval",
         &[retention.as_str().into()],
@@ -233,23 +233,6 @@ fn _run_due() -> Vec<i64> {
     crate::pg::txn::require_editor("run the scheduler");
     crate::pg::txn::privileged(run_pass)
 }
-
-pgrx::extension_sql!(
-    r#"
--- One scheduler pass; returns the refresh runs it recorded. (Two
--- statements: the second must see the rows the first wrote.)
-CREATE FUNCTION segments.run_due() RETURNS SETOF segments.refresh_run
-LANGUAGE plpgsql AS $$
-DECLARE
-    runs bigint[] := segments._run_due();
-BEGIN
-    RETURN QUERY SELECT r.* FROM segments.refresh_run r WHERE r.id = ANY (runs) ORDER BY r.id;
-END
-$$;
-"#,
-    name = "run_due",
-    requires = ["cleanup", _run_due]
-);
 
 #[cfg(test)]
 mod tests {
