@@ -2,13 +2,20 @@
 -- it is active, not never_expire, has no live usage, and was created or
 -- last updated longer ago than `older_than` (default segments.unused_after).
 
+-- Refuses a kind that is not in segments.usage_kind, or that only the
+-- extension records.
 CREATE FUNCTION segments._check_usage_kind(kind text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    internal boolean := (SELECT k.recorded_by_segments FROM segments.usage_kind k WHERE k.kind = _check_usage_kind.kind);
 BEGIN
-    IF kind IS NULL OR kind NOT IN ('export', 'measure', 'segment', 'journey', 'campaign',
-                                    'test_list', 'message', 'sequence', 'analytics') THEN
-        RAISE EXCEPTION 'usage kind "%" is not one of export, measure, segment, journey, campaign, test_list, message, sequence, analytics', kind
+    IF internal IS NULL THEN
+        RAISE EXCEPTION 'usage kind "%" is not one of %', kind,
+                        (SELECT string_agg(k.kind, ', ' ORDER BY k.kind) FROM segments.usage_kind k)
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF internal THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
@@ -23,10 +30,6 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[_add_usage.segment]);
     PERFORM segments._check_usage_kind(_add_usage.kind);
-    IF kind IN ('segment', 'export', 'sequence') THEN
-        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself', kind
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF consumer IS NULL OR btrim(consumer) = '' THEN
         RAISE EXCEPTION 'a usage needs a consumer' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -42,10 +45,6 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
     PERFORM segments._check_usage_kind(_remove_usage.kind);
-    IF kind IN ('segment', 'export', 'sequence') THEN
-        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     DELETE FROM segments.usage_registry u
      WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
     IF NOT FOUND THEN

@@ -145,12 +145,23 @@ CREATE TABLE segments.membership_change (
 CREATE INDEX ON segments.membership_change (segment_id, at);
 CREATE INDEX ON segments.membership_change (run_id);
 
+-- The kinds of usage: the one list that add_usage checks and the registry
+-- references. Kinds recorded_by_segments are written by the extension
+-- itself (segments reading segments, exports, sequences), never by hand.
+CREATE TABLE segments.usage_kind (
+    kind                 text PRIMARY KEY,
+    recorded_by_segments boolean NOT NULL
+);
+INSERT INTO segments.usage_kind (kind, recorded_by_segments) VALUES
+    ('segment', true), ('export', true), ('sequence', true),
+    ('measure', false), ('journey', false), ('campaign', false),
+    ('test_list', false), ('message', false), ('analytics', false);
+
 -- What uses a segment: other segments, exports, sequences, journeys...
 -- `live` false (a report reading the rule) does not keep a segment in use.
 CREATE TABLE segments.usage_registry (
     segment_id bigint NOT NULL REFERENCES segments.segment (id) ON DELETE CASCADE,
-    kind       text NOT NULL CHECK (kind IN ('export', 'measure', 'segment', 'journey', 'campaign',
-                                             'test_list', 'message', 'sequence', 'analytics')),
+    kind       text NOT NULL REFERENCES segments.usage_kind (kind),
     consumer   text NOT NULL,
     live       boolean NOT NULL DEFAULT true,
     since      timestamptz NOT NULL DEFAULT now(),

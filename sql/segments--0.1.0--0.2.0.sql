@@ -54,6 +54,17 @@ ALTER TABLE segments.refresh_run ADD CONSTRAINT refresh_run_trigger_check
     CHECK (trigger IN ('manual', 'schedule', 'system', 'live'));
 ALTER TABLE segments.refresh_run ADD COLUMN keys_examined bigint;
 ALTER TABLE segments.refresh_run ADD COLUMN error_code text;
+-- Usage kinds: a table instead of a CHECK list repeated in _check_usage_kind.
+CREATE TABLE segments.usage_kind (
+    kind                 text PRIMARY KEY,
+    recorded_by_segments boolean NOT NULL
+);
+INSERT INTO segments.usage_kind (kind, recorded_by_segments) VALUES
+    ('segment', true), ('export', true), ('sequence', true),
+    ('measure', false), ('journey', false), ('campaign', false),
+    ('test_list', false), ('message', false), ('analytics', false);
+ALTER TABLE segments.usage_registry DROP CONSTRAINT usage_registry_kind_check,
+    ADD CONSTRAINT usage_registry_kind_fkey FOREIGN KEY (kind) REFERENCES segments.usage_kind (kind);
 CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
@@ -146,10 +157,6 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[_add_usage.segment]);
     PERFORM segments._check_usage_kind(_add_usage.kind);
-    IF kind IN ('segment', 'export', 'sequence') THEN
-        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself', kind
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF consumer IS NULL OR btrim(consumer) = '' THEN
         RAISE EXCEPTION 'a usage needs a consumer' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -246,12 +253,17 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_check_schedule_wrapper';
 
 CREATE OR REPLACE FUNCTION segments._check_usage_kind(kind text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    internal boolean := (SELECT k.recorded_by_segments FROM segments.usage_kind k WHERE k.kind = _check_usage_kind.kind);
 BEGIN
-    IF kind IS NULL OR kind NOT IN ('export', 'measure', 'segment', 'journey', 'campaign',
-                                    'test_list', 'message', 'sequence', 'analytics') THEN
-        RAISE EXCEPTION 'usage kind "%" is not one of export, measure, segment, journey, campaign, test_list, message, sequence, analytics', kind
+    IF internal IS NULL THEN
+        RAISE EXCEPTION 'usage kind "%" is not one of %', kind,
+                        (SELECT string_agg(k.kind, ', ' ORDER BY k.kind) FROM segments.usage_kind k)
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF internal THEN
+        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
@@ -639,10 +651,6 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
     PERFORM segments._check_usage_kind(_remove_usage.kind);
-    IF kind IN ('segment', 'export', 'sequence') THEN
-        RAISE EXCEPTION 'usages of kind "%" are recorded by segments itself; change the segment, export or sequence instead', kind
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     DELETE FROM segments.usage_registry u
      WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
     IF NOT FOUND THEN
@@ -1947,6 +1955,7 @@ COMMENT ON COLUMN segments.usage.kind IS 'export, measure, segment, journey, cam
 COMMENT ON COLUMN segments.usage.consumer IS 'Who uses it (a segment by name).';
 COMMENT ON COLUMN segments.usage.live IS 'Whether it keeps the segment in use.';
 COMMENT ON COLUMN segments.usage.since IS 'Since when.';
+COMMENT ON TABLE segments.usage_kind IS 'The kinds of usage add_usage accepts; recorded_by_segments kinds are written by the extension itself.';
 COMMENT ON TABLE segments.usage_registry IS 'What uses each segment (internal; see view usage).';
 COMMENT ON COLUMN segments.usage_registry.segment_id IS 'The segment.';
 COMMENT ON COLUMN segments.usage_registry.kind IS 'Usage kind.';

@@ -867,7 +867,16 @@ fn unused_segments_are_deactivated_and_tagged() {
     assert_eq!(row.get::<_, Vec<String>>(1), Vec::<String>::new());
     assert!(row.get::<_, bool>(2));
     let error = client.execute("SELECT segments.add_usage(1, 'poster', 'x')", &[]).unwrap_err();
-    assert_eq!(sqlstate(&error).0, "22023");
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "22023");
+    assert!(message.contains("analytics, campaign, export, journey, measure"), "the kinds come from segments.usage_kind: {message}");
+    // Kinds the extension records are refused, both ways.
+    for call in ["SELECT segments.add_usage(1, 'export', 'x')", "SELECT segments.remove_usage(1, 'segment', '2')"] {
+        let error = client.execute(call, &[]).unwrap_err();
+        let (code, message) = sqlstate(&error);
+        assert_eq!(code, "22023", "{call}");
+        assert!(message.contains("recorded by segments itself"), "{call}: {message}");
+    }
 }
 
 /// An export table holds exactly the hand-written query's rows after each
