@@ -5,7 +5,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::pg::spi::spi;
+use crate::pg::spi::{required, spi};
 use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::txn::{as_role, call_internal, current_role, require_editor, run_internal};
 
@@ -27,10 +27,10 @@ pub fn rewrite(export: i64) {
         }
         let row = table.first();
         Some((
-            spi(row.get::<pg_sys::Oid>(1)).unwrap(),
-            spi(row.get::<pg_sys::Oid>(2)).unwrap(),
-            spi(row.get::<Vec<i64>>(3)).unwrap(),
-            spi(row.get::<String>(4)).unwrap(),
+            required::<pg_sys::Oid>(&row, 1),
+            required::<pg_sys::Oid>(&row, 2),
+            required::<Vec<i64>>(&row, 3),
+            required::<String>(&row, 4),
         ))
     });
     let Some((target, owner, segments, entity)) = row else { return };

@@ -14,7 +14,7 @@ use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
 use segments_core::bitmap::{key_of, Members};
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{Catalog, ColumnKind, Entity, KeyKind};
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
@@ -235,7 +235,7 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
             return None;
         }
         let row = table.first();
-        Some((spi(row.get::<String>(1)).unwrap(), spi(row.get::<String>(2)).unwrap()))
+        Some((required::<String>(&row, 1), required::<String>(&row, 2)))
     });
     row.ok_or_else(|| SegmentsError::no_such_segment(segment).into())
 }

@@ -17,7 +17,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::bitmap::Members;
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{KeyKind, Catalog};
 use crate::pg::catalog::SpiCatalog;
 use crate::engine::evaluate::stored_members;
@@ -73,12 +73,12 @@ fn connected_segments() -> Vec<Connected> {
             &[],
         ))
         .map(|row| Connected {
-            segment: spi(row.get(1)).unwrap(),
-            name: spi(row.get(2)).unwrap(),
-            entity: spi(row.get(3)).unwrap(),
+            segment: required(&row, 1),
+            name: required(&row, 2),
+            entity: required(&row, 3),
             priority: spi(row.get(4)),
-            move_existing: spi(row.get(5)).unwrap(),
-            sequence: spi(row.get(6)).unwrap(),
+            move_existing: required(&row, 5),
+            sequence: required(&row, 6),
         })
         .collect()
     })
@@ -115,7 +115,7 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
                 None,
                 &[entity.into(), key_texts.into()],
             ))
-            .map(|row| (spi(row.get::<String>(1)).unwrap(), spi(row.get::<i64>(2))))
+            .map(|row| (required::<String>(&row, 1), spi(row.get::<i64>(2))))
             .collect()
         });
         let (mut new_keys, mut new_sequences, mut new_segments, mut new_names) = (vec![], vec![], vec![], vec![]);

@@ -12,7 +12,7 @@ use pgrx::spi::Spi;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::pg::spi::spi;
+use crate::pg::spi::{required, spi};
 
 use segments_core::catalog::{Column, ColumnKind, Entity};
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
@@ -145,7 +145,7 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
             );
             let rows: Vec<(String, i64, Option<f64>)> = Spi::connect(|client| {
                 spi(client.select(&sql, None, &[]))
-                    .map(|r| (spi(r.get(1)).unwrap(), spi(r.get(2)).unwrap(), spi(r.get(3))))
+                    .map(|r| (required(&r, 1), required(&r, 2), spi(r.get(3))))
                     .collect()
             });
             if (2..=30).contains(&rows.len()) {
@@ -169,7 +169,7 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
             );
             let rows: Vec<(f64, f64, i64, Option<f64>)> = Spi::connect(|client| {
                 spi(client.select(&sql, None, &[]))
-                    .map(|r| (spi(r.get(1)).unwrap(), spi(r.get(2)).unwrap(), spi(r.get(3)).unwrap(), spi(r.get(4))))
+                    .map(|r| (required(&r, 1), required(&r, 2), required(&r, 3), spi(r.get(4))))
                     .collect()
             });
             let last = rows.len();

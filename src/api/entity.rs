@@ -8,7 +8,7 @@ use pgrx::spi::Spi;
 use pgrx::{JsonB, PgRelation};
 
 use segments_core::bitmap::key_of;
-use crate::pg::spi::spi;
+use crate::pg::spi::{required, spi};
 use segments_core::catalog::{Catalog, KeyKind, Table};
 use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
@@ -417,7 +417,7 @@ fn release_members_view(entity: &str) {
             None,
             &[view.clone().into()],
         ))
-        .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+        .map(|row| (required(&row, 1), required(&row, 2), required(&row, 3)))
         .collect()
     });
     SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.to_string(), grants));
@@ -511,7 +511,7 @@ fn _remake_members_views() {
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<(String, pg_sys::Oid)> = Spi::connect(|client| {
             spi(client.select("SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name", None, &[]))
-                .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap()))
+                .map(|row| (required(&row, 1), required(&row, 2)))
                 .collect()
         });
         for (entity, _) in entities {

@@ -8,7 +8,7 @@ use pgrx::JsonB;
 use roaring::RoaringBitmap;
 
 use segments_core::bitmap::{key_of, position_of, Members};
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::KeyKind;
 use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
 use crate::engine::evaluate::{cached_members, membership_version, stored_members};
@@ -75,16 +75,16 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
                 let prepared = spi(client.prepare(MEMBERSHIP_LOOKUP, &[pgrx::pg_sys::INT8OID.into()]));
                 *plan = Some(prepared.keep());
             }
-            spi(client.select(plan.as_ref().unwrap(), Some(1), &[segment.into()]))
+            spi(client.select(plan.as_ref().expect("prepared above"), Some(1), &[segment.into()]))
         });
         if table.is_empty() {
             return None;
         }
         let row = table.first();
         Some((
-            spi(row.get::<String>(1)).unwrap(),
-            spi(row.get::<String>(2)).unwrap(),
-            spi(row.get::<String>(3)).unwrap(),
+            required::<String>(&row, 1),
+            required::<String>(&row, 2),
+            required::<String>(&row, 3),
             spi(row.get::<String>(4)),
         ))
     });
@@ -121,7 +121,7 @@ fn _segments_of(
                 None,
                 &[entity.name.as_str().into()],
             ))
-            .map(|row| (spi(row.get(1)).unwrap(), spi(row.get(2)).unwrap(), spi(row.get(3)).unwrap()))
+            .map(|row| (required(&row, 1), required(&row, 2), required(&row, 3)))
             .collect()
         });
         let found: Vec<(i64, String)> = rows

@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{CompiledSegment, Leaf, Plan};
 use segments_core::sql::{ident, literal};
@@ -251,7 +251,7 @@ pub fn keys_at(entity: &str, positions: &Members) -> Vec<(u64, String)> {
             None,
             &[entity.into(), wanted.into()],
         ))
-        .map(|row| (spi(row.get::<i64>(1)).unwrap() as u64, spi(row.get::<String>(2)).unwrap()))
+        .map(|row| (required::<i64>(&row, 1) as u64, required::<String>(&row, 2)))
         .collect()
     })
 }

@@ -24,7 +24,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{position_of, serialize, Members};
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{Catalog, KeyKind};
 use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
@@ -76,11 +76,11 @@ pub fn sync_capture() {
         ))
         .map(|row| {
             (
-                spi(row.get(1)).unwrap(),
-                spi(row.get(2)).unwrap(),
-                spi(row.get(3)).unwrap(),
-                spi(row.get(4)).unwrap(),
-                spi(row.get(5)).unwrap(),
+                required(&row, 1),
+                required(&row, 2),
+                required(&row, 3),
+                required(&row, 4),
+                required(&row, 5),
             )
         })
         .collect()
@@ -92,7 +92,7 @@ pub fn sync_capture() {
             None,
             &[],
         ))
-        .map(|row| (spi(row.get::<pg_sys::Oid>(1)).unwrap().to_u32(), spi(row.get::<String>(2)).unwrap()))
+        .map(|row| (required::<pg_sys::Oid>(&row, 1).to_u32(), required::<String>(&row, 2)))
         .collect()
     });
     let read = columns_read_by_live_segments();
@@ -199,9 +199,9 @@ fn live_targets(entity: &str) -> Vec<Target> {
             &[entity.into()],
         ))
         .map(|row| Target {
-            id: spi(row.get(1)).unwrap(),
-            entity: spi(row.get(2)).unwrap(),
-            owner: spi(row.get(3)).unwrap(),
+            id: required(&row, 1),
+            entity: required(&row, 2),
+            owner: required(&row, 3),
             active: true,
             definition: spi(row.get::<JsonB>(4)).map(|j| j.0).unwrap_or(Value::Null),
         })

@@ -14,7 +14,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{serialize, Members, RuleCount};
-use crate::pg::spi::spi;
+use crate::pg::spi::{required, spi};
 use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::{check_cycles, CompiledSegment, Planner};
 use segments_core::definition::Definition;
@@ -122,10 +122,10 @@ fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, R
     Ok(Spi::connect_mut(|client| {
         spi(client.update(sql, None, &[ids.map(|i| i.to_vec()).into()]))
             .map(|row| Target {
-                id: spi(row.get(1)).unwrap(),
-                entity: spi(row.get(2)).unwrap(),
-                owner: spi(row.get(3)).unwrap(),
-                active: spi(row.get(4)).unwrap(),
+                id: required(&row, 1),
+                entity: required(&row, 2),
+                owner: required(&row, 3),
+                active: required(&row, 4),
                 definition: spi(row.get::<JsonB>(5)).map(|j| j.0).unwrap_or(Value::Null),
             })
             .collect()

@@ -7,7 +7,7 @@ use serde_json::Value;
 use segments_core::catalog::*;
 use segments_core::definition::SegmentRef;
 
-use crate::pg::spi::{optional_value, spi};
+use crate::pg::spi::{optional_value, required, spi};
 
 /// Reads entities, related tables and segments from the database.
 pub struct SpiCatalog;
@@ -78,9 +78,9 @@ impl Catalog for SpiCatalog {
             }
             let row = table.first();
             Some((
-                spi(row.get::<pgrx::pg_sys::Oid>(1)).unwrap(),
-                spi(row.get::<String>(2)).unwrap(),
-                spi(row.get::<String>(3)).unwrap(),
+                required::<pgrx::pg_sys::Oid>(&row, 1),
+                required::<String>(&row, 2),
+                required::<String>(&row, 3),
                 spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0),
             ))
         })?;
@@ -94,9 +94,9 @@ impl Catalog for SpiCatalog {
             ))
             .map(|row| {
                 (
-                    spi(row.get(1)).unwrap(),
-                    spi(row.get(2)).unwrap(),
-                    spi(row.get(3)).unwrap(),
+                    required(&row, 1),
+                    required(&row, 2),
+                    required(&row, 3),
                     spi(row.get(4)),
                 )
             })
@@ -140,9 +140,9 @@ impl Catalog for SpiCatalog {
             }
             let row = table.first();
             Some(SegmentSummary {
-                id: spi(row.get(1)).unwrap(),
-                name: spi(row.get(2)).unwrap(),
-                entity: spi(row.get(3)).unwrap(),
+                id: required(&row, 1),
+                name: required(&row, 2),
+                entity: required(&row, 3),
                 definition: spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0).unwrap_or(Value::Null),
             })
         })

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::pg::spi::spi;
+use crate::pg::spi::{required, spi};
 use crate::pg::error::{OrRaise, Raise, SegmentsError};
 use crate::engine::refresh::{refresh_segments, Trigger};
 use segments_core::schedule::{parse_cron, Schedule};
@@ -68,10 +68,10 @@ fn candidates() -> Vec<Candidate> {
             &[],
         ))
         .map(|row| Candidate {
-            id: spi(row.get(1)).unwrap(),
+            id: required(&row, 1),
             schedule: spi(row.get(2)),
-            needs_refresh: spi(row.get(3)).unwrap(),
-            active: spi(row.get(4)).unwrap(),
+            needs_refresh: required(&row, 3),
+            active: required(&row, 4),
             last: spi(row.get(5)).unwrap_or_default(),
             dynamic: spi(row.get(6)).unwrap_or(true),
             consecutive_failures: spi(row.get(7)).unwrap_or(0),
@@ -91,7 +91,7 @@ pub fn retry_wait(naptime: f64, failures: i32) -> f64 {
 /// refresh.
 pub fn plan_pass() -> Due {
     writing_transaction();
-    let now = spi(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")).unwrap();
+    let now = spi(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")).expect("clock_timestamp() is never NULL");
     let now = from_epoch(now);
     let system = system_cron();
 
