@@ -21,7 +21,7 @@ BEGIN
 END
 $$;
 
--- add_usage and remove_usage (src/usage.rs) check the caller, then run
+-- add_usage and remove_usage (src/api/usage.rs) check the caller, then run
 -- these as the extension: usages are internal state.
 CREATE FUNCTION segments._add_usage(segment bigint, kind text, consumer text, live boolean)
 RETURNS void

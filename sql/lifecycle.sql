@@ -316,7 +316,7 @@ END
 $$;
 
 -- Updates of the columns live segments read are captured row by row by
--- segments._capture_row(), a C trigger function (src/capture.rs).
+-- segments._capture_row(), a C trigger function (src/engine/capture.rs).
 
 -- Capture follows the live segments: installed on a table when the first
 -- live segment needs it, removed with the last.

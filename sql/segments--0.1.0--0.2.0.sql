@@ -1653,7 +1653,7 @@ CREATE AGGREGATE segments.rb_agg(bigint) (
     PARALLEL = SAFE
 );
 
--- Members views follow their tables (see src/entity.rs).
+-- Members views follow their tables (see src/api/entity.rs).
 CREATE EVENT TRIGGER segments_members_view_release ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION segments._members_view_release();
@@ -1956,6 +1956,8 @@ COMMENT ON COLUMN segments.usage.consumer IS 'Who uses it (a segment by name).';
 COMMENT ON COLUMN segments.usage.live IS 'Whether it keeps the segment in use.';
 COMMENT ON COLUMN segments.usage.since IS 'Since when.';
 COMMENT ON TABLE segments.usage_kind IS 'The kinds of usage add_usage accepts; recorded_by_segments kinds are written by the extension itself.';
+COMMENT ON COLUMN segments.usage_kind.kind IS 'Usage kind, e.g. journey.';
+COMMENT ON COLUMN segments.usage_kind.recorded_by_segments IS 'Whether only the extension records usages of this kind (segment, export, sequence).';
 COMMENT ON TABLE segments.usage_registry IS 'What uses each segment (internal; see view usage).';
 COMMENT ON COLUMN segments.usage_registry.segment_id IS 'The segment.';
 COMMENT ON COLUMN segments.usage_registry.kind IS 'Usage kind.';

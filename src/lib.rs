@@ -82,6 +82,7 @@ pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     pg::gucs::register();
+    // SAFETY: reads a flag the postmaster sets while loading preloads.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         pg::gucs::register_preload();
         schedule::worker::register();

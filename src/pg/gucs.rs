@@ -12,6 +12,7 @@ use crate::pg::error::{Raise, SegmentsError};
 
 // Defaults with more than one reader: the setting and the fallback for an
 // empty value. SQL reads the effective values through `_setting`.
+const DEFAULT_DATABASE: &CStr = c"postgres";
 const DEFAULT_SYSTEM_SCHEDULE: &CStr = c"0 2 * * *";
 const DEFAULT_CLEANUP_SCHEDULE: &CStr = c"30 1 * * *";
 const DEFAULT_UNUSED_AFTER: &CStr = c"45 days";
@@ -19,7 +20,7 @@ const DEFAULT_HISTORY_RETENTION: &CStr = c"90 days";
 
 pub static REFERENCE_TIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
 pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_CLEANUP_SCHEDULE));
@@ -42,6 +43,10 @@ unsafe fn value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
     // SAFETY: Postgres hands the hook a pointer to the new (possibly NULL) value.
     unsafe { (!newval.is_null() && !(*newval).is_null()).then(|| CStr::from_ptr(*newval).to_str().unwrap_or("")) }
 }
+
+// The check hooks below are called by Postgres with a pointer to the new
+// value (`value` reads it) and may set the error's detail (`refuse`): the
+// unsafe blocks in them only make those two calls.
 
 /// A five-field cron expression.
 unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
@@ -68,6 +73,7 @@ unsafe extern "C-unwind" fn check_timezone(newval: *mut *mut c_char, _extra: *mu
     match unsafe { value(newval) } {
         None | Some("") => true,
         Some(name) => {
+            // SAFETY: pg_tzset takes a NUL-terminated name; it returns NULL for an unknown zone.
             let known_to_postgres = CString::new(name).map(|c| unsafe { !pg_sys::pg_tzset(c.as_ptr()).is_null() }).unwrap_or(false);
             if known_to_postgres && name.parse::<chrono_tz::Tz>().is_ok() {
                 true
@@ -89,6 +95,7 @@ pub fn timezone_name() -> String {
     if reset.is_null() {
         return "UTC".into();
     }
+    // SAFETY: not NULL (checked), a NUL-terminated string owned by the GUC.
     unsafe { CStr::from_ptr(reset) }.to_string_lossy().into_owned()
 }
 
@@ -110,6 +117,7 @@ pub fn register_preload() {
     );
 }
 
+/// Defines the settings every backend has (called from `_PG_init`).
 pub fn register() {
     GucRegistry::define_string_guc(
         c"segments.reference_time",
@@ -139,63 +147,53 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
-    // SAFETY: the hooks are plain functions that only read their input.
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
+    // Text settings checked when set: (name, description, format, setting,
+    // who may set it, check).
+    let checked: [(&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, GucContext, pg_sys::GucStringCheckHook); 5] = [
+        (
             c"segments.system_schedule",
             c"Cron expression of the system refresh of segments on the 'system' schedule.",
             c"Five fields, in segments.timezone.",
             &SYSTEM_SCHEDULE,
             GucContext::Sighup,
-            GucFlags::default(),
             Some(check_cron),
-            None,
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
+        ),
+        (
             c"segments.cleanup_schedule",
             c"Cron expression of the daily deactivation of unused segments.",
             c"Five fields, in segments.timezone.",
             &CLEANUP_SCHEDULE,
             GucContext::Sighup,
-            GucFlags::default(),
             Some(check_cron),
-            None,
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
+        ),
+        (
             c"segments.unused_after",
             c"How long a segment without live usage stays active after it was created or last updated.",
             c"A duration such as 45 days.",
             &UNUSED_AFTER,
             GucContext::Suset,
-            GucFlags::default(),
             Some(check_duration),
-            None,
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
+        ),
+        (
             c"segments.history_retention",
             c"How long refresh history and membership changes are kept.",
             c"A duration such as 90 days.",
             &HISTORY_RETENTION,
             GucContext::Suset,
-            GucFlags::default(),
             Some(check_duration),
-            None,
-            None,
-        );
-        GucRegistry::define_string_guc_with_hooks(
+        ),
+        (
             c"segments.timezone",
             c"The time zone of calendar days (on, is_today, is_anniversary, date windows) and cron schedules.",
             c"Default: the server's TimeZone.",
             &TIMEZONE,
             GucContext::Suset,
-            GucFlags::default(),
             Some(check_timezone),
-            None,
-            None,
-        );
+        ),
+    ];
+    for (name, short, long, setting, context, check) in checked {
+        // SAFETY: the hooks are plain functions that only read their input.
+        unsafe { GucRegistry::define_string_guc_with_hooks(name, short, long, setting, context, GucFlags::default(), check, None, None) };
     }
 }
 
@@ -209,6 +207,11 @@ pub fn reserve_prefix() {
 /// A text setting's value, or `default` when it is empty.
 fn text_or(setting: &GucSetting<Option<CString>>, default: &CStr) -> String {
     text(setting).unwrap_or_else(|| default.to_string_lossy().into_owned())
+}
+
+/// `segments.database`: where the background worker runs.
+pub fn database() -> String {
+    text_or(&DATABASE, DEFAULT_DATABASE)
 }
 
 /// `segments.system_schedule`: when every dynamic segment is refreshed.

@@ -95,6 +95,7 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
         nest_level
     };
     let result = PgTryBuilder::new(f)
+        // SAFETY: restores the user and context saved above.
         .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
         .execute();
     // SAFETY: pops the nest level pushed above (restoring search_path).
@@ -239,6 +240,7 @@ fn must_propagate(error: &CaughtError) -> bool {
     let class_57 = pg_sys::errcodes::PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION as i32 & 0xfff;
     class == class_57
         || code == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY as i32
+        // SAFETY: reads two flags the signal handlers set.
         || unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }
 }
 
@@ -246,6 +248,8 @@ fn must_propagate(error: &CaughtError) -> bool {
 /// effects of the ones before it (pgrx runs them read-only until the
 /// transaction has an xid).
 pub fn writing_transaction() {
+    // SAFETY: inside a transaction (every caller is SQL-callable or runs
+    // in the worker's transaction); assigns an xid if there is none.
     unsafe {
         pg_sys::GetCurrentTransactionId();
     }
@@ -255,6 +259,10 @@ pub fn writing_transaction() {
 /// back and the error (SQLSTATE and message) is returned; the outer
 /// transaction goes on.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, crate::pg::error::Failure> {
+    // SAFETY: the subtransaction begun here is released or rolled back on
+    // every path before returning, and the memory context and resource
+    // owner are restored to the outer ones, as PL/pgSQL's exception blocks
+    // do; errors other than the caught ERROR are rethrown.
     unsafe {
         let outer_context = pg_sys::CurrentMemoryContext;
         let outer_owner = pg_sys::CurrentResourceOwner;

@@ -31,6 +31,8 @@ pub fn register() {
 /// transaction rolled back (pgrx's `BackgroundWorker::transaction` would
 /// commit it).
 fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSafe) -> Option<R> {
+    // SAFETY: the worker is between transactions here (each pass step runs
+    // in one of its own), as StartTransactionCommand requires.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -42,6 +44,9 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
             None
         })
         .execute();
+    // SAFETY: ends the transaction started above: commits after success
+    // (popping its snapshot), aborts after a caught error (which releases
+    // the snapshot with everything else).
     unsafe {
         if result.is_some() {
             pg_sys::PopActiveSnapshot();
@@ -67,6 +72,8 @@ fn extension_installed() -> Option<String> {
 
 /// What pg_stat_activity shows for the worker: `active` during a pass.
 fn report_activity(state: pg_sys::BackendState::Type, query: &std::ffi::CStr) {
+    // SAFETY: a static C string and a valid state; the worker is a backend
+    // with a PgBackendStatus entry once connected.
     unsafe { pg_sys::pgstat_report_activity(state, query.as_ptr()) };
 }
 
@@ -81,10 +88,12 @@ unsafe extern "C-unwind" {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SAFETY: installs Postgres' own SIGTERM handler for backends, as
+    // bgworkers that use the standard interrupt checks do.
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
-    let database = gucs::text(&gucs::DATABASE).unwrap_or_else(|| "postgres".into());
+    let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("segments scheduler started in database \"{database}\"");
     let mut warned_missing = false;
@@ -95,6 +104,8 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         }
         pgrx::check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
+            // SAFETY: between transactions, as the postmaster's children
+            // reload the configuration on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         match extension_installed() {
