@@ -5,8 +5,8 @@
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::pg::spi::{required, spi};
 use crate::pg::error::{Raise, SegmentsError};
+use crate::pg::spi::{required, spi};
 use crate::pg::txn::{as_role, call_internal, current_role, require_editor, run_internal};
 
 /// Rewrites one export's target table from its segments' memberships, as

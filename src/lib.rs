@@ -53,7 +53,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/manage.sql",
     name = "manage",
-    requires = ["lifecycle", api::segment::_next_refresh_epoch]
+    requires = ["lifecycle", schedule::next::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
 pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage"]);

@@ -6,7 +6,6 @@
 //! becomes a static segment.
 
 use std::collections::HashSet;
-
 use std::panic::AssertUnwindSafe;
 
 use pgrx::prelude::*;
@@ -14,12 +13,13 @@ use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
 use segments_core::bitmap::{key_of, Members};
-use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{Catalog, ColumnKind, Entity, KeyKind};
+use segments_core::sql::ident;
+
+use crate::engine::evaluate::stored_members;
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
-use crate::engine::evaluate::stored_members;
-use segments_core::sql::ident;
+use crate::pg::spi::{optional_value, required, spi};
 
 /// Scores below this never qualify.
 pub const MIN_SCORE: f64 = 0.4;

@@ -17,12 +17,13 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::bitmap::Members;
-use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{KeyKind, Catalog};
-use crate::pg::catalog::SpiCatalog;
-use crate::engine::evaluate::stored_members;
 use segments_core::sql::ident;
+
+use crate::engine::evaluate::stored_members;
+use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::OrRaise;
+use crate::pg::spi::{optional_value, required, spi};
 
 /// An active segment connected to a sequence.
 #[derive(Debug, Clone)]

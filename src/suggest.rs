@@ -7,16 +7,16 @@
 //! with a time column split by activity (rows in the last 30 days, none in
 //! 60 days, 3 or more in 90 days).
 
+use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
-use crate::pg::spi::{required, spi};
-
 use segments_core::catalog::{Column, ColumnKind, Entity};
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
 use segments_core::sql::ident;
+
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::spi::{required, spi};
 
 /// A candidate split and how its members compare with everyone.
 #[derive(Debug, Clone, PartialEq)]

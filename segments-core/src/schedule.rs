@@ -76,7 +76,36 @@ pub fn next_in_zone(cron: &Cron, after: DateTime<Utc>, zone: &chrono_tz::Tz) -> 
     cron.find_next_occurrence(&after.with_timezone(zone), false).ok().map(|t| t.with_timezone(&Utc))
 }
 
-impl Schedule {
+/// What the scheduler knows of a segment to say when it is next due.
+pub struct Due<'a> {
+    pub dynamic: bool,
+    pub active: bool,
+    pub schedule: Option<&'a str>,
+    /// The last refresh, or the creation when it never refreshed.
+    pub since: DateTime<Utc>,
+    /// Just created, changed or activated.
+    pub needs_refresh: bool,
+}
+
+/// When a segment is next refreshed by the scheduler: never for inactive,
+/// manual or static segments (a static one once, right after it was
+/// created, changed or activated); now for a dynamic one that needs a
+/// refresh; otherwise its schedule's next time after `since`.
+pub fn next_refresh(due: &Due, now: DateTime<Utc>, system_cron: &Cron, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    if !due.active {
+        return None;
+    }
+    if !due.dynamic {
+        return due.needs_refresh.then_some(now);
+    }
+    let schedule = Schedule::parse(due.schedule, true).ok()?;
+    if matches!(schedule, Schedule::Manual) {
+        return None;
+    }
+    if due.needs_refresh {
+        return Some(now);
+    }
+    schedule.next_after(due.since, system_cron, zone)
 }
 
 /// Checks a schedule for a segment of the given type.
@@ -143,5 +172,25 @@ mod tests {
         let e = check(Some("daily"), false).unwrap_err();
         assert!(e.to_string().starts_with("a static segment refreshes only when asked"), "{e}");
         assert!(check(Some("0 6 * * 1"), true).is_ok());
+    }
+
+    #[test]
+    fn next_refresh_follows_state_type_and_schedule() {
+        let system = parse_cron("0 2 * * *").unwrap();
+        let zone = chrono_tz::UTC;
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let now = at("2026-11-24T10:00:00Z");
+        let since = at("2026-11-24T03:00:00Z");
+        let due = |dynamic, active, schedule, needs_refresh| Due { dynamic, active, schedule, since, needs_refresh };
+        let next = |d: Due| next_refresh(&d, now, &system, &zone);
+        assert_eq!(next(due(true, false, None, true)), None, "inactive: never");
+        assert_eq!(next(due(false, true, None, true)), Some(now), "static, changed: once, now");
+        assert_eq!(next(due(false, true, None, false)), None, "static: never again");
+        assert_eq!(next(due(true, true, Some("manual"), true)), None, "manual: never");
+        assert_eq!(next(due(true, true, Some("daily"), true)), Some(now), "dynamic, changed: now");
+        assert_eq!(next(due(true, true, None, false)), Some(at("2026-11-25T02:00:00Z")), "system: the system cron after the last refresh");
+        assert_eq!(next(due(true, true, Some("live"), false)), Some(at("2026-11-25T02:00:00Z")), "live: the system refresh too");
+        assert_eq!(next(due(true, true, Some("*/15 * * * *"), false)), Some(at("2026-11-24T03:15:00Z")));
+        assert_eq!(next(due(true, true, Some("not a schedule"), false)), None, "an unreadable schedule is never due");
     }
 }

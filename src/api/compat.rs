@@ -6,12 +6,13 @@
 //! 0.1.0's `rb_agg` had an `internal` state; these are its support
 //! functions, over the same accumulator as today's aggregate.
 
-use pgrx::prelude::*;
 use pgrx::Internal;
+use pgrx::prelude::*;
+
+use segments_core::bitmap::{deserialize, position_of, serialize, Members};
 
 use crate::engine::aggregate::Accumulator;
 use crate::pg::error::corrupt;
-use segments_core::bitmap::{deserialize, position_of, serialize, Members};
 
 /// The accumulator of an `internal` state, made in the aggregate's memory
 /// context so that it lives as long as the aggregate.

@@ -8,13 +8,14 @@ use pgrx::spi::Spi;
 use pgrx::{JsonB, PgRelation};
 
 use segments_core::bitmap::key_of;
-use crate::pg::spi::{required, spi};
 use segments_core::catalog::{Catalog, KeyKind, Table};
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
-use crate::engine::evaluate::{reference_time_sql, stored_members};
 use segments_core::sql::{ident, literal};
+
+use crate::engine::evaluate::{reference_time_sql, stored_members};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::spi::{required, spi};
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()

@@ -8,19 +8,20 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
-use pgrx::prelude::*;
 use pgrx::JsonB;
+use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use segments_core::bitmap::position_of;
-use crate::pg::spi::optional_value;
 use segments_core::catalog::{Catalog, Entity, KeyKind};
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
 use segments_core::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
-use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
 use segments_core::sql::{ident, literal, op};
+
+use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::spi::optional_value;
 
 type Row = (String, Option<String>, Option<JsonB>, bool, Option<String>);
 

@@ -10,11 +10,11 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use serde_json::{json, Value};
 
-use crate::pg::spi::{optional_value, spi};
-
 use segments_core::catalog::KeyKind;
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
+
 use crate::engine::evaluate::{keys_at, stored_members};
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::spi::{optional_value, spi};
 
 fn segment_row(segment: i64) -> Result<(String, String), Reported> {
     Spi::connect(|client| {

@@ -3,16 +3,17 @@
 
 use std::panic::AssertUnwindSafe;
 
+use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
 
 use segments_core::bitmap::RuleCount;
-use crate::pg::spi::spi;
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::compile_definition;
-use crate::pg::error::{OrRaise, Reported, SegmentsError};
+
 use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, plan_queries, reference_time_sql};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{OrRaise, Reported, SegmentsError};
+use crate::pg::spi::spi;
 
 type CountRow = (
     name!(path, String),

@@ -2,17 +2,18 @@
 //! bitmap, and the value picker of the segment builder. Everything runs
 //! with the caller's privileges.
 
+use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
 use roaring::RoaringBitmap;
 
 use segments_core::bitmap::{key_of, position_of, Members};
-use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::KeyKind;
-use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
-use crate::engine::evaluate::{cached_members, membership_version, stored_members};
 use segments_core::sql::ident;
+
+use crate::engine::evaluate::{cached_members, membership_version, stored_members};
+use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
+use crate::pg::spi::{optional_value, required, spi};
 
 /// A segment's entity, or 42704 when the segment does not exist.
 fn segment_entity(segment: i64) -> Result<segments_core::catalog::Entity, Reported> {

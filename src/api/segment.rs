@@ -1,23 +1,22 @@
 //! Segments in the catalog: the checks the lifecycle trigger runs on every
 //! INSERT and UPDATE of `segments.segment` (whichever way the row is
-//! written), and when a segment is next due. Creating, editing and
-//! deleting segments is SQL (sql/manage.sql).
+//! written), owners and the active-segment limit. Creating, editing and
+//! deleting segments is SQL (sql/manage.sql); when a segment is next due is
+//! `schedule::next`.
 
-use pgrx::prelude::*;
 use pgrx::JsonB;
+use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::pg::spi::optional_value;
-
 use segments_core::catalog::Catalog;
-
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::{columns_read, compile_definition};
 use segments_core::definition::SegmentRef;
-use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
+use segments_core::schedule;
+
 use crate::engine::evaluate::reference_time_sql;
-use segments_core::schedule::{self, parse_cron, Schedule};
-use crate::pg::gucs;
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
+use crate::pg::spi::optional_value;
 
 /// Validates a definition against the catalog and returns it with segment
 /// references stored by id, so that renaming a segment never breaks the
@@ -79,45 +78,6 @@ fn _check_schedule(name: &str, schedule: Option<&str>, dynamic: bool) {
     schedule::check(schedule, dynamic)
         .map_err(|e| SegmentsError::InvalidParameter(format!("segment \"{name}\": {e}")))
         .or_raise()
-}
-
-/// The system refresh's cron, from `segments.system_schedule`.
-pub fn system_cron() -> croner::Cron {
-    let text = gucs::system_schedule();
-    parse_cron(&text).unwrap_or_else(|e| crate::pg::error::SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
-}
-
-/// When a segment is next refreshed by the scheduler, as Unix epoch
-/// seconds: never for inactive, static or manual segments; at the next
-/// worker pass (now) for one that was just created, changed or activated;
-/// otherwise the schedule's next time after the last refresh.
-#[pg_extern(schema = "segments", stable)]
-fn _next_refresh_epoch(
-    r#type: &str,
-    state: &str,
-    schedule: Option<&str>,
-    last_refreshed: Option<f64>,
-    created: f64,
-    needs_refresh: bool,
-) -> Option<f64> {
-    if state != "active" {
-        return None;
-    }
-    if r#type != "dynamic" {
-        // Computed once when created, changed or resumed.
-        return needs_refresh.then(|| chrono::Utc::now().timestamp_micros() as f64 / 1e6);
-    }
-    let parsed = Schedule::parse(schedule, true).ok()?;
-    if matches!(parsed, Schedule::Manual) {
-        return None;
-    }
-    let now = chrono::Utc::now();
-    if needs_refresh {
-        return Some(now.timestamp_micros() as f64 / 1e6);
-    }
-    let since = last_refreshed.unwrap_or(created);
-    let since = chrono::DateTime::from_timestamp_micros((since * 1e6) as i64)?;
-    parsed.next_after(since, &system_cron(), &crate::pg::gucs::timezone()).map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use std::ffi::c_void;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::pg::error::corrupt;
-
 use segments_core::bitmap::{deserialize, position_of, serialize, Members};
+
+use crate::pg::error::corrupt;
 
 // ---- the accumulator ------------------------------------------------------
 

@@ -13,10 +13,10 @@
 
 use std::ffi::CString;
 
+use pgrx::AllocatedByRust;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::AllocatedByRust;
 
 /// Why a capture trigger cannot run; raised as an ERROR (it would
 /// otherwise lose a change silently).

@@ -11,11 +11,11 @@
 use pgrx::pg_sys;
 use pgrx::spi::Spi;
 
-use crate::pg::spi::{optional_value, spi};
-
 use segments_core::catalog::Entity;
-use crate::pg::error::{Raise, Reported, SegmentsError};
 use segments_core::sql::{ident, literal};
+
+use crate::pg::error::{Raise, Reported, SegmentsError};
+use crate::pg::spi::{optional_value, spi};
 
 /// How Citus places a table: `method` is pg_dist_partition's partmethod
 /// (`h` hash-distributed, `n` reference or Citus-local), `column` the

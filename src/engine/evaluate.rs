@@ -9,10 +9,11 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
-use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{CompiledSegment, Leaf, Plan};
 use segments_core::sql::{ident, literal};
+
+use crate::pg::spi::{optional_value, required, spi};
 
 /// Postgres allows 1664 target columns; stay well below.
 const FILTERS_PER_SCAN: usize = 500;

@@ -18,23 +18,24 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{position_of, serialize, Members};
-use crate::pg::spi::{optional_value, required, spi};
 use segments_core::catalog::{Catalog, KeyKind};
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::Planner;
-use crate::pg::error::{Failure, OrRaise};
+use segments_core::sql::{ident, literal};
+
 use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
 use crate::engine::refresh::{
     compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, store_status, Outcome, RunStatus, Target,
     Trigger,
 };
-use segments_core::sql::{ident, literal};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{Failure, OrRaise};
+use crate::pg::spi::{optional_value, required, spi};
 use crate::pg::txn::{in_subtransaction, writing_transaction};
 
 /// Trigger names: one per operation, relation, entity and key column.

@@ -8,18 +8,19 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{serialize, Members, RuleCount};
-use crate::pg::spi::{required, spi};
-use crate::pg::catalog::SpiCatalog;
 use segments_core::compile::{check_cycles, CompiledSegment, Planner};
 use segments_core::definition::Definition;
-use crate::pg::error::{Failure, OrRaise, Reported, SegmentsError};
+
 use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{Failure, OrRaise, Reported, SegmentsError};
+use crate::pg::spi::{required, spi};
 use crate::pg::txn::{as_role, in_subtransaction, writing_transaction};
 
 #[derive(Debug, Clone)]

@@ -2,10 +2,11 @@
 //! that its failure rolls back only its own writes (one failing segment
 //! never takes the others of a refresh down with it).
 
-use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
-use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
 use crate::pg::error::Raise;
 
 /// The search path every statement the extension runs on someone's behalf

@@ -15,13 +15,14 @@ use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::pg::spi::{required, spi};
-use crate::pg::error::{OrRaise, Raise, SegmentsError};
-use crate::engine::refresh::{refresh_segments, Trigger};
 use segments_core::schedule::{parse_cron, Schedule};
-use crate::api::segment::system_cron;
+
+use crate::engine::refresh::{refresh_segments, Trigger};
+use crate::pg::error::{OrRaise, Raise, SegmentsError};
 use crate::pg::gucs;
+use crate::pg::spi::{required, spi};
 use crate::pg::txn::writing_transaction;
+use crate::schedule::next::system_cron;
 
 fn from_epoch(seconds: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((seconds * 1e6) as i64).unwrap_or_default()
