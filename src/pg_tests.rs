@@ -188,4 +188,25 @@ mod tests {
         )
         .unwrap();
     }
+
+    /// SQL reads setting defaults from the library (`_setting`), which
+    /// follows SET, and refuses any other name with 22023.
+    #[pg_test]
+    fn test_settings_read_by_sql_come_from_the_library() {
+        let setting = |name: &str| {
+            Spi::get_one_with_args::<String>("SELECT segments._setting($1)", &[name.into()]).unwrap().unwrap()
+        };
+        assert_eq!(setting("segments.max_active_segments"), "10000");
+        assert_eq!(setting("segments.unused_after"), "45 days");
+        Spi::run("SET LOCAL segments.unused_after = '3 weeks'").unwrap();
+        assert_eq!(setting("segments.unused_after"), "3 weeks");
+        Spi::run(
+            "DO $$ BEGIN
+               PERFORM segments._setting('segments.naptime');
+               RAISE EXCEPTION 'an unlisted setting was read';
+             EXCEPTION WHEN invalid_parameter_value THEN NULL;
+             END $$",
+        )
+        .unwrap();
+    }
 }
