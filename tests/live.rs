@@ -72,6 +72,15 @@ fn live_segments_follow_row_changes() {
         assert!(apply(&mut client) > 0, "{what}: nothing applied");
         check(&mut client, what);
     }
+    // The row trigger compares the columns it watches: writing the same
+    // values again (as ORMs do) queues nothing, a real change queues the key.
+    let queued = |client: &mut postgres::Client| -> i64 { client.query_one("SELECT count(*) FROM segments.change_queue", &[]).unwrap().get(0) };
+    client.batch_execute("UPDATE customers SET country = country, unsubscribed = unsubscribed WHERE id <= 500").unwrap();
+    assert_eq!(queued(&mut client), 0, "unchanged values were queued");
+    client.batch_execute("UPDATE customers SET country = 'FR', unsubscribed = NOT unsubscribed WHERE id = 7").unwrap();
+    assert_eq!(queued(&mut client), 1, "a changed row was not queued once");
+    apply(&mut client);
+    check(&mut client, "compared columns");
     // Entered and exited rows are recorded with live runs.
     let (entered, exited): (i64, i64) = {
         let r = client

@@ -11,8 +11,6 @@
 //! The queue has no index for the same reason: `apply_changes` drains it
 //! whole.
 
-use std::ffi::CString;
-
 use pgrx::AllocatedByRust;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
@@ -22,13 +20,23 @@ use pgrx::prelude::*;
 /// otherwise lose a change silently).
 #[derive(thiserror::Error, Debug)]
 pub enum CaptureError {
-    #[error("segments._capture_row() must be fired AFTER UPDATE FOR EACH ROW with (entity, key column, source) arguments")]
+    #[error("segments._capture_row() must be fired AFTER UPDATE FOR EACH ROW with (entity, key column, source, compared columns...) arguments")]
     Misused,
     #[error("segments: captured table has no key column \"{0}\"; recreate the live segment's capture with segments._sync_capture()")]
     NoKeyColumn(String),
 }
 
-/// Queues the row's key (and its old key when the key itself changed).
+/// Queues the row's key (and its old key when the key itself changed) when
+/// one of the compared columns changed.
+///
+/// Arguments: entity, key column, source ('' for the entity's own table),
+/// then the columns live segments read. The comparison is done here
+/// rather than in the trigger's `WHEN` clause because PostgreSQL parses
+/// and compiles a `WHEN` clause again for every statement: with single-row
+/// UPDATEs that cost more than the rest of the capture. Values are compared
+/// by their bytes, so a value written again unchanged queues nothing, and
+/// equal values in different representations (a rare case) only queue a
+/// key that `apply_changes` then finds unchanged.
 #[pg_trigger(sql = r#"
 -- Live segments: the row-level capture of UPDATEs of the columns live
 -- segments read (a trigger with a column list cannot have transition
@@ -37,36 +45,85 @@ CREATE FUNCTION segments._capture_row() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
 fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
-    let args = trigger.extra_args().map_err(|_| CaptureError::Misused)?;
-    let [entity, column, source] = args.as_slice() else { return Err(CaptureError::Misused) };
-    // '' for the entity's own table, else the related table's name.
-    let source = (!source.is_empty()).then_some(source.as_str());
     let data = trigger.trigger_data();
-    if data.tg_trigtuple.is_null() || data.tg_newtuple.is_null() {
+    if data.tg_trigtuple.is_null() || data.tg_newtuple.is_null() || data.tg_trigger.is_null() {
         return Err(CaptureError::Misused);
     }
-    let column_c = CString::new(column.as_str()).map_err(|_| CaptureError::Misused)?;
     // SAFETY: Postgres called us as an UPDATE row trigger (checked above:
-    // both tuples are present), so the relation is open and locked and
-    // both tuples are valid for the relation's descriptor.
+    // both tuples are present), so the relation is open and locked, both
+    // tuples are valid for the relation's descriptor, and the trigger's
+    // arguments are `tgnargs` NUL-terminated strings.
     unsafe {
+        let trigger = &*data.tg_trigger;
+        let args: &[*mut std::ffi::c_char] = if trigger.tgnargs > 0 && !trigger.tgargs.is_null() {
+            std::slice::from_raw_parts(trigger.tgargs, trigger.tgnargs as usize)
+        } else {
+            &[]
+        };
+        let [entity, column, source, compared @ ..] = args else { return Err(CaptureError::Misused) };
         let desc = (*data.tg_relation).rd_att;
-        let attnum = pg_sys::SPI_fnumber(desc, column_c.as_ptr());
-        if attnum <= 0 {
-            return Err(CaptureError::NoKeyColumn(column.clone()));
+        let changed = compared.is_empty()
+            || compared.iter().any(|name| {
+                let attnum = pg_sys::SPI_fnumber(desc, *name);
+                // A column renamed or dropped since: queue, apply decides.
+                attnum <= 0 || !same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum)
+            });
+        if !changed {
+            return Ok(None);
         }
+        let attnum = pg_sys::SPI_fnumber(desc, *column);
+        if attnum <= 0 {
+            let column = std::ffi::CStr::from_ptr(*column).to_string_lossy().into_owned();
+            return Err(CaptureError::NoKeyColumn(column));
+        }
+        let entity = std::ffi::CStr::from_ptr(*entity).to_str().map_err(|_| CaptureError::Misused)?;
+        let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::Misused)?;
+        // '' for the entity's own table, else the related table's name.
+        let source = (!source.is_empty()).then_some(source);
         let new_key = key_text(data.tg_newtuple, desc, attnum);
-        let old_key = key_text(data.tg_trigtuple, desc, attnum);
         if let Some(key) = &new_key {
             enqueue(entity, key, source);
         }
-        if let Some(key) = &old_key {
-            if old_key != new_key {
-                enqueue(entity, key, source);
+        if !same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum) {
+            if let Some(key) = key_text(data.tg_trigtuple, desc, attnum) {
+                enqueue(entity, &key, source);
             }
         }
     }
     Ok(None)
+}
+
+/// Whether column `attnum` holds the same bytes in both tuples (both NULL
+/// counts as the same), as PostgreSQL's `datumIsEqual` compares.
+///
+/// # Safety
+/// Both tuples must be valid heap tuples of `desc`, and `attnum` a user
+/// column of it.
+unsafe fn same_value(old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32) -> bool {
+    // SAFETY: guaranteed by the caller; heap_getattr returns datums that
+    // point into the tuples, valid while they are.
+    unsafe {
+        let attribute = &*(*desc).attrs.as_ptr().add(attnum as usize - 1);
+        let (mut old_null, mut new_null) = (false, false);
+        let a = pg_sys::heap_getattr(old, attnum, desc, &mut old_null);
+        let b = pg_sys::heap_getattr(new, attnum, desc, &mut new_null);
+        if old_null || new_null {
+            return old_null == new_null;
+        }
+        if attribute.attbyval {
+            return a == b;
+        }
+        let size = |d: pg_sys::Datum| -> usize {
+            match attribute.attlen {
+                len if len > 0 => len as usize,
+                -1 => pgrx::varlena::varsize_any(d.cast_mut_ptr()),
+                _ => std::ffi::CStr::from_ptr(d.cast_mut_ptr()).to_bytes_with_nul().len(),
+            }
+        };
+        let (len_a, len_b) = (size(a), size(b));
+        len_a == len_b
+            && std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), len_a) == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), len_b)
+    }
 }
 
 /// The key column of a tuple as text, as the key type's output function

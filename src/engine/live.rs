@@ -108,20 +108,16 @@ pub fn sync_capture() {
             .unwrap_or_default();
         columns.insert(column.clone());
         let columns_sql = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-        // Updates: a row trigger on just those columns, fired only when one
-        // of them really changed (a column list excludes transition tables).
-        let changed = columns
-            .iter()
-            .map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}", c = ident(c)))
-            .collect::<Vec<_>>()
-            .join(" OR ");
+        // Updates: a row trigger on just those columns (a column list
+        // excludes transition tables), queuing only when one of them really
+        // changed: `_capture_row` compares them itself (see capture.rs).
+        let compared = columns.iter().map(|c| format!(", {}", literal(c))).collect::<String>();
         let update_event = format!("UPDATE OF {columns_sql}");
-        let update_row = format!(" FOR EACH ROW WHEN ({changed})");
-        for (operation, event, referencing, function) in [
-            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT", "_capture"),
-            ("upd", update_event.as_str(), update_row.as_str(), "_capture_row"),
-            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT", "_capture"),
-            ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture"),
+        for (operation, event, referencing, function, extra) in [
+            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT", "_capture", ""),
+            ("upd", update_event.as_str(), " FOR EACH ROW", "_capture_row", compared.as_str()),
+            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT", "_capture", ""),
+            ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture", ""),
         ] {
             let identity = if operation == "upd" {
                 format!("{column}\u{0}{source}\u{0}{columns_sql}")
@@ -133,7 +129,7 @@ pub fn sync_capture() {
             if !existing.contains(&(relation.to_u32(), name.clone())) {
                 spi(Spi::run(&format!(
                     "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} \
-                     EXECUTE FUNCTION segments.{function}({}, {}, {})",
+                     EXECUTE FUNCTION segments.{function}({}, {}, {}{extra})",
                     ident(&name),
                     literal(entity),
                     literal(column),
