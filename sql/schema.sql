@@ -109,13 +109,16 @@ CREATE INDEX ON segments.refresh_run (segment_id, started_at);
 
 -- Keys changed in tables live segments read, waiting for apply_changes().
 -- Written by the capture triggers in the same transaction as the change; a
--- NULL key means the whole table changed (TRUNCATE). No index: apply_changes
+-- NULL key means the whole table changed (TRUNCATE). An UPDATE of the
+-- entity's own row also saves the new row (image): apply reads it instead
+-- of the table (src/engine/capture.rs). No index: apply_changes
 -- drains it whole, and every index entry would cost the captured writes.
 CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
     queued_at timestamptz NOT NULL DEFAULT now(),
-    source    text
+    source    text,
+    image     bytea
 );
 
 -- Live segments: the last value of each related condition they use, per

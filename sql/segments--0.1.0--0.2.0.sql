@@ -69,7 +69,8 @@ CREATE TABLE segments.change_queue (
     entity    text NOT NULL,
     key       text,
     queued_at timestamptz NOT NULL DEFAULT now(),
-    source    text
+    source    text,
+    image     bytea
 );
 CREATE TABLE segments.related_state (
     owner       oid NOT NULL,
@@ -1814,6 +1815,7 @@ COMMENT ON COLUMN segments.change_queue.entity IS 'The entity whose key changed.
 COMMENT ON COLUMN segments.change_queue.key IS 'The key as text; NULL: the whole table changed (TRUNCATE).';
 COMMENT ON COLUMN segments.change_queue.queued_at IS 'When the change was captured.';
 COMMENT ON COLUMN segments.change_queue.source IS 'The related table whose rows changed; NULL: the entity''s own row.';
+COMMENT ON COLUMN segments.change_queue.image IS 'The entity''s new row as the capture trigger saw it (internal format), so that apply_changes need not read it again; NULL: read the table.';
 COMMENT ON TABLE segments.related_state IS 'Live segments: the last value of each related condition, kept between applications (internal).';
 COMMENT ON COLUMN segments.related_state.owner IS 'The role whose privileges computed the value.';
 COMMENT ON COLUMN segments.related_state.entity IS 'The entity.';

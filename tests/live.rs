@@ -81,6 +81,17 @@ fn live_segments_follow_row_changes() {
     assert_eq!(queued(&mut client), 1, "a changed row was not queued once");
     apply(&mut client);
     check(&mut client, "compared columns");
+    // Row images are used only while they match the table: after a new
+    // column (more attributes) or a rewrite (a new file), the queued
+    // images are set aside and the heap is read.
+    for (what, ddl) in [("a new column", "ALTER TABLE customers ADD COLUMN note text DEFAULT 'n'"), ("a rewrite", "VACUUM FULL customers")] {
+        client.batch_execute("UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id % 13 = 0").unwrap();
+        let images: i64 = client.query_one("SELECT count(image) FROM segments.change_queue", &[]).unwrap().get(0);
+        assert!(images > 0, "{what}: no row images were captured");
+        client.batch_execute(ddl).unwrap();
+        assert!(apply(&mut client) > 0, "{what}: nothing applied");
+        check(&mut client, what);
+    }
     // Entered and exited rows are recorded with live runs.
     let (entered, exited): (i64, i64) = {
         let r = client

@@ -80,17 +80,145 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
         let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::Misused)?;
         // '' for the entity's own table, else the related table's name.
         let source = (!source.is_empty()).then_some(source);
-        let new_key = key_text(data.tg_newtuple, desc, attnum);
-        if let Some(key) = &new_key {
-            enqueue(entity, key, source);
+        let key_kept = same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum);
+        // The entity's own row, under the same key: its new version goes
+        // with the key, so that apply need not read the heap again.
+        let image = (source.is_none() && key_kept).then(|| image_of(data.tg_relation, data.tg_newtuple)).flatten();
+        if let Some(key) = key_text(data.tg_newtuple, desc, attnum) {
+            enqueue(entity, &key, source, image.as_deref());
         }
-        if !same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum) {
+        if !key_kept {
             if let Some(key) = key_text(data.tg_trigtuple, desc, attnum) {
-                enqueue(entity, &key, source);
+                enqueue(entity, &key, source, None);
             }
         }
     }
     Ok(None)
+}
+
+/// A row image: the relation's file number (4 bytes, native order), then
+/// the tuple's bytes (`t_data`). None when the tuple keeps a value out of
+/// line (TOAST): the image would point at data a later update may free.
+///
+/// # Safety
+/// `relation` must be open and `tuple` a valid heap tuple of it.
+unsafe fn image_of(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> Option<Vec<u8>> {
+    // SAFETY: guaranteed by the caller; t_data holds t_len bytes.
+    unsafe {
+        let header = (*tuple).t_data;
+        if (*header).t_infomask & pg_sys::HEAP_HASEXTERNAL as u16 != 0 {
+            return None;
+        }
+        let body = std::slice::from_raw_parts(header.cast::<u8>(), (*tuple).t_len as usize);
+        let mut image = Vec::with_capacity(4 + body.len());
+        image.extend_from_slice(&(*relation).rd_node.relNode.to_u32().to_ne_bytes());
+        image.extend_from_slice(body);
+        Some(image)
+    }
+}
+
+/// The rows of `relation` that `images` (from `image_of`) hold, as SQL: a
+/// `SELECT` of `columns` (name, SQL type) from the unnested arrays of
+/// their values, keyed by `key`. An image is usable only when the relation
+/// was not rewritten since (same file number) and has no more columns than
+/// the image; `images` not usable are returned in the second list.
+///
+/// The images come from `segments.change_queue`, which only the capture
+/// trigger writes: no SQL function turns bytes into rows, since a user
+/// could hand it forged ones. The relation is locked (AccessShareLock, to
+/// the end of the transaction) before its descriptor is trusted.
+pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], images: Vec<(String, Vec<u8>)>) -> (Option<String>, Vec<String>) {
+    let mut unusable = Vec::new();
+    // SAFETY: the relation is opened under a lock and closed keeping it;
+    // every image is copied to a MAXALIGNed buffer before it is deformed
+    // with that relation's descriptor, after its file number and
+    // attribute count were checked against the relation's.
+    unsafe {
+        let rel = pg_sys::try_table_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        if rel.is_null() {
+            return (None, images.into_iter().map(|(k, _)| k).collect());
+        }
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let file = (*rel).rd_node.relNode.to_u32();
+        let attnums: Vec<Option<usize>> = columns
+            .iter()
+            .map(|(name, _)| {
+                let c = std::ffi::CString::new(name.as_str()).ok()?;
+                let n = pg_sys::SPI_fnumber(desc, c.as_ptr());
+                (n > 0).then_some(n as usize)
+            })
+            .collect();
+        if attnums.iter().any(Option::is_none) {
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return (None, images.into_iter().map(|(k, _)| k).collect());
+        }
+        let mut values: Vec<Vec<pg_sys::Datum>> = vec![Vec::new(); columns.len()];
+        let mut nulls: Vec<Vec<bool>> = vec![Vec::new(); columns.len()];
+        let mut row_values = vec![pg_sys::Datum::from(0); natts];
+        let mut row_nulls = vec![true; natts];
+        for (key, image) in images {
+            let header_size = std::mem::size_of::<pg_sys::HeapTupleHeaderData>();
+            let usable = image.len() >= 4 + header_size && u32::from_ne_bytes([image[0], image[1], image[2], image[3]]) == file;
+            if !usable {
+                unusable.push(key);
+                continue;
+            }
+            let body = &image[4..];
+            let buffer = pg_sys::palloc(body.len()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(body.as_ptr(), buffer, body.len());
+            let header = buffer.cast::<pg_sys::HeapTupleHeaderData>();
+            let image_natts = ((*header).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) as usize;
+            if image_natts != natts || ((*header).t_hoff as usize) > body.len() {
+                pg_sys::pfree(buffer.cast());
+                unusable.push(key);
+                continue;
+            }
+            let mut tuple = pg_sys::HeapTupleData { t_len: body.len() as u32, t_data: header, ..Default::default() };
+            pg_sys::heap_deform_tuple(&mut tuple, desc, row_values.as_mut_ptr(), row_nulls.as_mut_ptr());
+            for (i, attnum) in attnums.iter().enumerate() {
+                let attnum = attnum.expect("checked above");
+                values[i].push(row_values[attnum - 1]);
+                nulls[i].push(row_nulls[attnum - 1]);
+            }
+        }
+        let rows = values.first().map_or(0, Vec::len);
+        let source = (rows > 0).then(|| {
+            let arrays = attnums
+                .iter()
+                .zip(columns)
+                .enumerate()
+                .map(|(i, (attnum, (_, type_sql)))| {
+                    let attribute = &*(*desc).attrs.as_ptr().add(attnum.expect("checked above") - 1);
+                    let mut dims = [rows as i32];
+                    let mut lower = [1i32];
+                    let array = pg_sys::construct_md_array(
+                        values[i].as_mut_ptr(),
+                        nulls[i].as_mut_ptr(),
+                        1,
+                        dims.as_mut_ptr(),
+                        lower.as_mut_ptr(),
+                        attribute.atttypid,
+                        attribute.attlen as i32,
+                        attribute.attbyval,
+                        attribute.attalign as std::ffi::c_char,
+                    );
+                    let array_type = pg_sys::get_array_type(attribute.atttypid);
+                    let mut output = pg_sys::InvalidOid;
+                    let mut varlena = false;
+                    pg_sys::getTypeOutputInfo(array_type, &mut output, &mut varlena);
+                    let text = pg_sys::OidOutputFunctionCall(output, pg_sys::Datum::from(array));
+                    let text = std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned();
+                    format!("pg_catalog.unnest({}::{type_sql}[])", segments_core::sql::literal(&text))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let names = columns.iter().map(|(name, _)| segments_core::sql::ident(name)).collect::<Vec<_>>().join(", ");
+            format!("SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})")
+        });
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        (source, unusable)
+    }
 }
 
 /// Whether column `attnum` holds the same bytes in both tuples (both NULL
@@ -146,8 +274,8 @@ unsafe fn key_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i3
     }
 }
 
-/// Appends (entity, key, now(), source) to `segments.change_queue`.
-fn enqueue(entity: &str, key: &str, source: Option<&str>) {
+/// Appends (entity, key, now(), source, image) to `segments.change_queue`.
+fn enqueue(entity: &str, key: &str, source: Option<&str>, image: Option<&[u8]>) {
     // SAFETY: plain catalog lookups and a heap insert into our own table,
     // inside the running transaction; errors are Postgres ERRORs that
     // pgrx's guard turns into a clean abort.
@@ -162,12 +290,13 @@ fn enqueue(entity: &str, key: &str, source: Option<&str>) {
         let natts = (*desc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0); natts];
         let mut nulls = vec![true; natts];
-        // Columns by position, as created: entity, key, queued_at, source.
+        // Columns by position, as created: entity, key, queued_at, source, image.
         let row = [
             entity.into_datum(),
             key.into_datum(),
             Some(pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp())),
             source.and_then(|s| s.into_datum()),
+            image.and_then(|i| i.into_datum()),
         ];
         for (i, value) in row.into_iter().enumerate().take(natts) {
             if let Some(value) = value {

@@ -366,7 +366,7 @@ pub fn forget_related_values(entities: &[String]) {
 /// Applies one entity's changed keys to its live segments; returns the
 /// runs. `changes` pairs each key with the related table whose rows
 /// changed (None: the entity's own row).
-fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Option<String>)]) -> Vec<i64> {
+fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Option<String>)], images: Vec<(String, Vec<u8>)>) -> Vec<i64> {
     let started = Instant::now();
     let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()"))
         .expect("clock_timestamp() is never NULL");
@@ -398,8 +398,12 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
     let mut plans: HashMap<pg_sys::Oid, OwnerPlan> = HashMap::new();
     for (owner, owned) in &mut by_owner {
         owned.sort_by_key(|t| t.id);
+        let rows = entity_rows(&entity, owned, &keys, images.clone());
         let restricted = plan_for(entity_name, owned, &reference, |planner| {
             planner.restrict_to(keys_sql.clone());
+            if let Some(rows) = rows {
+                planner.read_rows_from(rows);
+            }
             for (name, sql) in &related_sql {
                 planner.restrict_related_to(name, sql.clone());
             }
@@ -489,15 +493,17 @@ pub fn apply_changes() -> Vec<i64> {
     for entity in entities {
         let targets = live_targets(&entity);
         // Taken once: a killed apply rolls back and leaves them queued.
-        let changes: Vec<(Option<String>, Option<String>)> = Spi::connect_mut(|client| {
+        let taken: Vec<(Option<String>, Option<String>, Option<Vec<u8>>)> = Spi::connect_mut(|client| {
             spi(client.update(
-                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key, source",
+                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key, source, image",
                 None,
                 &[entity.as_str().into()],
             ))
-            .map(|row| (spi(row.get::<String>(1)), spi(row.get::<String>(2))))
+            .map(|row| (spi(row.get::<String>(1)), spi(row.get::<String>(2)), spi(row.get::<Vec<u8>>(3))))
             .collect()
         });
+        let images = latest_images(&taken);
+        let changes: Vec<(Option<String>, Option<String>)> = taken.into_iter().map(|(key, source, _)| (key, source)).collect();
         if targets.is_empty() || changes.is_empty() {
             continue;
         }
@@ -514,9 +520,80 @@ pub fn apply_changes() -> Vec<i64> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        runs.extend(apply_entity(&entity, &targets, &changes));
+        runs.extend(apply_entity(&entity, &targets, &changes, images));
     }
     runs
+}
+
+/// The row images of a batch that show a key's current row: those of keys
+/// whose own row was queued exactly once (for a key changed twice, which
+/// image is newer is unknown; those keys read the heap).
+fn latest_images(taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)]) -> Vec<(String, Vec<u8>)> {
+    let mut own: HashMap<&str, (usize, Option<&Vec<u8>>)> = HashMap::new();
+    for (key, source, image) in taken {
+        if let (Some(key), None) = (key, source) {
+            let entry = own.entry(key.as_str()).or_insert((0, None));
+            entry.0 += 1;
+            entry.1 = image.as_ref();
+        }
+    }
+    own.into_iter()
+        .filter_map(|(key, (count, image))| (count == 1).then_some(image).flatten().map(|image| (key.to_string(), image.clone())))
+        .collect()
+}
+
+/// The entity's rows for a restricted evaluation: the changed keys with a
+/// usable image from their images, the others from the heap. None when
+/// nothing can come from an image: the table has row-level security (an
+/// image would bypass its policies), or no image is usable. The heap half
+/// is always queried, even for no keys, so that the executor checks the
+/// owner's privileges on every column read.
+fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], keys: &[String], images: Vec<(String, Vec<u8>)>) -> Option<String> {
+    if images.is_empty() {
+        return None;
+    }
+    let (relation, secured) = Spi::connect(|client| {
+        let row = spi(client.select(
+            "SELECT c.oid, c.relrowsecurity FROM segments.entity e JOIN pg_catalog.pg_class c \
+                 ON c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid WHERE e.name OPERATOR(pg_catalog.=) $1",
+            None,
+            &[entity.name.as_str().into()],
+        ))
+        .into_iter()
+        .next()
+        .map(|row| (required::<pg_sys::Oid>(&row, 1), required::<bool>(&row, 2)));
+        row.unzip()
+    });
+    if secured? {
+        return None;
+    }
+    // The key, then every column the targets and eligibility read.
+    let mut names: Vec<String> = vec![entity.key_column.clone()];
+    let mut definitions: Vec<Value> = targets.iter().map(|t| t.definition.clone()).collect();
+    if let Some(eligible) = &entity.eligible {
+        definitions.push(serde_json::json!({"entity": entity.name, "rules": [{"where": eligible}]}));
+    }
+    for definition in &definitions {
+        let Ok(parsed) = segments_core::definition::Definition::parse(definition) else { return None };
+        for (table, column) in segments_core::compile::columns_read(&parsed, entity) {
+            if table == entity.table.relation_sql && !names.contains(&column) {
+                names.push(column);
+            }
+        }
+    }
+    let columns: Vec<(String, String)> =
+        names.iter().map(|name| entity.table.column(name).map(|c| (name.clone(), c.type_sql.clone()))).collect::<Option<_>>()?;
+    let (source, unusable) = crate::engine::capture::rows_of_images(relation?, &columns, images.clone());
+    let source = source?;
+    let from_images: BTreeSet<&str> = images.iter().map(|(k, _)| k.as_str()).filter(|k| !unusable.iter().any(|u| u == k)).collect();
+    let heap_keys: Vec<String> = keys.iter().filter(|k| !from_images.contains(k.as_str())).cloned().collect();
+    let (_, heap_keys_sql) = positions_of(entity, &heap_keys);
+    let heap_columns = names.iter().map(|n| format!("h.{}", ident(n))).collect::<Vec<_>>().join(", ");
+    Some(format!(
+        "SELECT {heap_columns} FROM {} h WHERE h.{} OPERATOR(pg_catalog.=) ANY ({heap_keys_sql}) UNION ALL {source}",
+        entity.table.relation_sql,
+        ident(&entity.key_column)
+    ))
 }
 
 /// Installs or removes capture triggers to match the live segments; the

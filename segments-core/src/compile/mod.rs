@@ -116,6 +116,10 @@ pub struct Plan {
     /// Live segments: an SQL array of the keys to evaluate (every query
     /// reads just those rows); None for a full evaluation.
     pub restriction: Option<String>,
+    /// Live segments: a `SELECT` of the entity's rows to evaluate (the
+    /// changed ones, some from the heap and some from captured row images)
+    /// that the entity scan reads instead of the table.
+    pub entity_source: Option<String>,
     /// By leaf: the name of the related table a related leaf reads (live
     /// apply keeps their values between applications).
     pub related_of: Vec<Option<String>>,
@@ -134,6 +138,7 @@ pub struct Planner<'a> {
     restriction: Option<String>,
     /// Per related table, a narrower restriction than `restriction`.
     related_restriction: HashMap<String, String>,
+    entity_source: Option<String>,
     related_of: HashMap<Leaf, String>,
 }
 
@@ -166,6 +171,7 @@ impl<'a> Planner<'a> {
             needs_all_rows: false,
             restriction: None,
             related_restriction: HashMap::new(),
+            entity_source: None,
             related_of: HashMap::new(),
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
@@ -216,6 +222,12 @@ impl<'a> Planner<'a> {
         self.related_restriction.insert(related.to_string(), keys_sql);
     }
 
+    /// Makes the entity scan read the rows `source_sql` selects (with the
+    /// columns the definitions read, and the key) instead of the table.
+    pub fn read_rows_from(&mut self, source_sql: String) {
+        self.entity_source = Some(source_sql);
+    }
+
     pub fn finish(mut self, segments: &mut [&mut CompiledSegment]) -> Plan {
         let mut uses = vec![0usize; self.leaves.len()];
         let mut exprs: Vec<&mut Expr> = Vec::new();
@@ -259,6 +271,7 @@ impl<'a> Planner<'a> {
             reference_time: self.reference_time,
             needs_all_rows,
             restriction: self.restriction,
+            entity_source: self.entity_source,
             related_of,
         }
     }
@@ -490,11 +503,15 @@ impl Plan {
                 columns.push(format!("segments.rb_agg({position}) FILTER (WHERE {sql})"));
             }
         }
-        let restriction = match &self.restriction {
-            Some(keys) => format!(" WHERE e.{} {} ANY ({keys})", ident(&self.entity.key_column), op("=")),
-            None => String::new(),
+        let (from, restriction) = match (&self.entity_source, &self.restriction) {
+            (Some(source), _) => (format!("({source})"), String::new()),
+            (None, Some(keys)) => (
+                self.entity.table.relation_sql.clone(),
+                format!(" WHERE e.{} {} ANY ({keys})", ident(&self.entity.key_column), op("=")),
+            ),
+            (None, None) => (self.entity.table.relation_sql.clone(), String::new()),
         };
-        format!("SELECT {} FROM {} e{join}{restriction}", columns.join(",\n       "), self.entity.table.relation_sql)
+        format!("SELECT {} FROM {from} e{join}{restriction}", columns.join(",\n       "))
     }
 
     pub fn filter_leaves(&self) -> Vec<usize> {
@@ -588,6 +605,29 @@ mod tests {
         .unwrap();
         assert_eq!(plan.leaves, vec![Leaf::Filter(r#"(e."country" OPERATOR(pg_catalog.=) 'DE'::text AND (e."age" OPERATOR(pg_catalog.>=) '25'::integer AND e."age" OPERATOR(pg_catalog.<=) '34'::integer))"#.into())]);
         assert!(!plan.needs_all_rows, "filters alone never need every row");
+    }
+
+    #[test]
+    fn a_live_plan_scans_its_rows_or_the_changed_keys() {
+        let catalog = customers();
+        let definition = Definition::parse(&json!({"entity": "customer", "rules": [{"where":
+            {"attribute": "country", "op": "eq", "value": "DE"}}]}))
+        .unwrap();
+        let plan_with = |source: Option<&str>| {
+            let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+            planner.restrict_to("'{1,2}'::pg_catalog.int8[]".into());
+            if let Some(source) = source {
+                planner.read_rows_from(source.into());
+            }
+            let mut compiled = planner.add(&definition, None).unwrap();
+            planner.finish(&mut [&mut compiled])
+        };
+        let filters = |plan: &Plan| plan.entity_scan_sql(&plan.filter_leaves());
+        let keys = filters(&plan_with(None));
+        assert!(keys.contains(r#"FROM "public"."customers" e WHERE e."id" OPERATOR(pg_catalog.=) ANY ('{1,2}'::pg_catalog.int8[])"#), "{keys}");
+        let rows = filters(&plan_with(Some("SELECT 1 AS id, 'DE' AS country")));
+        assert!(rows.contains("FROM (SELECT 1 AS id, 'DE' AS country) e"), "{rows}");
+        assert!(!rows.contains("ANY ("), "the source is the restriction: {rows}");
     }
 
     #[test]
