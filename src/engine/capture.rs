@@ -127,7 +127,7 @@ unsafe fn image_of(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> Opti
 /// trigger writes: no SQL function turns bytes into rows, since a user
 /// could hand it forged ones. The relation is locked (AccessShareLock, to
 /// the end of the transaction) before its descriptor is trusted.
-pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], images: Vec<(String, Vec<u8>)>) -> (Option<String>, Vec<String>) {
+pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], images: &[(String, Vec<u8>)]) -> (Option<String>, Vec<String>) {
     let mut unusable = Vec::new();
     // SAFETY: the relation is opened under a lock and closed keeping it;
     // every image is copied to a MAXALIGNed buffer before it is deformed
@@ -136,7 +136,7 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
     unsafe {
         let rel = pg_sys::try_table_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         if rel.is_null() {
-            return (None, images.into_iter().map(|(k, _)| k).collect());
+            return (None, images.iter().map(|(k, _)| k.clone()).collect());
         }
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
@@ -151,7 +151,7 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
             .collect();
         if attnums.iter().any(Option::is_none) {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            return (None, images.into_iter().map(|(k, _)| k).collect());
+            return (None, images.iter().map(|(k, _)| k.clone()).collect());
         }
         let mut values: Vec<Vec<pg_sys::Datum>> = vec![Vec::new(); columns.len()];
         let mut nulls: Vec<Vec<bool>> = vec![Vec::new(); columns.len()];
@@ -161,7 +161,7 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
             let header_size = std::mem::size_of::<pg_sys::HeapTupleHeaderData>();
             let usable = image.len() >= 4 + header_size && u32::from_ne_bytes([image[0], image[1], image[2], image[3]]) == file;
             if !usable {
-                unusable.push(key);
+                unusable.push(key.clone());
                 continue;
             }
             let body = &image[4..];
@@ -171,7 +171,7 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
             let image_natts = ((*header).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) as usize;
             if image_natts != natts || ((*header).t_hoff as usize) > body.len() {
                 pg_sys::pfree(buffer.cast());
-                unusable.push(key);
+                unusable.push(key.clone());
                 continue;
             }
             let mut tuple = pg_sys::HeapTupleData { t_len: body.len() as u32, t_data: header, ..Default::default() };

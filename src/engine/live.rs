@@ -171,17 +171,21 @@ fn columns_read_by_live_segments() -> HashMap<String, Vec<(String, String)>> {
     let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for (entity_name, definition) in live {
         let Some(entity) = SpiCatalog.entity(&entity_name) else { continue };
-        let mut definitions = vec![definition];
-        if let Some(eligible) = &entity.eligible {
-            definitions.push(serde_json::json!({"entity": entity_name, "rules": [{"where": eligible}]}));
-        }
-        for definition in definitions {
-            if let Ok(parsed) = segments_core::definition::Definition::parse(&definition) {
-                out.entry(entity_name.clone()).or_default().extend(segments_core::compile::columns_read(&parsed, &entity));
-            }
-        }
+        out.entry(entity_name.clone()).or_default().extend(columns_read_by(&entity, std::slice::from_ref(&definition)));
     }
     out
+}
+
+/// The (relation, column) pairs `definitions` and the entity's eligibility
+/// condition read; definitions that no longer parse read nothing.
+fn columns_read_by(entity: &segments_core::catalog::Entity, definitions: &[Value]) -> Vec<(String, String)> {
+    let eligible = entity.eligible.as_ref().map(|e| serde_json::json!({"entity": entity.name, "rules": [{"where": e}]}));
+    definitions
+        .iter()
+        .chain(eligible.as_ref())
+        .filter_map(|d| segments_core::definition::Definition::parse(d).ok())
+        .flat_map(|parsed| segments_core::compile::columns_read(&parsed, entity))
+        .collect()
 }
 
 /// The live segments of an entity, locked as a refresh locks them, so that
@@ -398,7 +402,7 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
     let mut plans: HashMap<pg_sys::Oid, OwnerPlan> = HashMap::new();
     for (owner, owned) in &mut by_owner {
         owned.sort_by_key(|t| t.id);
-        let rows = entity_rows(&entity, owned, &keys, images.clone());
+        let rows = entity_rows(&entity, owned, &keys, &images);
         let restricted = plan_for(entity_name, owned, &reference, |planner| {
             planner.restrict_to(keys_sql.clone());
             if let Some(rows) = rows {
@@ -548,7 +552,7 @@ fn latest_images(taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)]) ->
 /// image would bypass its policies), or no image is usable. The heap half
 /// is always queried, even for no keys, so that the executor checks the
 /// owner's privileges on every column read.
-fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], keys: &[String], images: Vec<(String, Vec<u8>)>) -> Option<String> {
+fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], keys: &[String], images: &[(String, Vec<u8>)]) -> Option<String> {
     if images.is_empty() {
         return None;
     }
@@ -569,21 +573,15 @@ fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], key
     }
     // The key, then every column the targets and eligibility read.
     let mut names: Vec<String> = vec![entity.key_column.clone()];
-    let mut definitions: Vec<Value> = targets.iter().map(|t| t.definition.clone()).collect();
-    if let Some(eligible) = &entity.eligible {
-        definitions.push(serde_json::json!({"entity": entity.name, "rules": [{"where": eligible}]}));
-    }
-    for definition in &definitions {
-        let Ok(parsed) = segments_core::definition::Definition::parse(definition) else { return None };
-        for (table, column) in segments_core::compile::columns_read(&parsed, entity) {
-            if table == entity.table.relation_sql && !names.contains(&column) {
-                names.push(column);
-            }
+    let definitions: Vec<Value> = targets.iter().map(|t| t.definition.clone()).collect();
+    for (table, column) in columns_read_by(entity, &definitions) {
+        if table == entity.table.relation_sql && !names.contains(&column) {
+            names.push(column);
         }
     }
     let columns: Vec<(String, String)> =
         names.iter().map(|name| entity.table.column(name).map(|c| (name.clone(), c.type_sql.clone()))).collect::<Option<_>>()?;
-    let (source, unusable) = crate::engine::capture::rows_of_images(relation?, &columns, images.clone());
+    let (source, unusable) = crate::engine::capture::rows_of_images(relation?, &columns, images);
     let source = source?;
     let from_images: BTreeSet<&str> = images.iter().map(|(k, _)| k.as_str()).filter(|k| !unusable.iter().any(|u| u == k)).collect();
     let heap_keys: Vec<String> = keys.iter().filter(|k| !from_images.contains(k.as_str())).cloned().collect();
