@@ -400,6 +400,21 @@ fn row_level_security_holds_on_every_path() {
     // An estimate runs as the caller.
     let estimated: i64 = mallory.query_one("SELECT members FROM segments.estimate($1::text::jsonb)", &[&de]).unwrap().get(0);
     assert_eq!(estimated, 0);
+    // A live application reads the table as the owner too: the row images
+    // the capture saved (rows mallory may not see, now German) are not
+    // used for a table with row-level security.
+    let live: i64 = mallory.query_one("SELECT segments.create_segment('Mine, live', $1::text::jsonb, schedule => 'live')", &[&de]).unwrap().get(0);
+    mallory.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{live}::bigint])")).unwrap();
+    admin.batch_execute("UPDATE customers SET country = 'DE' WHERE country <> 'DE' AND id % 7 = 0").unwrap();
+    let images: i64 = admin.query_one("SELECT count(image) FROM segments.change_queue", &[]).unwrap().get(0);
+    assert!(images > 0, "no row images were captured");
+    admin.batch_execute("SELECT * FROM segments.apply_changes()").unwrap();
+    let row = admin
+        .query_one("SELECT status, keys_examined FROM segments.refresh_run WHERE segment_id = $1 AND trigger = 'live' ORDER BY id DESC LIMIT 1", &[&live])
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, Option<i64>>(1).unwrap_or(0) > 0), ("succeeded", true), "no live application");
+    let count: i64 = admin.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&live]).unwrap().get(0);
+    assert_eq!(count, 0, "a live application showed mallory rows RLS hides from her");
 }
 
 /// Attack 6: keys of a text-keyed entity are readable only by roles that
