@@ -93,7 +93,7 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting', '_restoring') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END

@@ -25,8 +25,8 @@ BEGIN
         RETURN NULL;
     END IF;
     -- A restore (pg_restore copies segments, then their versions) brings
-    -- the history along.
-    IF TG_OP = 'INSERT' AND current_query() ~* '^\s*COPY\s' THEN
+    -- the history along; any other write is recorded, whatever the statement.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
         RETURN NULL;
     END IF;
     INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)

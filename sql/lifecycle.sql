@@ -50,6 +50,11 @@ DECLARE
     restoring boolean := TG_OP = 'INSERT' AND NOT internal
         AND coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false);
 BEGIN
+    -- pg_restore (a superuser's COPY segments.segment FROM): the row is
+    -- taken as it was saved; the tables its definition reads may come later.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
+        RETURN NEW;
+    END IF;
     IF TG_OP = 'UPDATE' AND NOT internal THEN
         PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
         IF NEW.owner IS DISTINCT FROM OLD.owner THEN
@@ -265,6 +270,10 @@ CREATE FUNCTION segments._segment_after_insert() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A restore brings back what was there.
+    IF segments._restoring() THEN
+        RETURN NULL;
+    END IF;
     PERFORM segments._check_active_limit((SELECT count(*) FROM new_rows WHERE state = 'active'));
     RETURN NULL;
 END
@@ -289,34 +298,10 @@ CREATE TRIGGER segment_active_limit_update
     AFTER UPDATE ON segments.segment REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION segments._segment_after_update();
 
--- Live segments: the capture of changed keys. SECURITY DEFINER: the queue
--- is internal state, whoever changes the captured table.
-CREATE FUNCTION segments._capture() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO segments.change_queue (entity, key, source) VALUES (TG_ARGV[0], NULL, nullif(TG_ARGV[2], ''));
-    ELSIF TG_OP = 'INSERT' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
-                        SELECT DISTINCT %L, n.%I::text, %L FROM segments_new n WHERE n.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
-                        SELECT DISTINCT %L, o.%I::text, %L FROM segments_old o WHERE o.%I IS NOT NULL',
-                       TG_ARGV[0], TG_ARGV[1], nullif(TG_ARGV[2], ''), TG_ARGV[1]);
-    ELSE
-        EXECUTE format('INSERT INTO segments.change_queue (entity, key, source)
-                        SELECT %L, k, %L FROM (SELECT n.%I::text AS k FROM segments_new n
-                                               UNION SELECT o.%I::text FROM segments_old o) c WHERE k IS NOT NULL',
-                       TG_ARGV[0], nullif(TG_ARGV[2], ''), TG_ARGV[1], TG_ARGV[1]);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
--- Updates of the columns live segments read are captured row by row by
--- segments._capture_row(), a C trigger function (src/engine/capture.rs).
+-- Live segments: inserts, deletes and TRUNCATE are captured by
+-- segments._capture(), updates of the columns live segments read row by
+-- row by segments._capture_row(): C trigger functions, neither SECURITY
+-- DEFINER (src/engine/capture.rs).
 
 -- Capture follows the live segments: installed on a table when the first
 -- live segment needs it, removed with the last.
@@ -324,6 +309,10 @@ CREATE FUNCTION segments._segment_sync_capture() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A restore's dump creates the capture triggers itself.
+    IF segments._restoring() THEN
+        RETURN NULL;
+    END IF;
     PERFORM segments._sync_capture();
     RETURN NULL;
 END

@@ -138,7 +138,7 @@ BEGIN
     IF keys IS NULL THEN
         RAISE EXCEPTION 'the list of keys must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    missing := segments._missing_keys(target.entity, keys);
+    missing := segments._missing_keys(target.entity, keys, caller::oid);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'no record of entity "%" has key %', target.entity, missing
             USING ERRCODE = 'invalid_parameter_value';

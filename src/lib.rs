@@ -47,6 +47,7 @@ pgrx::extension_sql_file!(
         api::segment::_check_schedule,
         pg::txn::_internal_write,
         pg::gucs::_setting,
+        pg::restore::_restoring,
         engine::live::_sync_capture
     ]
 );
@@ -56,7 +57,7 @@ pgrx::extension_sql_file!(
     requires = ["lifecycle", schedule::next::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
-pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage"]);
+pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage", pg::restore::_restoring]);
 pgrx::extension_sql_file!("../sql/ddl_events.sql", name = "ddl_events", requires = ["schema"]);
 pgrx::extension_sql_file!(
     "../sql/wrappers.sql",

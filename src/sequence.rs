@@ -157,11 +157,16 @@ fn key_type(entity: &str) -> String {
         .unwrap_or_else(|| "text".into())
 }
 
-/// The keys of `keys` that no row of the entity table has, comma-separated
-/// (NULL when all exist). A key that is not even of the key's type is missing.
+/// The keys of `keys` that no row of the entity table visible to `caller`
+/// has, comma-separated (NULL when all exist). A key that is not even of
+/// the key's type is missing. The table is read as `caller`, in the
+/// sandbox: its row-level security holds (a row the caller may not see is
+/// missing, with the same answer as a key no row has), and nothing of the
+/// table's owner runs as the extension.
 #[pg_extern(schema = "segments")]
-fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
+fn _missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option<String> {
     let table = crate::pg::catalog::registered_entity(entity).or_raise();
+    table.key().and_then(|key| key.check_usable("key", &format!("entity \"{entity}\""))).or_raise();
     // An inner join rather than NOT EXISTS: Citus plans it on distributed
     // tables (a correlated subquery beside a set-returning function it
     // refuses).
@@ -172,9 +177,14 @@ fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
         ident(&table.key_column)
     );
     let canonical_keys = canonical(entity, &keys);
-    let found: std::collections::HashSet<String> = Spi::connect(|client| {
-        spi(client.select(&sql, None, &[canonical_keys.clone().into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
-    });
+    let found: std::collections::HashSet<String> = crate::pg::txn::as_role(
+        caller,
+        std::panic::AssertUnwindSafe(|| {
+            Spi::connect(|client| {
+                spi(client.select(&sql, None, &[canonical_keys.clone().into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
+            })
+        }),
+    );
     let missing: Vec<String> = canonical_keys.iter().filter(|k| !found.contains(*k)).cloned().collect();
     let originals: Vec<String> = keys
         .iter()

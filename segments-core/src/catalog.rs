@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::definition::SegmentRef;
+use crate::error::SegmentsError;
 
 /// How a column's values behave in conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,28 @@ pub struct Column {
     /// literals take this type, so a value is never cut or rounded to the
     /// column's declared size before it is compared.
     pub base_type_sql: String,
+    /// Why segments does not evaluate this column's values (None: it
+    /// does). Comparing, casting or printing a value runs its type's
+    /// functions, casts and operators; for a type the table's owner made,
+    /// that would be the owner's code run as another role (the segment's
+    /// owner, or the extension itself). Only built-in types, enums and
+    /// domains over them, with no cast of the owner's, are evaluated; a key
+    /// column must also still have the type it was registered with.
+    pub refused: Option<String>,
+}
+
+impl Column {
+    /// Refuses (42804) a column whose values segments does not evaluate,
+    /// naming it, `what` it belongs to and where the definition reads it.
+    pub fn check_usable(&self, path: &str, what: &str) -> Result<(), SegmentsError> {
+        match &self.refused {
+            None => Ok(()),
+            Some(reason) => Err(SegmentsError::DatatypeMismatch(format!(
+                "{path}: column \"{}\" of {what} is {reason}",
+                self.name
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +137,17 @@ pub struct Entity {
 impl Entity {
     pub fn related(&self, name: &str) -> Option<&Related> {
         self.related.iter().find(|r| r.name == name)
+    }
+
+    /// The key column, or 42703 naming it when it was dropped or renamed
+    /// away from its registration.
+    pub fn key(&self) -> Result<&Column, SegmentsError> {
+        self.table.column(&self.key_column).ok_or_else(|| {
+            SegmentsError::UndefinedColumn(format!(
+                "key column \"{}\" of entity \"{}\" ({}) no longer exists",
+                self.key_column, self.name, self.table.relation_sql
+            ))
+        })
     }
 
     /// The key column's type, without modifier.
@@ -200,7 +234,7 @@ pub mod fixture {
 
     pub fn column(name: &str, type_sql: &str, kind: ColumnKind) -> Column {
         let base = type_sql.split('(').next().unwrap_or(type_sql).to_string();
-        Column { name: name.into(), type_sql: type_sql.into(), kind, base_type_sql: base }
+        Column { name: name.into(), type_sql: type_sql.into(), kind, base_type_sql: base, refused: None }
     }
 
     /// customers(id, country, age, ...) with orders(customer_id, amount, ...).

@@ -8,6 +8,9 @@ pub enum SegmentsError {
     /// A definition or argument that is malformed (22023).
     #[error("{0}")]
     InvalidParameter(String),
+    /// A column of a type segments does not evaluate (42804).
+    #[error("{0}")]
+    DatatypeMismatch(String),
     /// A column that does not exist (42703).
     #[error("{0}")]
     UndefinedColumn(String),
@@ -53,6 +56,7 @@ impl SegmentsError {
     pub fn code(&self) -> &'static str {
         match self {
             SegmentsError::InvalidParameter(_) => "22023",
+            SegmentsError::DatatypeMismatch(_) => "42804",
             SegmentsError::UndefinedColumn(_) => "42703",
             SegmentsError::UndefinedTable(_) => "42P01",
             SegmentsError::UndefinedObject(_) => "42704",

@@ -158,7 +158,7 @@ mod tests {
     use serde_json::json;
 
     fn col(kind: ColumnKind, type_sql: &str) -> Column {
-        Column { name: "c".into(), type_sql: type_sql.into(), kind, base_type_sql: type_sql.split('(').next().unwrap_or(type_sql).into() }
+        Column { name: "c".into(), type_sql: type_sql.into(), kind, base_type_sql: type_sql.split('(').next().unwrap_or(type_sql).into(), refused: None }
     }
 
     #[test]

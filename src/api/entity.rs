@@ -15,7 +15,7 @@ use segments_core::sql::{ident, literal};
 use crate::engine::evaluate::{reference_time_sql, stored_members};
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
-use crate::pg::spi::{required, spi};
+use crate::pg::spi::spi;
 
 fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()
@@ -53,7 +53,7 @@ pub fn members_view_name(entity: &str) -> String {
 /// `segments.<entity>_members`: segment_id, segment_name, then every column
 /// of the entity table. `security_invoker` makes the reader's own
 /// privileges on the entity table apply.
-fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: KeyKind, key_type_sql: &str) -> String {
+pub(crate) fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: KeyKind, key_type_sql: &str) -> String {
     let join = match key_kind {
         KeyKind::Integer => format!("JOIN {} e ON e.{} = m.position", table.relation_sql, ident(key_column)),
         KeyKind::Dictionary => format!(
@@ -77,7 +77,7 @@ fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: Key
 }
 
 /// Comments on a members view and every column of it.
-fn comment_members_view(entity: &str, table: &Table) {
+pub(crate) fn comment_members_view(entity: &str, table: &Table) {
     let view = format!("segments.{}", ident(&members_view_name(entity)));
     let mut sql = format!(
         "COMMENT ON VIEW {view} IS {};\n\
@@ -182,11 +182,11 @@ fn register_related_impl(
     }
     let table = SpiCatalog::table(relation);
     let what = format!("relation {}", table.relation_sql);
-    if table.column(foreign_key).is_none() {
-        return Err(column_error(&table, foreign_key, &what));
-    }
+    let fk_column = table.column(foreign_key).ok_or_else(|| column_error(&table, foreign_key, &what))?;
+    fk_column.check_usable("foreign_key", &what)?;
     if let Some(time_column) = time_column {
         let column = table.column(time_column).ok_or_else(|| column_error(&table, time_column, &what))?;
+        column.check_usable("time_column", &what)?;
         if !column.kind.is_temporal() {
             return Err(SegmentsError::InvalidParameter(format!(
                 "time column \"{time_column}\" is {}; it must be a date, timestamp or timestamptz",
@@ -346,178 +346,4 @@ fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
 fn unregister_related(entity: &str, name: &str) {
     crate::pg::txn::require_admin("unregister related tables");
     crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name))).or_raise()
-}
-
-// ---- members views that follow their tables --------------------------------
-
-thread_local! {
-    /// Grants of members views dropped at ddl_command_start, by entity, to
-    /// put back when the view is made again at ddl_command_end.
-    static SAVED_GRANTS: std::cell::RefCell<std::collections::HashMap<String, Vec<(pg_sys::Oid, String, bool)>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// The relation an ALTER TABLE or a column rename is about, if any.
-///
-/// # Safety
-/// `fcinfo` must be the call info of an event trigger function.
-unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::Oid> {
-    // SAFETY: Postgres passes EventTriggerData as the context of event
-    // trigger functions; the node tags are checked before each cast.
-    unsafe {
-        let context = (*fcinfo).context;
-        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
-            return None;
-        }
-        let tree = (*(context as *mut pg_sys::EventTriggerData)).parsetree;
-        if tree.is_null() {
-            return None;
-        }
-        let relation = match (*tree).type_ {
-            pg_sys::NodeTag::T_AlterTableStmt => (*(tree as *mut pg_sys::AlterTableStmt)).relation,
-            pg_sys::NodeTag::T_RenameStmt => {
-                let rename = tree as *mut pg_sys::RenameStmt;
-                if (*rename).renameType != pg_sys::ObjectType::OBJECT_COLUMN {
-                    return None;
-                }
-                (*rename).relation
-            }
-            _ => return None,
-        };
-        if relation.is_null() {
-            return None;
-        }
-        let oid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
-        (oid != pg_sys::InvalidOid).then_some(oid)
-    }
-}
-
-/// Drops an entity's members view, keeping its grants to put back when
-/// `restore_members_views` makes it again.
-fn release_members_view(entity: &str) {
-    let view = format!("segments.{}", ident(&members_view_name(entity)));
-    // A view of the user's built on the members view keeps it: dropping it
-    // would take theirs along. The ALTER TABLE then meets PostgreSQL's own
-    // dependency checks, which name that view.
-    let has_dependents = crate::pg::spi::optional_value::<bool>(
-        "SELECT true FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid \
-          WHERE d.refobjid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-            AND r.ev_class OPERATOR(pg_catalog.<>) pg_catalog.to_regclass($1) LIMIT 1",
-        &[view.clone().into()],
-    )
-    .unwrap_or(false);
-    if has_dependents {
-        return;
-    }
-    let grants: Vec<(pg_sys::Oid, String, bool)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT a.grantee, a.privilege_type, a.is_grantable \
-               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
-              WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-                AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
-            None,
-            &[view.clone().into()],
-        ))
-        .map(|row| (required(&row, 1), required(&row, 2), required(&row, 3)))
-        .collect()
-    });
-    SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.to_string(), grants));
-    spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
-}
-
-/// ddl_command_start: before an ALTER TABLE (or a column rename) of a
-/// registered entity table, its members view is dropped, grants saved, so
-/// that DROP COLUMN and ALTER COLUMN TYPE just work; ddl_command_end makes
-/// it again from the table's new columns, in the same transaction.
-#[pg_extern(schema = "segments", sql = false)]
-fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
-    // SAFETY: called only as the event trigger function declared below.
-    let Some(relation) = (unsafe { altered_relation(fcinfo) }) else { return };
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
-        let entities: Vec<String> = Spi::connect(|client| {
-            spi(client.select(
-                "SELECT name FROM segments.entity WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
-                None,
-                &[relation.into()],
-            ))
-            .filter_map(|row| spi(row.get::<String>(1)))
-            .collect()
-        });
-        for entity in entities {
-            release_members_view(&entity);
-        }
-    }));
-}
-
-/// ddl_command_end: every registered entity whose table exists and whose
-/// members view is missing gets it back, with the grants it had.
-#[pg_extern(schema = "segments", sql = false)]
-fn _members_view_restore(_fcinfo: pg_sys::FunctionCallInfo) {
-    crate::pg::txn::privileged(AssertUnwindSafe(restore_members_views));
-}
-
-pub fn restore_members_views() {
-    let missing: Vec<String> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT e.name FROM segments.entity e \
-              WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid) \
-                AND pg_catalog.to_regclass('segments.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(e.name OPERATOR(pg_catalog.||) '_members')) IS NULL",
-            None,
-            &[],
-        ))
-        .filter_map(|row| spi(row.get::<String>(1)))
-        .collect()
-    });
-    for entity in missing {
-        let Some(found) = SpiCatalog.entity(&entity) else { continue };
-        let (type_oid, key_type_sql) = key_type_oid_of(&entity);
-        let _ = type_oid;
-        spi(Spi::run(&members_view_sql(&entity, &found.table, &found.key_column, found.key_kind, &key_type_sql)));
-        comment_members_view(&entity, &found.table);
-        let view = format!("segments.{}", ident(&members_view_name(&entity)));
-        let grants = SAVED_GRANTS.with(|saved| saved.borrow_mut().remove(&entity));
-        match grants {
-            Some(grants) => {
-                for (grantee, privilege, grantable) in grants {
-                    let to = if grantee == pg_sys::InvalidOid {
-                        "PUBLIC".to_string()
-                    } else {
-                        crate::pg::spi::optional_value::<String>("SELECT $1::pg_catalog.regrole::pg_catalog.text", &[grantee.into()])
-                            .unwrap_or_else(|| "PUBLIC".into())
-                    };
-                    let option = if grantable { " WITH GRANT OPTION" } else { "" };
-                    spi(Spi::run(&format!("GRANT {privilege} ON {view} TO {to}{option}")));
-                }
-            }
-            None => spi(Spi::run(&format!("GRANT SELECT ON {view} TO segments_reader, segments_editor, segments_admin"))),
-        }
-    }
-}
-
-fn key_type_oid_of(entity: &str) -> (pg_sys::Oid, String) {
-    let row = Spi::get_two_with_args::<pg_sys::Oid, String>(
-        "SELECT key_type::pg_catalog.oid, pg_catalog.format_type(key_type, NULL) FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.into()],
-    );
-    let (oid, type_sql) = spi(row);
-    (oid.unwrap_or(pg_sys::InvalidOid), type_sql.unwrap_or_else(|| "text".into()))
-}
-
-/// Makes every members view again from its table's current columns, with
-/// its grants and comments (used by ALTER EXTENSION UPDATE: views made by
-/// an older version get this version's shape). Admins only.
-#[pg_extern(schema = "segments")]
-fn _remake_members_views() {
-    crate::pg::txn::require_admin("remake members views");
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
-        let entities: Vec<(String, pg_sys::Oid)> = Spi::connect(|client| {
-            spi(client.select("SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name", None, &[]))
-                .map(|row| (required(&row, 1), required(&row, 2)))
-                .collect()
-        });
-        for (entity, _) in entities {
-            release_members_view(&entity);
-        }
-        restore_members_views();
-    }));
 }

@@ -8,5 +8,6 @@ pub mod explain;
 pub mod history;
 pub mod inspect;
 pub mod read;
+pub mod schema_changes;
 pub mod segment;
 pub mod usage;

@@ -1,15 +1,24 @@
-//! The row-level half of live capture: `segments._capture_row()`, fired by
-//! `UPDATE OF <columns live segments read>` on captured tables.
+//! Live capture's trigger functions: `segments._capture_row()`, fired by
+//! `UPDATE OF <columns live segments read>` on captured tables, and
+//! `segments._capture()`, the statement-level trigger of INSERT, DELETE and
+//! TRUNCATE that reads the transition tables.
 //!
-//! It is on the write path of every such UPDATE, so it is a C-level
-//! trigger rather than plpgsql: it reads the key straight from the old and
-//! new tuples and appends to `segments.change_queue` with one heap insert,
-//! in the same transaction as the change. Going through the table access
-//! method directly skips the executor, privilege checks (the queue is
-//! internal; nobody but the extension may write it) and the GUC save and
-//! restore a `SECURITY DEFINER ... SET search_path` function pays per call.
+//! Both are on the user's write path, so they are C-level triggers rather
+//! than plpgsql: they read the key straight from the tuples and append to
+//! `segments.change_queue` with one heap insert each, in the same
+//! transaction as the change. Going through the table access method
+//! directly skips the executor, privilege checks (the queue is internal;
+//! nobody but the extension may write it) and the GUC save and restore a
+//! `SECURITY DEFINER ... SET search_path` function pays per call.
 //! The queue has no index for the same reason: `apply_changes` drains it
 //! whole.
+//!
+//! Neither is SECURITY DEFINER: the key's output function (the only code
+//! of the table's owner they run) runs as the role that wrote the row, as
+//! PostgreSQL's own triggers do. And neither ever fails the user's
+//! statement over the capture: a key column that was renamed or dropped
+//! queues a NULL key (everything changed), and the segments fail their
+//! next application naming the column.
 
 use pgrx::AllocatedByRust;
 use pgrx::heap_tuple::PgHeapTuple;
@@ -22,8 +31,8 @@ use pgrx::prelude::*;
 pub enum CaptureError {
     #[error("segments._capture_row() must be fired AFTER UPDATE FOR EACH ROW with (entity, key column, source, compared columns...) arguments")]
     Misused,
-    #[error("segments: captured table has no key column \"{0}\"; recreate the live segment's capture with segments._sync_capture()")]
-    NoKeyColumn(String),
+    #[error("segments._capture() must be fired AFTER INSERT, DELETE or TRUNCATE FOR EACH STATEMENT with (entity, key column, source) arguments and transition tables")]
+    MisusedStatement,
 }
 
 /// Queues the row's key (and its old key when the key itself changed) when
@@ -71,27 +80,104 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
         if !changed {
             return Ok(None);
         }
-        let attnum = pg_sys::SPI_fnumber(desc, *column);
-        if attnum <= 0 {
-            let column = std::ffi::CStr::from_ptr(*column).to_string_lossy().into_owned();
-            return Err(CaptureError::NoKeyColumn(column));
-        }
         let entity = std::ffi::CStr::from_ptr(*entity).to_str().map_err(|_| CaptureError::Misused)?;
         let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::Misused)?;
         // '' for the entity's own table, else the related table's name.
         let source = (!source.is_empty()).then_some(source);
+        let attnum = pg_sys::SPI_fnumber(desc, *column);
+        if attnum <= 0 {
+            // The key column was renamed or dropped since the trigger was
+            // made: never fail the user's write; everything changed.
+            enqueue(entity, None, source, None);
+            return Ok(None);
+        }
         let key_kept = same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum);
         // The entity's own row, under the same key: its new version goes
         // with the key, so that apply need not read the heap again.
         let image = (source.is_none() && key_kept).then(|| image_of(data.tg_relation, data.tg_newtuple)).flatten();
         if let Some(key) = key_text(data.tg_newtuple, desc, attnum) {
-            enqueue(entity, &key, source, image.as_deref());
+            enqueue(entity, Some(&key), source, image.as_deref());
         }
         if !key_kept {
             if let Some(key) = key_text(data.tg_trigtuple, desc, attnum) {
-                enqueue(entity, &key, source, None);
+                enqueue(entity, Some(&key), source, None);
             }
         }
+    }
+    Ok(None)
+}
+
+/// Queues the distinct keys of the rows a statement inserted or deleted
+/// (read from its transition table), or a NULL key for a TRUNCATE.
+///
+/// Arguments: entity, key column, source ('' for the entity's own table,
+/// else the related table's name).
+#[pg_trigger(sql = r#"
+-- Live segments: the statement-level capture of INSERT, DELETE and
+-- TRUNCATE (transition tables). C, not SECURITY DEFINER: the key's output
+-- function runs as the writer, and the queue is written directly.
+CREATE FUNCTION segments._capture() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+fn _capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
+    let data = trigger.trigger_data();
+    if data.tg_trigger.is_null() || data.tg_relation.is_null() {
+        return Err(CaptureError::MisusedStatement);
+    }
+    // SAFETY: Postgres called us as a trigger (checked above): the relation
+    // is open and locked, the transition tables (when present) hold tuples
+    // of its descriptor, and the arguments are `tgnargs` C strings.
+    unsafe {
+        let trigger = &*data.tg_trigger;
+        let args: &[*mut std::ffi::c_char] = if trigger.tgnargs > 0 && !trigger.tgargs.is_null() {
+            std::slice::from_raw_parts(trigger.tgargs, trigger.tgnargs as usize)
+        } else {
+            &[]
+        };
+        let [entity, column, source, ..] = args else { return Err(CaptureError::MisusedStatement) };
+        let entity = std::ffi::CStr::from_ptr(*entity).to_str().map_err(|_| CaptureError::MisusedStatement)?;
+        let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::MisusedStatement)?;
+        let source = (!source.is_empty()).then_some(source);
+        let operation = data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        if operation == pg_sys::TRIGGER_EVENT_TRUNCATE {
+            enqueue(entity, None, source, None);
+            return Ok(None);
+        }
+        let tables: Vec<*mut pg_sys::Tuplestorestate> =
+            [data.tg_newtable, data.tg_oldtable].into_iter().filter(|t| !t.is_null()).collect();
+        if tables.is_empty() {
+            return Err(CaptureError::MisusedStatement);
+        }
+        let desc = (*data.tg_relation).rd_att;
+        let attnum = pg_sys::SPI_fnumber(desc, *column);
+        if attnum <= 0 {
+            // Renamed or dropped since: never fail the user's statement.
+            enqueue(entity, None, source, None);
+            return Ok(None);
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+        for table in tables {
+            // A read pointer of our own: other triggers read the same
+            // transition table, each from its start.
+            let pointer = pg_sys::tuplestore_alloc_read_pointer(table, 0);
+            pg_sys::tuplestore_select_read_pointer(table, pointer);
+            pg_sys::tuplestore_rescan(table);
+            while pg_sys::tuplestore_gettupleslot(table, true, false, slot) {
+                let mut free = false;
+                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut free);
+                if let Some(key) = key_text(tuple, desc, attnum) {
+                    keys.insert(key);
+                }
+                if free {
+                    pg_sys::heap_freetuple(tuple);
+                }
+            }
+            pg_sys::tuplestore_select_read_pointer(table, 0);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        let rows: Vec<(Option<&str>, Option<&[u8]>)> = keys.iter().map(|k| (Some(k.as_str()), None)).collect();
+        enqueue_all(entity, &rows, source);
     }
     Ok(None)
 }
@@ -274,9 +360,16 @@ unsafe fn key_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i3
     }
 }
 
-/// Appends (entity, key, now(), source, image) to `segments.change_queue`.
-fn enqueue(entity: &str, key: &str, source: Option<&str>, image: Option<&[u8]>) {
-    // SAFETY: plain catalog lookups and a heap insert into our own table,
+/// Appends (entity, key, now(), source, image) to `segments.change_queue`;
+/// a NULL key means every row may have changed.
+fn enqueue(entity: &str, key: Option<&str>, source: Option<&str>, image: Option<&[u8]>) {
+    enqueue_all(entity, &[(key, image)], source);
+}
+
+/// Appends one row per (key, image) to `segments.change_queue`, opening it
+/// once.
+fn enqueue_all(entity: &str, rows: &[(Option<&str>, Option<&[u8]>)], source: Option<&str>) {
+    // SAFETY: plain catalog lookups and heap inserts into our own table,
     // inside the running transaction; errors are Postgres ERRORs that
     // pgrx's guard turns into a clean abort.
     unsafe {
@@ -288,25 +381,28 @@ fn enqueue(entity: &str, key: &str, source: Option<&str>, image: Option<&[u8]>) 
         let relation = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*relation).rd_att;
         let natts = (*desc).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0); natts];
-        let mut nulls = vec![true; natts];
-        // Columns by position, as created: entity, key, queued_at, source, image.
-        let row = [
-            entity.into_datum(),
-            key.into_datum(),
-            Some(pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp())),
-            source.and_then(|s| s.into_datum()),
-            image.and_then(|i| i.into_datum()),
-        ];
-        for (i, value) in row.into_iter().enumerate().take(natts) {
-            if let Some(value) = value {
-                values[i] = value;
-                nulls[i] = false;
+        let queued_at = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
+        for (key, image) in rows {
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            // Columns by position, as created: entity, key, queued_at, source, image.
+            let row = [
+                entity.into_datum(),
+                key.and_then(|k| k.into_datum()),
+                Some(queued_at),
+                source.and_then(|s| s.into_datum()),
+                image.and_then(|i| i.into_datum()),
+            ];
+            for (i, value) in row.into_iter().enumerate().take(natts) {
+                if let Some(value) = value {
+                    values[i] = value;
+                    nulls[i] = false;
+                }
             }
+            let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::simple_heap_insert(relation, tuple);
+            pg_sys::heap_freetuple(tuple);
         }
-        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::simple_heap_insert(relation, tuple);
-        pg_sys::heap_freetuple(tuple);
         pg_sys::table_close(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     }
 }

@@ -217,6 +217,7 @@ pub fn sync_key_replica(entity: &Entity) {
         return;
     };
     crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+        crate::engine::evaluate::lock_verified(entity);
         lock_and_ensure(entity, replica);
         let key = ident(&entity.key_column);
         let fresh_sql = format!(

@@ -13,6 +13,7 @@ use segments_core::catalog::KeyKind;
 use segments_core::compile::{CompiledSegment, Leaf, Plan};
 use segments_core::sql::{ident, literal};
 
+use crate::pg::error::OrRaise;
 use crate::pg::spi::{optional_value, required, spi};
 
 /// Postgres allows 1664 target columns; stay well below.
@@ -46,6 +47,39 @@ fn bitmap_of(value: Option<Vec<u8>>) -> Members {
     }
 }
 
+/// The longest key (as text, in bytes) the key dictionary holds: its
+/// unique index refuses entries over about 2,700 bytes, and one such row
+/// must not fail every refresh of its entity. Rows with longer keys are
+/// left out of every segment, with a warning naming them.
+pub const MAX_KEY_BYTES: i32 = 2000;
+
+/// Locks an entity's table (ACCESS SHARE, to the end of the transaction)
+/// and checks, under that lock, what privileged code is about to rely on
+/// when it reads the table: still a plain or partitioned table, and a key
+/// column of the registered built-in type, whose `::text` is PostgreSQL's
+/// own output function. Raises an error naming the column otherwise.
+pub fn lock_verified(entity: &segments_core::catalog::Entity) {
+    let relation = optional_value::<pgrx::pg_sys::Oid>(
+        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.name.as_str().into()],
+    );
+    let Some(relation) = relation else { return };
+    // SAFETY: takes a lock on a relation by OID (an ERROR if it is gone).
+    unsafe { pgrx::pg_sys::LockRelationOid(relation, pgrx::pg_sys::AccessShareLock as pgrx::pg_sys::LOCKMODE) };
+    let kind = optional_value::<i8>("SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1", &[relation.into()]);
+    if !matches!(kind.map(|k| k as u8), Some(b'r' | b'p')) {
+        use crate::pg::error::Raise;
+        crate::pg::error::Reported::from(segments_core::error::SegmentsError::FeatureNotSupported(format!(
+            "the relation of entity \"{}\" ({}) is no longer a table",
+            entity.name, entity.table.relation_sql
+        )))
+        .raise();
+    }
+    let now = crate::pg::catalog::registered_entity(&entity.name).or_raise();
+    let what = format!("entity \"{}\"", entity.name);
+    now.key().and_then(|key| key.check_usable("key", &what)).map_err(crate::pg::error::Reported::from).or_raise();
+}
+
 /// Gives every key of a dictionary-keyed entity a bitmap position.
 pub fn sync_dictionary(plan: &Plan) {
     // A restricted (live) plan's keys were given positions by the caller.
@@ -59,17 +93,34 @@ pub fn sync_dictionary(plan: &Plan) {
     // hash join); ON CONFLICT alone would probe the index for every key of
     // the table on every refresh, five times slower at 1M keys.
     let sql = format!(
-        "INSERT INTO segments.entity_key (entity, key) SELECT {name}, e.{key}::pg_catalog.text FROM {table} e \
-          WHERE e.{key} IS NOT NULL AND NOT EXISTS (SELECT FROM segments.entity_key k \
-                WHERE k.entity OPERATOR(pg_catalog.=) {name} AND k.key OPERATOR(pg_catalog.=) e.{key}::pg_catalog.text) \
-         ON CONFLICT (entity, key) DO NOTHING",
+        "WITH fresh AS (SELECT e.{key}::pg_catalog.text AS k FROM {table} e \
+                         WHERE e.{key} IS NOT NULL AND NOT EXISTS (SELECT FROM segments.entity_key k \
+                               WHERE k.entity OPERATOR(pg_catalog.=) {name} AND k.key OPERATOR(pg_catalog.=) e.{key}::pg_catalog.text)), \
+              added AS (INSERT INTO segments.entity_key (entity, key) SELECT {name}, f.k FROM fresh f \
+                         WHERE pg_catalog.octet_length(f.k) OPERATOR(pg_catalog.<=) {MAX_KEY_BYTES} \
+                        ON CONFLICT (entity, key) DO NOTHING) \
+         SELECT pg_catalog.count(*), pg_catalog.min(pg_catalog.left(f.k, 40)) FROM fresh f \
+          WHERE pg_catalog.octet_length(f.k) OPERATOR(pg_catalog.>) {MAX_KEY_BYTES}",
         name = literal(&plan.entity.name),
         key = ident(&plan.entity.key_column),
         table = plan.entity.table.relation_sql,
     );
     // The dictionary is internal state: written as the extension, read
-    // only by roles that may read the entity table (its RLS policy).
-    crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| spi(Spi::run(&sql))));
+    // only by roles that may read the entity table (its RLS policy). The
+    // table is locked and its key column checked first: the extension
+    // never runs a function, cast or operator of the table's owner.
+    let (too_long, example) = crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+        lock_verified(&plan.entity);
+        let row = Spi::get_two::<i64, String>(&sql);
+        spi(row)
+    }));
+    if let Some(count) = too_long.filter(|c| *c > 0) {
+        warning!(
+            "segments: {count} row(s) of entity \"{}\" have a key longer than {MAX_KEY_BYTES} bytes (the first begins \"{}\"); they are left out of every segment",
+            plan.entity.name,
+            example.unwrap_or_default()
+        );
+    }
 }
 
 /// Every query the plan runs, in order, for `explain`.

@@ -107,12 +107,17 @@ pub fn sync_capture() {
             .map(|cols| cols.iter().filter(|(r, _)| r == relation_sql).map(|(_, c)| c.clone()).collect())
             .unwrap_or_default();
         columns.insert(column.clone());
+        // Only columns the table has: a column a segment reads may have been
+        // dropped or renamed (that segment fails at its next run, naming
+        // it); capture of the others, and everyone's DDL, carry on.
+        let present = existing_columns(*relation);
+        columns.retain(|c| present.contains(c));
         let columns_sql = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
         // Updates: a row trigger on just those columns (a column list
         // excludes transition tables), queuing only when one of them really
         // changed: `_capture_row` compares them itself (see capture.rs).
         let compared = columns.iter().map(|c| format!(", {}", literal(c))).collect::<String>();
-        let update_event = format!("UPDATE OF {columns_sql}");
+        let update_event = if columns.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {columns_sql}") };
         for (operation, event, referencing, function, extra) in [
             ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT", "_capture", ""),
             ("upd", update_event.as_str(), " FOR EACH ROW", "_capture_row", compared.as_str()),
@@ -153,6 +158,20 @@ pub fn sync_capture() {
             spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {relation_sql}", ident(name))));
         }
     }
+}
+
+/// The names of a relation's columns now.
+fn existing_columns(relation: pg_sys::Oid) -> BTreeSet<String> {
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT attname::pg_catalog.text FROM pg_catalog.pg_attribute \
+              WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+            None,
+            &[relation.into()],
+        ))
+        .map(|row| required::<String>(&row, 1))
+        .collect()
+    })
 }
 
 /// By entity: the (relation, column) pairs its active live segments read,
@@ -223,8 +242,9 @@ fn positions_of(entity: &segments_core::catalog::Entity, keys: &[String]) -> (Me
         KeyKind::Dictionary => {
             spi(Spi::run_with_args(
                 "INSERT INTO segments.entity_key (entity, key) SELECT $1, k FROM pg_catalog.unnest($2::pg_catalog.text[]) k \
+                  WHERE pg_catalog.octet_length(k) OPERATOR(pg_catalog.<=) $3 \
                  ON CONFLICT (entity, key) DO NOTHING",
-                &[entity.name.as_str().into(), keys.to_vec().into()],
+                &[entity.name.as_str().into(), keys.to_vec().into(), crate::engine::evaluate::MAX_KEY_BYTES.into()],
             ));
             let positions: Vec<i64> = Spi::connect(|client| {
                 spi(client.select(
@@ -579,8 +599,14 @@ fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], key
             names.push(column);
         }
     }
-    let columns: Vec<(String, String)> =
-        names.iter().map(|name| entity.table.column(name).map(|c| (name.clone(), c.type_sql.clone()))).collect::<Option<_>>()?;
+    // Decoding prints values with their types' output functions, as the
+    // extension: only for columns whose types segments evaluates (the plan
+    // refuses the others, naming them). Decoded values are cast to the
+    // base type: a cast to a domain would run its CHECK constraints.
+    let columns: Vec<(String, String)> = names
+        .iter()
+        .map(|name| entity.table.column(name).filter(|c| c.refused.is_none()).map(|c| (name.clone(), c.base_type_sql.clone())))
+        .collect::<Option<_>>()?;
     let (source, unusable) = crate::engine::capture::rows_of_images(relation?, &columns, images);
     let source = source?;
     let from_images: BTreeSet<&str> = images.iter().map(|(k, _)| k.as_str()).filter(|k| !unusable.iter().any(|u| u == k)).collect();

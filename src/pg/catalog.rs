@@ -22,16 +22,36 @@ pub fn registered_entity(name: &str) -> Result<Entity, crate::pg::error::Reporte
     })
 }
 
+/// A relation's columns. The fifth is the type literals take: the base
+/// type of a domain (a literal of the domain would run its CHECK
+/// constraints, which may call its owner's functions). The sixth says why
+/// a column is not evaluated (`Column::refused`): a type that is not
+/// built-in (an OID below FirstNormalObjectId), an enum or a domain over
+/// one of those, or an enum with a cast from it (its owner may make one
+/// implicit, and `pg_catalog.lower(e.tier)` would then call it). A user's
+/// cast from a built-in type is never chosen: every operator and function
+/// the generated SQL names is pg_catalog's, over built-in types.
 const TABLE_COLUMNS_SQL: &str = "
-    SELECT a.attname::text,
-           format_type(a.atttypid, a.atttypmod),
-           coalesce(nullif(t.typbasetype, 0), t.oid)::oid,
-           bt.typcategory::text,
-           format_type(a.atttypid, NULL)
+    SELECT a.attname::pg_catalog.text,
+           pg_catalog.format_type(a.atttypid, a.atttypmod),
+           bt.oid,
+           bt.typcategory::pg_catalog.text,
+           pg_catalog.format_type(bt.oid, NULL),
+           CASE WHEN bt.oid OPERATOR(pg_catalog.<) 16384 THEN NULL
+                WHEN bt.typtype OPERATOR(pg_catalog.=) 'e'
+                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_cast c
+                                  WHERE c.castsource OPERATOR(pg_catalog.=) ANY (ARRAY[bt.oid, t.oid]))
+                THEN NULL
+                WHEN bt.typtype OPERATOR(pg_catalog.=) 'e'
+                THEN 'of type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(a.atttypid, NULL)
+                     OPERATOR(pg_catalog.||) ', an enum with a cast made by a user; segments does not evaluate it'
+                ELSE 'of type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(a.atttypid, NULL)
+                     OPERATOR(pg_catalog.||) ', which segments does not evaluate: only built-in types, enums and domains over them'
+           END
       FROM pg_catalog.pg_attribute a
-      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-      JOIN pg_catalog.pg_type bt ON bt.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
-     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+      JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+      JOIN pg_catalog.pg_type bt ON bt.oid OPERATOR(pg_catalog.=) coalesce(nullif(t.typbasetype, 0), t.oid)
+     WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
      ORDER BY a.attnum";
 
 impl SpiCatalog {
@@ -56,7 +76,8 @@ impl SpiCatalog {
                     let base: pgrx::pg_sys::Oid = spi(row.get(3)).unwrap_or(pgrx::pg_sys::InvalidOid);
                     let category: String = spi(row.get(4)).unwrap_or_default();
                     let base_type_sql: String = spi(row.get(5)).unwrap_or_default();
-                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category), base_type_sql }
+                    let refused: Option<String> = spi(row.get(6));
+                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category), base_type_sql, refused }
                 })
                 .collect()
         });
@@ -69,7 +90,12 @@ impl Catalog for SpiCatalog {
         use pgrx::spi::Spi;
         let row = Spi::connect(|client| {
             let table = spi(client.select(
-                "SELECT relation::oid, key_column::text, key_kind, eligible FROM segments.entity WHERE name = $1",
+                "SELECT relation::oid, key_column::text, key_kind, eligible, \
+                        (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) e.relation AND a.attname OPERATOR(pg_catalog.=) e.key_column \
+                            AND a.atttypid OPERATOR(pg_catalog.<>) e.key_type::pg_catalog.oid AND NOT a.attisdropped), \
+                        pg_catalog.format_type(e.key_type, NULL) \
+                   FROM segments.entity e WHERE name = $1",
                 None,
                 &[name.into()],
             ));
@@ -82,9 +108,11 @@ impl Catalog for SpiCatalog {
                 required::<String>(&row, 2),
                 required::<String>(&row, 3),
                 spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0),
+                spi(row.get::<String>(5)),
+                required::<String>(&row, 6),
             ))
         })?;
-        let (relation, key_column, key_kind, eligible) = row;
+        let (relation, key_column, key_kind, eligible, changed_key_type, registered_key_type) = row;
         let related_rows: Vec<(String, pgrx::pg_sys::Oid, String, Option<String>)> = Spi::connect(|client| {
             spi(client.select(
                 "SELECT name, relation::oid, foreign_key::text, time_column::text FROM segments.related \
@@ -111,7 +139,11 @@ impl Catalog for SpiCatalog {
                 time_column,
             })
             .collect();
-        let table = SpiCatalog::table(relation);
+        let mut table = SpiCatalog::table(relation);
+        // Keys are read (and printed) as the type they were registered with.
+        if let (Some(now), Some(column)) = (changed_key_type, table.columns.iter_mut().find(|c| c.name == key_column)) {
+            column.refused = Some(format!("of type {now}, not {registered_key_type} as registered (change it back, or register the entity again)"));
+        }
         let key_kind = if key_kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
         let key_replica = (key_kind == KeyKind::Dictionary && !table.dropped)
             .then(|| crate::engine::citus::placement(relation))

@@ -101,6 +101,7 @@ pub fn attribute_sql(
         SegmentsError::UndefinedColumn(format!("{path}: column \"{}\" does not exist on {what}", test.column))
             .with_hint(perhaps(&test.column, table.column_names()))
     })?;
+    column.check_usable(path, what)?;
     check_op(path, column, test.op, test.ignore_case)?;
     let vpath = format!("{path}.value");
     let raw = format!("{alias}.{}", ident(&column.name));

@@ -161,6 +161,7 @@ impl<'a> Planner<'a> {
             ))
             .with_hint(Some(format!("Unregister it with segments.unregister_entity('{}').", entity.name))));
         }
+        entity.key()?.check_usable(path, &format!("entity \"{}\"", entity.name))?;
         let mut planner = Planner {
             catalog,
             entity,
@@ -412,8 +413,16 @@ impl<'a> Planner<'a> {
             let column = related.table.column(time_column).ok_or_else(|| {
                 SegmentsError::UndefinedColumn(format!("{path}.within: time column \"{time_column}\" of {what} no longer exists"))
             })?;
+            column.check_usable(&format!("{path}.within"), &what)?;
             filters.push(in_last_sql(&format!("r.{}", ident(&column.name)), column.kind, within, &self.reference_time));
         }
+        let fk_column = related.table.column(&related.foreign_key).ok_or_else(|| {
+            SegmentsError::UndefinedColumn(format!(
+                "{path}.related: foreign key column \"{}\" of {what} no longer exists",
+                related.foreign_key
+            ))
+        })?;
+        fk_column.check_usable(&format!("{path}.related"), &what)?;
         let fk = format!("r.{}", ident(&related.foreign_key));
         if let Some(keys) = self.related_restriction.get(&related.name).or(self.restriction.as_ref()) {
             filters.push(format!("{fk} {} ANY ({keys})", op("=")));
@@ -459,6 +468,7 @@ impl<'a> Planner<'a> {
                             ))
                             .with_hint(perhaps(attribute, related.table.column_names()))
                         })?;
+                        column.check_usable(&format!("{path}.attribute"), &what)?;
                         if *function != AggregateFunction::Count && column.kind != ColumnKind::Numeric {
                             return Err(invalid(
                                 &format!("{path}.attribute"),
@@ -780,6 +790,7 @@ mod tests {
             type_sql: type_sql.into(),
             kind: if base == "character varying" || base == "character" { ColumnKind::Text } else { ColumnKind::Numeric },
             base_type_sql: base.into(),
+            refused: None,
         };
         assert_eq!(literal_type(&column("character varying(5)", "character varying"), "abcdefgh"), "pg_catalog.varchar");
         assert_eq!(literal_type(&column("character(3)", "character"), "abcz"), "pg_catalog.bpchar");
