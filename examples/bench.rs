@@ -20,7 +20,11 @@ struct Timing {
 impl Timing {
     fn of(mut samples: Vec<Duration>) -> Timing {
         samples.sort();
-        Timing { median: samples[samples.len() / 2], min: samples[0], max: *samples.last().unwrap() }
+        Timing {
+            median: samples[samples.len() / 2],
+            min: samples[0],
+            max: *samples.last().unwrap(),
+        }
     }
 
     fn text(&self) -> String {
@@ -30,7 +34,11 @@ impl Timing {
 
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
-    if ms >= 100.0 { format!("{ms:.0} ms") } else { format!("{ms:.2} ms") }
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
 }
 
 /// Runs `f` once to warm up, then `runs` times, timing each.
@@ -57,11 +65,16 @@ struct Row {
 }
 
 fn exec(client: &mut Client, sql: &str) {
-    client.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    client
+        .batch_execute(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> T {
-    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// Puts processes, all their threads, on the given CPUs (`taskset`); false
@@ -79,14 +92,20 @@ fn pin(pids: &[u32], cpus: &str) -> bool {
 
 fn create(client: &mut Client, name: &str, definition: &str) -> i64 {
     client
-        .query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&name, &definition])
+        .query_one(
+            "SELECT segments.create_segment($1, $2::text::jsonb)",
+            &[&name, &definition],
+        )
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .get(0)
 }
 
 fn refresh(client: &mut Client, ids: &[i64]) {
     let failed: i64 = client
-        .query_one("SELECT count(*) FROM segments.refresh($1::bigint[]) WHERE status <> 'succeeded'", &[&ids])
+        .query_one(
+            "SELECT count(*) FROM segments.refresh($1::bigint[]) WHERE status <> 'succeeded'",
+            &[&ids],
+        )
         .unwrap()
         .get(0);
     assert_eq!(failed, 0);
@@ -97,7 +116,10 @@ fn main() {
     let url = args.get(1).expect("connection string");
     let scale: i64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
     let runs: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(5);
-    let output = args.get(4).cloned().unwrap_or_else(|| "BENCHMARKS.md".into());
+    let output = args
+        .get(4)
+        .cloned()
+        .unwrap_or_else(|| "BENCHMARKS.md".into());
     let mut client = Client::connect(url, NoTls).unwrap();
     exec(
         &mut client,
@@ -122,7 +144,14 @@ fn main() {
     let base = measure(runs, || {
         exec(&mut client, "DROP TABLE IF EXISTS bench_1; CREATE TABLE bench_1 AS SELECT id FROM customers WHERE country = 'DE' AND age BETWEEN 25 AND 34")
     });
-    push(&mut rows, "1. attribute segment: refresh vs CREATE TABLE AS", &ours, &base, "≤ 1.1", Some(1.1));
+    push(
+        &mut rows,
+        "1. attribute segment: refresh vs CREATE TABLE AS",
+        &ours,
+        &base,
+        "≤ 1.1",
+        Some(1.1),
+    );
 
     // 2. One behavioural segment.
     let behaviour = create(
@@ -144,7 +173,14 @@ fn main() {
             ),
         )
     });
-    push(&mut rows, "2. behavioural segment: refresh vs hand-written SQL", &ours, &base, "≤ 1.1", Some(1.1));
+    push(
+        &mut rows,
+        "2. behavioural segment: refresh vs hand-written SQL",
+        &ours,
+        &base,
+        "≤ 1.1",
+        Some(1.1),
+    );
 
     // 3. 1,000 segments of one entity.
     let countries = ["DE", "FR", "US", "GB", "ES", "IT", "NL", "SE", "PL", "BR"];
@@ -157,10 +193,12 @@ fn main() {
                 many.push(create(
                     &mut client,
                     &format!("mix {c}-{band}-{value}"),
-                    &format!(r#"{{"entity":"customer","rules":[{{"where":{{"all":[
+                    &format!(
+                        r#"{{"entity":"customer","rules":[{{"where":{{"all":[
                         {{"attribute":"country","op":"eq","value":"{country}"}},
                         {{"attribute":"age","op":"between","value":[{low},{high}]}},
-                        {{"attribute":"lifetime_value","op":"gt","value":{ltv}}}]}}}}]}}"#),
+                        {{"attribute":"lifetime_value","op":"gt","value":{ltv}}}]}}}}]}}"#
+                    ),
                 ));
                 baseline_queries.push(format!(
                     "DROP TABLE IF EXISTS bench_3; CREATE TABLE bench_3 AS SELECT id FROM customers
@@ -170,7 +208,10 @@ fn main() {
         }
     }
     let ours = measure(runs.min(3), || {
-        let failed: i64 = one(&mut client, "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'");
+        let failed: i64 = one(
+            &mut client,
+            "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+        );
         assert_eq!(failed, 0);
     });
     let started = Instant::now();
@@ -180,13 +221,20 @@ fn main() {
     let base = Timing::of(vec![started.elapsed()]);
     push(
         &mut rows,
-        &format!("3. refresh() of {} segments (+2 above) vs {} queries one by one", many.len(), baseline_queries.len()),
+        &format!(
+            "3. refresh() of {} segments (+2 above) vs {} queries one by one",
+            many.len(),
+            baseline_queries.len()
+        ),
         &ours,
         &base,
         "≤ 0.1",
         Some(0.1),
     );
-    exec(&mut client, "SELECT segments.deactivate(array_agg(id)) FROM segments.segment WHERE name LIKE 'mix %'");
+    exec(
+        &mut client,
+        "SELECT segments.deactivate(array_agg(id)) FROM segments.segment WHERE name LIKE 'mix %'",
+    );
 
     // 4. Per-rule counts of a 5-rule segment.
     let five = create(
@@ -202,8 +250,17 @@ fn main() {
     let ours = measure(runs, || refresh(&mut client, &[five]));
     let recent = format!("EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND o.ordered_at >= '{ANCHOR}'::timestamptz - interval '90 days' AND o.ordered_at <= '{ANCHOR}'::timestamptz)");
     let base = measure(runs, || {
-        for predicate in ["country = 'DE'", "country = 'FR'", "age >= 30", recent.as_str(), "unsubscribed"] {
-            let _: i64 = one(&mut client, &format!("SELECT count(*) FROM customers c WHERE {predicate}"));
+        for predicate in [
+            "country = 'DE'",
+            "country = 'FR'",
+            "age >= 30",
+            recent.as_str(),
+            "unsubscribed",
+        ] {
+            let _: i64 = one(
+                &mut client,
+                &format!("SELECT count(*) FROM customers c WHERE {predicate}"),
+            );
         }
         exec(
             &mut client,
@@ -213,16 +270,40 @@ fn main() {
             ),
         );
     });
-    push(&mut rows, "4. 5-rule segment with per-rule counts vs 5 counts + combined query", &ours, &base, "≤ 0.5", Some(0.5));
+    push(
+        &mut rows,
+        "4. 5-rule segment with per-rule counts vs 5 counts + combined query",
+        &ours,
+        &base,
+        "≤ 0.5",
+        Some(0.5),
+    );
 
     // 5. Reading.
-    let half_a = create(&mut client, "Half A", r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"lt","value":1600}}]}"#);
-    let half_b = create(&mut client, "Half B", r#"{"entity":"customer","rules":[{"where":{"attribute":"signed_up_at","op":"in_last","value":"18 months"}}]}"#);
-    let tenth = create(&mut client, "Tenth", r#"{"entity":"customer","rules":[{"where":{"attribute":"email","op":"ends_with","value":".de"}},{"combine":"intersect","where":{"attribute":"age","op":"lt","value":52}}]}"#);
+    let half_a = create(
+        &mut client,
+        "Half A",
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"lt","value":1600}}]}"#,
+    );
+    let half_b = create(
+        &mut client,
+        "Half B",
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"signed_up_at","op":"in_last","value":"18 months"}}]}"#,
+    );
+    let tenth = create(
+        &mut client,
+        "Tenth",
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"email","op":"ends_with","value":".de"}},{"combine":"intersect","where":{"attribute":"age","op":"lt","value":52}}]}"#,
+    );
     refresh(&mut client, &[half_a, half_b, tenth]);
     let sizes: Vec<i64> = [half_a, half_b, tenth]
         .iter()
-        .map(|id| one(&mut client, &format!("SELECT member_count FROM segments.segment WHERE id = {id}")))
+        .map(|id| {
+            one(
+                &mut client,
+                &format!("SELECT member_count FROM segments.segment WHERE id = {id}"),
+            )
+        })
         .collect();
     exec(
         &mut client,
@@ -251,23 +332,48 @@ fn main() {
         met: Some(per_call(&ours) < Duration::from_micros(50)),
     });
     let ours = measure(runs, || {
-        let _: i64 = one(&mut client, &format!(r#"SELECT "both" FROM segments.overlap({half_a}, {half_b})"#));
+        let _: i64 = one(
+            &mut client,
+            &format!(r#"SELECT "both" FROM segments.overlap({half_a}, {half_b})"#),
+        );
     });
     let base = measure(runs, || {
         let _: i64 = one(
             &mut client,
-            &format!("SELECT count(*) FROM (SELECT key FROM bench_membership WHERE segment_id = {half_a}
-                      INTERSECT SELECT key FROM bench_membership WHERE segment_id = {half_b}) x"),
+            &format!(
+                "SELECT count(*) FROM (SELECT key FROM bench_membership WHERE segment_id = {half_a}
+                      INTERSECT SELECT key FROM bench_membership WHERE segment_id = {half_b}) x"
+            ),
         );
     });
-    push(&mut rows, &format!("5b. overlap of {} and {} members vs SQL INTERSECT", sizes[0], sizes[1]), &ours, &base, "≤ 0.2", Some(0.2));
+    push(
+        &mut rows,
+        &format!(
+            "5b. overlap of {} and {} members vs SQL INTERSECT",
+            sizes[0], sizes[1]
+        ),
+        &ours,
+        &base,
+        "≤ 0.2",
+        Some(0.2),
+    );
     let ours = measure(runs, || {
         let _: i64 = one(&mut client, &format!("SELECT count(*) FROM (SELECT max(email) FROM segments.customer_members WHERE segment_id = {tenth}) x"));
     });
     let base = measure(runs, || {
         let _: i64 = one(&mut client, &format!("SELECT count(*) FROM (SELECT max(c.email) FROM bench_membership m JOIN customers c ON c.id = m.key WHERE m.segment_id = {tenth}) x"));
     });
-    push(&mut rows, &format!("5c. members view of a {}-member segment vs a membership table join", sizes[2]), &ours, &base, "≤ 1.5", Some(1.5));
+    push(
+        &mut rows,
+        &format!(
+            "5c. members view of a {}-member segment vs a membership table join",
+            sizes[2]
+        ),
+        &ours,
+        &base,
+        "≤ 1.5",
+        Some(1.5),
+    );
 
     // 6. Storage.
     exec(
@@ -279,9 +385,15 @@ fn main() {
     );
     exec(&mut client, "VACUUM ANALYZE bench_storage");
     let ours_bytes: i64 = one(&mut client, &format!("SELECT octet_length(members)::bigint FROM segments.membership WHERE segment_id = {half_a}"));
-    let base_bytes: i64 = one(&mut client, "SELECT pg_total_relation_size('bench_storage')");
+    let base_bytes: i64 = one(
+        &mut client,
+        "SELECT pg_total_relation_size('bench_storage')",
+    );
     rows.push(Row {
-        case: format!("6. storage of a {}-member membership vs (segment_id, key) table + index", sizes[0]),
+        case: format!(
+            "6. storage of a {}-member membership vs (segment_id, key) table + index",
+            sizes[0]
+        ),
         ours: format!("{} kB", ours_bytes / 1024),
         baseline: format!("{} kB", base_bytes / 1024),
         ratio: ours_bytes as f64 / base_bytes as f64,
@@ -294,7 +406,10 @@ fn main() {
     // 1% of customers each time): the first reader of freshly updated pages
     // pays for pruning and hint bits, whichever way it evaluates.
     let live = [one_attr, behaviour];
-    exec(&mut client, &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}]::bigint[], 'live')"));
+    exec(
+        &mut client,
+        &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}]::bigint[], 'live')"),
+    );
     refresh(&mut client, &live);
     let one_percent = (scale / 100).max(1);
     let flip = |client: &mut Client, slice: usize| {
@@ -350,11 +465,16 @@ fn main() {
     // on two CPUs (a client beside the server: the target's figure), and
     // on one CPU, where TPS measures only what a transaction costs in CPU,
     // the strictest view of the capture's share (shown for information).
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let backend: i32 = one(&mut client, "SELECT pg_backend_pid()");
     let (this, backend) = (std::process::id(), backend as u32);
     let layouts: Vec<(&str, String, String)> = if cpus > 1 && pin(&[this, backend], "0") {
-        vec![("two CPUs", "0".into(), (cpus - 1).to_string()), ("one CPU", (cpus - 1).to_string(), (cpus - 1).to_string())]
+        vec![
+            ("two CPUs", "0".into(), (cpus - 1).to_string()),
+            ("one CPU", (cpus - 1).to_string(), (cpus - 1).to_string()),
+        ]
     } else {
         println!("7b: client and backend not pinned (taskset unavailable)");
         vec![("CPUs the scheduler picks", String::new(), String::new())]
@@ -376,11 +496,18 @@ fn main() {
     };
     let unread = "UPDATE customers SET last_login_at = now() WHERE id = $1";
     let read = "UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = $1";
-    exec(&mut client, &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}]::bigint[], 'daily')"));
+    exec(
+        &mut client,
+        &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}]::bigint[], 'daily')"),
+    );
     let hundred: Vec<i64> = (0..99)
         .map(|i| create(&mut client, &format!("live {i}"), &format!(r#"{{"entity":"customer","rules":[{{"where":{{"attribute":"age","op":"gt","value":{}}}}}]}}"#, i % 80)))
         .collect();
-    let hundred = hundred.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let hundred = hundred
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let setups = [
         format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {hundred}]::bigint[], 'daily')"),
         format!("SELECT segments.set_schedule(ARRAY[{one_attr}]::bigint[], 'live')"),
@@ -393,9 +520,14 @@ fn main() {
     tps(&mut client, read);
     // samples[layout][setup]: (unread, read) TPS per round; the one-CPU
     // layout measures the read column only.
-    let mut samples: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); setups.len()]; layouts.len()];
+    let mut samples: Vec<Vec<Vec<(f64, f64)>>> =
+        vec![vec![Vec::new(); setups.len()]; layouts.len()];
     for round in 0..4 {
-        let order: Vec<usize> = if round % 2 == 0 { (0..setups.len()).collect() } else { (0..setups.len()).rev().collect() };
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..setups.len()).collect()
+        } else {
+            (0..setups.len()).rev().collect()
+        };
         for i in order {
             let setup = &setups[i];
             exec(&mut client, setup);
@@ -405,7 +537,11 @@ fn main() {
                     pin(&[this], client_cpus);
                     pin(&[backend], backend_cpus);
                 }
-                let unread_tps = if l == 0 { tps(&mut client, unread) } else { f64::NAN };
+                let unread_tps = if l == 0 {
+                    tps(&mut client, unread)
+                } else {
+                    f64::NAN
+                };
                 samples[l][i].push((unread_tps, tps(&mut client, read)));
             }
         }
@@ -424,11 +560,20 @@ fn main() {
     };
     for (l, (layout, _, _)) in layouts.iter().enumerate() {
         let [off, on_one, on_hundred] = [0, 1, 2].map(|i| {
-            (mean(samples[l][i].iter().map(|s| s.0).collect()), mean(samples[l][i].iter().map(|s| s.1).collect()))
+            (
+                mean(samples[l][i].iter().map(|s| s.0).collect()),
+                mean(samples[l][i].iter().map(|s| s.1).collect()),
+            )
         });
         let target = l == 0;
-        for (label, on) in [("1 live segment", on_one), ("100 live segments", on_hundred)] {
-            for (what, on, off) in [("a column no live segment reads", on.0, off.0), ("a column live segments read", on.1, off.1)] {
+        for (label, on) in [
+            ("1 live segment", on_one),
+            ("100 live segments", on_hundred),
+        ] {
+            for (what, on, off) in [
+                ("a column no live segment reads", on.0, off.0),
+                ("a column live segments read", on.1, off.1),
+            ] {
                 if on.is_nan() {
                     continue;
                 }
@@ -446,7 +591,12 @@ fn main() {
 
     // 7c. Latency from COMMIT to is_member with the worker (naptime 1 s)
     // under 1,000 changed rows per second.
-    if one::<String>(&mut client, "SELECT current_setting('shared_preload_libraries')").contains("segments") {
+    if one::<String>(
+        &mut client,
+        "SELECT current_setting('shared_preload_libraries')",
+    )
+    .contains("segments")
+    {
         exec(&mut client, "ALTER SYSTEM SET segments.naptime = 1");
         exec(&mut client, "SELECT pg_reload_conf()");
         let url = url.clone();
@@ -466,7 +616,9 @@ fn main() {
                     ))
                     .unwrap();
                     i += 1;
-                    std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+                    std::thread::sleep(
+                        Duration::from_millis(100).saturating_sub(started.elapsed()),
+                    );
                 }
             })
         };
@@ -474,7 +626,10 @@ fn main() {
         let mut latencies = Vec::new();
         // Customers whose membership the flip changes (25 to 34 years old).
         let candidates: Vec<i64> = probe
-            .query("SELECT id FROM customers WHERE age BETWEEN 25 AND 34 ORDER BY id LIMIT 40", &[])
+            .query(
+                "SELECT id FROM customers WHERE age BETWEEN 25 AND 34 ORDER BY id LIMIT 40",
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -483,7 +638,13 @@ fn main() {
             probe.execute("UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = $1", &[&id]).unwrap();
             let committed = Instant::now();
             loop {
-                let now_member: bool = probe.query_one(&format!("SELECT segments.is_member({one_attr}, $1::bigint)"), &[&id]).unwrap().get(0);
+                let now_member: bool = probe
+                    .query_one(
+                        &format!("SELECT segments.is_member({one_attr}, $1::bigint)"),
+                        &[&id],
+                    )
+                    .unwrap()
+                    .get(0);
                 let expected: bool = probe
                     .query_one("SELECT country = 'DE' AND age BETWEEN 25 AND 34 FROM customers WHERE id = $1", &[&id])
                     .unwrap()
@@ -513,11 +674,21 @@ fn main() {
 
     write_report(&mut client, &output, scale, runs, &rows);
     for row in &rows {
-        println!("{:<95} {:>24} {:>24} {:>8.3} {}", row.case, row.ours, row.baseline, row.ratio, row.target);
+        println!(
+            "{:<95} {:>24} {:>24} {:>8.3} {}",
+            row.case, row.ours, row.baseline, row.ratio, row.target
+        );
     }
 }
 
-fn push(rows: &mut Vec<Row>, case: &str, ours: &Timing, base: &Timing, target: &str, limit: Option<f64>) {
+fn push(
+    rows: &mut Vec<Row>,
+    case: &str,
+    ours: &Timing,
+    base: &Timing,
+    target: &str,
+    limit: Option<f64>,
+) {
     let ratio = ours.median.as_secs_f64() / base.median.as_secs_f64();
     rows.push(Row {
         case: case.into(),
@@ -530,12 +701,20 @@ fn push(rows: &mut Vec<Row>, case: &str, ours: &Timing, base: &Timing, target: &
 }
 
 fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows: &[Row]) {
-    let setting = |client: &mut Client, name: &str| -> String { one(client, &format!("SELECT current_setting('{name}')")) };
+    let setting = |client: &mut Client, name: &str| -> String {
+        one(client, &format!("SELECT current_setting('{name}')"))
+    };
     let version: String = one(client, "SELECT version()");
-    let settings: Vec<String> = ["shared_buffers", "work_mem", "max_parallel_workers_per_gather", "jit", "fsync"]
-        .iter()
-        .map(|s| format!("`{s}` = {}", setting(client, s)))
-        .collect();
+    let settings: Vec<String> = [
+        "shared_buffers",
+        "work_mem",
+        "max_parallel_workers_per_gather",
+        "jit",
+        "fsync",
+    ]
+    .iter()
+    .map(|s| format!("`{s}` = {}", setting(client, s)))
+    .collect();
     let counts: (i64, i64, i64) = (
         one(client, "SELECT count(*) FROM customers"),
         one(client, "SELECT count(*) FROM orders"),
@@ -543,14 +722,35 @@ fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows
     );
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
         .unwrap_or(0);
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut text = format!(
         "# Benchmarks\n\nsegments against hand-written SQL on the same data in the same run \
          (`bash bench/run.sh`). Each case runs once to warm up, then {runs} times \
@@ -571,7 +771,10 @@ fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows
             Some(false) => "**no**",
             None => "-",
         };
-        text.push_str(&format!("| {} | {} | {} | {:.3} | {} | {met} |\n", row.case, row.ours, row.baseline, row.ratio, row.target));
+        text.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {} | {met} |\n",
+            row.case, row.ours, row.baseline, row.ratio, row.target
+        ));
     }
     let notes = std::fs::read_to_string("bench/NOTES.md").unwrap_or_default();
     if !notes.is_empty() {

@@ -7,6 +7,12 @@ the markers of the upgrade script:
 
     python3 scripts/upgrade_functions.py NEW_INSTALL.sql sql/segments--FROM--TO.sql
 
+Given the old version's install script too, only the functions that are new
+or changed (comments aside) are written, so the upgrade script holds what
+the release changes and nothing else:
+
+    python3 scripts/upgrade_functions.py OLD_INSTALL.sql NEW_INSTALL.sql sql/segments--FROM--TO.sql
+
 Functions whose arguments or result changed must be dropped by hand in the
 script's prologue first; tables, views, triggers, grants and comments are
 written by hand around the markers. scripts/upgrade_test.sh checks the
@@ -67,12 +73,32 @@ def functions(install_sql):
     return found
 
 
+def signature(body):
+    """A function's name and argument list, as its CREATE statement spells them."""
+    m = re.match(r"CREATE OR REPLACE FUNCTION\s+(\S+?\s*\(.*?\))\s*RETURNS", body, re.S)
+    return re.sub(r"\s+", " ", m.group(1) if m else body.split("RETURNS")[0])
+
+
+def normalized(body):
+    return re.sub(r"\s+", " ", re.sub(r"/\*.*?\*/", "", body, flags=re.S)).strip()
+
+
 def main():
-    install, upgrade = sys.argv[1], sys.argv[2]
+    if len(sys.argv) == 4:
+        old_install, install, upgrade = sys.argv[1:4]
+        old = {normalized(body) for _, body in functions(open(old_install).read())}
+        old_signatures = {signature(body) for _, body in functions(open(old_install).read())}
+        new_signatures = {signature(body) for _, body in functions(open(install).read())}
+        chosen = [(n, b) for n, b in functions(open(install).read()) if normalized(b) not in old]
+        for gone in sorted(old_signatures - new_signatures):
+            print(f"note: {gone} is not in the new version: drop it in the script's prologue", file=sys.stderr)
+    else:
+        install, upgrade = sys.argv[1], sys.argv[2]
+        chosen = functions(open(install).read())
     text = open(upgrade).read()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    section = "".join(f"{body}\n\n" for _, body in functions(open(install).read()))
+    section = "".join(f"{body}\n\n" for _, body in chosen)
     open(upgrade, "w").write(head + BEGIN + section + END + tail)
 
 

@@ -249,6 +249,9 @@ SELECT pg_catalog.pg_extension_config_dump('segments.segment', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.membership', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.refresh_run', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.membership_change', '');
+-- Changes captured but not applied yet: a restore applies them (their row
+-- images name the old table's file, so apply reads the rows instead).
+SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
 -- Usages of kind 'segment' are derived from definitions and rebuilt by the
 -- lifecycle trigger when segments are restored.
 SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', 'WHERE kind <> ''segment''');

@@ -33,7 +33,9 @@ pub fn rewrite(export: i64) {
             required::<String>(&row, 4),
         ))
     });
-    let Some((target, owner, segments, entity)) = row else { return };
+    let Some((target, owner, segments, entity)) = row else {
+        return;
+    };
     let target_sql = crate::pg::spi::optional_value::<String>(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
@@ -73,7 +75,8 @@ pub fn rewrite_recorded(export: i64) {
         rewrite(export);
         return;
     }
-    let result = crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
+    let result =
+        crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
     let (status, error) = match &result {
         Ok(()) => ("succeeded", None),
         Err(failure) => ("failed", Some(failure.message.clone())),
@@ -145,7 +148,12 @@ fn create_export(name: &str, segments: Option<Vec<i64>>, target: &str) -> i64 {
     let target = qualified_target(target);
     call_internal::<i64>(
         "SELECT segments._create_export($1::regrole, $2, $3, $4)",
-        vec![current_role().into(), name.to_string().into(), segments.into(), target.into()],
+        vec![
+            current_role().into(),
+            name.to_string().into(),
+            segments.into(),
+            target.into(),
+        ],
     )
     .expect("_create_export returns an id")
 }
@@ -166,7 +174,11 @@ fn add_to_export(export: &str, segments: Option<Vec<i64>>) -> i32 {
     require_editor("change exports");
     call_internal::<i32>(
         "SELECT segments._add_to_export($1::regrole, $2, $3)",
-        vec![current_role().into(), export.to_string().into(), segments.into()],
+        vec![
+            current_role().into(),
+            export.to_string().into(),
+            segments.into(),
+        ],
     )
     .unwrap_or(0)
 }
@@ -177,7 +189,11 @@ fn remove_from_export(export: &str, segments: Option<Vec<i64>>) -> i32 {
     require_editor("change exports");
     call_internal::<i32>(
         "SELECT segments._remove_from_export($1::regrole, $2, $3)",
-        vec![current_role().into(), export.to_string().into(), segments.into()],
+        vec![
+            current_role().into(),
+            export.to_string().into(),
+            segments.into(),
+        ],
     )
     .unwrap_or(0)
 }

@@ -36,7 +36,11 @@ mod pg_tests;
 mod segments {}
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../sql/aggregate.sql", name = "aggregate", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../sql/aggregate.sql",
+    name = "aggregate",
+    requires = ["schema"]
+);
 pgrx::extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["schema"]);
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
@@ -56,9 +60,21 @@ pgrx::extension_sql_file!(
     name = "manage",
     requires = ["lifecycle", schedule::next::_next_refresh_epoch]
 );
-pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["manage"]);
-pgrx::extension_sql_file!("../sql/history.sql", name = "history", requires = ["manage", pg::restore::_restoring]);
-pgrx::extension_sql_file!("../sql/ddl_events.sql", name = "ddl_events", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../sql/cleanup.sql",
+    name = "cleanup",
+    requires = ["manage"]
+);
+pgrx::extension_sql_file!(
+    "../sql/history.sql",
+    name = "history",
+    requires = ["manage", pg::restore::_restoring]
+);
+pgrx::extension_sql_file!(
+    "../sql/ddl_events.sql",
+    name = "ddl_events",
+    requires = ["schema"]
+);
 pgrx::extension_sql_file!(
     "../sql/wrappers.sql",
     name = "wrappers",
@@ -72,11 +88,20 @@ pgrx::extension_sql_file!(
         engine::live::_apply_changes
     ]
 );
-pgrx::extension_sql_file!("../sql/exports.sql", name = "exports", requires = ["wrappers", export::_rewrite_export]);
+pgrx::extension_sql_file!(
+    "../sql/exports.sql",
+    name = "exports",
+    requires = ["wrappers", export::_rewrite_export]
+);
 pgrx::extension_sql_file!(
     "../sql/sequences.sql",
     name = "sequences",
-    requires = ["exports", sequence::_connect_members, sequence::_missing_keys, sequence::_canonical_keys]
+    requires = [
+        "exports",
+        sequence::_connect_members,
+        sequence::_missing_keys_seen_by,
+        sequence::_canonical_keys
+    ]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -48,12 +48,17 @@ impl Encoder {
         let mut means = vec![0.0; width];
         let mut deviations = vec![1.0; width];
         for j in 0..width {
-            let values: Vec<f64> = samples.iter().map(|s| s.numbers[j]).filter(|v| v.is_finite()).collect();
+            let values: Vec<f64> = samples
+                .iter()
+                .map(|s| s.numbers[j])
+                .filter(|v| v.is_finite())
+                .collect();
             if values.is_empty() {
                 continue;
             }
             let mean = values.iter().sum::<f64>() / values.len() as f64;
-            let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            let variance =
+                values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
             means[j] = mean;
             deviations[j] = if variance > 0.0 { variance.sqrt() } else { 1.0 };
         }
@@ -70,7 +75,11 @@ impl Encoder {
                 values
             })
             .collect();
-        Encoder { means, deviations, vocabularies }
+        Encoder {
+            means,
+            deviations,
+            vocabularies,
+        }
     }
 
     pub fn width(&self) -> usize {
@@ -80,11 +89,19 @@ impl Encoder {
     pub fn encode(&self, sample: &Sample) -> Vec<f64> {
         let mut x = Vec::with_capacity(self.width());
         for (j, value) in sample.numbers.iter().enumerate() {
-            x.push(if value.is_finite() { (value - self.means[j]) / self.deviations[j] } else { 0.0 });
+            x.push(if value.is_finite() {
+                (value - self.means[j]) / self.deviations[j]
+            } else {
+                0.0
+            });
         }
         for (j, vocabulary) in self.vocabularies.iter().enumerate() {
             for word in vocabulary {
-                x.push(if sample.categories[j].as_deref() == Some(word.as_str()) { 1.0 } else { 0.0 });
+                x.push(if sample.categories[j].as_deref() == Some(word.as_str()) {
+                    1.0
+                } else {
+                    0.0
+                });
             }
         }
         x
@@ -106,8 +123,14 @@ fn sigmoid(z: f64) -> f64 {
 impl Model {
     pub fn train(positives: &[Vec<f64>], negatives: &[Vec<f64>]) -> Model {
         let width = positives.first().or(negatives.first()).map_or(0, Vec::len);
-        let mut model = Model { weights: vec![0.0; width], bias: 0.0 };
-        let (wp, wn) = (0.5 / positives.len().max(1) as f64, 0.5 / negatives.len().max(1) as f64);
+        let mut model = Model {
+            weights: vec![0.0; width],
+            bias: 0.0,
+        };
+        let (wp, wn) = (
+            0.5 / positives.len().max(1) as f64,
+            0.5 / negatives.len().max(1) as f64,
+        );
         let (rate, l2) = (0.5, 1e-3);
         for _ in 0..300 {
             let mut gradient = vec![0.0; width];
@@ -157,7 +180,9 @@ pub fn band_floor(name: &str) -> Result<f64, SegmentsError> {
         "high" => Ok(0.85),
         "medium" => Ok(0.7),
         "low" => Ok(0.55),
-        other => Err(SegmentsError::InvalidParameter(format!("min_band \"{other}\" is not high, medium or low"))),
+        other => Err(SegmentsError::InvalidParameter(format!(
+            "min_band \"{other}\" is not high, medium or low"
+        ))),
     }
 }
 
@@ -182,12 +207,21 @@ fn features(entity: &Entity) -> Features {
         .table
         .columns
         .iter()
-        .filter(|c| c.name != entity.key_column && matches!(c.kind, ColumnKind::Text | ColumnKind::Boolean))
+        .filter(|c| {
+            c.name != entity.key_column && matches!(c.kind, ColumnKind::Text | ColumnKind::Boolean)
+        })
         .collect();
     let mut categorical = Vec::new();
     if !candidates.is_empty() {
-        let counts = candidates.iter().map(|c| format!("count(DISTINCT e.{})", ident(&c.name))).collect::<Vec<_>>();
-        let sql = format!("SELECT {} FROM {} e", counts.join(", "), entity.table.relation_sql);
+        let counts = candidates
+            .iter()
+            .map(|c| format!("count(DISTINCT e.{})", ident(&c.name)))
+            .collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT {} FROM {} e",
+            counts.join(", "),
+            entity.table.relation_sql
+        );
         Spi::connect(|client| {
             let row = spi(client.select(&sql, None, &[])).first();
             for (i, column) in candidates.iter().enumerate() {
@@ -205,24 +239,49 @@ fn features(entity: &Entity) -> Features {
         .filter(|c| c.name != entity.key_column && c.kind == ColumnKind::Numeric)
         .map(|c| c.name.clone())
         .collect();
-    Features { numeric, categorical }
+    Features {
+        numeric,
+        categorical,
+    }
 }
 
 /// Every row of the entity as (position, features).
 fn load(entity: &Entity, features: &Features) -> Vec<(u64, Sample)> {
     let (position, join) = entity.position_sql(&format!("e.{}", ident(&entity.key_column)));
     let mut columns = vec![position];
-    columns.extend(features.numeric.iter().map(|c| format!("e.{}::float8", ident(c))));
-    columns.extend(features.categorical.iter().map(|c| format!("e.{}::text", ident(c))));
-    let sql = format!("SELECT {} FROM {} e{join}", columns.join(", "), entity.table.relation_sql);
+    columns.extend(
+        features
+            .numeric
+            .iter()
+            .map(|c| format!("e.{}::float8", ident(c))),
+    );
+    columns.extend(
+        features
+            .categorical
+            .iter()
+            .map(|c| format!("e.{}::text", ident(c))),
+    );
+    let sql = format!(
+        "SELECT {} FROM {} e{join}",
+        columns.join(", "),
+        entity.table.relation_sql
+    );
     let (n, m) = (features.numeric.len(), features.categorical.len());
     Spi::connect(|client| {
         spi(client.select(&sql, None, &[]))
             .filter_map(|row| {
                 let position = spi(row.get::<i64>(1))? as u64;
-                let numbers = (0..n).map(|j| spi(row.get::<f64>(j + 2)).unwrap_or(f64::NAN)).collect();
+                let numbers = (0..n)
+                    .map(|j| spi(row.get::<f64>(j + 2)).unwrap_or(f64::NAN))
+                    .collect();
                 let categories = (0..m).map(|j| spi(row.get::<String>(j + 2 + n))).collect();
-                Some((position, Sample { numbers, categories }))
+                Some((
+                    position,
+                    Sample {
+                        numbers,
+                        categories,
+                    },
+                ))
             })
             .collect()
     })
@@ -230,7 +289,11 @@ fn load(entity: &Entity, features: &Features) -> Vec<(u64, Sample)> {
 
 fn segment_row(segment: i64) -> Result<(String, String), Reported> {
     let row = Spi::connect(|client| {
-        let table = spi(client.select("SELECT name, entity FROM segments.segment WHERE id = $1", None, &[segment.into()]));
+        let table = spi(client.select(
+            "SELECT name, entity FROM segments.segment WHERE id = $1",
+            None,
+            &[segment.into()],
+        ));
         if table.is_empty() {
             return None;
         }
@@ -271,14 +334,31 @@ fn find_similar_impl(
         }
     }
     if !(1..=100).contains(&size_percent) {
-        return Err(SegmentsError::InvalidParameter(format!("size_percent must be 1 to 100, not {size_percent}")).into());
+        return Err(SegmentsError::InvalidParameter(format!(
+            "size_percent must be 1 to 100, not {size_percent}"
+        ))
+        .into());
     }
-    if optional_value::<i64>("SELECT id FROM segments.segment WHERE name = $1", &[name.into()]).is_some() {
-        return Err(SegmentsError::DuplicateObject(format!("a segment named \"{name}\" already exists")).into());
+    if optional_value::<i64>(
+        "SELECT id FROM segments.segment WHERE name = $1",
+        &[name.into()],
+    )
+    .is_some()
+    {
+        return Err(SegmentsError::DuplicateObject(format!(
+            "a segment named \"{name}\" already exists"
+        ))
+        .into());
     }
-    let mut entity = SpiCatalog.entity(&entity_name).expect("a segment's entity exists");
+    let mut entity = SpiCatalog
+        .entity(&entity_name)
+        .expect("a segment's entity exists");
     // Before a first refresh made the Citus key replica, read the dictionary.
-    if entity.key_replica.as_deref().is_some_and(|replica| !crate::engine::citus::relation_exists(replica)) {
+    if entity
+        .key_replica
+        .as_deref()
+        .is_some_and(|replica| !crate::engine::citus::relation_exists(replica))
+    {
         entity.key_replica = None;
     }
     let features = features(&entity);
@@ -297,14 +377,26 @@ fn find_similar_impl(
     }
     // The training rows are read as the caller, in the sandbox: RLS and
     // column privileges apply.
-    let rows = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| load(&entity, &features)));
+    let rows = crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        AssertUnwindSafe(|| load(&entity, &features)),
+    );
     let population: Members = match target {
         Some(target) => stored_members(target),
         None => rows.iter().map(|(p, _)| *p).collect(),
     };
-    let positives: Vec<&Sample> = thin(rows.iter().filter(|(p, _)| source_members.contains(*p)).map(|(_, s)| s).collect(), TRAINING_ROWS);
+    let positives: Vec<&Sample> = thin(
+        rows.iter()
+            .filter(|(p, _)| source_members.contains(*p))
+            .map(|(_, s)| s)
+            .collect(),
+        TRAINING_ROWS,
+    );
     let negatives: Vec<&Sample> = thin(
-        rows.iter().filter(|(p, _)| population.contains(*p) && !source_members.contains(*p)).map(|(_, s)| s).collect(),
+        rows.iter()
+            .filter(|(p, _)| population.contains(*p) && !source_members.contains(*p))
+            .map(|(_, s)| s)
+            .collect(),
         TRAINING_ROWS,
     );
     if negatives.is_empty() {
@@ -316,8 +408,14 @@ fn find_similar_impl(
     let training: Vec<&Sample> = positives.iter().chain(negatives.iter()).copied().collect();
     let encoder = Encoder::fit(&training);
     let model = Model::train(
-        &positives.iter().map(|s| encoder.encode(s)).collect::<Vec<_>>(),
-        &negatives.iter().map(|s| encoder.encode(s)).collect::<Vec<_>>(),
+        &positives
+            .iter()
+            .map(|s| encoder.encode(s))
+            .collect::<Vec<_>>(),
+        &negatives
+            .iter()
+            .map(|s| encoder.encode(s))
+            .collect::<Vec<_>>(),
     );
     let scored: Vec<(u64, f64)> = rows
         .iter()
@@ -331,7 +429,11 @@ fn find_similar_impl(
     };
     let mut chosen = choose_from(scored, count, floor);
     if include_source {
-        chosen.extend(rows.iter().filter(|(p, _)| source_members.contains(*p)).map(|(p, s)| (*p, model.score(&encoder.encode(s)))));
+        chosen.extend(
+            rows.iter()
+                .filter(|(p, _)| source_members.contains(*p))
+                .map(|(p, s)| (*p, model.score(&encoder.encode(s)))),
+        );
     }
     chosen.sort_by_key(|(p, _)| *p);
     let positions: Vec<u64> = chosen.iter().map(|(p, _)| *p).collect();
@@ -342,7 +444,8 @@ fn find_similar_impl(
     } else {
         json!({"attribute": entity.key_column, "op": "in", "value": keys})
     };
-    let definition = json!({"entity": entity_name, "rules": [{"name": rule_name, "where": condition}]});
+    let definition =
+        json!({"entity": entity_name, "rules": [{"name": rule_name, "where": condition}]});
     let id = spi(Spi::get_one_with_args::<i64>(
         "SELECT segments.create_segment($1, $2, type => 'static', description => $3)",
         &[
@@ -352,14 +455,25 @@ fn find_similar_impl(
         ],
     ))
     .expect("create_segment returns an id");
-    let key_texts: Vec<String> = keys.iter().map(|k| k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string())).collect();
+    let key_texts: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| k.to_string())
+        })
+        .collect();
     let scores: Vec<f32> = chosen.iter().map(|(_, s)| *s as f32).collect();
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
             "INSERT INTO segments.similarity_score (segment_id, key, score) SELECT $1, k, s FROM unnest($2::text[], $3::real[]) AS x(k, s)",
             &[id.into(), key_texts.into(), scores.into()],
         ));
-        crate::engine::refresh::refresh_segments(Some(&[id]), crate::engine::refresh::Trigger::Manual, false)
+        crate::engine::refresh::refresh_segments(
+            Some(&[id]),
+            crate::engine::refresh::Trigger::Manual,
+            false,
+        )
     }))?;
     Ok(id)
 }
@@ -367,7 +481,13 @@ fn find_similar_impl(
 /// 0.1.0's `find_similar` (five arguments): its symbol stays so that a
 /// 0.1.0 schema keeps working with this library until the update.
 #[pg_extern(schema = "segments", sql = false)]
-fn find_similar(source: i64, name: &str, target: Option<i64>, size_percent: i32, include_source: bool) -> i64 {
+fn find_similar(
+    source: i64,
+    name: &str,
+    target: Option<i64>,
+    size_percent: i32,
+    include_source: bool,
+) -> i64 {
     find_similar_banded(source, name, target, size_percent, include_source, None)
 }
 
@@ -383,9 +503,13 @@ fn find_similar_banded(
 ) -> i64 {
     crate::pg::txn::require_editor("find similar customers");
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        find_similar_impl(source, name, target, size_percent, include_source, min_band).or_raise()
-    }))
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            find_similar_impl(source, name, target, size_percent, include_source, min_band)
+                .or_raise()
+        }),
+    )
 }
 
 /// The scores of the members of a segment made by `find_similar`.
@@ -399,12 +523,23 @@ fn similarity(segment: i64) -> TableIterator<'static, (name!(key, String), name!
 /// The scores, with their bands, of the members of a segment made by
 /// `find_similar`.
 #[pg_extern(schema = "segments", name = "similarity", stable)]
-fn similarity_banded(segment: i64) -> TableIterator<'static, (name!(key, String), name!(score, f32), name!(band, Option<String>))> {
+fn similarity_banded(
+    segment: i64,
+) -> TableIterator<
+    'static,
+    (
+        name!(key, String),
+        name!(score, f32),
+        name!(band, Option<String>),
+    ),
+> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        segment_row(segment).or_raise();
-        let rows: Vec<(String, f32, Option<String>)> = Spi::connect(|client| {
-            spi(client.select(
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            segment_row(segment).or_raise();
+            let rows: Vec<(String, f32, Option<String>)> = Spi::connect(|client| {
+                spi(client.select(
                 "SELECT key, score FROM segments.similarity_score WHERE segment_id = $1 ORDER BY score DESC, key",
                 None,
                 &[segment.into()],
@@ -414,9 +549,10 @@ fn similarity_banded(segment: i64) -> TableIterator<'static, (name!(key, String)
                 (spi(row.get::<String>(1)).unwrap_or_default(), score, band(f64::from(score)).map(str::to_string))
             })
             .collect()
-        });
-        TableIterator::new(rows)
-    }))
+            });
+            TableIterator::new(rows)
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -424,34 +560,64 @@ mod tests {
     use super::*;
 
     fn sample(x: f64, tier: &str) -> Sample {
-        Sample { numbers: vec![x], categories: vec![Some(tier.to_string())] }
+        Sample {
+            numbers: vec![x],
+            categories: vec![Some(tier.to_string())],
+        }
     }
 
     #[test]
     fn the_model_separates_the_classes_it_learns() {
-        let positives: Vec<Sample> = (0..200).map(|i| sample(80.0 + (i % 20) as f64, "gold")).collect();
-        let negatives: Vec<Sample> = (0..800).map(|i| sample((i % 60) as f64, if i % 4 == 0 { "gold" } else { "bronze" })).collect();
+        let positives: Vec<Sample> = (0..200)
+            .map(|i| sample(80.0 + (i % 20) as f64, "gold"))
+            .collect();
+        let negatives: Vec<Sample> = (0..800)
+            .map(|i| sample((i % 60) as f64, if i % 4 == 0 { "gold" } else { "bronze" }))
+            .collect();
         let all: Vec<&Sample> = positives.iter().chain(negatives.iter()).collect();
         let encoder = Encoder::fit(&all);
         assert_eq!(encoder.width(), 3, "one number, two categories");
         let model = Model::train(
-            &positives.iter().map(|s| encoder.encode(s)).collect::<Vec<_>>(),
-            &negatives.iter().map(|s| encoder.encode(s)).collect::<Vec<_>>(),
+            &positives
+                .iter()
+                .map(|s| encoder.encode(s))
+                .collect::<Vec<_>>(),
+            &negatives
+                .iter()
+                .map(|s| encoder.encode(s))
+                .collect::<Vec<_>>(),
         );
         let like = model.score(&encoder.encode(&sample(95.0, "gold")));
         let unlike = model.score(&encoder.encode(&sample(5.0, "bronze")));
         assert!(like > 0.9 && unlike < 0.1, "{like} {unlike}");
-        let missing = Sample { numbers: vec![f64::NAN], categories: vec![None] };
+        let missing = Sample {
+            numbers: vec![f64::NAN],
+            categories: vec![None],
+        };
         assert!(model.score(&encoder.encode(&missing)).is_finite());
     }
 
     #[test]
     fn choosing_keeps_the_best_above_the_threshold() {
         let scored = vec![(1, 0.9), (2, 0.39), (3, 0.7), (4, 0.95), (5, 0.7)];
-        assert_eq!(choose_from(scored.clone(), 3, MIN_SCORE), vec![(4, 0.95), (1, 0.9), (3, 0.7)]);
-        assert_eq!(choose_from(scored.clone(), 10, MIN_SCORE).len(), 4, "0.39 never qualifies");
-        assert_eq!(choose_from(scored, 10, 0.85), vec![(4, 0.95), (1, 0.9)], "min_band high");
-        assert_eq!((band(0.9), band(0.7), band(0.6), band(0.5)), (Some("high"), Some("medium"), Some("low"), None));
+        assert_eq!(
+            choose_from(scored.clone(), 3, MIN_SCORE),
+            vec![(4, 0.95), (1, 0.9), (3, 0.7)]
+        );
+        assert_eq!(
+            choose_from(scored.clone(), 10, MIN_SCORE).len(),
+            4,
+            "0.39 never qualifies"
+        );
+        assert_eq!(
+            choose_from(scored, 10, 0.85),
+            vec![(4, 0.95), (1, 0.9)],
+            "min_band high"
+        );
+        assert_eq!(
+            (band(0.9), band(0.7), band(0.6), band(0.5)),
+            (Some("high"), Some("medium"), Some("low"), None)
+        );
         assert!(band_floor("great").is_err());
         assert_eq!(thin((0..10).collect::<Vec<_>>(), 3), vec![0, 4, 8]);
     }

@@ -32,9 +32,12 @@ mod tests {
 
     fn estimate_members(condition: &str) -> i64 {
         let definition = format!(r#"{{"entity": "thing", "rules": [{{"where": {condition}}}]}}"#);
-        Spi::get_one_with_args::<i64>("SELECT cumulative FROM segments.estimate($1::jsonb)", &[definition.into()])
-            .unwrap()
-            .unwrap()
+        Spi::get_one_with_args::<i64>(
+            "SELECT cumulative FROM segments.estimate($1::jsonb)",
+            &[definition.into()],
+        )
+        .unwrap()
+        .unwrap()
     }
 
     /// Every operator on every type it applies to selects exactly the rows
@@ -95,15 +98,31 @@ mod tests {
             (r#"{"attribute": "tz", "op": "lte", "value": "2026-09-01T00:00:00Z"}"#.into(), "tz <= '2026-09-01 00:00+00'".into()),
         ];
         for (condition, predicate) in &cases {
-            let expected = count(&format!("SELECT count(*) FROM truth WHERE ({predicate}) IS TRUE"));
-            assert_eq!(estimate_members(condition), expected, "{condition} vs {predicate}");
-            let complement = count(&format!("SELECT count(*) FROM truth WHERE ({predicate}) IS NOT TRUE"));
-            assert_eq!(estimate_members(&format!(r#"{{"not": {condition}}}"#)), complement, "not {condition}");
+            let expected = count(&format!(
+                "SELECT count(*) FROM truth WHERE ({predicate}) IS TRUE"
+            ));
+            assert_eq!(
+                estimate_members(condition),
+                expected,
+                "{condition} vs {predicate}"
+            );
+            let complement = count(&format!(
+                "SELECT count(*) FROM truth WHERE ({predicate}) IS NOT TRUE"
+            ));
+            assert_eq!(
+                estimate_members(&format!(r#"{{"not": {condition}}}"#)),
+                complement,
+                "not {condition}"
+            );
         }
         // Every operator of a definition is exercised above.
         for op in segments_core::definition::ALL_OPS {
             let name = format!("\"op\": \"{}\"", op.name());
-            assert!(cases.iter().any(|(c, _)| c.contains(&name)), "no truth-table case for {}", op.name());
+            assert!(
+                cases.iter().any(|(c, _)| c.contains(&name)),
+                "no truth-table case for {}",
+                op.name()
+            );
         }
     }
 
@@ -141,8 +160,14 @@ mod tests {
         // Refreshing only the dependent first still computes Fruit first when both are asked.
         let statuses = count("SELECT count(*) FROM segments.refresh() WHERE status = 'succeeded'");
         assert_eq!(statuses, 2);
-        assert_eq!(count("SELECT member_count FROM segments.segment WHERE name = 'Fruit'"), 3);
-        assert_eq!(count("SELECT member_count FROM segments.segment WHERE name = 'Sweet fruit'"), 1);
+        assert_eq!(
+            count("SELECT member_count FROM segments.segment WHERE name = 'Fruit'"),
+            3
+        );
+        assert_eq!(
+            count("SELECT member_count FROM segments.segment WHERE name = 'Sweet fruit'"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM segments.rule_counts((SELECT id FROM segments.segment WHERE name = 'Sweet fruit')) WHERE members IS NOT NULL"), 2);
         assert_eq!(count("SELECT count(*) FROM segments.thing_members WHERE segment_name = 'Sweet fruit' AND id = 1"), 1);
         Spi::run(r#"UPDATE segments.segment SET definition = jsonb_set(definition, '{rules,0,where,value}', '["Apple"]') WHERE name = 'Fruit'"#)
@@ -155,7 +180,8 @@ mod tests {
     /// distinct positions; a malformed bitmap is 22P03, not a crash.
     #[pg_test]
     fn test_rb_agg_and_bitmap_positions_round_trip() {
-        let keys = "SELECT ((i * 7919) % 50000 - 1000)::bigint AS k FROM generate_series(1, 60000) i \
+        let keys =
+            "SELECT ((i * 7919) % 50000 - 1000)::bigint AS k FROM generate_series(1, 60000) i \
                     UNION ALL SELECT NULL UNION ALL SELECT 42";
         assert_eq!(
             count(&format!(
@@ -194,7 +220,9 @@ mod tests {
     #[pg_test]
     fn test_settings_read_by_sql_come_from_the_library() {
         let setting = |name: &str| {
-            Spi::get_one_with_args::<String>("SELECT segments._setting($1)", &[name.into()]).unwrap().unwrap()
+            Spi::get_one_with_args::<String>("SELECT segments._setting($1)", &[name.into()])
+                .unwrap()
+                .unwrap()
         };
         assert_eq!(setting("segments.max_active_segments"), "10000");
         assert_eq!(setting("segments.unused_after"), "45 days");

@@ -17,7 +17,7 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::bitmap::Members;
-use segments_core::catalog::{KeyKind, Catalog};
+use segments_core::catalog::{Catalog, KeyKind};
 use segments_core::sql::ident;
 
 use crate::engine::evaluate::stored_members;
@@ -39,7 +39,11 @@ pub struct Connected {
 impl Connected {
     /// Sort key: lower is more important.
     fn rank(&self) -> (bool, i32, i64) {
-        (self.priority.is_none(), self.priority.unwrap_or(0), self.segment)
+        (
+            self.priority.is_none(),
+            self.priority.unwrap_or(0),
+            self.segment,
+        )
     }
 }
 
@@ -106,7 +110,15 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
         }
         let members: Vec<(&Connected, Members)> = segments
             .iter()
-            .map(|c| (*c, fresh.get(&c.segment).cloned().unwrap_or_else(|| stored_members(c.segment))))
+            .map(|c| {
+                (
+                    *c,
+                    fresh
+                        .get(&c.segment)
+                        .cloned()
+                        .unwrap_or_else(|| stored_members(c.segment)),
+                )
+            })
             .collect();
         let keys = crate::engine::evaluate::keys_at(entity, &candidates);
         let key_texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
@@ -119,11 +131,17 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
             .map(|row| (required::<String>(&row, 1), spi(row.get::<i64>(2))))
             .collect()
         });
-        let (mut new_keys, mut new_sequences, mut new_segments, mut new_names) = (vec![], vec![], vec![], vec![]);
+        let (mut new_keys, mut new_sequences, mut new_segments, mut new_names) =
+            (vec![], vec![], vec![], vec![]);
         for (position, key) in keys {
-            let holding_me: Vec<&Connected> =
-                members.iter().filter(|(_, m)| m.contains(position)).map(|(c, _)| *c).collect();
-            let holder = current.get(&key).map(|segment| segment.and_then(|id| connected.iter().find(|c| c.segment == id)));
+            let holding_me: Vec<&Connected> = members
+                .iter()
+                .filter(|(_, m)| m.contains(position))
+                .map(|(c, _)| *c)
+                .collect();
+            let holder = current
+                .get(&key)
+                .map(|segment| segment.and_then(|id| connected.iter().find(|c| c.segment == id)));
             if let Some(target) = decide(&holding_me, holder) {
                 new_keys.push(key);
                 new_sequences.push(target.sequence);
@@ -148,13 +166,19 @@ pub fn assign(entered: &HashMap<i64, Members>, fresh: &HashMap<i64, Members>) {
 /// Connects the current members of newly connected segments.
 #[pg_extern(schema = "segments")]
 fn _connect_members(segments: Vec<i64>) {
-    let entered: HashMap<i64, Members> = segments.iter().map(|&id| (id, stored_members(id))).collect();
+    let entered: HashMap<i64, Members> = segments
+        .iter()
+        .map(|&id| (id, stored_members(id)))
+        .collect();
     assign(&entered, &HashMap::new());
 }
 
 fn key_type(entity: &str) -> String {
-    optional_value::<String>("SELECT key_type::text FROM segments.entity WHERE name = $1", &[entity.into()])
-        .unwrap_or_else(|| "text".into())
+    optional_value::<String>(
+        "SELECT key_type::text FROM segments.entity WHERE name = $1",
+        &[entity.into()],
+    )
+    .unwrap_or_else(|| "text".into())
 }
 
 /// The keys of `keys` that no row of the entity table visible to `caller`
@@ -163,10 +187,18 @@ fn key_type(entity: &str) -> String {
 /// sandbox: its row-level security holds (a row the caller may not see is
 /// missing, with the same answer as a key no row has), and nothing of the
 /// table's owner runs as the extension.
-#[pg_extern(schema = "segments")]
-fn _missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option<String> {
+#[pg_extern(schema = "segments", name = "_missing_keys")]
+fn _missing_keys_seen_by(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option<String> {
+    missing_keys(entity, keys, caller)
+}
+
+/// `_missing_keys`, in plain Rust (compat.rs serves 0.2.0's SQL with it).
+pub fn missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option<String> {
     let table = crate::pg::catalog::registered_entity(entity).or_raise();
-    table.key().and_then(|key| key.check_usable("key", &format!("entity \"{entity}\""))).or_raise();
+    table
+        .key()
+        .and_then(|key| key.check_usable("key", &format!("entity \"{entity}\"")))
+        .or_raise();
     // An inner join rather than NOT EXISTS: Citus plans it on distributed
     // tables (a correlated subquery beside a set-returning function it
     // refuses).
@@ -181,11 +213,17 @@ fn _missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option
         caller,
         std::panic::AssertUnwindSafe(|| {
             Spi::connect(|client| {
-                spi(client.select(&sql, None, &[canonical_keys.clone().into()])).filter_map(|row| spi(row.get::<String>(1))).collect()
+                spi(client.select(&sql, None, &[canonical_keys.clone().into()]))
+                    .filter_map(|row| spi(row.get::<String>(1)))
+                    .collect()
             })
         }),
     );
-    let missing: Vec<String> = canonical_keys.iter().filter(|k| !found.contains(*k)).cloned().collect();
+    let missing: Vec<String> = canonical_keys
+        .iter()
+        .filter(|k| !found.contains(*k))
+        .cloned()
+        .collect();
     let originals: Vec<String> = keys
         .iter()
         .zip(canonical(entity, &keys))
@@ -200,13 +238,24 @@ fn _missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Option
 /// type stays as given (and matches nothing).
 fn canonical(entity: &str, keys: &[String]) -> Vec<String> {
     if SpiCatalog.entity(entity).map(|e| e.key_kind) == Some(KeyKind::Integer) {
-        return keys.iter().map(|k| k.trim().parse::<i64>().map(|n| n.to_string()).unwrap_or_else(|_| k.clone())).collect();
+        return keys
+            .iter()
+            .map(|k| {
+                k.trim()
+                    .parse::<i64>()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| k.clone())
+            })
+            .collect();
     }
     let type_sql = key_type(entity);
     keys.iter()
         .map(|k| {
             crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| {
-                optional_value::<String>(&format!("SELECT ($1::{type_sql})::text"), &[k.as_str().into()])
+                optional_value::<String>(
+                    &format!("SELECT ($1::{type_sql})::text"),
+                    &[k.as_str().into()],
+                )
             }))
             .ok()
             .flatten()
@@ -225,16 +274,35 @@ mod tests {
     use super::*;
 
     fn seg(segment: i64, priority: Option<i32>, move_existing: bool, sequence: i64) -> Connected {
-        Connected { segment, name: format!("s{segment}"), entity: "lead".into(), priority, move_existing, sequence }
+        Connected {
+            segment,
+            name: format!("s{segment}"),
+            entity: "lead".into(),
+            priority,
+            move_existing,
+            sequence,
+        }
     }
 
     #[test]
     fn the_highest_priority_segment_wins_an_unconnected_record() {
-        let (a, b, c) = (seg(1, Some(5), false, 10), seg(2, Some(1), false, 20), seg(3, None, false, 30));
+        let (a, b, c) = (
+            seg(1, Some(5), false, 10),
+            seg(2, Some(1), false, 20),
+            seg(3, None, false, 30),
+        );
         assert_eq!(decide(&[&a, &b, &c], None).unwrap().segment, 2);
-        assert_eq!(decide(&[&a, &c], None).unwrap().segment, 1, "NULL priority comes last");
+        assert_eq!(
+            decide(&[&a, &c], None).unwrap().segment,
+            1,
+            "NULL priority comes last"
+        );
         let (d, e) = (seg(4, Some(1), false, 40), seg(5, Some(1), false, 50));
-        assert_eq!(decide(&[&e, &d], None).unwrap().segment, 4, "ties go to the lowest id");
+        assert_eq!(
+            decide(&[&e, &d], None).unwrap().segment,
+            4,
+            "ties go to the lowest id"
+        );
         assert!(decide(&[], None).is_none());
     }
 
@@ -243,14 +311,27 @@ mod tests {
         let low = seg(1, Some(9), false, 10);
         let high_moving = seg(2, Some(1), true, 20);
         let high_staying = seg(3, Some(1), false, 30);
-        assert_eq!(decide(&[&high_moving], Some(Some(&low))).unwrap().segment, 2);
+        assert_eq!(
+            decide(&[&high_moving], Some(Some(&low))).unwrap().segment,
+            2
+        );
         assert!(decide(&[&high_staying], Some(Some(&low))).is_none());
-        assert!(decide(&[&low], Some(Some(&high_moving))).is_none(), "never to a lower priority");
+        assert!(
+            decide(&[&low], Some(Some(&high_moving))).is_none(),
+            "never to a lower priority"
+        );
         let lower_moving = seg(4, Some(20), true, 40);
         assert!(decide(&[&lower_moving], Some(Some(&low))).is_none());
-        assert_eq!(decide(&[&high_moving], Some(None)).unwrap().segment, 2, "hand-made connections can be taken");
+        assert_eq!(
+            decide(&[&high_moving], Some(None)).unwrap().segment,
+            2,
+            "hand-made connections can be taken"
+        );
         let same_sequence = seg(5, Some(0), true, 10);
-        assert!(decide(&[&same_sequence], Some(Some(&low))).is_none(), "already in that sequence");
+        assert!(
+            decide(&[&same_sequence], Some(Some(&low))).is_none(),
+            "already in that sequence"
+        );
     }
 }
 
@@ -262,7 +343,11 @@ fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
     crate::pg::txn::require_sequence_manager("create sequences");
     crate::pg::txn::call_internal::<i64>(
         "SELECT segments._create_sequence($1::regrole, $2, $3)",
-        vec![crate::pg::txn::current_role().into(), name.map(str::to_string).into(), entity.to_string().into()],
+        vec![
+            crate::pg::txn::current_role().into(),
+            name.map(str::to_string).into(),
+            entity.to_string().into(),
+        ],
     )
     .expect("_create_sequence returns an id")
 }
@@ -273,7 +358,11 @@ fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
     crate::pg::txn::require_sequence_manager("connect segments to sequences");
     crate::pg::txn::call_internal::<i32>(
         "SELECT segments._connect_sequence($1::regrole, $2, $3)",
-        vec![crate::pg::txn::current_role().into(), sequence.into(), segments.into()],
+        vec![
+            crate::pg::txn::current_role().into(),
+            sequence.into(),
+            segments.into(),
+        ],
     )
     .unwrap_or(0)
 }
@@ -284,7 +373,11 @@ fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
     crate::pg::txn::require_sequence_manager("disconnect segments from sequences");
     crate::pg::txn::call_internal::<i32>(
         "SELECT segments._disconnect_sequence($1::regrole, $2, $3)",
-        vec![crate::pg::txn::current_role().into(), sequence.into(), segments.into()],
+        vec![
+            crate::pg::txn::current_role().into(),
+            sequence.into(),
+            segments.into(),
+        ],
     )
     .unwrap_or(0)
 }
@@ -301,11 +394,18 @@ fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
         &[sequence.into()],
     );
     if let Some(relation) = relation {
-        crate::pg::txn::require_select(relation, &format!("the entity table of sequence {sequence}"));
+        crate::pg::txn::require_select(
+            relation,
+            &format!("the entity table of sequence {sequence}"),
+        );
     }
     crate::pg::txn::call_internal::<i32>(
         "SELECT segments._connect_records($1::regrole, $2, $3)",
-        vec![crate::pg::txn::current_role().into(), sequence.into(), keys.into()],
+        vec![
+            crate::pg::txn::current_role().into(),
+            sequence.into(),
+            keys.into(),
+        ],
     )
     .unwrap_or(0)
 }
@@ -349,7 +449,11 @@ fn disconnect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
     crate::pg::txn::require_sequence_manager("disconnect records from sequences");
     crate::pg::txn::call_internal::<i32>(
         "SELECT segments._disconnect_records($1::regrole, $2, $3)",
-        vec![crate::pg::txn::current_role().into(), sequence.into(), keys.into()],
+        vec![
+            crate::pg::txn::current_role().into(),
+            sequence.into(),
+            keys.into(),
+        ],
     )
     .unwrap_or(0)
 }

@@ -7,9 +7,9 @@
 //! with a time column split by activity (rows in the last 30 days, none in
 //! 60 days, 3 or more in 90 days).
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
+use pgrx::JsonB;
 use serde_json::{json, Value};
 
 use segments_core::catalog::{Column, ColumnKind, Entity};
@@ -28,11 +28,28 @@ pub struct Split {
 
 /// Ranks splits by how far their average is from the population's, skipping
 /// those too small to mean anything (under 1% of the rows, or 30).
-pub fn rank(mut splits: Vec<Split>, population_avg: f64, population: i64, max: usize) -> Vec<(Split, f64)> {
+pub fn rank(
+    mut splits: Vec<Split>,
+    population_avg: f64,
+    population: i64,
+    max: usize,
+) -> Vec<(Split, f64)> {
     let minimum = ((population as f64) * 0.01).max(30.0) as i64;
     splits.retain(|s| s.members >= minimum && s.members < population && s.measure_avg.is_finite());
-    let lift = |s: &Split| if population_avg != 0.0 { s.measure_avg / population_avg } else { f64::NAN };
-    let mut ranked: Vec<(Split, f64)> = splits.into_iter().map(|s| { let l = lift(&s); (s, l) }).collect();
+    let lift = |s: &Split| {
+        if population_avg != 0.0 {
+            s.measure_avg / population_avg
+        } else {
+            f64::NAN
+        }
+    };
+    let mut ranked: Vec<(Split, f64)> = splits
+        .into_iter()
+        .map(|s| {
+            let l = lift(&s);
+            (s, l)
+        })
+        .collect();
     ranked.sort_by(|a, b| {
         let da = (a.0.measure_avg - population_avg).abs();
         let db = (b.0.measure_avg - population_avg).abs();
@@ -44,9 +61,15 @@ pub fn rank(mut splits: Vec<Split>, population_avg: f64, population: i64, max: u
 
 fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
     entity.table.column(name).ok_or_else(|| {
-        SegmentsError::UndefinedColumn(format!("column \"{name}\" does not exist on entity \"{}\"", entity.name))
-            .with_hint(segments_core::spelling::perhaps(name, entity.table.column_names()))
-            .into()
+        SegmentsError::UndefinedColumn(format!(
+            "column \"{name}\" does not exist on entity \"{}\"",
+            entity.name
+        ))
+        .with_hint(segments_core::spelling::perhaps(
+            name,
+            entity.table.column_names(),
+        ))
+        .into()
     })
 }
 
@@ -69,18 +92,31 @@ fn measure_sql(entity: &Entity, measure: &str, reference: &str) -> Result<String
     let Some(related) = entity.related(related_name) else {
         return Err(column(entity, measure).err().expect("no such column"));
     };
-    let mut filters = vec![format!("r.{} = e.{}", ident(&related.foreign_key), ident(&entity.key_column))];
+    let mut filters = vec![format!(
+        "r.{} = e.{}",
+        ident(&related.foreign_key),
+        ident(&entity.key_column)
+    )];
     if let Some(time) = &related.time_column {
-        filters.push(format!("r.{t} >= {reference} - interval '90 days' AND r.{t} <= {reference}", t = ident(time)));
+        filters.push(format!(
+            "r.{t} >= {reference} - interval '90 days' AND r.{t} <= {reference}",
+            t = ident(time)
+        ));
     }
     let value = match attribute {
         None => "count(*)".to_string(),
         Some(a) => {
             let c = related.table.column(a).ok_or_else(|| {
-                SegmentsError::UndefinedColumn(format!("column \"{a}\" does not exist on related table \"{related_name}\""))
+                SegmentsError::UndefinedColumn(format!(
+                    "column \"{a}\" does not exist on related table \"{related_name}\""
+                ))
             })?;
             if c.kind != ColumnKind::Numeric {
-                return Err(SegmentsError::InvalidParameter(format!("measure \"{measure}\" is {}; it must be numeric", c.type_sql)).into());
+                return Err(SegmentsError::InvalidParameter(format!(
+                    "measure \"{measure}\" is {}; it must be numeric",
+                    c.type_sql
+                ))
+                .into());
             }
             format!("coalesce(sum(r.{}), 0)", ident(a))
         }
@@ -98,7 +134,9 @@ fn measure_sql(entity: &Entity, measure: &str, reference: &str) -> Result<String
 fn activity_splits(entity: &Entity, measure_sql: &str, reference: &str) -> Vec<Split> {
     let mut splits = Vec::new();
     for related in &entity.related {
-        let Some(time) = &related.time_column else { continue };
+        let Some(time) = &related.time_column else {
+            continue;
+        };
         let rows = |days: i32| {
             format!(
                 "FROM {} r WHERE r.{} = e.{} AND r.{t} >= {reference} - interval '{days} days' AND r.{t} <= {reference}",
@@ -109,8 +147,14 @@ fn activity_splits(entity: &Entity, measure_sql: &str, reference: &str) -> Vec<S
             )
         };
         let candidates = [
-            (json!({"related": related.name, "within": "30 days"}), format!("EXISTS (SELECT 1 {})", rows(30))),
-            (json!({"related": related.name, "exists": false, "within": "60 days"}), format!("NOT EXISTS (SELECT 1 {})", rows(60))),
+            (
+                json!({"related": related.name, "within": "30 days"}),
+                format!("EXISTS (SELECT 1 {})", rows(30)),
+            ),
+            (
+                json!({"related": related.name, "exists": false, "within": "60 days"}),
+                format!("NOT EXISTS (SELECT 1 {})", rows(60)),
+            ),
             (
                 json!({"related": related.name, "aggregate": "count", "within": "90 days", "op": "gte", "value": 3}),
                 format!("(SELECT count(*) {}) >= 3", rows(90)),
@@ -119,14 +163,21 @@ fn activity_splits(entity: &Entity, measure_sql: &str, reference: &str) -> Vec<S
         for (condition, sql) in candidates {
             let row = Spi::connect(|client| {
                 let table = spi(client.select(
-                    &format!("SELECT count(*), avg({measure_sql}) FROM {} e WHERE {sql}", entity.table.relation_sql),
+                    &format!(
+                        "SELECT count(*), avg({measure_sql}) FROM {} e WHERE {sql}",
+                        entity.table.relation_sql
+                    ),
                     None,
                     &[],
                 ));
                 let row = table.first();
                 (spi(row.get::<i64>(1)).unwrap_or(0), spi(row.get::<f64>(2)))
             });
-            splits.push(Split { condition, members: row.0, measure_avg: row.1.unwrap_or(f64::NAN) });
+            splits.push(Split {
+                condition,
+                members: row.0,
+                measure_avg: row.1.unwrap_or(f64::NAN),
+            });
         }
     }
     splits
@@ -150,9 +201,18 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
             });
             if (2..=30).contains(&rows.len()) {
                 for (value, members, avg) in rows {
-                    let value = if attribute.kind == ColumnKind::Boolean { json!(value == "true") } else { json!(value) };
-                    let condition = json!({"attribute": attribute.name, "op": "eq", "value": value});
-                    splits.push(Split { condition, members, measure_avg: avg.unwrap_or(f64::NAN) });
+                    let value = if attribute.kind == ColumnKind::Boolean {
+                        json!(value == "true")
+                    } else {
+                        json!(value)
+                    };
+                    let condition =
+                        json!({"attribute": attribute.name, "op": "eq", "value": value});
+                    splits.push(Split {
+                        condition,
+                        members,
+                        measure_avg: avg.unwrap_or(f64::NAN),
+                    });
                 }
             }
         }
@@ -169,7 +229,14 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
             );
             let rows: Vec<(f64, f64, i64, Option<f64>)> = Spi::connect(|client| {
                 spi(client.select(&sql, None, &[]))
-                    .map(|r| (required(&r, 1), required(&r, 2), required(&r, 3), spi(r.get(4))))
+                    .map(|r| {
+                        (
+                            required(&r, 1),
+                            required(&r, 2),
+                            required(&r, 3),
+                            spi(r.get(4)),
+                        )
+                    })
                     .collect()
             });
             let last = rows.len();
@@ -184,7 +251,11 @@ fn splits_of(entity: &Entity, attribute: &Column, measure: &str) -> Vec<Split> {
                     json!({"all": [{"attribute": attribute.name, "op": "gte", "value": low},
                                     {"attribute": attribute.name, "op": "lt", "value": high}]})
                 };
-                splits.push(Split { condition, members, measure_avg: avg.unwrap_or(f64::NAN) });
+                splits.push(Split {
+                    condition,
+                    members,
+                    measure_avg: avg.unwrap_or(f64::NAN),
+                });
             }
         }
         _ => {}
@@ -202,37 +273,62 @@ fn suggest_impl(
     let reference = crate::engine::evaluate::reference_time_sql();
     let measure_sql = measure_sql(&entity, measure, &reference)?;
     if max_segments < 1 {
-        return Err(SegmentsError::InvalidParameter(format!("max_segments must be 1 or more, not {max_segments}")).into());
+        return Err(SegmentsError::InvalidParameter(format!(
+            "max_segments must be 1 or more, not {max_segments}"
+        ))
+        .into());
     }
     let attributes: Vec<&Column> = match &influencing {
-        Some(names) => names.iter().map(|n| column(&entity, n)).collect::<Result<_, _>>()?,
+        Some(names) => names
+            .iter()
+            .map(|n| column(&entity, n))
+            .collect::<Result<_, _>>()?,
         None => entity
             .table
             .columns
             .iter()
-            .filter(|c| c.name != entity.key_column && c.name != measure && matches!(c.kind, ColumnKind::Text | ColumnKind::Boolean | ColumnKind::Numeric))
+            .filter(|c| {
+                c.name != entity.key_column
+                    && c.name != measure
+                    && matches!(
+                        c.kind,
+                        ColumnKind::Text | ColumnKind::Boolean | ColumnKind::Numeric
+                    )
+            })
             .collect(),
     };
     let (population, population_avg): (i64, f64) = Spi::connect(|client| {
         let row = spi(client.select(
-            &format!("SELECT count(*), avg({measure_sql})::float8 FROM {} e", entity.table.relation_sql),
+            &format!(
+                "SELECT count(*), avg({measure_sql})::float8 FROM {} e",
+                entity.table.relation_sql
+            ),
             None,
             &[],
         ))
         .first();
-        (spi(row.get::<i64>(1)).unwrap_or(0), spi(row.get::<f64>(2)).unwrap_or(f64::NAN))
+        (
+            spi(row.get::<i64>(1)).unwrap_or(0),
+            spi(row.get::<f64>(2)).unwrap_or(f64::NAN),
+        )
     });
-    let mut splits: Vec<Split> = attributes.iter().flat_map(|a| splits_of(&entity, a, &measure_sql)).collect();
+    let mut splits: Vec<Split> = attributes
+        .iter()
+        .flat_map(|a| splits_of(&entity, a, &measure_sql))
+        .collect();
     if influencing.is_none() {
         splits.extend(activity_splits(&entity, &measure_sql, &reference));
     }
-    Ok(rank(splits, population_avg, population, max_segments as usize)
-        .into_iter()
-        .map(|(split, lift)| {
-            let definition = json!({"entity": entity.name, "rules": [{"where": split.condition}]});
-            (definition, split.members, split.measure_avg, lift)
-        })
-        .collect())
+    Ok(
+        rank(splits, population_avg, population, max_segments as usize)
+            .into_iter()
+            .map(|(split, lift)| {
+                let definition =
+                    json!({"entity": entity.name, "rules": [{"where": split.condition}]});
+                (definition, split.members, split.measure_avg, lift)
+            })
+            .collect(),
+    )
 }
 
 /// Attribute splits whose members differ most from everyone on `measure`,
@@ -253,10 +349,13 @@ fn suggest(
     ),
 > {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
-        TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
-    }))
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
+            TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -264,18 +363,30 @@ mod tests {
     use super::*;
 
     fn split(name: &str, members: i64, avg: f64) -> Split {
-        Split { condition: json!(name), members, measure_avg: avg }
+        Split {
+            condition: json!(name),
+            members,
+            measure_avg: avg,
+        }
     }
 
     #[test]
     fn splits_rank_by_distance_from_the_population() {
         let ranked = rank(
-            vec![split("close", 500, 101.0), split("far", 300, 180.0), split("tiny", 5, 900.0), split("low", 200, 20.0)],
+            vec![
+                split("close", 500, 101.0),
+                split("far", 300, 180.0),
+                split("tiny", 5, 900.0),
+                split("low", 200, 20.0),
+            ],
             100.0,
             1000,
             2,
         );
-        let names: Vec<&str> = ranked.iter().map(|(s, _)| s.condition.as_str().unwrap()).collect();
+        let names: Vec<&str> = ranked
+            .iter()
+            .map(|(s, _)| s.condition.as_str().unwrap())
+            .collect();
         assert_eq!(names, vec!["far", "low"], "tiny splits are noise");
         assert!((ranked[0].1 - 1.8).abs() < 1e-9);
     }

@@ -92,7 +92,10 @@ const ACCOUNT_SEGMENTS: &[(&str, &str, &str)] = &[
 ];
 
 fn scalar_i64(client: &mut postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 fn shard_rows_and_calls(worker: &mut postgres::Client) -> (i64, i64) {
@@ -115,7 +118,8 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
     let mut c = cluster.connect(0);
     c.batch_execute(SCHEMA).unwrap();
     // Propagated to the workers, whose shard queries it counts.
-    c.batch_execute("CREATE EXTENSION pg_stat_statements").unwrap();
+    c.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .unwrap();
     // The documented order: citus, nodes, then segments on the coordinator.
     c.batch_execute(
         "CREATE EXTENSION segments;
@@ -127,20 +131,42 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
     )
     .unwrap();
     // Registration made the text keys' colocated dictionary copy, empty.
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 0);
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"),
+        0
+    );
     let mut ids = Vec::new();
-    for (name, definition, _) in CUSTOMER_SEGMENTS.iter().chain(ACCOUNT_SEGMENTS).chain(DEVICE_SEGMENTS) {
-        let id: i64 = c.query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[name, definition]).unwrap().get(0);
+    for (name, definition, _) in CUSTOMER_SEGMENTS
+        .iter()
+        .chain(ACCOUNT_SEGMENTS)
+        .chain(DEVICE_SEGMENTS)
+    {
+        let id: i64 = c
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[name, definition],
+            )
+            .unwrap()
+            .get(0);
         ids.push(id);
     }
     for node in [1, 2] {
-        cluster.connect(node).batch_execute("SELECT pg_stat_statements_reset()").unwrap();
+        cluster
+            .connect(node)
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .unwrap();
     }
 
     // Refresh with coordinator aggregation disabled: every leaf must be
     // split between shards and coordinator.
     c.batch_execute("SET segments.reference_time = '2026-11-01'; SET citus.coordinator_aggregation_strategy = 'disabled'").unwrap();
-    for row in c.query("SELECT segment_id, status, coalesce(error, '') FROM segments.refresh()", &[]).unwrap() {
+    for row in c
+        .query(
+            "SELECT segment_id, status, coalesce(error, '') FROM segments.refresh()",
+            &[],
+        )
+        .unwrap()
+    {
         let (id, status, error): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
         assert_eq!(status, "succeeded", "segment {id}: {error}");
     }
@@ -152,8 +178,14 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         rows += r;
         calls += n;
     }
-    assert!(calls >= 32, "the leaves ran shard by shard ({calls} shard queries)");
-    assert_eq!(rows, calls, "each shard query returns one aggregate row ({rows} rows for {calls} queries)");
+    assert!(
+        calls >= 32,
+        "the leaves ran shard by shard ({calls} shard queries)"
+    );
+    assert_eq!(
+        rows, calls,
+        "each shard query returns one aggregate row ({rows} rows for {calls} queries)"
+    );
     // No query read rows sent from the coordinator: text keys join the
     // colocated copy of the dictionary on the shards instead of the
     // coordinator's table (only the copy's new keys were sent to it).
@@ -169,7 +201,10 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert!(shipped.is_empty(), "worker {node} read no intermediate results: {shipped:#?}");
+        assert!(
+            shipped.is_empty(),
+            "worker {node} read no intermediate results: {shipped:#?}"
+        );
     }
     assert_eq!(
         scalar_i64(
@@ -180,12 +215,19 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         1,
         "the key replica is colocated with accounts"
     );
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 10_000, "every key has a copy");
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"),
+        10_000,
+        "every key has a copy"
+    );
     let device_key_type: String = c
         .query_one("SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid = 'segments.device_keys'::regclass AND attname = 'key'", &[])
         .unwrap()
         .get(0);
-    assert_eq!(device_key_type, "uuid", "the copy's key has the entity key's type");
+    assert_eq!(
+        device_key_type, "uuid",
+        "the copy's key has the entity key's type"
+    );
 
     // The replica's keys are as private as the table's.
     c.batch_execute(
@@ -200,18 +242,29 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         n
     };
     assert_eq!(replica_rows(&mut c, "key_reader"), 10_000);
-    assert_eq!(replica_rows(&mut c, "key_outsider"), 0, "a role that cannot read accounts reads no keys");
+    assert_eq!(
+        replica_rows(&mut c, "key_outsider"),
+        0,
+        "a role that cannot read accounts reads no keys"
+    );
 
     // New keys reach the replica at the next refresh, and only they travel.
     for node in [1, 2] {
-        cluster.connect(node).batch_execute("SELECT pg_stat_statements_reset()").unwrap();
+        cluster
+            .connect(node)
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .unwrap();
     }
     c.batch_execute(
         "INSERT INTO accounts SELECT 'B' || lpad(i::text, 6, '0'), 'north', 50 FROM generate_series(1, 40) i;
          SELECT count(*) FROM segments.refresh();",
     )
     .unwrap();
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"), 10_040, "new keys were copied");
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM segments.account_keys"),
+        10_040,
+        "new keys were copied"
+    );
     let copied: i64 = [1, 2]
         .iter()
         .map(|&node| {
@@ -223,16 +276,25 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         .sum();
     assert_eq!(copied, 40, "only the new keys were sent to the replica");
 
-    c.batch_execute("RESET citus.coordinator_aggregation_strategy").unwrap();
-    let segments = CUSTOMER_SEGMENTS.iter().map(|s| ("customer", "customers c", "id", s)).chain(
-        ACCOUNT_SEGMENTS
-            .iter()
-            .map(|s| ("account", "accounts a", "code", s))
-            .chain(DEVICE_SEGMENTS.iter().map(|s| ("device", "devices d", "id", s))),
-    );
+    c.batch_execute("RESET citus.coordinator_aggregation_strategy")
+        .unwrap();
+    let segments = CUSTOMER_SEGMENTS
+        .iter()
+        .map(|s| ("customer", "customers c", "id", s))
+        .chain(
+            ACCOUNT_SEGMENTS
+                .iter()
+                .map(|s| ("account", "accounts a", "code", s))
+                .chain(
+                    DEVICE_SEGMENTS
+                        .iter()
+                        .map(|s| ("device", "devices d", "id", s)),
+                ),
+        );
     for ((entity, table, key, (name, _, condition)), id) in segments.zip(&ids) {
         let expected = format!("SELECT {key}::text FROM {table} WHERE {condition}");
-        let view = format!("SELECT {key}::text FROM segments.{entity}_members WHERE segment_id = {id}");
+        let view =
+            format!("SELECT {key}::text FROM segments.{entity}_members WHERE segment_id = {id}");
         let same = |c: &mut postgres::Client, left: &str, right: &str| -> bool {
             c.query_one(
                 &format!("SELECT (SELECT array_agg(k ORDER BY k) FROM ({left}) x(k)) IS NOT DISTINCT FROM (SELECT array_agg(k ORDER BY k) FROM ({right}) y(k))"),
@@ -241,49 +303,94 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
             .unwrap()
             .get(0)
         };
-        let count = scalar_i64(&mut c, &format!("SELECT count(*) FROM {table} WHERE {condition}"));
-        assert!(count > 0 && count < CUSTOMERS, "segment {name} is not trivial ({count})");
+        let count = scalar_i64(
+            &mut c,
+            &format!("SELECT count(*) FROM {table} WHERE {condition}"),
+        );
+        assert!(
+            count > 0 && count < CUSTOMERS,
+            "segment {name} is not trivial ({count})"
+        );
         assert_eq!(
-            scalar_i64(&mut c, &format!("SELECT member_count FROM segments.membership WHERE segment_id = {id}")),
+            scalar_i64(
+                &mut c,
+                &format!("SELECT member_count FROM segments.membership WHERE segment_id = {id}")
+            ),
             count,
             "member count of {name}"
         );
-        assert!(same(&mut c, &view, &expected), "members view of {name} equals SQL");
+        assert!(
+            same(&mut c, &view, &expected),
+            "members view of {name} equals SQL"
+        );
         assert_eq!(
-            scalar_i64(&mut c, &format!("SELECT count(*) FROM segments.{entity}_members WHERE segment_id = {id}")),
+            scalar_i64(
+                &mut c,
+                &format!("SELECT count(*) FROM segments.{entity}_members WHERE segment_id = {id}")
+            ),
             count,
             "count(*) of the members view of {name}"
         );
         // An export writes the same rows.
         let export = format!("public.export_{id}");
-        c.execute("SELECT segments.create_export($1, ARRAY[$2::bigint], $3)", &[&format!("export {id}"), id, &export])
-            .unwrap();
-        assert!(same(&mut c, &format!("SELECT {key}::text FROM {export}"), &expected), "export of {name} equals SQL");
+        c.execute(
+            "SELECT segments.create_export($1, ARRAY[$2::bigint], $3)",
+            &[&format!("export {id}"), id, &export],
+        )
+        .unwrap();
+        assert!(
+            same(
+                &mut c,
+                &format!("SELECT {key}::text FROM {export}"),
+                &expected
+            ),
+            "export of {name} equals SQL"
+        );
         // is_member for a member and a non-member.
-        let member: String = c.query_one(&format!("SELECT min(k) FROM ({expected}) x(k)"), &[]).unwrap().get(0);
-        let outsider: String =
-            c.query_one(&format!("SELECT min({key}::text) FROM {table} WHERE NOT ({condition})"), &[]).unwrap().get(0);
+        let member: String = c
+            .query_one(&format!("SELECT min(k) FROM ({expected}) x(k)"), &[])
+            .unwrap()
+            .get(0);
+        let outsider: String = c
+            .query_one(
+                &format!("SELECT min({key}::text) FROM {table} WHERE NOT ({condition})"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
         let is_member = |c: &mut postgres::Client, k: &str| -> bool {
-            c.query_one("SELECT segments.is_member($1, $2::text)", &[id, &k]).unwrap().get(0)
+            c.query_one("SELECT segments.is_member($1, $2::text)", &[id, &k])
+                .unwrap()
+                .get(0)
         };
         assert!(is_member(&mut c, &member), "{member} is a member of {name}");
-        assert!(!is_member(&mut c, &outsider), "{outsider} is not a member of {name}");
+        assert!(
+            !is_member(&mut c, &outsider),
+            "{outsider} is not a member of {name}"
+        );
         let of: Vec<i64> = c
-            .query("SELECT segment_id FROM segments.segments_of($1, $2::text)", &[&entity, &member])
+            .query(
+                "SELECT segment_id FROM segments.segments_of($1, $2::text)",
+                &[&entity, &member],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
         assert!(of.contains(id), "segments_of({member}) names {name}");
         assert_eq!(
-            scalar_i64(&mut c, &format!("SELECT count(*) FROM segments.preview({id}, 5)")),
+            scalar_i64(
+                &mut c,
+                &format!("SELECT count(*) FROM segments.preview({id}, 5)")
+            ),
             count.min(5),
             "preview of {name}"
         );
     }
 
     // A renamed entity table: the replica's policy follows it.
-    c.batch_execute("ALTER TABLE accounts RENAME TO accounts_renamed").unwrap();
+    c.batch_execute("ALTER TABLE accounts RENAME TO accounts_renamed")
+        .unwrap();
     for row in c
         .query(
             "SELECT r.status, coalesce(r.error, '') FROM segments.refresh() r JOIN segments.segment s ON s.id = r.segment_id \
@@ -295,8 +402,13 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
         let (status, error): (String, String) = (row.get(0), row.get(1));
         assert_eq!(status, "succeeded", "after a rename: {error}");
     }
-    assert_eq!(replica_rows(&mut c, "key_reader"), 10_040, "the policy names the renamed table");
-    c.batch_execute("ALTER TABLE accounts_renamed RENAME TO accounts").unwrap();
+    assert_eq!(
+        replica_rows(&mut c, "key_reader"),
+        10_040,
+        "the policy names the renamed table"
+    );
+    c.batch_execute("ALTER TABLE accounts_renamed RENAME TO accounts")
+        .unwrap();
 
     // Unregistering an entity drops its replica.
     c.batch_execute(
@@ -305,43 +417,112 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
          SELECT segments.refresh(ARRAY(SELECT id FROM segments.segment WHERE name = 'copy'));",
     )
     .unwrap();
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM segments.account_copy_keys"), 10_040);
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM segments.account_copy_keys"),
+        10_040
+    );
     c.batch_execute(
         "SELECT segments.delete(ARRAY(SELECT id FROM segments.segment WHERE name = 'copy'));
          SELECT segments.unregister_entity('account_copy');",
     )
     .unwrap();
-    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM pg_class WHERE relname = 'account_copy_keys'"), 0, "replica dropped");
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM pg_class WHERE relname = 'account_copy_keys'"
+        ),
+        0,
+        "replica dropped"
+    );
 
     // Sequences connect the members of a segment, and check hand-connected
     // keys against the distributed table, on the coordinator.
-    let sequence: i64 = c.query_one("SELECT segments.create_sequence('welcome', 'customer')", &[]).unwrap().get(0);
-    c.execute(&format!("SELECT segments.connect_sequence({sequence}, ARRAY[{}]::bigint[])", ids[0]), &[]).unwrap();
+    let sequence: i64 = c
+        .query_one(
+            "SELECT segments.create_sequence('welcome', 'customer')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.execute(
+        &format!(
+            "SELECT segments.connect_sequence({sequence}, ARRAY[{}]::bigint[])",
+            ids[0]
+        ),
+        &[],
+    )
+    .unwrap();
     let (_, _, de_condition) = CUSTOMER_SEGMENTS[0];
     assert_eq!(
-        scalar_i64(&mut c, &format!("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'welcome'")),
-        scalar_i64(&mut c, &format!("SELECT count(*) FROM customers c WHERE {de_condition}")),
+        scalar_i64(
+            &mut c,
+            &format!("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'welcome'")
+        ),
+        scalar_i64(
+            &mut c,
+            &format!("SELECT count(*) FROM customers c WHERE {de_condition}")
+        ),
         "the members of the connected segment are in the sequence"
     );
-    let outsider: i64 = scalar_i64(&mut c, &format!("SELECT min(id) FROM customers c WHERE NOT ({de_condition})"));
-    c.execute(&format!("SELECT segments.connect_records({sequence}, ARRAY['{outsider}'])"), &[]).unwrap();
-    let error = c.execute(&format!("SELECT segments.connect_records({sequence}, ARRAY['{}'])", CUSTOMERS + 1), &[]).unwrap_err();
-    assert_eq!(error.as_db_error().unwrap().code().code(), "22023", "{error:?}");
+    let outsider: i64 = scalar_i64(
+        &mut c,
+        &format!("SELECT min(id) FROM customers c WHERE NOT ({de_condition})"),
+    );
+    c.execute(
+        &format!("SELECT segments.connect_records({sequence}, ARRAY['{outsider}'])"),
+        &[],
+    )
+    .unwrap();
+    let error = c
+        .execute(
+            &format!(
+                "SELECT segments.connect_records({sequence}, ARRAY['{}'])",
+                CUSTOMERS + 1
+            ),
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().code().code(),
+        "22023",
+        "{error:?}"
+    );
 
     // A per-row call Citus would send to the shards fails, naming why,
     // instead of answering from the workers' empty state.
     let error = c
-        .query_one(&format!("SELECT count(*) FROM customers WHERE segments.is_member({}, id)", ids[0]), &[])
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM customers WHERE segments.is_member({}, id)",
+                ids[0]
+            ),
+            &[],
+        )
         .unwrap_err();
     let db = error.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "0A000", "{db:?}");
     assert!(db.message().contains("coordinator"), "{}", db.message());
 
     // Live capture cannot follow distributed tables: refused, nothing changed.
-    let error = c.execute(&format!("SELECT segments.set_schedule({}::bigint, 'live')", ids[0]), &[]).unwrap_err();
-    assert_eq!(error.as_db_error().unwrap().code().code(), "0A000", "{error:?}");
+    let error = c
+        .execute(
+            &format!("SELECT segments.set_schedule({}::bigint, 'live')", ids[0]),
+            &[],
+        )
+        .unwrap_err();
     assert_eq!(
-        scalar_i64(&mut c, &format!("SELECT count(*) FROM segments.segment WHERE id = {} AND schedule = 'live'", ids[0])),
+        error.as_db_error().unwrap().code().code(),
+        "0A000",
+        "{error:?}"
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            &format!(
+                "SELECT count(*) FROM segments.segment WHERE id = {} AND schedule = 'live'",
+                ids[0]
+            )
+        ),
         0
     );
 
@@ -353,10 +534,18 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
          SELECT create_distributed_table('stores', 'city');",
     )
     .unwrap();
-    let (_, stderr) = cluster.psql("SELECT segments.register_related('customer', 'visits', 'visits', 'customer_id', 'at')");
-    assert!(stderr.contains("WARNING") && stderr.contains("not colocated"), "{stderr}");
+    let (_, stderr) = cluster.psql(
+        "SELECT segments.register_related('customer', 'visits', 'visits', 'customer_id', 'at')",
+    );
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("not colocated"),
+        "{stderr}"
+    );
     let (_, stderr) = cluster.psql("SELECT segments.register_entity('store', 'stores', 'id')");
-    assert!(stderr.contains("WARNING") && stderr.contains("not by its key"), "{stderr}");
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("not by its key"),
+        "{stderr}"
+    );
 
     // The replicas belong to the extension: DROP EXTENSION takes them too.
     assert_eq!(

@@ -16,8 +16,14 @@ use segments_core::generate::{rules, Rng, TABLES_SQL};
 
 #[test]
 fn random_definitions_equal_an_independent_oracle() {
-    let cases: usize = std::env::var("SEGMENTS_DIFFERENTIAL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let seed: u64 = std::env::var("SEGMENTS_DIFFERENTIAL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_2026);
+    let cases: usize = std::env::var("SEGMENTS_DIFFERENTIAL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let seed: u64 = std::env::var("SEGMENTS_DIFFERENTIAL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_2026);
     let cluster = Cluster::start("differential", &["timezone=UTC"]);
     let mut client = cluster.connect("postgres");
     client
@@ -39,19 +45,28 @@ fn random_definitions_equal_an_independent_oracle() {
         for k in 0..n {
             let generated = rules(&mut rng, 0);
             let definition = format!(r#"{{"entity":"person","rules":{}}}"#, generated.json);
-            let id: i64 = match client.query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&format!("d{}", done + k), &definition]) {
+            let id: i64 = match client.query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[&format!("d{}", done + k), &definition],
+            ) {
                 Ok(row) => row.get(0),
                 Err(e) => panic!("seed {seed}: a valid definition was refused: {e}\n{definition}"),
             };
             oracles.push((id, definition, generated.sql));
         }
         let failed: Vec<(i64, String)> = client
-            .query("SELECT segment_id, error FROM segments.refresh() WHERE status <> 'succeeded'", &[])
+            .query(
+                "SELECT segment_id, error FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
             .collect();
-        assert!(failed.is_empty(), "seed {seed}: refreshes failed: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "seed {seed}: refreshes failed: {failed:?}"
+        );
         for (id, definition, sql) in &oracles {
             let differ: i64 = client
                 .query_one(
@@ -67,12 +82,21 @@ fn random_definitions_equal_an_independent_oracle() {
                 .get(0);
             compared += 1;
             if differ != 0 {
-                mismatches.push(format!("{differ} rows differ for {definition}\n  oracle: {sql}"));
+                mismatches.push(format!(
+                    "{differ} rows differ for {definition}\n  oracle: {sql}"
+                ));
             }
         }
-        client.batch_execute("DELETE FROM segments.segment").unwrap();
+        client
+            .batch_execute("DELETE FROM segments.segment")
+            .unwrap();
         done += n;
     }
-    assert!(mismatches.is_empty(), "seed {seed}: {} of {compared} definitions differ, e.g.\n{}", mismatches.len(), mismatches[..mismatches.len().min(3)].join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "seed {seed}: {} of {compared} definitions differ, e.g.\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(3)].join("\n")
+    );
     println!("differential: {compared} random definitions, 0 mismatches, 0 crashes (seed {seed})");
 }

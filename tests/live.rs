@@ -35,27 +35,53 @@ fn equals(client: &mut postgres::Client, segment: i64, sql: &str) -> bool {
 }
 
 fn apply(client: &mut postgres::Client) -> i64 {
-    client.query_one("SELECT count(*) FROM segments.apply_changes()", &[]).unwrap().get(0)
+    client
+        .query_one("SELECT count(*) FROM segments.apply_changes()", &[])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
 fn live_segments_follow_row_changes() {
     let cluster = Cluster::start("live", &[]);
     let mut client = sample(&cluster, "3000");
-    let de: i64 = client.query_one("SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')", &[&DE]).unwrap().get(0);
-    let buyers: i64 = client.query_one("SELECT segments.create_segment('Buyers', $1::text::jsonb, schedule => 'live')", &[&BUYERS]).unwrap().get(0);
+    let de: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')",
+            &[&DE],
+        )
+        .unwrap()
+        .get(0);
+    let buyers: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Buyers', $1::text::jsonb, schedule => 'live')",
+            &[&BUYERS],
+        )
+        .unwrap()
+        .get(0);
     let reader: i64 = client
         .query_one(r#"SELECT segments.create_segment('DE buyers', '{"entity":"customer","rules":[{"where":{"segment":"Live DE"}},{"combine":"intersect","where":{"segment":"Buyers"}}]}', schedule => 'live')"#, &[])
         .unwrap()
         .get(0);
-    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
-    let triggers: i64 = client.query_one("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'", &[]).unwrap().get(0);
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(triggers, 8, "capture on customers and orders");
     let both = format!("{DE_SQL} AND {BUYERS_SQL}");
     let check = |client: &mut postgres::Client, what: &str| {
         assert!(equals(client, de, DE_SQL), "{what}: live DE differs");
         assert!(equals(client, buyers, BUYERS_SQL), "{what}: buyers differ");
-        assert!(equals(client, reader, &both), "{what}: the segment of live segments differs");
+        assert!(
+            equals(client, reader, &both),
+            "{what}: the segment of live segments differs"
+        );
     };
     // Update, insert, delete, related insert, a burst, a key change.
     let steps = [
@@ -74,19 +100,41 @@ fn live_segments_follow_row_changes() {
     }
     // The row trigger compares the columns it watches: writing the same
     // values again (as ORMs do) queues nothing, a real change queues the key.
-    let queued = |client: &mut postgres::Client| -> i64 { client.query_one("SELECT count(*) FROM segments.change_queue", &[]).unwrap().get(0) };
-    client.batch_execute("UPDATE customers SET country = country, unsubscribed = unsubscribed WHERE id <= 500").unwrap();
+    let queued = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM segments.change_queue", &[])
+            .unwrap()
+            .get(0)
+    };
+    client
+        .batch_execute(
+            "UPDATE customers SET country = country, unsubscribed = unsubscribed WHERE id <= 500",
+        )
+        .unwrap();
     assert_eq!(queued(&mut client), 0, "unchanged values were queued");
-    client.batch_execute("UPDATE customers SET country = 'FR', unsubscribed = NOT unsubscribed WHERE id = 7").unwrap();
+    client
+        .batch_execute(
+            "UPDATE customers SET country = 'FR', unsubscribed = NOT unsubscribed WHERE id = 7",
+        )
+        .unwrap();
     assert_eq!(queued(&mut client), 1, "a changed row was not queued once");
     apply(&mut client);
     check(&mut client, "compared columns");
     // Row images are used only while they match the table: after a new
     // column (more attributes) or a rewrite (a new file), the queued
     // images are set aside and the heap is read.
-    for (what, ddl) in [("a new column", "ALTER TABLE customers ADD COLUMN note text DEFAULT 'n'"), ("a rewrite", "VACUUM FULL customers")] {
+    for (what, ddl) in [
+        (
+            "a new column",
+            "ALTER TABLE customers ADD COLUMN note text DEFAULT 'n'",
+        ),
+        ("a rewrite", "VACUUM FULL customers"),
+    ] {
         client.batch_execute("UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id % 13 = 0").unwrap();
-        let images: i64 = client.query_one("SELECT count(image) FROM segments.change_queue", &[]).unwrap().get(0);
+        let images: i64 = client
+            .query_one("SELECT count(image) FROM segments.change_queue", &[])
+            .unwrap()
+            .get(0);
         assert!(images > 0, "{what}: no row images were captured");
         client.batch_execute(ddl).unwrap();
         assert!(apply(&mut client) > 0, "{what}: nothing applied");
@@ -103,8 +151,17 @@ fn live_segments_follow_row_changes() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert!(entered > 0 && exited > 0, "entered {entered}, exited {exited}");
-    let examined: i64 = client.query_one("SELECT max(keys_examined) FROM segments.refresh_run WHERE trigger = 'live'", &[]).unwrap().get(0);
+    assert!(
+        entered > 0 && exited > 0,
+        "entered {entered}, exited {exited}"
+    );
+    let examined: i64 = client
+        .query_one(
+            "SELECT max(keys_examined) FROM segments.refresh_run WHERE trigger = 'live'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(examined >= 1900, "the burst examined {examined} keys");
 
     // A deactivated segment ignores changes; a sequence starts for live entries.
@@ -115,32 +172,66 @@ fn live_segments_follow_row_changes() {
              SELECT segments.connect_sequence(1, ARRAY[{de}::bigint]);"
         ))
         .unwrap();
-    let before: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&buyers]).unwrap().get(0);
+    let before: i64 = client
+        .query_one(
+            "SELECT member_count FROM segments.segment WHERE id = $1",
+            &[&buyers],
+        )
+        .unwrap()
+        .get(0);
     client
         .batch_execute("INSERT INTO customers (id, code, country, unsubscribed, signed_up_at) VALUES (900002, 'X2', 'DE', false, now());
                         INSERT INTO orders (id, customer_id, amount, ordered_at, status, channel) VALUES (9900002, 900002, 9999, now(), 'paid', 'web');")
         .unwrap();
     apply(&mut client);
-    let after: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&buyers]).unwrap().get(0);
+    let after: i64 = client
+        .query_one(
+            "SELECT member_count FROM segments.segment WHERE id = $1",
+            &[&buyers],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(before, after, "an inactive segment followed a change");
-    let connected: i64 = client.query_one("SELECT count(*) FROM segments.sequence_records WHERE key = '900002'", &[]).unwrap().get(0);
+    let connected: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.sequence_records WHERE key = '900002'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(connected, 1, "the live entry did not start the sequence");
 
     // TRUNCATE: every member exits.
-    client.batch_execute("TRUNCATE orders, email_events, customers").unwrap();
+    client
+        .batch_execute("TRUNCATE orders, email_events, customers")
+        .unwrap();
     apply(&mut client);
-    let count: i64 = client.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&de]).unwrap().get(0);
+    let count: i64 = client
+        .query_one(
+            "SELECT member_count FROM segments.segment WHERE id = $1",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(count, 0);
 
     // Capture goes with the last live segment.
     client.batch_execute(&format!("SELECT segments.set_schedule(ARRAY[{de}, {reader}]::bigint[], 'daily'); SELECT segments.delete(ARRAY[{reader}]::bigint[]);")).unwrap();
-    let triggers: i64 = client.query_one("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'", &[]).unwrap().get(0);
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(triggers, 0, "capture triggers left behind");
 }
 
 /// Scans of a table so far, as this backend's flushed statistics say.
 fn scans(client: &mut postgres::Client, table: &str) -> i64 {
-    client.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .unwrap();
     client
         .query_one(
             "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
@@ -159,7 +250,9 @@ fn scans(client: &mut postgres::Client, table: &str) -> i64 {
 fn kept_related_values_stay_exact_and_spare_related_reads() {
     let cluster = Cluster::start("live-kept", &[]);
     let mut client = sample(&cluster, "3000");
-    client.batch_execute(&format!("SET segments.reference_time = '{ANCHOR}'")).unwrap();
+    client
+        .batch_execute(&format!("SET segments.reference_time = '{ANCHOR}'"))
+        .unwrap();
     let few = r#"{"entity":"customer","rules":[{"where":{"all":[{"attribute":"country","op":"eq","value":"DE"},
                    {"related":"orders","aggregate":"count","within":"90 days","op":"lt","value":2}]}}]}"#;
     let few_sql = format!(
@@ -169,20 +262,45 @@ fn kept_related_values_stay_exact_and_spare_related_reads() {
     let none = r#"{"entity":"customer","rules":[{"where":{"related":"orders","exists":false,"where":{"attribute":"status","op":"eq","value":"refunded"}}},
                    {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#;
     let none_sql = "NOT EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND o.status = 'refunded') AND NOT unsubscribed";
-    let buyers: i64 = client.query_one("SELECT segments.create_segment('Buyers', $1::text::jsonb, schedule => 'live')", &[&BUYERS]).unwrap().get(0);
-    let few: i64 = client.query_one("SELECT segments.create_segment('Few', $1::text::jsonb, schedule => 'live')", &[&few]).unwrap().get(0);
-    let none: i64 = client.query_one("SELECT segments.create_segment('No refunds', $1::text::jsonb, schedule => 'live')", &[&none]).unwrap().get(0);
-    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    let buyers: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Buyers', $1::text::jsonb, schedule => 'live')",
+            &[&BUYERS],
+        )
+        .unwrap()
+        .get(0);
+    let few: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Few', $1::text::jsonb, schedule => 'live')",
+            &[&few],
+        )
+        .unwrap()
+        .get(0);
+    let none: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('No refunds', $1::text::jsonb, schedule => 'live')",
+            &[&none],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
     let check = |client: &mut postgres::Client, what: &str| {
         assert!(equals(client, buyers, BUYERS_SQL), "{what}: buyers differ");
         assert!(equals(client, few, &few_sql), "{what}: few differ");
         assert!(equals(client, none, none_sql), "{what}: no-refunds differ");
     };
     let kept = |client: &mut postgres::Client| -> i64 {
-        client.query_one("SELECT count(*) FROM segments.related_state", &[]).unwrap().get(0)
+        client
+            .query_one("SELECT count(*) FROM segments.related_state", &[])
+            .unwrap()
+            .get(0)
     };
     // The first application computes the related values once and keeps them.
-    client.batch_execute("UPDATE customers SET country = 'DE' WHERE id % 7 = 0").unwrap();
+    client
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 7 = 0")
+        .unwrap();
     apply(&mut client);
     check(&mut client, "first application");
     assert_eq!(kept(&mut client), 3, "one kept value per related condition");
@@ -208,18 +326,30 @@ fn kept_related_values_stay_exact_and_spare_related_reads() {
         check(&mut client, what);
     }
     // A full refresh forgets the kept values; the next application keeps them anew.
-    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
-    assert_eq!(kept(&mut client), 0, "a full refresh kept stale related values");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    assert_eq!(
+        kept(&mut client),
+        0,
+        "a full refresh kept stale related values"
+    );
     client.batch_execute("UPDATE orders SET amount = amount * 3 WHERE customer_id % 37 = 0; UPDATE customers SET country = 'DE' WHERE id % 41 = 0").unwrap();
     apply(&mut client);
     check(&mut client, "after a full refresh");
     assert_eq!(kept(&mut client), 3);
     // Readers never see them; they go with the last live segment.
-    client.batch_execute("CREATE ROLE kept_reader LOGIN IN ROLE segments_reader").unwrap();
+    client
+        .batch_execute("CREATE ROLE kept_reader LOGIN IN ROLE segments_reader")
+        .unwrap();
     let denied = client.batch_execute("SET ROLE kept_reader; SELECT * FROM segments.related_state");
     assert!(denied.is_err(), "a reader read kept related values");
     client.batch_execute("RESET ROLE").unwrap();
-    client.batch_execute(&format!("SELECT segments.set_schedule(ARRAY[{buyers}, {few}, {none}]::bigint[], 'daily')")).unwrap();
+    client
+        .batch_execute(&format!(
+            "SELECT segments.set_schedule(ARRAY[{buyers}, {few}, {none}]::bigint[], 'daily')"
+        ))
+        .unwrap();
     assert_eq!(kept(&mut client), 0, "kept values left behind");
 }
 
@@ -227,28 +357,52 @@ fn kept_related_values_stay_exact_and_spare_related_reads() {
 /// batch; text keys work.
 #[test]
 fn the_worker_applies_changes_and_a_killed_apply_loses_nothing() {
-    let cluster = Cluster::start("live-worker", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let cluster = Cluster::start(
+        "live-worker",
+        &["shared_preload_libraries=segments", "segments.naptime=1"],
+    );
     let mut client = sample(&cluster, "2000");
-    let de: i64 = client.query_one("SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')", &[&DE]).unwrap().get(0);
+    let de: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')",
+            &[&DE],
+        )
+        .unwrap()
+        .get(0);
     let start = Instant::now();
     let wait_equal = |client: &mut postgres::Client, what: &str| {
         let start = Instant::now();
         while !equals(client, de, DE_SQL) {
-            assert!(start.elapsed() < Duration::from_secs(20), "{what}: the worker did not apply the change");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: the worker did not apply the change"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         start.elapsed()
     };
     wait_equal(&mut client, "first computation");
-    client.batch_execute("UPDATE customers SET country = 'DE' WHERE id % 7 = 0").unwrap();
+    client
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 7 = 0")
+        .unwrap();
     let latency = wait_equal(&mut client, "update");
-    assert!(latency < Duration::from_secs(5), "applied after {latency:?}");
+    assert!(
+        latency < Duration::from_secs(5),
+        "applied after {latency:?}"
+    );
 
     // A rolled back (or killed) apply leaves its batch queued.
     client.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'segments scheduler'").unwrap();
-    client.batch_execute("BEGIN; UPDATE customers SET country = 'FR' WHERE id % 11 = 0; COMMIT;").unwrap();
-    client.batch_execute("BEGIN; SELECT * FROM segments.apply_changes(); ROLLBACK;").unwrap();
-    let queued: i64 = client.query_one("SELECT count(*) FROM segments.change_queue", &[]).unwrap().get(0);
+    client
+        .batch_execute("BEGIN; UPDATE customers SET country = 'FR' WHERE id % 11 = 0; COMMIT;")
+        .unwrap();
+    client
+        .batch_execute("BEGIN; SELECT * FROM segments.apply_changes(); ROLLBACK;")
+        .unwrap();
+    let queued: i64 = client
+        .query_one("SELECT count(*) FROM segments.change_queue", &[])
+        .unwrap()
+        .get(0);
     assert!(queued > 0, "a rolled back apply lost its batch");
     wait_equal(&mut client, "after the worker came back");
     assert!(start.elapsed() < Duration::from_secs(60));
@@ -275,7 +429,10 @@ fn the_worker_applies_changes_and_a_killed_apply_loses_nothing() {
     client.batch_execute("UPDATE accounts SET tier = 'gold' WHERE code IN ('A1', 'A2'); DELETE FROM accounts WHERE code = 'A3'; INSERT INTO accounts VALUES ('B1', 'gold');").unwrap();
     let start = Instant::now();
     while !gold(&mut client) {
-        assert!(start.elapsed() < Duration::from_secs(20), "text keys were not applied");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "text keys were not applied"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

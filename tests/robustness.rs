@@ -11,7 +11,9 @@ use harness::Cluster;
 const ANCHOR: &str = "2026-11-01";
 
 fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error.as_db_error().unwrap_or_else(|| panic!("not a database error: {error}"));
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {error}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 
@@ -23,7 +25,10 @@ fn expect_code(client: &mut postgres::Client, sql: &str, code: &str) -> String {
 }
 
 fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
-    let then = format!("SET segments.reference_time = '{ANCHOR}'; {}", Cluster::EMAIL_EVENTS);
+    let then = format!(
+        "SET segments.reference_time = '{ANCHOR}'; {}",
+        Cluster::EMAIL_EVENTS
+    );
     cluster.sample_database(scale, ANCHOR, &then)
 }
 
@@ -47,7 +52,10 @@ fn registered_tables_stay_alterable() {
                SELECT * FROM segments.refresh();"#,
         )
         .unwrap();
-    let de = count(&mut client, "SELECT count(*) FROM customers WHERE country = 'DE'");
+    let de = count(
+        &mut client,
+        "SELECT count(*) FROM customers WHERE country = 'DE'",
+    );
     client
         .batch_execute(
             "BEGIN;
@@ -64,42 +72,95 @@ fn registered_tables_stay_alterable() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(columns.contains(&"loyalty".to_string()) && columns.contains(&"town".to_string()), "{columns:?}");
-    assert!(!columns.contains(&"last_name".to_string()) && !columns.contains(&"city".to_string()), "{columns:?}");
+    assert!(
+        columns.contains(&"loyalty".to_string()) && columns.contains(&"town".to_string()),
+        "{columns:?}"
+    );
+    assert!(
+        !columns.contains(&"last_name".to_string()) && !columns.contains(&"city".to_string()),
+        "{columns:?}"
+    );
     let age_type: String = client
         .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'segments.customer_members'::regclass AND attname = 'age'", &[])
         .unwrap()
         .get(0);
     assert_eq!(age_type, "bigint");
     // Grants stay.
-    let bi: bool = client.query_one("SELECT has_table_privilege('bi', 'segments.customer_members', 'SELECT')", &[]).unwrap().get(0);
+    let bi: bool = client
+        .query_one(
+            "SELECT has_table_privilege('bi', 'segments.customer_members', 'SELECT')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(bi, "the members view lost its grant");
     // The segment reading the dropped column fails alone, naming it, and keeps its members.
-    let rows = client.query("SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1", &[]).unwrap();
+    let rows = client
+        .query(
+            "SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1",
+            &[],
+        )
+        .unwrap();
     assert_eq!(rows[0].get::<_, String>(1), "succeeded");
     assert_eq!(rows[1].get::<_, String>(1), "failed");
-    assert!(rows[1].get::<_, String>(2).contains("last_name"), "{}", rows[1].get::<_, String>(2));
-    assert_eq!(count(&mut client, "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"), de);
+    assert!(
+        rows[1].get::<_, String>(2).contains("last_name"),
+        "{}",
+        rows[1].get::<_, String>(2)
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"
+        ),
+        de
+    );
     // The export follows by column name.
     let export: (String, i64) = {
-        let r = client.query_one("SELECT status, (SELECT count(*) FROM public.de_out) FROM segments.export", &[]).unwrap();
+        let r = client
+            .query_one(
+                "SELECT status, (SELECT count(*) FROM public.de_out) FROM segments.export",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(export, ("succeeded".to_string(), de));
     // A failed ALTER leaves the view as it was.
-    client.batch_execute("ALTER TABLE customers ALTER COLUMN email TYPE integer USING email::integer").unwrap_err();
-    assert_eq!(count(&mut client, "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"), de);
+    client
+        .batch_execute("ALTER TABLE customers ALTER COLUMN email TYPE integer USING email::integer")
+        .unwrap_err();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"
+        ),
+        de
+    );
     // DROP COLUMN ... CASCADE does not take the view along for good.
-    client.batch_execute("ALTER TABLE customers DROP COLUMN gender CASCADE").unwrap();
-    assert_eq!(count(&mut client, "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"), de);
-    client.batch_execute("SELECT segments.create_export('de2', ARRAY[1::bigint], 'public.de_out2')").unwrap();
+    client
+        .batch_execute("ALTER TABLE customers DROP COLUMN gender CASCADE")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM segments.customer_members WHERE segment_id = 1"
+        ),
+        de
+    );
+    client
+        .batch_execute("SELECT segments.create_export('de2', ARRAY[1::bigint], 'public.de_out2')")
+        .unwrap();
 }
 
 /// Dropping a related table, or the entity table with CASCADE, fails only
 /// the segments that read it; everything else carries on, the worker too.
 #[test]
 fn dropped_tables_fail_only_their_segments() {
-    let cluster = Cluster::start("dropped", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let cluster = Cluster::start(
+        "dropped",
+        &["shared_preload_libraries=segments", "segments.naptime=1"],
+    );
     let mut client = sample(&cluster, "1000");
     client
         .batch_execute(
@@ -114,42 +175,89 @@ fn dropped_tables_fail_only_their_segments() {
         )
         .unwrap();
     client.batch_execute("DROP TABLE email_events").unwrap();
-    let rows = client.query("SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1", &[]).unwrap();
+    let rows = client
+        .query(
+            "SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1",
+            &[],
+        )
+        .unwrap();
     let statuses: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(statuses, vec!["succeeded", "failed", "succeeded"]);
     let error: String = rows[1].get(2);
-    assert!(error.contains("email_events") && error.contains("no longer exists"), "{error}");
-    let status: String = client.query_one("SELECT status FROM segments.segment WHERE id = 2", &[]).unwrap().get(0);
+    assert!(
+        error.contains("email_events") && error.contains("no longer exists"),
+        "{error}"
+    );
+    let status: String = client
+        .query_one("SELECT status FROM segments.segment WHERE id = 2", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(status, "failed");
     client.batch_execute(r#"SELECT * FROM segments.estimate('{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":30}}]}');
                            SELECT segments.quick_segment('Old', 'customer', 'age', 'gt', '60');
                            SELECT * FROM segments.run_due();"#).unwrap();
-    expect_code(&mut client, "SELECT segments.unregister_related('customer', 'email_events')", "2BP01");
+    expect_code(
+        &mut client,
+        "SELECT segments.unregister_related('customer', 'email_events')",
+        "2BP01",
+    );
     client.batch_execute("SELECT segments.delete(ARRAY[2::bigint]); SELECT segments.unregister_related('customer', 'email_events')").unwrap();
 
     // The entity table, with CASCADE: its segments fail; the others and the worker go on.
     client.batch_execute("DROP TABLE accounts CASCADE").unwrap();
-    let rows = client.query("SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1", &[]).unwrap();
-    let failed: Vec<i64> = rows.iter().filter(|r| r.get::<_, String>(1) == "failed").map(|r| r.get(0)).collect();
+    let rows = client
+        .query(
+            "SELECT segment_id, status, coalesce(error, '') FROM segments.refresh() ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    let failed: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "failed")
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(failed, vec![3]);
-    assert!(rows.iter().any(|r| r.get::<_, String>(2).contains("account")));
+    assert!(rows
+        .iter()
+        .any(|r| r.get::<_, String>(2).contains("account")));
     let export: (String, String) = {
-        let r = client.query_one("SELECT status, coalesce(last_error, '') FROM segments.export WHERE name = 'gold'", &[]).unwrap();
+        let r = client
+            .query_one(
+                "SELECT status, coalesce(last_error, '') FROM segments.export WHERE name = 'gold'",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!(export.0, "succeeded", "the export was not touched by a failed refresh");
+    assert_eq!(
+        export.0, "succeeded",
+        "the export was not touched by a failed refresh"
+    );
     // The worker keeps refreshing a new segment of the other entity.
     let id: i64 = client
-        .query_one(r#"SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '30')"#, &[])
+        .query_one(
+            r#"SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '30')"#,
+            &[],
+        )
         .unwrap()
         .get(0);
     let start = Instant::now();
-    while count(&mut client, &format!("SELECT count(*) FROM segments.segment WHERE id = {id} AND status = 'succeeded'")) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the worker stopped");
+    while count(
+        &mut client,
+        &format!("SELECT count(*) FROM segments.segment WHERE id = {id} AND status = 'succeeded'"),
+    ) == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker stopped"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     client.batch_execute("SELECT segments.drop_export('gold'); SELECT segments.delete(ARRAY[3::bigint]); SELECT segments.unregister_entity('account')").unwrap();
-    assert!(!cluster.server_log().contains("SpiTupleTable"), "an SPI error reached the log");
+    assert!(
+        !cluster.server_log().contains("SpiTupleTable"),
+        "an SPI error reached the log"
+    );
 }
 
 /// A failing export is recorded on the export and never undoes a refresh;
@@ -167,15 +275,24 @@ fn exports_fail_alone_and_never_duplicate() {
                DROP TABLE public.broken_out;"#,
         )
         .unwrap();
-    let rows = client.query("SELECT status FROM segments.refresh()", &[]).unwrap();
+    let rows = client
+        .query("SELECT status FROM segments.refresh()", &[])
+        .unwrap();
     assert!(rows.iter().all(|r| r.get::<_, String>(0) == "succeeded"));
     let (status, error): (String, String) = {
-        let r = client.query_one("SELECT status, last_error FROM segments.export WHERE name = 'broken'", &[]).unwrap();
+        let r = client
+            .query_one(
+                "SELECT status, last_error FROM segments.export WHERE name = 'broken'",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(status, "failed");
     assert!(error.contains("no longer exists"), "{error}");
-    client.batch_execute("SELECT segments.drop_export('broken')").unwrap();
+    client
+        .batch_execute("SELECT segments.drop_export('broken')")
+        .unwrap();
     // Two sessions refreshing the two segments at once.
     let url = cluster.url("postgres");
     let threads: Vec<_> = (1..=2)
@@ -184,7 +301,10 @@ fn exports_fail_alone_and_never_duplicate() {
             std::thread::spawn(move || {
                 let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
                 for _ in 0..20 {
-                    c.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{id}::bigint])")).unwrap();
+                    c.batch_execute(&format!(
+                        "SELECT * FROM segments.refresh(ARRAY[{id}::bigint])"
+                    ))
+                    .unwrap();
                 }
             })
         })
@@ -193,11 +313,22 @@ fn exports_fail_alone_and_never_duplicate() {
         t.join().unwrap();
     }
     let (rows, distinct): (i64, i64) = {
-        let r = client.query_one("SELECT count(*), count(DISTINCT (segment_id, id)) FROM public.both_out", &[]).unwrap();
+        let r = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT (segment_id, id)) FROM public.both_out",
+                &[],
+            )
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(rows, distinct, "duplicate export rows");
-    assert_eq!(rows, count(&mut client, "SELECT count(*) FROM customers WHERE country IN ('DE', 'FR')"));
+    assert_eq!(
+        rows,
+        count(
+            &mut client,
+            "SELECT count(*) FROM customers WHERE country IN ('DE', 'FR')"
+        )
+    );
 }
 
 /// Values compare by value: never cut or rounded to the column's size,
@@ -228,9 +359,25 @@ fn values_compare_by_value() {
     ];
     for (i, (condition, want)) in cases.iter().enumerate() {
         let definition = format!(r#"{{"entity":"thing","rules":[{{"where":{condition}}}]}}"#);
-        let id: i64 = client.query_one("SELECT segments.create_segment($1, $2::text::jsonb)", &[&format!("c{i}"), &definition]).unwrap().get(0);
-        let row = client.query_one("SELECT status, member_count, error FROM segments.refresh(ARRAY[$1::bigint])", &[&id]).unwrap();
-        assert_eq!(row.get::<_, String>(0), "succeeded", "{condition}: {:?}", row.get::<_, Option<String>>(2));
+        let id: i64 = client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[&format!("c{i}"), &definition],
+            )
+            .unwrap()
+            .get(0);
+        let row = client
+            .query_one(
+                "SELECT status, member_count, error FROM segments.refresh(ARRAY[$1::bigint])",
+                &[&id],
+            )
+            .unwrap();
+        assert_eq!(
+            row.get::<_, String>(0),
+            "succeeded",
+            "{condition}: {:?}",
+            row.get::<_, Option<String>>(2)
+        );
         assert_eq!(row.get::<_, Option<i64>>(1), Some(*want), "{condition}");
     }
     let message = expect_code(
@@ -244,11 +391,18 @@ fn values_compare_by_value() {
         r#"{"not":"#.repeat(150),
         "}".repeat(150)
     );
-    for sql in ["SELECT segments.create_segment('deep', $1::text::jsonb)", "SELECT * FROM segments.estimate($1::text::jsonb)"] {
+    for sql in [
+        "SELECT segments.create_segment('deep', $1::text::jsonb)",
+        "SELECT * FROM segments.estimate($1::text::jsonb)",
+    ] {
         let error = client.query(sql, &[&deep]).unwrap_err();
         let (code, message) = sqlstate(&error);
         assert_eq!(code, "22023", "{message}");
-        assert!(message.starts_with("rules[0].where.not.not") && message.contains("deeper than 100 levels"), "{message}");
+        assert!(
+            message.starts_with("rules[0].where.not.not")
+                && message.contains("deeper than 100 levels"),
+            "{message}"
+        );
     }
 }
 
@@ -259,21 +413,52 @@ fn settings_are_validated_and_the_prefix_reserved() {
     let mut client = cluster.connect("postgres");
     client.batch_execute("CREATE EXTENSION segments").unwrap();
     for (sql, code, name) in [
-        ("SET segments.unused_after = 'forever'", "22023", "segments.unused_after"),
-        ("SET segments.history_retention = '3 fortnights'", "22023", "segments.history_retention"),
-        ("SET segments.timezone = 'Mars/Olympus'", "22023", "segments.timezone"),
-        ("ALTER SYSTEM SET segments.system_schedule = 'every day'", "22023", "segments.system_schedule"),
-        ("ALTER SYSTEM SET segments.cleanup_schedule = '61 * * * *'", "22023", "segments.cleanup_schedule"),
-        ("SET segments.max_active_segments = 0", "22023", "segments.max_active_segments"),
+        (
+            "SET segments.unused_after = 'forever'",
+            "22023",
+            "segments.unused_after",
+        ),
+        (
+            "SET segments.history_retention = '3 fortnights'",
+            "22023",
+            "segments.history_retention",
+        ),
+        (
+            "SET segments.timezone = 'Mars/Olympus'",
+            "22023",
+            "segments.timezone",
+        ),
+        (
+            "ALTER SYSTEM SET segments.system_schedule = 'every day'",
+            "22023",
+            "segments.system_schedule",
+        ),
+        (
+            "ALTER SYSTEM SET segments.cleanup_schedule = '61 * * * *'",
+            "22023",
+            "segments.cleanup_schedule",
+        ),
+        (
+            "SET segments.max_active_segments = 0",
+            "22023",
+            "segments.max_active_segments",
+        ),
         ("SET segments.naptim = 5", "42602", "segments.naptim"),
     ] {
         let message = expect_code(&mut client, sql, code);
         assert!(message.contains(name), "{sql}: {message}");
     }
-    client.batch_execute("SET segments.timezone = 'Europe/Berlin'; SET segments.unused_after = '90 days'").unwrap();
+    client
+        .batch_execute(
+            "SET segments.timezone = 'Europe/Berlin'; SET segments.unused_after = '90 days'",
+        )
+        .unwrap();
     // Nothing bad reached the worker's configuration.
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let schedule: String = client.query_one("SHOW segments.system_schedule", &[]).unwrap().get(0);
+    let schedule: String = client
+        .query_one("SHOW segments.system_schedule", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(schedule, "0 2 * * *");
 }
 
@@ -285,26 +470,75 @@ fn calendar_days_follow_segments_timezone() {
     let mut client = sample(&cluster, "5000");
     let definition = r#"{"entity":"customer","rules":[{"where":{"attribute":"last_login_at","op":"is_anniversary"}}]}"#;
     let today = r#"{"entity":"customer","rules":[{"where":{"attribute":"last_login_at","op":"is_today"}}]}"#;
-    client.execute("SELECT segments.create_segment('Anniversary', $1::text::jsonb)", &[&definition]).unwrap();
-    client.execute("SELECT segments.create_segment('Today', $1::text::jsonb)", &[&today]).unwrap();
+    client
+        .execute(
+            "SELECT segments.create_segment('Anniversary', $1::text::jsonb)",
+            &[&definition],
+        )
+        .unwrap();
+    client
+        .execute(
+            "SELECT segments.create_segment('Today', $1::text::jsonb)",
+            &[&today],
+        )
+        .unwrap();
     let mut counts = Vec::new();
     for zone in ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"] {
-        client.batch_execute(&format!("SET TimeZone = '{zone}'; SET segments.reference_time = '{ANCHOR} 23:30:00+00'")).unwrap();
-        let rows: Vec<i64> = client.query("SELECT member_count FROM segments.refresh() ORDER BY segment_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        client
+            .batch_execute(&format!(
+                "SET TimeZone = '{zone}'; SET segments.reference_time = '{ANCHOR} 23:30:00+00'"
+            ))
+            .unwrap();
+        let rows: Vec<i64> = client
+            .query(
+                "SELECT member_count FROM segments.refresh() ORDER BY segment_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         counts.push(rows);
     }
-    assert_eq!(counts[0], counts[1], "the refreshing session's time zone changed the result");
+    assert_eq!(
+        counts[0], counts[1],
+        "the refreshing session's time zone changed the result"
+    );
     assert_eq!(counts[0], counts[2]);
     let utc = |client: &mut postgres::Client, zone: &str, what: &str| -> i64 {
-        client.batch_execute(&format!("SET TimeZone = '{zone}'")).unwrap();
-        count(client, &format!("SELECT count(*) FROM customers WHERE {what}"))
+        client
+            .batch_execute(&format!("SET TimeZone = '{zone}'"))
+            .unwrap();
+        count(
+            client,
+            &format!("SELECT count(*) FROM customers WHERE {what}"),
+        )
     };
-    let anniversary = format!("to_char(last_login_at, 'MM-DD') = to_char('{ANCHOR} 23:30:00+00'::timestamptz, 'MM-DD')");
-    assert_eq!(counts[0][0], utc(&mut client, "UTC", &anniversary), "differs from the hand-written query in the server's zone");
+    let anniversary = format!(
+        "to_char(last_login_at, 'MM-DD') = to_char('{ANCHOR} 23:30:00+00'::timestamptz, 'MM-DD')"
+    );
+    assert_eq!(
+        counts[0][0],
+        utc(&mut client, "UTC", &anniversary),
+        "differs from the hand-written query in the server's zone"
+    );
     // segments.timezone moves the days.
-    client.batch_execute("SET segments.timezone = 'Pacific/Kiritimati'").unwrap();
-    let rows: Vec<i64> = client.query("SELECT member_count FROM segments.refresh() ORDER BY segment_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(rows[0], utc(&mut client, "Pacific/Kiritimati", &anniversary));
+    client
+        .batch_execute("SET segments.timezone = 'Pacific/Kiritimati'")
+        .unwrap();
+    let rows: Vec<i64> = client
+        .query(
+            "SELECT member_count FROM segments.refresh() ORDER BY segment_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows[0],
+        utc(&mut client, "Pacific/Kiritimati", &anniversary)
+    );
     let is_today = format!("last_login_at::date = '{ANCHOR} 23:30:00+00'::timestamptz::date");
     assert_eq!(rows[1], utc(&mut client, "Pacific/Kiritimati", &is_today));
 }
@@ -318,25 +552,65 @@ fn static_segments_are_computed_when_resumed() {
         .query_one(r#"SELECT segments.create_segment('Fixed', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":40}}]}', type => 'static')"#, &[])
         .unwrap()
         .get(0);
-    let next: Option<String> = client.query_one("SELECT next_refresh_at::text FROM segments.segment_list WHERE id = $1", &[&id]).unwrap().get(0);
+    let next: Option<String> = client
+        .query_one(
+            "SELECT next_refresh_at::text FROM segments.segment_list WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
     assert!(next.is_some(), "a new static segment is due once");
-    client.batch_execute("SELECT * FROM segments.run_due()").unwrap();
-    let refreshed: i64 = count(&mut client, &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}"));
+    client
+        .batch_execute("SELECT * FROM segments.run_due()")
+        .unwrap();
+    let refreshed: i64 = count(
+        &mut client,
+        &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}"),
+    );
     assert_eq!(refreshed, 1);
-    client.batch_execute("SELECT * FROM segments.run_due()").unwrap();
-    assert_eq!(count(&mut client, &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}")), 1, "static: once only");
+    client
+        .batch_execute("SELECT * FROM segments.run_due()")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}")
+        ),
+        1,
+        "static: once only"
+    );
     client.batch_execute(&format!("SELECT segments.deactivate(ARRAY[{id}::bigint]); SELECT segments.activate(ARRAY[{id}::bigint]);")).unwrap();
-    let next: Option<String> = client.query_one("SELECT next_refresh_at::text FROM segments.segment_list WHERE id = $1", &[&id]).unwrap().get(0);
-    assert!(next.is_some(), "a resumed static segment shows when it will be computed");
-    client.batch_execute("SELECT * FROM segments.run_due()").unwrap();
-    assert_eq!(count(&mut client, &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}")), 2);
+    let next: Option<String> = client
+        .query_one(
+            "SELECT next_refresh_at::text FROM segments.segment_list WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        next.is_some(),
+        "a resumed static segment shows when it will be computed"
+    );
+    client
+        .batch_execute("SELECT * FROM segments.run_due()")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.refresh_run WHERE segment_id = {id}")
+        ),
+        2
+    );
 }
 
 /// A segment that keeps failing counts its failures and waits longer
 /// between attempts.
 #[test]
 fn failing_segments_back_off() {
-    let cluster = Cluster::start("backoff", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let cluster = Cluster::start(
+        "backoff",
+        &["shared_preload_libraries=segments", "segments.naptime=1"],
+    );
     let mut client = sample(&cluster, "500");
     client
         .batch_execute(
@@ -347,16 +621,44 @@ fn failing_segments_back_off() {
     // The worker tries it at once (it is new); each failure is counted
     // (the doubling wait itself is a unit test of retry_wait).
     let start = Instant::now();
-    while count(&mut client, "SELECT count(*) FROM segments.refresh_run WHERE status = 'failed'") == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the worker never tried");
+    while count(
+        &mut client,
+        "SELECT count(*) FROM segments.refresh_run WHERE status = 'failed'",
+    ) == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker never tried"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    client.batch_execute("SELECT * FROM segments.refresh()").unwrap();
-    let failures: i32 = client.query_one("SELECT consecutive_failures FROM segments.segment_list WHERE name = 'Breaks'", &[]).unwrap().get(0);
-    let attempts = count(&mut client, "SELECT count(*) FROM segments.refresh_run WHERE status = 'failed'");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let failures: i32 = client
+        .query_one(
+            "SELECT consecutive_failures FROM segments.segment_list WHERE name = 'Breaks'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let attempts = count(
+        &mut client,
+        "SELECT count(*) FROM segments.refresh_run WHERE status = 'failed'",
+    );
     assert_eq!(failures as i64, attempts, "failures in a row are counted");
     assert!(failures >= 2);
-    client.batch_execute("ALTER TABLE customers ADD COLUMN age int; SELECT * FROM segments.refresh();").unwrap();
-    let failures: i32 = client.query_one("SELECT consecutive_failures FROM segments.segment_list WHERE name = 'Breaks'", &[]).unwrap().get(0);
+    client
+        .batch_execute(
+            "ALTER TABLE customers ADD COLUMN age int; SELECT * FROM segments.refresh();",
+        )
+        .unwrap();
+    let failures: i32 = client
+        .query_one(
+            "SELECT consecutive_failures FROM segments.segment_list WHERE name = 'Breaks'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(failures, 0, "a success resets the count");
 }

@@ -11,13 +11,20 @@ use harness::Cluster;
 const ANCHOR: &str = "2026-11-01";
 
 fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error.as_db_error().unwrap_or_else(|| panic!("not a database error: {error}"));
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {error}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 
 fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
-    postgres::Client::connect(&cluster.url("postgres").replace("user=postgres", &format!("user={role}")), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
+    postgres::Client::connect(
+        &cluster
+            .url("postgres")
+            .replace("user=postgres", &format!("user={role}")),
+        postgres::NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
 }
 
 /// Sample data, the extension, and three roles: alice (editor, owns the
@@ -52,11 +59,27 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
     let mut alice = connect_as(&cluster, "alice");
     let mut mallory = connect_as(&cluster, "mallory");
     let de = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}"#;
-    let id: i64 = alice.query_one("SELECT segments.create_segment('Germany', $1::text::jsonb)", &[&de]).unwrap().get(0);
-    alice.batch_execute("SELECT * FROM segments.refresh()").unwrap();
-    alice.batch_execute("CREATE SCHEMA alice_out; ").unwrap_err(); // editors may not create schemas...
-    admin.batch_execute("CREATE SCHEMA alice_out AUTHORIZATION alice").unwrap(); // ...a DBA gives them one
-    alice.batch_execute(&format!("SELECT segments.create_export('de', ARRAY[{id}::bigint], 'alice_out.germans')")).unwrap();
+    let id: i64 = alice
+        .query_one(
+            "SELECT segments.create_segment('Germany', $1::text::jsonb)",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
+    alice
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    alice
+        .batch_execute("CREATE SCHEMA alice_out; ")
+        .unwrap_err(); // editors may not create schemas...
+    admin
+        .batch_execute("CREATE SCHEMA alice_out AUTHORIZATION alice")
+        .unwrap(); // ...a DBA gives them one
+    alice
+        .batch_execute(&format!(
+            "SELECT segments.create_export('de', ARRAY[{id}::bigint], 'alice_out.germans')"
+        ))
+        .unwrap();
     let before: String = admin
         .query_one(
             "SELECT format('%s|%s|%s', (SELECT md5(members) FROM segments.membership), \
@@ -68,8 +91,19 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
 
     // Every internal table is read-only to editors, TRUNCATE included.
     let tables = [
-        "membership", "entity", "related", "entity_key", "refresh_run", "membership_change", "usage_registry",
-        "export", "similarity_score", "sequence", "sequence_segment", "sequence_record", "scheduler_state",
+        "membership",
+        "entity",
+        "related",
+        "entity_key",
+        "refresh_run",
+        "membership_change",
+        "usage_registry",
+        "export",
+        "similarity_score",
+        "sequence",
+        "sequence_segment",
+        "sequence_record",
+        "scheduler_state",
     ];
     let column = |table: &str| match table {
         "membership" | "sequence_segment" => "segment_id",
@@ -104,7 +138,10 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
     // Someone else's segment: no DML, no function, never silently skipped.
     for sql in [
         format!("UPDATE segments.segment SET name = 'mine' WHERE id = {id}"),
-        format!("UPDATE segments.segment SET definition = '{}' WHERE id = {id}", de.replace("DE", "FR")),
+        format!(
+            "UPDATE segments.segment SET definition = '{}' WHERE id = {id}",
+            de.replace("DE", "FR")
+        ),
         format!("DELETE FROM segments.segment WHERE id = {id}"),
         format!("SELECT segments.rename({id}, 'mine')"),
         format!("SELECT segments.deactivate(ARRAY[{id}::bigint])"),
@@ -115,7 +152,10 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
         "SELECT segments.drop_export('de')".to_string(),
     ] {
         let message = expect_code(&mut mallory, &sql, "42501");
-        assert!(message.contains("alice") || message.contains("segments_"), "{sql}: {message}");
+        assert!(
+            message.contains("alice") || message.contains("segments_"),
+            "{sql}: {message}"
+        );
     }
     // A forged owner on INSERT is ignored; maintained columns are the extension's.
     let row = mallory
@@ -130,12 +170,27 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
     assert_eq!(row.get::<_, String>(1), "not_refreshed");
     assert_eq!(row.get::<_, Option<i64>>(2), None);
     assert!(row.get::<_, bool>(3) && row.get::<_, bool>(4) && row.get::<_, bool>(5));
-    for column in ["owner = 'alice'", "updated_at = 'infinity'", "status = 'failed'", "member_count = 1", "needs_refresh = false", "rule_counts = '[]'"] {
-        let message = expect_code(&mut mallory, &format!("UPDATE segments.segment SET {column} WHERE name = 'Forged'"), "42501");
+    for column in [
+        "owner = 'alice'",
+        "updated_at = 'infinity'",
+        "status = 'failed'",
+        "member_count = 1",
+        "needs_refresh = false",
+        "rule_counts = '[]'",
+    ] {
+        let message = expect_code(
+            &mut mallory,
+            &format!("UPDATE segments.segment SET {column} WHERE name = 'Forged'"),
+            "42501",
+        );
         assert!(message.contains("Forged"), "{message}");
     }
     // Usages the extension records itself cannot be removed by hand.
-    expect_code(&mut mallory, &format!("SELECT segments.remove_usage({id}, 'export', 'de')"), "22023");
+    expect_code(
+        &mut mallory,
+        &format!("SELECT segments.remove_usage({id}, 'export', 'de')"),
+        "22023",
+    );
     // Internal functions are not executable by PUBLIC, nor by editors where they write.
     for sql in [
         "SELECT segments._rewrite_export(1)",
@@ -148,10 +203,23 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
         expect_code(&mut mallory, sql, "42501");
     }
     // The owner may give a segment only to a role they are a member of.
-    let forged: i64 = mallory.query_one("SELECT id FROM segments.segment WHERE name = 'Forged'", &[]).unwrap().get(0);
-    expect_code(&mut mallory, &format!("SELECT segments.set_owner(ARRAY[{forged}::bigint], 'alice')"), "42501");
+    let forged: i64 = mallory
+        .query_one("SELECT id FROM segments.segment WHERE name = 'Forged'", &[])
+        .unwrap()
+        .get(0);
+    expect_code(
+        &mut mallory,
+        &format!("SELECT segments.set_owner(ARRAY[{forged}::bigint], 'alice')"),
+        "42501",
+    );
     admin.batch_execute("GRANT alice TO mallory").unwrap();
-    let moved: i32 = mallory.query_one(&format!("SELECT segments.set_owner(ARRAY[{forged}::bigint], 'alice')"), &[]).unwrap().get(0);
+    let moved: i32 = mallory
+        .query_one(
+            &format!("SELECT segments.set_owner(ARRAY[{forged}::bigint], 'alice')"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(moved, 1);
     admin.batch_execute("REVOKE alice FROM mallory").unwrap();
 
@@ -164,13 +232,25 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
         .unwrap()
         .get(0);
     assert_eq!(before, after, "an attack changed internal state");
-    let alices: String = admin.query_one("SELECT string_agg(name || ':' || owner::text, ',' ORDER BY id) FROM segments.segment", &[]).unwrap().get(0);
+    let alices: String = admin
+        .query_one(
+            "SELECT string_agg(name || ':' || owner::text, ',' ORDER BY id) FROM segments.segment",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(alices, "Germany:alice,Forged:alice");
     // Export tables give no privileges to anyone but their owner.
     let mut rita = connect_as(&cluster, "rita");
     expect_code(&mut rita, "SELECT * FROM alice_out.germans", "42501");
     expect_code(&mut mallory, "SELECT * FROM alice_out.germans", "42501");
-    let owner: String = admin.query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'germans'", &[]).unwrap().get(0);
+    let owner: String = admin
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'germans'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(owner, "alice");
 }
 
@@ -181,7 +261,10 @@ fn editors_cannot_write_internal_state_or_forge_ownership() {
 /// the worker must never call one (attacks 3 and 4 of the review).
 #[test]
 fn shadowed_functions_and_operators_are_never_called() {
-    let cluster = Cluster::start("sec-shadows", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let cluster = Cluster::start(
+        "sec-shadows",
+        &["shared_preload_libraries=segments", "segments.naptime=1"],
+    );
     let mut admin = setup(&cluster, "2000");
     admin
         .batch_execute(
@@ -191,28 +274,93 @@ fn shadowed_functions_and_operators_are_never_called() {
         .unwrap();
     // (name, argument types, result type, how to compute the real result)
     let functions: &[(&str, &str, &str, &str)] = &[
-        ("strpos", "text, text", "integer", "pg_catalog.strpos($1, $2)"),
-        ("strpos", "varchar, text", "integer", "pg_catalog.strpos($1, $2)"),
-        ("starts_with", "text, text", "boolean", "pg_catalog.starts_with($1, $2)"),
+        (
+            "strpos",
+            "text, text",
+            "integer",
+            "pg_catalog.strpos($1, $2)",
+        ),
+        (
+            "strpos",
+            "varchar, text",
+            "integer",
+            "pg_catalog.strpos($1, $2)",
+        ),
+        (
+            "starts_with",
+            "text, text",
+            "boolean",
+            "pg_catalog.starts_with($1, $2)",
+        ),
         ("right", "text, integer", "text", "pg_catalog.right($1, $2)"),
         ("length", "text", "integer", "pg_catalog.length($1)"),
         ("lower", "text", "text", "pg_catalog.lower($1)"),
         ("lower", "varchar", "text", "pg_catalog.lower($1)"),
-        ("to_char", "date, text", "text", "pg_catalog.to_char($1, $2)"),
-        ("to_char", "timestamptz, text", "text", "pg_catalog.to_char($1, $2)"),
-        ("unnest", "bigint[]", "SETOF bigint", "pg_catalog.unnest($1)"),
+        (
+            "to_char",
+            "date, text",
+            "text",
+            "pg_catalog.to_char($1, $2)",
+        ),
+        (
+            "to_char",
+            "timestamptz, text",
+            "text",
+            "pg_catalog.to_char($1, $2)",
+        ),
+        (
+            "unnest",
+            "bigint[]",
+            "SETOF bigint",
+            "pg_catalog.unnest($1)",
+        ),
         ("unnest", "text[]", "SETOF text", "pg_catalog.unnest($1)"),
         ("now", "", "timestamptz", "pg_catalog.now()"),
-        ("clock_timestamp", "", "timestamptz", "pg_catalog.clock_timestamp()"),
-        ("pg_notify", "text, text", "void", "pg_catalog.pg_notify($1, $2)"),
+        (
+            "clock_timestamp",
+            "",
+            "timestamptz",
+            "pg_catalog.clock_timestamp()",
+        ),
+        (
+            "pg_notify",
+            "text, text",
+            "void",
+            "pg_catalog.pg_notify($1, $2)",
+        ),
         ("format", "text, text", "text", "pg_catalog.format($1, $2)"),
         ("to_jsonb", "customers", "jsonb", "pg_catalog.to_jsonb($1)"),
-        ("array_remove", "text[], text", "text[]", "pg_catalog.array_remove($1, $2)"),
+        (
+            "array_remove",
+            "text[], text",
+            "text[]",
+            "pg_catalog.array_remove($1, $2)",
+        ),
         ("quote_ident", "name", "text", "pg_catalog.quote_ident($1)"),
-        ("cardinality", "bigint[]", "integer", "pg_catalog.cardinality($1)"),
-        ("current_setting", "text, boolean", "text", "pg_catalog.current_setting($1, $2)"),
-        ("jsonb_typeof", "jsonb", "text", "pg_catalog.jsonb_typeof($1)"),
-        ("textcat", "text, text", "text", "pg_catalog.textcat($1, $2)"),
+        (
+            "cardinality",
+            "bigint[]",
+            "integer",
+            "pg_catalog.cardinality($1)",
+        ),
+        (
+            "current_setting",
+            "text, boolean",
+            "text",
+            "pg_catalog.current_setting($1, $2)",
+        ),
+        (
+            "jsonb_typeof",
+            "jsonb",
+            "text",
+            "pg_catalog.jsonb_typeof($1)",
+        ),
+        (
+            "textcat",
+            "text, text",
+            "text",
+            "pg_catalog.textcat($1, $2)",
+        ),
     ];
     let operators: &[(&str, &str, &str, &str)] = &[
         ("=", "text", "text", "texteq"),
@@ -237,7 +385,11 @@ fn shadowed_functions_and_operators_are_never_called() {
             } else {
                 format!("RETURN {body};")
             };
-            let params = args.split(", ").filter(|a| !a.is_empty()).collect::<Vec<_>>().join(", ");
+            let params = args
+                .split(", ")
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
             ddl.push_str(&format!(
                 "CREATE FUNCTION {schema}.{name}({params}) RETURNS {result} LANGUAGE plpgsql AS $f$ BEGIN \
                  INSERT INTO public.shadow_calls (name, called_by) VALUES ('{schema}.{name}#{i}', current_user); {lang} END $f$;\n"
@@ -260,11 +412,17 @@ fn shadowed_functions_and_operators_are_never_called() {
     mallory.batch_execute(&ddl).unwrap();
     assert!(created >= 60);
     // Everyone's search_path puts mallory's schema first, pg_catalog after.
-    admin.batch_execute("ALTER ROLE ALL SET search_path = mallory, pg_catalog, public").unwrap();
-    admin.batch_execute("ALTER DATABASE postgres SET search_path = mallory, pg_catalog, public").unwrap();
+    admin
+        .batch_execute("ALTER ROLE ALL SET search_path = mallory, pg_catalog, public")
+        .unwrap();
+    admin
+        .batch_execute("ALTER DATABASE postgres SET search_path = mallory, pg_catalog, public")
+        .unwrap();
 
     let mut alice = connect_as(&cluster, "alice");
-    alice.batch_execute("SET search_path = mallory, pg_catalog, public").unwrap();
+    alice
+        .batch_execute("SET search_path = mallory, pg_catalog, public")
+        .unwrap();
     // A definition with every kind of condition.
     let definition = r#"{"entity":"customer","rules":[
         {"name":"text","where":{"any":[{"attribute":"email","op":"contains","value":"7"},{"attribute":"email","op":"ends_with","value":".de"},
@@ -275,7 +433,13 @@ fn shadowed_functions_and_operators_are_never_called() {
         {"combine":"union","where":{"attribute":"last_login_at","op":"in_last","value":"30 days"}},
         {"combine":"except","where":{"related":"orders","aggregate":"sum","attribute":"amount","within":"90 days","op":"gt","value":5000}},
         {"combine":"union","where":{"related":"orders","where":{"attribute":"status","op":"eq","value":"paid"},"within":"30 days"}}]}"#;
-    let id: i64 = alice.query_one("SELECT segments.create_segment('Everything', $1::text::jsonb)", &[&definition]).unwrap().get(0);
+    let id: i64 = alice
+        .query_one(
+            "SELECT segments.create_segment('Everything', $1::text::jsonb)",
+            &[&definition],
+        )
+        .unwrap()
+        .get(0);
     let id2: i64 = alice
         .query_one(r#"SELECT segments.create_segment('Of everything', '{"entity":"customer","rules":[{"where":{"segment":"Everything"}}]}')"#, &[])
         .unwrap()
@@ -307,11 +471,15 @@ fn shadowed_functions_and_operators_are_never_called() {
         format!("SELECT * FROM segments.refresh()"),
     ];
     for sql in &sqls {
-        alice.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        alice
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         exercised += 1;
     }
     // A pg_temp shadow in the refreshing session of a superuser.
-    admin.batch_execute("SET search_path = mallory, pg_catalog, public").unwrap();
+    admin
+        .batch_execute("SET search_path = mallory, pg_catalog, public")
+        .unwrap();
     admin
         .batch_execute(
             "CREATE FUNCTION pg_temp.unnest(bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql AS $f$ BEGIN \
@@ -321,25 +489,41 @@ fn shadowed_functions_and_operators_are_never_called() {
         )
         .unwrap();
     // From here on the test's own queries must not find the shadows.
-    admin.batch_execute("SET search_path = pg_catalog, public").unwrap();
+    admin
+        .batch_execute("SET search_path = pg_catalog, public")
+        .unwrap();
     // The worker computes a new segment within a pass or two (its session
     // has the hostile search_path too, from ALTER ROLE ALL).
     let fresh: i64 = alice
-        .query_one("SELECT segments.create_segment('For the worker', $1::text::jsonb)", &[&definition])
+        .query_one(
+            "SELECT segments.create_segment('For the worker', $1::text::jsonb)",
+            &[&definition],
+        )
         .unwrap()
         .get(0);
     let start = Instant::now();
     loop {
-        let status: String =
-            admin.query_one("SELECT status FROM segments.segment WHERE id = $1", &[&fresh]).unwrap().get(0);
+        let status: String = admin
+            .query_one(
+                "SELECT status FROM segments.segment WHERE id = $1",
+                &[&fresh],
+            )
+            .unwrap()
+            .get(0);
         if status == "succeeded" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the worker did not refresh the new segment ({status})");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker did not refresh the new segment ({status})"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let calls: Vec<String> = admin
-        .query("SELECT name || ' as ' || called_by FROM public.shadow_calls ORDER BY at", &[])
+        .query(
+            "SELECT name || ' as ' || called_by FROM public.shadow_calls ORDER BY at",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -363,58 +547,166 @@ fn row_level_security_holds_on_every_path() {
              CREATE SCHEMA mallory_out AUTHORIZATION mallory;",
         )
         .unwrap();
-    let de_rows: i64 = admin.query_one("SELECT count(*) FROM customers WHERE country = 'DE'", &[]).unwrap().get(0);
+    let de_rows: i64 = admin
+        .query_one("SELECT count(*) FROM customers WHERE country = 'DE'", &[])
+        .unwrap()
+        .get(0);
     assert!(de_rows > 0);
     let mut alice = connect_as(&cluster, "alice");
     let mut mallory = connect_as(&cluster, "mallory");
     let de = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}"#;
-    let alices: i64 = alice.query_one("SELECT segments.create_segment('Germany', $1::text::jsonb)", &[&de]).unwrap().get(0);
-    let row = alice.query_one(&format!("SELECT member_count FROM segments.refresh(ARRAY[{alices}::bigint])"), &[]).unwrap();
+    let alices: i64 = alice
+        .query_one(
+            "SELECT segments.create_segment('Germany', $1::text::jsonb)",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
+    let row = alice
+        .query_one(
+            &format!("SELECT member_count FROM segments.refresh(ARRAY[{alices}::bigint])"),
+            &[],
+        )
+        .unwrap();
     assert_eq!(row.get::<_, Option<i64>>(0), Some(de_rows));
 
     // mallory's own segment sees what mallory sees, whoever refreshes it.
-    let mine: i64 = mallory.query_one("SELECT segments.create_segment('Mine', $1::text::jsonb)", &[&de]).unwrap().get(0);
+    let mine: i64 = mallory
+        .query_one(
+            "SELECT segments.create_segment('Mine', $1::text::jsonb)",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
     for client in [&mut mallory, &mut alice, &mut admin] {
-        let row = client.query_one(&format!("SELECT member_count FROM segments.refresh(ARRAY[{mine}::bigint])"), &[]).unwrap();
-        assert_eq!(row.get::<_, Option<i64>>(0), Some(0), "mallory's segment saw rows mallory cannot");
+        let row = client
+            .query_one(
+                &format!("SELECT member_count FROM segments.refresh(ARRAY[{mine}::bigint])"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            row.get::<_, Option<i64>>(0),
+            Some(0),
+            "mallory's segment saw rows mallory cannot"
+        );
     }
     // Forging alice as owner, or editing alice's segment, is refused.
     let forged = mallory
         .query_one("INSERT INTO segments.segment (name, definition, owner) VALUES ('Forged', $1::text::jsonb, 'alice') RETURNING owner::text", &[&de])
         .unwrap();
     assert_eq!(forged.get::<_, String>(0), "mallory");
-    expect_code(&mut mallory, &format!("UPDATE segments.segment SET definition = definition WHERE id = {alices}"), "42501");
-    expect_code(&mut mallory, &format!("SELECT segments.set_owner(ARRAY[{mine}::bigint], 'alice')"), "42501");
+    expect_code(
+        &mut mallory,
+        &format!("UPDATE segments.segment SET definition = definition WHERE id = {alices}"),
+        "42501",
+    );
+    expect_code(
+        &mut mallory,
+        &format!("SELECT segments.set_owner(ARRAY[{mine}::bigint], 'alice')"),
+        "42501",
+    );
     // An export of alice's segment, made by mallory, is written as mallory.
-    mallory.batch_execute(&format!("SELECT segments.create_export('leak', ARRAY[{alices}::bigint], 'mallory_out.leak')")).unwrap();
-    let leaked: i64 = mallory.query_one("SELECT count(*) FROM mallory_out.leak", &[]).unwrap().get(0);
-    assert_eq!(leaked, 0, "an export showed mallory rows RLS hides from her");
-    alice.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{alices}::bigint])")).unwrap();
-    let leaked: i64 = admin.query_one("SELECT count(*) FROM mallory_out.leak", &[]).unwrap().get(0);
-    assert_eq!(leaked, 0, "a refresh by alice rewrote mallory's export with alice's rows");
+    mallory
+        .batch_execute(&format!(
+            "SELECT segments.create_export('leak', ARRAY[{alices}::bigint], 'mallory_out.leak')"
+        ))
+        .unwrap();
+    let leaked: i64 = mallory
+        .query_one("SELECT count(*) FROM mallory_out.leak", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leaked, 0,
+        "an export showed mallory rows RLS hides from her"
+    );
+    alice
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{alices}::bigint])"
+        ))
+        .unwrap();
+    let leaked: i64 = admin
+        .query_one("SELECT count(*) FROM mallory_out.leak", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leaked, 0,
+        "a refresh by alice rewrote mallory's export with alice's rows"
+    );
     // Previews and the members view read the entity table as the reader.
-    let previewed: i64 = mallory.query_one(&format!("SELECT count(*) FROM segments.preview({alices}, 1000)"), &[]).unwrap().get(0);
+    let previewed: i64 = mallory
+        .query_one(
+            &format!("SELECT count(*) FROM segments.preview({alices}, 1000)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(previewed, 0);
-    let viewed: i64 = mallory.query_one(&format!("SELECT count(*) FROM segments.customer_members WHERE segment_id = {alices}"), &[]).unwrap().get(0);
+    let viewed: i64 = mallory
+        .query_one(
+            &format!("SELECT count(*) FROM segments.customer_members WHERE segment_id = {alices}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(viewed, 0);
     // An estimate runs as the caller.
-    let estimated: i64 = mallory.query_one("SELECT members FROM segments.estimate($1::text::jsonb)", &[&de]).unwrap().get(0);
+    let estimated: i64 = mallory
+        .query_one(
+            "SELECT members FROM segments.estimate($1::text::jsonb)",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(estimated, 0);
     // A live application reads the table as the owner too: the row images
     // the capture saved (rows mallory may not see, now German) are not
     // used for a table with row-level security.
-    let live: i64 = mallory.query_one("SELECT segments.create_segment('Mine, live', $1::text::jsonb, schedule => 'live')", &[&de]).unwrap().get(0);
-    mallory.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{live}::bigint])")).unwrap();
-    admin.batch_execute("UPDATE customers SET country = 'DE' WHERE country <> 'DE' AND id % 7 = 0").unwrap();
-    let images: i64 = admin.query_one("SELECT count(image) FROM segments.change_queue", &[]).unwrap().get(0);
+    let live: i64 = mallory
+        .query_one(
+            "SELECT segments.create_segment('Mine, live', $1::text::jsonb, schedule => 'live')",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
+    mallory
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{live}::bigint])"
+        ))
+        .unwrap();
+    admin
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE country <> 'DE' AND id % 7 = 0")
+        .unwrap();
+    let images: i64 = admin
+        .query_one("SELECT count(image) FROM segments.change_queue", &[])
+        .unwrap()
+        .get(0);
     assert!(images > 0, "no row images were captured");
-    admin.batch_execute("SELECT * FROM segments.apply_changes()").unwrap();
+    admin
+        .batch_execute("SELECT * FROM segments.apply_changes()")
+        .unwrap();
     let row = admin
         .query_one("SELECT status, keys_examined FROM segments.refresh_run WHERE segment_id = $1 AND trigger = 'live' ORDER BY id DESC LIMIT 1", &[&live])
         .unwrap();
-    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, Option<i64>>(1).unwrap_or(0) > 0), ("succeeded", true), "no live application");
-    let count: i64 = admin.query_one("SELECT member_count FROM segments.segment WHERE id = $1", &[&live]).unwrap().get(0);
-    assert_eq!(count, 0, "a live application showed mallory rows RLS hides from her");
+    assert_eq!(
+        (
+            row.get::<_, String>(0).as_str(),
+            row.get::<_, Option<i64>>(1).unwrap_or(0) > 0
+        ),
+        ("succeeded", true),
+        "no live application"
+    );
+    let count: i64 = admin
+        .query_one(
+            "SELECT member_count FROM segments.segment WHERE id = $1",
+            &[&live],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        count, 0,
+        "a live application showed mallory rows RLS hides from her"
+    );
 }
 
 /// Attack 6: keys of a text-keyed entity are readable only by roles that
@@ -432,16 +724,38 @@ fn keys_stay_private() {
         )
         .unwrap();
     let mut alice = connect_as(&cluster, "alice");
-    let gold: i64 = alice.query_one("SELECT segments.quick_segment('Gold', 'account', 'tier', 'eq', '\"gold\"')", &[]).unwrap().get(0);
-    alice.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{gold}::bigint])")).unwrap();
+    let gold: i64 = alice
+        .query_one(
+            "SELECT segments.quick_segment('Gold', 'account', 'tier', 'eq', '\"gold\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    alice
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{gold}::bigint])"
+        ))
+        .unwrap();
     admin.batch_execute("TRUNCATE accounts").unwrap();
-    let seen: i64 = alice.query_one("SELECT count(*) FROM segments.entity_key", &[]).unwrap().get(0);
+    let seen: i64 = alice
+        .query_one("SELECT count(*) FROM segments.entity_key", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 300, "alice may read accounts, so its keys");
     let mut rita = connect_as(&cluster, "rita");
-    let seen: i64 = rita.query_one("SELECT count(*) FROM segments.entity_key", &[]).unwrap().get(0);
+    let seen: i64 = rita
+        .query_one("SELECT count(*) FROM segments.entity_key", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 0, "a reader without SELECT on accounts read its keys");
     let mut mallory = connect_as(&cluster, "mallory");
-    let seen: i64 = mallory.query_one("SELECT count(*) FROM segments.entity_key WHERE key LIKE 'ACC-%'", &[]).unwrap().get(0);
+    let seen: i64 = mallory
+        .query_one(
+            "SELECT count(*) FROM segments.entity_key WHERE key LIKE 'ACC-%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 0);
 }
 
@@ -459,50 +773,96 @@ fn cancels_win() {
         )
         .unwrap();
     let mut alice = connect_as(&cluster, "alice");
-    let a: i64 = alice.query_one("SELECT segments.quick_segment('A', 'customer', 'age', 'gt', '30')", &[]).unwrap().get(0);
-    let b: i64 = alice.query_one("SELECT segments.quick_segment('B', 'customer', 'age', 'lt', '30')", &[]).unwrap().get(0);
+    let a: i64 = alice
+        .query_one(
+            "SELECT segments.quick_segment('A', 'customer', 'age', 'gt', '30')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let b: i64 = alice
+        .query_one(
+            "SELECT segments.quick_segment('B', 'customer', 'age', 'lt', '30')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     // A first refresh without the delay, for an old membership to keep.
-    admin.batch_execute("ALTER POLICY slow_for_alice ON customers USING (true)").unwrap();
-    alice.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+    admin
+        .batch_execute("ALTER POLICY slow_for_alice ON customers USING (true)")
+        .unwrap();
+    alice
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
     admin.batch_execute("ALTER POLICY slow_for_alice ON customers USING (current_user <> 'alice' OR pg_sleep(0.003) IS NOT NULL)").unwrap();
-    let snapshot = "SELECT string_agg(md5(members), ',' ORDER BY segment_id) FROM segments.membership";
+    let snapshot =
+        "SELECT string_agg(md5(members), ',' ORDER BY segment_id) FROM segments.membership";
     let before: String = admin.query_one(snapshot, &[]).unwrap().get(0);
-    let runs_before: i64 = admin.query_one("SELECT count(*) FROM segments.refresh_run", &[]).unwrap().get(0);
+    let runs_before: i64 = admin
+        .query_one("SELECT count(*) FROM segments.refresh_run", &[])
+        .unwrap()
+        .get(0);
 
     // statement_timeout: 57014 within a second of the timeout.
     alice.batch_execute("SET statement_timeout = '1s'").unwrap();
     let started = Instant::now();
-    let error = alice.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{a}, {b}]::bigint[])")).unwrap_err();
+    let error = alice
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{a}, {b}]::bigint[])"
+        ))
+        .unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(sqlstate(&error).0, "57014", "{error}");
-    assert!(elapsed < Duration::from_secs(2), "the refresh outlived its timeout by {:?}", elapsed - Duration::from_secs(1));
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the refresh outlived its timeout by {:?}",
+        elapsed - Duration::from_secs(1)
+    );
     // A scheduler pass with a segment due.
     alice.batch_execute(&format!("RESET statement_timeout; SELECT segments.deactivate(ARRAY[{a}::bigint]); SELECT segments.activate(ARRAY[{a}::bigint]); SET statement_timeout = '1s'")).unwrap();
     let started = Instant::now();
-    let error = alice.batch_execute("SELECT * FROM segments.run_due()").unwrap_err();
+    let error = alice
+        .batch_execute("SELECT * FROM segments.run_due()")
+        .unwrap_err();
     assert_eq!(sqlstate(&error).0, "57014", "{error}");
     assert!(started.elapsed() < Duration::from_secs(2));
     alice.batch_execute("RESET statement_timeout").unwrap();
 
     // One pg_cancel_backend stops a two-segment refresh.
-    let pid: i32 = alice.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid: i32 = alice
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let url = cluster.url("postgres");
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         let sent = Instant::now();
-        admin.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+        admin
+            .execute("SELECT pg_cancel_backend($1)", &[&pid])
+            .unwrap();
         sent
     });
-    let error = alice.batch_execute(&format!("SELECT * FROM segments.refresh(ARRAY[{a}, {b}]::bigint[])")).unwrap_err();
+    let error = alice
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{a}, {b}]::bigint[])"
+        ))
+        .unwrap_err();
     let stopped = Instant::now();
     let sent = canceller.join().unwrap();
     assert_eq!(sqlstate(&error).0, "57014", "{error}");
-    assert!(stopped.duration_since(sent) < Duration::from_secs(1), "stopped {:?} after the cancel", stopped.duration_since(sent));
+    assert!(
+        stopped.duration_since(sent) < Duration::from_secs(1),
+        "stopped {:?} after the cancel",
+        stopped.duration_since(sent)
+    );
 
     let after: String = admin.query_one(snapshot, &[]).unwrap().get(0);
     assert_eq!(before, after, "a cancelled refresh changed memberships");
-    let runs_after: i64 = admin.query_one("SELECT count(*) FROM segments.refresh_run", &[]).unwrap().get(0);
+    let runs_after: i64 = admin
+        .query_one("SELECT count(*) FROM segments.refresh_run", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(runs_before, runs_after, "a cancelled refresh left history");
 }
 
@@ -512,19 +872,47 @@ fn cancels_win() {
 /// just deleted), no deadlock, and memberships equal to hand-written SQL.
 #[test]
 fn concurrent_mixed_work_under_the_worker() {
-    let seconds: u64 = std::env::var("SEGMENTS_CONCURRENCY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let cluster = Cluster::start("sec-concurrency", &["shared_preload_libraries=segments", "segments.naptime=1"]);
+    let seconds: u64 = std::env::var("SEGMENTS_CONCURRENCY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let cluster = Cluster::start(
+        "sec-concurrency",
+        &["shared_preload_libraries=segments", "segments.naptime=1"],
+    );
     let mut admin = setup(&cluster, "3000");
     // Conditions and the hand-written SQL each must equal.
     let conditions: Vec<(String, String)> = ["DE", "FR", "ES", "IT", "NL"]
         .iter()
-        .map(|c| (format!(r#"{{"attribute":"country","op":"eq","value":"{c}"}}"#), format!("country = '{c}'")))
-        .chain([20, 30, 40, 50, 60].iter().map(|a| (format!(r#"{{"attribute":"age","op":"gt","value":{a}}}"#), format!("age > {a}"))))
+        .map(|c| {
+            (
+                format!(r#"{{"attribute":"country","op":"eq","value":"{c}"}}"#),
+                format!("country = '{c}'"),
+            )
+        })
+        .chain([20, 30, 40, 50, 60].iter().map(|a| {
+            (
+                format!(r#"{{"attribute":"age","op":"gt","value":{a}}}"#),
+                format!("age > {a}"),
+            )
+        }))
         .collect();
-    let definition = |i: usize| format!(r#"{{"entity":"customer","rules":[{{"where":{}}}]}}"#, conditions[i % conditions.len()].0);
+    let definition = |i: usize| {
+        format!(
+            r#"{{"entity":"customer","rules":[{{"where":{}}}]}}"#,
+            conditions[i % conditions.len()].0
+        )
+    };
     for i in 0..12 {
         admin
-            .execute("SELECT segments.create_segment($1, $2::text::jsonb, description => $3)", &[&format!("s{i}"), &definition(i), &conditions[i % conditions.len()].1])
+            .execute(
+                "SELECT segments.create_segment($1, $2::text::jsonb, description => $3)",
+                &[
+                    &format!("s{i}"),
+                    &definition(i),
+                    &conditions[i % conditions.len()].1,
+                ],
+            )
             .unwrap();
     }
     // Two segments read others: deleting those is refused while they do.
@@ -595,13 +983,24 @@ fn concurrent_mixed_work_under_the_worker() {
         refused += r;
         unexpected.extend(u);
     }
-    assert!(unexpected.is_empty(), "{} unexpected errors, e.g. {:?}", unexpected.len(), &unexpected[..unexpected.len().min(5)]);
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected errors, e.g. {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(5)]
+    );
     // Final memberships equal hand-written SQL.
     admin.batch_execute("SELECT segments.activate(array_agg(id)) FROM segments.segment; SELECT * FROM segments.refresh();").unwrap();
     let rows = admin.query("SELECT id, description FROM segments.segment WHERE description IS NOT NULL ORDER BY id", &[]).unwrap();
     for row in &rows {
         let (id, oracle): (i64, String) = (row.get(0), row.get(1));
-        let want: i64 = admin.query_one(&format!("SELECT count(*) FROM customers WHERE {oracle}"), &[]).unwrap().get(0);
+        let want: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM customers WHERE {oracle}"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
         let exact: bool = admin
             .query_one(
                 &format!("SELECT (SELECT array_agg(id ORDER BY id) FROM customers WHERE {oracle}) IS NOT DISTINCT FROM \
@@ -610,7 +1009,10 @@ fn concurrent_mixed_work_under_the_worker() {
             )
             .unwrap()
             .get(0);
-        assert!(exact, "segment {id} ({oracle}, {want} rows) differs from the hand-written query");
+        assert!(
+            exact,
+            "segment {id} ({oracle}, {want} rows) differs from the hand-written query"
+        );
     }
     let deadlocks = cluster.server_log().matches("deadlock detected").count();
     assert_eq!(deadlocks, 0, "deadlocks in the server log");

@@ -23,7 +23,9 @@ pub fn key_of(position: u64) -> i64 {
 
 pub fn serialize(members: &Members) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(members.serialized_size());
-    members.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
+    members
+        .serialize_into(&mut bytes)
+        .expect("writing to a Vec cannot fail");
     bytes
 }
 
@@ -40,9 +42,18 @@ pub fn deserialize(bytes: &[u8]) -> std::io::Result<Members> {
 /// no more than it returns.
 pub fn first_in_key_order(members: &Members, n: usize) -> Vec<u64> {
     const NEGATIVE: u64 = 1 << 63;
-    let mut out: Vec<u64> = members.iter().skip(members.rank(NEGATIVE - 1) as usize).take(n).collect();
+    let mut out: Vec<u64> = members
+        .iter()
+        .skip(members.rank(NEGATIVE - 1) as usize)
+        .take(n)
+        .collect();
     if out.len() < n {
-        out.extend(members.iter().take_while(|p| *p < NEGATIVE).take(n - out.len()));
+        out.extend(
+            members
+                .iter()
+                .take_while(|p| *p < NEGATIVE)
+                .take(n - out.len()),
+        );
     }
     out
 }
@@ -56,7 +67,10 @@ pub fn evaluate(expr: &Expr, leaves: &[Members], all_rows: &Members) -> Members 
         Expr::Leaf(i) => leaves[*i].clone(),
         Expr::All(items) => {
             let mut iter = items.iter();
-            let mut acc = iter.next().map(|e| evaluate(e, leaves, all_rows)).unwrap_or_else(|| all_rows.clone());
+            let mut acc = iter
+                .next()
+                .map(|e| evaluate(e, leaves, all_rows))
+                .unwrap_or_else(|| all_rows.clone());
             for item in iter {
                 if acc.is_empty() {
                     break;
@@ -137,7 +151,12 @@ mod tests {
     }
 
     fn rule(label: &str, combine: Option<Combine>, body: CompiledBody) -> CompiledRule {
-        CompiledRule { label: label.into(), name: None, combine, body }
+        CompiledRule {
+            label: label.into(),
+            name: None,
+            combine,
+            body,
+        }
     }
 
     /// 10,000+ random and adversarial byte strings: reading them gives a
@@ -162,7 +181,11 @@ mod tests {
                 0 => (0..next() % 512).map(|_| next() as u8).collect(),
                 // a valid bitmap with bytes flipped
                 1 => {
-                    let mut b = if case % 8 == 1 { valid.clone() } else { full.clone() };
+                    let mut b = if case % 8 == 1 {
+                        valid.clone()
+                    } else {
+                        full.clone()
+                    };
                     for _ in 0..1 + next() % 8 {
                         let i = (next() as usize) % b.len();
                         b[i] = next() as u8;
@@ -190,13 +213,19 @@ mod tests {
             }
         }
         assert_eq!(errors + read, 12_000);
-        assert!(errors > 1_000, "adversarial input should mostly be refused ({errors} refused)");
+        assert!(
+            errors > 1_000,
+            "adversarial input should mostly be refused ({errors} refused)"
+        );
     }
 
     #[test]
     fn first_members_in_key_order_take_negative_keys_first() {
         let members: Members = [5i64, -3, 0, 9, -10].into_iter().map(position_of).collect();
-        let keys: Vec<i64> = first_in_key_order(&members, 4).into_iter().map(key_of).collect();
+        let keys: Vec<i64> = first_in_key_order(&members, 4)
+            .into_iter()
+            .map(key_of)
+            .collect();
         assert_eq!(keys, vec![-10, -3, 0, 5]);
         assert_eq!(first_in_key_order(&members, 0), Vec::<u64>::new());
     }
@@ -226,7 +255,13 @@ mod tests {
     fn rules_combine_left_to_right_with_counts() {
         // ((r1 union r2) intersect r3) except r4, r2 made of two subrules.
         let all = set(&(1..=10).collect::<Vec<_>>());
-        let leaves = vec![set(&[1, 2, 3]), set(&[4, 5]), set(&[5, 6]), set(&[1, 2, 4, 5, 9]), set(&[2])];
+        let leaves = vec![
+            set(&[1, 2, 3]),
+            set(&[4, 5]),
+            set(&[5, 6]),
+            set(&[1, 2, 4, 5, 9]),
+            set(&[2]),
+        ];
         let rules = vec![
             rule("1", None, CompiledBody::Expr(Expr::Leaf(0))),
             rule(
@@ -234,19 +269,41 @@ mod tests {
                 Some(Combine::Union),
                 CompiledBody::Rules(vec![
                     rule("2.1", None, CompiledBody::Expr(Expr::Leaf(1))),
-                    rule("2.2", Some(Combine::Union), CompiledBody::Expr(Expr::Leaf(2))),
+                    rule(
+                        "2.2",
+                        Some(Combine::Union),
+                        CompiledBody::Expr(Expr::Leaf(2)),
+                    ),
                 ]),
             ),
-            rule("3", Some(Combine::Intersect), CompiledBody::Expr(Expr::Leaf(3))),
-            rule("4", Some(Combine::Except), CompiledBody::Expr(Expr::Leaf(4))),
+            rule(
+                "3",
+                Some(Combine::Intersect),
+                CompiledBody::Expr(Expr::Leaf(3)),
+            ),
+            rule(
+                "4",
+                Some(Combine::Except),
+                CompiledBody::Expr(Expr::Leaf(4)),
+            ),
         ];
         let mut counts = Vec::new();
         let members = evaluate_rules(&rules, &leaves, &all, Some(&all), &mut counts);
         assert_eq!(members, set(&[1, 4, 5]));
-        let summary: Vec<(&str, u64, u64)> = counts.iter().map(|c| (c.path.as_str(), c.members, c.cumulative)).collect();
+        let summary: Vec<(&str, u64, u64)> = counts
+            .iter()
+            .map(|c| (c.path.as_str(), c.members, c.cumulative))
+            .collect();
         assert_eq!(
             summary,
-            vec![("1", 3, 3), ("2", 3, 6), ("2.1", 2, 2), ("2.2", 2, 3), ("3", 5, 4), ("4", 1, 3)]
+            vec![
+                ("1", 3, 3),
+                ("2", 3, 6),
+                ("2.1", 2, 2),
+                ("2.2", 2, 3),
+                ("3", 5, 4),
+                ("4", 1, 3)
+            ]
         );
         assert_eq!(counts[3].combine.as_deref(), Some("union"));
     }
@@ -256,9 +313,16 @@ mod tests {
         let all = set(&[1, 2, 3, 4]);
         let eligible = set(&[1, 2]);
         let leaves = vec![set(&[2, 3])];
-        let rules = vec![rule("1", None, CompiledBody::Expr(Expr::Not(Box::new(Expr::Leaf(0)))))];
+        let rules = vec![rule(
+            "1",
+            None,
+            CompiledBody::Expr(Expr::Not(Box::new(Expr::Leaf(0)))),
+        )];
         let mut counts = Vec::new();
-        assert_eq!(evaluate_rules(&rules, &leaves, &all, Some(&eligible), &mut counts), set(&[1]));
+        assert_eq!(
+            evaluate_rules(&rules, &leaves, &all, Some(&eligible), &mut counts),
+            set(&[1])
+        );
         assert_eq!(counts[0].members, 1);
     }
 }

@@ -36,7 +36,10 @@ impl ColumnKind {
     }
 
     pub fn is_temporal(self) -> bool {
-        matches!(self, ColumnKind::Date | ColumnKind::Timestamp | ColumnKind::TimestampTz)
+        matches!(
+            self,
+            ColumnKind::Date | ColumnKind::Timestamp | ColumnKind::TimestampTz
+        )
     }
 }
 
@@ -152,7 +155,10 @@ impl Entity {
 
     /// The key column's type, without modifier.
     pub fn key_type_sql(&self) -> &str {
-        self.table.column(&self.key_column).map(|c| c.base_type_sql.as_str()).unwrap_or("pg_catalog.text")
+        self.table
+            .column(&self.key_column)
+            .map(|c| c.base_type_sql.as_str())
+            .unwrap_or("pg_catalog.text")
     }
 
     /// How a key expression becomes a bitmap position: the position's SQL
@@ -164,7 +170,10 @@ impl Entity {
             (KeyKind::Integer, _) => (format!("{key_sql}::pg_catalog.int8"), String::new()),
             (KeyKind::Dictionary, Some(replica)) => (
                 "k.position".to_string(),
-                format!(" JOIN {replica} k ON k.key OPERATOR(pg_catalog.=) {key_sql}::{}", self.key_type_sql()),
+                format!(
+                    " JOIN {replica} k ON k.key OPERATOR(pg_catalog.=) {key_sql}::{}",
+                    self.key_type_sql()
+                ),
             ),
             (KeyKind::Dictionary, None) => (
                 "k.position".to_string(),
@@ -234,7 +243,13 @@ pub mod fixture {
 
     pub fn column(name: &str, type_sql: &str, kind: ColumnKind) -> Column {
         let base = type_sql.split('(').next().unwrap_or(type_sql).to_string();
-        Column { name: name.into(), type_sql: type_sql.into(), kind, base_type_sql: base, refused: None }
+        Column {
+            name: name.into(),
+            type_sql: type_sql.into(),
+            kind,
+            base_type_sql: base,
+            refused: None,
+        }
     }
 
     /// customers(id, country, age, ...) with orders(customer_id, amount, ...).
@@ -250,7 +265,11 @@ pub mod fixture {
                     column("age", "integer", ColumnKind::Numeric),
                     column("unsubscribed", "boolean", ColumnKind::Boolean),
                     column("birth_date", "date", ColumnKind::Date),
-                    column("signed_up_at", "timestamp with time zone", ColumnKind::TimestampTz),
+                    column(
+                        "signed_up_at",
+                        "timestamp with time zone",
+                        ColumnKind::TimestampTz,
+                    ),
                     column("external_id", "uuid", ColumnKind::Uuid),
                 ],
             },
@@ -267,7 +286,11 @@ pub mod fixture {
                         column("customer_id", "bigint", ColumnKind::Numeric),
                         column("amount", "numeric(10,2)", ColumnKind::Numeric),
                         column("status", "text", ColumnKind::Text),
-                        column("ordered_at", "timestamp with time zone", ColumnKind::TimestampTz),
+                        column(
+                            "ordered_at",
+                            "timestamp with time zone",
+                            ColumnKind::TimestampTz,
+                        ),
                     ],
                 },
                 foreign_key: "customer_id".into(),

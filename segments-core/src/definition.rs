@@ -193,7 +193,10 @@ impl RelativeDuration {
             DurationUnit::Months => 24 * 31,
             DurationUnit::Years => 24 * 366,
         };
-        if words.next().is_some() || amount < 0 || amount.saturating_mul(hours_per_unit) > 1000 * 24 * 366 {
+        if words.next().is_some()
+            || amount < 0
+            || amount.saturating_mul(hours_per_unit) > 1000 * 24 * 366
+        {
             return None;
         }
         Some(RelativeDuration { amount, unit })
@@ -331,7 +334,10 @@ impl Op {
 
     /// Operators that compare an aggregate with a number.
     pub fn is_comparison(self) -> bool {
-        matches!(self, Op::Eq | Op::Ne | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::Between)
+        matches!(
+            self,
+            Op::Eq | Op::Ne | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::Between
+        )
     }
 }
 
@@ -348,7 +354,11 @@ fn json_type(value: &Value) -> &'static str {
 
 /// Refuses keys that the node does not know, so that a typo such as
 /// `"atribute"` is an error rather than a silently ignored key.
-fn check_keys(path: &str, object: &Map<String, Value>, allowed: &[&str]) -> Result<(), SegmentsError> {
+fn check_keys(
+    path: &str,
+    object: &Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), SegmentsError> {
     for key in object.keys() {
         if !allowed.contains(&key.as_str()) {
             let suggestion = crate::spelling::closest(key, allowed.iter().copied())
@@ -360,29 +370,54 @@ fn check_keys(path: &str, object: &Map<String, Value>, allowed: &[&str]) -> Resu
     Ok(())
 }
 
-fn as_object<'a>(path: &str, value: &'a Value, what: &str) -> Result<&'a Map<String, Value>, SegmentsError> {
-    value
-        .as_object()
-        .ok_or_else(|| invalid(path, format!("{what} must be an object, not {}", json_type(value))))
+fn as_object<'a>(
+    path: &str,
+    value: &'a Value,
+    what: &str,
+) -> Result<&'a Map<String, Value>, SegmentsError> {
+    value.as_object().ok_or_else(|| {
+        invalid(
+            path,
+            format!("{what} must be an object, not {}", json_type(value)),
+        )
+    })
 }
 
-fn string_field<'a>(path: &str, object: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, SegmentsError> {
+fn string_field<'a>(
+    path: &str,
+    object: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, SegmentsError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(invalid(&format!("{path}.{key}"), format!("must be a string, not {}", json_type(other)))),
+        Some(other) => Err(invalid(
+            &format!("{path}.{key}"),
+            format!("must be a string, not {}", json_type(other)),
+        )),
     }
 }
 
-fn bool_field(path: &str, object: &Map<String, Value>, key: &str) -> Result<Option<bool>, SegmentsError> {
+fn bool_field(
+    path: &str,
+    object: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<bool>, SegmentsError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid(&format!("{path}.{key}"), format!("must be true or false, not {}", json_type(other)))),
+        Some(other) => Err(invalid(
+            &format!("{path}.{key}"),
+            format!("must be true or false, not {}", json_type(other)),
+        )),
     }
 }
 
-fn required_name<'a>(path: &str, object: &'a Map<String, Value>, key: &str) -> Result<&'a str, SegmentsError> {
+fn required_name<'a>(
+    path: &str,
+    object: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, SegmentsError> {
     match string_field(path, object, key)? {
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => Err(invalid(path, format!("\"{key}\" must name something"))),
@@ -444,11 +479,25 @@ pub fn walk_condition<'a>(condition: &'a Condition, out: &mut Vec<&'a Condition>
     }
 }
 
-fn parse_rules(path: &str, label_prefix: &str, value: Option<&Value>) -> Result<Vec<Rule>, SegmentsError> {
+fn parse_rules(
+    path: &str,
+    label_prefix: &str,
+    value: Option<&Value>,
+) -> Result<Vec<Rule>, SegmentsError> {
     let items = match value {
         Some(Value::Array(items)) => items,
-        Some(other) => return Err(invalid(path, format!("must be an array of rules, not {}", json_type(other)))),
-        None => return Err(invalid(path, "is missing: a definition needs at least one rule")),
+        Some(other) => {
+            return Err(invalid(
+                path,
+                format!("must be an array of rules, not {}", json_type(other)),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                path,
+                "is missing: a definition needs at least one rule",
+            ))
+        }
     };
     if items.is_empty() {
         return Err(invalid(path, "needs at least one rule"));
@@ -463,7 +512,12 @@ fn parse_rules(path: &str, label_prefix: &str, value: Option<&Value>) -> Result<
         .collect()
 }
 
-fn parse_rule(path: &str, label: String, first: bool, value: &Value) -> Result<Rule, SegmentsError> {
+fn parse_rule(
+    path: &str,
+    label: String,
+    first: bool,
+    value: &Value,
+) -> Result<Rule, SegmentsError> {
     let object = as_object(path, value, "a rule")?;
     check_keys(path, object, &["name", "combine", "where", "rules"])?;
     let name = string_field(path, object, "name")?.map(str::to_string);
@@ -480,19 +534,49 @@ fn parse_rule(path: &str, label: String, first: bool, value: &Value) -> Result<R
         }
     };
     match (first, combine) {
-        (true, Some(_)) => return Err(invalid(path, "the first rule of a list takes no \"combine\"")),
+        (true, Some(_)) => {
+            return Err(invalid(
+                path,
+                "the first rule of a list takes no \"combine\"",
+            ))
+        }
         (false, None) => {
-            return Err(invalid(path, "every rule after the first needs \"combine\": union, intersect or except"))
+            return Err(invalid(
+                path,
+                "every rule after the first needs \"combine\": union, intersect or except",
+            ))
         }
         _ => {}
     }
     let body = match (object.get("where"), object.get("rules")) {
-        (Some(condition), None) => RuleBody::Where(parse_condition(&format!("{path}.where"), condition)?),
-        (None, Some(rules)) => RuleBody::Rules(parse_rules(&format!("{path}.rules"), &format!("{label}."), Some(rules))?),
-        (Some(_), Some(_)) => return Err(invalid(path, "a rule holds either \"where\" or \"rules\", not both")),
-        (None, None) => return Err(invalid(path, "a rule needs \"where\" (conditions) or \"rules\" (subrules)")),
+        (Some(condition), None) => {
+            RuleBody::Where(parse_condition(&format!("{path}.where"), condition)?)
+        }
+        (None, Some(rules)) => RuleBody::Rules(parse_rules(
+            &format!("{path}.rules"),
+            &format!("{label}."),
+            Some(rules),
+        )?),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                path,
+                "a rule holds either \"where\" or \"rules\", not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                path,
+                "a rule needs \"where\" (conditions) or \"rules\" (subrules)",
+            ))
+        }
     };
-    Ok(Rule { path: path.to_string(), label, name, combine, body })
+    Ok(Rule {
+        path: path.to_string(),
+        label,
+        name,
+        combine,
+        body,
+    })
 }
 
 pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsError> {
@@ -514,12 +598,19 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
         let op = parse_op(path, object)?;
         let value = parse_operand(path, op, object.get("value"))?;
         let ignore_case = bool_field(path, object, "ignore_case")?.unwrap_or(false);
-        ConditionKind::Attribute(AttributeTest { column, op, value, ignore_case })
+        ConditionKind::Attribute(AttributeTest {
+            column,
+            op,
+            value,
+            ignore_case,
+        })
     } else if object.contains_key("segment") {
         check_keys(path, object, &["segment", "member"])?;
         let segment = match &object["segment"] {
             Value::String(name) if !name.trim().is_empty() => SegmentRef::Name(name.clone()),
-            Value::Number(n) if n.as_i64().is_some_and(|id| id > 0) => SegmentRef::Id(n.as_i64().unwrap()),
+            Value::Number(n) if n.as_i64().is_some_and(|id| id > 0) => {
+                SegmentRef::Id(n.as_i64().unwrap())
+            }
             other => {
                 return Err(invalid(
                     &format!("{path}.segment"),
@@ -535,30 +626,46 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
             "a condition needs one of \"all\", \"any\", \"not\", \"attribute\", \"related\" or \"segment\"",
         ));
     };
-    Ok(Condition { path: path.to_string(), kind })
+    Ok(Condition {
+        path: path.to_string(),
+        kind,
+    })
 }
 
 fn parse_condition_list(path: &str, value: &Value) -> Result<Vec<Condition>, SegmentsError> {
     match value {
-        Value::Array(items) if !items.is_empty() => {
-            items.iter().enumerate().map(|(i, item)| parse_condition(&format!("{path}[{i}]"), item)).collect()
-        }
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_condition(&format!("{path}[{i}]"), item))
+            .collect(),
         Value::Array(_) => Err(invalid(path, "needs at least one condition")),
-        other => Err(invalid(path, format!("must be an array of conditions, not {}", json_type(other)))),
+        other => Err(invalid(
+            path,
+            format!("must be an array of conditions, not {}", json_type(other)),
+        )),
     }
 }
 
 fn parse_op(path: &str, object: &Map<String, Value>) -> Result<Op, SegmentsError> {
     let name = match object.get("op") {
         Some(Value::String(s)) => s,
-        Some(other) => return Err(invalid(&format!("{path}.op"), format!("must be a string, not {}", json_type(other)))),
+        Some(other) => {
+            return Err(invalid(
+                &format!("{path}.op"),
+                format!("must be a string, not {}", json_type(other)),
+            ))
+        }
         None => return Err(invalid(path, "\"op\" is missing")),
     };
     Op::parse(name).ok_or_else(|| {
         let suggestion = crate::spelling::closest(name, ALL_OPS.iter().map(|op| op.name()))
             .map(|s| format!(" (did you mean \"{s}\"?)"))
             .unwrap_or_default();
-        invalid(&format!("{path}.op"), format!("unknown operator \"{name}\"{suggestion}"))
+        invalid(
+            &format!("{path}.op"),
+            format!("unknown operator \"{name}\"{suggestion}"),
+        )
     })
 }
 
@@ -621,21 +728,47 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
         }
     };
     let measure = if let Some(function) = object.get("aggregate") {
-        check_keys(path, object, &["related", "aggregate", "attribute", "where", "within", "op", "value"])?;
+        check_keys(
+            path,
+            object,
+            &[
+                "related",
+                "aggregate",
+                "attribute",
+                "where",
+                "within",
+                "op",
+                "value",
+            ],
+        )?;
         let function = match function {
             Value::String(name) => AggregateFunction::parse(name),
             _ => None,
         }
-        .ok_or_else(|| invalid(&format!("{path}.aggregate"), "must be one of count, sum, avg, min, max"))?;
+        .ok_or_else(|| {
+            invalid(
+                &format!("{path}.aggregate"),
+                "must be one of count, sum, avg, min, max",
+            )
+        })?;
         let attribute = string_field(path, object, "attribute")?.map(str::to_string);
         if function != AggregateFunction::Count && attribute.is_none() {
-            return Err(invalid(path, format!("aggregate {} needs an \"attribute\" to aggregate", function.as_str())));
+            return Err(invalid(
+                path,
+                format!(
+                    "aggregate {} needs an \"attribute\" to aggregate",
+                    function.as_str()
+                ),
+            ));
         }
         let op = parse_op(path, object)?;
         if !op.is_comparison() {
             return Err(invalid(
                 &format!("{path}.op"),
-                format!("an aggregate is compared with eq, ne, lt, lte, gt, gte or between, not {}", op.name()),
+                format!(
+                    "an aggregate is compared with eq, ne, lt, lte, gt, gte or between, not {}",
+                    op.name()
+                ),
             ));
         }
         let value = parse_operand(path, op, object.get("value"))?;
@@ -645,14 +778,27 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
             _ => false,
         };
         if !numbers_only {
-            return Err(invalid(&format!("{path}.value"), "an aggregate is compared with a number"));
+            return Err(invalid(
+                &format!("{path}.value"),
+                "an aggregate is compared with a number",
+            ));
         }
-        RelatedMeasure::Aggregate { function, attribute, op, value }
+        RelatedMeasure::Aggregate {
+            function,
+            attribute,
+            op,
+            value,
+        }
     } else {
         check_keys(path, object, &["related", "exists", "where", "within"])?;
         RelatedMeasure::Exists(bool_field(path, object, "exists")?.unwrap_or(true))
     };
-    Ok(RelatedTest { related, filter, within, measure })
+    Ok(RelatedTest {
+        related,
+        filter,
+        within,
+        measure,
+    })
 }
 
 /// How deep a definition may nest (objects and arrays).
@@ -666,7 +812,8 @@ pub fn parse_json_text(text: &str) -> Result<Value, SegmentsError> {
             "{path}: the definition nests deeper than {MAX_NESTING} levels"
         )));
     }
-    serde_json::from_str(text).map_err(|e| SegmentsError::InvalidParameter(format!("definition: not valid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| SegmentsError::InvalidParameter(format!("definition: not valid JSON: {e}")))
 }
 
 /// The JSON path (as `rules[0].where.not`) where `text` first nests deeper
@@ -694,7 +841,11 @@ fn too_deep(text: &str, max: usize) -> Option<String> {
                 Frame::Array(i) => out.push_str(&format!("[{i}]")),
             }
         }
-        if out.is_empty() { "definition".to_string() } else { out }
+        if out.is_empty() {
+            "definition".to_string()
+        } else {
+            out
+        }
     };
     while let Some(c) = chars.next() {
         match c {
@@ -727,7 +878,11 @@ fn too_deep(text: &str, max: usize) -> Option<String> {
                 if stack.len() >= max {
                     return Some(path(&stack));
                 }
-                stack.push(if c == '{' { Frame::Object(None) } else { Frame::Array(0) });
+                stack.push(if c == '{' {
+                    Frame::Object(None)
+                } else {
+                    Frame::Array(0)
+                });
             }
             '}' | ']' => {
                 stack.pop();
@@ -752,7 +907,8 @@ mod tests {
         let error = parse_json_text(&text).unwrap_err().to_string();
         assert!(error.starts_with("rules[0].where.not.not."), "{error}");
         assert!(error.ends_with("nests deeper than 100 levels"), "{error}");
-        let shallow = "{\"entity\":\"c\",\"rules\":[{\"where\":{\"all\":[{\"a\":1},{\"b\":[1,2]}]}}]}";
+        let shallow =
+            "{\"entity\":\"c\",\"rules\":[{\"where\":{\"all\":[{\"a\":1},{\"b\":[1,2]}]}}]}";
         assert!(parse_json_text(shallow).is_ok());
         assert_eq!(too_deep("[[1],[[2]]]", 2), Some("[1][0]".into()));
     }
@@ -783,7 +939,9 @@ mod tests {
         assert_eq!(d.rules[0].label, "1");
         assert_eq!(d.rules[0].name.as_deref(), Some("Germans"));
         assert_eq!(d.rules[1].combine, Some(Combine::Union));
-        let RuleBody::Rules(sub) = &d.rules[1].body else { panic!("subrules expected") };
+        let RuleBody::Rules(sub) = &d.rules[1].body else {
+            panic!("subrules expected")
+        };
         assert_eq!(sub[1].label, "2.2");
         assert_eq!(sub[1].path, "rules[1].rules[1]");
         assert_eq!(d.segment_refs().len(), 1);
@@ -791,16 +949,27 @@ mod tests {
 
     #[test]
     fn combine_rules_are_enforced() {
-        let first = err(json!({"entity": "c", "rules": [{"combine": "union", "where": {"attribute": "a", "op": "is_null"}}]}));
-        assert_eq!(first, "rules[0]: the first rule of a list takes no \"combine\"");
+        let first = err(
+            json!({"entity": "c", "rules": [{"combine": "union", "where": {"attribute": "a", "op": "is_null"}}]}),
+        );
+        assert_eq!(
+            first,
+            "rules[0]: the first rule of a list takes no \"combine\""
+        );
         let second = err(json!({"entity": "c", "rules": [
             {"where": {"attribute": "a", "op": "is_null"}},
             {"where": {"attribute": "a", "op": "is_null"}}]}));
-        assert!(second.starts_with("rules[1]: every rule after the first needs \"combine\""), "{second}");
+        assert!(
+            second.starts_with("rules[1]: every rule after the first needs \"combine\""),
+            "{second}"
+        );
         let bad = err(json!({"entity": "c", "rules": [
             {"where": {"attribute": "a", "op": "is_null"}},
             {"combine": "plus", "where": {"attribute": "a", "op": "is_null"}}]}));
-        assert_eq!(bad, "rules[1].combine: \"plus\" is not one of union, intersect, except");
+        assert_eq!(
+            bad,
+            "rules[1].combine: \"plus\" is not one of union, intersect, except"
+        );
     }
 
     #[test]
@@ -808,22 +977,51 @@ mod tests {
         let e = err(json!({"entity": "c", "rules": [{"where": {"all": [
             {"attribute": "a", "op": "eq", "value": 1},
             {"attribute": "b", "op": "betwen", "value": 1}]}}]}));
-        assert_eq!(e, "rules[0].where.all[1].op: unknown operator \"betwen\" (did you mean \"between\"?)");
+        assert_eq!(
+            e,
+            "rules[0].where.all[1].op: unknown operator \"betwen\" (did you mean \"between\"?)"
+        );
         let e = err(json!({"entity": "c", "rules": [{"where": {"atribute": "a", "op": "eq"}}]}));
-        assert!(e.starts_with("rules[0].where: a condition needs one of"), "{e}");
-        let e = err(json!({"entity": "c", "rules": [{"where": {"attribute": "a", "op": "eq", "valeu": 1}}]}));
-        assert_eq!(e, "rules[0].where: unknown key \"valeu\" (did you mean \"value\"?)");
+        assert!(
+            e.starts_with("rules[0].where: a condition needs one of"),
+            "{e}"
+        );
+        let e = err(
+            json!({"entity": "c", "rules": [{"where": {"attribute": "a", "op": "eq", "valeu": 1}}]}),
+        );
+        assert_eq!(
+            e,
+            "rules[0].where: unknown key \"valeu\" (did you mean \"value\"?)"
+        );
     }
 
     #[test]
     fn operand_shapes_are_checked() {
         let cases = [
-            (json!({"attribute": "a", "op": "eq"}), "operator eq takes one value"),
-            (json!({"attribute": "a", "op": "between", "value": [1]}), "operator between takes [low, high]"),
-            (json!({"attribute": "a", "op": "in", "value": []}), "operator in takes a non-empty array"),
-            (json!({"attribute": "a", "op": "is_null", "value": 3}), "operator is_null takes no value"),
-            (json!({"attribute": "a", "op": "in_last", "value": "30 fortnights"}), "operator in_last takes a duration"),
-            (json!({"attribute": "a", "op": "contains", "value": 3}), "operator contains takes a string"),
+            (
+                json!({"attribute": "a", "op": "eq"}),
+                "operator eq takes one value",
+            ),
+            (
+                json!({"attribute": "a", "op": "between", "value": [1]}),
+                "operator between takes [low, high]",
+            ),
+            (
+                json!({"attribute": "a", "op": "in", "value": []}),
+                "operator in takes a non-empty array",
+            ),
+            (
+                json!({"attribute": "a", "op": "is_null", "value": 3}),
+                "operator is_null takes no value",
+            ),
+            (
+                json!({"attribute": "a", "op": "in_last", "value": "30 fortnights"}),
+                "operator in_last takes a duration",
+            ),
+            (
+                json!({"attribute": "a", "op": "contains", "value": 3}),
+                "operator contains takes a string",
+            ),
         ];
         for (condition, expected) in cases {
             let e = err(json!({"entity": "c", "rules": [{"where": condition}]}));
@@ -834,12 +1032,35 @@ mod tests {
 
     #[test]
     fn durations_parse_every_unit() {
-        assert_eq!(RelativeDuration::parse("30 days").unwrap().interval_text(), "30 days");
-        assert_eq!(RelativeDuration::parse("1 week").unwrap().interval_text(), "1 weeks");
-        assert_eq!(RelativeDuration::parse("12 Hours").unwrap().unit, DurationUnit::Hours);
-        assert_eq!(RelativeDuration::parse("2 months").unwrap().unit, DurationUnit::Months);
-        assert_eq!(RelativeDuration::parse("1 year").unwrap().unit, DurationUnit::Years);
-        for bad in ["", "days", "30", "-1 days", "1.5 days", "30 days ago", "3 fortnights"] {
+        assert_eq!(
+            RelativeDuration::parse("30 days").unwrap().interval_text(),
+            "30 days"
+        );
+        assert_eq!(
+            RelativeDuration::parse("1 week").unwrap().interval_text(),
+            "1 weeks"
+        );
+        assert_eq!(
+            RelativeDuration::parse("12 Hours").unwrap().unit,
+            DurationUnit::Hours
+        );
+        assert_eq!(
+            RelativeDuration::parse("2 months").unwrap().unit,
+            DurationUnit::Months
+        );
+        assert_eq!(
+            RelativeDuration::parse("1 year").unwrap().unit,
+            DurationUnit::Years
+        );
+        for bad in [
+            "",
+            "days",
+            "30",
+            "-1 days",
+            "1.5 days",
+            "30 days ago",
+            "3 fortnights",
+        ] {
             assert!(RelativeDuration::parse(bad).is_none(), "{bad}");
         }
     }
@@ -852,19 +1073,35 @@ mod tests {
         ]}}]}))
         .unwrap();
         let conditions = d.conditions();
-        let ConditionKind::Related(sum) = &conditions[1].kind else { panic!() };
-        assert!(matches!(sum.measure, RelatedMeasure::Aggregate { function: AggregateFunction::Sum, .. }));
+        let ConditionKind::Related(sum) = &conditions[1].kind else {
+            panic!()
+        };
+        assert!(matches!(
+            sum.measure,
+            RelatedMeasure::Aggregate {
+                function: AggregateFunction::Sum,
+                ..
+            }
+        ));
         assert_eq!(sum.within.unwrap().interval_text(), "30 days");
-        let ConditionKind::Related(none) = &conditions[2].kind else { panic!() };
+        let ConditionKind::Related(none) = &conditions[2].kind else {
+            panic!()
+        };
         assert_eq!(none.measure, RelatedMeasure::Exists(false));
         assert!(none.filter.is_some());
 
         let e = err(json!({"entity": "c", "rules": [{"where":
             {"related": "orders", "aggregate": "sum", "op": "gt", "value": 1}}]}));
-        assert_eq!(e, "rules[0].where: aggregate sum needs an \"attribute\" to aggregate");
+        assert_eq!(
+            e,
+            "rules[0].where: aggregate sum needs an \"attribute\" to aggregate"
+        );
         let e = err(json!({"entity": "c", "rules": [{"where":
             {"related": "orders", "aggregate": "count", "op": "gt", "value": "many"}}]}));
-        assert_eq!(e, "rules[0].where.value: an aggregate is compared with a number");
+        assert_eq!(
+            e,
+            "rules[0].where.value: an aggregate is compared with a number"
+        );
     }
 
     #[test]
@@ -872,17 +1109,36 @@ mod tests {
         let d = parse(json!({"entity": "c", "rules": [{"where": {"any": [
             {"segment": "VIP"}, {"segment": 7, "member": false}]}}]}))
         .unwrap();
-        let refs: Vec<_> = d.segment_refs().into_iter().map(|(_, r)| r.clone()).collect();
-        assert_eq!(refs, vec![SegmentRef::Name("VIP".into()), SegmentRef::Id(7)]);
+        let refs: Vec<_> = d
+            .segment_refs()
+            .into_iter()
+            .map(|(_, r)| r.clone())
+            .collect();
+        assert_eq!(
+            refs,
+            vec![SegmentRef::Name("VIP".into()), SegmentRef::Id(7)]
+        );
         let e = err(json!({"entity": "c", "rules": [{"where": {"segment": -1}}]}));
-        assert!(e.starts_with("rules[0].where.segment: must be a segment name or a positive id"), "{e}");
+        assert!(
+            e.starts_with("rules[0].where.segment: must be a segment name or a positive id"),
+            "{e}"
+        );
     }
 
     #[test]
     fn top_level_shape_is_checked() {
-        assert_eq!(err(json!([])), "definition: a definition must be an object, not array");
-        assert_eq!(err(json!({"rules": []})), "definition: \"entity\" must name something");
-        assert_eq!(err(json!({"entity": "c", "rules": []})), "rules: needs at least one rule");
+        assert_eq!(
+            err(json!([])),
+            "definition: a definition must be an object, not array"
+        );
+        assert_eq!(
+            err(json!({"rules": []})),
+            "definition: \"entity\" must name something"
+        );
+        assert_eq!(
+            err(json!({"entity": "c", "rules": []})),
+            "rules: needs at least one rule"
+        );
         assert_eq!(
             err(json!({"entity": "c", "rules": [{}]})),
             "rules[0]: a rule needs \"where\" (conditions) or \"rules\" (subrules)"

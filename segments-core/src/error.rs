@@ -80,7 +80,9 @@ impl SegmentsError {
     /// anything a definition names (SPEC: unknown entity, related table or
     /// segment); `path` is where in the definition.
     pub fn missing_segment_reference(path: &str, reference: impl std::fmt::Display) -> Self {
-        SegmentsError::UndefinedTable(format!("{path}.segment: segment {reference} does not exist"))
+        SegmentsError::UndefinedTable(format!(
+            "{path}.segment: segment {reference} does not exist"
+        ))
     }
 
     pub fn with_hint(self, hint: Option<String>) -> Reported {

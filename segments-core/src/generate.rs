@@ -71,8 +71,16 @@ fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-const TEXTS: &[&str] = &["abc", "abcde", "abcdefgh", "ab", "x", "ABC", "a'b", "", "abcz", "de", "zz"];
-const DURATIONS: &[(&str, &str)] = &[("12 hours", "12 hours"), ("3 days", "3 days"), ("2 weeks", "2 weeks"), ("1 months", "1 months"), ("1 years", "1 years")];
+const TEXTS: &[&str] = &[
+    "abc", "abcde", "abcdefgh", "ab", "x", "ABC", "a'b", "", "abcz", "de", "zz",
+];
+const DURATIONS: &[(&str, &str)] = &[
+    ("12 hours", "12 hours"),
+    ("3 days", "3 days"),
+    ("2 weeks", "2 weeks"),
+    ("1 months", "1 months"),
+    ("1 years", "1 years"),
+];
 
 fn leaf(rng: &mut Rng) -> Generated {
     let null_false = |sql: String| format!("coalesce(({sql}), false)");
@@ -82,8 +90,18 @@ fn leaf(rng: &mut Rng) -> Generated {
             let column = *rng.pick(&["txt", "vc", "ch"]);
             let v = *rng.pick(TEXTS);
             let ignore = rng.chance(25);
-            let col = if ignore { format!("lower(p.{column}::text)") } else { format!("p.{column}::text") };
-            let lit = |v: &str| if ignore { format!("lower({}::text)", quote(v)) } else { format!("{}::text", quote(v)) };
+            let col = if ignore {
+                format!("lower(p.{column}::text)")
+            } else {
+                format!("p.{column}::text")
+            };
+            let lit = |v: &str| {
+                if ignore {
+                    format!("lower({}::text)", quote(v))
+                } else {
+                    format!("{}::text", quote(v))
+                }
+            };
             // char(n) compares without trailing spaces: its text form.
             let (op, sql) = match rng.below(10) {
                 0 => ("eq", format!("{col} = {}", lit(v))),
@@ -91,29 +109,68 @@ fn leaf(rng: &mut Rng) -> Generated {
                 2 => ("contains", format!("strpos({col}, {}) > 0", lit(v))),
                 3 => ("not_contains", format!("strpos({col}, {}) = 0", lit(v))),
                 4 => ("starts_with", format!("starts_with({col}, {})", lit(v))),
-                5 => ("ends_with", format!("right({col}, length({})) = {}", lit(v), lit(v))),
+                5 => (
+                    "ends_with",
+                    format!("right({col}, length({})) = {}", lit(v), lit(v)),
+                ),
                 6 => ("lt", format!("{col} < {}", lit(v))),
                 7 => ("is_null", format!("p.{column} IS NULL")),
                 8 => ("is_not_null", format!("p.{column} IS NOT NULL")),
                 _ => {
                     let w = *rng.pick(TEXTS);
-                    let json = format!(r#"{{"attribute":"{column}","op":"in","value":[{},{}]{}}}"#, json_str(v), json_str(w), if ignore { r#","ignore_case":true"# } else { "" });
-                    return Generated { json, sql: null_false(format!("{col} IN ({}, {})", lit(v), lit(w))) };
+                    let json = format!(
+                        r#"{{"attribute":"{column}","op":"in","value":[{},{}]{}}}"#,
+                        json_str(v),
+                        json_str(w),
+                        if ignore { r#","ignore_case":true"# } else { "" }
+                    );
+                    return Generated {
+                        json,
+                        sql: null_false(format!("{col} IN ({}, {})", lit(v), lit(w))),
+                    };
                 }
             };
-            let value = if op == "is_null" || op == "is_not_null" { String::new() } else { format!(r#","value":{}"#, json_str(v)) };
-            let ic = if ignore && op != "is_null" && op != "is_not_null" { r#","ignore_case":true"# } else { "" };
+            let value = if op == "is_null" || op == "is_not_null" {
+                String::new()
+            } else {
+                format!(r#","value":{}"#, json_str(v))
+            };
+            let ic = if ignore && op != "is_null" && op != "is_not_null" {
+                r#","ignore_case":true"#
+            } else {
+                ""
+            };
             // ch is char(3) and compares as bpchar in segments: 'abc ' = 'abc'.
-            let sql = if column == "ch" && !ignore { sql.replace("p.ch::text", "rtrim(p.ch::text)") } else { sql };
-            let sql = if op == "is_null" { sql } else { null_false(sql) };
-            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}{ic}}}"#), sql }
+            let sql = if column == "ch" && !ignore {
+                sql.replace("p.ch::text", "rtrim(p.ch::text)")
+            } else {
+                sql
+            };
+            let sql = if op == "is_null" {
+                sql
+            } else {
+                null_false(sql)
+            };
+            Generated {
+                json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}{ic}}}"#),
+                sql,
+            }
         }
         // numbers: i (int), big (bigint), num (numeric(5,2))
         2 | 3 => {
             let column = *rng.pick(&["i", "big", "num"]);
             let values: &[&str] = match column {
                 "num" => &["4.555", "4.56", "1000", "999.995", "-3", "0", "12.5"],
-                _ => &["3000000000", "-3000000000", "0", "7", "-7", "2147483647", "99999999999", "12.5"],
+                _ => &[
+                    "3000000000",
+                    "-3000000000",
+                    "0",
+                    "7",
+                    "-7",
+                    "2147483647",
+                    "99999999999",
+                    "12.5",
+                ],
             };
             let v = *rng.pick(values);
             let w = *rng.pick(values);
@@ -125,44 +182,118 @@ fn leaf(rng: &mut Rng) -> Generated {
                 3 => ("lte", v.to_string(), format!("{col} <= {v}")),
                 4 => ("gt", v.to_string(), format!("{col} > {v}")),
                 5 => ("gte", v.to_string(), format!("{col} >= {v}")),
-                6 => ("between", format!("[{v},{w}]"), format!("{col} >= {v} AND {col} <= {w}")),
+                6 => (
+                    "between",
+                    format!("[{v},{w}]"),
+                    format!("{col} >= {v} AND {col} <= {w}"),
+                ),
                 7 => ("in", format!("[{v},{w}]"), format!("{col} IN ({v}, {w})")),
-                _ => ("not_in", format!("[{v},{w}]"), format!("{col} NOT IN ({v}, {w})")),
+                _ => (
+                    "not_in",
+                    format!("[{v},{w}]"),
+                    format!("{col} NOT IN ({v}, {w})"),
+                ),
             };
-            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}","value":{json_value}}}"#), sql: null_false(sql) }
+            Generated {
+                json: format!(r#"{{"attribute":"{column}","op":"{op}","value":{json_value}}}"#),
+                sql: null_false(sql),
+            }
         }
         // booleans
         4 => {
-            let (op, sql) = *rng.pick(&[("is_true", "p.b IS TRUE"), ("is_false", "p.b IS FALSE"), ("is_null", "p.b IS NULL")]);
-            Generated { json: format!(r#"{{"attribute":"b","op":"{op}"}}"#), sql: sql.to_string() }
+            let (op, sql) = *rng.pick(&[
+                ("is_true", "p.b IS TRUE"),
+                ("is_false", "p.b IS FALSE"),
+                ("is_null", "p.b IS NULL"),
+            ]);
+            Generated {
+                json: format!(r#"{{"attribute":"b","op":"{op}"}}"#),
+                sql: sql.to_string(),
+            }
         }
         // time: ts (timestamptz), d (date)
         5 => {
             let (column, date) = *rng.pick(&[("ts", false), ("d", true)]);
             let (duration, interval) = *rng.pick(DURATIONS);
-            let r = |expr: String| if date { format!("({expr})::date") } else { expr };
+            let r = |expr: String| {
+                if date {
+                    format!("({expr})::date")
+                } else {
+                    expr
+                }
+            };
             let reference = r(REFERENCE.to_string());
             let col = format!("p.{column}");
             let (op, value, sql) = match rng.below(7) {
-                0 => ("in_last", Some(json_str(duration)), format!("{col} >= {} AND {col} <= {reference}", r(format!("{REFERENCE} - interval '{interval}'")))),
-                1 => ("not_in_last", Some(json_str(duration)), format!("{col} < {} OR {col} > {reference}", r(format!("{REFERENCE} - interval '{interval}'")))),
-                2 => ("in_next", Some(json_str(duration)), format!("{col} >= {reference} AND {col} <= {}", r(format!("{REFERENCE} + interval '{interval}'")))),
-                3 => ("before", Some(json_str("2026-10-15")), format!("{col} < '2026-10-15'::{}", if date { "date" } else { "timestamptz" })),
-                4 => ("after", Some(json_str("2026-10-15")), format!("{col} > '2026-10-15'::{}", if date { "date" } else { "timestamptz" })),
+                0 => (
+                    "in_last",
+                    Some(json_str(duration)),
+                    format!(
+                        "{col} >= {} AND {col} <= {reference}",
+                        r(format!("{REFERENCE} - interval '{interval}'"))
+                    ),
+                ),
+                1 => (
+                    "not_in_last",
+                    Some(json_str(duration)),
+                    format!(
+                        "{col} < {} OR {col} > {reference}",
+                        r(format!("{REFERENCE} - interval '{interval}'"))
+                    ),
+                ),
+                2 => (
+                    "in_next",
+                    Some(json_str(duration)),
+                    format!(
+                        "{col} >= {reference} AND {col} <= {}",
+                        r(format!("{REFERENCE} + interval '{interval}'"))
+                    ),
+                ),
+                3 => (
+                    "before",
+                    Some(json_str("2026-10-15")),
+                    format!(
+                        "{col} < '2026-10-15'::{}",
+                        if date { "date" } else { "timestamptz" }
+                    ),
+                ),
+                4 => (
+                    "after",
+                    Some(json_str("2026-10-15")),
+                    format!(
+                        "{col} > '2026-10-15'::{}",
+                        if date { "date" } else { "timestamptz" }
+                    ),
+                ),
                 5 => ("is_today", None, format!("{col}::date = {REFERENCE}::date")),
-                _ => ("is_anniversary", None, format!("to_char({col}, 'MM-DD') = to_char({REFERENCE}, 'MM-DD')")),
+                _ => (
+                    "is_anniversary",
+                    None,
+                    format!("to_char({col}, 'MM-DD') = to_char({REFERENCE}, 'MM-DD')"),
+                ),
             };
-            let value = value.map(|v| format!(r#","value":{v}"#)).unwrap_or_default();
-            Generated { json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}}}"#), sql: null_false(sql) }
+            let value = value
+                .map(|v| format!(r#","value":{v}"#))
+                .unwrap_or_default();
+            Generated {
+                json: format!(r#"{{"attribute":"{column}","op":"{op}"{value}}}"#),
+                sql: null_false(sql),
+            }
         }
         // related: exists / not exists, with a filter and a window
         6 => {
             let exists = rng.chance(70);
             let (filter_json, filter_sql) = related_filter(rng);
             let (within_json, within_sql) = window(rng);
-            let json = format!(r#"{{"related":"events","exists":{exists}{filter_json}{within_json}}}"#);
-            let sub = format!("SELECT 1 FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}");
-            let sql = if exists { format!("EXISTS ({sub})") } else { format!("NOT EXISTS ({sub})") };
+            let json =
+                format!(r#"{{"related":"events","exists":{exists}{filter_json}{within_json}}}"#);
+            let sub =
+                format!("SELECT 1 FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}");
+            let sql = if exists {
+                format!("EXISTS ({sub})")
+            } else {
+                format!("NOT EXISTS ({sub})")
+            };
             Generated { json, sql }
         }
         // related aggregates
@@ -175,11 +306,25 @@ fn leaf(rng: &mut Rng) -> Generated {
                 0 => ("gt", v.to_string(), format!("> {v}")),
                 1 => ("lte", v.to_string(), format!("<= {v}")),
                 2 => ("eq", v.to_string(), format!("= {v}")),
-                _ => ("between", "[1, 60]".to_string(), "BETWEEN 1 AND 60".to_string()),
+                _ => (
+                    "between",
+                    "[1, 60]".to_string(),
+                    "BETWEEN 1 AND 60".to_string(),
+                ),
             };
-            let measure = if function == "count" { "count(*)".to_string() } else { format!("{function}(r.amount)") };
-            let attribute = if function == "count" { String::new() } else { r#","attribute":"amount""#.to_string() };
-            let json = format!(r#"{{"related":"events","aggregate":"{function}"{attribute}{filter_json}{within_json},"op":"{op}","value":{json_value}}}"#);
+            let measure = if function == "count" {
+                "count(*)".to_string()
+            } else {
+                format!("{function}(r.amount)")
+            };
+            let attribute = if function == "count" {
+                String::new()
+            } else {
+                r#","attribute":"amount""#.to_string()
+            };
+            let json = format!(
+                r#"{{"related":"events","aggregate":"{function}"{attribute}{filter_json}{within_json},"op":"{op}","value":{json_value}}}"#
+            );
             let sql = format!("coalesce((SELECT {measure} FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}) {cmp}, false)");
             Generated { json, sql }
         }
@@ -191,9 +336,15 @@ fn related_filter(rng: &mut Rng) -> (String, String) {
         0 => (String::new(), String::new()),
         1 => {
             let kind = *rng.pick(&["open", "click", "buy"]);
-            (format!(r#","where":{{"attribute":"kind","op":"eq","value":"{kind}"}}"#), format!(" AND coalesce(r.kind = '{kind}', false)"))
+            (
+                format!(r#","where":{{"attribute":"kind","op":"eq","value":"{kind}"}}"#),
+                format!(" AND coalesce(r.kind = '{kind}', false)"),
+            )
         }
-        _ => (r#","where":{"attribute":"amount","op":"gt","value":20}"#.to_string(), " AND coalesce(r.amount > 20, false)".to_string()),
+        _ => (
+            r#","where":{"attribute":"amount","op":"gt","value":20}"#.to_string(),
+            " AND coalesce(r.amount > 20, false)".to_string(),
+        ),
     }
 }
 
@@ -215,14 +366,37 @@ fn condition(rng: &mut Rng, depth: usize) -> Generated {
     match rng.below(3) {
         0 => {
             let inner = condition(rng, depth + 1);
-            Generated { json: format!(r#"{{"not":{}}}"#, inner.json), sql: format!("NOT ({})", inner.sql) }
+            Generated {
+                json: format!(r#"{{"not":{}}}"#, inner.json),
+                sql: format!("NOT ({})", inner.sql),
+            }
         }
         kind => {
-            let items: Vec<Generated> = (0..1 + rng.below(3)).map(|_| condition(rng, depth + 1)).collect();
-            let (key, joiner) = if kind == 1 { ("all", " AND ") } else { ("any", " OR ") };
+            let items: Vec<Generated> = (0..1 + rng.below(3))
+                .map(|_| condition(rng, depth + 1))
+                .collect();
+            let (key, joiner) = if kind == 1 {
+                ("all", " AND ")
+            } else {
+                ("any", " OR ")
+            };
             Generated {
-                json: format!(r#"{{"{key}":[{}]}}"#, items.iter().map(|g| g.json.as_str()).collect::<Vec<_>>().join(",")),
-                sql: format!("({})", items.iter().map(|g| format!("({})", g.sql)).collect::<Vec<_>>().join(joiner)),
+                json: format!(
+                    r#"{{"{key}":[{}]}}"#,
+                    items
+                        .iter()
+                        .map(|g| g.json.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                sql: format!(
+                    "({})",
+                    items
+                        .iter()
+                        .map(|g| format!("({})", g.sql))
+                        .collect::<Vec<_>>()
+                        .join(joiner)
+                ),
             }
         }
     }
@@ -233,7 +407,11 @@ pub fn rules(rng: &mut Rng, depth: usize) -> Generated {
     let mut json = Vec::new();
     let mut sql = String::new();
     for i in 0..1 + rng.below(3) {
-        let body = if depth < 1 && rng.chance(20) { rules(rng, depth + 1) } else { condition(rng, 0) };
+        let body = if depth < 1 && rng.chance(20) {
+            rules(rng, depth + 1)
+        } else {
+            condition(rng, 0)
+        };
         let body_json = if depth < 1 && body.json.starts_with('[') {
             format!(r#""rules":{}"#, body.json)
         } else {
@@ -252,7 +430,10 @@ pub fn rules(rng: &mut Rng, depth: usize) -> Generated {
             };
         }
     }
-    Generated { json: format!("[{}]", json.join(",")), sql }
+    Generated {
+        json: format!("[{}]", json.join(",")),
+        sql,
+    }
 }
 
 #[cfg(test)]
@@ -265,39 +446,52 @@ mod tests {
     /// `TABLES_SQL`'s tables as the catalog sees them.
     fn people() -> FixedCatalog {
         use ColumnKind::*;
-        let table = |name: &str, columns: Vec<Column>| Table { dropped: false, relation_sql: format!("\"public\".\"{name}\""), columns };
+        let table = |name: &str, columns: Vec<Column>| Table {
+            dropped: false,
+            relation_sql: format!("\"public\".\"{name}\""),
+            columns,
+        };
         use crate::catalog::Column;
         let person = Entity {
             name: "person".into(),
-            table: table("people", vec![
-                column("id", "integer", Numeric),
-                column("txt", "text", Text),
-                column("vc", "character varying(5)", Text),
-                column("ch", "character(3)", Text),
-                column("i", "integer", Numeric),
-                column("big", "bigint", Numeric),
-                column("num", "numeric(5,2)", Numeric),
-                column("b", "boolean", Boolean),
-                column("ts", "timestamp with time zone", TimestampTz),
-                column("d", "date", Date),
-            ]),
+            table: table(
+                "people",
+                vec![
+                    column("id", "integer", Numeric),
+                    column("txt", "text", Text),
+                    column("vc", "character varying(5)", Text),
+                    column("ch", "character(3)", Text),
+                    column("i", "integer", Numeric),
+                    column("big", "bigint", Numeric),
+                    column("num", "numeric(5,2)", Numeric),
+                    column("b", "boolean", Boolean),
+                    column("ts", "timestamp with time zone", TimestampTz),
+                    column("d", "date", Date),
+                ],
+            ),
             key_column: "id".into(),
             key_kind: KeyKind::Integer,
             key_replica: None,
             eligible: None,
             related: vec![Related {
                 name: "events".into(),
-                table: table("events", vec![
-                    column("person_id", "integer", Numeric),
-                    column("kind", "text", Text),
-                    column("amount", "numeric(8,2)", Numeric),
-                    column("at", "timestamp with time zone", TimestampTz),
-                ]),
+                table: table(
+                    "events",
+                    vec![
+                        column("person_id", "integer", Numeric),
+                        column("kind", "text", Text),
+                        column("amount", "numeric(8,2)", Numeric),
+                        column("at", "timestamp with time zone", TimestampTz),
+                    ],
+                ),
                 foreign_key: "person_id".into(),
                 time_column: Some("at".into()),
             }],
         };
-        FixedCatalog { entities: vec![person], segments: vec![] }
+        FixedCatalog {
+            entities: vec![person],
+            segments: vec![],
+        }
     }
 
     #[test]
@@ -307,8 +501,10 @@ mod tests {
         for _ in 0..2000 {
             let generated = rules(&mut rng, 0);
             let text = format!(r#"{{"entity":"person","rules":{}}}"#, generated.json);
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-            let (definition, plan, _) = compile_definition(&catalog, &value, None, REFERENCE).unwrap_or_else(|e| panic!("refused ({e}): {text}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+            let (definition, plan, _) = compile_definition(&catalog, &value, None, REFERENCE)
+                .unwrap_or_else(|e| panic!("refused ({e}): {text}"));
             assert!(!definition.rules.is_empty());
             assert!(!plan.leaves.is_empty(), "no leaf for {text}");
             assert!(!generated.sql.is_empty());

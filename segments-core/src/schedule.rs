@@ -37,7 +37,11 @@ pub fn parse_cron(text: &str) -> Result<Cron, SegmentsError> {
         .seconds(Seconds::Disallowed)
         .build()
         .parse(text)
-        .map_err(|e| SegmentsError::InvalidParameter(format!("schedule \"{text}\" is not a valid cron expression: {e}")))
+        .map_err(|e| {
+            SegmentsError::InvalidParameter(format!(
+                "schedule \"{text}\" is not a valid cron expression: {e}"
+            ))
+        })
 }
 
 impl Schedule {
@@ -60,7 +64,12 @@ impl Schedule {
 
     /// The first time strictly after `after` at which the schedule fires;
     /// `system` follows `system_cron`. None for manual schedules.
-    pub fn next_after(&self, after: DateTime<Utc>, system_cron: &Cron, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    pub fn next_after(
+        &self,
+        after: DateTime<Utc>,
+        system_cron: &Cron,
+        zone: &chrono_tz::Tz,
+    ) -> Option<DateTime<Utc>> {
         let cron = match self {
             Schedule::Manual => return None,
             Schedule::System | Schedule::Live => system_cron,
@@ -72,8 +81,14 @@ impl Schedule {
 
 /// The first time strictly after `after` at which `cron`, read as wall-clock
 /// time in `zone`, fires.
-pub fn next_in_zone(cron: &Cron, after: DateTime<Utc>, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
-    cron.find_next_occurrence(&after.with_timezone(zone), false).ok().map(|t| t.with_timezone(&Utc))
+pub fn next_in_zone(
+    cron: &Cron,
+    after: DateTime<Utc>,
+    zone: &chrono_tz::Tz,
+) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&after.with_timezone(zone), false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// What the scheduler knows of a segment to say when it is next due.
@@ -91,7 +106,12 @@ pub struct Due<'a> {
 /// manual or static segments (a static one once, right after it was
 /// created, changed or activated); now for a dynamic one that needs a
 /// refresh; otherwise its schedule's next time after `since`.
-pub fn next_refresh(due: &Due, now: DateTime<Utc>, system_cron: &Cron, zone: &chrono_tz::Tz) -> Option<DateTime<Utc>> {
+pub fn next_refresh(
+    due: &Due,
+    now: DateTime<Utc>,
+    system_cron: &Cron,
+    zone: &chrono_tz::Tz,
+) -> Option<DateTime<Utc>> {
     if !due.active {
         return None;
     }
@@ -145,20 +165,37 @@ mod tests {
     fn named_schedules_and_cron() {
         let system = parse_cron("0 2 * * *").unwrap();
         let from = at(2026, 11, 22, 10, 30);
-        let next = |text: &str| Schedule::parse(Some(text), true).unwrap().next_after(from, &system, &chrono_tz::UTC);
+        let next = |text: &str| {
+            Schedule::parse(Some(text), true)
+                .unwrap()
+                .next_after(from, &system, &chrono_tz::UTC)
+        };
         assert_eq!(next("system"), Some(at(2026, 11, 23, 2, 0)));
         assert_eq!(next("daily"), Some(at(2026, 11, 23, 0, 0)));
         assert_eq!(next("weekly"), Some(at(2026, 11, 29, 0, 0))); // a Sunday
         assert_eq!(next("monthly"), Some(at(2026, 12, 1, 0, 0)));
         assert_eq!(next("*/15 * * * *"), Some(at(2026, 11, 22, 10, 45)));
         assert_eq!(next("manual"), None);
-        assert!(matches!(Schedule::parse(None, true).unwrap(), Schedule::System));
-        assert!(matches!(Schedule::parse(None, false).unwrap(), Schedule::Manual));
+        assert!(matches!(
+            Schedule::parse(None, true).unwrap(),
+            Schedule::System
+        ));
+        assert!(matches!(
+            Schedule::parse(None, false).unwrap(),
+            Schedule::Manual
+        ));
     }
 
     #[test]
     fn bad_schedules_are_refused() {
-        for bad in ["hourly", "* * * *", "0 0 0 * * *", "61 * * * *", "0 25 * * *", "0 0 * * 9"] {
+        for bad in [
+            "hourly",
+            "* * * *",
+            "0 0 0 * * *",
+            "61 * * * *",
+            "0 25 * * *",
+            "0 0 * * 9",
+        ] {
             let e = Schedule::parse(Some(bad), true).unwrap_err();
             assert_eq!(e.code(), "22023", "{bad}");
             assert!(e.to_string().contains(bad), "{e}");
@@ -170,7 +207,11 @@ mod tests {
         assert!(check(Some("manual"), false).is_ok());
         assert!(check(None, false).is_ok());
         let e = check(Some("daily"), false).unwrap_err();
-        assert!(e.to_string().starts_with("a static segment refreshes only when asked"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("a static segment refreshes only when asked"),
+            "{e}"
+        );
         assert!(check(Some("0 6 * * 1"), true).is_ok());
     }
 
@@ -178,19 +219,60 @@ mod tests {
     fn next_refresh_follows_state_type_and_schedule() {
         let system = parse_cron("0 2 * * *").unwrap();
         let zone = chrono_tz::UTC;
-        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
         let now = at("2026-11-24T10:00:00Z");
         let since = at("2026-11-24T03:00:00Z");
-        let due = |dynamic, active, schedule, needs_refresh| Due { dynamic, active, schedule, since, needs_refresh };
+        let due = |dynamic, active, schedule, needs_refresh| Due {
+            dynamic,
+            active,
+            schedule,
+            since,
+            needs_refresh,
+        };
         let next = |d: Due| next_refresh(&d, now, &system, &zone);
         assert_eq!(next(due(true, false, None, true)), None, "inactive: never");
-        assert_eq!(next(due(false, true, None, true)), Some(now), "static, changed: once, now");
-        assert_eq!(next(due(false, true, None, false)), None, "static: never again");
-        assert_eq!(next(due(true, true, Some("manual"), true)), None, "manual: never");
-        assert_eq!(next(due(true, true, Some("daily"), true)), Some(now), "dynamic, changed: now");
-        assert_eq!(next(due(true, true, None, false)), Some(at("2026-11-25T02:00:00Z")), "system: the system cron after the last refresh");
-        assert_eq!(next(due(true, true, Some("live"), false)), Some(at("2026-11-25T02:00:00Z")), "live: the system refresh too");
-        assert_eq!(next(due(true, true, Some("*/15 * * * *"), false)), Some(at("2026-11-24T03:15:00Z")));
-        assert_eq!(next(due(true, true, Some("not a schedule"), false)), None, "an unreadable schedule is never due");
+        assert_eq!(
+            next(due(false, true, None, true)),
+            Some(now),
+            "static, changed: once, now"
+        );
+        assert_eq!(
+            next(due(false, true, None, false)),
+            None,
+            "static: never again"
+        );
+        assert_eq!(
+            next(due(true, true, Some("manual"), true)),
+            None,
+            "manual: never"
+        );
+        assert_eq!(
+            next(due(true, true, Some("daily"), true)),
+            Some(now),
+            "dynamic, changed: now"
+        );
+        assert_eq!(
+            next(due(true, true, None, false)),
+            Some(at("2026-11-25T02:00:00Z")),
+            "system: the system cron after the last refresh"
+        );
+        assert_eq!(
+            next(due(true, true, Some("live"), false)),
+            Some(at("2026-11-25T02:00:00Z")),
+            "live: the system refresh too"
+        );
+        assert_eq!(
+            next(due(true, true, Some("*/15 * * * *"), false)),
+            Some(at("2026-11-24T03:15:00Z"))
+        );
+        assert_eq!(
+            next(due(true, true, Some("not a schedule"), false)),
+            None,
+            "an unreadable schedule is never due"
+        );
     }
 }

@@ -29,6 +29,9 @@ mod tests {
         assert_eq!(closest("Country", columns), Some("country"));
         assert_eq!(closest("emial", columns), Some("email"));
         assert_eq!(closest("zip_code", columns), None);
-        assert_eq!(perhaps("contry", columns).as_deref(), Some("Perhaps you meant \"country\"."));
+        assert_eq!(
+            perhaps("contry", columns).as_deref(),
+            Some("Perhaps you meant \"country\".")
+        );
     }
 }

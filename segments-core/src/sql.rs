@@ -42,7 +42,10 @@ mod tests {
     fn literals_escape_quotes_and_backslashes() {
         assert_eq!(literal("DE"), "'DE'");
         assert_eq!(literal("O'Brien"), "'O''Brien'");
-        assert_eq!(literal("'); DROP TABLE customers; --"), "'''); DROP TABLE customers; --'");
+        assert_eq!(
+            literal("'); DROP TABLE customers; --"),
+            "'''); DROP TABLE customers; --'"
+        );
         assert_eq!(literal("a\\'b"), "E'a\\\\''b'");
         assert_eq!(literal("ünï €"), "'ünï €'");
     }

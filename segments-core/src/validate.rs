@@ -10,18 +10,30 @@ use crate::definition::Op;
 use crate::error::{invalid, SegmentsError};
 
 /// Refuses an operator that does not apply to the column's type.
-pub fn check_op(path: &str, column: &Column, op: Op, ignore_case: bool) -> Result<(), SegmentsError> {
+pub fn check_op(
+    path: &str,
+    column: &Column,
+    op: Op,
+    ignore_case: bool,
+) -> Result<(), SegmentsError> {
     use ColumnKind::*;
     let kind = column.kind;
     let fits = match op {
         Op::IsNull | Op::IsNotNull => true,
         Op::Eq | Op::Ne | Op::In | Op::NotIn => true,
-        Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::Between => matches!(kind, Numeric | Text | Date | Timestamp | TimestampTz),
+        Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::Between => {
+            matches!(kind, Numeric | Text | Date | Timestamp | TimestampTz)
+        }
         Op::Contains | Op::NotContains | Op::StartsWith | Op::EndsWith => kind == Text,
         Op::IsTrue | Op::IsFalse => kind == Boolean,
-        Op::InLast | Op::NotInLast | Op::InNext | Op::Before | Op::After | Op::On | Op::IsAnniversary | Op::IsToday => {
-            kind.is_temporal()
-        }
+        Op::InLast
+        | Op::NotInLast
+        | Op::InNext
+        | Op::Before
+        | Op::After
+        | Op::On
+        | Op::IsAnniversary
+        | Op::IsToday => kind.is_temporal(),
     };
     if !fits {
         return Err(invalid(
@@ -37,7 +49,10 @@ pub fn check_op(path: &str, column: &Column, op: Op, ignore_case: bool) -> Resul
     if ignore_case && kind != Text {
         return Err(invalid(
             &format!("{path}.ignore_case"),
-            format!("ignore_case applies to text columns, and \"{}\" is {}", column.name, column.type_sql),
+            format!(
+                "ignore_case applies to text columns, and \"{}\" is {}",
+                column.name, column.type_sql
+            ),
         ));
     }
     Ok(())
@@ -48,7 +63,10 @@ pub fn literal_text(path: &str, column: &Column, value: &Value) -> Result<String
     let wrong = |expected: &str| {
         invalid(
             path,
-            format!("{value} is not {expected} (column \"{}\" is {})", column.name, column.type_sql),
+            format!(
+                "{value} is not {expected} (column \"{}\" is {})",
+                column.name, column.type_sql
+            ),
         )
     };
     match column.kind {
@@ -89,7 +107,9 @@ fn is_number(s: &str) -> bool {
 }
 
 fn digits(s: &str, n: usize) -> Option<u32> {
-    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// `YYYY-MM-DD` with a real day of a real month.
@@ -132,8 +152,13 @@ pub fn is_timestamp(s: &str) -> bool {
         let fields: Vec<&str> = hms.split(':').collect();
         let ranges = [24, 60, 60];
         (fields.len() == 2 || fields.len() == 3)
-            && fields.iter().zip(ranges).all(|(f, max)| digits(f, 2).is_some_and(|v| v < max))
-            && fraction.is_none_or(|f| !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit()))
+            && fields
+                .iter()
+                .zip(ranges)
+                .all(|(f, max)| digits(f, 2).is_some_and(|v| v < max))
+            && fraction.is_none_or(|f| {
+                !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit())
+            })
     };
     let zone_ok = match zone {
         "" | "Z" => true,
@@ -149,7 +174,10 @@ pub fn is_timestamp(s: &str) -> bool {
 pub fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -158,7 +186,13 @@ mod tests {
     use serde_json::json;
 
     fn col(kind: ColumnKind, type_sql: &str) -> Column {
-        Column { name: "c".into(), type_sql: type_sql.into(), kind, base_type_sql: type_sql.split('(').next().unwrap_or(type_sql).into(), refused: None }
+        Column {
+            name: "c".into(),
+            type_sql: type_sql.into(),
+            kind,
+            base_type_sql: type_sql.split('(').next().unwrap_or(type_sql).into(),
+            refused: None,
+        }
     }
 
     #[test]
@@ -183,11 +217,17 @@ mod tests {
         assert_eq!(literal_text("p", &num, &json!(42)).unwrap(), "42");
         assert_eq!(literal_text("p", &num, &json!(" 4.5 ")).unwrap(), "4.5");
         let e = literal_text("rules[0].where.value", &num, &json!("abc")).unwrap_err();
-        assert_eq!(e.to_string(), "rules[0].where.value: \"abc\" is not a number (column \"c\" is integer)");
+        assert_eq!(
+            e.to_string(),
+            "rules[0].where.value: \"abc\" is not a number (column \"c\" is integer)"
+        );
         assert!(literal_text("p", &col(ColumnKind::Boolean, "boolean"), &json!(1)).is_err());
         assert!(literal_text("p", &col(ColumnKind::Date, "date"), &json!("2026-02-30")).is_err());
         assert!(literal_text("p", &col(ColumnKind::Uuid, "uuid"), &json!("not-a-uuid")).is_err());
-        assert_eq!(literal_text("p", &col(ColumnKind::Text, "text"), &json!(7)).unwrap(), "7");
+        assert_eq!(
+            literal_text("p", &col(ColumnKind::Text, "text"), &json!(7)).unwrap(),
+            "7"
+        );
     }
 
     #[test]
@@ -195,10 +235,19 @@ mod tests {
         let boolean = col(ColumnKind::Boolean, "boolean");
         assert!(check_op("p", &boolean, Op::IsTrue, false).is_ok());
         let e = check_op("p", &boolean, Op::Contains, false).unwrap_err();
-        assert_eq!(e.to_string(), "p.op: operator contains does not apply to column \"c\" of type boolean");
+        assert_eq!(
+            e.to_string(),
+            "p.op: operator contains does not apply to column \"c\" of type boolean"
+        );
         let number = col(ColumnKind::Numeric, "integer");
         assert!(check_op("p", &number, Op::InLast, false).is_err());
         assert!(check_op("p", &number, Op::Eq, true).is_err());
-        assert!(check_op("p", &col(ColumnKind::Date, "date"), Op::IsAnniversary, false).is_ok());
+        assert!(check_op(
+            "p",
+            &col(ColumnKind::Date, "date"),
+            Op::IsAnniversary,
+            false
+        )
+        .is_ok());
     }
 }

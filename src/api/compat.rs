@@ -4,10 +4,11 @@
 //! checks that every symbol of every older script is exported).
 //!
 //! 0.1.0's `rb_agg` had an `internal` state; these are its support
-//! functions, over the same accumulator as today's aggregate.
+//! functions, over the same accumulator as today's aggregate. 0.2.0's
+//! `_missing_keys(entity, keys)` had no caller argument.
 
-use pgrx::Internal;
 use pgrx::prelude::*;
+use pgrx::Internal;
 
 use segments_core::bitmap::{deserialize, position_of, serialize, Members};
 
@@ -19,7 +20,10 @@ use crate::pg::error::corrupt;
 ///
 /// # Safety
 /// `fcinfo` must be the aggregate support call's own.
-unsafe fn accumulator<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &'a mut Accumulator {
+unsafe fn accumulator<'a>(
+    state: &'a mut Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> &'a mut Accumulator {
     // SAFETY: AggCheckCallContext only reads fcinfo; the state is created
     // in the aggregate context it returns, and only ever holds an Accumulator.
     unsafe {
@@ -38,7 +42,11 @@ unsafe fn accumulator<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallI
 
 /// 0.1.0: transition function of `rb_agg` (internal state).
 #[pg_extern(schema = "segments", sql = false)]
-fn rb_agg_step(state: Internal, position: Option<i64>, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+fn rb_agg_step(
+    state: Internal,
+    position: Option<i64>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
     let mut state = state;
     if let Some(position) = position {
         // SAFETY: called by PostgreSQL as an aggregate support function.
@@ -73,7 +81,11 @@ fn rb_agg_serialize(state: Internal) -> Vec<u8> {
 
 /// 0.1.0: deserial function of `rb_agg`.
 #[pg_extern(schema = "segments", sql = false)]
-fn rb_agg_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+fn rb_agg_deserialize(
+    bytes: &[u8],
+    _unused: Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
     let mut state = Internal::default();
     let members = deserialize(bytes).unwrap_or_else(|e| corrupt(e));
     // SAFETY: called by PostgreSQL as an aggregate support function.
@@ -85,4 +97,14 @@ fn rb_agg_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionC
 #[pg_extern(schema = "segments", sql = false)]
 fn rb_agg_final(state: Internal) -> Vec<u8> {
     rb_agg_serialize(state)
+}
+
+/// 0.2.0: `_missing_keys(entity, keys)`, called by 0.2.0's
+/// `_connect_records` as the extension: the caller is the role the session
+/// acts as outside it (`SET ROLE`, not the extension's switch).
+#[pg_extern(schema = "segments", sql = false)]
+fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
+    // SAFETY: reads a backend global.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    crate::sequence::missing_keys(entity, keys, caller)
 }

@@ -21,7 +21,9 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
     let ok = !name.is_empty()
         && name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
@@ -33,7 +35,10 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
 
 fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
     SegmentsError::UndefinedColumn(format!("column \"{column}\" does not exist on {owner}"))
-        .with_hint(segments_core::spelling::perhaps(column, table.column_names()))
+        .with_hint(segments_core::spelling::perhaps(
+            column,
+            table.column_names(),
+        ))
 }
 
 fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
@@ -43,7 +48,10 @@ fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
         &[relation.into(), column.into()],
     );
     let (oid, type_sql) = spi(row);
-    (oid.unwrap_or(pg_sys::InvalidOid), type_sql.unwrap_or_default())
+    (
+        oid.unwrap_or(pg_sys::InvalidOid),
+        type_sql.unwrap_or_default(),
+    )
 }
 
 pub fn members_view_name(entity: &str) -> String {
@@ -53,9 +61,19 @@ pub fn members_view_name(entity: &str) -> String {
 /// `segments.<entity>_members`: segment_id, segment_name, then every column
 /// of the entity table. `security_invoker` makes the reader's own
 /// privileges on the entity table apply.
-pub(crate) fn members_view_sql(entity: &str, table: &Table, key_column: &str, key_kind: KeyKind, key_type_sql: &str) -> String {
+pub(crate) fn members_view_sql(
+    entity: &str,
+    table: &Table,
+    key_column: &str,
+    key_kind: KeyKind,
+    key_type_sql: &str,
+) -> String {
     let join = match key_kind {
-        KeyKind::Integer => format!("JOIN {} e ON e.{} = m.position", table.relation_sql, ident(key_column)),
+        KeyKind::Integer => format!(
+            "JOIN {} e ON e.{} = m.position",
+            table.relation_sql,
+            ident(key_column)
+        ),
         KeyKind::Dictionary => format!(
             "JOIN segments.entity_key k ON k.entity = {} AND k.position = m.position\n  \
              JOIN {} e ON e.{} = k.key::{key_type_sql}",
@@ -93,22 +111,41 @@ pub(crate) fn comment_members_view(entity: &str, table: &Table) {
         sql.push_str(&format!(
             "COMMENT ON COLUMN {view}.{} IS {};\n",
             ident(&column.name),
-            literal(&format!("Column {} of {}.", column.name, table.relation_sql))
+            literal(&format!(
+                "Column {} of {}.",
+                column.name, table.relation_sql
+            ))
         ));
     }
     spi(Spi::run(&sql));
 }
 
-fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, eligible: Option<serde_json::Value>) -> Result<(), Reported> {
+fn register_entity_impl(
+    entity: &str,
+    relation: pg_sys::Oid,
+    key_column: &str,
+    eligible: Option<serde_json::Value>,
+) -> Result<(), Reported> {
     check_name("entity", entity, 40)?;
     if SpiCatalog.entity(entity).is_some() {
-        return Err(SegmentsError::DuplicateObject(format!("entity \"{entity}\" is already registered")).into());
+        return Err(SegmentsError::DuplicateObject(format!(
+            "entity \"{entity}\" is already registered"
+        ))
+        .into());
     }
     let table = SpiCatalog::table(relation);
     if table.column(key_column).is_none() {
-        return Err(column_error(&table, key_column, &format!("relation {}", table.relation_sql)));
+        return Err(column_error(
+            &table,
+            key_column,
+            &format!("relation {}", table.relation_sql),
+        ));
     }
-    if table.columns.iter().any(|c| c.name == "segment_id" || c.name == "segment_name") {
+    if table
+        .columns
+        .iter()
+        .any(|c| c.name == "segment_id" || c.name == "segment_name")
+    {
         return Err(SegmentsError::InvalidParameter(format!(
             "relation {} has a column named segment_id or segment_name, which the members view needs for itself",
             table.relation_sql
@@ -135,13 +172,23 @@ fn register_entity_impl(entity: &str, relation: pg_sys::Oid, key_column: &str, e
     ));
     // Compiling the eligible condition checks it against the columns.
     Planner::new(&SpiCatalog, entity, "entity", &reference_time_sql())?;
-    spi(Spi::run(&members_view_sql(entity, &table, key_column, key_kind, &key_type_sql)));
+    spi(Spi::run(&members_view_sql(
+        entity,
+        &table,
+        key_column,
+        key_kind,
+        &key_type_sql,
+    )));
     comment_members_view(entity, &table);
     spi(Spi::run(&format!(
         "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
         ident(&members_view_name(entity))
     )));
-    if let Some(warning) = crate::engine::citus::entity_warning(&table.relation_sql, key_column, crate::engine::citus::placement(relation).as_ref()) {
+    if let Some(warning) = crate::engine::citus::entity_warning(
+        &table.relation_sql,
+        key_column,
+        crate::engine::citus::placement(relation).as_ref(),
+    ) {
         pgrx::warning!("segments: {warning}");
     }
     if let Some(registered) = SpiCatalog.entity(entity) {
@@ -161,8 +208,10 @@ fn register_entity(
     crate::pg::txn::require_admin("register entities");
     crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::pg::txn::privileged(AssertUnwindSafe(|| register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))))
-        .or_raise()
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
+        register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))
+    }))
+    .or_raise()
 }
 
 fn register_related_impl(
@@ -182,10 +231,14 @@ fn register_related_impl(
     }
     let table = SpiCatalog::table(relation);
     let what = format!("relation {}", table.relation_sql);
-    let fk_column = table.column(foreign_key).ok_or_else(|| column_error(&table, foreign_key, &what))?;
+    let fk_column = table
+        .column(foreign_key)
+        .ok_or_else(|| column_error(&table, foreign_key, &what))?;
     fk_column.check_usable("foreign_key", &what)?;
     if let Some(time_column) = time_column {
-        let column = table.column(time_column).ok_or_else(|| column_error(&table, time_column, &what))?;
+        let column = table
+            .column(time_column)
+            .ok_or_else(|| column_error(&table, time_column, &what))?;
         column.check_usable("time_column", &what)?;
         if !column.kind.is_temporal() {
             return Err(SegmentsError::InvalidParameter(format!(
@@ -230,8 +283,10 @@ fn register_related(
     crate::pg::txn::require_admin("register related tables");
     crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::pg::txn::privileged(AssertUnwindSafe(|| register_related_impl(entity, name, relation, foreign_key, time_column)))
-        .or_raise()
+    crate::pg::txn::privileged(AssertUnwindSafe(|| {
+        register_related_impl(entity, name, relation, foreign_key, time_column)
+    }))
+    .or_raise()
 }
 
 fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
@@ -244,11 +299,19 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
         return Err(SegmentsError::DependentObjects(format!(
             "entity \"{entity}\" is used by segments: {users}"
         ))
-        .with_hint(Some("Delete those segments first with segments.delete().".into())));
+        .with_hint(Some(
+            "Delete those segments first with segments.delete().".into(),
+        )));
     }
-    spi(Spi::run(&format!("DROP VIEW IF EXISTS segments.{}", ident(&members_view_name(entity)))));
+    spi(Spi::run(&format!(
+        "DROP VIEW IF EXISTS segments.{}",
+        ident(&members_view_name(entity))
+    )));
     crate::engine::citus::drop_key_replica(entity);
-    spi(Spi::run_with_args("DELETE FROM segments.entity WHERE name = $1", &[entity.into()]));
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.entity WHERE name = $1",
+        &[entity.into()],
+    ));
     Ok(())
 }
 
@@ -273,7 +336,8 @@ fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
 /// shards, with the bitmap shipped to them.
 #[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
 fn bitmap_positions(bitmap: &[u8]) -> SetOfIterator<'static, i64> {
-    let members = segments_core::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::pg::error::corrupt(e));
+    let members =
+        segments_core::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::pg::error::corrupt(e));
     SetOfIterator::new(members.into_iter().map(key_of))
 }
 
@@ -345,5 +409,6 @@ fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
 #[pg_extern(schema = "segments")]
 fn unregister_related(entity: &str, name: &str) {
     crate::pg::txn::require_admin("unregister related tables");
-    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name))).or_raise()
+    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name)))
+        .or_raise()
 }

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
+use pgrx::JsonB;
 use serde_json::{json, Value};
 
 use segments_core::bitmap::position_of;
@@ -18,7 +18,9 @@ use segments_core::compile::Planner;
 use segments_core::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
 use segments_core::sql::{ident, literal, op};
 
-use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members};
+use crate::engine::evaluate::{
+    compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members,
+};
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
 use crate::pg::spi::optional_value;
@@ -56,7 +58,9 @@ impl Probe<'_> {
     /// Whether the record matches `rules` (a definition's or a rule's
     /// subrules), evaluated with the refresh's plan on this one key.
     fn matches(&self, rules: Value) -> Result<bool, Reported> {
-        let Some(position) = self.position else { return Ok(false) };
+        let Some(position) = self.position else {
+            return Ok(false);
+        };
         let definition = Definition::parse(&json!({"entity": self.entity.name, "rules": rules}))?;
         let mut planner = Planner::new(&SpiCatalog, &self.entity.name, "entity", &self.reference)?;
         planner.restrict_to(self.keys_sql.clone());
@@ -87,7 +91,8 @@ impl Probe<'_> {
                 &[],
             ),
             ConditionKind::Related(test) => {
-                let mut planner = Planner::new(&SpiCatalog, &self.entity.name, "entity", &self.reference)?;
+                let mut planner =
+                    Planner::new(&SpiCatalog, &self.entity.name, "entity", &self.reference)?;
                 planner.restrict_to(self.keys_sql.clone());
                 optional_value::<String>(&planner.related_value_sql(&condition.path, test)?, &[])
             }
@@ -95,18 +100,37 @@ impl Probe<'_> {
                 let id = SpiCatalog
                     .segment(&test.segment)
                     .map(|s| s.id)
-                    .ok_or_else(|| SegmentsError::missing_segment_reference(&condition.path, &test.segment))?;
-                let member = self.position.is_some_and(|p| stored_members(id).contains(p));
-                Some(if member { "member".into() } else { "not a member".into() })
+                    .ok_or_else(|| {
+                        SegmentsError::missing_segment_reference(&condition.path, &test.segment)
+                    })?;
+                let member = self
+                    .position
+                    .is_some_and(|p| stored_members(id).contains(p));
+                Some(if member {
+                    "member".into()
+                } else {
+                    "not a member".into()
+                })
             }
             _ => None,
         })
     }
 
-    fn walk_condition(&self, condition: &Condition, name: &Option<String>, rows: &mut Vec<Row>) -> Result<(), Reported> {
+    fn walk_condition(
+        &self,
+        condition: &Condition,
+        name: &Option<String>,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Reported> {
         let matches = self.condition_matches(&condition.path)?;
         let raw = json_at(self.raw, &condition.path).cloned();
-        rows.push((condition.path.clone(), name.clone(), raw.map(JsonB), matches, self.value(condition)?));
+        rows.push((
+            condition.path.clone(),
+            name.clone(),
+            raw.map(JsonB),
+            matches,
+            self.value(condition)?,
+        ));
         match &condition.kind {
             ConditionKind::All(items) | ConditionKind::Any(items) => {
                 for item in items {
@@ -121,13 +145,23 @@ impl Probe<'_> {
 
     fn walk_rules(&self, rules: &[Rule], rows: &mut Vec<Row>) -> Result<(), Reported> {
         for rule in rules {
-            let raw = json_at(self.raw, &rule.path).cloned().unwrap_or(Value::Null);
+            let raw = json_at(self.raw, &rule.path)
+                .cloned()
+                .unwrap_or(Value::Null);
             // The rule alone (its combine shown in `condition`).
             let alone = match &rule.body {
-                RuleBody::Where(_) => json!([{ "where": raw.get("where").cloned().unwrap_or(Value::Null) }]),
+                RuleBody::Where(_) => {
+                    json!([{ "where": raw.get("where").cloned().unwrap_or(Value::Null) }])
+                }
                 RuleBody::Rules(_) => raw.get("rules").cloned().unwrap_or(Value::Null),
             };
-            rows.push((rule.path.clone(), rule.name.clone(), Some(JsonB(raw)), self.matches(alone)?, None));
+            rows.push((
+                rule.path.clone(),
+                rule.name.clone(),
+                Some(JsonB(raw)),
+                self.matches(alone)?,
+                None,
+            ));
             match &rule.body {
                 RuleBody::Where(condition) => self.walk_condition(condition, &rule.name, rows)?,
                 RuleBody::Rules(subrules) => self.walk_rules(subrules, rows)?,
@@ -147,7 +181,10 @@ fn locate(entity: &Entity, key: &str) -> Result<(Option<u64>, String), Reported>
     let keys_sql = format!("ARRAY[{}::{type_sql}]", literal(key));
     let position = match entity.key_kind {
         KeyKind::Integer => Some(position_of(key.trim().parse::<i64>().map_err(|_| {
-            SegmentsError::InvalidParameter(format!("\"{key}\" is not a key of entity \"{}\", whose keys are integers", entity.name))
+            SegmentsError::InvalidParameter(format!(
+                "\"{key}\" is not a key of entity \"{}\", whose keys are integers",
+                entity.name
+            ))
         })?)),
         KeyKind::Dictionary => optional_value::<i64>(
             &format!(
@@ -167,12 +204,22 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
         &[segment.into()],
     )
     .map(|d| d.0)
-    .zip(optional_value::<String>("SELECT entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1", &[segment.into()]))
+    .zip(optional_value::<String>(
+        "SELECT entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1",
+        &[segment.into()],
+    ))
     .ok_or_else(|| SegmentsError::no_such_segment(segment))?;
     let entity = crate::pg::catalog::registered_entity(&entity_name)?;
     let definition = Definition::parse(&raw)?;
     let (position, keys_sql) = locate(&entity, key)?;
-    let probe = Probe { segment, entity: &entity, raw: &raw, keys_sql, position, reference: reference_time_sql() };
+    let probe = Probe {
+        segment,
+        entity: &entity,
+        raw: &raw,
+        keys_sql,
+        position,
+        reference: reference_time_sql(),
+    };
     let mut rows = Vec::new();
     let exists = optional_value::<bool>(
         &format!(
@@ -185,15 +232,37 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
         &[],
     )
     .is_some();
-    rows.push(("record".into(), None, None, exists, Some(if exists { "exists".into() } else { "no such row (or not visible to you)".into() })));
+    rows.push((
+        "record".into(),
+        None,
+        None,
+        exists,
+        Some(if exists {
+            "exists".into()
+        } else {
+            "no such row (or not visible to you)".into()
+        }),
+    ));
     if let Some(eligible) = &entity.eligible {
         let matches = probe.matches(json!([{ "where": eligible }]))?;
-        rows.push(("eligible".into(), None, Some(JsonB(eligible.clone())), matches, None));
+        rows.push((
+            "eligible".into(),
+            None,
+            Some(JsonB(eligible.clone())),
+            matches,
+            None,
+        ));
     }
     probe.walk_rules(&definition.rules, &mut rows)?;
     let computed = probe.matches(raw.get("rules").cloned().unwrap_or(Value::Null))?;
     let stored = position.is_some_and(|p| stored_members(segment).contains(p));
-    rows.push(("member".into(), None, None, computed, Some(format!("is_member now: {stored}"))));
+    rows.push((
+        "member".into(),
+        None,
+        None,
+        computed,
+        Some(format!("is_member now: {stored}")),
+    ));
     Ok(rows)
 }
 
@@ -214,7 +283,11 @@ fn _explain_member(
 > {
     // As the caller, in the sandbox: values are read with the caller's
     // privileges (row-level security included).
-    let rows = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| explain_member_rows(segment, key))).or_raise();
+    let rows = crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        AssertUnwindSafe(|| explain_member_rows(segment, key)),
+    )
+    .or_raise();
     TableIterator::new(rows)
 }
 
@@ -226,8 +299,14 @@ mod tests {
     #[test]
     fn paths_find_their_json() {
         let d = json!({"rules": [{"where": {"all": [{"a": 1}, {"not": {"b": 2}}]}}, {"rules": [{"where": {"c": 3}}]}]});
-        assert_eq!(json_at(&d, "rules[0].where.all[1].not"), Some(&json!({"b": 2})));
-        assert_eq!(json_at(&d, "rules[1].rules[0].where"), Some(&json!({"c": 3})));
+        assert_eq!(
+            json_at(&d, "rules[0].where.all[1].not"),
+            Some(&json!({"b": 2}))
+        );
+        assert_eq!(
+            json_at(&d, "rules[1].rules[0].where"),
+            Some(&json!({"c": 3}))
+        );
         assert_eq!(json_at(&d, "rules[2]"), None);
     }
 }

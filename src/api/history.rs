@@ -27,14 +27,20 @@ fn segment_row(segment: i64) -> Result<(String, String), Reported> {
             return None;
         }
         let row = table.first();
-        Some((spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<String>(2)).unwrap_or_default()))
+        Some((
+            spi(row.get::<String>(1)).unwrap_or_default(),
+            spi(row.get::<String>(2)).unwrap_or_default(),
+        ))
     })
     .ok_or_else(|| SegmentsError::no_such_segment(segment).into())
 }
 
 /// The member keys after the last successful refresh at or before `at`:
 /// today's members, with every change recorded since then undone.
-fn members_at_impl(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> Result<Vec<String>, Reported> {
+fn members_at_impl(
+    segment: i64,
+    at: pgrx::datum::TimestampWithTimeZone,
+) -> Result<Vec<String>, Reported> {
     let (_, entity) = segment_row(segment)?;
     let created_after = optional_value::<bool>(
         "SELECT created_at OPERATOR(pg_catalog.>) $2 FROM segments.segment WHERE id OPERATOR(pg_catalog.=) $1",
@@ -60,8 +66,10 @@ fn members_at_impl(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> Resu
         ))
         .into());
     };
-    let mut keys: BTreeSet<String> =
-        keys_at(&entity, &stored_members(segment)).into_iter().map(|(_, key)| key).collect();
+    let mut keys: BTreeSet<String> = keys_at(&entity, &stored_members(segment))
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect();
     let changes: Vec<(String, String)> = Spi::connect(|client| {
         spi(client.select(
             "SELECT c.key, c.change FROM segments.membership_change c \
@@ -70,7 +78,12 @@ fn members_at_impl(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> Resu
             None,
             &[segment.into(), last_run.into()],
         ))
-        .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<String>(2)).unwrap_or_default()))
+        .map(|row| {
+            (
+                spi(row.get::<String>(1)).unwrap_or_default(),
+                spi(row.get::<String>(2)).unwrap_or_default(),
+            )
+        })
         .collect()
     });
     for (key, change) in changes {
@@ -87,8 +100,15 @@ fn members_at_impl(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> Resu
 /// The keys (as text) of a segment's members as they were after the last
 /// refresh at or before `at`, within the history retention.
 #[pg_extern(schema = "segments", stable)]
-fn members_at(segment: i64, at: pgrx::datum::TimestampWithTimeZone) -> SetOfIterator<'static, String> {
-    let keys = crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| members_at_impl(segment, at))).or_raise();
+fn members_at(
+    segment: i64,
+    at: pgrx::datum::TimestampWithTimeZone,
+) -> SetOfIterator<'static, String> {
+    let keys = crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        AssertUnwindSafe(|| members_at_impl(segment, at)),
+    )
+    .or_raise();
     SetOfIterator::new(keys)
 }
 
@@ -99,7 +119,10 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     let keys: Vec<Value> = keys_at(&entity_name, &members)
         .into_iter()
         .map(|(_, key)| match entity.key_kind {
-            KeyKind::Integer => key.parse::<i64>().map(Value::from).unwrap_or(Value::String(key)),
+            KeyKind::Integer => key
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or(Value::String(key)),
             KeyKind::Dictionary => Value::String(key),
         })
         .collect();
@@ -108,7 +131,10 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     } else {
         json!({"attribute": entity.key_column, "op": "in", "value": keys})
     };
-    let stamp = spi(Spi::get_one::<String>("SELECT pg_catalog.now()::pg_catalog.text")).unwrap_or_default();
+    let stamp = spi(Spi::get_one::<String>(
+        "SELECT pg_catalog.now()::pg_catalog.text",
+    ))
+    .unwrap_or_default();
     let definition = json!({"entity": entity_name, "rules": [{"name": format!("Frozen from {source_name} at {stamp}"), "where": condition}]});
     let id = spi(Spi::get_one_with_args::<i64>(
         "SELECT segments.create_segment($1, $2, type => 'static', description => $3)",
@@ -141,5 +167,9 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
 #[pg_extern(schema = "segments")]
 fn freeze(segment: i64, name: &str) -> i64 {
     crate::pg::txn::require_editor("freeze segments");
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), AssertUnwindSafe(|| freeze_impl(segment, name))).or_raise()
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        AssertUnwindSafe(|| freeze_impl(segment, name)),
+    )
+    .or_raise()
 }

@@ -2,9 +2,9 @@
 //! bitmap, and the value picker of the segment builder. Everything runs
 //! with the caller's privileges.
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
+use pgrx::JsonB;
 use roaring::RoaringBitmap;
 
 use segments_core::bitmap::{key_of, position_of, Members};
@@ -17,20 +17,27 @@ use crate::pg::spi::{optional_value, required, spi};
 
 /// A segment's entity, or 42704 when the segment does not exist.
 fn segment_entity(segment: i64) -> Result<segments_core::catalog::Entity, Reported> {
-    let entity = optional_value::<String>("SELECT entity FROM segments.segment WHERE id = $1", &[segment.into()])
-        .ok_or_else(|| {
-            crate::engine::citus::refuse_on_worker("functions of segments");
-            SegmentsError::no_such_segment(segment)
-        })?;
+    let entity = optional_value::<String>(
+        "SELECT entity FROM segments.segment WHERE id = $1",
+        &[segment.into()],
+    )
+    .ok_or_else(|| {
+        crate::engine::citus::refuse_on_worker("functions of segments");
+        SegmentsError::no_such_segment(segment)
+    })?;
     entity_named(&entity)
 }
 
 fn entity_named(name: &str) -> Result<segments_core::catalog::Entity, Reported> {
-    crate::pg::catalog::registered_entity(name).inspect_err(|_| crate::engine::citus::refuse_on_worker("functions of segments"))
+    crate::pg::catalog::registered_entity(name)
+        .inspect_err(|_| crate::engine::citus::refuse_on_worker("functions of segments"))
 }
 
 /// The bitmap position of a key given as text, if the key has one.
-fn position_of_key(entity: &segments_core::catalog::Entity, key: &str) -> Result<Option<u64>, Reported> {
+fn position_of_key(
+    entity: &segments_core::catalog::Entity,
+    key: &str,
+) -> Result<Option<u64>, Reported> {
     key_position(&entity.name, entity.key_kind, entity.key_type_sql(), key)
 }
 
@@ -38,12 +45,23 @@ fn position_of_key(entity: &segments_core::catalog::Entity, key: &str) -> Result
 /// `kind` and `key_type`: integer keys are their own positions, dictionary
 /// keys are looked up, cast through the key type so that e.g. an
 /// upper-case uuid matches. None: a dictionary key never seen.
-fn key_position(entity: &str, kind: KeyKind, key_type: &str, key: &str) -> Result<Option<u64>, Reported> {
+fn key_position(
+    entity: &str,
+    kind: KeyKind,
+    key_type: &str,
+    key: &str,
+) -> Result<Option<u64>, Reported> {
     match kind {
-        KeyKind::Integer => key.trim().parse::<i64>().map(|k| Some(position_of(k))).map_err(|_| {
-            SegmentsError::InvalidParameter(format!("\"{key}\" is not a key of entity \"{entity}\", whose keys are integers"))
+        KeyKind::Integer => key
+            .trim()
+            .parse::<i64>()
+            .map(|k| Some(position_of(k)))
+            .map_err(|_| {
+                SegmentsError::InvalidParameter(format!(
+                    "\"{key}\" is not a key of entity \"{entity}\", whose keys are integers"
+                ))
                 .into()
-        }),
+            }),
         KeyKind::Dictionary => {
             let sql = format!(
                 "SELECT position FROM segments.entity_key WHERE entity OPERATOR(pg_catalog.=) $1 \
@@ -54,7 +72,8 @@ fn key_position(entity: &str, kind: KeyKind, key_type: &str, key: &str) -> Resul
     }
 }
 
-const MEMBERSHIP_LOOKUP: &str = "SELECT e.name, e.key_kind, e.key_type::text, m.xmin::text || m.ctid::text
+const MEMBERSHIP_LOOKUP: &str =
+    "SELECT e.name, e.key_kind, e.key_type::text, m.xmin::text || m.ctid::text
        FROM segments.segment s JOIN segments.entity e ON e.name = s.entity
        LEFT JOIN segments.membership m ON m.segment_id = s.id
       WHERE s.id = $1";
@@ -73,10 +92,15 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
         let table = MEMBERSHIP_LOOKUP_PLAN.with(|plan| {
             let mut plan = plan.borrow_mut();
             if plan.is_none() {
-                let prepared = spi(client.prepare(MEMBERSHIP_LOOKUP, &[pgrx::pg_sys::INT8OID.into()]));
+                let prepared =
+                    spi(client.prepare(MEMBERSHIP_LOOKUP, &[pgrx::pg_sys::INT8OID.into()]));
                 *plan = Some(prepared.keep());
             }
-            spi(client.select(plan.as_ref().expect("prepared above"), Some(1), &[segment.into()]))
+            spi(client.select(
+                plan.as_ref().expect("prepared above"),
+                Some(1),
+                &[segment.into()],
+            ))
         });
         if table.is_empty() {
             return None;
@@ -93,14 +117,20 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
         crate::engine::citus::refuse_on_worker("is_member");
         SegmentsError::no_such_segment(segment)
     })?;
-    let kind = if kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
+    let kind = if kind == "integer" {
+        KeyKind::Integer
+    } else {
+        KeyKind::Dictionary
+    };
     Ok((entity, kind, key_type, version))
 }
 
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _is_member(segment: i64, key: &str) -> bool {
     let (entity, kind, key_type, version) = membership_lookup(segment).or_raise();
-    let Some(position) = key_position(&entity, kind, &key_type, key).or_raise() else { return false };
+    let Some(position) = key_position(&entity, kind, &key_type, key).or_raise() else {
+        return false;
+    };
     cached_members(segment, version).contains(position)
 }
 
@@ -110,13 +140,15 @@ fn _segments_of(
     key: &str,
 ) -> TableIterator<'static, (name!(segment_id, i64), name!(name, String))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        let entity = entity_named(entity).or_raise();
-        let Some(position) = position_of_key(&entity, key).or_raise() else {
-            return TableIterator::new(Vec::new());
-        };
-        let rows: Vec<(i64, String, Vec<u8>)> = Spi::connect(|client| {
-            spi(client.select(
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            let entity = entity_named(entity).or_raise();
+            let Some(position) = position_of_key(&entity, key).or_raise() else {
+                return TableIterator::new(Vec::new());
+            };
+            let rows: Vec<(i64, String, Vec<u8>)> = Spi::connect(|client| {
+                spi(client.select(
                 "SELECT s.id, s.name, m.members FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id \
                  WHERE s.entity = $1 ORDER BY s.id",
                 None,
@@ -124,22 +156,28 @@ fn _segments_of(
             ))
             .map(|row| (required(&row, 1), required(&row, 2), required(&row, 3)))
             .collect()
-        });
-        let found: Vec<(i64, String)> = rows
-            .into_iter()
-            .filter(|(_, _, bytes)| segments_core::bitmap::deserialize(bytes).map(|m| m.contains(position)).unwrap_or(false))
-            .map(|(id, name, _)| (id, name))
-            .collect();
-        TableIterator::new(found)
-    }))
+            });
+            let found: Vec<(i64, String)> = rows
+                .into_iter()
+                .filter(|(_, _, bytes)| {
+                    segments_core::bitmap::deserialize(bytes)
+                        .map(|m| m.contains(position))
+                        .unwrap_or(false)
+                })
+                .map(|(id, name, _)| (id, name))
+                .collect();
+            TableIterator::new(found)
+        }),
+    )
 }
 
 /// The keys (as text) of the first `n` members in key order.
 fn first_keys(entity: &segments_core::catalog::Entity, members: &Members, n: usize) -> Vec<String> {
     match entity.key_kind {
-        KeyKind::Integer => {
-            segments_core::bitmap::first_in_key_order(members, n).into_iter().map(|p| key_of(p).to_string()).collect()
-        }
+        KeyKind::Integer => segments_core::bitmap::first_in_key_order(members, n)
+            .into_iter()
+            .map(|p| key_of(p).to_string())
+            .collect(),
         KeyKind::Dictionary => {
             // The first n members by position (the order keys were first
             // seen in): reading n keys, not every member's.
@@ -161,46 +199,64 @@ fn first_keys(entity: &segments_core::catalog::Entity, members: &Members, n: usi
 #[pg_extern(schema = "segments", stable)]
 fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        if n < 0 {
-            SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
-        }
-        let entity = segment_entity(segment).or_raise();
-        let keys = first_keys(&entity, &stored_members(segment), n as usize);
-        let type_sql = optional_value::<String>(
-            "SELECT key_type::text FROM segments.entity WHERE name = $1",
-            &[entity.name.as_str().into()],
-        )
-        .unwrap_or_else(|| "text".into());
-        let key = ident(&entity.key_column);
-        let sql = format!(
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            if n < 0 {
+                SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+            }
+            let entity = segment_entity(segment).or_raise();
+            let keys = first_keys(&entity, &stored_members(segment), n as usize);
+            let type_sql = optional_value::<String>(
+                "SELECT key_type::text FROM segments.entity WHERE name = $1",
+                &[entity.name.as_str().into()],
+            )
+            .unwrap_or_else(|| "text".into());
+            let key = ident(&entity.key_column);
+            let sql = format!(
             "SELECT to_jsonb(e) FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
             entity.table.relation_sql
         );
-        let rows: Vec<JsonB> = Spi::connect(|client| {
-            spi(client.select(&sql, None, &[keys.into()])).filter_map(|row| spi(row.get::<JsonB>(1))).collect()
-        });
-        SetOfIterator::new(rows)
-    }))
+            let rows: Vec<JsonB> = Spi::connect(|client| {
+                spi(client.select(&sql, None, &[keys.into()]))
+                    .filter_map(|row| spi(row.get::<JsonB>(1)))
+                    .collect()
+            });
+            SetOfIterator::new(rows)
+        }),
+    )
 }
 
 /// Members in a only, in both, in b only.
 #[pg_extern(schema = "segments", stable)]
-fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
+fn overlap(
+    a: i64,
+    b: i64,
+) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
-        if entity_a.name != entity_b.name {
-            SegmentsError::InvalidParameter(format!(
-                "segments {a} and {b} group different entities (\"{}\" and \"{}\")",
-                entity_a.name, entity_b.name
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
+            if entity_a.name != entity_b.name {
+                SegmentsError::InvalidParameter(format!(
+                    "segments {a} and {b} group different entities (\"{}\" and \"{}\")",
+                    entity_a.name, entity_b.name
+                ))
+                .raise();
+            }
+            let (ma, mb) = (
+                cached_members(a, membership_version(a)),
+                cached_members(b, membership_version(b)),
+            );
+            let both = ma.intersection_len(&mb);
+            TableIterator::once((
+                (ma.len() - both) as i64,
+                both as i64,
+                (mb.len() - both) as i64,
             ))
-            .raise();
-        }
-        let (ma, mb) = (cached_members(a, membership_version(a)), cached_members(b, membership_version(b)));
-        let both = ma.intersection_len(&mb);
-        TableIterator::once(((ma.len() - both) as i64, both as i64, (mb.len() - both) as i64))
-    }))
+        }),
+    )
 }
 
 /// The membership in the portable Roaring format: the standard 32-bit
@@ -209,9 +265,15 @@ fn overlap(a: i64, b: i64) -> TableIterator<'static, (name!(only_a, i64), name!(
 pub fn portable_bytes(members: &Members) -> Vec<u8> {
     if members.max().is_none_or(|m| m <= u32::MAX as u64) {
         // Every position is in the treemap's first bitmap: take it whole.
-        let small: RoaringBitmap = members.bitmaps().next().map(|(_, b)| b.clone()).unwrap_or_default();
+        let small: RoaringBitmap = members
+            .bitmaps()
+            .next()
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default();
         let mut bytes = Vec::with_capacity(small.serialized_size());
-        small.serialize_into(&mut bytes).expect("writing to a Vec cannot fail");
+        small
+            .serialize_into(&mut bytes)
+            .expect("writing to a Vec cannot fail");
         bytes
     } else {
         segments_core::bitmap::serialize(members)
@@ -221,10 +283,13 @@ pub fn portable_bytes(members: &Members) -> Vec<u8> {
 #[pg_extern(schema = "segments", stable)]
 fn bitmap(segment: i64) -> Vec<u8> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        segment_entity(segment).or_raise();
-        portable_bytes(&stored_members(segment))
-    }))
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            segment_entity(segment).or_raise();
+            portable_bytes(&stored_members(segment))
+        }),
+    )
 }
 
 /// The distinct values of an attribute with their row counts, in the
@@ -238,30 +303,44 @@ fn attribute_values(
     n: default!(i32, 50),
 ) -> TableIterator<'static, (name!(value, String), name!(rows, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(crate::pg::txn::current_role(), std::panic::AssertUnwindSafe(|| {
-        let entity = entity_named(entity).or_raise();
-        if entity.table.column(attribute).is_none() {
-            SegmentsError::UndefinedColumn(format!("column \"{attribute}\" does not exist on entity \"{}\"", entity.name))
-                .with_hint(segments_core::spelling::perhaps(attribute, entity.table.column_names()))
+    crate::pg::txn::as_role(
+        crate::pg::txn::current_role(),
+        std::panic::AssertUnwindSafe(|| {
+            let entity = entity_named(entity).or_raise();
+            if entity.table.column(attribute).is_none() {
+                SegmentsError::UndefinedColumn(format!(
+                    "column \"{attribute}\" does not exist on entity \"{}\"",
+                    entity.name
+                ))
+                .with_hint(segments_core::spelling::perhaps(
+                    attribute,
+                    entity.table.column_names(),
+                ))
                 .raise();
-        }
-        if n < 0 {
-            SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
-        }
-        let column = format!("e.{}", ident(attribute));
-        let sql = format!(
-            "SELECT {column}::text, count(*) FROM {} e WHERE {column} IS NOT NULL \
+            }
+            if n < 0 {
+                SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
+            }
+            let column = format!("e.{}", ident(attribute));
+            let sql = format!(
+                "SELECT {column}::text, count(*) FROM {} e WHERE {column} IS NOT NULL \
              AND ($1::text IS NULL OR strpos(lower({column}::text), lower($1)) > 0) \
              GROUP BY {column} ORDER BY {column} LIMIT $2",
-            entity.table.relation_sql
-        );
-        let rows: Vec<(String, i64)> = Spi::connect(|client| {
-            spi(client.select(&sql, None, &[search.into(), (n as i64).into()]))
-                .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<i64>(2)).unwrap_or(0)))
-                .collect()
-        });
-        TableIterator::new(rows)
-    }))
+                entity.table.relation_sql
+            );
+            let rows: Vec<(String, i64)> = Spi::connect(|client| {
+                spi(client.select(&sql, None, &[search.into(), (n as i64).into()]))
+                    .map(|row| {
+                        (
+                            spi(row.get::<String>(1)).unwrap_or_default(),
+                            spi(row.get::<i64>(2)).unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            });
+            TableIterator::new(rows)
+        }),
+    )
 }
 
 #[cfg(test)]

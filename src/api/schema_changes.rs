@@ -65,7 +65,13 @@ unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::O
         if relation.is_null() {
             return None;
         }
-        let oid = pg_sys::RangeVarGetRelidExtended(relation, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        let oid = pg_sys::RangeVarGetRelidExtended(
+            relation,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        );
         (oid != pg_sys::InvalidOid).then_some(oid)
     }
 }
@@ -75,7 +81,9 @@ unsafe fn altered_relation(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::O
 ///
 /// # Safety
 /// `fcinfo` must be the call info of an event trigger function.
-unsafe fn renamed_column(fcinfo: pg_sys::FunctionCallInfo) -> Option<(pg_sys::Oid, String, String)> {
+unsafe fn renamed_column(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<(pg_sys::Oid, String, String)> {
     // SAFETY: as in `altered_relation`; the names are C strings of the
     // parse tree.
     unsafe {
@@ -89,8 +97,12 @@ unsafe fn renamed_column(fcinfo: pg_sys::FunctionCallInfo) -> Option<(pg_sys::Oi
         if (*rename).subname.is_null() || (*rename).newname.is_null() {
             return None;
         }
-        let old = std::ffi::CStr::from_ptr((*rename).subname).to_string_lossy().into_owned();
-        let new = std::ffi::CStr::from_ptr((*rename).newname).to_string_lossy().into_owned();
+        let old = std::ffi::CStr::from_ptr((*rename).subname)
+            .to_string_lossy()
+            .into_owned();
+        let new = std::ffi::CStr::from_ptr((*rename).newname)
+            .to_string_lossy()
+            .into_owned();
         Some((relation, old, new))
     }
 }
@@ -173,7 +185,9 @@ fn release_members_view(entity: &str) {
 #[pg_extern(schema = "segments", sql = false)]
 fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
     // SAFETY: called only as the event trigger function declared below.
-    let Some(relation) = (unsafe { altered_relation(fcinfo) }) else { return };
+    let Some(relation) = (unsafe { altered_relation(fcinfo) }) else {
+        return;
+    };
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<String> = Spi::connect(|client| {
             spi(client.select(
@@ -204,7 +218,8 @@ fn _members_view_restore(fcinfo: pg_sys::FunctionCallInfo) {
     // sql/ddl_events.sql.
     let renamed = unsafe { renamed_column(fcinfo) };
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
-        let followed = renamed.is_some_and(|(relation, old, new)| follow_rename(relation, &old, &new));
+        let followed =
+            renamed.is_some_and(|(relation, old, new)| follow_rename(relation, &old, &new));
         restore_members_views();
         if CAPTURE_RELEASED.with(|r| r.replace(false)) || followed {
             crate::engine::live::sync_capture();
@@ -225,10 +240,18 @@ pub fn restore_members_views() {
         .collect()
     });
     for entity in missing {
-        let Some(found) = SpiCatalog.entity(&entity) else { continue };
+        let Some(found) = SpiCatalog.entity(&entity) else {
+            continue;
+        };
         let (type_oid, key_type_sql) = key_type_oid_of(&entity);
         let _ = type_oid;
-        spi(Spi::run(&members_view_sql(&entity, &found.table, &found.key_column, found.key_kind, &key_type_sql)));
+        spi(Spi::run(&members_view_sql(
+            &entity,
+            &found.table,
+            &found.key_column,
+            found.key_kind,
+            &key_type_sql,
+        )));
         comment_members_view(&entity, &found.table);
         let view = format!("segments.{}", ident(&members_view_name(&entity)));
         let grants = SAVED_GRANTS.with(|saved| saved.borrow_mut().remove(&entity));
@@ -238,14 +261,21 @@ pub fn restore_members_views() {
                     let to = if grantee == pg_sys::InvalidOid {
                         "PUBLIC".to_string()
                     } else {
-                        crate::pg::spi::optional_value::<String>("SELECT $1::pg_catalog.regrole::pg_catalog.text", &[grantee.into()])
-                            .unwrap_or_else(|| "PUBLIC".into())
+                        crate::pg::spi::optional_value::<String>(
+                            "SELECT $1::pg_catalog.regrole::pg_catalog.text",
+                            &[grantee.into()],
+                        )
+                        .unwrap_or_else(|| "PUBLIC".into())
                     };
                     let option = if grantable { " WITH GRANT OPTION" } else { "" };
-                    spi(Spi::run(&format!("GRANT {privilege} ON {view} TO {to}{option}")));
+                    spi(Spi::run(&format!(
+                        "GRANT {privilege} ON {view} TO {to}{option}"
+                    )));
                 }
             }
-            None => spi(Spi::run(&format!("GRANT SELECT ON {view} TO segments_reader, segments_editor, segments_admin"))),
+            None => spi(Spi::run(&format!(
+                "GRANT SELECT ON {view} TO segments_reader, segments_editor, segments_admin"
+            ))),
         }
     }
 }
@@ -256,7 +286,10 @@ fn key_type_oid_of(entity: &str) -> (pg_sys::Oid, String) {
         &[entity.into()],
     );
     let (oid, type_sql) = spi(row);
-    (oid.unwrap_or(pg_sys::InvalidOid), type_sql.unwrap_or_else(|| "text".into()))
+    (
+        oid.unwrap_or(pg_sys::InvalidOid),
+        type_sql.unwrap_or_else(|| "text".into()),
+    )
 }
 
 /// Makes every members view again from its table's current columns, with
@@ -267,9 +300,13 @@ fn _remake_members_views() {
     crate::pg::txn::require_admin("remake members views");
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<(String, pg_sys::Oid)> = Spi::connect(|client| {
-            spi(client.select("SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name", None, &[]))
-                .map(|row| (required(&row, 1), required(&row, 2)))
-                .collect()
+            spi(client.select(
+                "SELECT name, relation::pg_catalog.oid FROM segments.entity ORDER BY name",
+                None,
+                &[],
+            ))
+            .map(|row| (required(&row, 1), required(&row, 2)))
+            .collect()
         });
         for (entity, _) in entities {
             release_members_view(&entity);

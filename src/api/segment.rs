@@ -4,8 +4,8 @@
 //! deleting segments is SQL (sql/manage.sql); when a segment is next due is
 //! `schedule::next`.
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
+use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::catalog::Catalog;
@@ -22,7 +22,8 @@ use crate::pg::spi::optional_value;
 /// references stored by id, so that renaming a segment never breaks the
 /// segments that read it.
 pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<Value, Reported> {
-    let (parsed, plan, _) = compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
+    let (parsed, plan, _) =
+        compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
     check_can_read(&columns_read(&parsed, &plan.entity))?;
     let mut normalized = definition.clone();
     references_by_id(&mut normalized, &SpiCatalog);
@@ -60,7 +61,9 @@ pub fn references_by_id(value: &mut Value, catalog: &dyn Catalog) {
                 references_by_id(item, catalog);
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| references_by_id(item, catalog)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| references_by_id(item, catalog)),
         _ => {}
     }
 }
@@ -91,8 +94,14 @@ mod tests {
         let mut definition = json!({"entity": "customer", "rules": [
             {"where": {"any": [{"segment": "VIP"}, {"segment": 7, "member": false}]}}]});
         references_by_id(&mut definition, &customers());
-        assert_eq!(definition["rules"][0]["where"]["any"][0], json!({"segment": 7}));
-        assert_eq!(definition["rules"][0]["where"]["any"][1], json!({"segment": 7, "member": false}));
+        assert_eq!(
+            definition["rules"][0]["where"]["any"][0],
+            json!({"segment": 7})
+        );
+        assert_eq!(
+            definition["rules"][0]["where"]["any"][1],
+            json!({"segment": 7, "member": false})
+        );
     }
 }
 
@@ -103,7 +112,10 @@ fn set_limit(max_active: Option<i32>) {
     crate::pg::txn::require_admin("change the active-segment limit");
     if let Some(limit) = max_active {
         if limit < 1 {
-            crate::pg::error::SegmentsError::InvalidParameter(format!("max_active must be 1 or more, not {limit}")).raise();
+            crate::pg::error::SegmentsError::InvalidParameter(format!(
+                "max_active must be 1 or more, not {limit}"
+            ))
+            .raise();
         }
     }
     crate::pg::txn::run_internal(
@@ -118,9 +130,12 @@ fn set_limit(max_active: Option<i32>) {
 /// new owner. Returns how many segments changed owner.
 #[pg_extern(schema = "segments", sql = false)]
 fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> i32 {
-    let Some(ids) = segments.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>()) else { return 0 };
+    let Some(ids) = segments.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>()) else {
+        return 0;
+    };
     let Some(owner) = owner else {
-        crate::pg::error::SegmentsError::InvalidParameter("the new owner must not be NULL".into()).raise()
+        crate::pg::error::SegmentsError::InvalidParameter("the new owner must not be NULL".into())
+            .raise()
     };
     if ids.is_empty() {
         return 0;
@@ -136,7 +151,9 @@ fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> 
     }
     // SAFETY: is_member_of_role reads the role graph; both oids are roles.
     if !unsafe { pg_sys::is_member_of_role(crate::pg::txn::current_role(), owner) } {
-        let name = crate::pg::spi::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()]).unwrap_or_default();
+        let name =
+            crate::pg::spi::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()])
+                .unwrap_or_default();
         crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
             "permission denied to give segments to role {name}: you must be a member of it"
         ))

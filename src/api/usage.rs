@@ -14,7 +14,12 @@ fn add_usage(segment: i64, kind: &str, consumer: &str, live: default!(bool, true
     require_editor("record usages");
     run_internal(
         "SELECT segments._add_usage($1, $2, $3, $4)",
-        vec![segment.into(), kind.to_string().into(), consumer.to_string().into(), live.into()],
+        vec![
+            segment.into(),
+            kind.to_string().into(),
+            consumer.to_string().into(),
+            live.into(),
+        ],
     );
 }
 
@@ -24,6 +29,10 @@ fn remove_usage(segment: i64, kind: &str, consumer: &str) {
     require_editor("remove usages");
     run_internal(
         "SELECT segments._remove_usage($1, $2, $3)",
-        vec![segment.into(), kind.to_string().into(), consumer.to_string().into()],
+        vec![
+            segment.into(),
+            kind.to_string().into(),
+            consumer.to_string().into(),
+        ],
     );
 }

@@ -39,7 +39,10 @@ const BUFFER: usize = 4096;
 
 impl Accumulator {
     pub fn from_members(members: Members) -> Accumulator {
-        Accumulator { members, buffer: Vec::new() }
+        Accumulator {
+            members,
+            buffer: Vec::new(),
+        }
     }
 
     pub fn add(&mut self, position: u64) {
@@ -59,7 +62,9 @@ impl Accumulator {
         self.buffer.dedup();
         let after_max = self.members.max().is_none_or(|max| self.buffer[0] > max);
         if after_max {
-            self.members.append(self.buffer.drain(..)).expect("sorted, deduplicated and above the maximum");
+            self.members
+                .append(self.buffer.drain(..))
+                .expect("sorted, deduplicated and above the maximum");
         } else {
             self.members.extend(self.buffer.drain(..));
         }
@@ -95,8 +100,10 @@ struct ExpandedBitmap {
     free_state: pg_sys::MemoryContextCallback,
 }
 
-static METHODS: pg_sys::ExpandedObjectMethods =
-    pg_sys::ExpandedObjectMethods { get_flat_size: Some(flat_size), flatten_into: Some(flatten_into) };
+static METHODS: pg_sys::ExpandedObjectMethods = pg_sys::ExpandedObjectMethods {
+    get_flat_size: Some(flat_size),
+    flatten_into: Some(flatten_into),
+};
 
 /// The serialized bitmap, computed once per change of the state.
 ///
@@ -118,14 +125,26 @@ unsafe extern "C-unwind" fn flat_size(header: *mut pg_sys::ExpandedObjectHeader)
     pg_sys::VARHDRSZ + bytes.len()
 }
 
-unsafe extern "C-unwind" fn flatten_into(header: *mut pg_sys::ExpandedObjectHeader, result: *mut c_void, size: pg_sys::Size) {
+unsafe extern "C-unwind" fn flatten_into(
+    header: *mut pg_sys::ExpandedObjectHeader,
+    result: *mut c_void,
+    size: pg_sys::Size,
+) {
     // SAFETY: PostgreSQL calls our methods only on objects made with them,
     // and `result` has the `size` bytes flat_size asked for just before.
     unsafe {
         let bytes = flat_bytes(header.cast::<ExpandedBitmap>());
-        assert_eq!(size, pg_sys::VARHDRSZ + bytes.len(), "rb_agg: flat size changed between size and flatten");
+        assert_eq!(
+            size,
+            pg_sys::VARHDRSZ + bytes.len(),
+            "rb_agg: flat size changed between size and flatten"
+        );
         pgrx::set_varsize_4b(result.cast(), size as i32);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), result.cast::<u8>().add(pg_sys::VARHDRSZ), bytes.len());
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            result.cast::<u8>().add(pg_sys::VARHDRSZ),
+            bytes.len(),
+        );
     }
 }
 
@@ -157,9 +176,13 @@ unsafe fn new_expanded(parent: pg_sys::MemoryContext, accumulator: Accumulator) 
             1024,
             8 * 1024,
         );
-        let object = pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<ExpandedBitmap>()).cast::<ExpandedBitmap>();
+        let object = pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<ExpandedBitmap>())
+            .cast::<ExpandedBitmap>();
         pg_sys::EOH_init_header(&mut (*object).header, &METHODS, context);
-        (*object).state = Box::into_raw(Box::new(State { accumulator, flat: None }));
+        (*object).state = Box::into_raw(Box::new(State {
+            accumulator,
+            flat: None,
+        }));
         (*object).free_state.func = Some(free_state);
         (*object).free_state.arg = object.cast();
         pg_sys::MemoryContextRegisterResetCallback(context, &mut (*object).free_state);
@@ -239,7 +262,10 @@ unsafe fn writable_state(fcinfo: pg_sys::FunctionCallInfo) -> (pg_sys::Datum, *m
                 return (datum, (*object).state);
             }
             let members = members_of(datum);
-            let fresh = new_expanded(aggregate_context(fcinfo), Accumulator::from_members(members));
+            let fresh = new_expanded(
+                aggregate_context(fcinfo),
+                Accumulator::from_members(members),
+            );
             let (object, _) = as_expanded(fresh).expect("just made");
             return (fresh, (*object).state);
         }

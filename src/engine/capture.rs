@@ -20,10 +20,10 @@
 //! queues a NULL key (everything changed), and the segments fail their
 //! next application naming the column.
 
-use pgrx::AllocatedByRust;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::AllocatedByRust;
 
 /// Why a capture trigger cannot run; raised as an ERROR (it would
 /// otherwise lose a change silently).
@@ -53,7 +53,9 @@ pub enum CaptureError {
 CREATE FUNCTION segments._capture_row() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
-fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
+fn _capture_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
     let data = trigger.trigger_data();
     if data.tg_trigtuple.is_null() || data.tg_newtuple.is_null() || data.tg_trigger.is_null() {
         return Err(CaptureError::Misused);
@@ -69,7 +71,9 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
         } else {
             &[]
         };
-        let [entity, column, source, compared @ ..] = args else { return Err(CaptureError::Misused) };
+        let [entity, column, source, compared @ ..] = args else {
+            return Err(CaptureError::Misused);
+        };
         let desc = (*data.tg_relation).rd_att;
         let changed = compared.is_empty()
             || compared.iter().any(|name| {
@@ -80,8 +84,12 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
         if !changed {
             return Ok(None);
         }
-        let entity = std::ffi::CStr::from_ptr(*entity).to_str().map_err(|_| CaptureError::Misused)?;
-        let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::Misused)?;
+        let entity = std::ffi::CStr::from_ptr(*entity)
+            .to_str()
+            .map_err(|_| CaptureError::Misused)?;
+        let source = std::ffi::CStr::from_ptr(*source)
+            .to_str()
+            .map_err(|_| CaptureError::Misused)?;
         // '' for the entity's own table, else the related table's name.
         let source = (!source.is_empty()).then_some(source);
         let attnum = pg_sys::SPI_fnumber(desc, *column);
@@ -94,7 +102,9 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
         let key_kept = same_value(data.tg_trigtuple, data.tg_newtuple, desc, attnum);
         // The entity's own row, under the same key: its new version goes
         // with the key, so that apply need not read the heap again.
-        let image = (source.is_none() && key_kept).then(|| image_of(data.tg_relation, data.tg_newtuple)).flatten();
+        let image = (source.is_none() && key_kept)
+            .then(|| image_of(data.tg_relation, data.tg_newtuple))
+            .flatten();
         if let Some(key) = key_text(data.tg_newtuple, desc, attnum) {
             enqueue(entity, Some(&key), source, image.as_deref());
         }
@@ -119,7 +129,9 @@ fn _capture_row<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
 CREATE FUNCTION segments._capture() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
-fn _capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
+fn _capture<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
     let data = trigger.trigger_data();
     if data.tg_trigger.is_null() || data.tg_relation.is_null() {
         return Err(CaptureError::MisusedStatement);
@@ -134,17 +146,25 @@ fn _capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, All
         } else {
             &[]
         };
-        let [entity, column, source, ..] = args else { return Err(CaptureError::MisusedStatement) };
-        let entity = std::ffi::CStr::from_ptr(*entity).to_str().map_err(|_| CaptureError::MisusedStatement)?;
-        let source = std::ffi::CStr::from_ptr(*source).to_str().map_err(|_| CaptureError::MisusedStatement)?;
+        let [entity, column, source, ..] = args else {
+            return Err(CaptureError::MisusedStatement);
+        };
+        let entity = std::ffi::CStr::from_ptr(*entity)
+            .to_str()
+            .map_err(|_| CaptureError::MisusedStatement)?;
+        let source = std::ffi::CStr::from_ptr(*source)
+            .to_str()
+            .map_err(|_| CaptureError::MisusedStatement)?;
         let source = (!source.is_empty()).then_some(source);
         let operation = data.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
         if operation == pg_sys::TRIGGER_EVENT_TRUNCATE {
             enqueue(entity, None, source, None);
             return Ok(None);
         }
-        let tables: Vec<*mut pg_sys::Tuplestorestate> =
-            [data.tg_newtable, data.tg_oldtable].into_iter().filter(|t| !t.is_null()).collect();
+        let tables: Vec<*mut pg_sys::Tuplestorestate> = [data.tg_newtable, data.tg_oldtable]
+            .into_iter()
+            .filter(|t| !t.is_null())
+            .collect();
         if tables.is_empty() {
             return Err(CaptureError::MisusedStatement);
         }
@@ -176,7 +196,8 @@ fn _capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, All
             pg_sys::tuplestore_select_read_pointer(table, 0);
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
-        let rows: Vec<(Option<&str>, Option<&[u8]>)> = keys.iter().map(|k| (Some(k.as_str()), None)).collect();
+        let rows: Vec<(Option<&str>, Option<&[u8]>)> =
+            keys.iter().map(|k| (Some(k.as_str()), None)).collect();
         enqueue_all(entity, &rows, source);
     }
     Ok(None)
@@ -213,7 +234,11 @@ unsafe fn image_of(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> Opti
 /// trigger writes: no SQL function turns bytes into rows, since a user
 /// could hand it forged ones. The relation is locked (AccessShareLock, to
 /// the end of the transaction) before its descriptor is trusted.
-pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], images: &[(String, Vec<u8>)]) -> (Option<String>, Vec<String>) {
+pub fn rows_of_images(
+    relation: pg_sys::Oid,
+    columns: &[(String, String)],
+    images: &[(String, Vec<u8>)],
+) -> (Option<String>, Vec<String>) {
     let mut unusable = Vec::new();
     // SAFETY: the relation is opened under a lock and closed keeping it;
     // every image is copied to a MAXALIGNed buffer before it is deformed
@@ -245,7 +270,8 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
         let mut row_nulls = vec![true; natts];
         for (key, image) in images {
             let header_size = std::mem::size_of::<pg_sys::HeapTupleHeaderData>();
-            let usable = image.len() >= 4 + header_size && u32::from_ne_bytes([image[0], image[1], image[2], image[3]]) == file;
+            let usable = image.len() >= 4 + header_size
+                && u32::from_ne_bytes([image[0], image[1], image[2], image[3]]) == file;
             if !usable {
                 unusable.push(key.clone());
                 continue;
@@ -260,8 +286,17 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
                 unusable.push(key.clone());
                 continue;
             }
-            let mut tuple = pg_sys::HeapTupleData { t_len: body.len() as u32, t_data: header, ..Default::default() };
-            pg_sys::heap_deform_tuple(&mut tuple, desc, row_values.as_mut_ptr(), row_nulls.as_mut_ptr());
+            let mut tuple = pg_sys::HeapTupleData {
+                t_len: body.len() as u32,
+                t_data: header,
+                ..Default::default()
+            };
+            pg_sys::heap_deform_tuple(
+                &mut tuple,
+                desc,
+                row_values.as_mut_ptr(),
+                row_nulls.as_mut_ptr(),
+            );
             for (i, attnum) in attnums.iter().enumerate() {
                 let attnum = attnum.expect("checked above");
                 values[i].push(row_values[attnum - 1]);
@@ -275,7 +310,10 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
                 .zip(columns)
                 .enumerate()
                 .map(|(i, (attnum, (_, type_sql)))| {
-                    let attribute = &*(*desc).attrs.as_ptr().add(attnum.expect("checked above") - 1);
+                    let attribute = &*(*desc)
+                        .attrs
+                        .as_ptr()
+                        .add(attnum.expect("checked above") - 1);
                     let mut dims = [rows as i32];
                     let mut lower = [1i32];
                     let array = pg_sys::construct_md_array(
@@ -294,12 +332,21 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
                     let mut varlena = false;
                     pg_sys::getTypeOutputInfo(array_type, &mut output, &mut varlena);
                     let text = pg_sys::OidOutputFunctionCall(output, pg_sys::Datum::from(array));
-                    let text = std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned();
-                    format!("pg_catalog.unnest({}::{type_sql}[])", segments_core::sql::literal(&text))
+                    let text = std::ffi::CStr::from_ptr(text)
+                        .to_string_lossy()
+                        .into_owned();
+                    format!(
+                        "pg_catalog.unnest({}::{type_sql}[])",
+                        segments_core::sql::literal(&text)
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let names = columns.iter().map(|(name, _)| segments_core::sql::ident(name)).collect::<Vec<_>>().join(", ");
+            let names = columns
+                .iter()
+                .map(|(name, _)| segments_core::sql::ident(name))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})")
         });
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -313,7 +360,12 @@ pub fn rows_of_images(relation: pg_sys::Oid, columns: &[(String, String)], image
 /// # Safety
 /// Both tuples must be valid heap tuples of `desc`, and `attnum` a user
 /// column of it.
-unsafe fn same_value(old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32) -> bool {
+unsafe fn same_value(
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: i32,
+) -> bool {
     // SAFETY: guaranteed by the caller; heap_getattr returns datums that
     // point into the tuples, valid while they are.
     unsafe {
@@ -331,12 +383,15 @@ unsafe fn same_value(old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, desc: pg_sy
             match attribute.attlen {
                 len if len > 0 => len as usize,
                 -1 => pgrx::varlena::varsize_any(d.cast_mut_ptr()),
-                _ => std::ffi::CStr::from_ptr(d.cast_mut_ptr()).to_bytes_with_nul().len(),
+                _ => std::ffi::CStr::from_ptr(d.cast_mut_ptr())
+                    .to_bytes_with_nul()
+                    .len(),
             }
         };
         let (len_a, len_b) = (size(a), size(b));
         len_a == len_b
-            && std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), len_a) == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), len_b)
+            && std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), len_a)
+                == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), len_b)
     }
 }
 
@@ -346,7 +401,11 @@ unsafe fn same_value(old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, desc: pg_sy
 /// # Safety
 /// `tuple` must be a valid heap tuple of `desc`, and `attnum` a user
 /// column of it.
-unsafe fn key_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i32) -> Option<String> {
+unsafe fn key_text(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: i32,
+) -> Option<String> {
     // SAFETY: guaranteed by the caller; SPI_getvalue needs no SPI
     // connection and returns a palloc'd string or NULL for a NULL value.
     unsafe {
@@ -354,7 +413,9 @@ unsafe fn key_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: i3
         if text.is_null() {
             return None;
         }
-        let key = std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned();
+        let key = std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned();
         pg_sys::pfree(text.cast());
         Some(key)
     }

@@ -34,14 +34,19 @@ impl Placement {
 }
 
 fn citus_installed() -> bool {
-    optional_value::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus'", &[])
-        .unwrap_or(false)
+    optional_value::<bool>(
+        "SELECT true FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus'",
+        &[],
+    )
+    .unwrap_or(false)
 }
 
 /// Whether this node is a Citus worker (Citus installed, and this node is
 /// not the coordinator).
 pub fn on_worker() -> bool {
-    citus_installed() && optional_value::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()", &[]).unwrap_or(false)
+    citus_installed()
+        && optional_value::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()", &[])
+            .unwrap_or(false)
 }
 
 /// The table's Citus placement; None for a plain PostgreSQL table or
@@ -91,7 +96,11 @@ pub fn refuse_on_worker(function: &str) {
 }
 
 /// What is wrong with how an entity's table is distributed, if anything.
-pub fn entity_warning(relation_sql: &str, key_column: &str, placement: Option<&Placement>) -> Option<String> {
+pub fn entity_warning(
+    relation_sql: &str,
+    key_column: &str,
+    placement: Option<&Placement>,
+) -> Option<String> {
     let placement = placement.filter(|p| p.is_distributed())?;
     match placement.column.as_deref() {
         Some(column) if column == key_column => None,
@@ -118,7 +127,10 @@ pub fn related_warning(
     if !entity_distributed && !related_distributed {
         return None;
     }
-    let (Some(entity), Some(related)) = (entity.filter(|p| p.is_distributed()), related.filter(|p| p.is_distributed())) else {
+    let (Some(entity), Some(related)) = (
+        entity.filter(|p| p.is_distributed()),
+        related.filter(|p| p.is_distributed()),
+    ) else {
         return Some(format!(
             "related table {related_sql} and entity table {entity_sql} are not both distributed: \
              related conditions join them on the coordinator"
@@ -158,31 +170,77 @@ mod tests {
     use super::*;
 
     fn hash(column: &str, colocation: i32) -> Placement {
-        Placement { method: "h".into(), column: Some(column.into()), colocation }
+        Placement {
+            method: "h".into(),
+            column: Some(column.into()),
+            colocation,
+        }
     }
 
     #[test]
     fn an_entity_distributed_by_its_key_is_fine() {
-        assert_eq!(entity_warning("public.customers", "id", Some(&hash("id", 1))), None);
+        assert_eq!(
+            entity_warning("public.customers", "id", Some(&hash("id", 1))),
+            None
+        );
         assert_eq!(entity_warning("public.customers", "id", None), None);
         let warning = entity_warning("public.customers", "id", Some(&hash("country", 1))).unwrap();
-        assert!(warning.contains("\"country\"") && warning.contains("\"id\""), "{warning}");
+        assert!(
+            warning.contains("\"country\"") && warning.contains("\"id\""),
+            "{warning}"
+        );
     }
 
     #[test]
     fn related_tables_must_be_colocated_by_their_foreign_key() {
         let entity = hash("id", 1);
-        assert_eq!(related_warning("public.orders", "customer_id", Some(&hash("customer_id", 1)), "public.customers", Some(&entity)), None);
-        assert!(related_warning("public.orders", "customer_id", Some(&hash("customer_id", 2)), "public.customers", Some(&entity))
-            .unwrap()
-            .contains("not colocated"));
-        assert!(related_warning("public.orders", "customer_id", Some(&hash("id", 1)), "public.customers", Some(&entity))
-            .unwrap()
-            .contains("\"id\""));
-        assert!(related_warning("public.orders", "customer_id", None, "public.customers", Some(&entity))
-            .unwrap()
-            .contains("not both distributed"));
-        assert_eq!(related_warning("public.orders", "customer_id", None, "public.customers", None), None);
+        assert_eq!(
+            related_warning(
+                "public.orders",
+                "customer_id",
+                Some(&hash("customer_id", 1)),
+                "public.customers",
+                Some(&entity)
+            ),
+            None
+        );
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            Some(&hash("customer_id", 2)),
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("not colocated"));
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            Some(&hash("id", 1)),
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("\"id\""));
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            None,
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("not both distributed"));
+        assert_eq!(
+            related_warning(
+                "public.orders",
+                "customer_id",
+                None,
+                "public.customers",
+                None
+            ),
+            None
+        );
     }
 }
 
@@ -259,7 +317,9 @@ pub fn sync_key_replica(entity: &Entity) {
 /// worker, and DDL on distributed tables is best done by a user's session.
 pub fn prepare_key_replica(entity: &Entity) {
     if let Some(replica) = entity.key_replica.as_deref() {
-        crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| lock_and_ensure(entity, replica)));
+        crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+            lock_and_ensure(entity, replica)
+        }));
     }
 }
 

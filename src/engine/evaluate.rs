@@ -65,19 +65,32 @@ pub fn lock_verified(entity: &segments_core::catalog::Entity) {
     );
     let Some(relation) = relation else { return };
     // SAFETY: takes a lock on a relation by OID (an ERROR if it is gone).
-    unsafe { pgrx::pg_sys::LockRelationOid(relation, pgrx::pg_sys::AccessShareLock as pgrx::pg_sys::LOCKMODE) };
-    let kind = optional_value::<i8>("SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1", &[relation.into()]);
+    unsafe {
+        pgrx::pg_sys::LockRelationOid(
+            relation,
+            pgrx::pg_sys::AccessShareLock as pgrx::pg_sys::LOCKMODE,
+        )
+    };
+    let kind = optional_value::<i8>(
+        "SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[relation.into()],
+    );
     if !matches!(kind.map(|k| k as u8), Some(b'r' | b'p')) {
         use crate::pg::error::Raise;
-        crate::pg::error::Reported::from(segments_core::error::SegmentsError::FeatureNotSupported(format!(
-            "the relation of entity \"{}\" ({}) is no longer a table",
-            entity.name, entity.table.relation_sql
-        )))
+        crate::pg::error::Reported::from(segments_core::error::SegmentsError::FeatureNotSupported(
+            format!(
+                "the relation of entity \"{}\" ({}) is no longer a table",
+                entity.name, entity.table.relation_sql
+            ),
+        ))
         .raise();
     }
     let now = crate::pg::catalog::registered_entity(&entity.name).or_raise();
     let what = format!("entity \"{}\"", entity.name);
-    now.key().and_then(|key| key.check_usable("key", &what)).map_err(crate::pg::error::Reported::from).or_raise();
+    now.key()
+        .and_then(|key| key.check_usable("key", &what))
+        .map_err(crate::pg::error::Reported::from)
+        .or_raise();
 }
 
 /// Gives every key of a dictionary-keyed entity a bitmap position.
@@ -129,16 +142,19 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
     let mut queries: Vec<String> = if filters.is_empty() {
         vec![plan.entity_scan_sql(&[])]
     } else {
-        filters.chunks(FILTERS_PER_SCAN).map(|chunk| plan.entity_scan_sql(chunk)).collect()
+        filters
+            .chunks(FILTERS_PER_SCAN)
+            .map(|chunk| plan.entity_scan_sql(chunk))
+            .collect()
     };
     for leaf in &plan.leaves {
         match leaf {
             Leaf::Filter(_) => {}
             Leaf::KeySet(sql) => queries.push(sql.clone()),
             Leaf::Aggregate { sql, .. } => queries.push(sql.clone()),
-            Leaf::Segment(id) => {
-                queries.push(format!("SELECT members FROM segments.membership WHERE segment_id = {id}"))
-            }
+            Leaf::Segment(id) => queries.push(format!(
+                "SELECT members FROM segments.membership WHERE segment_id = {id}"
+            )),
         }
     }
     queries
@@ -168,7 +184,10 @@ impl RelatedValue {
 
     /// This value limited to `keys`.
     pub fn within(&self, keys: &Members) -> RelatedValue {
-        RelatedValue { matching: &self.matching & keys, with_rows: self.with_rows.as_ref().map(|w| w & keys) }
+        RelatedValue {
+            matching: &self.matching & keys,
+            with_rows: self.with_rows.as_ref().map(|w| w & keys),
+        }
     }
 }
 
@@ -231,24 +250,45 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             Some(value) => Some(value.clone()),
             None => related_value(leaf),
         };
-        let Some(RelatedValue { mut matching, with_rows }) = value else { continue };
-        if let (Leaf::Aggregate { empty_matches: true, .. }, Some(with_rows)) = (leaf, with_rows) {
+        let Some(RelatedValue {
+            mut matching,
+            with_rows,
+        }) = value
+        else {
+            continue;
+        };
+        if let (
+            Leaf::Aggregate {
+                empty_matches: true,
+                ..
+            },
+            Some(with_rows),
+        ) = (leaf, with_rows)
+        {
             matching |= &all_rows - &with_rows;
         }
         leaves[i] = matching;
     }
     let universe = plan.needs_all_rows.then(|| all_rows.clone());
-    let mut values = LeafValues { all_rows, universe, leaves };
+    let mut values = LeafValues {
+        all_rows,
+        universe,
+        leaves,
+    };
     if let Some(eligible) = &plan.eligible {
         fill_segment_leaves(plan, &mut values, &HashMap::new());
-        values.universe = Some(evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows);
+        values.universe =
+            Some(evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows);
     }
     values
 }
 
 /// The stored membership of a segment (empty before its first refresh).
 pub fn stored_members(segment_id: i64) -> Members {
-    let bytes = optional_value::<Vec<u8>>("SELECT members FROM segments.membership WHERE segment_id = $1", &[segment_id.into()]);
+    let bytes = optional_value::<Vec<u8>>(
+        "SELECT members FROM segments.membership WHERE segment_id = $1",
+        &[segment_id.into()],
+    );
     if bytes.is_none() {
         crate::engine::citus::refuse_on_worker("member_positions");
     }
@@ -269,9 +309,15 @@ const MEMBERS_CACHE_SIZE: usize = 64;
 /// per-backend cache when its row version has not changed. `version` is
 /// the row's `xmin::text || ctid::text`, None when there is no row.
 pub fn cached_members(segment_id: i64, version: Option<String>) -> std::rc::Rc<Members> {
-    let Some(version) = version else { return std::rc::Rc::new(Members::new()) };
+    let Some(version) = version else {
+        return std::rc::Rc::new(Members::new());
+    };
     let hit = MEMBERS_CACHE.with(|cache| {
-        cache.borrow().get(&segment_id).filter(|(v, _)| *v == version).map(|(_, m)| m.clone())
+        cache
+            .borrow()
+            .get(&segment_id)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, m)| m.clone())
     });
     if let Some(members) = hit {
         return members;
@@ -290,11 +336,17 @@ pub fn cached_members(segment_id: i64, version: Option<String>) -> std::rc::Rc<M
 /// (position, key as text) of the given positions of an entity: integer
 /// keys are their positions; dictionary keys come from segments.entity_key.
 pub fn keys_at(entity: &str, positions: &Members) -> Vec<(u64, String)> {
-    let dictionary =
-        optional_value::<String>("SELECT key_kind FROM segments.entity WHERE name = $1", &[entity.into()]).as_deref()
-            == Some("dictionary");
+    let dictionary = optional_value::<String>(
+        "SELECT key_kind FROM segments.entity WHERE name = $1",
+        &[entity.into()],
+    )
+    .as_deref()
+        == Some("dictionary");
     if !dictionary {
-        return positions.iter().map(|p| (p, segments_core::bitmap::key_of(p).to_string())).collect();
+        return positions
+            .iter()
+            .map(|p| (p, segments_core::bitmap::key_of(p).to_string()))
+            .collect();
     }
     let wanted: Vec<i64> = positions.iter().map(|p| p as i64).collect();
     Spi::connect(|client| {
@@ -330,8 +382,17 @@ pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap
 }
 
 /// The members of one compiled segment and the counts of its rules.
-pub fn evaluate_segment(segment: &CompiledSegment, values: &LeafValues) -> (Members, Vec<RuleCount>) {
+pub fn evaluate_segment(
+    segment: &CompiledSegment,
+    values: &LeafValues,
+) -> (Members, Vec<RuleCount>) {
     let mut counts = Vec::new();
-    let members = evaluate_rules(&segment.rules, &values.leaves, &values.all_rows, values.universe.as_ref(), &mut counts);
+    let members = evaluate_rules(
+        &segment.rules,
+        &values.leaves,
+        &values.all_rows,
+        values.universe.as_ref(),
+        &mut counts,
+    );
     (members, counts)
 }

@@ -18,9 +18,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
+use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{position_of, serialize, Members};
@@ -28,10 +28,12 @@ use segments_core::catalog::{Catalog, KeyKind};
 use segments_core::compile::Planner;
 use segments_core::sql::{ident, literal};
 
-use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue};
+use crate::engine::evaluate::{
+    evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members, RelatedValue,
+};
 use crate::engine::refresh::{
-    compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, store_status, Outcome, RunStatus, Target,
-    Trigger,
+    compile_one, compute_as_knowing, dependency_order, record_changes, record_run_of, store_status,
+    Outcome, RunStatus, Target, Trigger,
 };
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{Failure, OrRaise};
@@ -93,7 +95,12 @@ pub fn sync_capture() {
             None,
             &[],
         ))
-        .map(|row| (required::<pg_sys::Oid>(&row, 1).to_u32(), required::<String>(&row, 2)))
+        .map(|row| {
+            (
+                required::<pg_sys::Oid>(&row, 1).to_u32(),
+                required::<String>(&row, 2),
+            )
+        })
         .collect()
     });
     let read = columns_read_by_live_segments();
@@ -104,7 +111,12 @@ pub fn sync_capture() {
         // (or the key): other updates do not even fire the trigger.
         let mut columns: BTreeSet<String> = read
             .get(entity)
-            .map(|cols| cols.iter().filter(|(r, _)| r == relation_sql).map(|(_, c)| c.clone()).collect())
+            .map(|cols| {
+                cols.iter()
+                    .filter(|(r, _)| r == relation_sql)
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         columns.insert(column.clone());
         // Only columns the table has: a column a segment reads may have been
@@ -112,16 +124,45 @@ pub fn sync_capture() {
         // it); capture of the others, and everyone's DDL, carry on.
         let present = existing_columns(*relation);
         columns.retain(|c| present.contains(c));
-        let columns_sql = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let columns_sql = columns
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         // Updates: a row trigger on just those columns (a column list
         // excludes transition tables), queuing only when one of them really
         // changed: `_capture_row` compares them itself (see capture.rs).
-        let compared = columns.iter().map(|c| format!(", {}", literal(c))).collect::<String>();
-        let update_event = if columns.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {columns_sql}") };
+        let compared = columns
+            .iter()
+            .map(|c| format!(", {}", literal(c)))
+            .collect::<String>();
+        let update_event = if columns.is_empty() {
+            "UPDATE".to_string()
+        } else {
+            format!("UPDATE OF {columns_sql}")
+        };
         for (operation, event, referencing, function, extra) in [
-            ("ins", "INSERT", " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT", "_capture", ""),
-            ("upd", update_event.as_str(), " FOR EACH ROW", "_capture_row", compared.as_str()),
-            ("del", "DELETE", " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT", "_capture", ""),
+            (
+                "ins",
+                "INSERT",
+                " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT",
+                "_capture",
+                "",
+            ),
+            (
+                "upd",
+                update_event.as_str(),
+                " FOR EACH ROW",
+                "_capture_row",
+                compared.as_str(),
+            ),
+            (
+                "del",
+                "DELETE",
+                " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT",
+                "_capture",
+                "",
+            ),
             ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture", ""),
         ] {
             let identity = if operation == "upd" {
@@ -155,7 +196,10 @@ pub fn sync_capture() {
             &[pg_sys::Oid::from(*relation).into()],
         );
         if let Some(relation_sql) = relation_sql {
-            spi(Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {relation_sql}", ident(name))));
+            spi(Spi::run(&format!(
+                "DROP TRIGGER IF EXISTS {} ON {relation_sql}",
+                ident(name)
+            )));
         }
     }
 }
@@ -189,16 +233,26 @@ fn columns_read_by_live_segments() -> HashMap<String, Vec<(String, String)>> {
     });
     let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for (entity_name, definition) in live {
-        let Some(entity) = SpiCatalog.entity(&entity_name) else { continue };
-        out.entry(entity_name.clone()).or_default().extend(columns_read_by(&entity, std::slice::from_ref(&definition)));
+        let Some(entity) = SpiCatalog.entity(&entity_name) else {
+            continue;
+        };
+        out.entry(entity_name.clone())
+            .or_default()
+            .extend(columns_read_by(&entity, std::slice::from_ref(&definition)));
     }
     out
 }
 
 /// The (relation, column) pairs `definitions` and the entity's eligibility
 /// condition read; definitions that no longer parse read nothing.
-fn columns_read_by(entity: &segments_core::catalog::Entity, definitions: &[Value]) -> Vec<(String, String)> {
-    let eligible = entity.eligible.as_ref().map(|e| serde_json::json!({"entity": entity.name, "rules": [{"where": e}]}));
+fn columns_read_by(
+    entity: &segments_core::catalog::Entity,
+    definitions: &[Value],
+) -> Vec<(String, String)> {
+    let eligible = entity
+        .eligible
+        .as_ref()
+        .map(|e| serde_json::json!({"entity": entity.name, "rules": [{"where": e}]}));
     definitions
         .iter()
         .chain(eligible.as_ref())
@@ -234,9 +288,16 @@ fn live_targets(entity: &str) -> Vec<Target> {
 fn positions_of(entity: &segments_core::catalog::Entity, keys: &[String]) -> (Members, String) {
     match entity.key_kind {
         KeyKind::Integer => {
-            let ints: Vec<i64> = keys.iter().filter_map(|k| k.trim().parse::<i64>().ok()).collect();
+            let ints: Vec<i64> = keys
+                .iter()
+                .filter_map(|k| k.trim().parse::<i64>().ok())
+                .collect();
             let members: Members = ints.iter().map(|k| position_of(*k)).collect();
-            let list = ints.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let list = ints
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             (members, format!("'{{{list}}}'::pg_catalog.int8[]"))
         }
         KeyKind::Dictionary => {
@@ -261,8 +322,15 @@ fn positions_of(entity: &segments_core::catalog::Entity, keys: &[String]) -> (Me
                 &[entity.name.as_str().into()],
             )
             .unwrap_or_else(|| "text".into());
-            let items = keys.iter().map(|k| literal(k)).collect::<Vec<_>>().join(",");
-            (positions.into_iter().map(|p| p as u64).collect(), format!("ARRAY[{items}]::pg_catalog.text[]::{key_type}[]"))
+            let items = keys
+                .iter()
+                .map(|k| literal(k))
+                .collect::<Vec<_>>()
+                .join(",");
+            (
+                positions.into_iter().map(|p| p as u64).collect(),
+                format!("ARRAY[{items}]::pg_catalog.text[]::{key_type}[]"),
+            )
         }
     }
 }
@@ -284,12 +352,25 @@ type Compiled = HashMap<i64, Result<segments_core::compile::CompiledSegment, Fai
 
 /// Compiles `targets` (sorted by id, so that leaves are numbered alike
 /// across plans) into one plan; `restrict` sets the planner's restrictions.
-fn plan_for(entity: &str, targets: &[&Target], reference: &str, restrict: impl FnOnce(&mut Planner)) -> Option<(segments_core::compile::Plan, Compiled)> {
+fn plan_for(
+    entity: &str,
+    targets: &[&Target],
+    reference: &str,
+    restrict: impl FnOnce(&mut Planner),
+) -> Option<(segments_core::compile::Plan, Compiled)> {
     let mut planner = Planner::new(&SpiCatalog, entity, "entity", reference).ok()?;
     restrict(&mut planner);
-    let mut compiled: Vec<(i64, Result<segments_core::compile::CompiledSegment, Failure>)> =
-        targets.iter().map(|t| (t.id, compile_one(&mut planner, t).map_err(Failure::from))).collect();
-    let mut refs: Vec<&mut segments_core::compile::CompiledSegment> = compiled.iter_mut().filter_map(|(_, c)| c.as_mut().ok()).collect();
+    let mut compiled: Vec<(
+        i64,
+        Result<segments_core::compile::CompiledSegment, Failure>,
+    )> = targets
+        .iter()
+        .map(|t| (t.id, compile_one(&mut planner, t).map_err(Failure::from)))
+        .collect();
+    let mut refs: Vec<&mut segments_core::compile::CompiledSegment> = compiled
+        .iter_mut()
+        .filter_map(|(_, c)| c.as_mut().ok())
+        .collect();
     let plan = planner.finish(&mut refs);
     Some((plan, compiled.into_iter().collect()))
 }
@@ -315,7 +396,9 @@ fn related_values(
         return Err(Failure::internal("the plans of a live application differ"));
     }
     for i in 0..leaves {
-        let Some(related) = &plans.restricted.related_of[i] else { continue };
+        let Some(related) = &plans.restricted.related_of[i] else {
+            continue;
+        };
         let identity = plans.identity.leaves[i].sql().to_string();
         identities.push(identity.clone());
         let kept = kept_related_value(owner, entity, &identity);
@@ -345,10 +428,16 @@ fn related_values(
 }
 
 /// One related leaf's query, run as `owner` in the sandbox.
-fn related_as(owner: pg_sys::Oid, leaf: &segments_core::compile::Leaf) -> Result<RelatedValue, Failure> {
+fn related_as(
+    owner: pg_sys::Oid,
+    leaf: &segments_core::compile::Leaf,
+) -> Result<RelatedValue, Failure> {
     let leaf = AssertUnwindSafe(leaf);
     in_subtransaction(AssertUnwindSafe(|| {
-        crate::pg::txn::as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::related_value(&leaf).unwrap_or_default()))
+        crate::pg::txn::as_role(
+            owner,
+            AssertUnwindSafe(|| crate::engine::evaluate::related_value(&leaf).unwrap_or_default()),
+        )
     }))
 }
 
@@ -364,8 +453,14 @@ fn kept_related_value(owner: pg_sys::Oid, entity: &str, identity: &str) -> Optio
         let row = table.into_iter().next()?;
         let matching = spi(row.get::<Vec<u8>>(1))?;
         let with_rows = spi(row.get::<Vec<u8>>(2));
-        let read = |bytes: &[u8]| segments_core::bitmap::deserialize(bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e));
-        Some(RelatedValue { matching: read(&matching), with_rows: with_rows.as_deref().map(read) })
+        let read = |bytes: &[u8]| {
+            segments_core::bitmap::deserialize(bytes)
+                .unwrap_or_else(|e| crate::pg::error::corrupt(e))
+        };
+        Some(RelatedValue {
+            matching: read(&matching),
+            with_rows: with_rows.as_deref().map(read),
+        })
     })
 }
 
@@ -390,24 +485,44 @@ pub fn forget_related_values(entities: &[String]) {
 /// Applies one entity's changed keys to its live segments; returns the
 /// runs. `changes` pairs each key with the related table whose rows
 /// changed (None: the entity's own row).
-fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Option<String>)], images: Vec<(String, Vec<u8>)>) -> Vec<i64> {
+fn apply_entity(
+    entity_name: &str,
+    targets: &[Target],
+    changes: &[(String, Option<String>)],
+    images: Vec<(String, Vec<u8>)>,
+) -> Vec<i64> {
     let started = Instant::now();
-    let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()"))
-        .expect("clock_timestamp() is never NULL");
-    let Some(entity) = SpiCatalog.entity(entity_name) else { return Vec::new() };
-    let keys: Vec<String> = changes.iter().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>(
+        "SELECT pg_catalog.clock_timestamp()",
+    ))
+    .expect("clock_timestamp() is never NULL");
+    let Some(entity) = SpiCatalog.entity(entity_name) else {
+        return Vec::new();
+    };
+    let keys: Vec<String> = changes
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let (changed, keys_sql) = positions_of(&entity, &keys);
     // Per related table: the keys whose rows of it changed.
     let mut by_related: HashMap<&str, BTreeSet<String>> = HashMap::new();
     for (key, source) in changes {
         if let Some(source) = source {
-            by_related.entry(source.as_str()).or_default().insert(key.clone());
+            by_related
+                .entry(source.as_str())
+                .or_default()
+                .insert(key.clone());
         }
     }
     let mut changed_related: HashMap<String, Members> = HashMap::new();
     let mut related_sql: Vec<(String, String)> = Vec::new();
     for related in &entity.related {
-        let keys: Vec<String> = by_related.get(related.name.as_str()).map(|k| k.iter().cloned().collect()).unwrap_or_default();
+        let keys: Vec<String> = by_related
+            .get(related.name.as_str())
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default();
         let (positions, sql) = positions_of(&entity, &keys);
         if !keys.is_empty() {
             changed_related.insert(related.name.clone(), positions);
@@ -434,20 +549,44 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
         });
         let full = plan_for(entity_name, owned, &reference, |_| {});
         let identity = plan_for(entity_name, owned, IDENTITY_REFERENCE, |_| {});
-        if let (Some((restricted, compiled)), Some((full, _)), Some((identity, _))) = (restricted, full, identity) {
-            plans.insert(*owner, OwnerPlan { restricted, compiled, full, identity });
+        if let (Some((restricted, compiled)), Some((full, _)), Some((identity, _))) =
+            (restricted, full, identity)
+        {
+            plans.insert(
+                *owner,
+                OwnerPlan {
+                    restricted,
+                    compiled,
+                    full,
+                    identity,
+                },
+            );
         }
     }
-    let mut values: HashMap<pg_sys::Oid, Result<crate::engine::evaluate::LeafValues, Failure>> = HashMap::new();
+    let mut values: HashMap<pg_sys::Oid, Result<crate::engine::evaluate::LeafValues, Failure>> =
+        HashMap::new();
     let mut fresh: HashMap<i64, Members> = HashMap::new();
     let mut entered_by_segment: HashMap<i64, Members> = HashMap::new();
     let mut runs = Vec::new();
     let mut changed_segments = Vec::new();
     for i in dependency_order(targets) {
         let target = &targets[i];
-        let Some(OwnerPlan { restricted: plan, compiled, .. }) = plans.get(&target.owner) else { continue };
+        let Some(OwnerPlan {
+            restricted: plan,
+            compiled,
+            ..
+        }) = plans.get(&target.owner)
+        else {
+            continue;
+        };
         let leaf_values = values.entry(target.owner).or_insert_with(|| {
-            let known = related_values(target.owner, entity_name, &plans[&target.owner], &changed, &changed_related)?;
+            let known = related_values(
+                target.owner,
+                entity_name,
+                &plans[&target.owner],
+                &changed,
+                &changed_related,
+            )?;
             compute_as_knowing(target.owner, plan, &known)
         });
         let result = match (compiled.get(&target.id), leaf_values) {
@@ -481,8 +620,20 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
                     ));
                     changed_segments.push(target.id);
                 }
-                let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), started.elapsed());
-                outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
+                let mut outcome = Outcome::succeeded(
+                    target.id,
+                    count,
+                    entered.len(),
+                    exited.len(),
+                    started.elapsed(),
+                );
+                outcome.run_id = record_run_of(
+                    target.id,
+                    Trigger::Live,
+                    started_at,
+                    &outcome,
+                    Some(keys.len() as i64),
+                );
                 record_changes(target, outcome.run_id, &entered, &exited, false);
                 runs.push(outcome.run_id);
                 entered_by_segment.insert(target.id, entered);
@@ -491,12 +642,20 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
             Err(failure) => {
                 store_status(target.id, RunStatus::Failed, Some(&failure.message));
                 let mut outcome = Outcome::failed(target.id, failure, started.elapsed());
-                outcome.run_id = record_run_of(target.id, Trigger::Live, started_at, &outcome, Some(keys.len() as i64));
+                outcome.run_id = record_run_of(
+                    target.id,
+                    Trigger::Live,
+                    started_at,
+                    &outcome,
+                    Some(keys.len() as i64),
+                );
                 runs.push(outcome.run_id);
             }
         }
     }
-    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| crate::sequence::assign(&entered_by_segment, &fresh))) {
+    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| {
+        crate::sequence::assign(&entered_by_segment, &fresh)
+    })) {
         warning!("segments: connecting entered records to sequences failed: {message}");
     }
     for export in crate::export::exports_of(&changed_segments) {
@@ -509,32 +668,56 @@ fn apply_entity(entity_name: &str, targets: &[Target], changes: &[(String, Optio
 pub fn apply_changes() -> Vec<i64> {
     writing_transaction();
     let entities: Vec<String> = Spi::connect(|client| {
-        spi(client.select("SELECT DISTINCT entity FROM segments.change_queue ORDER BY 1", None, &[]))
-            .filter_map(|row| spi(row.get::<String>(1)))
-            .collect()
+        spi(client.select(
+            "SELECT DISTINCT entity FROM segments.change_queue ORDER BY 1",
+            None,
+            &[],
+        ))
+        .filter_map(|row| spi(row.get::<String>(1)))
+        .collect()
     });
     let mut runs = Vec::new();
     for entity in entities {
         let targets = live_targets(&entity);
+        let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
         // Taken once: a killed apply rolls back and leaves them queued.
-        let taken: Vec<(Option<String>, Option<String>, Option<Vec<u8>>)> = Spi::connect_mut(|client| {
-            spi(client.update(
-                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1 RETURNING key, source, image",
+        // An image is kept only when it is newer than every target's last
+        // full evaluation and last change of definition: an update of a
+        // column no live segment read then was not captured, so an older
+        // image may show a value the table no longer has.
+        let taken: Vec<(Option<String>, Option<String>, Option<Vec<u8>>)> = Spi::connect_mut(
+            |client| {
+                spi(client.update(
+                "WITH newest AS (
+                     SELECT GREATEST(
+                                (SELECT pg_catalog.max(r.started_at) FROM segments.refresh_run r
+                                  WHERE r.segment_id OPERATOR(pg_catalog.=) ANY ($2) AND r.keys_examined IS NULL),
+                                (SELECT pg_catalog.max(s.updated_at) FROM segments.segment s
+                                  WHERE s.id OPERATOR(pg_catalog.=) ANY ($2))) AS at)
+                 DELETE FROM segments.change_queue q USING newest n WHERE q.entity OPERATOR(pg_catalog.=) $1
+                 RETURNING q.key, q.source,
+                           CASE WHEN q.queued_at OPERATOR(pg_catalog.>) COALESCE(n.at, '-infinity'::pg_catalog.timestamptz) THEN q.image END",
                 None,
-                &[entity.as_str().into()],
+                &[entity.as_str().into(), ids.into()],
             ))
             .map(|row| (spi(row.get::<String>(1)), spi(row.get::<String>(2)), spi(row.get::<Vec<u8>>(3))))
             .collect()
-        });
+            },
+        );
         let images = latest_images(&taken);
-        let changes: Vec<(Option<String>, Option<String>)> = taken.into_iter().map(|(key, source, _)| (key, source)).collect();
+        let changes: Vec<(Option<String>, Option<String>)> = taken
+            .into_iter()
+            .map(|(key, source, _)| (key, source))
+            .collect();
         if targets.is_empty() || changes.is_empty() {
             continue;
         }
         if changes.iter().any(|(key, _)| key.is_none()) {
             // A TRUNCATE: everything changed.
             let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
-            let outcomes = crate::engine::refresh::refresh_segments(Some(&ids), Trigger::Live, false).unwrap_or_default();
+            let outcomes =
+                crate::engine::refresh::refresh_segments(Some(&ids), Trigger::Live, false)
+                    .unwrap_or_default();
             runs.extend(outcomes.iter().map(|o| o.run_id));
             continue;
         }
@@ -552,7 +735,9 @@ pub fn apply_changes() -> Vec<i64> {
 /// The row images of a batch that show a key's current row: those of keys
 /// whose own row was queued exactly once (for a key changed twice, which
 /// image is newer is unknown; those keys read the heap).
-fn latest_images(taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)]) -> Vec<(String, Vec<u8>)> {
+fn latest_images(
+    taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)],
+) -> Vec<(String, Vec<u8>)> {
     let mut own: HashMap<&str, (usize, Option<&Vec<u8>>)> = HashMap::new();
     for (key, source, image) in taken {
         if let (Some(key), None) = (key, source) {
@@ -562,7 +747,12 @@ fn latest_images(taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)]) ->
         }
     }
     own.into_iter()
-        .filter_map(|(key, (count, image))| (count == 1).then_some(image).flatten().map(|image| (key.to_string(), image.clone())))
+        .filter_map(|(key, (count, image))| {
+            (count == 1)
+                .then_some(image)
+                .flatten()
+                .map(|image| (key.to_string(), image.clone()))
+        })
         .collect()
 }
 
@@ -572,7 +762,12 @@ fn latest_images(taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)]) ->
 /// image would bypass its policies), or no image is usable. The heap half
 /// is always queried, even for no keys, so that the executor checks the
 /// owner's privileges on every column read.
-fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], keys: &[String], images: &[(String, Vec<u8>)]) -> Option<String> {
+fn entity_rows(
+    entity: &segments_core::catalog::Entity,
+    targets: &[&Target],
+    keys: &[String],
+    images: &[(String, Vec<u8>)],
+) -> Option<String> {
     if images.is_empty() {
         return None;
     }
@@ -605,14 +800,32 @@ fn entity_rows(entity: &segments_core::catalog::Entity, targets: &[&Target], key
     // base type: a cast to a domain would run its CHECK constraints.
     let columns: Vec<(String, String)> = names
         .iter()
-        .map(|name| entity.table.column(name).filter(|c| c.refused.is_none()).map(|c| (name.clone(), c.base_type_sql.clone())))
+        .map(|name| {
+            entity
+                .table
+                .column(name)
+                .filter(|c| c.refused.is_none())
+                .map(|c| (name.clone(), c.base_type_sql.clone()))
+        })
         .collect::<Option<_>>()?;
     let (source, unusable) = crate::engine::capture::rows_of_images(relation?, &columns, images);
     let source = source?;
-    let from_images: BTreeSet<&str> = images.iter().map(|(k, _)| k.as_str()).filter(|k| !unusable.iter().any(|u| u == k)).collect();
-    let heap_keys: Vec<String> = keys.iter().filter(|k| !from_images.contains(k.as_str())).cloned().collect();
+    let from_images: BTreeSet<&str> = images
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !unusable.iter().any(|u| u == k))
+        .collect();
+    let heap_keys: Vec<String> = keys
+        .iter()
+        .filter(|k| !from_images.contains(k.as_str()))
+        .cloned()
+        .collect();
     let (_, heap_keys_sql) = positions_of(entity, &heap_keys);
-    let heap_columns = names.iter().map(|n| format!("h.{}", ident(n))).collect::<Vec<_>>().join(", ");
+    let heap_columns = names
+        .iter()
+        .map(|n| format!("h.{}", ident(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
     Some(format!(
         "SELECT {heap_columns} FROM {} h WHERE h.{} OPERATOR(pg_catalog.=) ANY ({heap_keys_sql}) UNION ALL {source}",
         entity.table.relation_sql,
@@ -633,4 +846,3 @@ fn _apply_changes() -> Vec<i64> {
     crate::pg::txn::require_editor("apply changes to live segments");
     crate::pg::txn::privileged(apply_changes)
 }
-

@@ -8,16 +8,18 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use pgrx::JsonB;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
+use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{serialize, Members, RuleCount};
 use segments_core::compile::{check_cycles, CompiledSegment, Planner};
 use segments_core::definition::Definition;
 
-use crate::engine::evaluate::{compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
+use crate::engine::evaluate::{
+    compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues,
+};
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{Failure, OrRaise, Reported, SegmentsError};
 use crate::pg::spi::{required, spi};
@@ -83,7 +85,13 @@ impl Outcome {
 
     /// A segment whose members are now `member_count`, of which `entered`
     /// are new and `exited` left.
-    pub fn succeeded(segment_id: i64, member_count: i64, entered: u64, exited: u64, duration: Duration) -> Outcome {
+    pub fn succeeded(
+        segment_id: i64,
+        member_count: i64,
+        entered: u64,
+        exited: u64,
+        duration: Duration,
+    ) -> Outcome {
         Outcome {
             status: RunStatus::Succeeded,
             member_count: Some(member_count),
@@ -95,7 +103,11 @@ impl Outcome {
 
     /// A segment whose evaluation failed.
     pub fn failed(segment_id: i64, failure: Failure, duration: Duration) -> Outcome {
-        Outcome { status: RunStatus::Failed, error: Some(failure), ..Outcome::skipped(segment_id, duration) }
+        Outcome {
+            status: RunStatus::Failed,
+            error: Some(failure),
+            ..Outcome::skipped(segment_id, duration)
+        }
     }
 }
 
@@ -136,8 +148,16 @@ fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, R
 /// Orders targets so that a segment comes after the segments it reads.
 pub fn dependency_order(targets: &[Target]) -> Vec<usize> {
     let names = spi_names(targets);
-    let segments: Vec<(i64, &str, &Value)> =
-        targets.iter().map(|t| (t.id, names.get(&t.id).map_or("", String::as_str), &t.definition)).collect();
+    let segments: Vec<(i64, &str, &Value)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.id,
+                names.get(&t.id).map_or("", String::as_str),
+                &t.definition,
+            )
+        })
+        .collect();
     segments_core::compile::dependency_order(&segments)
 }
 
@@ -148,9 +168,13 @@ fn spi_names(targets: &[Target]) -> HashMap<i64, String> {
     }
     let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
     Spi::connect(|client| {
-        spi(client.select("SELECT name, id FROM segments.segment WHERE id = ANY ($1)", None, &[ids.into()]))
-            .filter_map(|row| Some((spi(row.get::<i64>(2))?, spi(row.get::<String>(1))?)))
-            .collect()
+        spi(client.select(
+            "SELECT name, id FROM segments.segment WHERE id = ANY ($1)",
+            None,
+            &[ids.into()],
+        ))
+        .filter_map(|row| Some((spi(row.get::<i64>(2))?, spi(row.get::<String>(1))?)))
+        .collect()
     })
 }
 
@@ -175,9 +199,9 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
     let mut planners: HashMap<(String, pg_sys::Oid), Result<Planner, Failure>> = HashMap::new();
     for target in targets.iter().filter(|t| t.active) {
         let key = (target.entity.clone(), target.owner);
-        let planner = planners
-            .entry(key.clone())
-            .or_insert_with(|| Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from));
+        let planner = planners.entry(key.clone()).or_insert_with(|| {
+            Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from)
+        });
         let group = groups.entry(key).or_insert_with(|| Group {
             owner: target.owner,
             plan: None,
@@ -193,8 +217,11 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
     }
     for (key, planner) in planners {
         if let (Ok(planner), Some(group)) = (planner, groups.get_mut(&key)) {
-            let mut compiled: Vec<&mut CompiledSegment> =
-                group.compiled.values_mut().filter_map(|c| c.as_mut().ok()).collect();
+            let mut compiled: Vec<&mut CompiledSegment> = group
+                .compiled
+                .values_mut()
+                .filter_map(|c| c.as_mut().ok())
+                .collect();
             group.plan = Some(planner.finish(&mut compiled));
         }
     }
@@ -202,9 +229,14 @@ fn build_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys:
 }
 
 /// Computes a plan's leaves as `owner`, in a subtransaction.
-pub fn compute_as(owner: pg_sys::Oid, plan: &segments_core::compile::Plan) -> Result<LeafValues, Failure> {
+pub fn compute_as(
+    owner: pg_sys::Oid,
+    plan: &segments_core::compile::Plan,
+) -> Result<LeafValues, Failure> {
     let plan = AssertUnwindSafe(plan);
-    in_subtransaction(AssertUnwindSafe(|| as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))))
+    in_subtransaction(AssertUnwindSafe(|| {
+        as_role(owner, AssertUnwindSafe(|| compute_leaves(&plan)))
+    }))
 }
 
 /// `compute_as`, with some related values known (live apply).
@@ -215,14 +247,22 @@ pub fn compute_as_knowing(
 ) -> Result<LeafValues, Failure> {
     let (plan, known) = (AssertUnwindSafe(plan), AssertUnwindSafe(known));
     in_subtransaction(AssertUnwindSafe(|| {
-        as_role(owner, AssertUnwindSafe(|| crate::engine::evaluate::compute_leaves_knowing(&plan, &known)))
+        as_role(
+            owner,
+            AssertUnwindSafe(|| crate::engine::evaluate::compute_leaves_knowing(&plan, &known)),
+        )
     }))
 }
 
 /// Evaluates one target on its own plan: used when the shared plan of its
 /// group failed, to find out which segment is at fault.
-fn evaluate_alone(target: &Target, reference: &str, fresh: &HashMap<i64, Members>) -> Result<(Members, Vec<RuleCount>), Failure> {
-    let mut planner = Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from)?;
+fn evaluate_alone(
+    target: &Target,
+    reference: &str,
+    fresh: &HashMap<i64, Members>,
+) -> Result<(Members, Vec<RuleCount>), Failure> {
+    let mut planner =
+        Planner::new(&SpiCatalog, &target.entity, "entity", reference).map_err(Failure::from)?;
     let mut compiled = compile_one(&mut planner, target).map_err(Failure::from)?;
     let plan = planner.finish(&mut [&mut compiled]);
     let mut values = compute_as(target.owner, &plan)?;
@@ -251,7 +291,12 @@ impl Trigger {
     }
 }
 
-fn record_run(target: &Target, trigger: Trigger, started: pgrx::datum::TimestampWithTimeZone, outcome: &Outcome) -> i64 {
+fn record_run(
+    target: &Target,
+    trigger: Trigger,
+    started: pgrx::datum::TimestampWithTimeZone,
+    outcome: &Outcome,
+) -> i64 {
     record_run_of(target.id, trigger, started, outcome, None)
 }
 
@@ -264,8 +309,16 @@ pub fn record_run_of(
     keys_examined: Option<i64>,
 ) -> i64 {
     // A 0.1.0 schema (before ALTER EXTENSION UPDATE) has neither column.
-    let added_columns = if crate::pg::txn::legacy_schema() { "" } else { ", keys_examined, error_code" };
-    let added_values = if crate::pg::txn::legacy_schema() { "" } else { ", $9, $10" };
+    let added_columns = if crate::pg::txn::legacy_schema() {
+        ""
+    } else {
+        ", keys_examined, error_code"
+    };
+    let added_values = if crate::pg::txn::legacy_schema() {
+        ""
+    } else {
+        ", $9, $10"
+    };
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
         segment.into(),
         trigger.as_str().into(),
@@ -295,7 +348,9 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, 
         &[id.into()],
     );
     let first = previous.is_none();
-    let old = previous.map(|b| segments_core::bitmap::deserialize(&b).unwrap_or_default()).unwrap_or_default();
+    let old = previous
+        .map(|b| segments_core::bitmap::deserialize(&b).unwrap_or_default())
+        .unwrap_or_default();
     let entered = members - &old;
     let exited = &old - members;
     let count = members.len() as i64;
@@ -306,7 +361,11 @@ fn store_success(id: i64, members: &Members, counts: &[RuleCount]) -> (Members, 
         &[id.into(), serialize(members).into(), count.into()],
     ));
     let counts = serde_json::to_value(counts).expect("rule counts serialize");
-    let failures = if crate::pg::txn::legacy_schema() { "" } else { ", consecutive_failures = 0" };
+    let failures = if crate::pg::txn::legacy_schema() {
+        ""
+    } else {
+        ", consecutive_failures = 0"
+    };
     spi(Spi::run_with_args(
         &format!("UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = now(), \
          last_error = NULL, rule_counts = $3, needs_refresh = false{failures} WHERE id = $1"),
@@ -326,7 +385,10 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
             if positions.is_empty() {
                 continue;
             }
-            let keys: Vec<String> = crate::engine::evaluate::keys_at(&target.entity, positions).into_iter().map(|(_, k)| k).collect();
+            let keys: Vec<String> = crate::engine::evaluate::keys_at(&target.entity, positions)
+                .into_iter()
+                .map(|(_, k)| k)
+                .collect();
             spi(Spi::run_with_args(
                 "INSERT INTO segments.membership_change (segment_id, run_id, key, change, at) \
                  SELECT $1, $2, k, $3, now() FROM unnest($4::text[]) AS k",
@@ -337,7 +399,10 @@ pub fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Mem
     let payload = serde_json::json!({
         "segment": target.id, "run": run, "entered": entered.len(), "exited": exited.len()
     });
-    spi(Spi::run_with_args("SELECT pg_notify('segments', $1)", &[payload.to_string().into()]));
+    spi(Spi::run_with_args(
+        "SELECT pg_notify('segments', $1)",
+        &[payload.to_string().into()],
+    ));
 }
 
 /// Stores a segment's status after a refresh (or live application), and
@@ -349,8 +414,10 @@ pub fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
         ", consecutive_failures = consecutive_failures + CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END"
     };
     spi(Spi::run_with_args(
-        &format!("UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
-         needs_refresh = needs_refresh AND $2 <> 'failed'{failures} WHERE id = $1"),
+        &format!(
+            "UPDATE segments.segment SET status = $2, last_error = coalesce($3, last_error), \
+         needs_refresh = needs_refresh AND $2 <> 'failed'{failures} WHERE id = $1"
+        ),
         &[id.into(), status.as_str().into(), error.into()],
     ));
 }
@@ -359,7 +426,11 @@ pub fn store_status(id: i64, status: RunStatus, error: Option<&str>) {
 /// `skip_locked` leaves out segments another session is refreshing or
 /// editing right now (the scheduler does, and gets them on a later pass);
 /// otherwise a refresh waits for them.
-pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool) -> Result<Vec<Outcome>, Reported> {
+pub fn refresh_segments(
+    ids: Option<&[i64]>,
+    trigger: Trigger,
+    skip_locked: bool,
+) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
     let targets = load_targets(ids, skip_locked)?;
     // Related values kept for live segments are as of their windows: a
@@ -386,8 +457,10 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
     for i in dependency_order(&targets) {
         let target = &targets[i];
         let started = Instant::now();
-        let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()"))
-            .expect("clock_timestamp() is never NULL");
+        let started_at = spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>(
+            "SELECT clock_timestamp()",
+        ))
+        .expect("clock_timestamp() is never NULL");
         if !target.active {
             store_status(target.id, RunStatus::Skipped, None);
             let mut outcome = Outcome::skipped(target.id, started.elapsed());
@@ -395,7 +468,9 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
             outcomes.push(outcome);
             continue;
         }
-        let group = groups.get_mut(&(target.entity.clone(), target.owner)).expect("every active target has a group");
+        let group = groups
+            .get_mut(&(target.entity.clone(), target.owner))
+            .expect("every active target has a group");
         // Work shared by a group is divided among its segments.
         let mut computed_here = Duration::ZERO;
         if group.values.is_none() {
@@ -408,7 +483,11 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
             computed_here = group.compute_time;
         }
         let shared_time = group.compute_time / group.compiled.len().max(1) as u32;
-        let result = match (group.compiled.get(&target.id), group.values.as_mut(), group.plan.as_ref()) {
+        let result = match (
+            group.compiled.get(&target.id),
+            group.values.as_mut(),
+            group.plan.as_ref(),
+        ) {
             (Some(Err(e)), _, _) => Err(e.clone()),
             (Some(Ok(compiled)), Some(Ok(values)), Some(plan)) => {
                 fill_segment_leaves(plan, values, &fresh);
@@ -422,7 +501,8 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
                 let count = members.len() as i64;
                 fresh.insert(target.id, members);
                 let duration = started.elapsed().saturating_sub(computed_here) + shared_time;
-                let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), duration);
+                let mut outcome =
+                    Outcome::succeeded(target.id, count, entered.len(), exited.len(), duration);
                 outcome.run_id = record_run(target, trigger, started_at, &outcome);
                 record_changes(target, outcome.run_id, &entered, &exited, first);
                 entered_by_segment.insert(target.id, entered);
@@ -440,10 +520,16 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
     }
     // Sequences and exports come after the memberships and fail alone:
     // their failure never undoes a refresh.
-    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| crate::sequence::assign(&entered_by_segment, &fresh))) {
+    if let Err(message) = in_subtransaction(AssertUnwindSafe(|| {
+        crate::sequence::assign(&entered_by_segment, &fresh)
+    })) {
         warning!("segments: connecting entered records to sequences failed: {message}");
     }
-    let changed: Vec<i64> = outcomes.iter().filter(|o| o.status == RunStatus::Succeeded).map(|o| o.segment_id).collect();
+    let changed: Vec<i64> = outcomes
+        .iter()
+        .filter(|o| o.status == RunStatus::Succeeded)
+        .map(|o| o.segment_id)
+        .collect();
     for export in crate::export::exports_of(&changed) {
         crate::export::rewrite_recorded(export);
     }
@@ -452,9 +538,9 @@ pub fn refresh_segments(ids: Option<&[i64]>, trigger: Trigger, skip_locked: bool
 }
 
 fn interval_of(duration: Duration) -> pgrx::datum::Interval {
-    pgrx::datum::Interval::new(0, 0, duration.as_micros() as i64).unwrap_or_else(|_| error!("duration out of range"))
+    pgrx::datum::Interval::new(0, 0, duration.as_micros() as i64)
+        .unwrap_or_else(|_| error!("duration out of range"))
 }
-
 
 /// Refreshes segments now: the given ids, or every active segment (NULL).
 #[pg_extern(schema = "segments")]
@@ -475,9 +561,19 @@ fn refresh(
     // Editors may refresh any segment: a refresh computes as the segment's
     // owner and changes no definition.
     crate::pg::txn::require_editor("refresh segments");
-    let outcomes =
-        crate::pg::txn::privileged(AssertUnwindSafe(|| refresh_segments(segments.as_deref(), Trigger::Manual, false))).or_raise();
+    let outcomes = crate::pg::txn::privileged(AssertUnwindSafe(|| {
+        refresh_segments(segments.as_deref(), Trigger::Manual, false)
+    }))
+    .or_raise();
     TableIterator::new(outcomes.into_iter().map(|o| {
-        (o.segment_id, o.status.as_str().to_string(), o.member_count, o.entered, o.exited, interval_of(o.duration), o.error.map(|f| f.message))
+        (
+            o.segment_id,
+            o.status.as_str().to_string(),
+            o.member_count,
+            o.entered,
+            o.exited,
+            interval_of(o.duration),
+            o.error.map(|f| f.message),
+        )
     }))
 }

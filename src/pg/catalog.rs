@@ -17,8 +17,13 @@ pub struct SpiCatalog;
 pub fn registered_entity(name: &str) -> Result<Entity, crate::pg::error::Reported> {
     SpiCatalog.entity(name).ok_or_else(|| {
         let names = SpiCatalog.entity_names();
-        crate::pg::error::SegmentsError::UndefinedTable(format!("entity \"{name}\" is not registered"))
-            .with_hint(segments_core::spelling::perhaps(name, names.iter().map(String::as_str)))
+        crate::pg::error::SegmentsError::UndefinedTable(format!(
+            "entity \"{name}\" is not registered"
+        ))
+        .with_hint(segments_core::spelling::perhaps(
+            name,
+            names.iter().map(String::as_str),
+        ))
     })
 }
 
@@ -66,22 +71,37 @@ impl SpiCatalog {
             &[relation.into()],
         );
         let Some(relation_sql) = relation_sql else {
-            return Table { relation_sql: format!("relation {}", relation.to_u32()), columns: Vec::new(), dropped: true };
+            return Table {
+                relation_sql: format!("relation {}", relation.to_u32()),
+                columns: Vec::new(),
+                dropped: true,
+            };
         };
         let columns = Spi::connect(|client| {
             spi(client.select(TABLE_COLUMNS_SQL, None, &[relation.into()]))
                 .map(|row| {
                     let name: String = spi(row.get(1)).unwrap_or_default();
                     let type_sql: String = spi(row.get(2)).unwrap_or_default();
-                    let base: pgrx::pg_sys::Oid = spi(row.get(3)).unwrap_or(pgrx::pg_sys::InvalidOid);
+                    let base: pgrx::pg_sys::Oid =
+                        spi(row.get(3)).unwrap_or(pgrx::pg_sys::InvalidOid);
                     let category: String = spi(row.get(4)).unwrap_or_default();
                     let base_type_sql: String = spi(row.get(5)).unwrap_or_default();
                     let refused: Option<String> = spi(row.get(6));
-                    Column { name, type_sql, kind: ColumnKind::from_type(base.to_u32(), &category), base_type_sql, refused }
+                    Column {
+                        name,
+                        type_sql,
+                        kind: ColumnKind::from_type(base.to_u32(), &category),
+                        base_type_sql,
+                        refused,
+                    }
                 })
                 .collect()
         });
-        Table { relation_sql, columns, dropped: false }
+        Table {
+            relation_sql,
+            columns,
+            dropped: false,
+        }
     }
 }
 
@@ -113,8 +133,9 @@ impl Catalog for SpiCatalog {
             ))
         })?;
         let (relation, key_column, key_kind, eligible, changed_key_type, registered_key_type) = row;
-        let related_rows: Vec<(String, pgrx::pg_sys::Oid, String, Option<String>)> = Spi::connect(|client| {
-            spi(client.select(
+        let related_rows: Vec<(String, pgrx::pg_sys::Oid, String, Option<String>)> = Spi::connect(
+            |client| {
+                spi(client.select(
                 "SELECT name, relation::oid, foreign_key::text, time_column::text FROM segments.related \
                  WHERE entity = $1 ORDER BY name",
                 None,
@@ -129,7 +150,8 @@ impl Catalog for SpiCatalog {
                 )
             })
             .collect()
-        });
+            },
+        );
         let related = related_rows
             .into_iter()
             .map(|(name, relation, foreign_key, time_column)| Related {
@@ -141,16 +163,31 @@ impl Catalog for SpiCatalog {
             .collect();
         let mut table = SpiCatalog::table(relation);
         // Keys are read (and printed) as the type they were registered with.
-        if let (Some(now), Some(column)) = (changed_key_type, table.columns.iter_mut().find(|c| c.name == key_column)) {
+        if let (Some(now), Some(column)) = (
+            changed_key_type,
+            table.columns.iter_mut().find(|c| c.name == key_column),
+        ) {
             column.refused = Some(format!("of type {now}, not {registered_key_type} as registered (change it back, or register the entity again)"));
         }
-        let key_kind = if key_kind == "integer" { KeyKind::Integer } else { KeyKind::Dictionary };
+        let key_kind = if key_kind == "integer" {
+            KeyKind::Integer
+        } else {
+            KeyKind::Dictionary
+        };
         let key_replica = (key_kind == KeyKind::Dictionary && !table.dropped)
             .then(|| crate::engine::citus::placement(relation))
             .flatten()
             .filter(|p| p.is_distributed() && p.column.as_deref() == Some(key_column.as_str()))
             .map(|_| crate::engine::citus::key_replica_name(name));
-        Some(Entity { name: name.to_string(), table, key_column, key_kind, key_replica, eligible, related })
+        Some(Entity {
+            name: name.to_string(),
+            table,
+            key_column,
+            key_kind,
+            key_replica,
+            eligible,
+            related,
+        })
     }
 
     fn entity_names(&self) -> Vec<String> {
@@ -160,10 +197,14 @@ impl Catalog for SpiCatalog {
     fn segment(&self, reference: &SegmentRef) -> Option<SegmentSummary> {
         use pgrx::spi::Spi;
         let (sql, arg): (&str, pgrx::datum::DatumWithOid) = match reference {
-            SegmentRef::Id(id) => ("SELECT id, name, entity, definition FROM segments.segment WHERE id = $1", (*id).into()),
-            SegmentRef::Name(name) => {
-                ("SELECT id, name, entity, definition FROM segments.segment WHERE name = $1", name.as_str().into())
-            }
+            SegmentRef::Id(id) => (
+                "SELECT id, name, entity, definition FROM segments.segment WHERE id = $1",
+                (*id).into(),
+            ),
+            SegmentRef::Name(name) => (
+                "SELECT id, name, entity, definition FROM segments.segment WHERE name = $1",
+                name.as_str().into(),
+            ),
         };
         Spi::connect(|client| {
             let table = spi(client.select(sql, None, &[arg]));
@@ -175,7 +216,9 @@ impl Catalog for SpiCatalog {
                 id: required(&row, 1),
                 name: required(&row, 2),
                 entity: required(&row, 3),
-                definition: spi(row.get::<pgrx::JsonB>(4)).map(|j| j.0).unwrap_or(Value::Null),
+                definition: spi(row.get::<pgrx::JsonB>(4))
+                    .map(|j| j.0)
+                    .unwrap_or(Value::Null),
             })
         })
     }
@@ -186,5 +229,9 @@ impl Catalog for SpiCatalog {
 }
 
 fn names(sql: &str) -> Vec<String> {
-    pgrx::spi::Spi::connect(|client| spi(client.select(sql, None, &[])).filter_map(|row| spi(row.get(1))).collect())
+    pgrx::spi::Spi::connect(|client| {
+        spi(client.select(sql, None, &[]))
+            .filter_map(|row| spi(row.get(1)))
+            .collect()
+    })
 }

@@ -8,13 +8,17 @@ pub use segments_core::error::*;
 
 /// PostgreSQL's packed form of a five-character SQLSTATE (MAKE_SQLSTATE).
 fn packed_sqlstate(code: &str) -> PgSqlErrorCode {
-    let packed = code.bytes().enumerate().fold(0i32, |acc, (i, c)| acc + ((((c as i32) - ('0' as i32)) & 0x3F) << (6 * i)));
+    let packed = code.bytes().enumerate().fold(0i32, |acc, (i, c)| {
+        acc + ((((c as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+    });
     PgSqlErrorCode::from(packed)
 }
 
 /// PostgreSQL's five-character form of a packed SQLSTATE (PGUNSIXBIT).
 pub fn unpacked_sqlstate(packed: i32) -> String {
-    (0..5).map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0')).collect()
+    (0..5)
+        .map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0'))
+        .collect()
 }
 
 /// Why a segment's refresh (or live application) failed, with the
@@ -28,13 +32,19 @@ pub struct Failure {
 impl Failure {
     /// A failure of ours, not of the segment (XX000, internal_error).
     pub fn internal(message: &str) -> Failure {
-        Failure { sqlstate: "XX000".into(), message: format!("segments: internal error: {message}") }
+        Failure {
+            sqlstate: "XX000".into(),
+            message: format!("segments: internal error: {message}"),
+        }
     }
 }
 
 impl From<Reported> for Failure {
     fn from(reported: Reported) -> Failure {
-        Failure { sqlstate: reported.error.code().into(), message: reported.error.to_string() }
+        Failure {
+            sqlstate: reported.error.code().into(),
+            message: reported.error.to_string(),
+        }
     }
 }
 
@@ -58,8 +68,11 @@ pub trait Raise {
 
 impl Raise for Reported {
     fn raise(self) -> ! {
-        let mut report =
-            pgrx::pg_sys::panic::ErrorReport::new(packed_sqlstate(self.error.code()), self.error.to_string(), "segments");
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(
+            packed_sqlstate(self.error.code()),
+            self.error.to_string(),
+            "segments",
+        );
         if let Some(hint) = self.hint {
             report = report.set_hint(hint);
         }
@@ -108,7 +121,10 @@ mod tests {
         use PgSqlErrorCode::*;
         assert_eq!(packed_sqlstate("22023"), ERRCODE_INVALID_PARAMETER_VALUE);
         assert_eq!(packed_sqlstate("42P01"), ERRCODE_UNDEFINED_TABLE);
-        assert_eq!(packed_sqlstate("2BP01"), ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST);
+        assert_eq!(
+            packed_sqlstate("2BP01"),
+            ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
+        );
         assert_eq!(packed_sqlstate("0A000"), ERRCODE_FEATURE_NOT_SUPPORTED);
         assert_eq!(packed_sqlstate("55006"), ERRCODE_OBJECT_IN_USE);
         for code in ["22023", "42P01", "2BP01", "0A000", "57014", "XX000"] {

@@ -20,19 +20,26 @@ const DEFAULT_HISTORY_RETENTION: &CStr = c"90 days";
 
 pub static REFERENCE_TIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
-pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_CLEANUP_SCHEDULE));
-pub static UNUSED_AFTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_UNUSED_AFTER));
-pub static HISTORY_RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_HISTORY_RETENTION));
+pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
+pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_CLEANUP_SCHEDULE));
+pub static UNUSED_AFTER: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_UNUSED_AFTER));
+pub static HISTORY_RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_HISTORY_RETENTION));
 pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Refuses a value with a detail message, for a check hook.
 unsafe fn refuse(detail: &str) -> bool {
     // SAFETY: check hooks may set the detail, a palloc'd string.
     unsafe {
-        pg_sys::GUC_check_errcode(pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errcode(
+            pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+        );
         let detail = CString::new(detail.replace('\0', "")).unwrap_or_default();
         pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
     }
@@ -41,7 +48,10 @@ unsafe fn refuse(detail: &str) -> bool {
 
 unsafe fn value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
     // SAFETY: Postgres hands the hook a pointer to the new (possibly NULL) value.
-    unsafe { (!newval.is_null() && !(*newval).is_null()).then(|| CStr::from_ptr(*newval).to_str().unwrap_or("")) }
+    unsafe {
+        (!newval.is_null() && !(*newval).is_null())
+            .then(|| CStr::from_ptr(*newval).to_str().unwrap_or(""))
+    }
 }
 
 // The check hooks below are called by Postgres with a pointer to the new
@@ -49,7 +59,11 @@ unsafe fn value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
 // unsafe blocks in them only make those two calls.
 
 /// A five-field cron expression.
-unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+unsafe extern "C-unwind" fn check_cron(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
     match unsafe { value(newval) } {
         None => true,
         Some(text) => match segments_core::schedule::parse_cron(text.trim()) {
@@ -60,25 +74,39 @@ unsafe extern "C-unwind" fn check_cron(newval: *mut *mut c_char, _extra: *mut *m
 }
 
 /// A duration such as `45 days` (hours, days, weeks, months, years).
-unsafe extern "C-unwind" fn check_duration(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+unsafe extern "C-unwind" fn check_duration(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
     match unsafe { value(newval) } {
         None => true,
         Some(text) if segments_core::definition::RelativeDuration::parse(text).is_some() => true,
-        Some(_) => unsafe { refuse("It must be a duration such as \"45 days\" (hours, days, weeks, months, years; at most 1000 years).") },
+        Some(_) => unsafe {
+            refuse("It must be a duration such as \"45 days\" (hours, days, weeks, months, years; at most 1000 years).")
+        },
     }
 }
 
 /// A time zone both PostgreSQL and the scheduler know.
-unsafe extern "C-unwind" fn check_timezone(newval: *mut *mut c_char, _extra: *mut *mut c_void, _source: pg_sys::GucSource::Type) -> bool {
+unsafe extern "C-unwind" fn check_timezone(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
     match unsafe { value(newval) } {
         None | Some("") => true,
         Some(name) => {
             // SAFETY: pg_tzset takes a NUL-terminated name; it returns NULL for an unknown zone.
-            let known_to_postgres = CString::new(name).map(|c| unsafe { !pg_sys::pg_tzset(c.as_ptr()).is_null() }).unwrap_or(false);
+            let known_to_postgres = CString::new(name)
+                .map(|c| unsafe { !pg_sys::pg_tzset(c.as_ptr()).is_null() })
+                .unwrap_or(false);
             if known_to_postgres && name.parse::<chrono_tz::Tz>().is_ok() {
                 true
             } else {
-                unsafe { refuse("It must be a time zone name such as \"Europe/Berlin\" or \"UTC\".") }
+                unsafe {
+                    refuse("It must be a time zone name such as \"Europe/Berlin\" or \"UTC\".")
+                }
             }
         }
     }
@@ -96,7 +124,9 @@ pub fn timezone_name() -> String {
         return "UTC".into();
     }
     // SAFETY: not NULL (checked), a NUL-terminated string owned by the GUC.
-    unsafe { CStr::from_ptr(reset) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(reset) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `timezone_name()` for chrono; UTC when chrono does not know it.
@@ -193,7 +223,19 @@ pub fn register() {
     ];
     for (name, short, long, setting, context, check) in checked {
         // SAFETY: the hooks are plain functions that only read their input.
-        unsafe { GucRegistry::define_string_guc_with_hooks(name, short, long, setting, context, GucFlags::default(), check, None, None) };
+        unsafe {
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                long,
+                setting,
+                context,
+                GucFlags::default(),
+                check,
+                None,
+                None,
+            )
+        };
     }
 }
 
@@ -242,10 +284,16 @@ fn _setting(name: &str) -> String {
     match name {
         "segments.max_active_segments" => MAX_ACTIVE_SEGMENTS.get().to_string(),
         "segments.unused_after" => unused_after(),
-        _ => SegmentsError::InvalidParameter(format!("setting \"{name}\" is not read through segments._setting")).raise(),
+        _ => SegmentsError::InvalidParameter(format!(
+            "setting \"{name}\" is not read through segments._setting"
+        ))
+        .raise(),
     }
 }
 
 pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
 }

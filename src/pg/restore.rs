@@ -36,7 +36,9 @@ pub fn restoring() -> bool {
         if statements.len() != 1 {
             return false;
         }
-        let Some(node) = statements.get_ptr(0) else { return false };
+        let Some(node) = statements.get_ptr(0) else {
+            return false;
+        };
         if (*node).type_ != pg_sys::NodeTag::T_PlannedStmt {
             return false;
         }
@@ -56,7 +58,9 @@ pub fn restoring() -> bool {
             std::ptr::null_mut(),
         );
         let schema = pg_sys::get_namespace_oid(c"segments".as_ptr(), true);
-        relation != pg_sys::InvalidOid && schema != pg_sys::InvalidOid && pg_sys::get_rel_namespace(relation) == schema
+        relation != pg_sys::InvalidOid
+            && schema != pg_sys::InvalidOid
+            && pg_sys::get_rel_namespace(relation) == schema
     }
 }
 

@@ -24,17 +24,26 @@ pub fn optional_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
 
 /// What has columns to read: a row, or a result table (its first row).
 pub trait Columns {
-    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(&self, ordinal: usize) -> pgrx::spi::SpiResult<Option<T>>;
+    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+        &self,
+        ordinal: usize,
+    ) -> pgrx::spi::SpiResult<Option<T>>;
 }
 
 impl Columns for pgrx::spi::SpiHeapTupleData<'_> {
-    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(&self, ordinal: usize) -> pgrx::spi::SpiResult<Option<T>> {
+    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+        &self,
+        ordinal: usize,
+    ) -> pgrx::spi::SpiResult<Option<T>> {
         self.get(ordinal)
     }
 }
 
 impl Columns for pgrx::spi::SpiTupleTable<'_> {
-    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(&self, ordinal: usize) -> pgrx::spi::SpiResult<Option<T>> {
+    fn column<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+        &self,
+        ordinal: usize,
+    ) -> pgrx::spi::SpiResult<Option<T>> {
         self.get(ordinal)
     }
 }
@@ -42,7 +51,11 @@ impl Columns for pgrx::spi::SpiTupleTable<'_> {
 /// A column that the query guarantees is not NULL (a NOT NULL column, a
 /// count): a NULL there is a bug of ours, raised as an internal error
 /// naming the column, never a panic.
-pub fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &impl Columns, ordinal: usize) -> T {
-    spi(row.column::<T>(ordinal))
-        .unwrap_or_else(|| pgrx::error!("segments: internal error: column {ordinal} of a catalog query is NULL"))
+pub fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &impl Columns,
+    ordinal: usize,
+) -> T {
+    spi(row.column::<T>(ordinal)).unwrap_or_else(|| {
+        pgrx::error!("segments: internal error: column {ordinal} of a catalog query is NULL")
+    })
 }

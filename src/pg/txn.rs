@@ -2,10 +2,10 @@
 //! that its failure rolls back only its own writes (one failing segment
 //! never takes the others of a refresh down with it).
 
-use pgrx::PgTryBuilder;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
 
 use crate::pg::error::Raise;
 
@@ -135,7 +135,12 @@ thread_local! {
 pub fn legacy_schema() -> bool {
     // SAFETY: MyProc is this backend's PGPROC.
     let transaction = unsafe { (*pg_sys::MyProc).lxid };
-    let cached = SCHEMA_VERSION.with(|v| v.borrow().as_ref().filter(|(t, _)| *t == transaction).map(|(_, v)| v.clone()));
+    let cached = SCHEMA_VERSION.with(|v| {
+        v.borrow()
+            .as_ref()
+            .filter(|(t, _)| *t == transaction)
+            .map(|(_, v)| v.clone())
+    });
     let version = cached.unwrap_or_else(|| {
         let version = crate::pg::spi::optional_value::<String>(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'segments'",
@@ -153,7 +158,8 @@ pub fn has_role(role: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
     // SAFETY: get_role_oid with missing_ok returns InvalidOid when absent.
     unsafe {
         let target = pg_sys::get_role_oid(name.as_ptr(), true);
-        pg_sys::superuser_arg(role) || (target != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, target))
+        pg_sys::superuser_arg(role)
+            || (target != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, target))
     }
 }
 
@@ -191,10 +197,18 @@ pub fn require_admin(what: &str) {
 /// Refuses (42501) a caller without SELECT on a relation.
 pub fn require_select(relation: pg_sys::Oid, what: &str) {
     // SAFETY: an ACL check of an existing relation; a dropped one errors.
-    let ok = unsafe { pg_sys::pg_class_aclcheck(relation, current_role(), pg_sys::ACL_SELECT as pg_sys::AclMode) }
-        == pg_sys::AclResult::ACLCHECK_OK;
+    let ok = unsafe {
+        pg_sys::pg_class_aclcheck(
+            relation,
+            current_role(),
+            pg_sys::ACL_SELECT as pg_sys::AclMode,
+        )
+    } == pg_sys::AclResult::ACLCHECK_OK;
     if !ok {
-        crate::pg::error::SegmentsError::InsufficientPrivilege(format!("permission denied for {what}")).raise();
+        crate::pg::error::SegmentsError::InsufficientPrivilege(format!(
+            "permission denied for {what}"
+        ))
+        .raise();
     }
 }
 
@@ -259,7 +273,9 @@ pub fn writing_transaction() {
 /// Runs `f` in a subtransaction. On an error, everything `f` wrote is rolled
 /// back and the error (SQLSTATE and message) is returned; the outer
 /// transaction goes on.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, crate::pg::error::Failure> {
+pub fn in_subtransaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+) -> Result<R, crate::pg::error::Failure> {
     // SAFETY: the subtransaction begun here is released or rolled back on
     // every path before returning, and the memory context and resource
     // owner are restored to the outer ones, as PL/pgSQL's exception blocks
@@ -274,7 +290,9 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::GetCurrentTransactionId();
         // Results must outlive the subtransaction's memory context.
         pg_sys::MemoryContextSwitchTo(outer_context);
-        let result = PgTryBuilder::new(|| Ok(f())).catch_others(|e| Err(e)).execute();
+        let result = PgTryBuilder::new(|| Ok(f()))
+            .catch_others(|e| Err(e))
+            .execute();
         match result {
             Ok(value) => {
                 pg_sys::ReleaseCurrentSubTransaction();
@@ -305,10 +323,14 @@ pub fn call_internal<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     sql: &str,
     args: Vec<pgrx::datum::DatumWithOid<'static>>,
 ) -> Option<T> {
-    privileged(std::panic::AssertUnwindSafe(|| crate::pg::spi::spi(pgrx::spi::Spi::get_one_with_args::<T>(sql, &args))))
+    privileged(std::panic::AssertUnwindSafe(|| {
+        crate::pg::spi::spi(pgrx::spi::Spi::get_one_with_args::<T>(sql, &args))
+    }))
 }
 
 /// `call_internal` for functions returning void.
 pub fn run_internal(sql: &str, args: Vec<pgrx::datum::DatumWithOid<'static>>) {
-    privileged(std::panic::AssertUnwindSafe(|| crate::pg::spi::spi(pgrx::spi::Spi::run_with_args(sql, &args))))
+    privileged(std::panic::AssertUnwindSafe(|| {
+        crate::pg::spi::spi(pgrx::spi::Spi::run_with_args(sql, &args))
+    }))
 }

@@ -12,8 +12,9 @@ use crate::pg::gucs;
 
 /// The system refresh's cron, from `segments.system_schedule`.
 pub fn system_cron() -> croner::Cron {
-    parse_cron(&gucs::system_schedule())
-        .unwrap_or_else(|e| SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise())
+    parse_cron(&gucs::system_schedule()).unwrap_or_else(|e| {
+        SegmentsError::InvalidParameter(format!("segments.system_schedule: {e}")).raise()
+    })
 }
 
 fn epoch(at: DateTime<Utc>) -> f64 {
@@ -32,6 +33,12 @@ fn _next_refresh_epoch(
     needs_refresh: bool,
 ) -> Option<f64> {
     let since = DateTime::from_timestamp_micros((last_refreshed.unwrap_or(created) * 1e6) as i64)?;
-    let due = Due { dynamic: r#type == "dynamic", active: state == "active", schedule, since, needs_refresh };
+    let due = Due {
+        dynamic: r#type == "dynamic",
+        active: state == "active",
+        schedule,
+        since,
+        needs_refresh,
+    };
     next_refresh(&due, Utc::now(), &system_cron(), &gucs::timezone()).map(epoch)
 }

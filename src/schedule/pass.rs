@@ -92,20 +92,30 @@ pub fn retry_wait(naptime: f64, failures: i32) -> f64 {
 /// refresh.
 pub fn plan_pass() -> Due {
     writing_transaction();
-    let now = spi(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")).expect("clock_timestamp() is never NULL");
+    let now = spi(Spi::get_one::<f64>(
+        "SELECT extract(epoch FROM clock_timestamp())::float8",
+    ))
+    .expect("clock_timestamp() is never NULL");
     let now = from_epoch(now);
     let system = system_cron();
 
     // The system refresh: locked, so that passes never overlap.
     let zone = crate::pg::gucs::timezone();
-    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system"), &zone).is_some_and(|t| t <= now);
+    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system"), &zone)
+        .is_some_and(|t| t <= now);
     let cleanup_cron = gucs::cleanup_schedule();
-    let cleanup_cron = parse_cron(&cleanup_cron)
-        .unwrap_or_else(|e| SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise());
-    let cleanup_due = segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone).is_some_and(|t| t <= now);
+    let cleanup_cron = parse_cron(&cleanup_cron).unwrap_or_else(|e| {
+        SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise()
+    });
+    let cleanup_due =
+        segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone)
+            .is_some_and(|t| t <= now);
 
     if cleanup_due {
-        let deactivated = spi(Spi::get_one::<i64>("SELECT count(*) FROM segments.deactivate_unused()")).unwrap_or(0);
+        let deactivated = spi(Spi::get_one::<i64>(
+            "SELECT count(*) FROM segments.deactivate_unused()",
+        ))
+        .unwrap_or(0);
         if deactivated > 0 {
             log!("segments: cleanup deactivated {deactivated} unused segment(s)");
         }
@@ -136,19 +146,28 @@ pub fn plan_pass() -> Due {
             continue; // refused at save time; an old row is left alone
         };
         let own_due = match &schedule {
-            Schedule::Cron(_) => schedule.next_after(from_epoch(candidate.last), &system, &zone).is_some_and(|t| t <= now),
+            Schedule::Cron(_) => schedule
+                .next_after(from_epoch(candidate.last), &system, &zone)
+                .is_some_and(|t| t <= now),
             _ => false,
         };
         if matches!(schedule, Schedule::System | Schedule::Live) && system_due {
             by_system.push(candidate.id);
-        } else if own_due || (candidate.active && candidate.needs_refresh && !matches!(schedule, Schedule::Manual)) {
+        } else if own_due
+            || (candidate.active
+                && candidate.needs_refresh
+                && !matches!(schedule, Schedule::Manual))
+        {
             by_schedule.push(candidate.id);
         }
     }
     if system_due {
         set_job_last_run("system");
     }
-    Due { by_system, by_schedule }
+    Due {
+        by_system,
+        by_schedule,
+    }
 }
 
 /// What a pass refreshes, by trigger.
@@ -162,7 +181,10 @@ impl Due {
     /// its trigger: the worker commits after each group.
     pub fn groups(&self) -> Vec<(Vec<i64>, Trigger)> {
         let mut out = Vec::new();
-        for (ids, trigger) in [(&self.by_system, Trigger::System), (&self.by_schedule, Trigger::Schedule)] {
+        for (ids, trigger) in [
+            (&self.by_system, Trigger::System),
+            (&self.by_schedule, Trigger::Schedule),
+        ] {
             if ids.is_empty() {
                 continue;
             }
@@ -187,8 +209,14 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
     let mut runs = Vec::new();
     {
         let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
-        let failed = outcomes.iter().filter(|o| o.status == crate::engine::refresh::RunStatus::Failed).count();
-        for outcome in outcomes.iter().filter(|o| o.status == crate::engine::refresh::RunStatus::Failed) {
+        let failed = outcomes
+            .iter()
+            .filter(|o| o.status == crate::engine::refresh::RunStatus::Failed)
+            .count();
+        for outcome in outcomes
+            .iter()
+            .filter(|o| o.status == crate::engine::refresh::RunStatus::Failed)
+        {
             log!(
                 "segments: refresh of segment {} failed: {}",
                 outcome.segment_id,

@@ -40,7 +40,10 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
     }
     let result = PgTryBuilder::new(|| Some(work()))
         .catch_others(|error| {
-            log!("segments scheduler: {what} failed: {}", crate::pg::txn::error_text(&error));
+            log!(
+                "segments scheduler: {what} failed: {}",
+                crate::pg::txn::error_text(&error)
+            );
             None
         })
         .execute();
@@ -63,9 +66,11 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
 /// segments UPDATE`) waits rather than run against tables it does not know.
 fn extension_installed() -> Option<String> {
     in_transaction("checking for the extension", || {
-        pgrx::spi::Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'segments'")
-            .ok()
-            .flatten()
+        pgrx::spi::Spi::get_one::<String>(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'segments'",
+        )
+        .ok()
+        .flatten()
     })
     .flatten()
 }
@@ -125,7 +130,10 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
             }
         }
         warned_missing = false;
-        report_activity(pg_sys::BackendState::STATE_RUNNING, c"segments scheduler pass");
+        report_activity(
+            pg_sys::BackendState::STATE_RUNNING,
+            c"segments scheduler pass",
+        );
         // One transaction to decide, then one per group of segments: a
         // failure (or a shutdown) loses one group's work at most, and what
         // succeeded is committed.
@@ -134,10 +142,14 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         });
         for (ids, trigger) in groups.unwrap_or_default() {
             in_transaction("a scheduler group", move || {
-                crate::pg::txn::privileged(move || crate::schedule::pass::refresh_group(&ids, trigger));
+                crate::pg::txn::privileged(move || {
+                    crate::schedule::pass::refresh_group(&ids, trigger)
+                });
             });
         }
-        in_transaction("trimming history", || crate::pg::txn::privileged(crate::schedule::pass::trim_history));
+        in_transaction("trimming history", || {
+            crate::pg::txn::privileged(crate::schedule::pass::trim_history)
+        });
         // Live segments: the changes captured since the last pass.
         in_transaction("applying live changes", || {
             crate::pg::txn::privileged(crate::engine::live::apply_changes);

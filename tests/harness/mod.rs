@@ -20,8 +20,14 @@ fn repo() -> &'static Path {
 }
 
 fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("could not run {command:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "{command:?} failed:\n{text}");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -31,7 +37,8 @@ impl Cluster {
     /// postgresql.conf, e.g. `shared_preload_libraries=segments`.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("segments-it-{name}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("segments-it-{name}-{}-{n}", std::process::id()));
         // Each cluster has its own socket directory, so ports never collide.
         let port = 55500 + (n % 100) as u16;
         let cluster = Cluster { dir, port };
@@ -48,12 +55,18 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) -> String {
-        run(Command::new("bash").arg(repo().join("scripts/cluster.sh")).args(args))
+        run(Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .args(args))
     }
 
     /// A libpq connection string for `database`.
     pub fn url(&self, database: &str) -> String {
-        format!("host={} port={} user=postgres dbname={database}", self.dir.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname={database}",
+            self.dir.display(),
+            self.port
+        )
     }
 
     pub fn connect(&self, database: &str) -> postgres::Client {
@@ -64,7 +77,10 @@ impl Cluster {
     /// Runs a psql script file with `-v name=value` variables.
     pub fn psql_file(&self, database: &str, file: &str, vars: &[(&str, &str)]) -> String {
         let mut command = Command::new("psql");
-        command.arg(self.url(database)).args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"]).arg(repo().join(file));
+        command
+            .arg(self.url(database))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(repo().join(file));
         for (name, value) in vars {
             command.arg("-v").arg(format!("{name}={value}"));
         }
@@ -80,7 +96,11 @@ impl Cluster {
     /// registered; then `then` (more registrations, settings, roles), as
     /// the superuser.
     pub fn sample_database(&self, scale: &str, anchor: &str, then: &str) -> postgres::Client {
-        self.psql_file("postgres", "scripts/sample_data.sql", &[("scale", scale), ("anchor", anchor)]);
+        self.psql_file(
+            "postgres",
+            "scripts/sample_data.sql",
+            &[("scale", scale), ("anchor", anchor)],
+        );
         let mut client = self.connect("postgres");
         client
             .batch_execute(&format!(
@@ -136,7 +156,8 @@ impl CitusCluster {
         if !Self::installed() {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("segments-citus-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("segments-citus-{name}-{}", std::process::id()));
         let cluster = CitusCluster { dir, port };
         cluster.script(&["destroy"]);
         cluster.script(&["start", &port.to_string()]);
@@ -145,17 +166,26 @@ impl CitusCluster {
 
     fn script(&self, args: &[&str]) -> String {
         let mut command = Command::new("bash");
-        command.arg(repo().join("scripts/citus.sh")).arg(args[0]).arg(&self.dir).args(&args[1..]);
+        command
+            .arg(repo().join("scripts/citus.sh"))
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..]);
         run(&mut command)
     }
 
     /// Node 0 is the coordinator, 1 and 2 the workers.
     pub fn url(&self, node: u16) -> String {
-        format!("host={}/node{node} port={} user=postgres dbname=postgres", self.dir.display(), self.port + node)
+        format!(
+            "host={}/node{node} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port + node
+        )
     }
 
     pub fn connect(&self, node: u16) -> postgres::Client {
-        postgres::Client::connect(&self.url(node), postgres::NoTls).unwrap_or_else(|e| panic!("connect to {}: {e}", self.url(node)))
+        postgres::Client::connect(&self.url(node), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url(node)))
     }
 
     /// Runs SQL with psql on the coordinator; returns (stdout, stderr).
@@ -165,12 +195,19 @@ impl CitusCluster {
             .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql runs");
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 
 impl Drop for CitusCluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo().join("scripts/citus.sh")).arg("destroy").arg(&self.dir).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/citus.sh"))
+            .arg("destroy")
+            .arg(&self.dir)
+            .output();
     }
 }

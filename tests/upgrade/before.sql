@@ -1,7 +1,8 @@
--- Data made with 0.1.0 that ALTER EXTENSION segments UPDATE must keep:
+-- Data made with an older version (psql variable old) that ALTER
+-- EXTENSION segments UPDATE must keep:
 -- entities, segments (one reading another), memberships, refresh history,
 -- membership changes, usages, an export and a sequence with records.
-CREATE EXTENSION segments VERSION '0.1.0';
+CREATE EXTENSION segments VERSION :'old';
 SET segments.reference_time = '2026-11-01';
 SELECT segments.register_entity('customer', 'customers', 'id');
 SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at');

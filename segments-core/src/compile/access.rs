@@ -9,19 +9,34 @@ use crate::definition::{Condition, ConditionKind, Definition, RelatedMeasure, Ru
 /// whoever saves a definition must be able to read them all, since the
 /// segment is evaluated with its owner's privileges.
 pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, String)> {
-    fn walk(condition: &Condition, entity: &Entity, table: &Table, out: &mut Vec<(String, String)>) {
+    fn walk(
+        condition: &Condition,
+        entity: &Entity,
+        table: &Table,
+        out: &mut Vec<(String, String)>,
+    ) {
         match &condition.kind {
-            ConditionKind::All(items) | ConditionKind::Any(items) => items.iter().for_each(|c| walk(c, entity, table, out)),
+            ConditionKind::All(items) | ConditionKind::Any(items) => {
+                items.iter().for_each(|c| walk(c, entity, table, out))
+            }
             ConditionKind::Not(inner) => walk(inner, entity, table, out),
-            ConditionKind::Attribute(test) => out.push((table.relation_sql.clone(), test.column.clone())),
+            ConditionKind::Attribute(test) => {
+                out.push((table.relation_sql.clone(), test.column.clone()))
+            }
             ConditionKind::Related(test) => {
-                let Some(related) = entity.related(&test.related) else { return };
+                let Some(related) = entity.related(&test.related) else {
+                    return;
+                };
                 let rel = related.table.relation_sql.clone();
                 out.push((rel.clone(), related.foreign_key.clone()));
                 if let (Some(_), Some(time)) = (&test.within, &related.time_column) {
                     out.push((rel.clone(), time.clone()));
                 }
-                if let RelatedMeasure::Aggregate { attribute: Some(attribute), .. } = &test.measure {
+                if let RelatedMeasure::Aggregate {
+                    attribute: Some(attribute),
+                    ..
+                } = &test.measure
+                {
                     out.push((rel.clone(), attribute.clone()));
                 }
                 if let Some(filter) = &test.filter {

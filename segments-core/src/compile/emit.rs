@@ -19,16 +19,40 @@ pub(super) fn join_sql(parts: &[String], operator: &str) -> String {
 }
 
 /// A condition inside `related`: only the related table's columns.
-pub(super) fn related_condition(condition: &Condition, table: &Table, what: &str, reference: &str) -> Result<String, Reported> {
+pub(super) fn related_condition(
+    condition: &Condition,
+    table: &Table,
+    what: &str,
+    reference: &str,
+) -> Result<String, Reported> {
     Ok(match &condition.kind {
         ConditionKind::All(items) | ConditionKind::Any(items) => {
-            let sqls = items.iter().map(|c| related_condition(c, table, what, reference)).collect::<Result<Vec<_>, _>>()?;
-            join_sql(&sqls, if matches!(condition.kind, ConditionKind::All(_)) { "AND" } else { "OR" })
+            let sqls = items
+                .iter()
+                .map(|c| related_condition(c, table, what, reference))
+                .collect::<Result<Vec<_>, _>>()?;
+            join_sql(
+                &sqls,
+                if matches!(condition.kind, ConditionKind::All(_)) {
+                    "AND"
+                } else {
+                    "OR"
+                },
+            )
         }
-        ConditionKind::Not(inner) => format!("({}) IS NOT TRUE", related_condition(inner, table, what, reference)?),
-        ConditionKind::Attribute(test) => attribute_sql(&condition.path, "r", table, what, test, reference)?,
+        ConditionKind::Not(inner) => format!(
+            "({}) IS NOT TRUE",
+            related_condition(inner, table, what, reference)?
+        ),
+        ConditionKind::Attribute(test) => {
+            attribute_sql(&condition.path, "r", table, what, test, reference)?
+        }
         ConditionKind::Related(_) | ConditionKind::Segment(_) => {
-            return Err(invalid(&condition.path, format!("inside \"related\", conditions test columns of {what} only")).into())
+            return Err(invalid(
+                &condition.path,
+                format!("inside \"related\", conditions test columns of {what} only"),
+            )
+            .into())
         }
     })
 }
@@ -38,7 +62,11 @@ pub(super) fn related_condition(condition: &Condition, table: &Table, what: &str
 /// integer column, which is numeric (so `4.5` works on an age).
 pub(super) fn typed(path: &str, column: &Column, value: &Value) -> Result<String, SegmentsError> {
     let text = literal_text(path, column, value)?;
-    Ok(format!("{}::{}", literal(&text), literal_type(column, &text)))
+    Ok(format!(
+        "{}::{}",
+        literal(&text),
+        literal_type(column, &text)
+    ))
 }
 
 /// The type a literal for `column` takes: the column's type without its
@@ -67,7 +95,11 @@ pub(super) fn literal_type<'c>(column: &'c Column, text: &str) -> &'c str {
 /// `OPERATOR(...)` has the same precedence, so operands are atoms or
 /// parenthesized.)
 pub(super) fn between(column: &str, low: &str, high: &str) -> String {
-    format!("({column} {} {low} AND {column} {} {high})", op(">="), op("<="))
+    format!(
+        "({column} {} {low} AND {column} {} {high})",
+        op(">="),
+        op("<=")
+    )
 }
 
 /// The reference time converted to the column's kind.
@@ -80,11 +112,22 @@ pub(super) fn reference_as(kind: ColumnKind, timestamptz_sql: &str) -> String {
 }
 
 pub(super) fn interval(duration: &RelativeDuration) -> String {
-    format!("{}::pg_catalog.interval", literal(&duration.interval_text()))
+    format!(
+        "{}::pg_catalog.interval",
+        literal(&duration.interval_text())
+    )
 }
 
-pub(super) fn in_last_sql(column_sql: &str, kind: ColumnKind, duration: &RelativeDuration, reference: &str) -> String {
-    let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(duration)));
+pub(super) fn in_last_sql(
+    column_sql: &str,
+    kind: ColumnKind,
+    duration: &RelativeDuration,
+    reference: &str,
+) -> String {
+    let from = reference_as(
+        kind,
+        &format!("({reference} {} {})", op("-"), interval(duration)),
+    );
     let to = reference_as(kind, reference);
     between(column_sql, &from, &to)
 }
@@ -98,14 +141,23 @@ pub fn attribute_sql(
     reference: &str,
 ) -> Result<String, Reported> {
     let column = table.column(&test.column).ok_or_else(|| {
-        SegmentsError::UndefinedColumn(format!("{path}: column \"{}\" does not exist on {what}", test.column))
-            .with_hint(perhaps(&test.column, table.column_names()))
+        SegmentsError::UndefinedColumn(format!(
+            "{path}: column \"{}\" does not exist on {what}",
+            test.column
+        ))
+        .with_hint(perhaps(&test.column, table.column_names()))
     })?;
     column.check_usable(path, what)?;
     check_op(path, column, test.op, test.ignore_case)?;
     let vpath = format!("{path}.value");
     let raw = format!("{alias}.{}", ident(&column.name));
-    let fold = |sql: String| if test.ignore_case { format!("pg_catalog.lower({sql})") } else { sql };
+    let fold = |sql: String| {
+        if test.ignore_case {
+            format!("pg_catalog.lower({sql})")
+        } else {
+            sql
+        }
+    };
     let col = fold(raw.clone());
     let lit = |value: &Value| typed(&vpath, column, value).map(fold);
     let kind = column.kind;
@@ -123,15 +175,28 @@ pub fn attribute_sql(
                 .enumerate()
                 .map(|(i, v)| typed(&format!("{vpath}[{i}]"), column, v).map(fold))
                 .collect::<Result<Vec<_>, _>>()?;
-            let test_sql = if test.op == Op::In { format!("{} ANY", op("=")) } else { format!("{} ALL", op("<>")) };
+            let test_sql = if test.op == Op::In {
+                format!("{} ANY", op("="))
+            } else {
+                format!("{} ALL", op("<>"))
+            };
             format!("{col} {test_sql} (ARRAY[{}])", items.join(", "))
         }
-        (Op::Contains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op(">")),
-        (Op::NotContains, Operand::Scalar(v)) => format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op("=")),
-        (Op::StartsWith, Operand::Scalar(v)) => format!("pg_catalog.starts_with({col}, {})", lit(v)?),
+        (Op::Contains, Operand::Scalar(v)) => {
+            format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op(">"))
+        }
+        (Op::NotContains, Operand::Scalar(v)) => {
+            format!("pg_catalog.strpos({col}, {}) {} 0", lit(v)?, op("="))
+        }
+        (Op::StartsWith, Operand::Scalar(v)) => {
+            format!("pg_catalog.starts_with({col}, {})", lit(v)?)
+        }
         (Op::EndsWith, Operand::Scalar(v)) => {
             let l = lit(v)?;
-            format!("pg_catalog.\"right\"({col}, pg_catalog.length({l})) {} {l}", op("="))
+            format!(
+                "pg_catalog.\"right\"({col}, pg_catalog.length({l})) {} {l}",
+                op("=")
+            )
         }
         (Op::IsNull, _) => format!("{raw} IS NULL"),
         (Op::IsNotNull, _) => format!("{raw} IS NOT NULL"),
@@ -140,7 +205,12 @@ pub fn attribute_sql(
         (Op::InLast, Operand::Duration(d)) => in_last_sql(&raw, kind, d, reference),
         (Op::NotInLast, Operand::Duration(d)) => {
             let from = reference_as(kind, &format!("({reference} {} {})", op("-"), interval(d)));
-            format!("({raw} {} {from} OR {raw} {} {})", op("<"), op(">"), reference_as(kind, reference))
+            format!(
+                "({raw} {} {from} OR {raw} {} {})",
+                op("<"),
+                op(">"),
+                reference_as(kind, reference)
+            )
         }
         (Op::InNext, Operand::Duration(d)) => {
             let to = reference_as(kind, &format!("({reference} {} {})", op("+"), interval(d)));
@@ -150,13 +220,29 @@ pub fn attribute_sql(
         (Op::After, Operand::Scalar(v)) => format!("{raw} {} {}", op(">"), lit(v)?),
         (Op::On, Operand::Scalar(v)) => {
             let day = literal_text(&vpath, column, v)?;
-            format!("({raw})::pg_catalog.date {} ({})::pg_catalog.date", op("="), literal(&day))
+            format!(
+                "({raw})::pg_catalog.date {} ({})::pg_catalog.date",
+                op("="),
+                literal(&day)
+            )
         }
-        (Op::IsToday, _) => format!("({raw})::pg_catalog.date {} ({reference})::pg_catalog.date", op("=")),
+        (Op::IsToday, _) => format!(
+            "({raw})::pg_catalog.date {} ({reference})::pg_catalog.date",
+            op("=")
+        ),
         (Op::IsAnniversary, _) => {
-            format!("pg_catalog.to_char({raw}, 'MM-DD') {} pg_catalog.to_char({reference}, 'MM-DD')", op("="))
+            format!(
+                "pg_catalog.to_char({raw}, 'MM-DD') {} pg_catalog.to_char({reference}, 'MM-DD')",
+                op("=")
+            )
         }
-        (op, _) => return Err(invalid(path, format!("operator {} got a value of the wrong shape", op.name())).into()),
+        (op, _) => {
+            return Err(invalid(
+                path,
+                format!("operator {} got a value of the wrong shape", op.name()),
+            )
+            .into())
+        }
     };
     Ok(sql)
 }

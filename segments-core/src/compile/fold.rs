@@ -35,7 +35,9 @@ pub(super) fn mark_used(expr: &Expr, used: &mut [bool]) {
 pub(super) fn remap(expr: &mut Expr, renumber: &[usize], has_not: &mut bool) {
     match expr {
         Expr::Leaf(i) => *i = renumber[*i],
-        Expr::All(items) | Expr::Any(items) => items.iter_mut().for_each(|e| remap(e, renumber, has_not)),
+        Expr::All(items) | Expr::Any(items) => {
+            items.iter_mut().for_each(|e| remap(e, renumber, has_not))
+        }
         Expr::Not(inner) => {
             *has_not = true;
             remap(inner, renumber, has_not)
@@ -44,7 +46,11 @@ pub(super) fn remap(expr: &mut Expr, renumber: &[usize], has_not: &mut bool) {
 }
 
 /// The SQL of a filter leaf used only here, if `expr` is one.
-pub(super) fn private_filter<'a>(expr: &Expr, leaves: &'a [Leaf], uses: &[usize]) -> Option<&'a str> {
+pub(super) fn private_filter<'a>(
+    expr: &Expr,
+    leaves: &'a [Leaf],
+    uses: &[usize],
+) -> Option<&'a str> {
     match expr {
         Expr::Leaf(i) if uses.get(*i) == Some(&1) => match &leaves[*i] {
             Leaf::Filter(sql) => Some(sql),
@@ -54,7 +60,11 @@ pub(super) fn private_filter<'a>(expr: &Expr, leaves: &'a [Leaf], uses: &[usize]
     }
 }
 
-pub(super) fn new_filter(sql: String, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>) -> Expr {
+pub(super) fn new_filter(
+    sql: String,
+    leaves: &mut Vec<Leaf>,
+    index: &mut HashMap<Leaf, usize>,
+) -> Expr {
     let leaf = Leaf::Filter(sql);
     if let Some(&i) = index.get(&leaf) {
         return Expr::Leaf(i); // the same expression exists: share it
@@ -66,7 +76,12 @@ pub(super) fn new_filter(sql: String, leaves: &mut Vec<Leaf>, index: &mut HashMa
 
 /// Folds private filters bottom-up (see `Planner::finish`). New leaves are
 /// private too, so folding goes on through nested conditions.
-pub(super) fn fold(expr: &mut Expr, leaves: &mut Vec<Leaf>, index: &mut HashMap<Leaf, usize>, uses: &[usize]) {
+pub(super) fn fold(
+    expr: &mut Expr,
+    leaves: &mut Vec<Leaf>,
+    index: &mut HashMap<Leaf, usize>,
+    uses: &[usize],
+) {
     let is_private = |expr: &Expr, leaves: &Vec<Leaf>| match expr {
         Expr::Leaf(i) if *i >= uses.len() => true, // made by this fold
         other => private_filter(other, leaves, uses).is_some(),
@@ -88,7 +103,11 @@ pub(super) fn fold(expr: &mut Expr, leaves: &mut Vec<Leaf>, index: &mut HashMap<
             }
         }
         Expr::All(_) | Expr::Any(_) => {
-            let operator = if matches!(expr, Expr::All(_)) { "AND" } else { "OR" };
+            let operator = if matches!(expr, Expr::All(_)) {
+                "AND"
+            } else {
+                "OR"
+            };
             let items = match expr {
                 Expr::All(items) | Expr::Any(items) => items,
                 _ => unreachable!(),
@@ -96,7 +115,8 @@ pub(super) fn fold(expr: &mut Expr, leaves: &mut Vec<Leaf>, index: &mut HashMap<
             for item in items.iter_mut() {
                 fold(item, leaves, index, uses);
             }
-            let (private, shared): (Vec<Expr>, Vec<Expr>) = items.drain(..).partition(|e| is_private(e, leaves));
+            let (private, shared): (Vec<Expr>, Vec<Expr>) =
+                items.drain(..).partition(|e| is_private(e, leaves));
             *items = shared;
             match private.len() {
                 0 => {}
@@ -132,4 +152,3 @@ pub(super) fn collect_segment_leaves(rules: &[CompiledRule], leaves: &[Leaf], ou
         }
     }
 }
-

@@ -33,19 +33,19 @@ use std::collections::HashMap;
 
 use crate::catalog::{Catalog, ColumnKind, Entity, Related};
 use crate::definition::{
-    parse_condition, AggregateFunction, Combine, Condition, ConditionKind, Definition, RelatedMeasure, RelatedTest,
-    Rule, RuleBody, SegmentRef,
+    parse_condition, AggregateFunction, Combine, Condition, ConditionKind, Definition,
+    RelatedMeasure, RelatedTest, Rule, RuleBody, SegmentRef,
 };
 use crate::error::{invalid, Reported, SegmentsError};
-use crate::sql::{ident, op};
 use crate::spelling::perhaps;
+use crate::sql::{ident, op};
 use serde_json::Value;
 
 pub use access::columns_read;
-pub use references::{check_cycles, dependency_order};
 pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition};
-use fold::{collect_segment_leaves, fold, mark_used, remap, rule_exprs, count_uses};
+use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
+pub use references::{check_cycles, dependency_order};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Leaf {
@@ -142,13 +142,15 @@ pub struct Planner<'a> {
     related_of: HashMap<Leaf, String>,
 }
 
-
-
-
 impl<'a> Planner<'a> {
     /// `reference_time` is a SQL expression of type timestamptz (normally a
     /// literal) that relative conditions are measured from.
-    pub fn new(catalog: &'a dyn Catalog, entity: &str, path: &str, reference_time: &str) -> Result<Self, Reported> {
+    pub fn new(
+        catalog: &'a dyn Catalog,
+        entity: &str,
+        path: &str,
+        reference_time: &str,
+    ) -> Result<Self, Reported> {
         let entity = catalog.entity(entity).ok_or_else(|| {
             let names = catalog.entity_names();
             SegmentsError::UndefinedTable(format!("{path}: entity \"{entity}\" is not registered"))
@@ -159,9 +161,14 @@ impl<'a> Planner<'a> {
                 "{path}: the table of entity \"{}\" ({}) no longer exists",
                 entity.name, entity.table.relation_sql
             ))
-            .with_hint(Some(format!("Unregister it with segments.unregister_entity('{}').", entity.name))));
+            .with_hint(Some(format!(
+                "Unregister it with segments.unregister_entity('{}').",
+                entity.name
+            ))));
         }
-        entity.key()?.check_usable(path, &format!("entity \"{}\"", entity.name))?;
+        entity
+            .key()?
+            .check_usable(path, &format!("entity \"{}\"", entity.name))?;
         let mut planner = Planner {
             catalog,
             entity,
@@ -189,11 +196,18 @@ impl<'a> Planner<'a> {
 
     /// Compiles a parsed definition. `self_id` is the segment being saved,
     /// which may not refer to itself.
-    pub fn add(&mut self, definition: &Definition, self_id: Option<i64>) -> Result<CompiledSegment, Reported> {
+    pub fn add(
+        &mut self,
+        definition: &Definition,
+        self_id: Option<i64>,
+    ) -> Result<CompiledSegment, Reported> {
         if definition.entity != self.entity.name {
             return Err(invalid(
                 "entity",
-                format!("this plan is for entity \"{}\", not \"{}\"", self.entity.name, definition.entity),
+                format!(
+                    "this plan is for entity \"{}\", not \"{}\"",
+                    self.entity.name, definition.entity
+                ),
             )
             .into());
         }
@@ -220,7 +234,8 @@ impl<'a> Planner<'a> {
     /// Restricts the queries of one related table to `keys_sql` instead
     /// (live apply: only the keys whose rows of that table changed).
     pub fn restrict_related_to(&mut self, related: &str, keys_sql: String) {
-        self.related_restriction.insert(related.to_string(), keys_sql);
+        self.related_restriction
+            .insert(related.to_string(), keys_sql);
     }
 
     /// Makes the entity scan read the rows `source_sql` selects (with the
@@ -263,8 +278,9 @@ impl<'a> Planner<'a> {
         for expr in exprs.iter_mut() {
             remap(expr, &renumber, &mut has_not);
         }
-        let needs_all_rows =
-            self.eligible.is_some() || has_not || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
+        let needs_all_rows = self.eligible.is_some()
+            || has_not
+            || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
         Plan {
             entity: self.entity,
             leaves,
@@ -286,7 +302,11 @@ impl<'a> Planner<'a> {
         self.leaves.len() - 1
     }
 
-    fn rules(&mut self, rules: &[Rule], self_id: Option<i64>) -> Result<Vec<CompiledRule>, Reported> {
+    fn rules(
+        &mut self,
+        rules: &[Rule],
+        self_id: Option<i64>,
+    ) -> Result<Vec<CompiledRule>, Reported> {
         rules
             .iter()
             .map(|rule| {
@@ -297,12 +317,21 @@ impl<'a> Planner<'a> {
                     }
                     RuleBody::Rules(sub) => CompiledBody::Rules(self.rules(sub, self_id)?),
                 };
-                Ok(CompiledRule { label: rule.label.clone(), name: rule.name.clone(), combine: rule.combine, body })
+                Ok(CompiledRule {
+                    label: rule.label.clone(),
+                    name: rule.name.clone(),
+                    combine: rule.combine,
+                    body,
+                })
             })
             .collect()
     }
 
-    fn check_segment_refs(&self, condition: &Condition, self_id: Option<i64>) -> Result<(), Reported> {
+    fn check_segment_refs(
+        &self,
+        condition: &Condition,
+        self_id: Option<i64>,
+    ) -> Result<(), Reported> {
         let mut nodes = Vec::new();
         crate::definition::walk_condition(condition, &mut nodes);
         for node in nodes {
@@ -341,12 +370,18 @@ impl<'a> Planner<'a> {
     fn entity_condition(&mut self, condition: &Condition) -> Result<Expr, Reported> {
         let path = condition.path.as_str();
         Ok(match &condition.kind {
-            ConditionKind::All(items) => {
-                Expr::All(items.iter().map(|c| self.entity_condition(c)).collect::<Result<_, _>>()?)
-            }
-            ConditionKind::Any(items) => {
-                Expr::Any(items.iter().map(|c| self.entity_condition(c)).collect::<Result<_, _>>()?)
-            }
+            ConditionKind::All(items) => Expr::All(
+                items
+                    .iter()
+                    .map(|c| self.entity_condition(c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ConditionKind::Any(items) => Expr::Any(
+                items
+                    .iter()
+                    .map(|c| self.entity_condition(c))
+                    .collect::<Result<_, _>>()?,
+            ),
             ConditionKind::Not(inner) => {
                 self.needs_all_rows = true;
                 Expr::Not(Box::new(self.entity_condition(inner)?))
@@ -359,7 +394,12 @@ impl<'a> Planner<'a> {
             }
             ConditionKind::Related(test) => {
                 let related = self.entity.related(&test.related).cloned().ok_or_else(|| {
-                    let names: Vec<&str> = self.entity.related.iter().map(|r| r.name.as_str()).collect();
+                    let names: Vec<&str> = self
+                        .entity
+                        .related
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect();
                     SegmentsError::UndefinedTable(format!(
                         "{path}.related: related table \"{}\" is not registered for entity \"{}\"",
                         test.related, self.entity.name
@@ -369,12 +409,20 @@ impl<'a> Planner<'a> {
                 let (leaf, negate) = self.related_leaf(path, &related, test)?;
                 self.related_of.insert(leaf.clone(), related.name.clone());
                 let expr = Expr::Leaf(self.intern(leaf));
-                if negate { Expr::Not(Box::new(expr)) } else { expr }
+                if negate {
+                    Expr::Not(Box::new(expr))
+                } else {
+                    expr
+                }
             }
             ConditionKind::Segment(test) => {
                 let id = self.resolve_segment(path, &test.segment)?;
                 let expr = Expr::Leaf(self.intern(Leaf::Segment(id)));
-                if test.member { expr } else { Expr::Not(Box::new(expr)) }
+                if test.member {
+                    expr
+                } else {
+                    Expr::Not(Box::new(expr))
+                }
             }
         })
     }
@@ -387,7 +435,12 @@ impl<'a> Planner<'a> {
 
     /// The filters of a related condition (its `where`, its window, and a
     /// live restriction) and its foreign-key expression.
-    fn related_filters(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Vec<String>, String), Reported> {
+    fn related_filters(
+        &self,
+        path: &str,
+        related: &Related,
+        test: &RelatedTest,
+    ) -> Result<(Vec<String>, String), Reported> {
         let what = format!("related table \"{}\"", related.name);
         if related.table.dropped {
             return Err(SegmentsError::UndefinedTable(format!(
@@ -401,7 +454,12 @@ impl<'a> Planner<'a> {
         }
         let mut filters = Vec::new();
         if let Some(filter) = &test.filter {
-            filters.push(related_condition(filter, &related.table, &what, &self.reference_time)?);
+            filters.push(related_condition(
+                filter,
+                &related.table,
+                &what,
+                &self.reference_time,
+            )?);
         }
         if let Some(within) = &test.within {
             let time_column = related.time_column.as_ref().ok_or_else(|| {
@@ -411,10 +469,17 @@ impl<'a> Planner<'a> {
                 )
             })?;
             let column = related.table.column(time_column).ok_or_else(|| {
-                SegmentsError::UndefinedColumn(format!("{path}.within: time column \"{time_column}\" of {what} no longer exists"))
+                SegmentsError::UndefinedColumn(format!(
+                    "{path}.within: time column \"{time_column}\" of {what} no longer exists"
+                ))
             })?;
             column.check_usable(&format!("{path}.within"), &what)?;
-            filters.push(in_last_sql(&format!("r.{}", ident(&column.name)), column.kind, within, &self.reference_time));
+            filters.push(in_last_sql(
+                &format!("r.{}", ident(&column.name)),
+                column.kind,
+                within,
+                &self.reference_time,
+            ));
         }
         let fk_column = related.table.column(&related.foreign_key).ok_or_else(|| {
             SegmentsError::UndefinedColumn(format!(
@@ -424,7 +489,11 @@ impl<'a> Planner<'a> {
         })?;
         fk_column.check_usable(&format!("{path}.related"), &what)?;
         let fk = format!("r.{}", ident(&related.foreign_key));
-        if let Some(keys) = self.related_restriction.get(&related.name).or(self.restriction.as_ref()) {
+        if let Some(keys) = self
+            .related_restriction
+            .get(&related.name)
+            .or(self.restriction.as_ref())
+        {
             filters.push(format!("{fk} {} ANY ({keys})", op("=")));
         }
         Ok((filters, fk))
@@ -435,30 +504,63 @@ impl<'a> Planner<'a> {
     /// aggregate), NULL when there is none.
     pub fn related_value_sql(&self, path: &str, test: &RelatedTest) -> Result<String, Reported> {
         let related = self.entity.related(&test.related).ok_or_else(|| {
-            SegmentsError::UndefinedTable(format!("{path}.related: related table \"{}\" is not registered", test.related))
+            SegmentsError::UndefinedTable(format!(
+                "{path}.related: related table \"{}\" is not registered",
+                test.related
+            ))
         })?;
         let (filters, _) = self.related_filters(path, related, test)?;
-        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
+        let where_sql = if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", join_sql(&filters, "AND"))
+        };
         let measure = match &test.measure {
-            RelatedMeasure::Aggregate { function, attribute: Some(attribute), .. } if *function != AggregateFunction::Count => {
+            RelatedMeasure::Aggregate {
+                function,
+                attribute: Some(attribute),
+                ..
+            } if *function != AggregateFunction::Count => {
                 format!("pg_catalog.{}(r.{})", function.as_str(), ident(attribute))
             }
             _ => "pg_catalog.count(*)".to_string(),
         };
-        Ok(format!("SELECT ({measure})::pg_catalog.text FROM {} r{where_sql}", related.table.relation_sql))
+        Ok(format!(
+            "SELECT ({measure})::pg_catalog.text FROM {} r{where_sql}",
+            related.table.relation_sql
+        ))
     }
 
-    fn related_leaf(&self, path: &str, related: &Related, test: &RelatedTest) -> Result<(Leaf, bool), Reported> {
+    fn related_leaf(
+        &self,
+        path: &str,
+        related: &Related,
+        test: &RelatedTest,
+    ) -> Result<(Leaf, bool), Reported> {
         let what = format!("related table \"{}\"", related.name);
         let (filters, fk) = self.related_filters(path, related, test)?;
-        let where_sql = if filters.is_empty() { String::new() } else { format!(" WHERE {}", join_sql(&filters, "AND")) };
+        let where_sql = if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", join_sql(&filters, "AND"))
+        };
         let from = format!("{} r", related.table.relation_sql);
         Ok(match &test.measure {
             RelatedMeasure::Exists(exists) => {
                 let (position, join) = self.position(&fk);
-                (Leaf::KeySet(format!("SELECT segments.rb_agg({position}) FROM {from}{join}{where_sql}")), !exists)
+                (
+                    Leaf::KeySet(format!(
+                        "SELECT segments.rb_agg({position}) FROM {from}{join}{where_sql}"
+                    )),
+                    !exists,
+                )
             }
-            RelatedMeasure::Aggregate { function, attribute, op, value } => {
+            RelatedMeasure::Aggregate {
+                function,
+                attribute,
+                op,
+                value,
+            } => {
                 let measure = match (function, attribute) {
                     (AggregateFunction::Count, None) => "pg_catalog.count(*)".to_string(),
                     (function, Some(attribute)) => {
@@ -469,7 +571,9 @@ impl<'a> Planner<'a> {
                             .with_hint(perhaps(attribute, related.table.column_names()))
                         })?;
                         column.check_usable(&format!("{path}.attribute"), &what)?;
-                        if *function != AggregateFunction::Count && column.kind != ColumnKind::Numeric {
+                        if *function != AggregateFunction::Count
+                            && column.kind != ColumnKind::Numeric
+                        {
                             return Err(invalid(
                                 &format!("{path}.attribute"),
                                 format!(
@@ -481,12 +585,17 @@ impl<'a> Planner<'a> {
                             )
                             .into());
                         }
-                        format!("pg_catalog.{}(r.{})", function.as_str(), ident(&column.name))
+                        format!(
+                            "pg_catalog.{}(r.{})",
+                            function.as_str(),
+                            ident(&column.name)
+                        )
                     }
                     (_, None) => unreachable!("parser requires an attribute"),
                 };
                 let comparison = comparison_sql("g.value", *op, value);
-                let empty_matches = *function == AggregateFunction::Count && compares_true(0.0, *op, value);
+                let empty_matches =
+                    *function == AggregateFunction::Count && compares_true(0.0, *op, value);
                 let (position, join) = self.position("g.key");
                 let sql = format!(
                     "SELECT segments.rb_agg({position}) FILTER (WHERE {comparison}), segments.rb_agg({position}) \
@@ -503,7 +612,9 @@ impl Plan {
     /// one column per filter in `filters`, after a first column of every row
     /// when the plan needs it.
     pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
-        let (position, join) = self.entity.position_sql(&format!("e.{}", ident(&self.entity.key_column)));
+        let (position, join) = self
+            .entity
+            .position_sql(&format!("e.{}", ident(&self.entity.key_column)));
         let mut columns = Vec::new();
         if self.needs_all_rows {
             columns.push(format!("segments.rb_agg({position})"));
@@ -517,15 +628,24 @@ impl Plan {
             (Some(source), _) => (format!("({source})"), String::new()),
             (None, Some(keys)) => (
                 self.entity.table.relation_sql.clone(),
-                format!(" WHERE e.{} {} ANY ({keys})", ident(&self.entity.key_column), op("=")),
+                format!(
+                    " WHERE e.{} {} ANY ({keys})",
+                    ident(&self.entity.key_column),
+                    op("=")
+                ),
             ),
             (None, None) => (self.entity.table.relation_sql.clone(), String::new()),
         };
-        format!("SELECT {} FROM {from} e{join}{restriction}", columns.join(",\n       "))
+        format!(
+            "SELECT {} FROM {from} e{join}{restriction}",
+            columns.join(",\n       ")
+        )
     }
 
     pub fn filter_leaves(&self) -> Vec<usize> {
-        (0..self.leaves.len()).filter(|&i| matches!(self.leaves[i], Leaf::Filter(_))).collect()
+        (0..self.leaves.len())
+            .filter(|&i| matches!(self.leaves[i], Leaf::Filter(_)))
+            .collect()
     }
 }
 
@@ -560,10 +680,15 @@ mod tests {
     }
 
     fn where_sql(condition: Value) -> String {
-        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": condition}]})).unwrap();
-        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!("one leaf expected") };
+        let (plan, compiled) =
+            compile(json!({"entity": "customer", "rules": [{"where": condition}]})).unwrap();
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else {
+            panic!("one leaf expected")
+        };
         match &plan.leaves[*i] {
-            Leaf::Filter(_) | Leaf::KeySet(_) | Leaf::Aggregate { .. } => plan.leaves[*i].sql().to_string(),
+            Leaf::Filter(_) | Leaf::KeySet(_) | Leaf::Aggregate { .. } => {
+                plan.leaves[*i].sql().to_string()
+            }
             Leaf::Segment(id) => format!("segment {id}"),
         }
     }
@@ -576,20 +701,58 @@ mod tests {
     #[test]
     fn attribute_operators_compile_to_sql() {
         let cases = [
-            (json!({"attribute": "country", "op": "eq", "value": "DE"}), r#"e."country" OPERATOR(pg_catalog.=) 'DE'::text"#),
-            (json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}), r#"pg_catalog.lower(e."country") OPERATOR(pg_catalog.<>) pg_catalog.lower('DE'::text)"#),
-            (json!({"attribute": "age", "op": "between", "value": [18, 30]}), r#"(e."age" OPERATOR(pg_catalog.>=) '18'::integer AND e."age" OPERATOR(pg_catalog.<=) '30'::integer)"#),
-            (json!({"attribute": "age", "op": "gt", "value": 17.5}), r#"e."age" OPERATOR(pg_catalog.>) '17.5'::pg_catalog.numeric"#),
-            (json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}), r#"e."country" OPERATOR(pg_catalog.=) ANY (ARRAY['DE'::text, 'FR'::text])"#),
-            (json!({"attribute": "country", "op": "not_in", "value": ["DE"]}), r#"e."country" OPERATOR(pg_catalog.<>) ALL (ARRAY['DE'::text])"#),
-            (json!({"attribute": "country", "op": "contains", "value": "E"}), r#"pg_catalog.strpos(e."country", 'E'::text) OPERATOR(pg_catalog.>) 0"#),
-            (json!({"attribute": "country", "op": "starts_with", "value": "D"}), r#"pg_catalog.starts_with(e."country", 'D'::text)"#),
-            (json!({"attribute": "country", "op": "is_null"}), r#"e."country" IS NULL"#),
-            (json!({"attribute": "unsubscribed", "op": "is_false"}), r#"e."unsubscribed" IS FALSE"#),
-            (json!({"attribute": "birth_date", "op": "is_anniversary"}), r#"pg_catalog.to_char(e."birth_date", 'MM-DD') OPERATOR(pg_catalog.=) pg_catalog.to_char('2026-11-01 00:00:00+00'::timestamptz, 'MM-DD')"#),
-            (json!({"attribute": "signed_up_at", "op": "in_last", "value": "30 days"}),
-             r#"(e."signed_up_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND e."signed_up_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz)"#),
-            (json!({"attribute": "birth_date", "op": "before", "value": "2000-01-01"}), r#"e."birth_date" OPERATOR(pg_catalog.<) '2000-01-01'::date"#),
+            (
+                json!({"attribute": "country", "op": "eq", "value": "DE"}),
+                r#"e."country" OPERATOR(pg_catalog.=) 'DE'::text"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "ne", "value": "DE", "ignore_case": true}),
+                r#"pg_catalog.lower(e."country") OPERATOR(pg_catalog.<>) pg_catalog.lower('DE'::text)"#,
+            ),
+            (
+                json!({"attribute": "age", "op": "between", "value": [18, 30]}),
+                r#"(e."age" OPERATOR(pg_catalog.>=) '18'::integer AND e."age" OPERATOR(pg_catalog.<=) '30'::integer)"#,
+            ),
+            (
+                json!({"attribute": "age", "op": "gt", "value": 17.5}),
+                r#"e."age" OPERATOR(pg_catalog.>) '17.5'::pg_catalog.numeric"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "in", "value": ["DE", "FR"]}),
+                r#"e."country" OPERATOR(pg_catalog.=) ANY (ARRAY['DE'::text, 'FR'::text])"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "not_in", "value": ["DE"]}),
+                r#"e."country" OPERATOR(pg_catalog.<>) ALL (ARRAY['DE'::text])"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "contains", "value": "E"}),
+                r#"pg_catalog.strpos(e."country", 'E'::text) OPERATOR(pg_catalog.>) 0"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "starts_with", "value": "D"}),
+                r#"pg_catalog.starts_with(e."country", 'D'::text)"#,
+            ),
+            (
+                json!({"attribute": "country", "op": "is_null"}),
+                r#"e."country" IS NULL"#,
+            ),
+            (
+                json!({"attribute": "unsubscribed", "op": "is_false"}),
+                r#"e."unsubscribed" IS FALSE"#,
+            ),
+            (
+                json!({"attribute": "birth_date", "op": "is_anniversary"}),
+                r#"pg_catalog.to_char(e."birth_date", 'MM-DD') OPERATOR(pg_catalog.=) pg_catalog.to_char('2026-11-01 00:00:00+00'::timestamptz, 'MM-DD')"#,
+            ),
+            (
+                json!({"attribute": "signed_up_at", "op": "in_last", "value": "30 days"}),
+                r#"(e."signed_up_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND e."signed_up_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz)"#,
+            ),
+            (
+                json!({"attribute": "birth_date", "op": "before", "value": "2000-01-01"}),
+                r#"e."birth_date" OPERATOR(pg_catalog.<) '2000-01-01'::date"#,
+            ),
         ];
         for (condition, expected) in cases {
             assert_eq!(where_sql(condition), expected);
@@ -607,8 +770,13 @@ mod tests {
         assert!(plan.leaves.contains(&Leaf::Filter(
             r#"(e."country" OPERATOR(pg_catalog.=) 'DE'::text AND (e."age" OPERATOR(pg_catalog.<) '18'::integer) IS NOT TRUE)"#.into()
         )));
-        assert!(matches!(&compiled.rules[0].body, CompiledBody::Expr(Expr::All(items)) if items.len() == 2));
-        assert!(plan.needs_all_rows, "the related leaf may hold rows that no longer exist");
+        assert!(
+            matches!(&compiled.rules[0].body, CompiledBody::Expr(Expr::All(items)) if items.len() == 2)
+        );
+        assert!(
+            plan.needs_all_rows,
+            "the related leaf may hold rows that no longer exist"
+        );
         let (plan, _) = compile(json!({"entity": "customer", "rules": [{"where": {"all": [
             {"attribute": "country", "op": "eq", "value": "DE"},
             {"attribute": "age", "op": "between", "value": [25, 34]}]}}]}))
@@ -636,8 +804,14 @@ mod tests {
         let keys = filters(&plan_with(None));
         assert!(keys.contains(r#"FROM "public"."customers" e WHERE e."id" OPERATOR(pg_catalog.=) ANY ('{1,2}'::pg_catalog.int8[])"#), "{keys}");
         let rows = filters(&plan_with(Some("SELECT 1 AS id, 'DE' AS country")));
-        assert!(rows.contains("FROM (SELECT 1 AS id, 'DE' AS country) e"), "{rows}");
-        assert!(!rows.contains("ANY ("), "the source is the restriction: {rows}");
+        assert!(
+            rows.contains("FROM (SELECT 1 AS id, 'DE' AS country) e"),
+            "{rows}"
+        );
+        assert!(
+            !rows.contains("ANY ("),
+            "the source is the restriction: {rows}"
+        );
     }
 
     #[test]
@@ -645,7 +819,11 @@ mod tests {
         let mut catalog = customers();
         catalog.entities[0].key_kind = crate::catalog::KeyKind::Dictionary;
         let definition = json!({"entity": "customer", "rules": [{"where": {"related": "orders"}}]});
-        let plan = |catalog: &crate::catalog::fixture::FixedCatalog| compile_definition(catalog, &definition, None, NOW).unwrap().1;
+        let plan = |catalog: &crate::catalog::fixture::FixedCatalog| {
+            compile_definition(catalog, &definition, None, NOW)
+                .unwrap()
+                .1
+        };
         assert_eq!(
             plan(&catalog).leaves[0].sql(),
             r#"SELECT segments.rb_agg(k.position) FROM "public"."orders" r JOIN segments.entity_key k ON k.entity OPERATOR(pg_catalog.=) 'customer' AND k.key OPERATOR(pg_catalog.=) r."customer_id"::pg_catalog.text"#
@@ -658,28 +836,51 @@ mod tests {
             r#"SELECT segments.rb_agg(k.position) FROM "public"."orders" r JOIN segments."customer_keys" k ON k.key OPERATOR(pg_catalog.=) r."customer_id"::bigint"#
         );
         let scan = plan(&catalog).entity_scan_sql(&[]);
-        assert!(scan.contains(r#" JOIN segments."customer_keys" k ON k.key OPERATOR(pg_catalog.=) e."id"::bigint"#), "{scan}");
+        assert!(
+            scan.contains(
+                r#" JOIN segments."customer_keys" k ON k.key OPERATOR(pg_catalog.=) e."id"::bigint"#
+            ),
+            "{scan}"
+        );
     }
 
     #[test]
     fn related_conditions_become_key_set_queries() {
-        let sql = where_sql(json!({"related": "orders", "within": "30 days", "where": {"attribute": "status", "op": "eq", "value": "paid"}}));
+        let sql = where_sql(
+            json!({"related": "orders", "within": "30 days", "where": {"attribute": "status", "op": "eq", "value": "paid"}}),
+        );
         assert_eq!(
             sql,
             r#"SELECT segments.rb_agg(r."customer_id"::pg_catalog.int8) FROM "public"."orders" r WHERE (r."status" OPERATOR(pg_catalog.=) 'paid'::text AND (r."ordered_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND r."ordered_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz))"#
         );
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
-            {"related": "orders", "aggregate": "count", "op": "lt", "value": 3}}]})).unwrap();
-        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!() };
-        let Leaf::Aggregate { sql, empty_matches } = &plan.leaves[*i] else { panic!() };
+            {"related": "orders", "aggregate": "count", "op": "lt", "value": 3}}]}))
+        .unwrap();
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else {
+            panic!()
+        };
+        let Leaf::Aggregate { sql, empty_matches } = &plan.leaves[*i] else {
+            panic!()
+        };
         assert!(empty_matches, "count < 3 holds for members without orders");
         assert!(sql.contains("count(*) AS value"), "{sql}");
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
             {"related": "orders", "aggregate": "sum", "attribute": "amount", "op": "gt", "value": 500}}]})).unwrap();
-        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else { panic!() };
-        assert!(matches!(&plan.leaves[*i], Leaf::Aggregate { empty_matches: false, .. }));
+        let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else {
+            panic!()
+        };
+        assert!(matches!(
+            &plan.leaves[*i],
+            Leaf::Aggregate {
+                empty_matches: false,
+                ..
+            }
+        ));
         let none = compile(json!({"entity": "customer", "rules": [{"where": {"related": "orders", "exists": false}}]})).unwrap().1;
-        assert!(matches!(&none.rules[0].body, CompiledBody::Expr(Expr::Not(_))));
+        assert!(matches!(
+            &none.rules[0].body,
+            CompiledBody::Expr(Expr::Not(_))
+        ));
     }
 
     #[test]
@@ -691,15 +892,30 @@ mod tests {
             {"where": {"attribute": "country", "op": "eq", "value": "DE"}},
             {"combine": "intersect", "where": {"segment": "VIP"}}]});
         let mut first = planner.add(&Definition::parse(&de).unwrap(), None).unwrap();
-        let mut second = planner.add(&Definition::parse(&mixed).unwrap(), None).unwrap();
+        let mut second = planner
+            .add(&Definition::parse(&mixed).unwrap(), None)
+            .unwrap();
         let plan = planner.finish(&mut [&mut first, &mut second]);
-        assert_eq!(plan.leaves.len(), 2, "country = DE is computed once for both segments");
+        assert_eq!(
+            plan.leaves.len(),
+            2,
+            "country = DE is computed once for both segments"
+        );
         assert_eq!(second.references, vec![7]);
         assert_eq!(plan.filter_leaves(), vec![0]);
         let scan = plan.entity_scan_sql(&plan.filter_leaves());
-        assert!(plan.needs_all_rows, "a segment leaf may hold rows deleted since");
-        assert!(scan.starts_with("SELECT segments.rb_agg(e.\"id\"::pg_catalog.int8),"), "{scan}");
-        assert!(scan.contains("FILTER (WHERE e.\"country\" OPERATOR(pg_catalog.=) 'DE'::text)"), "{scan}");
+        assert!(
+            plan.needs_all_rows,
+            "a segment leaf may hold rows deleted since"
+        );
+        assert!(
+            scan.starts_with("SELECT segments.rb_agg(e.\"id\"::pg_catalog.int8),"),
+            "{scan}"
+        );
+        assert!(
+            scan.contains("FILTER (WHERE e.\"country\" OPERATOR(pg_catalog.=) 'DE'::text)"),
+            "{scan}"
+        );
     }
 
     #[test]
@@ -708,28 +924,57 @@ mod tests {
             {"where": {"attribute": "age", "op": "gt", "value": 1}},
             {"combine": "union", "where": {"all": [{"attribute": "contry", "op": "eq", "value": "DE"}]}}]}));
         assert_eq!(code, "42703");
-        assert_eq!(message, "rules[1].where.all[0]: column \"contry\" does not exist on entity \"customer\"");
+        assert_eq!(
+            message,
+            "rules[1].where.all[0]: column \"contry\" does not exist on entity \"customer\""
+        );
         assert_eq!(hint.as_deref(), Some("Perhaps you meant \"country\"."));
 
-        let (code, message, hint) = error(json!({"entity": "custome", "rules": [{"where": {"attribute": "age", "op": "is_null"}}]}));
-        assert_eq!((code.as_str(), message.as_str()), ("42P01", "entity: entity \"custome\" is not registered"));
+        let (code, message, hint) = error(
+            json!({"entity": "custome", "rules": [{"where": {"attribute": "age", "op": "is_null"}}]}),
+        );
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("42P01", "entity: entity \"custome\" is not registered")
+        );
         assert_eq!(hint.as_deref(), Some("Perhaps you meant \"customer\"."));
 
-        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"related": "order", "exists": true}}]}));
+        let (code, message, _) = error(
+            json!({"entity": "customer", "rules": [{"where": {"related": "order", "exists": true}}]}),
+        );
         assert_eq!(code, "42P01");
-        assert!(message.starts_with("rules[0].where.related: related table \"order\" is not registered"), "{message}");
+        assert!(
+            message
+                .starts_with("rules[0].where.related: related table \"order\" is not registered"),
+            "{message}"
+        );
 
-        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"segment": "VIPs"}}]}));
-        assert_eq!((code.as_str(), message.as_str()), ("42P01", "rules[0].where.segment: segment \"VIPs\" does not exist"));
+        let (code, message, _) =
+            error(json!({"entity": "customer", "rules": [{"where": {"segment": "VIPs"}}]}));
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            (
+                "42P01",
+                "rules[0].where.segment: segment \"VIPs\" does not exist"
+            )
+        );
 
-        let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "eq", "value": "old"}}]}));
+        let (code, message, _) = error(
+            json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "eq", "value": "old"}}]}),
+        );
         assert_eq!(code, "22023");
-        assert_eq!(message, "rules[0].where.value: \"old\" is not a number (column \"age\" is integer)");
+        assert_eq!(
+            message,
+            "rules[0].where.value: \"old\" is not a number (column \"age\" is integer)"
+        );
 
         let (code, message, _) = error(json!({"entity": "customer", "rules": [{"where":
             {"related": "orders", "where": {"segment": "VIP"}}}]}));
         assert_eq!(code, "22023");
-        assert!(message.starts_with("rules[0].where.where: inside \"related\""), "{message}");
+        assert!(
+            message.starts_with("rules[0].where.where: inside \"related\""),
+            "{message}"
+        );
     }
 
     #[test]
@@ -737,7 +982,10 @@ mod tests {
         let catalog = customers();
         let own = json!({"entity": "customer", "rules": [{"where": {"segment": 7}}]});
         let e = compile_definition(&catalog, &own, Some(7), NOW).unwrap_err();
-        assert_eq!(e.error.to_string(), "rules[0].where: a segment cannot refer to itself");
+        assert_eq!(
+            e.error.to_string(),
+            "rules[0].where: a segment cannot refer to itself"
+        );
 
         let mut catalog = customers();
         catalog.segments.push(crate::catalog::SegmentSummary {
@@ -756,7 +1004,13 @@ mod tests {
         let closing = json!({"entity": "customer", "rules": [{"where": {"segment": "Loyal"}}]});
         let e = compile_definition(&catalog, &closing, Some(9), NOW).unwrap_err();
         assert_eq!(e.error.code(), "22023");
-        assert!(e.error.to_string().contains("cycle: this segment -> Loyal -> Big"), "{}", e.error);
+        assert!(
+            e.error
+                .to_string()
+                .contains("cycle: this segment -> Loyal -> Big"),
+            "{}",
+            e.error
+        );
     }
 
     #[test]
@@ -788,25 +1042,58 @@ mod tests {
         let column = |type_sql: &str, base: &str| Column {
             name: "c".into(),
             type_sql: type_sql.into(),
-            kind: if base == "character varying" || base == "character" { ColumnKind::Text } else { ColumnKind::Numeric },
+            kind: if base == "character varying" || base == "character" {
+                ColumnKind::Text
+            } else {
+                ColumnKind::Numeric
+            },
             base_type_sql: base.into(),
             refused: None,
         };
-        assert_eq!(literal_type(&column("character varying(5)", "character varying"), "abcdefgh"), "pg_catalog.varchar");
-        assert_eq!(literal_type(&column("character(3)", "character"), "abcz"), "pg_catalog.bpchar");
-        assert_eq!(literal_type(&column("numeric(5,2)", "numeric"), "4.555"), "numeric");
-        assert_eq!(literal_type(&column("integer", "integer"), "3000000000"), "pg_catalog.numeric");
+        assert_eq!(
+            literal_type(
+                &column("character varying(5)", "character varying"),
+                "abcdefgh"
+            ),
+            "pg_catalog.varchar"
+        );
+        assert_eq!(
+            literal_type(&column("character(3)", "character"), "abcz"),
+            "pg_catalog.bpchar"
+        );
+        assert_eq!(
+            literal_type(&column("numeric(5,2)", "numeric"), "4.555"),
+            "numeric"
+        );
+        assert_eq!(
+            literal_type(&column("integer", "integer"), "3000000000"),
+            "pg_catalog.numeric"
+        );
         assert_eq!(literal_type(&column("integer", "integer"), "30"), "integer");
-        assert_eq!(literal_type(&column("smallint", "smallint"), "40000"), "pg_catalog.numeric");
-        assert_eq!(literal_type(&column("bigint", "bigint"), "1.5"), "pg_catalog.numeric");
+        assert_eq!(
+            literal_type(&column("smallint", "smallint"), "40000"),
+            "pg_catalog.numeric"
+        );
+        assert_eq!(
+            literal_type(&column("bigint", "bigint"), "1.5"),
+            "pg_catalog.numeric"
+        );
     }
 
     #[test]
     fn injection_attempts_stay_inside_literals_and_identifiers() {
-        let sql = where_sql(json!({"attribute": "country", "op": "eq", "value": "x'); DROP TABLE customers; --"}));
-        assert_eq!(sql, r#"e."country" OPERATOR(pg_catalog.=) 'x''); DROP TABLE customers; --'::text"#);
+        let sql = where_sql(
+            json!({"attribute": "country", "op": "eq", "value": "x'); DROP TABLE customers; --"}),
+        );
+        assert_eq!(
+            sql,
+            r#"e."country" OPERATOR(pg_catalog.=) 'x''); DROP TABLE customers; --'::text"#
+        );
         let sql = where_sql(json!({"attribute": "country", "op": "contains", "value": "\\'; --"}));
-        assert_eq!(sql, r#"pg_catalog.strpos(e."country", E'\\''; --'::text) OPERATOR(pg_catalog.>) 0"#);
+        assert_eq!(
+            sql,
+            r#"pg_catalog.strpos(e."country", E'\\''; --'::text) OPERATOR(pg_catalog.>) 0"#
+        );
         let (code, _, _) = error(json!({"entity": "customer", "rules": [{"where":
             {"attribute": "country\"; DROP TABLE customers; --", "op": "is_null"}}]}));
         assert_eq!(code, "42703");

@@ -11,17 +11,28 @@ use crate::definition::{Definition, SegmentRef};
 use crate::error::{invalid, Reported};
 
 /// Refuses a definition whose segment references lead back to `self_id`.
-pub fn check_cycles(catalog: &dyn Catalog, self_id: Option<i64>, references: &[i64]) -> Result<(), Reported> {
-    let Some(self_id) = self_id else { return Ok(()) };
+pub fn check_cycles(
+    catalog: &dyn Catalog,
+    self_id: Option<i64>,
+    references: &[i64],
+) -> Result<(), Reported> {
+    let Some(self_id) = self_id else {
+        return Ok(());
+    };
     let mut stack: Vec<(i64, Vec<String>)> = references.iter().map(|&id| (id, vec![])).collect();
     let mut seen = std::collections::HashSet::new();
     while let Some((id, mut trail)) = stack.pop() {
-        let Some(segment) = catalog.segment(&SegmentRef::Id(id)) else { continue };
+        let Some(segment) = catalog.segment(&SegmentRef::Id(id)) else {
+            continue;
+        };
         trail.push(segment.name.clone());
         if id == self_id {
             return Err(invalid(
                 "rules",
-                format!("segment references form a cycle: this segment -> {}", trail.join(" -> ")),
+                format!(
+                    "segment references form a cycle: this segment -> {}",
+                    trail.join(" -> ")
+                ),
             )
             .into());
         }
@@ -92,14 +103,21 @@ mod tests {
     use serde_json::json;
 
     fn reading(references: &[Value]) -> Value {
-        let rules: Vec<Value> = references.iter().map(|r| json!({"where": {"segment": r}})).collect();
+        let rules: Vec<Value> = references
+            .iter()
+            .map(|r| json!({"where": {"segment": r}}))
+            .collect();
         json!({"entity": "customer", "rules": rules})
     }
 
     #[test]
     fn segments_come_after_the_segments_they_read() {
         let base = json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "gt", "value": 1}}]});
-        let (a, b, c) = (reading(&[json!(2)]), reading(&[json!("base")]), reading(&[json!(1), json!(99)]));
+        let (a, b, c) = (
+            reading(&[json!(2)]),
+            reading(&[json!("base")]),
+            reading(&[json!(1), json!(99)]),
+        );
         // 1 reads 2 by id, 2 reads "base" by name, 4 reads 1 and a segment outside the set.
         let segments = [(1, "a", &a), (2, "b", &b), (3, "base", &base), (4, "c", &c)];
         let order = dependency_order(&segments);
@@ -110,7 +128,11 @@ mod tests {
 
     #[test]
     fn cycles_and_unparsable_definitions_still_give_every_segment_once() {
-        let (a, b, broken) = (reading(&[json!(2)]), reading(&[json!(1)]), json!({"rules": "nope"}));
+        let (a, b, broken) = (
+            reading(&[json!(2)]),
+            reading(&[json!(1)]),
+            json!({"rules": "nope"}),
+        );
         let segments = [(1, "a", &a), (2, "b", &b), (3, "broken", &broken)];
         let mut order = dependency_order(&segments);
         order.sort();

@@ -1,0 +1,247 @@
+-- segments 0.2.0 -> 0.3.0 (ALTER EXTENSION segments UPDATE TO '0.3.0').
+-- Keeps every segment, membership and history row; leaves a schema equal
+-- to a fresh 0.3.0 install (checked by scripts/upgrade_test.sh). Only what
+-- this release changes is here: the functions section holds the functions
+-- that are new or changed since 0.2.0 (scripts/upgrade_functions.py with
+-- both install scripts); the rest is written by hand.
+\echo Use "ALTER EXTENSION segments UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---- prologue: what CREATE OR REPLACE cannot do -----------------------------
+
+-- _missing_keys reads the entity table as the caller (row-level security).
+DROP FUNCTION segments._missing_keys(text, text[]);
+
+-- Changes captured but not applied are kept by pg_dump.
+SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
+
+-- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
+CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', '_capture_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._connect_records(caller regrole, sequence bigint, keys text[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_connect_records.sequence, caller);
+    missing text;
+    taken text;
+    added integer;
+BEGIN
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'the list of keys must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    missing := segments._missing_keys(target.entity, keys, caller::oid);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no record of entity "%" has key %', target.entity, missing
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(format('%s (sequence "%s")', r.key, q.name), ', ' ORDER BY r.key) INTO taken
+      FROM segments.sequence_record r JOIN segments.sequence q ON q.id = r.sequence_id
+     WHERE r.entity = target.entity AND r.key = ANY (segments._canonical_keys(target.entity, keys))
+       AND r.sequence_id <> target.id;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'a record is connected to one sequence at a time: % already connected', taken
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO segments.sequence_record (entity, key, sequence_id)
+    SELECT DISTINCT target.entity, k, target.id FROM unnest(segments._canonical_keys(target.entity, keys)) AS k
+    ON CONFLICT ON CONSTRAINT sequence_record_pkey DO NOTHING;
+    GET DIAGNOSTICS added = ROW_COUNT;
+    RETURN added;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments."_missing_keys"(
+	"entity" TEXT, /* & str */
+	"keys" TEXT[], /* Vec < String > */
+	"caller" oid /* pg_sys :: Oid */
+) RETURNS TEXT /* Option < String > */
+STRICT  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_missing_keys_seen_by_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_restoring"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_restoring_wrapper';
+
+CREATE OR REPLACE FUNCTION segments._segment_after_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A restore brings back what was there.
+    IF segments._restoring() THEN
+        RETURN NULL;
+    END IF;
+    PERFORM segments._check_active_limit((SELECT count(*) FROM new_rows WHERE state = 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_before_write() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The extension's own writes (refresh results, set_owner) may set the
+    -- columns it maintains; a user's DML never does.
+    internal boolean := segments._internal_write();
+    restoring boolean := TG_OP = 'INSERT' AND NOT internal
+        AND coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false);
+BEGIN
+    -- pg_restore (a superuser's COPY segments.segment FROM): the row is
+    -- taken as it was saved; the tables its definition reads may come later.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NOT internal THEN
+        PERFORM segments._require_may_change('segment', OLD.name, OLD.owner);
+        IF NEW.owner IS DISTINCT FROM OLD.owner THEN
+            RAISE EXCEPTION 'column owner of segment "%" is maintained by segments; use segments.set_owner()', OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF (NEW.status, NEW.member_count, NEW.last_refreshed_at, NEW.last_error, NEW.rule_counts,
+            NEW.needs_refresh, NEW.created_at, NEW.updated_at, NEW.updated_by, NEW.id, NEW.consecutive_failures)
+           IS DISTINCT FROM
+           (OLD.status, OLD.member_count, OLD.last_refreshed_at, OLD.last_error, OLD.rule_counts,
+            OLD.needs_refresh, OLD.created_at, OLD.updated_at, OLD.updated_by, OLD.id, OLD.consecutive_failures) THEN
+            RAISE EXCEPTION 'segment "%": id, status, member_count, last_refreshed_at, last_error, rule_counts, needs_refresh, created_at, updated_at, updated_by and consecutive_failures are maintained by segments and cannot be set',
+                OLD.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' AND NOT internal AND NOT restoring THEN
+        -- A new segment belongs to its creator and starts unrefreshed,
+        -- whatever the row names. (A superuser's INSERT is a restore, e.g.
+        -- pg_restore, and keeps the values it brings.)
+        NEW.owner := quote_ident(current_user)::regrole;
+        NEW.status := 'not_refreshed';
+        NEW.member_count := NULL;
+        NEW.last_refreshed_at := NULL;
+        NEW.last_error := NULL;
+        NEW.rule_counts := NULL;
+        NEW.needs_refresh := true;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        NEW.updated_by := quote_ident(current_user)::regrole;
+        NEW.consecutive_failures := 0;
+    END IF;
+
+    IF NEW.type IS NULL OR NEW.type NOT IN ('static', 'dynamic') THEN
+        RAISE EXCEPTION 'segment "%": type "%" is not static or dynamic', NEW.name, NEW.type
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.state IS NULL OR NEW.state NOT IN ('active', 'inactive') THEN
+        RAISE EXCEPTION 'segment "%": state "%" is not active or inactive', NEW.name, NEW.state
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name)
+       AND EXISTS (SELECT FROM segments.segment s WHERE s.name = NEW.name AND s.id <> NEW.id) THEN
+        RAISE EXCEPTION 'a segment named "%" already exists', NEW.name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        NEW.owner := coalesce(NEW.owner, quote_ident(current_user)::regrole);
+        NEW.created_at := coalesce(NEW.created_at, now());
+    ELSIF NEW.type IS DISTINCT FROM OLD.type THEN
+        -- Static segments refresh only when asked; dynamic ones follow a schedule.
+        IF NEW.type = 'static' THEN
+            NEW.schedule := 'manual';
+        ELSIF NEW.schedule = 'manual' THEN
+            NEW.schedule := 'system';
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.schedule IS DISTINCT FROM OLD.schedule OR NEW.type IS DISTINCT FROM OLD.type THEN
+        PERFORM segments._check_schedule(NEW.name, NEW.schedule, NEW.type = 'dynamic');
+    END IF;
+
+    IF NOT internal AND ((TG_OP = 'INSERT' AND NEW.never_expire)
+       OR (TG_OP = 'UPDATE' AND NEW.never_expire IS DISTINCT FROM OLD.never_expire)) THEN
+        IF NOT segments._is_admin() THEN
+            RAISE EXCEPTION 'only members of segments_admin may change never_expire (segment "%")', NEW.name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+
+    IF TG_OP = 'UPDATE' AND OLD.state = 'inactive' AND NEW.state = 'active' THEN
+        -- Resuming: no longer auto-deactivated, and due for computation.
+        NEW.tags := array_remove(NEW.tags, 'AutoDeactivated');
+        NEW.needs_refresh := true;
+    END IF;
+
+    IF TG_OP = 'INSERT' OR NEW.definition IS DISTINCT FROM OLD.definition THEN
+        -- Refuses a bad definition (22023, 42703, 42P01) naming its JSON path,
+        -- and stores segment references by id so that renames never break them.
+        NEW.definition := segments._check_definition(NEW.definition::text, NEW.id);
+        IF NEW.entity IS NOT NULL AND NEW.entity IS DISTINCT FROM NEW.definition ->> 'entity' THEN
+            RAISE EXCEPTION 'segment "%": column entity is "%" but the definition is of entity "%"',
+                NEW.name, NEW.entity, NEW.definition ->> 'entity'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        NEW.entity := NEW.definition ->> 'entity';
+        NEW.needs_refresh := true;
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        -- A restore brings its own timestamps and counts; a new row has the defaults.
+        NEW.updated_by := coalesce(NEW.updated_by, quote_ident(current_user)::regrole);
+    ELSIF NEW.definition IS DISTINCT FROM OLD.definition THEN
+        -- Counts describe the old rules until the next refresh.
+        NEW.rule_counts := NULL;
+    END IF;
+
+    -- updated_at tracks what people change, not what refreshes write.
+    IF TG_OP = 'UPDATE'
+       AND (NEW.name, NEW.description, NEW.definition, NEW.type, NEW.state, NEW.schedule,
+            NEW.tags, NEW.never_expire, NEW.priority, NEW.move_existing)
+           IS DISTINCT FROM
+           (OLD.name, OLD.description, OLD.definition, OLD.type, OLD.state, OLD.schedule,
+            OLD.tags, OLD.never_expire, OLD.priority, OLD.move_existing) THEN
+        NEW.updated_at := now();
+        NEW.updated_by := quote_ident(current_user)::regrole;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_record_version() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND (NEW.name, NEW.definition, NEW.type, NEW.schedule)
+                            IS NOT DISTINCT FROM (OLD.name, OLD.definition, OLD.type, OLD.schedule) THEN
+        RETURN NULL;
+    END IF;
+    -- A restore (pg_restore copies segments, then their versions) brings
+    -- the history along; any other write is recorded, whatever the statement.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
+    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
+           NEW.updated_by, clock_timestamp()
+      FROM segments.definition_version v WHERE v.segment_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_sync_capture() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A restore's dump creates the capture triggers itself.
+    IF segments._restoring() THEN
+        RETURN NULL;
+    END IF;
+    PERFORM segments._sync_capture();
+    RETURN NULL;
+END
+$$;
+
+-- END GENERATED FUNCTIONS
+
+-- ---- privileges ----------------------------------------------------------------
+
+REVOKE EXECUTE ON FUNCTION segments._restoring() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION segments._missing_keys(text, text[], oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION segments._restoring() TO segments_reader;

@@ -1,0 +1,516 @@
+//! Layer 3: trust, round 2 (issue "no table owner becomes superuser, backups
+//! keep every segment, live capture never breaks a user's writes"), on real
+//! clusters. The table owner here is hostile: `app_owner` owns the customer
+//! tables and is not a superuser; `ed` is a `segments_editor`. Every type
+//! app_owner makes records `current_user` whenever its code runs; no
+//! extension path may run it as a role other than the one that wrote the
+//! row.
+
+mod harness;
+
+use harness::Cluster;
+
+const ANCHOR: &str = "2026-11-01";
+
+fn sqlstate(error: &postgres::Error) -> (String, String) {
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
+    postgres::Client::connect(
+        &cluster
+            .url("postgres")
+            .replace("user=postgres", &format!("user={role}")),
+        postgres::NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
+}
+
+/// The sample database with its tables handed to app_owner, and app_owner's
+/// recorder: `app.who` gets a row whenever one of app_owner's functions
+/// runs, naming the role it ran as, and the function also tries to make
+/// app_owner a superuser.
+fn setup(cluster: &Cluster) -> postgres::Client {
+    let mut admin = cluster.sample_database(
+        "300",
+        ANCHOR,
+        "CREATE ROLE app_owner LOGIN;
+         CREATE ROLE ed LOGIN IN ROLE segments_editor, segments_sequence_manager;
+         ALTER TABLE customers OWNER TO app_owner;
+         ALTER TABLE orders OWNER TO app_owner;
+         GRANT SELECT ON customers, orders TO ed;
+         CREATE SCHEMA app AUTHORIZATION app_owner;",
+    );
+    let mut owner = connect_as(cluster, "app_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE app.who (who text, what text);
+             GRANT INSERT, SELECT ON app.who TO PUBLIC;
+             CREATE FUNCTION app.record(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO app.who VALUES (current_user, what);
+                 BEGIN
+                     EXECUTE 'ALTER ROLE app_owner SUPERUSER';
+                 EXCEPTION WHEN others THEN NULL;
+                 END;
+                 RETURN true;
+             END $$;
+             GRANT EXECUTE ON FUNCTION app.record(text) TO PUBLIC;
+             -- A composite with a cast to text and to bigint, both implicit.
+             CREATE TYPE app.evil AS (v bigint);
+             CREATE FUNCTION app.evil_text(app.evil) RETURNS text LANGUAGE sql
+                 AS $$ SELECT CASE WHEN app.record('evil::text') THEN ($1).v::text END $$;
+             CREATE FUNCTION app.evil_bigint(app.evil) RETURNS bigint LANGUAGE sql
+                 AS $$ SELECT CASE WHEN app.record('evil::bigint') THEN ($1).v END $$;
+             CREATE CAST (app.evil AS text) WITH FUNCTION app.evil_text(app.evil) AS IMPLICIT;
+             CREATE CAST (app.evil AS bigint) WITH FUNCTION app.evil_bigint(app.evil) AS IMPLICIT;
+             -- And an operator = of its own, in its own schema.
+             CREATE FUNCTION app.evil_eq(app.evil, bigint) RETURNS boolean LANGUAGE sql
+                 AS $$ SELECT app.record('evil = bigint') AND ($1).v = $2 $$;
+             CREATE OPERATOR app.= (LEFTARG = app.evil, RIGHTARG = bigint, FUNCTION = app.evil_eq);
+             -- An enum with an implicit cast to text.
+             CREATE TYPE app.mood AS ENUM ('calm', 'angry');
+             CREATE FUNCTION app.mood_text(app.mood) RETURNS text LANGUAGE sql
+                 AS $$ SELECT CASE WHEN app.record('mood::text') THEN $1::text END $$;
+             CREATE CAST (app.mood AS text) WITH FUNCTION app.mood_text(app.mood) AS IMPLICIT;
+             -- A domain whose CHECK records.
+             CREATE DOMAIN app.nick AS text CHECK (app.record('nick check'));
+             ALTER TABLE customers ADD COLUMN mood app.mood, ADD COLUMN nick app.nick, ADD COLUMN score app.evil;
+             UPDATE customers SET mood = 'angry', score = ROW(id) WHERE id % 3 = 0;
+             ALTER TABLE orders ADD COLUMN weight app.evil;
+             TRUNCATE app.who;",
+        )
+        .unwrap();
+    admin
+        .batch_execute("SELECT segments.register_entity('by_code', 'customers', 'code')")
+        .unwrap();
+    admin
+}
+
+/// Who ran app_owner's code: every role but app_owner is an escalation.
+fn escalations(admin: &mut postgres::Client) -> Vec<String> {
+    let rows = admin
+        .query(
+            "SELECT who || ': ' || what FROM app.who WHERE who <> 'app_owner' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    let mut found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let superuser: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'app_owner'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if superuser {
+        found.push("app_owner became a superuser".into());
+    }
+    found
+}
+
+/// Issue items 1a, 1b, 1c and the user-type class: a user-defined type
+/// with casts and operators on every key, foreign-key and compared column.
+#[test]
+fn a_table_owner_never_runs_code_as_another_role() {
+    let cluster = Cluster::start("trust-types", &["shared_preload_libraries=segments"]);
+    let mut admin = setup(&cluster);
+    let mut ed = connect_as(&cluster, "ed");
+    let mut owner = connect_as(&cluster, "app_owner");
+
+    // Compared columns of app_owner's types are refused when saved (42804,
+    // naming the column); a domain over text is compared as text, without
+    // its CHECK.
+    for (column, op) in [("score", "eq"), ("mood", "eq"), ("mood", "contains")] {
+        let definition = format!(
+            r#"{{"entity":"customer","rules":[{{"where":{{"attribute":"{column}","op":"{op}","value":"1"}}}}]}}"#
+        );
+        let error = ed
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[&format!("by {column} {op}"), &definition],
+            )
+            .expect_err(column);
+        let (code, message) = sqlstate(&error);
+        assert_eq!(code, "42804", "{message}");
+        assert!(message.contains(&format!("\"{column}\"")), "{message}");
+    }
+    for definition in [
+        r#"{"entity":"customer","rules":[{"where":{"related":"orders","aggregate":"sum","attribute":"weight","op":"gt","value":1}}]}"#,
+        r#"{"entity":"customer","rules":[{"where":{"related":"orders","where":{"attribute":"weight","op":"eq","value":"1"}}}]}"#,
+    ] {
+        let error = ed
+            .query_one(
+                "SELECT segments.create_segment('weights', $1::text::jsonb)",
+                &[&definition],
+            )
+            .expect_err(definition);
+        assert_eq!(sqlstate(&error).0, "42804", "{definition}");
+    }
+    let nick: i64 = ed
+        .query_one(
+            r#"SELECT segments.create_segment('nicks', '{"entity":"customer","rules":[{"where":{"attribute":"nick","op":"eq","value":"x"}}]}')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // A live segment on orders, a text-keyed segment, a sequence.
+    let live: i64 = ed
+        .query_one(
+            r#"SELECT segments.create_segment('buyers', '{"entity":"customer","rules":[{"where":{"related":"orders","exists":true}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let by_code: i64 = ed
+        .query_one(
+            r#"SELECT segments.create_segment('coded', '{"entity":"by_code","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    ed.batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let sequence: i64 = ed
+        .query_one("SELECT segments.create_sequence('Welcome', 'by_code')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        escalations(&mut admin).is_empty(),
+        "{:?}",
+        escalations(&mut admin)
+    );
+
+    // 1a: the foreign key of the live segment's related table is renamed
+    // and a column of type evil takes its name; writes are captured (the
+    // registration follows the rename) and nothing of app_owner's runs.
+    owner
+        .batch_execute(
+            "ALTER TABLE orders RENAME customer_id TO buyer_id;
+             ALTER TABLE orders ADD COLUMN customer_id app.evil;
+             INSERT INTO orders (id, buyer_id, ordered_at, amount, status, channel, customer_id)
+                 VALUES (900001, 2, now(), 5, 'paid', 'web', ROW(2));
+             UPDATE orders SET buyer_id = 3, customer_id = ROW(3) WHERE id = 900001;
+             DELETE FROM orders WHERE id = 900001;",
+        )
+        .unwrap();
+    let foreign_key: String = admin
+        .query_one(
+            "SELECT foreign_key::text FROM segments.related WHERE name = 'orders'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        foreign_key, "buyer_id",
+        "the registration follows the rename"
+    );
+    let queued: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM segments.change_queue WHERE source = 'orders'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(queued >= 2, "changes of orders were captured ({queued})");
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    let status: String = admin
+        .query_one(
+            "SELECT status FROM segments.segment WHERE id = $1",
+            &[&live],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "succeeded");
+    assert!(
+        escalations(&mut admin).is_empty(),
+        "1a: {:?}",
+        escalations(&mut admin)
+    );
+
+    // A foreign key of app_owner's type: registering it is refused, and a
+    // registered one changed to it fails its segments, naming it.
+    let error = admin
+        .batch_execute(
+            "SELECT segments.register_related('customer', 'weighted', 'orders', 'weight')",
+        )
+        .expect_err("a foreign key of type evil");
+    assert_eq!(sqlstate(&error).0, "42804");
+    owner
+        .batch_execute("ALTER TABLE orders ALTER COLUMN buyer_id TYPE app.evil USING ROW(buyer_id)")
+        .unwrap();
+    admin
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let (status, error): (String, Option<String>) = admin
+        .query_one(
+            "SELECT status, last_error FROM segments.segment WHERE id = $1",
+            &[&live],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(
+        error.as_deref().unwrap_or("").contains("\"buyer_id\""),
+        "{error:?}"
+    );
+    owner.batch_execute("INSERT INTO orders (id, buyer_id, ordered_at, amount, status, channel) VALUES (900002, ROW(4), now(), 1, 'paid', 'web')").unwrap();
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    assert!(
+        escalations(&mut admin).is_empty(),
+        "foreign key: {:?}",
+        escalations(&mut admin)
+    );
+
+    // 1b, zero-click: the text key becomes app_owner's type with an
+    // implicit cast to text; the scheduler's pass (what the worker runs, as
+    // the extension) and a superuser's refresh fail the entity's segments,
+    // naming the column, and run nothing of app_owner's.
+    owner
+        .batch_execute(
+            "CREATE TYPE app.evil2 AS (v text);
+             CREATE FUNCTION app.evil2_text(app.evil2) RETURNS text LANGUAGE sql
+                 AS $$ SELECT CASE WHEN app.record('evil2::text') THEN ($1).v END $$;
+             CREATE CAST (app.evil2 AS text) WITH FUNCTION app.evil2_text(app.evil2) AS IMPLICIT;
+             ALTER TABLE customers ALTER COLUMN code TYPE app.evil2 USING ROW(code);
+             INSERT INTO customers (id, code, country, unsubscribed, signed_up_at) VALUES (900001, ROW($$new$$), $$DE$$, false, now());",
+        )
+        .unwrap();
+    admin
+        .batch_execute(
+            "UPDATE segments.segment SET needs_refresh = true WHERE id = $1"
+                .replace("$1", &by_code.to_string())
+                .as_str(),
+        )
+        .ok();
+    admin
+        .batch_execute("SELECT segments.run_due(); SELECT * FROM segments.refresh()")
+        .unwrap();
+    let error: Option<String> = admin
+        .query_one(
+            "SELECT last_error FROM segments.segment WHERE id = $1",
+            &[&by_code],
+        )
+        .unwrap()
+        .get(0);
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("\"code\"") && error.contains("not text"),
+        "{error}"
+    );
+    // 1c: connecting records reads the keys as the caller, and refuses the
+    // changed key column.
+    let error = ed
+        .query_one(
+            "SELECT segments.connect_records($1, ARRAY['C00001'])",
+            &[&sequence],
+        )
+        .expect_err("connect_records on a key of type evil2");
+    assert_eq!(sqlstate(&error).0, "42804", "{}", sqlstate(&error).1);
+    // Reading members, explaining, estimating: as the reader, never as the extension.
+    ed.batch_execute(&format!(
+        "SELECT count(*) FROM segments.customer_members WHERE segment_id = {nick}"
+    ))
+    .unwrap();
+    assert!(
+        escalations(&mut admin).is_empty(),
+        "1b/1c: {:?}",
+        escalations(&mut admin)
+    );
+    let records: i64 = admin
+        .query_one("SELECT count(*) FROM app.who", &[])
+        .unwrap()
+        .get(0);
+    eprintln!("app_owner's code ran {records} time(s), each as app_owner");
+}
+
+/// Issue item 3: capture never fails a user's statement, and follows DDL.
+#[test]
+fn capture_never_breaks_a_users_writes() {
+    let cluster = Cluster::start("trust-capture", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database("300", ANCHOR, "");
+    let country: i64 = admin
+        .query_one(
+            r#"SELECT segments.create_segment('Germany', '{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let city: i64 = admin
+        .query_one(
+            r#"SELECT segments.create_segment('Berlin', '{"entity":"customer","rules":[{"where":{"attribute":"city","op":"eq","value":"Berlin"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let buyers: i64 = admin
+        .query_one(
+            r#"SELECT segments.create_segment('Buyers', '{"entity":"customer","rules":[{"where":{"related":"orders","exists":true}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let members = |admin: &mut postgres::Client, id: i64| -> i64 {
+        admin
+            .query_one(
+                "SELECT coalesce(member_count, -1) FROM segments.segment WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let truth = |admin: &mut postgres::Client, sql: &str| -> i64 {
+        admin.query_one(sql, &[]).unwrap().get(0)
+    };
+
+    // The foreign key of a related table live segments read is renamed:
+    // writes go on, are captured, and the segment stays exact.
+    admin
+        .batch_execute(
+            "ALTER TABLE orders RENAME customer_id TO buyer_id;
+             INSERT INTO orders (id, buyer_id, ordered_at, amount, status, channel)
+                 SELECT 800000 + c.id, c.id, now(), 1, 'paid', 'web' FROM customers c
+                  WHERE NOT EXISTS (SELECT FROM orders o WHERE o.buyer_id = c.id) LIMIT 5;
+             UPDATE orders SET amount = amount + 1 WHERE id > 800000;
+             DELETE FROM orders WHERE id IN (SELECT min(id) FROM orders);",
+        )
+        .expect("writes after renaming the foreign key");
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    assert_eq!(
+        members(&mut admin, buyers),
+        truth(&mut admin, "SELECT count(DISTINCT buyer_id) FROM orders")
+    );
+
+    // Columns live segments read can be retyped and dropped, with CASCADE
+    // too: the capture of the others is remade, and create_segment works.
+    admin
+        .batch_execute("ALTER TABLE customers ALTER COLUMN city TYPE varchar(80)")
+        .expect("retyping a watched column");
+    admin
+        .batch_execute("ALTER TABLE customers DROP COLUMN country")
+        .expect("dropping a watched column");
+    admin.batch_execute("ALTER TABLE customers ADD COLUMN country text; ALTER TABLE customers DROP COLUMN country CASCADE").unwrap();
+    admin
+        .batch_execute(r#"SELECT segments.create_segment('Young', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"lt","value":30}}]}', schedule => 'live')"#)
+        .expect("create_segment after a watched column was dropped");
+    let upd_triggers: i64 = truth(
+        &mut admin,
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customers'::regclass AND tgname LIKE 'segments\\_live\\_upd\\_%'",
+    );
+    assert_eq!(
+        upd_triggers, 1,
+        "one row trigger, remade on the columns the table still has"
+    );
+    admin
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    admin
+        .batch_execute("UPDATE customers SET city = 'Berlin' WHERE id BETWEEN 1 AND 7")
+        .unwrap();
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    assert_eq!(
+        members(&mut admin, city),
+        truth(
+            &mut admin,
+            "SELECT count(*) FROM customers WHERE city = 'Berlin'"
+        )
+    );
+    // The segment reading the dropped column fails, naming it.
+    let error: Option<String> = admin
+        .query_one(
+            "SELECT last_error FROM segments.segment WHERE id = $1",
+            &[&country],
+        )
+        .unwrap()
+        .get(0);
+    assert!(error.unwrap_or_default().contains("\"country\""));
+
+    // The key column itself renamed: followed too.
+    admin
+        .batch_execute("ALTER TABLE customers RENAME id TO customer_no")
+        .unwrap();
+    admin.batch_execute("UPDATE customers SET city = 'Berlin' WHERE customer_no BETWEEN 8 AND 9; DELETE FROM orders WHERE buyer_id = 10; DELETE FROM email_events WHERE customer_id = 10; DELETE FROM customers WHERE customer_no = 10").unwrap();
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    assert_eq!(
+        members(&mut admin, city),
+        truth(
+            &mut admin,
+            "SELECT count(*) FROM customers WHERE city = 'Berlin'"
+        )
+    );
+    let key: String = admin
+        .query_one("SELECT key_column::text FROM segments.entity", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "customer_no");
+}
+
+/// Issue item 4: a row image older than a segment's last full refresh is
+/// never applied.
+#[test]
+fn a_stale_row_image_is_never_applied() {
+    let cluster = Cluster::start("trust-image", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database("300", ANCHOR, "");
+    admin
+        .batch_execute(r#"SELECT segments.create_segment('Berlin', '{"entity":"customer","rules":[{"where":{"attribute":"city","op":"eq","value":"Berlin"}}]}', schedule => 'live'); SELECT * FROM segments.refresh()"#)
+        .unwrap();
+    admin
+        .batch_execute(
+            "UPDATE customers SET loyalty_tier = 'gold' WHERE id = 20;
+             UPDATE customers SET city = 'Munich' WHERE id = 20;
+             UPDATE customers SET loyalty_tier = 'diamond' WHERE id = 20;",
+        )
+        .unwrap();
+    let image: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM segments.change_queue WHERE key = '20' AND image IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(image, 1, "the city update was queued with its image");
+    let diamond: i64 = admin
+        .query_one(
+            r#"SELECT segments.create_segment('Diamond', '{"entity":"customer","rules":[{"where":{"attribute":"loyalty_tier","op":"eq","value":"diamond"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{diamond}::bigint])"
+        ))
+        .unwrap();
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .unwrap();
+    let member: bool = admin
+        .query_one("SELECT segments.is_member($1, 20)", &[&diamond])
+        .unwrap()
+        .get(0);
+    assert!(
+        member,
+        "key 20 is diamond: the image from before the refresh must not be applied"
+    );
+    let exited: i64 = admin
+        .query_one("SELECT count(*) FROM segments.membership_change WHERE segment_id = $1 AND key = '20' AND change = 'exited'", &[&diamond])
+        .unwrap()
+        .get(0);
+    assert_eq!(exited, 0);
+}
