@@ -52,7 +52,7 @@ if ! "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
 fi
 
 echo "== layer 3: integration tests on real clusters"
-cargo test --features integration --test cluster --test analyst --test security --test robustness --test live --test trust --test differential
+cargo test --features integration --test cluster --test analyst --test security --test robustness --test live --test trust --test backup --test differential
 
 echo "== layer 3: Citus (a coordinator and two workers; skipped where Citus is not installed)"
 cargo test --features integration --test citus -- --nocapture

@@ -178,6 +178,10 @@ CREATE FUNCTION segments._segment_track_references() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A restore brings the usages back from their own table.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
+        RETURN NULL;
+    END IF;
     DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
     IF TG_OP <> 'DELETE' THEN
         DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = NEW.id::text;

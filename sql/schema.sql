@@ -252,9 +252,7 @@ SELECT pg_catalog.pg_extension_config_dump('segments.membership_change', '');
 -- Changes captured but not applied yet: a restore applies them (their row
 -- images name the old table's file, so apply reads the rows instead).
 SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
--- Usages of kind 'segment' are derived from definitions and rebuilt by the
--- lifecycle trigger when segments are restored.
-SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', 'WHERE kind <> ''segment''');
+SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.export', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.similarity_score', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.sequence', '');

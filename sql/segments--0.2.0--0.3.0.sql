@@ -14,6 +14,10 @@ DROP FUNCTION segments._missing_keys(text, text[]);
 -- Changes captured but not applied are kept by pg_dump.
 SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
 
+-- Usages of kind 'segment' too, as they were (a restore no longer derives
+-- them again from the definitions, with new timestamps).
+SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
+
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
 CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_capture_wrapper';
@@ -234,6 +238,24 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM segments._sync_capture();
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._segment_track_references() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A restore brings the usages back from their own table.
+    IF TG_OP = 'INSERT' AND segments._restoring() THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
+    IF TG_OP <> 'DELETE' THEN
+        DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = NEW.id::text;
+        INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+        SELECT r, 'segment', NEW.id::text FROM segments._referenced_segments(NEW.definition) AS r;
+    END IF;
     RETURN NULL;
 END
 $$;

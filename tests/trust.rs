@@ -309,7 +309,7 @@ fn a_table_owner_never_runs_code_as_another_role() {
     // changed key column.
     let error = ed
         .query_one(
-            "SELECT segments.connect_records($1, ARRAY['C00001'])",
+            "SELECT segments.connect_records($1, ARRAY['C00000001'])",
             &[&sequence],
         )
         .expect_err("connect_records on a key of type evil2");
