@@ -514,3 +514,161 @@ fn a_stale_row_image_is_never_applied() {
         .get(0);
     assert_eq!(exited, 0);
 }
+
+/// A definition of exactly `n` conditions: an `any` of n - 1 tests.
+fn wide_definition(n: usize) -> String {
+    let tests: Vec<String> = (1..n)
+        .map(|i| format!(r#"{{"attribute":"email","op":"contains","value":"q{i}z"}}"#))
+        .collect();
+    format!(
+        r#"{{"entity":"customer","rules":[{{"where":{{"any":[{}]}}}}]}}"#,
+        tests.join(",")
+    )
+}
+
+/// Issue item 5: definitions are bounded (segments.max_conditions), the
+/// extension's queries never use JIT, and a cancel of the largest allowed
+/// definition's refresh wins within a second, JIT forced on or not.
+#[test]
+fn a_cancel_wins_over_the_largest_definition() {
+    let cluster = Cluster::start("trust-cancel", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database("30000", ANCHOR, "");
+    let max: i64 = admin
+        .query_one(
+            "SELECT current_setting('segments.max_conditions')::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let too_wide = wide_definition(max as usize + 1);
+    let error = admin
+        .query_one(
+            "SELECT segments.create_segment('too wide', $1::text::jsonb)",
+            &[&too_wide],
+        )
+        .expect_err("over the limit");
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "22023");
+    assert!(message.contains("segments.max_conditions"), "{message}");
+    let error = admin
+        .query(
+            "SELECT * FROM segments.estimate($1::text::jsonb)",
+            &[&too_wide],
+        )
+        .expect_err("estimate over the limit");
+    assert_eq!(sqlstate(&error).0, "22023");
+
+    let widest = wide_definition(max as usize);
+    let id: i64 = admin
+        .query_one(
+            "SELECT segments.create_segment('widest', $1::text::jsonb)",
+            &[&widest],
+        )
+        .unwrap()
+        .get(0);
+    for jit in ["off", "on"] {
+        let mut session = cluster.connect("postgres");
+        session.batch_execute(&format!("SET jit = {jit}; SET jit_above_cost = 0; SET jit_optimize_above_cost = 0; SET jit_inline_above_cost = 0")).unwrap();
+        let pid: i32 = session
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        let refresh = std::thread::spawn(move || {
+            let result = session.query("SELECT * FROM segments.refresh(ARRAY[$1::bigint])", &[&id]);
+            (result.map(|rows| rows.len()), std::time::Instant::now())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let cancelled_at = std::time::Instant::now();
+        let sent: bool = admin
+            .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+            .unwrap()
+            .get(0);
+        assert!(sent);
+        let (result, ended_at) = refresh.join().unwrap();
+        let error = result
+            .expect_err("the refresh was still running when cancelled (make the data larger)");
+        assert_eq!(sqlstate(&error).0, "57014", "{error}");
+        let waited = ended_at.duration_since(cancelled_at);
+        eprintln!("jit = {jit}: the cancel of a {max}-condition refresh won after {waited:?}");
+        assert!(
+            waited < std::time::Duration::from_secs(1),
+            "jit = {jit}: the cancel took {waited:?}"
+        );
+    }
+}
+
+/// Issue item 5: the worker's refresh of a group stops at
+/// segments.refresh_timeout; its segments fail with 57014, keep their
+/// membership, and the worker goes on.
+#[test]
+fn the_worker_stops_a_refresh_at_its_timeout() {
+    let cluster = Cluster::start(
+        "trust-timeout",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=1",
+            "segments.refresh_timeout=300",
+        ],
+    );
+    let mut admin = cluster.sample_database("30000", ANCHOR, "");
+    let widest = wide_definition(2000);
+    let id: i64 = admin
+        .query_one(
+            "SELECT segments.create_segment('widest', $1::text::jsonb)",
+            &[&widest],
+        )
+        .unwrap()
+        .get(0);
+    let small: i64 = admin
+        .query_one(r#"SELECT segments.create_segment('small', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"lt","value":30}}]}')"#, &[])
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = admin
+            .query_opt("SELECT error_code, error FROM segments.refresh_run WHERE segment_id = $1 AND status = 'failed' LIMIT 1", &[&id])
+            .unwrap();
+        if let Some(row) = row {
+            let (code, error): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+            assert_eq!(code.as_deref(), Some("57014"));
+            assert!(error
+                .unwrap_or_default()
+                .contains("segments.refresh_timeout"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never timed out the wide refresh:\n{}",
+            cluster.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, failures): (String, i32) = admin
+        .query_one(
+            "SELECT status, consecutive_failures FROM segments.segment WHERE id = $1",
+            &[&id],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(failures >= 1);
+    // The other segment was refreshed all the same.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: String = admin
+            .query_one(
+                "SELECT status FROM segments.segment WHERE id = $1",
+                &[&small],
+            )
+            .unwrap()
+            .get(0);
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the small segment was never refreshed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

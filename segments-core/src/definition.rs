@@ -461,6 +461,39 @@ impl Definition {
 }
 
 /// Every node of a condition tree, depth first (the root included).
+impl Definition {
+    /// How many conditions the definition holds: attribute, related and
+    /// segment tests, and the combinators around them, in every rule.
+    pub fn condition_count(&self) -> usize {
+        fn count(rules: &[Rule]) -> usize {
+            rules
+                .iter()
+                .map(|rule| match &rule.body {
+                    RuleBody::Where(condition) => {
+                        let mut nodes = Vec::new();
+                        walk_condition(condition, &mut nodes);
+                        nodes.len()
+                    }
+                    RuleBody::Rules(sub) => count(sub),
+                })
+                .sum()
+        }
+        count(&self.rules)
+    }
+
+    /// Refuses (22023) a definition of more than `max` conditions, naming
+    /// the limit (`segments.max_conditions`).
+    pub fn check_size(&self, max: usize) -> Result<(), crate::error::SegmentsError> {
+        let count = self.condition_count();
+        if count > max {
+            return Err(crate::error::SegmentsError::InvalidParameter(format!(
+                "the definition has {count} conditions, more than segments.max_conditions ({max})"
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub fn walk_condition<'a>(condition: &'a Condition, out: &mut Vec<&'a Condition>) {
     out.push(condition);
     match &condition.kind {

@@ -503,8 +503,9 @@ mod tests {
             let text = format!(r#"{{"entity":"person","rules":{}}}"#, generated.json);
             let value: serde_json::Value =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-            let (definition, plan, _) = compile_definition(&catalog, &value, None, REFERENCE)
-                .unwrap_or_else(|e| panic!("refused ({e}): {text}"));
+            let (definition, plan, _) =
+                compile_definition(&catalog, &value, None, REFERENCE, usize::MAX)
+                    .unwrap_or_else(|e| panic!("refused ({e}): {text}"));
             assert!(!definition.rules.is_empty());
             assert!(!plan.leaves.is_empty(), "no leaf for {text}");
             assert!(!generated.sql.is_empty());

@@ -117,8 +117,13 @@ fn rule_counts(
 }
 
 pub fn estimate_counts(definition: &serde_json::Value) -> Result<Vec<RuleCount>, Reported> {
-    let (_, plan, compiled) =
-        compile_definition(&SpiCatalog, definition, None, &reference_time_sql())?;
+    let (_, plan, compiled) = compile_definition(
+        &SpiCatalog,
+        definition,
+        None,
+        &reference_time_sql(),
+        crate::pg::gucs::max_conditions(),
+    )?;
     let mut values = compute_leaves(&plan);
     fill_segment_leaves(&plan, &mut values, &Default::default());
     Ok(evaluate_segment(&compiled, &values).1)
@@ -188,6 +193,7 @@ fn explain(segment: i64) -> String {
                 &definition,
                 Some(segment),
                 &reference_time_sql(),
+                usize::MAX,
             )
             .or_raise();
             let mut text = format!(

@@ -22,8 +22,13 @@ use crate::pg::spi::optional_value;
 /// references stored by id, so that renaming a segment never breaks the
 /// segments that read it.
 pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<Value, Reported> {
-    let (parsed, plan, _) =
-        compile_definition(&SpiCatalog, definition, segment_id, &reference_time_sql())?;
+    let (parsed, plan, _) = compile_definition(
+        &SpiCatalog,
+        definition,
+        segment_id,
+        &reference_time_sql(),
+        crate::pg::gucs::max_conditions(),
+    )?;
     check_can_read(&columns_read(&parsed, &plan.entity))?;
     let mut normalized = definition.clone();
     references_by_id(&mut normalized, &SpiCatalog);

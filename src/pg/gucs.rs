@@ -23,6 +23,12 @@ pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000)
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// The most conditions one definition may hold.
+pub const DEFAULT_MAX_CONDITIONS: i32 = 2_000;
+pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_CONDITIONS);
+/// How long the worker's refresh of one group of segments may take, in
+/// milliseconds (0: no limit).
+pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
 pub static CLEANUP_SCHEDULE: GucSetting<Option<CString>> =
@@ -168,6 +174,26 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"segments.max_conditions",
+        c"The most conditions (attribute, related and segment tests) one definition may hold.",
+        c"A longer definition is refused when saved or estimated, with SQLSTATE 22023.",
+        &MAX_CONDITIONS,
+        1,
+        100_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"segments.refresh_timeout",
+        c"How long the background worker's refresh of one group of segments may take (0: no limit).",
+        c"A group that takes longer is cancelled, its segments fail with SQLSTATE 57014 and are retried with backoff.",
+        &REFRESH_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"segments.naptime",
         c"Seconds the background worker sleeps between passes.",
         c"",
@@ -296,4 +322,9 @@ pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.trim().is_empty())
+}
+
+/// `segments.max_conditions`, as a count.
+pub fn max_conditions() -> usize {
+    MAX_CONDITIONS.get().max(1) as usize
 }

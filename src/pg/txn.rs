@@ -50,7 +50,7 @@ pub fn current_role() -> pg_sys::Oid {
 
 /// Runs `f` as `role` inside the sandbox: a security-restricted operation
 /// (no SET ROLE, no temporary objects, no deferred work that would later
-/// run as someone else) with `search_path = pg_catalog, pg_temp`, so that
+/// run as someone else), without JIT, with `search_path = pg_catalog, pg_temp`, so that
 /// no function, operator or table a role put in its own schema, in
 /// `public` or in `pg_temp` is ever found by name. Everything run as a
 /// segment's owner, an export's owner or by the worker runs this way.
@@ -73,6 +73,20 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
             SAFE_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        // No JIT for what the extension runs: the expressions of a large
+        // definition take LLVM longer to compile than to evaluate, and the
+        // compilation does not stop at a cancel (a 20,000-condition refresh
+        // spent minutes there, deaf to pg_cancel_backend).
+        pg_sys::set_config_option(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,

@@ -234,6 +234,40 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
     runs
 }
 
+/// Records that the worker's refresh of a group was cancelled by
+/// `segments.refresh_timeout` (its own transaction rolled back): each
+/// segment fails with 57014, keeping its membership, and is retried with
+/// backoff like any failure.
+pub fn record_timeout(
+    ids: &[i64],
+    trigger: Trigger,
+    timeout_ms: i32,
+    elapsed: std::time::Duration,
+) {
+    writing_transaction();
+    let started = crate::pg::spi::optional_value::<pgrx::datum::TimestampWithTimeZone>(
+        "SELECT pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)",
+        &[elapsed.as_secs_f64().into()],
+    )
+    .expect("clock_timestamp() is never NULL");
+    for id in ids {
+        let failure = crate::pg::error::Failure {
+            sqlstate: "57014".into(),
+            message: format!(
+                "canceled: the refresh took longer than segments.refresh_timeout ({timeout_ms} ms)"
+            ),
+        };
+        crate::engine::refresh::store_status(
+            *id,
+            crate::engine::refresh::RunStatus::Failed,
+            Some(&failure.message),
+        );
+        let outcome = crate::engine::refresh::Outcome::failed(*id, failure, elapsed);
+        crate::engine::refresh::record_run_of(*id, trigger, started, &outcome, None);
+    }
+    log!("segments: {} refresh of {} segment(s) canceled after {timeout_ms} ms (segments.refresh_timeout)", trigger.as_str(), ids.len());
+}
+
 /// Drops history older than `segments.history_retention`.
 pub fn trim_history() {
     writing_transaction();

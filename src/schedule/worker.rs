@@ -82,7 +82,57 @@ fn report_activity(state: pg_sys::BackendState::Type, query: &std::ffi::CStr) {
     unsafe { pg_sys::pgstat_report_activity(state, query.as_ptr()) };
 }
 
+/// Refreshes a group in a transaction of its own under
+/// `segments.refresh_timeout`; false when it ran out of time (its segments
+/// are then recorded as failed with 57014 if they are alone in the group).
+fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::refresh::Trigger) -> bool {
+    let timeout = gucs::REFRESH_TIMEOUT.get();
+    let started = std::time::Instant::now();
+    let group = ids.to_vec();
+    arm_refresh_timeout(timeout);
+    let done = in_transaction("a scheduler group", move || {
+        crate::pg::txn::privileged(move || crate::schedule::pass::refresh_group(&group, trigger));
+    });
+    arm_refresh_timeout(0);
+    let elapsed = started.elapsed();
+    let timed_out =
+        done.is_none() && timeout > 0 && elapsed >= Duration::from_millis(timeout as u64);
+    if timed_out && ids.len() == 1 {
+        let ids = ids.to_vec();
+        in_transaction("recording a refresh timeout", move || {
+            crate::pg::txn::privileged(move || {
+                crate::schedule::pass::record_timeout(&ids, trigger, timeout, elapsed)
+            });
+        });
+    }
+    !timed_out
+}
+
+/// Arms (or, for 0, disarms) the statement timeout for the worker's next
+/// group: PostgreSQL arms `statement_timeout` only for statements a
+/// client sends, and the worker runs its own. When it fires, the next
+/// interrupt check raises 57014 and the group's transaction rolls back.
+fn arm_refresh_timeout(milliseconds: i32) {
+    // SAFETY: the timeout module is set up for every backend, background
+    // workers included (InitPostgres registers STATEMENT_TIMEOUT).
+    unsafe {
+        if milliseconds > 0 {
+            enable_timeout_after(STATEMENT_TIMEOUT, milliseconds);
+        } else {
+            disable_timeout(STATEMENT_TIMEOUT, false);
+        }
+    }
+}
+
+/// `TimeoutId::STATEMENT_TIMEOUT` of utils/timeout.h (the fourth, in every
+/// supported major), which pgrx does not bind.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+
 unsafe extern "C-unwind" {
+    /// utils/timeout.h: arms a registered timeout.
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    /// utils/timeout.h: disarms it.
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
     /// Postgres' SIGTERM handler for backends: sets ProcDiePending, so the
     /// next interrupt check ends the process cleanly.
     #[link_name = "die"]
@@ -141,11 +191,13 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
             crate::pg::txn::privileged(|| crate::schedule::pass::plan_pass().groups())
         });
         for (ids, trigger) in groups.unwrap_or_default() {
-            in_transaction("a scheduler group", move || {
-                crate::pg::txn::privileged(move || {
-                    crate::schedule::pass::refresh_group(&ids, trigger)
-                });
-            });
+            // A group that runs out of time is tried again one segment at a
+            // time: only the segments that are too slow alone fail.
+            if !refresh_within_timeout(&ids, trigger) && ids.len() > 1 {
+                for id in ids {
+                    refresh_within_timeout(&[id], trigger);
+                }
+            }
         }
         in_transaction("trimming history", || {
             crate::pg::txn::privileged(crate::schedule::pass::trim_history)

@@ -655,8 +655,10 @@ pub fn compile_definition(
     value: &Value,
     self_id: Option<i64>,
     reference_time: &str,
+    max_conditions: usize,
 ) -> Result<(Definition, Plan, CompiledSegment), Reported> {
     let definition = Definition::parse(value)?;
+    definition.check_size(max_conditions)?;
     let mut planner = Planner::new(catalog, &definition.entity, "entity", reference_time)?;
     let mut compiled = planner.add(&definition, self_id)?;
     check_cycles(catalog, self_id, &compiled.references)?;
@@ -676,7 +678,7 @@ mod tests {
 
     fn compile(definition: Value) -> Result<(Plan, CompiledSegment), Reported> {
         let catalog = customers();
-        compile_definition(&catalog, &definition, None, NOW).map(|(_, p, c)| (p, c))
+        compile_definition(&catalog, &definition, None, NOW, usize::MAX).map(|(_, p, c)| (p, c))
     }
 
     fn where_sql(condition: Value) -> String {
@@ -820,7 +822,7 @@ mod tests {
         catalog.entities[0].key_kind = crate::catalog::KeyKind::Dictionary;
         let definition = json!({"entity": "customer", "rules": [{"where": {"related": "orders"}}]});
         let plan = |catalog: &crate::catalog::fixture::FixedCatalog| {
-            compile_definition(catalog, &definition, None, NOW)
+            compile_definition(catalog, &definition, None, NOW, usize::MAX)
                 .unwrap()
                 .1
         };
@@ -981,7 +983,7 @@ mod tests {
     fn self_references_and_cycles_are_refused() {
         let catalog = customers();
         let own = json!({"entity": "customer", "rules": [{"where": {"segment": 7}}]});
-        let e = compile_definition(&catalog, &own, Some(7), NOW).unwrap_err();
+        let e = compile_definition(&catalog, &own, Some(7), NOW, usize::MAX).unwrap_err();
         assert_eq!(
             e.error.to_string(),
             "rules[0].where: a segment cannot refer to itself"
@@ -1002,7 +1004,7 @@ mod tests {
         });
         // Saving segment 9 so that it refers to 8 closes 9 -> 8 -> 9.
         let closing = json!({"entity": "customer", "rules": [{"where": {"segment": "Loyal"}}]});
-        let e = compile_definition(&catalog, &closing, Some(9), NOW).unwrap_err();
+        let e = compile_definition(&catalog, &closing, Some(9), NOW, usize::MAX).unwrap_err();
         assert_eq!(e.error.code(), "22023");
         assert!(
             e.error
