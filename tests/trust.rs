@@ -672,3 +672,214 @@ fn the_worker_stops_a_refresh_at_its_timeout() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Issue item 6: a key longer than the dictionary indexes leaves its row out
+/// (with a warning naming it); the entity's refreshes and live applications
+/// go on.
+#[test]
+fn a_long_text_key_never_breaks_its_entity() {
+    let cluster = Cluster::start("trust-long-key", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database(
+        "300",
+        ANCHOR,
+        "SELECT segments.register_entity('by_code', 'customers', 'code');",
+    );
+    let germany: i64 = admin
+        .query_one(r#"SELECT segments.create_segment('German codes', '{"entity":"by_code","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}')"#, &[])
+        .unwrap()
+        .get(0);
+    let live: i64 = admin
+        .query_one(
+            r#"SELECT segments.create_segment('Berlin codes', '{"entity":"by_code","rules":[{"where":{"attribute":"city","op":"eq","value":"Berlin"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO customers (id, code, country, city, unsubscribed, signed_up_at)
+                 VALUES (900001, repeat('k', 2688), 'DE', 'Berlin', false, now()),
+                        (900002, 'short-one', 'DE', 'Berlin', false, now())",
+        )
+        .unwrap();
+    admin
+        .batch_execute("SELECT segments.apply_changes()")
+        .expect("a live application with a long key");
+    let rows = admin
+        .query("SELECT status, error FROM segments.refresh()", &[])
+        .unwrap();
+    for row in &rows {
+        let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
+        assert_eq!(status, "succeeded", "{error:?}");
+    }
+    let (count, truth): (i64, i64) = admin
+        .query_one(
+            "SELECT member_count, (SELECT count(*) FROM customers WHERE country = 'DE' AND length(code) <= 2000) FROM segments.segment WHERE id = $1",
+            &[&germany],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(count, truth, "every other German row is a member");
+    let short: bool = admin
+        .query_one("SELECT segments.is_member($1, 'short-one'::text)", &[&live])
+        .unwrap()
+        .get(0);
+    assert!(short);
+    let long: bool = admin
+        .query_one(
+            "SELECT segments.is_member($1, repeat('k', 2688))",
+            &[&germany],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!long, "the long key is left out");
+    // The warning names the entity and the key's start.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut session = cluster
+        .url("postgres")
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |notice| seen.lock().unwrap().push(notice.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    session
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{germany}::bigint])"
+        ))
+        .unwrap();
+    let notices = notices.lock().unwrap();
+    assert!(
+        notices.iter().any(|n| n.contains("entity \"by_code\"")
+            && n.contains("kkkk")
+            && n.contains("left out")),
+        "{notices:?}"
+    );
+}
+
+/// Issue item 7: connect_records checks keys as the caller, under RLS, and
+/// answers alike for a hidden key and a missing one.
+#[test]
+fn connect_records_is_no_oracle_of_hidden_keys() {
+    let cluster = Cluster::start("trust-rls", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database(
+        "300",
+        ANCHOR,
+        "CREATE ROLE sales LOGIN IN ROLE segments_sequence_manager;
+         GRANT SELECT ON customers TO sales;
+         ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY everyone ON customers FOR SELECT TO PUBLIC USING (current_user <> 'sales');
+         CREATE POLICY french ON customers FOR SELECT TO sales USING (country = 'FR');",
+    );
+    let hidden: i64 = admin
+        .query_one("SELECT min(id) FROM customers WHERE country <> 'FR'", &[])
+        .unwrap()
+        .get(0);
+    let visible: i64 = admin
+        .query_one("SELECT min(id) FROM customers WHERE country = 'FR'", &[])
+        .unwrap()
+        .get(0);
+    let mut sales = connect_as(&cluster, "sales");
+    let sequence: i64 = sales
+        .query_one(
+            "SELECT segments.create_sequence('French welcome', 'customer')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let answer = |client: &mut postgres::Client, key: i64| -> (String, String) {
+        let error = client
+            .query_one(
+                "SELECT segments.connect_records($1, ARRAY[$2::text])",
+                &[&sequence, &key.to_string()],
+            )
+            .expect_err("a key the caller cannot see");
+        let (code, message) = sqlstate(&error);
+        (code, message.replace(&key.to_string(), "KEY"))
+    };
+    let for_hidden = answer(&mut sales, hidden);
+    let for_missing = answer(&mut sales, 99_999_999);
+    assert_eq!(
+        for_hidden, for_missing,
+        "a hidden key and a missing key get the same answer"
+    );
+    let connected: i32 = sales
+        .query_one(
+            "SELECT segments.connect_records($1, ARRAY[$2::text])",
+            &[&sequence, &visible.to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(connected, 1, "a visible key connects");
+    let records: i64 = admin
+        .query_one("SELECT count(*) FROM segments.sequence_record", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(records, 1);
+}
+
+/// Issue item 8: every change of a definition is in the history, whatever
+/// the statement that made it (a COPY in the same query string, an editor's
+/// COPY into segments.segment).
+#[test]
+fn history_records_every_change_whatever_the_statement() {
+    let cluster = Cluster::start("trust-history", &["shared_preload_libraries=segments"]);
+    let _admin = cluster.sample_database(
+        "300",
+        ANCHOR,
+        "CREATE ROLE ed LOGIN IN ROLE segments_editor; GRANT SELECT ON customers TO ed;",
+    );
+    let url = cluster.url("postgres").replace("user=postgres", "user=ed");
+    let psql = |sql: &str, input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("psql")
+            .args([url.as_str(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    psql(
+        r#"COPY (SELECT 1) TO STDOUT; SELECT segments.quick_segment('After a copy', 'customer', 'country', 'eq', '"DE"')"#,
+        "",
+    );
+    psql(
+        "COPY segments.segment (name, definition) FROM STDIN",
+        "Copied in\t{\"entity\": \"customer\", \"rules\": [{\"where\": {\"attribute\": \"country\", \"op\": \"eq\", \"value\": \"FR\"}}]}\n\\.\n",
+    );
+    let mut ed = connect_as(&cluster, "ed");
+    for name in ["After a copy", "Copied in"] {
+        let versions: i64 = ed
+            .query_one(
+                "SELECT count(*) FROM segments.definition_history h JOIN segments.segment s ON s.id = h.segment_id WHERE s.name = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(versions, 1, "{name} has its first version in the history");
+        let owner: String = ed
+            .query_one(
+                "SELECT owner::text FROM segments.segment WHERE name = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(owner, "ed", "{name}: an editor's COPY is an ordinary write");
+    }
+}
