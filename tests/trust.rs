@@ -883,3 +883,60 @@ fn history_records_every_change_whatever_the_statement() {
         assert_eq!(owner, "ed", "{name}: an editor's COPY is an ordinary write");
     }
 }
+
+/// Issue item 9: numbers are exact end to end: stored definition, compiled
+/// literal and explain.
+#[test]
+fn numbers_are_kept_exactly() {
+    let cluster = Cluster::start("trust-numbers", &["shared_preload_libraries=segments"]);
+    let mut admin = cluster.sample_database(
+        "300",
+        ANCHOR,
+        "ALTER TABLE customers ADD COLUMN big numeric, ADD COLUMN ratio numeric;
+         UPDATE customers SET big = 123456789012345678901234567890 WHERE id = 7;
+         UPDATE customers SET ratio = 0.3 WHERE id = 8;",
+    );
+    let big: i64 = admin
+        .query_one(r#"SELECT segments.create_segment('Big', '{"entity":"customer","rules":[{"where":{"attribute":"big","op":"eq","value":123456789012345678901234567890}}]}')"#, &[])
+        .unwrap()
+        .get(0);
+    let ratio: i64 = admin
+        .query_one(r#"SELECT segments.create_segment('Ratio', '{"entity":"customer","rules":[{"where":{"attribute":"ratio","op":"eq","value":0.30000000000000001}}]}')"#, &[])
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let (stored, count): (String, i64) = admin
+        .query_one(
+            "SELECT definition::text, member_count FROM segments.segment WHERE id = $1",
+            &[&big],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        stored.contains("123456789012345678901234567890"),
+        "{stored}"
+    );
+    assert_eq!(count, 1, "the row holding the number is a member");
+    let (stored, count): (String, i64) = admin
+        .query_one(
+            "SELECT definition::text, member_count FROM segments.segment WHERE id = $1",
+            &[&ratio],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(stored.contains("0.30000000000000001"), "{stored}");
+    assert_eq!(count, 0, "0.30000000000000001 is not 0.3");
+    let explained: String = admin
+        .query_one(
+            "SELECT string_agg(e::text, ' ') FROM segments.explain($1) e",
+            &[&big],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        explained.contains("123456789012345678901234567890"),
+        "{explained}"
+    );
+}

@@ -70,8 +70,11 @@ pub fn literal_text(path: &str, column: &Column, value: &Value) -> Result<String
         )
     };
     match column.kind {
+        // A JSON number keeps its text exactly (serde_json's
+        // arbitrary_precision): 123456789012345678901234567890 and
+        // 0.30000000000000001 reach the SQL literal digit for digit.
         ColumnKind::Numeric => match value {
-            Value::Number(n) => Ok(n.to_string()),
+            Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => Ok(n.to_string()),
             Value::String(s) if is_number(s) => Ok(s.trim().to_string()),
             _ => Err(wrong("a number")),
         },

@@ -762,6 +762,23 @@ mod tests {
     }
 
     #[test]
+    fn numbers_reach_the_sql_digit_for_digit() {
+        let text = r#"{"attribute": "id", "op": "eq", "value": 123456789012345678901234567890}"#;
+        let condition: Value = serde_json::from_str(text).unwrap();
+        let sql = where_sql(condition);
+        assert!(sql.contains("'123456789012345678901234567890'::"), "{sql}");
+        let condition: Value = serde_json::from_str(
+            r#"{"attribute": "age", "op": "eq", "value": 0.30000000000000001}"#,
+        )
+        .unwrap();
+        let sql = where_sql(condition);
+        assert!(sql.contains("'0.30000000000000001'::"), "{sql}");
+        // And a stored definition keeps them.
+        let definition: Value = serde_json::from_str(r#"{"value": 0.30000000000000001}"#).unwrap();
+        assert_eq!(definition.to_string(), r#"{"value":0.30000000000000001}"#);
+    }
+
+    #[test]
     fn a_lone_segment_folds_its_filters_and_not_is_a_complement() {
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where": {"all": [
             {"attribute": "country", "op": "eq", "value": "DE"},
