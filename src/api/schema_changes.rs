@@ -188,6 +188,16 @@ fn _members_view_release(fcinfo: pg_sys::FunctionCallInfo) {
     let Some(relation) = (unsafe { altered_relation(fcinfo) }) else {
         return;
     };
+    // Only for a role that may alter the table: anyone else's ALTER TABLE
+    // fails its own privilege check, and must not get the extension to
+    // lock the table (dropping a trigger) first.
+    let may_alter = crate::pg::spi::optional_value::<bool>(
+        "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[relation.into()],
+    );
+    if may_alter != Some(true) {
+        return;
+    }
     crate::pg::txn::privileged(AssertUnwindSafe(|| {
         let entities: Vec<String> = Spi::connect(|client| {
             spi(client.select(

@@ -117,6 +117,10 @@ fn _capture_row<'a>(
     Ok(None)
 }
 
+/// The most distinct keys one statement queues one by one; a statement
+/// changing more rows queues "everything changed" instead.
+const MAX_STATEMENT_KEYS: usize = 100_000;
+
 /// Queues the distinct keys of the rows a statement inserted or deleted
 /// (read from its transition table), or a NULL key for a TRUNCATE.
 ///
@@ -177,7 +181,7 @@ fn _capture<'a>(
         }
         let mut keys = std::collections::BTreeSet::new();
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
-        for table in tables {
+        'tables: for table in tables {
             // A read pointer of our own: other triggers read the same
             // transition table, each from its start.
             let pointer = pg_sys::tuplestore_alloc_read_pointer(table, 0);
@@ -192,10 +196,21 @@ fn _capture<'a>(
                 if free {
                     pg_sys::heap_freetuple(tuple);
                 }
+                if keys.len() > MAX_STATEMENT_KEYS {
+                    pg_sys::tuplestore_select_read_pointer(table, 0);
+                    break 'tables;
+                }
             }
             pg_sys::tuplestore_select_read_pointer(table, 0);
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
+        if keys.len() > MAX_STATEMENT_KEYS {
+            // A bulk load: one "everything changed" (a full refresh of the
+            // entity's live segments) costs less than its keys, and holds
+            // no memory in proportion to it.
+            enqueue(entity, None, source, None);
+            return Ok(None);
+        }
         let rows: Vec<(Option<&str>, Option<&[u8]>)> =
             keys.iter().map(|k| (Some(k.as_str()), None)).collect();
         enqueue_all(entity, &rows, source);
