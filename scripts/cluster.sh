@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster owned by the `postgres` OS user (Postgres
+# A throwaway PostgreSQL cluster owned by the `postgres` OS user (Postgres
 # refuses to run as root), listening only on a Unix socket inside its own
 # directory, so it never collides with another cluster on the machine.
 #
@@ -12,7 +12,8 @@
 #   cluster.sh start /tmp/seg 55432 shared_preload_libraries=segments
 set -euo pipefail
 
-PGBIN="$(/usr/bin/pg_config --bindir)"
+# The major is the one $PG_CONFIG names (Debian's 15 by default).
+PGBIN="$("${PG_CONFIG:-/usr/bin/pg_config}" --bindir)"
 cmd="${1:-}"; dir="${2:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,13p' "$0"; exit 2; }
 

@@ -131,7 +131,7 @@ fn a_restore_brings_back_every_segment() {
     let before = state(&mut admin);
 
     let dump = std::env::temp_dir().join(format!("segments-backup-{}.dump", std::process::id()));
-    run(Command::new(bin("pg_dump"))
+    run(Command::new(harness::pg_bin("pg_dump"))
         .arg("-Fc")
         .arg("-f")
         .arg(&dump)
@@ -143,7 +143,7 @@ fn a_restore_brings_back_every_segment() {
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .unwrap();
-        run(Command::new(bin("pg_restore"))
+        run(Command::new(harness::pg_bin("pg_restore"))
             .arg(mode)
             .arg("-d")
             .arg(cluster.url(database))

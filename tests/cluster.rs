@@ -641,11 +641,8 @@ fn dump_and_restore_keep_segments_memberships_and_history() {
                          || (SELECT string_agg(consumer, ',') FROM segments.usage)
                        FROM segments.segment s JOIN segments.membership m ON m.segment_id = s.id";
     let before: String = source.query_one(fingerprint, &[]).unwrap().get(0);
-    let bin = std::process::Command::new("/usr/bin/pg_config")
-        .arg("--bindir")
-        .output()
-        .unwrap();
-    let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+    let bin = harness::pg_bin("");
+    let bin = bin.trim_end_matches('/');
     let dump = std::env::temp_dir().join(format!("segments-dump-{}.custom", std::process::id()));
     let status = std::process::Command::new(format!("{bin}/pg_dump"))
         .args([
@@ -741,7 +738,7 @@ fn csv_download_equals_the_hand_written_query() {
     let ours = dir.join(format!("segments-vip-{}.csv", std::process::id()));
     let theirs = dir.join(format!("segments-hand-{}.csv", std::process::id()));
     let psql = |command: String| {
-        let status = std::process::Command::new("psql")
+        let status = std::process::Command::new(harness::pg_bin("psql"))
             .args([
                 "-X",
                 "-v",

@@ -835,7 +835,7 @@ fn history_records_every_change_whatever_the_statement() {
     let url = cluster.url("postgres").replace("user=postgres", "user=ed");
     let psql = |sql: &str, input: &str| {
         use std::io::Write;
-        let mut child = std::process::Command::new("psql")
+        let mut child = std::process::Command::new(harness::pg_bin("psql"))
             .args([url.as_str(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -353,8 +353,7 @@ thread_local! {
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _can_read_entity(entity: &str) -> bool {
     let role = crate::pg::txn::current_role();
-    // SAFETY: MyProc is this backend's PGPROC, valid for its whole life.
-    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    let transaction = crate::pg::versions::local_transaction_id();
     let cached = READABLE.with(|c| {
         c.borrow()
             .as_ref()

@@ -233,7 +233,7 @@ unsafe fn image_of(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> Opti
         }
         let body = std::slice::from_raw_parts(header.cast::<u8>(), (*tuple).t_len as usize);
         let mut image = Vec::with_capacity(4 + body.len());
-        image.extend_from_slice(&(*relation).rd_node.relNode.to_u32().to_ne_bytes());
+        image.extend_from_slice(&crate::pg::versions::relation_file_number(relation).to_ne_bytes());
         image.extend_from_slice(body);
         Some(image)
     }
@@ -266,7 +266,7 @@ pub fn rows_of_images(
         }
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
-        let file = (*rel).rd_node.relNode.to_u32();
+        let file = crate::pg::versions::relation_file_number(rel);
         let attnums: Vec<Option<usize>> = columns
             .iter()
             .map(|(name, _)| {
@@ -325,10 +325,8 @@ pub fn rows_of_images(
                 .zip(columns)
                 .enumerate()
                 .map(|(i, (attnum, (_, type_sql)))| {
-                    let attribute = &*(*desc)
-                        .attrs
-                        .as_ptr()
-                        .add(attnum.expect("checked above") - 1);
+                    let attribute =
+                        crate::pg::versions::attribute(desc, attnum.expect("checked above") - 1);
                     let mut dims = [rows as i32];
                     let mut lower = [1i32];
                     let array = pg_sys::construct_md_array(
@@ -384,7 +382,7 @@ unsafe fn same_value(
     // SAFETY: guaranteed by the caller; heap_getattr returns datums that
     // point into the tuples, valid while they are.
     unsafe {
-        let attribute = &*(*desc).attrs.as_ptr().add(attnum as usize - 1);
+        let attribute = crate::pg::versions::attribute(desc, attnum as usize - 1);
         let (mut old_null, mut new_null) = (false, false);
         let a = pg_sys::heap_getattr(old, attnum, desc, &mut old_null);
         let b = pg_sys::heap_getattr(new, attnum, desc, &mut new_null);

@@ -9,3 +9,4 @@ pub mod gucs;
 pub mod restore;
 pub mod spi;
 pub mod txn;
+pub mod versions;

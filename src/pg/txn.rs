@@ -147,8 +147,7 @@ thread_local! {
 /// leaves the columns the update adds alone, so the old schema keeps
 /// working until the update.
 pub fn legacy_schema() -> bool {
-    // SAFETY: MyProc is this backend's PGPROC.
-    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    let transaction = crate::pg::versions::local_transaction_id();
     let cached = SCHEMA_VERSION.with(|v| {
         v.borrow()
             .as_ref()

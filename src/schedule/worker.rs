@@ -146,7 +146,7 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
     // SAFETY: installs Postgres' own SIGTERM handler for backends, as
     // bgworkers that use the standard interrupt checks do.
     unsafe {
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        crate::pg::versions::set_signal_handler(pg_sys::SIGTERM as i32, postgres_die);
     }
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);

@@ -1,4 +1,5 @@
-//! Layer-3 harness: a real PostgreSQL 15 cluster, started with the settings
+//! Layer-3 harness: a real PostgreSQL cluster (of the major `PG_CONFIG`
+//! names; Debian's 15 by default), started with the settings
 //! a test asks for (by `scripts/cluster.sh`, as the `postgres` OS user when
 //! run as root), handed to the test as connection strings, and always
 //! stopped and removed when the `Cluster` is dropped, even if the test panics.
@@ -14,6 +15,21 @@ pub struct Cluster {
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The pg_config of the PostgreSQL under test: `PG_CONFIG` (set by
+/// scripts/test.sh for each major), else Debian's PostgreSQL 15.
+pub fn pg_config() -> String {
+    std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/bin/pg_config".into())
+}
+
+/// A client program (psql, pg_dump, pg_restore...) of the PostgreSQL under test.
+pub fn pg_bin(name: &str) -> String {
+    let output = Command::new(pg_config())
+        .arg("--bindir")
+        .output()
+        .expect("pg_config runs");
+    format!("{}/{name}", String::from_utf8_lossy(&output.stdout).trim())
+}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
