@@ -17,7 +17,12 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 RELEASES=("0.1.0 b2c9f01" "0.2.0 48c0bb5")
 NEW=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-pg_config=/usr/bin/pg_config
+# The major under test: $PG_CONFIG (Debian's 15 by default). Its client
+# programs come first on PATH, and scripts/cluster.sh follows PG_CONFIG.
+pg_config="${PG_CONFIG:-/usr/bin/pg_config}"
+export PG_CONFIG="$pg_config"
+export PATH="$("$pg_config" --bindir):$PATH"
+major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 libdir=$("$pg_config" --pkglibdir)
 extdir=$("$pg_config" --sharedir)/extension
 install_flags=()
@@ -58,13 +63,16 @@ done
 [ -z "$missing" ] || fail "symbols of $OLD missing from the new library:$missing"
 
 echo "-- installing $OLD"
-if git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+# Released versions build only against PostgreSQL 15 (18 changed APIs they
+# use): on another major, their stored install scripts run beside the
+# current library, which still exports every C symbol they name.
+if [ "$major" = 15 ] && git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
   git worktree add --force --detach "$work/old" "$OLD_COMMIT" >/dev/null 2>&1
   (cd "$work/old" && CARGO_TARGET_DIR="$repo/target" cargo pgrx install --pg-config "$pg_config" "${install_flags[@]}" >/dev/null)
   diff -q "$extdir/segments--$OLD.sql" sql/segments--$OLD.sql >/dev/null \
     || echo "   note: the $OLD script built from $OLD_COMMIT is not byte-identical to sql/segments--$OLD.sql (pgrx orders entities freely)"
 else
-  echo "   notice: commit $OLD_COMMIT is not in this clone's history; using sql/segments--$OLD.sql with the current library"
+  echo "   notice: PostgreSQL $major, or commit $OLD_COMMIT not in this clone's history: using sql/segments--$OLD.sql with the current library"
   $SUDO cp sql/segments--$OLD.sql "$extdir/"
 fi
 
@@ -138,6 +146,12 @@ restore_new
 }
 
 for release in "${RELEASES[@]}"; do
+  if [ "$major" != 15 ] && [ "${release%% *}" = 0.1.0 ]; then
+    # 0.1.0's data can only be made by 0.1.0's own library (the current
+    # one writes 0.2.0's schema), which builds for PostgreSQL 15 only.
+    summary+=("0.1.0 -> $NEW: SKIPPED on PostgreSQL $major (0.1.0 builds only for 15; tested there)")
+    continue
+  fi
   # shellcheck disable=SC2086
   upgrade_from $release
 done
