@@ -6,8 +6,9 @@
 #   2. #[pg_test] tests inside Postgres (cargo pgrx test) and pg_regress
 #      tests (tests/pg_regress) against a cluster started with the preload
 #   3. integration tests (tests/*.rs) that start their own clusters
-# 15 and 18 run everything, with the upgrade test and the pg_upgrade test
-# from 15 to 18; 16 runs layers 2 and the security suite. A major that
+# 15 and 18 run everything with the upgrade test, 16 runs layer 2 and the
+# security suite; then pg_upgrade to 18 (from 15 where PostgreSQL's own
+# pg_upgrade works between the installations here, and from 16). A major that
 # cannot be installed here is reported SKIPPED by name, never as passed.
 # Run it from anywhere: bash scripts/test.sh
 set -euo pipefail
@@ -107,6 +108,25 @@ for major in 15 18 16; do
   fi
 done
 summary+=("PostgreSQL 17: SKIPPED (no PostgreSQL 17 server headers can be installed here; see README, Supported PostgreSQL versions)")
+
+# Major upgrades with pg_upgrade: 15 -> 18 when PostgreSQL's own pg_upgrade
+# works between the two installations here, and 16 -> 18.
+step "pg_upgrade between majors"
+pairs=()
+if [ -x "${pg_configs[18]}" ]; then
+  if probe=$(bash scripts/pg_upgrade_test.sh --probe "${pg_configs[15]}" "${pg_configs[18]}" 2>&1); then
+    pairs+=(15)
+  else
+    summary+=("pg_upgrade 15 -> 18: SKIPPED ($(echo "$probe" | tail -n 1))")
+  fi
+  [ -x "${pg_configs[16]}" ] && pairs+=(16)
+else
+  summary+=("pg_upgrade to 18: SKIPPED (PostgreSQL 18 not installed)")
+fi
+for from in "${pairs[@]}"; do
+  bash scripts/pg_upgrade_test.sh "${pg_configs[$from]}" "${pg_configs[18]}"
+  summary+=("pg_upgrade $from -> 18 with segments: passed")
+done
 
 # The extension installed last must be 15's for the demo and benchmarks.
 cargo pgrx install --pg-config "${pg_configs[15]}" "${install_flags[@]}" >/dev/null

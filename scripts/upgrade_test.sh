@@ -114,27 +114,8 @@ psql "$url dbname=fresh" -X -q -v ON_ERROR_STOP=1 -f scripts/sample_data.sql -v 
 psql "$url dbname=fresh" -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION segments" \
   -c "SELECT segments.register_entity('customer', 'customers', 'id')" \
   -c "SELECT segments.register_related('customer', 'orders', 'orders', 'customer_id', 'ordered_at')" >/dev/null
-# A dump in binary-upgrade mode lists every member of the extension; what
-# depends on the data (OIDs, xids, sequence values, restrict keys) and
-# sections left empty by that filter are dropped before comparing; the
-# dumped tables' filters are compared as a set.
-schema() {
-  pg_dump "$url dbname=$1" --binary-upgrade --schema-only --extension=segments --schema=segments \
-    | grep -vE "binary_upgrade_set|^-- set missing value|relfrozenxid|^WHERE oid = '[0-9]+';$|pg_catalog.setval|^\\\\(un)?restrict " \
-    | sed -E "s/'\\{[0-9,]+\\}'/'{oids}'/" \
-    | python3 -c '
-import re, sys
-text = sys.stdin.read()
-# The filters of the extension'"'"'s dumped tables pair with their OIDs (left
-# out above): a table an update marks comes last, so compare them as a set.
-text = re.sub(r"('"'"'\{oids\}'"'"', '"'"')\{(.*?)\}('"'"', ARRAY)",
-              lambda m: m.group(1) + "{" + ",".join(sorted(m.group(2).split(","))) + "}" + m.group(3), text)
-sections = text.split("\n--\n-- Name: ")
-kept = [s for s in sections[1:] if any(l.strip() and not l.startswith("--") for l in s.split("\n")[2:])]
-print("\n--\n-- Name: ".join(sections[:1] + kept))'
-}
-schema postgres > "$work/schema-updated.sql"
-schema fresh > "$work/schema-fresh.sql"
+bash scripts/schema_of.sh "$url dbname=postgres" > "$work/schema-updated.sql"
+bash scripts/schema_of.sh "$url dbname=fresh" > "$work/schema-fresh.sql"
 if ! diff -u -B "$work/schema-fresh.sql" "$work/schema-updated.sql" > "$work/schema.diff"; then
   head -n 150 "$work/schema.diff"
   fail "the updated schema differs from a fresh install (diff above: - fresh, + updated)"

@@ -111,7 +111,14 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reads a flag the postmaster sets while loading preloads.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         pg::gucs::register_preload();
-        schedule::worker::register();
+        // Not under pg_upgrade (a server started with -b): the worker
+        // would hold a connection to a database pg_upgrade must drop and
+        // create again, and would change data while it is copied.
+        // SAFETY: reads a flag the postmaster sets from its options before
+        // it loads preloads.
+        if !unsafe { pgrx::pg_sys::IsBinaryUpgrade } {
+            schedule::worker::register();
+        }
     }
     pg::gucs::reserve_prefix();
 }
