@@ -128,6 +128,16 @@ for from in "${pairs[@]}"; do
   summary+=("pg_upgrade $from -> 18 with segments: passed")
 done
 
+# Packages a DBA installs without Rust: built (with the dev profile here, to
+# keep CI short; releases use scripts/package.sh's default, release) and
+# installed into each PostgreSQL with no cargo on PATH.
+step "packages: .deb and .tar.gz, installed without Rust"
+packaged=()
+for major in 15 18; do [ -x "${pg_configs[$major]}" ] && packaged+=("${pg_configs[$major]}"); done
+SEGMENTS_PACKAGE_PROFILE=dev bash scripts/package.sh "${packaged[@]}"
+bash scripts/package_test.sh "${packaged[@]}"
+summary+=("packages: $(ls dist/*.deb dist/*.tar.gz 2>/dev/null | xargs -n1 basename | paste -sd ' ') installed and toured without cargo")
+
 # The extension installed last must be 15's for the demo and benchmarks.
 cargo pgrx install --pg-config "${pg_configs[15]}" "${install_flags[@]}" >/dev/null
 
