@@ -61,7 +61,7 @@ for pg_config in "${configs[@]}"; do
     echo "-- PostgreSQL $major: dpkg -i $deb"
     remove_segments "$pg_config"
     env -i PATH="$clean_path" DEBIAN_FRONTEND=noninteractive $SUDO dpkg -i "$deb" >/dev/null 2>&1 || fail "dpkg -i $deb"
-    dpkg -s "postgresql-$major-segments" | grep -q "^Depends: postgresql-$major" || fail "the .deb's Depends"
+    case "$(dpkg -s "postgresql-$major-segments")" in *"Depends: postgresql-$major"*) ;; *) fail "the .deb's Depends" ;; esac
     tour "$pg_config" "$dir"
     env -i PATH="$clean_path" DEBIAN_FRONTEND=noninteractive $SUDO dpkg -r "postgresql-$major-segments" >/dev/null 2>&1
     [ ! -e "$("$pg_config" --pkglibdir)/segments.so" ] || fail "dpkg -r left segments.so behind"
