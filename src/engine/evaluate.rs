@@ -16,6 +16,12 @@ use segments_core::sql::{ident, literal};
 use crate::pg::error::OrRaise;
 use crate::pg::spi::{optional_value, required, spi};
 
+/// Plans whose conditions add up to more SQL than this (about 60
+/// conditions) run without JIT (`txn::without_jit`): LLVM compiles that
+/// much in well under a second, and a cancel during compilation waits for
+/// it to end. Smaller plans use JIT as the session has it.
+const JIT_MAX_SQL: usize = 5_000;
+
 /// Postgres allows 1664 target columns; stay well below.
 const FILTERS_PER_SCAN: usize = 500;
 
@@ -219,6 +225,9 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
 /// caller instead of queried (live apply keeps them between applications).
 pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>) -> LeafValues {
     sync_dictionary(plan);
+    if plan.leaves.iter().map(|leaf| leaf.sql().len()).sum::<usize>() > JIT_MAX_SQL {
+        crate::pg::txn::without_jit();
+    }
     let mut leaves = vec![Members::new(); plan.leaves.len()];
     let filters = plan.filter_leaves();
     let mut all_rows = None;

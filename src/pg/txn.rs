@@ -50,7 +50,7 @@ pub fn current_role() -> pg_sys::Oid {
 
 /// Runs `f` as `role` inside the sandbox: a security-restricted operation
 /// (no SET ROLE, no temporary objects, no deferred work that would later
-/// run as someone else), without JIT, with `search_path = pg_catalog, pg_temp`, so that
+/// run as someone else) with `search_path = pg_catalog, pg_temp`, so that
 /// no function, operator or table a role put in its own schema, in
 /// `public` or in `pg_temp` is ever found by name. Everything run as a
 /// segment's owner, an export's owner or by the worker runs this way.
@@ -80,20 +80,6 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
             0,
             false,
         );
-        // No JIT for what the extension runs: the expressions of a large
-        // definition take LLVM longer to compile than to evaluate, and the
-        // compilation does not stop at a cancel (a 20,000-condition refresh
-        // spent minutes there, deaf to pg_cancel_backend).
-        pg_sys::set_config_option(
-            c"jit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
         // Calendar days (on, is_today, is_anniversary, date windows) follow
         // segments.timezone, never the zone of the session that refreshes.
         let zone = std::ffi::CString::new(crate::pg::gucs::timezone_name()).unwrap_or_default();
@@ -116,6 +102,27 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
     // SAFETY: pops the nest level pushed above (restoring search_path).
     unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
     result
+}
+
+/// Turns JIT off until the sandbox this runs in ends: for the queries of
+/// a wide plan, whose expressions take LLVM longer to compile than to
+/// evaluate, and whose compilation does not stop at a cancel (a
+/// 20,000-condition refresh spent minutes there, deaf to pg_cancel_backend).
+pub fn without_jit() {
+    // SAFETY: sets a user setting at the current GUC nest level, which the
+    // enclosing `sandboxed` pops (restoring it) on success and error alike.
+    unsafe {
+        pg_sys::set_config_option(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Runs `f` as a segment's (or export's) owner in the sandbox. The
