@@ -178,10 +178,6 @@ CREATE FUNCTION segments._segment_track_references() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- A restore brings the usages back from their own table.
-    IF TG_OP = 'INSERT' AND segments._restoring() THEN
-        RETURN NULL;
-    END IF;
     DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
     IF TG_OP <> 'DELETE' THEN
         DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = NEW.id::text;
@@ -195,6 +191,26 @@ $$;
 CREATE TRIGGER segment_track_references
     AFTER INSERT OR UPDATE OF definition OR DELETE ON segments.segment
     FOR EACH ROW EXECUTE FUNCTION segments._segment_track_references();
+
+-- A restore brings the usages back as they were: a usage the trigger above
+-- derived from a restored definition gives way to the dumped row. (A dump
+-- made by 0.2.0 holds no usages of kind 'segment'; those keep the derived
+-- one.)
+CREATE FUNCTION segments._usage_restored() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF segments._restoring() THEN
+        DELETE FROM segments.usage_registry u
+         WHERE u.segment_id = NEW.segment_id AND u.kind = NEW.kind AND u.consumer = NEW.consumer;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER usage_restored
+    BEFORE INSERT ON segments.usage_registry
+    FOR EACH ROW EXECUTE FUNCTION segments._usage_restored();
 
 -- What keeps a segment from being deleted: other segments, exports and
 -- live usages other than sequences (sequence connections stay behind).

@@ -14,8 +14,8 @@ DROP FUNCTION segments._missing_keys(text, text[]);
 -- Changes captured but not applied are kept by pg_dump.
 SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
 
--- Usages of kind 'segment' too, as they were (a restore no longer derives
--- them again from the definitions, with new timestamps).
+-- Usages of kind 'segment' too, as they were (a restore derives them from
+-- the definitions, then the dumped rows replace them, timestamps and all).
 SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
 
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
@@ -242,28 +242,28 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION segments._segment_track_references() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE OR REPLACE FUNCTION segments._usage_restored() RETURNS trigger
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- A restore brings the usages back from their own table.
-    IF TG_OP = 'INSERT' AND segments._restoring() THEN
-        RETURN NULL;
+    IF segments._restoring() THEN
+        DELETE FROM segments.usage_registry u
+         WHERE u.segment_id = NEW.segment_id AND u.kind = NEW.kind AND u.consumer = NEW.consumer;
     END IF;
-    DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = OLD.id::text AND TG_OP <> 'INSERT';
-    IF TG_OP <> 'DELETE' THEN
-        DELETE FROM segments.usage_registry WHERE kind = 'segment' AND consumer = NEW.id::text;
-        INSERT INTO segments.usage_registry (segment_id, kind, consumer)
-        SELECT r, 'segment', NEW.id::text FROM segments._referenced_segments(NEW.definition) AS r;
-    END IF;
-    RETURN NULL;
+    RETURN NEW;
 END
 $$;
 
 -- END GENERATED FUNCTIONS
 
+-- A restore's usages replace the ones derived from restored definitions.
+CREATE TRIGGER usage_restored
+    BEFORE INSERT ON segments.usage_registry
+    FOR EACH ROW EXECUTE FUNCTION segments._usage_restored();
+
 -- ---- privileges ----------------------------------------------------------------
 
 REVOKE EXECUTE ON FUNCTION segments._restoring() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION segments._usage_restored() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION segments._missing_keys(text, text[], oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION segments._restoring() TO segments_reader;

@@ -200,6 +200,52 @@ fn a_restore_brings_back_every_segment() {
             "{mode}: history restored ({versions} versions)"
         );
     }
+    // A dump without the usages of kind 'segment' (as 0.2.0 dumped them):
+    // the restore derives them from the definitions.
+    let segment_usages: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM segments.usage_registry WHERE kind = 'segment'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(segment_usages > 0);
+    let list = Command::new(harness::pg_bin("pg_restore"))
+        .arg("-l")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let list: String = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|line| !line.contains("TABLE DATA segments usage_registry"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let list_file =
+        std::env::temp_dir().join(format!("segments-backup-{}.list", std::process::id()));
+    std::fs::write(&list_file, list).unwrap();
+    admin
+        .batch_execute("CREATE DATABASE restored_without_usages")
+        .unwrap();
+    run(Command::new(harness::pg_bin("pg_restore"))
+        .arg("-1")
+        .arg("-L")
+        .arg(&list_file)
+        .arg("-d")
+        .arg(cluster.url("restored_without_usages"))
+        .arg(&dump));
+    let derived: i64 = cluster
+        .connect("restored_without_usages")
+        .query_one(
+            "SELECT count(*) FROM segments.usage_registry WHERE kind = 'segment'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        derived, segment_usages,
+        "usages of kind segment are derived when the dump has none"
+    );
+    let _ = std::fs::remove_file(&list_file);
     let _ = std::fs::remove_file(&dump);
     eprintln!(
         "restored twice (-1 and --exit-on-error): {} tables, triggers and views compared equal",

@@ -225,7 +225,13 @@ pub fn compute_leaves(plan: &Plan) -> LeafValues {
 /// caller instead of queried (live apply keeps them between applications).
 pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>) -> LeafValues {
     sync_dictionary(plan);
-    if plan.leaves.iter().map(|leaf| leaf.sql().len()).sum::<usize>() > JIT_MAX_SQL {
+    if plan
+        .leaves
+        .iter()
+        .map(|leaf| leaf.sql().len())
+        .sum::<usize>()
+        > JIT_MAX_SQL
+    {
         crate::pg::txn::without_jit();
     }
     let mut leaves = vec![Members::new(); plan.leaves.len()];
