@@ -286,11 +286,12 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Member counts over time, from the refresh history: one point per
--- successful refresh between since and until, or with bucket (hour, day,
--- week, month) one point per bucket: its last count and the entered and
--- exited totals.
+-- successful refresh between since and until (NULL: no upper bound, so the
+-- refreshes of the current transaction, which finish after its now(), are
+-- included), or with bucket (hour, day, week, month) one point per bucket:
+-- its last count and the entered and exited totals.
 CREATE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days',
-                               until timestamptz DEFAULT now(), bucket text DEFAULT NULL)
+                               until timestamptz DEFAULT NULL, bucket text DEFAULT NULL)
 RETURNS TABLE (at timestamptz, member_count bigint, entered bigint, exited bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -303,7 +304,7 @@ BEGIN
         RETURN QUERY
             SELECT r.finished_at, r.member_count, r.entered, r.exited FROM segments.refresh_run r
              WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
-               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+               AND r.finished_at >= trend.since AND (trend.until IS NULL OR r.finished_at <= trend.until)
              ORDER BY r.finished_at;
     ELSE
         RETURN QUERY
@@ -312,7 +313,7 @@ BEGIN
                    sum(r.entered)::bigint, sum(r.exited)::bigint
               FROM segments.refresh_run r
              WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
-               AND r.finished_at >= trend.since AND r.finished_at <= trend.until
+               AND r.finished_at >= trend.since AND (trend.until IS NULL OR r.finished_at <= trend.until)
              GROUP BY 1 ORDER BY 1;
     END IF;
 END

@@ -254,6 +254,35 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days',
+                               until timestamptz DEFAULT NULL, bucket text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, member_count bigint, entered bigint, exited bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[trend.segment]);
+    IF bucket IS NOT NULL AND bucket NOT IN ('hour', 'day', 'week', 'month') THEN
+        RAISE EXCEPTION 'bucket "%" is not hour, day, week or month', bucket USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF bucket IS NULL THEN
+        RETURN QUERY
+            SELECT r.finished_at, r.member_count, r.entered, r.exited FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND (trend.until IS NULL OR r.finished_at <= trend.until)
+             ORDER BY r.finished_at;
+    ELSE
+        RETURN QUERY
+            SELECT date_trunc(bucket, r.finished_at) AS b,
+                   (array_agg(r.member_count ORDER BY r.finished_at DESC))[1],
+                   sum(r.entered)::bigint, sum(r.exited)::bigint
+              FROM segments.refresh_run r
+             WHERE r.segment_id = trend.segment AND r.status = 'succeeded'
+               AND r.finished_at >= trend.since AND (trend.until IS NULL OR r.finished_at <= trend.until)
+             GROUP BY 1 ORDER BY 1;
+    END IF;
+END
+$$;
+
 -- END GENERATED FUNCTIONS
 
 -- A restore's usages replace the ones derived from restored definitions.

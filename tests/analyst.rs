@@ -580,6 +580,28 @@ fn seed_behaviours() {
         )
         .unwrap();
     assert!(per_run.len() >= 4);
+    // A refresh and trend() in one transaction: the refresh finishes after
+    // the transaction's now(), and trend's default upper bound is none.
+    let mut transaction = client.transaction().unwrap();
+    let before: i64 = transaction
+        .query_one(&format!("SELECT count(*) FROM segments.trend({de})"), &[])
+        .unwrap()
+        .get(0);
+    transaction
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{de}::bigint])"
+        ))
+        .unwrap();
+    let after: i64 = transaction
+        .query_one(&format!("SELECT count(*) FROM segments.trend({de})"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        after,
+        before + 1,
+        "trend shows the refresh of its own transaction"
+    );
+    transaction.commit().unwrap();
     assert_eq!(
         code(
             client
