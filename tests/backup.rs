@@ -13,14 +13,6 @@ use harness::Cluster;
 
 const ANCHOR: &str = "2026-11-01";
 
-fn bin(name: &str) -> String {
-    let out = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .expect("pg_config");
-    format!("{}/{name}", String::from_utf8_lossy(&out.stdout).trim())
-}
-
 fn run(command: &mut Command) {
     let output = command
         .output()

@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::Cluster;
+use harness::{sqlstate, Cluster};
 
 const ANCHOR: &str = "2026-11-01";
 
@@ -214,13 +214,6 @@ fn rule_counts_equal_separate_queries() {
         ),
     ];
     assert_eq!(got, expected);
-}
-
-fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {error}"));
-    (db.code().code().to_string(), db.message().to_string())
 }
 
 /// Every refusal has its SQLSTATE, names the culprit, and writes nothing,

@@ -6,16 +6,9 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::Cluster;
+use harness::{sqlstate, Cluster};
 
 const ANCHOR: &str = "2026-11-01";
-
-fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {error}"));
-    (db.code().code().to_string(), db.message().to_string())
-}
 
 fn expect_code(client: &mut postgres::Client, sql: &str, code: &str) -> String {
     let error = client.batch_execute(sql).expect_err(sql);

@@ -6,26 +6,9 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::Cluster;
+use harness::{connect_as, sqlstate, Cluster};
 
 const ANCHOR: &str = "2026-11-01";
-
-fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {error}"));
-    (db.code().code().to_string(), db.message().to_string())
-}
-
-fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
-    postgres::Client::connect(
-        &cluster
-            .url("postgres")
-            .replace("user=postgres", &format!("user={role}")),
-        postgres::NoTls,
-    )
-    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
-}
 
 /// Sample data, the extension, and three roles: alice (editor, owns the
 /// segments under attack), mallory (a hostile editor), rita (a reader).

@@ -8,26 +8,9 @@
 
 mod harness;
 
-use harness::Cluster;
+use harness::{connect_as, sqlstate, Cluster};
 
 const ANCHOR: &str = "2026-11-01";
-
-fn sqlstate(error: &postgres::Error) -> (String, String) {
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {error}"));
-    (db.code().code().to_string(), db.message().to_string())
-}
-
-fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
-    postgres::Client::connect(
-        &cluster
-            .url("postgres")
-            .replace("user=postgres", &format!("user={role}")),
-        postgres::NoTls,
-    )
-    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
-}
 
 /// The sample database with its tables handed to app_owner, and app_owner's
 /// recorder: `app.who` gets a row whenever one of app_owner's functions

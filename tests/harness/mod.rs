@@ -31,6 +31,25 @@ pub fn pg_bin(name: &str) -> String {
     format!("{}/{name}", String::from_utf8_lossy(&output.stdout).trim())
 }
 
+/// A database error's SQLSTATE and message (panics on any other error).
+pub fn sqlstate(error: &postgres::Error) -> (String, String) {
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// A connection to database `postgres` as `role`.
+pub fn connect_as(cluster: &Cluster, role: &str) -> postgres::Client {
+    postgres::Client::connect(
+        &cluster
+            .url("postgres")
+            .replace("user=postgres", &format!("user={role}")),
+        postgres::NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
