@@ -7,7 +7,8 @@ use pgrx::spi::Spi;
 
 use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::spi::{required, spi};
-use crate::pg::txn::{as_role, call_internal, current_role, require_editor, run_internal};
+use crate::pg::authorization::{current_role, require_editor};
+use crate::pg::sandbox::{as_role, call_internal, run_internal};
 
 /// Rewrites one export's target table from its segments' memberships, as
 /// the export's owner. The export row is locked first, so that two
@@ -45,7 +46,7 @@ pub fn rewrite(export: i64) {
         SegmentsError::UndefinedTable(format!("the target table of export {export} (relation {}) no longer exists", target.to_u32()))
             .raise()
     });
-    let view = segments_core::sql::ident(&crate::api::entity::members_view_name(&entity));
+    let view = segments_core::sql::ident(&crate::tables::members_view::members_view_name(&entity));
     let columns = spi(Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.attname), ', ' ORDER BY t.attnum) \
            FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_attribute v ON v.attname OPERATOR(pg_catalog.=) t.attname \
@@ -71,12 +72,12 @@ pub fn rewrite(export: i64) {
 /// export (`status`, `last_error`, `last_written_at`): a failing export
 /// fails alone.
 pub fn rewrite_recorded(export: i64) {
-    if crate::pg::txn::legacy_schema() {
+    if crate::pg::catalog::legacy_schema() {
         rewrite(export);
         return;
     }
     let result =
-        crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
+        crate::pg::subtransaction::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
     let (status, error) = match &result {
         Ok(()) => ("succeeded", None),
         Err(failure) => ("failed", Some(failure.message.clone())),
@@ -112,7 +113,7 @@ pub fn exports_of(segments: &[i64]) -> Vec<i64> {
 #[pg_extern(schema = "segments")]
 fn _rewrite_export(export: i64) {
     rewrite(export);
-    if crate::pg::txn::legacy_schema() {
+    if crate::pg::catalog::legacy_schema() {
         return;
     }
     spi(Spi::run_with_args(

@@ -24,6 +24,7 @@ mod pg;
 mod schedule;
 mod sequence;
 mod suggest;
+mod tables;
 
 #[cfg(feature = "pg_test")]
 mod pg_tests;
@@ -49,16 +50,20 @@ pgrx::extension_sql_file!(
         "roles",
         api::segment::_check_definition,
         api::segment::_check_schedule,
-        pg::txn::_internal_write,
-        pg::gucs::_setting,
-        pg::restore::_restoring,
-        engine::live::_sync_capture
+        api::internal::_internal_write,
+        api::internal::_setting,
+        api::internal::_restoring
     ]
+);
+pgrx::extension_sql_file!(
+    "../sql/live.sql",
+    name = "live",
+    requires = ["lifecycle", api::live::_sync_capture]
 );
 pgrx::extension_sql_file!(
     "../sql/manage.sql",
     name = "manage",
-    requires = ["lifecycle", schedule::next::_next_refresh_epoch]
+    requires = ["lifecycle", api::schedule::_next_refresh_epoch]
 );
 pgrx::extension_sql_file!(
     "../sql/cleanup.sql",
@@ -68,7 +73,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/history.sql",
     name = "history",
-    requires = ["manage", pg::restore::_restoring]
+    requires = ["manage", api::internal::_restoring]
 );
 pgrx::extension_sql_file!(
     "../sql/ddl_events.sql",
@@ -84,8 +89,8 @@ pgrx::extension_sql_file!(
         api::read::_segments_of,
         api::explain::_explain_member,
         api::inspect::_estimate,
-        schedule::pass::_run_due,
-        engine::live::_apply_changes
+        api::schedule::_run_due,
+        api::live::_apply_changes
     ]
 );
 pgrx::extension_sql_file!(

@@ -377,8 +377,8 @@ fn find_similar_impl(
     }
     // The training rows are read as the caller, in the sandbox: RLS and
     // column privileges apply.
-    let rows = crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    let rows = crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         AssertUnwindSafe(|| load(&entity, &features)),
     );
     let population: Members = match target {
@@ -464,14 +464,14 @@ fn find_similar_impl(
         })
         .collect();
     let scores: Vec<f32> = chosen.iter().map(|(_, s)| *s as f32).collect();
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
             "INSERT INTO segments.similarity_score (segment_id, key, score) SELECT $1, k, s FROM unnest($2::text[], $3::real[]) AS x(k, s)",
             &[id.into(), key_texts.into(), scores.into()],
         ));
         crate::engine::refresh::refresh_segments(
             Some(&[id]),
-            crate::engine::refresh::Trigger::Manual,
+            crate::engine::run::RunCause::Manual,
             false,
         )
     }))?;
@@ -501,10 +501,10 @@ fn find_similar_banded(
     include_source: default!(bool, false),
     min_band: default!(Option<&str>, "NULL"),
 ) -> i64 {
-    crate::pg::txn::require_editor("find similar customers");
+    crate::pg::authorization::require_editor("find similar customers");
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             find_similar_impl(source, name, target, size_percent, include_source, min_band)
                 .or_raise()
@@ -534,8 +534,8 @@ fn similarity_banded(
     ),
 > {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             segment_row(segment).or_raise();
             let rows: Vec<(String, f32, Option<String>)> = Spi::connect(|client| {

@@ -173,14 +173,6 @@ fn _connect_members(segments: Vec<i64>) {
     assign(&entered, &HashMap::new());
 }
 
-fn key_type(entity: &str) -> String {
-    optional_value::<String>(
-        "SELECT key_type::text FROM segments.entity WHERE name = $1",
-        &[entity.into()],
-    )
-    .unwrap_or_else(|| "text".into())
-}
-
 /// The keys of `keys` that no row of the entity table visible to `caller`
 /// has, comma-separated (NULL when all exist). A key that is not even of
 /// the key's type is missing. The table is read as `caller`, in the
@@ -209,7 +201,7 @@ pub fn missing_keys(entity: &str, keys: Vec<String>, caller: pg_sys::Oid) -> Opt
         ident(&table.key_column)
     );
     let canonical_keys = canonical(entity, &keys);
-    let found: std::collections::HashSet<String> = crate::pg::txn::as_role(
+    let found: std::collections::HashSet<String> = crate::pg::sandbox::as_role(
         caller,
         std::panic::AssertUnwindSafe(|| {
             Spi::connect(|client| {
@@ -248,10 +240,10 @@ fn canonical(entity: &str, keys: &[String]) -> Vec<String> {
             })
             .collect();
     }
-    let type_sql = key_type(entity);
+    let type_sql = crate::pg::catalog::registered_key_type(entity).sql;
     keys.iter()
         .map(|k| {
-            crate::pg::txn::in_subtransaction(std::panic::AssertUnwindSafe(|| {
+            crate::pg::subtransaction::in_subtransaction(std::panic::AssertUnwindSafe(|| {
                 optional_value::<String>(
                     &format!("SELECT ($1::{type_sql})::text"),
                     &[k.as_str().into()],
@@ -340,11 +332,11 @@ mod tests {
 /// Creates a sales sequence for an entity, owned by the caller.
 #[pg_extern(schema = "segments")]
 fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
-    crate::pg::txn::require_sequence_manager("create sequences");
-    crate::pg::txn::call_internal::<i64>(
+    crate::pg::authorization::require_sequence_manager("create sequences");
+    crate::pg::sandbox::call_internal::<i64>(
         "SELECT segments._create_sequence($1::regrole, $2, $3)",
         vec![
-            crate::pg::txn::current_role().into(),
+            crate::pg::authorization::current_role().into(),
             name.map(str::to_string).into(),
             entity.to_string().into(),
         ],
@@ -355,11 +347,11 @@ fn create_sequence(name: Option<&str>, entity: &str) -> i64 {
 /// Connects segments to a sequence; returns how many were newly connected.
 #[pg_extern(schema = "segments")]
 fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::pg::txn::require_sequence_manager("connect segments to sequences");
-    crate::pg::txn::call_internal::<i32>(
+    crate::pg::authorization::require_sequence_manager("connect segments to sequences");
+    crate::pg::sandbox::call_internal::<i32>(
         "SELECT segments._connect_sequence($1::regrole, $2, $3)",
         vec![
-            crate::pg::txn::current_role().into(),
+            crate::pg::authorization::current_role().into(),
             sequence.into(),
             segments.into(),
         ],
@@ -370,11 +362,11 @@ fn connect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// Disconnects segments from a sequence; records already connected stay.
 #[pg_extern(schema = "segments")]
 fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
-    crate::pg::txn::require_sequence_manager("disconnect segments from sequences");
-    crate::pg::txn::call_internal::<i32>(
+    crate::pg::authorization::require_sequence_manager("disconnect segments from sequences");
+    crate::pg::sandbox::call_internal::<i32>(
         "SELECT segments._disconnect_sequence($1::regrole, $2, $3)",
         vec![
-            crate::pg::txn::current_role().into(),
+            crate::pg::authorization::current_role().into(),
             sequence.into(),
             segments.into(),
         ],
@@ -387,22 +379,22 @@ fn disconnect_sequence(sequence: i64, segments: Option<Vec<i64>>) -> i32 {
 /// otherwise.
 #[pg_extern(schema = "segments")]
 fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
-    crate::pg::txn::require_sequence_manager("connect records to sequences");
+    crate::pg::authorization::require_sequence_manager("connect records to sequences");
     let relation = crate::pg::spi::optional_value::<pg_sys::Oid>(
         "SELECT e.relation::oid FROM segments.sequence q JOIN segments.entity e ON e.name OPERATOR(pg_catalog.=) q.entity \
           WHERE q.id OPERATOR(pg_catalog.=) $1",
         &[sequence.into()],
     );
     if let Some(relation) = relation {
-        crate::pg::txn::require_select(
+        crate::pg::authorization::require_select(
             relation,
             &format!("the entity table of sequence {sequence}"),
         );
     }
-    crate::pg::txn::call_internal::<i32>(
+    crate::pg::sandbox::call_internal::<i32>(
         "SELECT segments._connect_records($1::regrole, $2, $3)",
         vec![
-            crate::pg::txn::current_role().into(),
+            crate::pg::authorization::current_role().into(),
             sequence.into(),
             keys.into(),
         ],
@@ -414,10 +406,10 @@ fn connect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
 /// nobody new and keeps the records it has. Returns whether it changed.
 #[pg_extern(schema = "segments")]
 fn activate_sequence(sequence: i64) -> bool {
-    crate::pg::txn::require_sequence_manager("activate sequences");
-    crate::pg::txn::call_internal::<bool>(
+    crate::pg::authorization::require_sequence_manager("activate sequences");
+    crate::pg::sandbox::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'active')",
-        vec![crate::pg::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::authorization::current_role().into(), sequence.into()],
     )
     .unwrap_or(false)
 }
@@ -425,10 +417,10 @@ fn activate_sequence(sequence: i64) -> bool {
 /// Deactivates a sequence (see `activate_sequence`).
 #[pg_extern(schema = "segments")]
 fn deactivate_sequence(sequence: i64) -> bool {
-    crate::pg::txn::require_sequence_manager("deactivate sequences");
-    crate::pg::txn::call_internal::<bool>(
+    crate::pg::authorization::require_sequence_manager("deactivate sequences");
+    crate::pg::sandbox::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'inactive')",
-        vec![crate::pg::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::authorization::current_role().into(), sequence.into()],
     )
     .unwrap_or(false)
 }
@@ -436,21 +428,21 @@ fn deactivate_sequence(sequence: i64) -> bool {
 /// Drops a sequence with its segment connections and connected records.
 #[pg_extern(schema = "segments")]
 fn drop_sequence(sequence: i64) {
-    crate::pg::txn::require_sequence_manager("drop sequences");
-    crate::pg::txn::run_internal(
+    crate::pg::authorization::require_sequence_manager("drop sequences");
+    crate::pg::sandbox::run_internal(
         "SELECT segments._drop_sequence($1::regrole, $2)",
-        vec![crate::pg::txn::current_role().into(), sequence.into()],
+        vec![crate::pg::authorization::current_role().into(), sequence.into()],
     );
 }
 
 /// Disconnects records from a sequence; returns how many were connected.
 #[pg_extern(schema = "segments")]
 fn disconnect_records(sequence: i64, keys: Option<Vec<String>>) -> i32 {
-    crate::pg::txn::require_sequence_manager("disconnect records from sequences");
-    crate::pg::txn::call_internal::<i32>(
+    crate::pg::authorization::require_sequence_manager("disconnect records from sequences");
+    crate::pg::sandbox::call_internal::<i32>(
         "SELECT segments._disconnect_records($1::regrole, $2, $3)",
         vec![
-            crate::pg::txn::current_role().into(),
+            crate::pg::authorization::current_role().into(),
             sequence.into(),
             keys.into(),
         ],

@@ -349,8 +349,8 @@ fn suggest(
     ),
 > {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let rows = suggest_impl(entity, measure, influencing, max_segments).or_raise();
             TableIterator::new(rows.into_iter().map(|(d, m, a, l)| (JsonB(d), m, a, l)))

@@ -7,12 +7,9 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::{JsonB, PgRelation};
 
-use segments_core::bitmap::key_of;
 use segments_core::catalog::{Catalog, KeyKind, Table};
-use segments_core::compile::Planner;
-use segments_core::sql::{ident, literal};
 
-use crate::engine::evaluate::{reference_time_sql, stored_members};
+use crate::engine::evaluate::reference_time_sql;
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
 use crate::pg::spi::spi;
@@ -39,85 +36,6 @@ fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
             column,
             table.column_names(),
         ))
-}
-
-fn key_type_oid(relation: pg_sys::Oid, column: &str) -> (pg_sys::Oid, String) {
-    let row = Spi::get_two_with_args::<pg_sys::Oid, String>(
-        "SELECT atttypid, format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
-         WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-        &[relation.into(), column.into()],
-    );
-    let (oid, type_sql) = spi(row);
-    (
-        oid.unwrap_or(pg_sys::InvalidOid),
-        type_sql.unwrap_or_default(),
-    )
-}
-
-pub fn members_view_name(entity: &str) -> String {
-    format!("{entity}_members")
-}
-
-/// `segments.<entity>_members`: segment_id, segment_name, then every column
-/// of the entity table. `security_invoker` makes the reader's own
-/// privileges on the entity table apply.
-pub(crate) fn members_view_sql(
-    entity: &str,
-    table: &Table,
-    key_column: &str,
-    key_kind: KeyKind,
-    key_type_sql: &str,
-) -> String {
-    let join = match key_kind {
-        KeyKind::Integer => format!(
-            "JOIN {} e ON e.{} = m.position",
-            table.relation_sql,
-            ident(key_column)
-        ),
-        KeyKind::Dictionary => format!(
-            "JOIN segments.entity_key k ON k.entity = {} AND k.position = m.position\n  \
-             JOIN {} e ON e.{} = k.key::{key_type_sql}",
-            literal(entity),
-            table.relation_sql,
-            ident(key_column)
-        ),
-    };
-    format!(
-        "CREATE VIEW segments.{} WITH (security_invoker = true) AS\n\
-         SELECT s.id AS segment_id, s.name AS segment_name, e.*\n  \
-         FROM segments.segment s\n  \
-         JOIN segments.membership b ON b.segment_id = s.id\n  \
-         CROSS JOIN LATERAL segments.bitmap_positions(b.members) AS m(position)\n  \
-         {join}\n WHERE s.entity = {}",
-        ident(&members_view_name(entity)),
-        literal(entity)
-    )
-}
-
-/// Comments on a members view and every column of it.
-pub(crate) fn comment_members_view(entity: &str, table: &Table) {
-    let view = format!("segments.{}", ident(&members_view_name(entity)));
-    let mut sql = format!(
-        "COMMENT ON VIEW {view} IS {};\n\
-         COMMENT ON COLUMN {view}.segment_id IS 'The segment.';\n\
-         COMMENT ON COLUMN {view}.segment_name IS 'The segment''s name.';\n",
-        literal(&format!(
-            "Members of the segments of entity {entity}: segment_id, segment_name, then every column of {} \
-             (security_invoker: you see the rows you may SELECT).",
-            table.relation_sql
-        ))
-    );
-    for column in &table.columns {
-        sql.push_str(&format!(
-            "COMMENT ON COLUMN {view}.{} IS {};\n",
-            ident(&column.name),
-            literal(&format!(
-                "Column {} of {}.",
-                column.name, table.relation_sql
-            ))
-        ));
-    }
-    spi(Spi::run(&sql));
 }
 
 fn register_entity_impl(
@@ -152,7 +70,9 @@ fn register_entity_impl(
         ))
         .into());
     }
-    let (type_oid, key_type_sql) = key_type_oid(relation, key_column);
+    let key_type = crate::pg::catalog::column_type(relation, key_column)
+        .expect("the key column was found above");
+    let (type_oid, key_type_sql) = (key_type.oid, key_type.sql);
     let key_kind = KeyKind::for_type(type_oid.to_u32()).ok_or_else(|| {
         SegmentsError::InvalidParameter(format!(
             "key column \"{key_column}\" is of type {key_type_sql}; keys must be integer, bigint, smallint, uuid or text"
@@ -171,19 +91,8 @@ fn register_entity_impl(
         ],
     ));
     // Compiling the eligible condition checks it against the columns.
-    Planner::new(&SpiCatalog, entity, "entity", &reference_time_sql())?;
-    spi(Spi::run(&members_view_sql(
-        entity,
-        &table,
-        key_column,
-        key_kind,
-        &key_type_sql,
-    )));
-    comment_members_view(entity, &table);
-    spi(Spi::run(&format!(
-        "GRANT SELECT ON segments.{} TO segments_reader, segments_editor, segments_admin",
-        ident(&members_view_name(entity))
-    )));
+    crate::engine::plan::planner(entity, &reference_time_sql())?;
+    crate::tables::members_view::create_members_view(entity, &table, key_column, key_kind);
     if let Some(warning) = crate::engine::citus::entity_warning(
         &table.relation_sql,
         key_column,
@@ -205,10 +114,10 @@ fn register_entity(
     key_column: &str,
     eligible: default!(Option<JsonB>, "NULL"),
 ) {
-    crate::pg::txn::require_admin("register entities");
-    crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    crate::pg::authorization::require_admin("register entities");
+    crate::pg::authorization::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
         register_entity_impl(entity, relation, key_column, eligible.map(|j| j.0))
     }))
     .or_raise()
@@ -280,10 +189,10 @@ fn register_related(
     foreign_key: &str,
     time_column: default!(Option<&str>, "NULL"),
 ) {
-    crate::pg::txn::require_admin("register related tables");
-    crate::pg::txn::require_select(relation.oid(), &format!("table {}", relation.name()));
+    crate::pg::authorization::require_admin("register related tables");
+    crate::pg::authorization::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
         register_related_impl(entity, name, relation, foreign_key, time_column)
     }))
     .or_raise()
@@ -303,10 +212,7 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
             "Delete those segments first with segments.delete().".into(),
         )));
     }
-    spi(Spi::run(&format!(
-        "DROP VIEW IF EXISTS segments.{}",
-        ident(&members_view_name(entity))
-    )));
+    crate::tables::members_view::drop_members_view(entity);
     crate::engine::citus::drop_key_replica(entity);
     spi(Spi::run_with_args(
         "DELETE FROM segments.entity WHERE name = $1",
@@ -318,59 +224,8 @@ fn unregister_entity_impl(entity: &str) -> Result<(), Reported> {
 /// Removes an entity registration; refused while segments use it.
 #[pg_extern(schema = "segments")]
 fn unregister_entity(entity: &str) {
-    crate::pg::txn::require_admin("unregister entities");
-    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_entity_impl(entity))).or_raise()
-}
-
-/// The bitmap positions of a segment's members (integer keys are their own
-/// positions).
-#[pg_extern(schema = "segments", stable, parallel_safe)]
-fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
-    let members = stored_members(segment);
-    SetOfIterator::new(members.into_iter().map(key_of))
-}
-
-/// The positions in a serialized bitmap. The members views join these to
-/// the entity table: a pure function of its argument, it gives the same
-/// answer wherever it runs, which on Citus is on the workers, next to the
-/// shards, with the bitmap shipped to them.
-#[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
-fn bitmap_positions(bitmap: &[u8]) -> SetOfIterator<'static, i64> {
-    let members =
-        segments_core::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::pg::error::corrupt(e));
-    SetOfIterator::new(members.into_iter().map(key_of))
-}
-
-thread_local! {
-    /// (entity, role, local transaction) -> may read: the key dictionary's
-    /// row-level policy asks once per row.
-    static READABLE: std::cell::RefCell<Option<(String, pg_sys::Oid, u32, bool)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Whether the current role may SELECT an entity's table: the row-level
-/// policy of `segments.entity_key`, so that keys are readable only by
-/// roles that could read them from the table itself.
-#[pg_extern(schema = "segments", stable, parallel_safe)]
-fn _can_read_entity(entity: &str) -> bool {
-    let role = crate::pg::txn::current_role();
-    let transaction = crate::pg::versions::local_transaction_id();
-    let cached = READABLE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(e, r, t, _)| e == entity && *r == role && *t == transaction)
-            .map(|(_, _, _, ok)| *ok)
-    });
-    if let Some(ok) = cached {
-        return ok;
-    }
-    let ok = crate::pg::spi::optional_value::<bool>(
-        "SELECT pg_catalog.has_table_privilege(relation::oid, 'SELECT') FROM segments.entity \
-          WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.into()],
-    )
-    .unwrap_or(false);
-    READABLE.with(|c| *c.borrow_mut() = Some((entity.to_string(), role, transaction, ok)));
-    ok
+    crate::pg::authorization::require_admin("unregister entities");
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| unregister_entity_impl(entity))).or_raise()
 }
 
 fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
@@ -407,7 +262,7 @@ fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
 /// dropped); refused while segments read it.
 #[pg_extern(schema = "segments")]
 fn unregister_related(entity: &str, name: &str) {
-    crate::pg::txn::require_admin("unregister related tables");
-    crate::pg::txn::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name)))
+    crate::pg::authorization::require_admin("unregister related tables");
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| unregister_related_impl(entity, name)))
         .or_raise()
 }

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use segments_core::bitmap::position_of;
 use segments_core::catalog::{Catalog, Entity, KeyKind};
-use segments_core::compile::Planner;
 use segments_core::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
 use segments_core::sql::{ident, literal, op};
 
@@ -62,7 +61,7 @@ impl Probe<'_> {
             return Ok(false);
         };
         let definition = Definition::parse(&json!({"entity": self.entity.name, "rules": rules}))?;
-        let mut planner = Planner::new(&SpiCatalog, &self.entity.name, "entity", &self.reference)?;
+        let mut planner = crate::engine::plan::planner(&self.entity.name, &self.reference)?;
         planner.restrict_to(self.keys_sql.clone());
         let mut compiled = planner.add(&definition, Some(self.segment))?;
         let plan = planner.finish(&mut [&mut compiled]);
@@ -92,7 +91,7 @@ impl Probe<'_> {
             ),
             ConditionKind::Related(test) => {
                 let mut planner =
-                    Planner::new(&SpiCatalog, &self.entity.name, "entity", &self.reference)?;
+                    crate::engine::plan::planner(&self.entity.name, &self.reference)?;
                 planner.restrict_to(self.keys_sql.clone());
                 optional_value::<String>(&planner.related_value_sql(&condition.path, test)?, &[])
             }
@@ -173,11 +172,7 @@ impl Probe<'_> {
 
 /// The key's bitmap position (None: never seen) and the restriction SQL.
 fn locate(entity: &Entity, key: &str) -> Result<(Option<u64>, String), Reported> {
-    let type_sql = optional_value::<String>(
-        "SELECT pg_catalog.format_type(key_type, NULL) FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.name.as_str().into()],
-    )
-    .unwrap_or_else(|| "text".into());
+    let type_sql = crate::pg::catalog::registered_key_type(&entity.name).sql;
     let keys_sql = format!("ARRAY[{}::{type_sql}]", literal(key));
     let position = match entity.key_kind {
         KeyKind::Integer => Some(position_of(key.trim().parse::<i64>().map_err(|_| {
@@ -283,8 +278,8 @@ fn _explain_member(
 > {
     // As the caller, in the sandbox: values are read with the caller's
     // privileges (row-level security included).
-    let rows = crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    let rows = crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         AssertUnwindSafe(|| explain_member_rows(segment, key)),
     )
     .or_raise();

@@ -104,8 +104,8 @@ fn members_at(
     segment: i64,
     at: pgrx::datum::TimestampWithTimeZone,
 ) -> SetOfIterator<'static, String> {
-    let keys = crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    let keys = crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         AssertUnwindSafe(|| members_at_impl(segment, at)),
     )
     .or_raise();
@@ -147,17 +147,8 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
     .expect("create_segment returns an id");
     // The copy's membership is the source's, as of now.
     let count = members.len() as i64;
-    crate::pg::txn::privileged(AssertUnwindSafe(|| {
-        spi(Spi::run_with_args(
-            "INSERT INTO segments.membership (segment_id, members, member_count, refreshed_at) \
-             SELECT $1, members, member_count, pg_catalog.now() FROM segments.membership WHERE segment_id OPERATOR(pg_catalog.=) $2",
-            &[id.into(), segment.into()],
-        ));
-        spi(Spi::run_with_args(
-            "UPDATE segments.segment SET status = 'succeeded', member_count = $2, last_refreshed_at = pg_catalog.now(), \
-             needs_refresh = false WHERE id OPERATOR(pg_catalog.=) $1",
-            &[id.into(), count.into()],
-        ));
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+        crate::engine::store::copy_membership(segment, id, count)
     }));
     Ok(id)
 }
@@ -166,9 +157,9 @@ fn freeze_impl(segment: i64, name: &str) -> Result<i64, Reported> {
 /// its id.
 #[pg_extern(schema = "segments")]
 fn freeze(segment: i64, name: &str) -> i64 {
-    crate::pg::txn::require_editor("freeze segments");
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::authorization::require_editor("freeze segments");
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         AssertUnwindSafe(|| freeze_impl(segment, name)),
     )
     .or_raise()

@@ -75,8 +75,8 @@ fn rule_counts(
     ),
 > {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let (definition, counts) = segment_definition(segment).or_raise();
             if let Some(counts) = counts {
@@ -147,8 +147,8 @@ fn _estimate(
 > {
     let definition = segments_core::definition::parse_json_text(definition).or_raise();
     rows(
-        crate::pg::txn::as_role(
-            crate::pg::txn::current_role(),
+        crate::pg::sandbox::as_role(
+            crate::pg::authorization::current_role(),
             AssertUnwindSafe(|| estimate_counts(&definition)),
         )
         .or_raise(),
@@ -172,8 +172,8 @@ fn estimate(
 > {
     let definition = definition.0;
     rows(
-        crate::pg::txn::as_role(
-            crate::pg::txn::current_role(),
+        crate::pg::sandbox::as_role(
+            crate::pg::authorization::current_role(),
             AssertUnwindSafe(|| estimate_counts(&definition)),
         )
         .or_raise(),
@@ -184,8 +184,8 @@ fn estimate(
 #[pg_extern(schema = "segments", stable)]
 fn explain(segment: i64) -> String {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let (definition, _) = segment_definition(segment).or_raise();
             let (parsed, plan, _) = compile_definition(

@@ -140,8 +140,8 @@ fn _segments_of(
     key: &str,
 ) -> TableIterator<'static, (name!(segment_id, i64), name!(name, String))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let entity = entity_named(entity).or_raise();
             let Some(position) = position_of_key(&entity, key).or_raise() else {
@@ -199,8 +199,8 @@ fn first_keys(entity: &segments_core::catalog::Entity, members: &Members, n: usi
 #[pg_extern(schema = "segments", stable)]
 fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             if n < 0 {
                 SegmentsError::InvalidParameter(format!("n must be 0 or more, not {n}")).raise();
@@ -234,8 +234,8 @@ fn overlap(
     b: i64,
 ) -> TableIterator<'static, (name!(only_a, i64), name!(both, i64), name!(only_b, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let (entity_a, entity_b) = (segment_entity(a).or_raise(), segment_entity(b).or_raise());
             if entity_a.name != entity_b.name {
@@ -283,8 +283,8 @@ pub fn portable_bytes(members: &Members) -> Vec<u8> {
 #[pg_extern(schema = "segments", stable)]
 fn bitmap(segment: i64) -> Vec<u8> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             segment_entity(segment).or_raise();
             portable_bytes(&stored_members(segment))
@@ -303,8 +303,8 @@ fn attribute_values(
     n: default!(i32, 50),
 ) -> TableIterator<'static, (name!(value, String), name!(rows, i64))> {
     // Runs as the caller, in the sandbox (fixed search_path).
-    crate::pg::txn::as_role(
-        crate::pg::txn::current_role(),
+    crate::pg::sandbox::as_role(
+        crate::pg::authorization::current_role(),
         std::panic::AssertUnwindSafe(|| {
             let entity = entity_named(entity).or_raise();
             if entity.table.column(attribute).is_none() {
@@ -357,4 +357,23 @@ mod tests {
         let read = roaring::RoaringTreemap::deserialize_from(&portable_bytes(&large)[..]).unwrap();
         assert_eq!(read, large);
     }
+}
+
+/// The bitmap positions of a segment's members (integer keys are their own
+/// positions).
+#[pg_extern(schema = "segments", stable, parallel_safe)]
+fn member_positions(segment: i64) -> SetOfIterator<'static, i64> {
+    let members = stored_members(segment);
+    SetOfIterator::new(members.into_iter().map(key_of))
+}
+
+/// The positions in a serialized bitmap. The members views join these to
+/// the entity table: a pure function of its argument, it gives the same
+/// answer wherever it runs, which on Citus is on the workers, next to the
+/// shards, with the bitmap shipped to them.
+#[pg_extern(schema = "segments", immutable, parallel_safe, strict)]
+fn bitmap_positions(bitmap: &[u8]) -> SetOfIterator<'static, i64> {
+    let members =
+        segments_core::bitmap::deserialize(bitmap).unwrap_or_else(|e| crate::pg::error::corrupt(e));
+    SetOfIterator::new(members.into_iter().map(key_of))
 }

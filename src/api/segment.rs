@@ -114,7 +114,7 @@ mod tests {
 /// back to the setting `segments.max_active_segments`.
 #[pg_extern(schema = "segments")]
 fn set_limit(max_active: Option<i32>) {
-    crate::pg::txn::require_admin("change the active-segment limit");
+    crate::pg::authorization::require_admin("change the active-segment limit");
     if let Some(limit) = max_active {
         if limit < 1 {
             crate::pg::error::SegmentsError::InvalidParameter(format!(
@@ -123,7 +123,7 @@ fn set_limit(max_active: Option<i32>) {
             .raise();
         }
     }
-    crate::pg::txn::run_internal(
+    crate::pg::sandbox::run_internal(
         "INSERT INTO segments.limits (singleton, max_active_segments) VALUES (true, $1) \
          ON CONFLICT (singleton) DO UPDATE SET max_active_segments = EXCLUDED.max_active_segments",
         vec![max_active.into()],
@@ -145,7 +145,7 @@ fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> 
     if ids.is_empty() {
         return 0;
     }
-    crate::pg::txn::require_editor("change segment owners");
+    crate::pg::authorization::require_editor("change segment owners");
     // The checks run as the caller, so that they see the caller's role.
     for sql in [
         "SELECT segments._require_segments($1)",
@@ -155,7 +155,7 @@ fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> 
         crate::pg::spi::spi(pgrx::spi::Spi::run_with_args(sql, &[ids.clone().into()]));
     }
     // SAFETY: is_member_of_role reads the role graph; both oids are roles.
-    if !unsafe { pg_sys::is_member_of_role(crate::pg::txn::current_role(), owner) } {
+    if !unsafe { pg_sys::is_member_of_role(crate::pg::authorization::current_role(), owner) } {
         let name =
             crate::pg::spi::optional_value::<String>("SELECT $1::regrole::text", &[owner.into()])
                 .unwrap_or_default();
@@ -164,7 +164,7 @@ fn set_owner(segments: Option<Vec<Option<i64>>>, owner: Option<pg_sys::Oid>) -> 
         ))
         .raise();
     }
-    crate::pg::txn::call_internal::<i32>(
+    crate::pg::sandbox::call_internal::<i32>(
         "WITH changed AS (UPDATE segments.segment s SET owner = $2::regrole
             WHERE s.id OPERATOR(pg_catalog.=) ANY ($1) AND s.owner OPERATOR(pg_catalog.<>) $2::regrole RETURNING 1)
          SELECT pg_catalog.count(*)::integer FROM changed",

@@ -6,7 +6,8 @@
 
 use pgrx::prelude::*;
 
-use crate::pg::txn::{require_editor, run_internal};
+use crate::pg::authorization::require_editor;
+use crate::pg::sandbox::run_internal;
 
 /// Records that `consumer` uses a segment; `live` false does not keep it in use.
 #[pg_extern(schema = "segments")]

@@ -274,7 +274,7 @@ pub fn sync_key_replica(entity: &Entity) {
     let Some(replica) = entity.key_replica.as_deref() else {
         return;
     };
-    crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+    crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
         crate::engine::evaluate::lock_verified(entity);
         lock_and_ensure(entity, replica);
         let key = ident(&entity.key_column);
@@ -317,7 +317,7 @@ pub fn sync_key_replica(entity: &Entity) {
 /// worker, and DDL on distributed tables is best done by a user's session.
 pub fn prepare_key_replica(entity: &Entity) {
     if let Some(replica) = entity.key_replica.as_deref() {
-        crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+        crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
             lock_and_ensure(entity, replica)
         }));
     }

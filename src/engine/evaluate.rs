@@ -128,7 +128,7 @@ pub fn sync_dictionary(plan: &Plan) {
     // only by roles that may read the entity table (its RLS policy). The
     // table is locked and its key column checked first: the extension
     // never runs a function, cast or operator of the table's owner.
-    let (too_long, example) = crate::pg::txn::privileged(std::panic::AssertUnwindSafe(|| {
+    let (too_long, example) = crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
         lock_verified(&plan.entity);
         let row = Spi::get_two::<i64, String>(&sql);
         spi(row)
@@ -232,7 +232,7 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         .sum::<usize>()
         > JIT_MAX_SQL
     {
-        crate::pg::txn::without_jit();
+        crate::pg::sandbox::without_jit();
     }
     let mut leaves = vec![Members::new(); plan.leaves.len()];
     let filters = plan.filter_leaves();

@@ -1,11 +1,24 @@
-//! The engine: running what segments-core plans. Evaluating leaves into
-//! bitmaps inside the scan (`rb_agg`), refreshing and storing memberships,
-//! capturing changes and applying them to live segments, and keeping Citus
-//! placements right.
+//! The engine: running what segments-core plans, by stage.
+//!
+//! - `run`: what a run is (target, cause, status, outcome);
+//! - `plan`: compiling segments into one plan;
+//! - `evaluate` (with `aggregate`'s `rb_agg`): computing a plan's leaves
+//!   inside the scan, and segments over them;
+//! - `store`: writing memberships, statuses, runs and changes, then
+//!   `after_change`, where every consumer of membership changes plugs in;
+//! - `refresh` and `live`: the two orchestrations (every row, or just the
+//!   changed ones);
+//! - `citus`: keeping Citus placements right.
+//!
+//! Dependencies point one way: refresh and live use plan, evaluate and
+//! store; store uses evaluate; nothing below imports refresh or live
+//! (`scripts/module_cycles.py` checks it).
 
 pub mod aggregate;
-pub mod capture;
 pub mod citus;
 pub mod evaluate;
 pub mod live;
+pub mod plan;
 pub mod refresh;
+pub mod run;
+pub mod store;

@@ -235,3 +235,78 @@ fn names(sql: &str) -> Vec<String> {
             .collect()
     })
 }
+thread_local! {
+    static SCHEMA_VERSION: std::cell::RefCell<Option<(u32, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the database's schema is older than this library (a new build
+/// installed before `ALTER EXTENSION segments UPDATE`): the library then
+/// leaves the columns the update adds alone, so the old schema keeps
+/// working until the update.
+pub fn legacy_schema() -> bool {
+    let transaction = crate::pg::versions::local_transaction_id();
+    let cached = SCHEMA_VERSION.with(|v| {
+        v.borrow()
+            .as_ref()
+            .filter(|(t, _)| *t == transaction)
+            .map(|(_, v)| v.clone())
+    });
+    let version = cached.unwrap_or_else(|| {
+        let version = crate::pg::spi::optional_value::<String>(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'segments'",
+            &[],
+        )
+        .unwrap_or_default();
+        SCHEMA_VERSION.with(|v| *v.borrow_mut() = Some((transaction, version.clone())));
+        version
+    });
+    version == "0.1.0"
+}
+
+
+/// A type as the catalog names it: its oid and its SQL spelling
+/// (`format_type`, schema-qualified where the search path would need it).
+pub struct TypeName {
+    pub oid: pgrx::pg_sys::Oid,
+    pub sql: String,
+}
+
+/// The first row's (oid, text) of a query, if it returns a row.
+fn type_row(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<TypeName> {
+    pgrx::spi::Spi::connect(|client| {
+        let table = spi(client.select(sql, Some(1), args));
+        if table.is_empty() {
+            return None;
+        }
+        let row = table.first();
+        Some(TypeName {
+            oid: spi(row.get::<pgrx::pg_sys::Oid>(1))?,
+            sql: spi(row.get::<String>(2))?,
+        })
+    })
+}
+
+/// The key type an entity was registered with (`segments.entity.key_type`);
+/// text when the entity is unknown. The one place it is read.
+pub fn registered_key_type(entity: &str) -> TypeName {
+    type_row(
+        "SELECT key_type::pg_catalog.oid, pg_catalog.format_type(key_type, NULL) FROM segments.entity \
+          WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    )
+    .unwrap_or_else(|| TypeName {
+        oid: pgrx::pg_sys::TEXTOID,
+        sql: "text".into(),
+    })
+}
+
+/// The type of a column of a relation now, with its modifier (None: no
+/// such column).
+pub fn column_type(relation: pgrx::pg_sys::Oid, column: &str) -> Option<TypeName> {
+    type_row(
+        "SELECT atttypid, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
+          WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attname OPERATOR(pg_catalog.=) $2 \
+            AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+        &[relation.into(), column.into()],
+    )
+}

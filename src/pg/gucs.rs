@@ -302,11 +302,9 @@ pub fn unused_after() -> String {
     text_or(&UNUSED_AFTER, DEFAULT_UNUSED_AFTER)
 }
 
-/// The effective value of a setting SQL functions read: calling it loads
-/// the library, so the setting exists and its default comes from here, not
-/// from a copy in SQL. Only settings SQL needs are readable this way.
-#[pgrx::pg_extern(schema = "segments", stable)]
-fn _setting(name: &str) -> String {
+/// The effective value of a setting SQL reads (`segments._setting`); only
+/// the settings SQL needs are readable this way.
+pub fn sql_visible(name: &str) -> String {
     match name {
         "segments.max_active_segments" => MAX_ACTIVE_SEGMENTS.get().to_string(),
         "segments.unused_after" => unused_after(),

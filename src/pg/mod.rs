@@ -1,12 +1,16 @@
 //! What binds segments to PostgreSQL, beneath every other room: errors
-//! raised as Postgres errors, SPI helpers, the real catalog, transactions
-//! and the owner sandbox, the `segments.*` settings, and telling a restore
-//! from a user's write.
+//! raised as Postgres errors (`error`), SPI helpers (`spi`), the real
+//! catalog (`catalog`), who may do what (`authorization`), the owner
+//! sandbox (`sandbox`), subtransactions (`subtransaction`), the
+//! `segments.*` settings (`gucs`), telling a restore from a user's write
+//! (`restore`), and what differs between PostgreSQL majors (`versions`).
 
+pub mod authorization;
 pub mod catalog;
 pub mod error;
 pub mod gucs;
 pub mod restore;
 pub mod spi;
-pub mod txn;
+pub mod sandbox;
+pub mod subtransaction;
 pub mod versions;

@@ -15,7 +15,6 @@
 //! An editor's `COPY segments.segment FROM` is an ordinary write.
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::PgList;
 
 /// Whether the current statement is a superuser's `COPY segments.<table>
@@ -62,11 +61,4 @@ pub fn restoring() -> bool {
             && schema != pg_sys::InvalidOid
             && pg_sys::get_rel_namespace(relation) == schema
     }
-}
-
-/// `restoring()` for the lifecycle triggers (sql/lifecycle.sql,
-/// sql/history.sql).
-#[pg_extern(schema = "segments", volatile, parallel_unsafe)]
-fn _restoring() -> bool {
-    restoring()
 }

@@ -3,7 +3,6 @@
 //! segments-core's `schedule::next_refresh`.
 
 use chrono::{DateTime, Utc};
-use pgrx::prelude::*;
 
 use segments_core::schedule::{next_refresh, parse_cron, Due};
 
@@ -22,9 +21,8 @@ fn epoch(at: DateTime<Utc>) -> f64 {
 }
 
 /// When a segment is next refreshed by the scheduler, as Unix epoch
-/// seconds (NULL: never).
-#[pg_extern(schema = "segments", stable)]
-fn _next_refresh_epoch(
+/// seconds (None: never); `segments._next_refresh_epoch`.
+pub fn next_refresh_epoch(
     r#type: &str,
     state: &str,
     schedule: Option<&str>,

@@ -17,11 +17,12 @@ use pgrx::spi::Spi;
 
 use segments_core::schedule::{parse_cron, Schedule};
 
-use crate::engine::refresh::{refresh_segments, Trigger};
+use crate::engine::refresh::refresh_segments;
+use crate::engine::run::{RunCause, RunStatus};
 use crate::pg::error::{OrRaise, Raise, SegmentsError};
 use crate::pg::gucs;
 use crate::pg::spi::{required, spi};
-use crate::pg::txn::writing_transaction;
+use crate::pg::subtransaction::writing_transaction;
 use crate::schedule::next::system_cron;
 
 fn from_epoch(seconds: f64) -> DateTime<Utc> {
@@ -179,11 +180,11 @@ pub struct Due {
 impl Due {
     /// Groups of segments that share a plan (entity and owner), each with
     /// its trigger: the worker commits after each group.
-    pub fn groups(&self) -> Vec<(Vec<i64>, Trigger)> {
+    pub fn groups(&self) -> Vec<(Vec<i64>, RunCause)> {
         let mut out = Vec::new();
         for (ids, trigger) in [
-            (&self.by_system, Trigger::System),
-            (&self.by_schedule, Trigger::Schedule),
+            (&self.by_system, RunCause::System),
+            (&self.by_schedule, RunCause::Schedule),
         ] {
             if ids.is_empty() {
                 continue;
@@ -205,17 +206,17 @@ impl Due {
 }
 
 /// Refreshes one group and logs the outcome; returns the runs recorded.
-pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
+pub fn refresh_group(ids: &[i64], trigger: RunCause) -> Vec<i64> {
     let mut runs = Vec::new();
     {
         let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
         let failed = outcomes
             .iter()
-            .filter(|o| o.status == crate::engine::refresh::RunStatus::Failed)
+            .filter(|o| o.status == RunStatus::Failed)
             .count();
         for outcome in outcomes
             .iter()
-            .filter(|o| o.status == crate::engine::refresh::RunStatus::Failed)
+            .filter(|o| o.status == RunStatus::Failed)
         {
             log!(
                 "segments: refresh of segment {} failed: {}",
@@ -240,7 +241,7 @@ pub fn refresh_group(ids: &[i64], trigger: Trigger) -> Vec<i64> {
 /// backoff like any failure.
 pub fn record_timeout(
     ids: &[i64],
-    trigger: Trigger,
+    trigger: RunCause,
     timeout_ms: i32,
     elapsed: std::time::Duration,
 ) {
@@ -257,13 +258,12 @@ pub fn record_timeout(
                 "canceled: the refresh took longer than segments.refresh_timeout ({timeout_ms} ms)"
             ),
         };
-        crate::engine::refresh::store_status(
-            *id,
-            crate::engine::refresh::RunStatus::Failed,
-            Some(&failure.message),
-        );
-        let outcome = crate::engine::refresh::Outcome::failed(*id, failure, elapsed);
-        crate::engine::refresh::record_run_of(*id, trigger, started, &outcome, None);
+        let run = crate::engine::store::Run {
+            cause: trigger,
+            started_at: started,
+            keys_examined: None,
+        };
+        crate::engine::store::store_failure(*id, failure, &run, elapsed);
     }
     log!("segments: {} refresh of {} segment(s) canceled after {timeout_ms} ms (segments.refresh_timeout)", trigger.as_str(), ids.len());
 }
@@ -287,14 +287,6 @@ pub fn run_pass() -> Vec<i64> {
     }
     trim_history();
     runs
-}
-
-/// One pass for `segments.run_due()`: editors may run it; it runs as the
-/// extension, each segment evaluated as its owner.
-#[pg_extern(schema = "segments")]
-fn _run_due() -> Vec<i64> {
-    crate::pg::txn::require_editor("run the scheduler");
-    crate::pg::txn::privileged(run_pass)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
         .catch_others(|error| {
             log!(
                 "segments scheduler: {what} failed: {}",
-                crate::pg::txn::error_text(&error)
+                crate::pg::subtransaction::error_text(&error)
             );
             None
         })
@@ -85,13 +85,13 @@ fn report_activity(state: pg_sys::BackendState::Type, query: &std::ffi::CStr) {
 /// Refreshes a group in a transaction of its own under
 /// `segments.refresh_timeout`; false when it ran out of time (its segments
 /// are then recorded as failed with 57014 if they are alone in the group).
-fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::refresh::Trigger) -> bool {
+fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::run::RunCause) -> bool {
     let timeout = gucs::REFRESH_TIMEOUT.get();
     let started = std::time::Instant::now();
     let group = ids.to_vec();
     arm_refresh_timeout(timeout);
     let done = in_transaction("a scheduler group", move || {
-        crate::pg::txn::privileged(move || crate::schedule::pass::refresh_group(&group, trigger));
+        crate::pg::sandbox::privileged(move || crate::schedule::pass::refresh_group(&group, trigger));
     });
     arm_refresh_timeout(0);
     let elapsed = started.elapsed();
@@ -100,7 +100,7 @@ fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::refresh::Trigger)
     if timed_out && ids.len() == 1 {
         let ids = ids.to_vec();
         in_transaction("recording a refresh timeout", move || {
-            crate::pg::txn::privileged(move || {
+            crate::pg::sandbox::privileged(move || {
                 crate::schedule::pass::record_timeout(&ids, trigger, timeout, elapsed)
             });
         });
@@ -188,7 +188,7 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         // failure (or a shutdown) loses one group's work at most, and what
         // succeeded is committed.
         let groups = in_transaction("planning a scheduler pass", || {
-            crate::pg::txn::privileged(|| crate::schedule::pass::plan_pass().groups())
+            crate::pg::sandbox::privileged(|| crate::schedule::pass::plan_pass().groups())
         });
         for (ids, trigger) in groups.unwrap_or_default() {
             // A group that runs out of time is tried again one segment at a
@@ -200,11 +200,11 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
             }
         }
         in_transaction("trimming history", || {
-            crate::pg::txn::privileged(crate::schedule::pass::trim_history)
+            crate::pg::sandbox::privileged(crate::schedule::pass::trim_history)
         });
         // Live segments: the changes captured since the last pass.
         in_transaction("applying live changes", || {
-            crate::pg::txn::privileged(crate::engine::live::apply_changes);
+            crate::pg::sandbox::privileged(crate::engine::live::apply::apply_changes);
         });
         report_activity(pg_sys::BackendState::STATE_IDLE, c"");
     }

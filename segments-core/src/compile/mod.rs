@@ -134,7 +134,6 @@ pub struct Planner<'a> {
     leaves: Vec<Leaf>,
     index: HashMap<Leaf, usize>,
     eligible: Option<Expr>,
-    needs_all_rows: bool,
     restriction: Option<String>,
     /// Per related table, a narrower restriction than `restriction`.
     related_restriction: HashMap<String, String>,
@@ -176,7 +175,6 @@ impl<'a> Planner<'a> {
             leaves: Vec::new(),
             index: HashMap::new(),
             eligible: None,
-            needs_all_rows: false,
             restriction: None,
             related_restriction: HashMap::new(),
             entity_source: None,
@@ -185,13 +183,8 @@ impl<'a> Planner<'a> {
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
             planner.eligible = Some(planner.entity_condition(&condition)?);
-            planner.needs_all_rows = true;
         }
         Ok(planner)
-    }
-
-    pub fn entity(&self) -> &Entity {
-        &self.entity
     }
 
     /// Compiles a parsed definition. `self_id` is the segment being saved,
@@ -219,11 +212,6 @@ impl<'a> Planner<'a> {
         Ok(CompiledSegment { rules, references })
     }
 
-    /// The plan for the compiled segments, which are rewritten in place:
-    /// inside an `all`, `any` or `not`, filters that no other part of the
-    /// plan uses are folded into one SQL filter, so that a lone segment gets
-    /// one short-circuiting expression while conditions shared by several
-    /// segments stay shared leaves. Leaves no longer used are dropped.
     /// Evaluates only the rows whose key is in `keys_sql`, an SQL array of
     /// the key type (live segments apply changes this way). Set it before
     /// adding definitions.
@@ -244,6 +232,11 @@ impl<'a> Planner<'a> {
         self.entity_source = Some(source_sql);
     }
 
+    /// The plan for the compiled segments, which are rewritten in place:
+    /// inside an `all`, `any` or `not`, filters that no other part of the
+    /// plan uses are folded into one SQL filter, so that a lone segment gets
+    /// one short-circuiting expression while conditions shared by several
+    /// segments stay shared leaves. Leaves no longer used are dropped.
     pub fn finish(mut self, segments: &mut [&mut CompiledSegment]) -> Plan {
         let mut uses = vec![0usize; self.leaves.len()];
         let mut exprs: Vec<&mut Expr> = Vec::new();
@@ -382,10 +375,7 @@ impl<'a> Planner<'a> {
                     .map(|c| self.entity_condition(c))
                     .collect::<Result<_, _>>()?,
             ),
-            ConditionKind::Not(inner) => {
-                self.needs_all_rows = true;
-                Expr::Not(Box::new(self.entity_condition(inner)?))
-            }
+            ConditionKind::Not(inner) => Expr::Not(Box::new(self.entity_condition(inner)?)),
             ConditionKind::Attribute(test) => {
                 let table = self.entity.table.clone();
                 let what = format!("entity \"{}\"", self.entity.name);

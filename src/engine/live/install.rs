@@ -1,0 +1,238 @@
+//! Installing capture: the triggers live segments need on the entity
+//! tables and the related tables they read, and nothing more. The
+//! lifecycle trigger (`sql/live.sql`) calls `sync_capture` whenever
+//! schedules, states or definitions change, and the event triggers after a
+//! user's DDL on a captured table.
+
+use std::collections::{BTreeSet, HashMap};
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use segments_core::catalog::Catalog;
+use segments_core::sql::{ident, literal};
+
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::OrRaise;
+use crate::pg::spi::{optional_value, required, spi};
+
+/// Trigger names: one per operation, relation, entity and key column.
+fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
+    let mut hash: u32 = 2166136261;
+    for b in format!("{entity}\u{0}{column}").bytes() {
+        hash = (hash ^ u32::from(b)).wrapping_mul(16777619);
+    }
+    format!("segments_live_{operation}_{hash:08x}")
+}
+
+/// Installs the capture triggers live segments need and removes the rest.
+/// Runs as the extension (it creates triggers on users' tables).
+pub fn sync_capture() {
+    // (relation, entity, key column, relation SQL, source: '' for the entity
+    // table, else the related table's name).
+    let needed: Vec<(pg_sys::Oid, String, String, String, String)> = Spi::connect(|client| {
+        spi(client.select(
+            "WITH live AS (
+                 SELECT s.entity, s.definition FROM segments.segment s
+                  WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active')
+             SELECT e.relation::pg_catalog.oid, e.name, e.key_column::pg_catalog.text,
+                    pg_catalog.format('%I.%I', n.nspname, c.relname), ''
+               FROM segments.entity e
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relation::pg_catalog.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE e.name IN (SELECT entity FROM live)
+             UNION
+             SELECT r.relation::pg_catalog.oid, r.entity, r.foreign_key::pg_catalog.text,
+                    pg_catalog.format('%I.%I', n.nspname, c.relname), r.name
+               FROM segments.related r
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relation::pg_catalog.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE EXISTS (SELECT FROM live l WHERE l.entity OPERATOR(pg_catalog.=) r.entity
+                              AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
+                                                               pg_catalog.jsonb_build_object('n', r.name)))",
+            None,
+            &[],
+        ))
+        .map(|row| {
+            (
+                required(&row, 1),
+                required(&row, 2),
+                required(&row, 3),
+                required(&row, 4),
+                required(&row, 5),
+            )
+        })
+        .collect()
+    });
+    let existing: BTreeSet<(u32, String)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT tgrelid, tgname::pg_catalog.text FROM pg_catalog.pg_trigger \
+              WHERE tgname::pg_catalog.text LIKE 'segments\\_live\\_%' AND NOT tgisinternal",
+            None,
+            &[],
+        ))
+        .map(|row| {
+            (
+                required::<pg_sys::Oid>(&row, 1).to_u32(),
+                required::<String>(&row, 2),
+            )
+        })
+        .collect()
+    });
+    let read = columns_read_by_live_segments();
+    let mut wanted = BTreeSet::new();
+    for (relation, entity, column, relation_sql, source) in &needed {
+        crate::engine::citus::refuse_capture(*relation, relation_sql).or_raise();
+        // An UPDATE matters only when it sets a column a live segment reads
+        // (or the key): other updates do not even fire the trigger.
+        let mut columns: BTreeSet<String> = read
+            .get(entity)
+            .map(|cols| {
+                cols.iter()
+                    .filter(|(r, _)| r == relation_sql)
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        columns.insert(column.clone());
+        // Only columns the table has: a column a segment reads may have been
+        // dropped or renamed (that segment fails at its next run, naming
+        // it); capture of the others, and everyone's DDL, carry on.
+        let present = existing_columns(*relation);
+        columns.retain(|c| present.contains(c));
+        let columns_sql = columns
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Updates: a row trigger on just those columns (a column list
+        // excludes transition tables), queuing only when one of them really
+        // changed: `_capture_row` compares them itself (see capture.rs).
+        let compared = columns
+            .iter()
+            .map(|c| format!(", {}", literal(c)))
+            .collect::<String>();
+        let update_event = if columns.is_empty() {
+            "UPDATE".to_string()
+        } else {
+            format!("UPDATE OF {columns_sql}")
+        };
+        for (operation, event, referencing, function, extra) in [
+            (
+                "ins",
+                "INSERT",
+                " REFERENCING NEW TABLE AS segments_new FOR EACH STATEMENT",
+                "_capture",
+                "",
+            ),
+            (
+                "upd",
+                update_event.as_str(),
+                " FOR EACH ROW",
+                "_capture_row",
+                compared.as_str(),
+            ),
+            (
+                "del",
+                "DELETE",
+                " REFERENCING OLD TABLE AS segments_old FOR EACH STATEMENT",
+                "_capture",
+                "",
+            ),
+            ("trn", "TRUNCATE", " FOR EACH STATEMENT", "_capture", ""),
+        ] {
+            let identity = if operation == "upd" {
+                format!("{column}\u{0}{source}\u{0}{columns_sql}")
+            } else {
+                format!("{column}\u{0}{source}")
+            };
+            let name = trigger_name(operation, entity, &identity);
+            wanted.insert((relation.to_u32(), name.clone()));
+            if !existing.contains(&(relation.to_u32(), name.clone())) {
+                spi(Spi::run(&format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {relation_sql}{referencing} \
+                     EXECUTE FUNCTION segments.{function}({}, {}, {}{extra})",
+                    ident(&name),
+                    literal(entity),
+                    literal(column),
+                    literal(source)
+                )));
+            }
+        }
+    }
+    // Related values kept for entities without live segments any more.
+    crate::engine::store::forget_unused_related_values();
+    for (relation, name) in existing.difference(&wanted) {
+        let relation_sql = optional_value::<String>(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[pg_sys::Oid::from(*relation).into()],
+        );
+        if let Some(relation_sql) = relation_sql {
+            spi(Spi::run(&format!(
+                "DROP TRIGGER IF EXISTS {} ON {relation_sql}",
+                ident(name)
+            )));
+        }
+    }
+}
+
+/// The names of a relation's columns now.
+fn existing_columns(relation: pg_sys::Oid) -> BTreeSet<String> {
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT attname::pg_catalog.text FROM pg_catalog.pg_attribute \
+              WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+            None,
+            &[relation.into()],
+        ))
+        .map(|row| required::<String>(&row, 1))
+        .collect()
+    })
+}
+
+/// By entity: the (relation, column) pairs its active live segments read,
+/// and its eligibility condition reads.
+fn columns_read_by_live_segments() -> HashMap<String, Vec<(String, String)>> {
+    let live: Vec<(String, Value)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT entity, definition FROM segments.segment \
+              WHERE schedule OPERATOR(pg_catalog.=) 'live' AND state OPERATOR(pg_catalog.=) 'active'",
+            None,
+            &[],
+        ))
+        .map(|row| (spi(row.get::<String>(1)).unwrap_or_default(), spi(row.get::<JsonB>(2)).map(|j| j.0).unwrap_or(Value::Null)))
+        .collect()
+    });
+    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (entity_name, definition) in live {
+        let Some(entity) = SpiCatalog.entity(&entity_name) else {
+            continue;
+        };
+        out.entry(entity_name.clone())
+            .or_default()
+            .extend(columns_read_by(&entity, std::slice::from_ref(&definition)));
+    }
+    out
+}
+
+/// The (relation, column) pairs `definitions` and the entity's eligibility
+/// condition read; definitions that no longer parse read nothing.
+pub(super) fn columns_read_by(
+    entity: &segments_core::catalog::Entity,
+    definitions: &[Value],
+) -> Vec<(String, String)> {
+    let eligible = entity
+        .eligible
+        .as_ref()
+        .map(|e| serde_json::json!({"entity": entity.name, "rules": [{"where": e}]}));
+    definitions
+        .iter()
+        .chain(eligible.as_ref())
+        .filter_map(|d| segments_core::definition::Definition::parse(d).ok())
+        .flat_map(|parsed| segments_core::compile::columns_read(&parsed, entity))
+        .collect()
+}
+

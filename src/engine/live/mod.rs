@@ -1,0 +1,21 @@
+//! Live segments (`schedule = 'live'`): memberships follow inserts,
+//! updates and deletes within seconds, at a cost proportional to what
+//! changed.
+//!
+//! - `install`: the capture triggers live segments need, on the entity
+//!   table and the related tables they read, installed with the first
+//!   live segment that needs a table and removed with the last.
+//! - `capture`: the C trigger functions on users' write path, queuing the
+//!   changed keys (and row images) in `segments.change_queue`; a TRUNCATE
+//!   or a bulk statement queues a NULL key: everything changed.
+//! - `apply`: takes the queue, evaluates the live segments on just those
+//!   keys, and stores the result as a refresh does.
+//! - `related`: the related values kept between applications.
+//!
+//! The SQL side (the lifecycle trigger that keeps capture installed) is
+//! `sql/live.sql`.
+
+pub mod apply;
+pub mod capture;
+pub mod install;
+pub mod related;
