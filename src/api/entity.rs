@@ -96,7 +96,7 @@ fn register_entity_impl(
     if let Some(warning) = crate::engine::citus::entity_warning(
         &table.relation_sql,
         key_column,
-        crate::engine::citus::placement(relation).as_ref(),
+        crate::pg::citus::placement(relation).as_ref(),
     ) {
         pgrx::warning!("segments: {warning}");
     }
@@ -169,9 +169,9 @@ fn register_related_impl(
         let warning = crate::engine::citus::related_warning(
             &table.relation_sql,
             foreign_key,
-            crate::engine::citus::placement(relation).as_ref(),
+            crate::pg::citus::placement(relation).as_ref(),
             &owner.table.relation_sql,
-            crate::engine::citus::placement(entity_relation).as_ref(),
+            crate::pg::citus::placement(entity_relation).as_ref(),
         );
         if let Some(warning) = warning {
             pgrx::warning!("segments: {warning}");

@@ -15,67 +15,8 @@ use segments_core::catalog::Entity;
 use segments_core::sql::{ident, literal};
 
 use crate::pg::error::{Raise, Reported, SegmentsError};
+use crate::pg::citus::{key_replica_name, on_worker, placement, Placement};
 use crate::pg::spi::{optional_value, spi};
-
-/// How Citus places a table: `method` is pg_dist_partition's partmethod
-/// (`h` hash-distributed, `n` reference or Citus-local), `column` the
-/// distribution column of a hash-distributed table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placement {
-    pub method: String,
-    pub column: Option<String>,
-    pub colocation: i32,
-}
-
-impl Placement {
-    pub fn is_distributed(&self) -> bool {
-        self.method == "h"
-    }
-}
-
-fn citus_installed() -> bool {
-    optional_value::<bool>(
-        "SELECT true FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus'",
-        &[],
-    )
-    .unwrap_or(false)
-}
-
-/// Whether this node is a Citus worker (Citus installed, and this node is
-/// not the coordinator).
-pub fn on_worker() -> bool {
-    citus_installed()
-        && optional_value::<bool>("SELECT NOT pg_catalog.citus_is_coordinator()", &[])
-            .unwrap_or(false)
-}
-
-/// The table's Citus placement; None for a plain PostgreSQL table or
-/// without Citus.
-pub fn placement(relation: pg_sys::Oid) -> Option<Placement> {
-    if !citus_installed() {
-        return None;
-    }
-    pgrx::spi::Spi::connect(|client| {
-        let table = crate::pg::spi::spi(client.select(
-            "SELECT p.partmethod::pg_catalog.text, \
-                    CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' \
-                         THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) END, \
-                    p.colocationid \
-               FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
-            Some(1),
-            &[relation.into()],
-        ));
-        if table.is_empty() {
-            return None;
-        }
-        let row = table.first();
-        Some(Placement {
-            method: crate::pg::spi::spi(row.get::<String>(1)).unwrap_or_default(),
-            column: crate::pg::spi::spi(row.get::<String>(2)),
-            colocation: crate::pg::spi::spi(row.get::<i32>(3)).unwrap_or(0),
-        })
-    })
-}
 
 /// Raised where a function reading segment state found nothing: on a
 /// Citus worker that is because the state lives on the coordinator (Citus
@@ -244,11 +185,6 @@ mod tests {
     }
 }
 
-/// The quoted name of an entity's colocated key dictionary copy.
-pub fn key_replica_name(entity: &str) -> String {
-    format!("segments.{}", ident(&format!("{entity}_keys")))
-}
-
 /// The row-level policy of a key replica: its keys are readable by roles
 /// that may read the entity table, as for `segments.entity_key`. The table
 /// is named as text (a regclass constant would make the entity table
@@ -275,7 +211,7 @@ pub fn sync_key_replica(entity: &Entity) {
         return;
     };
     crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
-        crate::engine::evaluate::lock_verified(entity);
+        crate::pg::catalog::lock_verified(entity);
         lock_and_ensure(entity, replica);
         let key = ident(&entity.key_column);
         let fresh_sql = format!(

@@ -13,7 +13,6 @@ use segments_core::catalog::KeyKind;
 use segments_core::compile::{CompiledSegment, Leaf, Plan};
 use segments_core::sql::{ident, literal};
 
-use crate::pg::error::OrRaise;
 use crate::pg::spi::{optional_value, required, spi};
 
 /// Plans whose conditions add up to more SQL than this (about 60
@@ -59,45 +58,6 @@ fn bitmap_of(value: Option<Vec<u8>>) -> Members {
 /// left out of every segment, with a warning naming them.
 pub const MAX_KEY_BYTES: i32 = 2000;
 
-/// Locks an entity's table (ACCESS SHARE, to the end of the transaction)
-/// and checks, under that lock, what privileged code is about to rely on
-/// when it reads the table: still a plain or partitioned table, and a key
-/// column of the registered built-in type, whose `::text` is PostgreSQL's
-/// own output function. Raises an error naming the column otherwise.
-pub fn lock_verified(entity: &segments_core::catalog::Entity) {
-    let relation = optional_value::<pgrx::pg_sys::Oid>(
-        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.name.as_str().into()],
-    );
-    let Some(relation) = relation else { return };
-    // SAFETY: takes a lock on a relation by OID (an ERROR if it is gone).
-    unsafe {
-        pgrx::pg_sys::LockRelationOid(
-            relation,
-            pgrx::pg_sys::AccessShareLock as pgrx::pg_sys::LOCKMODE,
-        )
-    };
-    let kind = optional_value::<i8>(
-        "SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
-        &[relation.into()],
-    );
-    if !matches!(kind.map(|k| k as u8), Some(b'r' | b'p')) {
-        use crate::pg::error::Raise;
-        crate::pg::error::Reported::from(segments_core::error::SegmentsError::FeatureNotSupported(
-            format!(
-                "the relation of entity \"{}\" ({}) is no longer a table",
-                entity.name, entity.table.relation_sql
-            ),
-        ))
-        .raise();
-    }
-    let now = crate::pg::catalog::registered_entity(&entity.name).or_raise();
-    let what = format!("entity \"{}\"", entity.name);
-    now.key()
-        .and_then(|key| key.check_usable("key", &what))
-        .map_err(crate::pg::error::Reported::from)
-        .or_raise();
-}
 
 /// Gives every key of a dictionary-keyed entity a bitmap position.
 pub fn sync_dictionary(plan: &Plan) {
@@ -129,7 +89,7 @@ pub fn sync_dictionary(plan: &Plan) {
     // table is locked and its key column checked first: the extension
     // never runs a function, cast or operator of the table's owner.
     let (too_long, example) = crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
-        lock_verified(&plan.entity);
+        crate::pg::catalog::lock_verified(&plan.entity);
         let row = Spi::get_two::<i64, String>(&sql);
         spi(row)
     }));

@@ -175,10 +175,10 @@ impl Catalog for SpiCatalog {
             KeyKind::Dictionary
         };
         let key_replica = (key_kind == KeyKind::Dictionary && !table.dropped)
-            .then(|| crate::engine::citus::placement(relation))
+            .then(|| crate::pg::citus::placement(relation))
             .flatten()
             .filter(|p| p.is_distributed() && p.column.as_deref() == Some(key_column.as_str()))
-            .map(|_| crate::engine::citus::key_replica_name(name));
+            .map(|_| crate::pg::citus::key_replica_name(name));
         Some(Entity {
             name: name.to_string(),
             table,
@@ -309,4 +309,45 @@ pub fn column_type(relation: pgrx::pg_sys::Oid, column: &str) -> Option<TypeName
             AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
         &[relation.into(), column.into()],
     )
+}
+
+/// Locks an entity's table (ACCESS SHARE, to the end of the transaction)
+/// and checks, under that lock, what privileged code is about to rely on
+/// when it reads the table: still a plain or partitioned table, and a key
+/// column of the registered built-in type, whose `::text` is PostgreSQL's
+/// own output function. Raises an error naming the column otherwise.
+pub fn lock_verified(entity: &segments_core::catalog::Entity) {
+    let relation = optional_value::<pgrx::pg_sys::Oid>(
+        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.name.as_str().into()],
+    );
+    let Some(relation) = relation else { return };
+    // SAFETY: takes a lock on a relation by OID (an ERROR if it is gone).
+    unsafe {
+        pgrx::pg_sys::LockRelationOid(
+            relation,
+            pgrx::pg_sys::AccessShareLock as pgrx::pg_sys::LOCKMODE,
+        )
+    };
+    let kind = optional_value::<i8>(
+        "SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[relation.into()],
+    );
+    if !matches!(kind.map(|k| k as u8), Some(b'r' | b'p')) {
+        use crate::pg::error::Raise;
+        crate::pg::error::Reported::from(segments_core::error::SegmentsError::FeatureNotSupported(
+            format!(
+                "the relation of entity \"{}\" ({}) is no longer a table",
+                entity.name, entity.table.relation_sql
+            ),
+        ))
+        .raise();
+    }
+    use crate::pg::error::OrRaise;
+    let now = registered_entity(&entity.name).or_raise();
+    let what = format!("entity \"{}\"", entity.name);
+    now.key()
+        .and_then(|key| key.check_usable("key", &what))
+        .map_err(crate::pg::error::Reported::from)
+        .or_raise();
 }

@@ -7,6 +7,7 @@
 
 pub mod authorization;
 pub mod catalog;
+pub mod citus;
 pub mod error;
 pub mod gucs;
 pub mod restore;
