@@ -6,6 +6,8 @@
 #   2. #[pg_test] tests inside Postgres (cargo pgrx test) and pg_regress
 #      tests (tests/pg_regress) against a cluster started with the preload
 #   3. integration tests (tests/*.rs) that start their own clusters
+# after formatting (cargo fmt --check), lints (clippy -D warnings) and the
+# module structure (scripts/module_cycles.py) are checked.
 # 15 and 18 run everything with the upgrade test, 16 runs layer 2 and the
 # security suite; then pg_upgrade to 18 (from 15 where PostgreSQL's own
 # pg_upgrade works between the installations here, and from 16). A major that
@@ -42,6 +44,12 @@ step() { echo "== $* ($(( (SECONDS - started) / 60 )) min)"; }
 step "layer 1: unit tests"
 cargo test --workspace --lib
 summary+=("layer 1 (unit tests): passed")
+
+step "hygiene: formatting, lints, module structure"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --features pg15,pg_test,integration -- -D warnings
+python3 scripts/module_cycles.py
+summary+=("hygiene: cargo fmt --check, clippy -D warnings (every target), no module cycles: passed")
 
 # Layer 2 for one major: #[pg_test] in a pgrx-managed cluster, then
 # pg_regress against a cluster of our own with the preload.

@@ -5,10 +5,10 @@
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
-use crate::pg::error::{Raise, SegmentsError};
-use crate::pg::spi::{required, spi};
 use crate::pg::authorization::{current_role, require_editor};
+use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::sandbox::{as_role, call_internal, run_internal};
+use crate::pg::spi::{required, spi};
 
 /// Rewrites one export's target table from its segments' memberships, as
 /// the export's owner. The export row is locked first, so that two
@@ -76,8 +76,9 @@ pub fn rewrite_recorded(export: i64) {
         rewrite(export);
         return;
     }
-    let result =
-        crate::pg::subtransaction::in_subtransaction(std::panic::AssertUnwindSafe(|| rewrite(export)));
+    let result = crate::pg::subtransaction::in_subtransaction(std::panic::AssertUnwindSafe(|| {
+        rewrite(export)
+    }));
     let (status, error) = match &result {
         Ok(()) => ("succeeded", None),
         Err(failure) => ("failed", Some(failure.message.clone())),

@@ -409,7 +409,10 @@ fn activate_sequence(sequence: i64) -> bool {
     crate::pg::authorization::require_sequence_manager("activate sequences");
     crate::pg::sandbox::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'active')",
-        vec![crate::pg::authorization::current_role().into(), sequence.into()],
+        vec![
+            crate::pg::authorization::current_role().into(),
+            sequence.into(),
+        ],
     )
     .unwrap_or(false)
 }
@@ -420,7 +423,10 @@ fn deactivate_sequence(sequence: i64) -> bool {
     crate::pg::authorization::require_sequence_manager("deactivate sequences");
     crate::pg::sandbox::call_internal::<bool>(
         "SELECT segments._set_sequence_state($1::regrole, $2, 'inactive')",
-        vec![crate::pg::authorization::current_role().into(), sequence.into()],
+        vec![
+            crate::pg::authorization::current_role().into(),
+            sequence.into(),
+        ],
     )
     .unwrap_or(false)
 }
@@ -431,7 +437,10 @@ fn drop_sequence(sequence: i64) {
     crate::pg::authorization::require_sequence_manager("drop sequences");
     crate::pg::sandbox::run_internal(
         "SELECT segments._drop_sequence($1::regrole, $2)",
-        vec![crate::pg::authorization::current_role().into(), sequence.into()],
+        vec![
+            crate::pg::authorization::current_role().into(),
+            sequence.into(),
+        ],
     );
 }
 

@@ -69,7 +69,6 @@ fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
             name,
             entity.table.column_names(),
         ))
-        .into()
     })
 }
 
@@ -90,7 +89,7 @@ fn measure_sql(entity: &Entity, measure: &str, reference: &str) -> Result<String
         None => (measure, None),
     };
     let Some(related) = entity.related(related_name) else {
-        return Err(column(entity, measure).err().expect("no such column"));
+        return Err(column(entity, measure).expect_err("no such column"));
     };
     let mut filters = vec![format!(
         "r.{} = e.{}",

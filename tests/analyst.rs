@@ -395,7 +395,7 @@ fn seed_behaviours() {
     client
         .batch_execute("SELECT * FROM segments.refresh()")
         .unwrap();
-    client.batch_execute(&format!("GRANT ed TO sam")).unwrap();
+    client.batch_execute("GRANT ed TO sam").unwrap();
     sam.batch_execute(&format!(
         "SELECT segments.connect_sequence({seq}, ARRAY[{de}::bigint])"
     ))

@@ -456,7 +456,7 @@ fn segments_on_distributed_tables_equal_sql_and_aggregate_on_the_workers() {
     assert_eq!(
         scalar_i64(
             &mut c,
-            &format!("SELECT count(*) FROM segments.sequence_records WHERE sequence = 'welcome'")
+            "SELECT count(*) FROM segments.sequence_records WHERE sequence = 'welcome'"
         ),
         scalar_i64(
             &mut c,

@@ -909,7 +909,7 @@ fn concurrent_mixed_work_under_the_worker() {
             let conditions = conditions.clone();
             std::thread::spawn(move || {
                 let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (client_no + 1) * 0x9E37_79B9;
+                let mut state = 0x2545_F491_4F6C_DD1Du64 ^ ((client_no + 1) * 0x9E37_79B9);
                 let mut next = move |n: u64| {
                     state ^= state << 13;
                     state ^= state >> 7;

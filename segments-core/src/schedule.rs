@@ -22,7 +22,7 @@ pub enum Schedule {
     Live,
     /// Refreshed only when asked.
     Manual,
-    Cron(Cron),
+    Cron(Box<Cron>),
 }
 
 pub fn parse_cron(text: &str) -> Result<Cron, SegmentsError> {
@@ -55,10 +55,10 @@ impl Schedule {
             Some("system") => Schedule::System,
             Some("live") => Schedule::Live,
             Some("manual") => Schedule::Manual,
-            Some("daily") => Schedule::Cron(parse_cron(DAILY)?),
-            Some("weekly") => Schedule::Cron(parse_cron(WEEKLY)?),
-            Some("monthly") => Schedule::Cron(parse_cron(MONTHLY)?),
-            Some(cron) => Schedule::Cron(parse_cron(cron)?),
+            Some("daily") => Schedule::Cron(Box::new(parse_cron(DAILY)?)),
+            Some("weekly") => Schedule::Cron(Box::new(parse_cron(WEEKLY)?)),
+            Some("monthly") => Schedule::Cron(Box::new(parse_cron(MONTHLY)?)),
+            Some(cron) => Schedule::Cron(Box::new(parse_cron(cron)?)),
         })
     }
 

@@ -20,10 +20,7 @@ use crate::pg::error::corrupt;
 ///
 /// # Safety
 /// `fcinfo` must be the aggregate support call's own.
-unsafe fn accumulator<'a>(
-    state: &'a mut Internal,
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> &'a mut Accumulator {
+unsafe fn accumulator(state: &mut Internal, fcinfo: pg_sys::FunctionCallInfo) -> &mut Accumulator {
     // SAFETY: AggCheckCallContext only reads fcinfo; the state is created
     // in the aggregate context it returns, and only ever holds an Accumulator.
     unsafe {

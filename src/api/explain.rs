@@ -90,8 +90,7 @@ impl Probe<'_> {
                 &[],
             ),
             ConditionKind::Related(test) => {
-                let mut planner =
-                    crate::engine::plan::planner(&self.entity.name, &self.reference)?;
+                let mut planner = crate::engine::plan::planner(&self.entity.name, &self.reference)?;
                 planner.restrict_to(self.keys_sql.clone());
                 optional_value::<String>(&planner.related_value_sql(&condition.path, test)?, &[])
             }

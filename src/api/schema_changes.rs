@@ -29,5 +29,7 @@ fn _members_view_restore(fcinfo: pg_sys::FunctionCallInfo) {
 #[pg_extern(schema = "segments")]
 fn _remake_members_views() {
     crate::pg::authorization::require_admin("remake members views");
-    crate::pg::sandbox::privileged(AssertUnwindSafe(crate::tables::members_view::remake_members_views));
+    crate::pg::sandbox::privileged(AssertUnwindSafe(
+        crate::tables::members_view::remake_members_views,
+    ));
 }

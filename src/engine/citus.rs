@@ -14,8 +14,8 @@ use pgrx::spi::Spi;
 use segments_core::catalog::Entity;
 use segments_core::sql::{ident, literal};
 
-use crate::pg::error::{Raise, Reported, SegmentsError};
 use crate::pg::citus::{key_replica_name, on_worker, placement, Placement};
+use crate::pg::error::{Raise, Reported, SegmentsError};
 use crate::pg::spi::{optional_value, spi};
 
 /// Raised where a function reading segment state found nothing: on a
@@ -103,85 +103,6 @@ pub fn refuse_capture(relation: pg_sys::Oid, relation_sql: &str) -> Result<(), R
         ))
         .with_hint(Some("Give the segment a schedule (e.g. '*/5 * * * *') instead of 'live'.".into()))),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash(column: &str, colocation: i32) -> Placement {
-        Placement {
-            method: "h".into(),
-            column: Some(column.into()),
-            colocation,
-        }
-    }
-
-    #[test]
-    fn an_entity_distributed_by_its_key_is_fine() {
-        assert_eq!(
-            entity_warning("public.customers", "id", Some(&hash("id", 1))),
-            None
-        );
-        assert_eq!(entity_warning("public.customers", "id", None), None);
-        let warning = entity_warning("public.customers", "id", Some(&hash("country", 1))).unwrap();
-        assert!(
-            warning.contains("\"country\"") && warning.contains("\"id\""),
-            "{warning}"
-        );
-    }
-
-    #[test]
-    fn related_tables_must_be_colocated_by_their_foreign_key() {
-        let entity = hash("id", 1);
-        assert_eq!(
-            related_warning(
-                "public.orders",
-                "customer_id",
-                Some(&hash("customer_id", 1)),
-                "public.customers",
-                Some(&entity)
-            ),
-            None
-        );
-        assert!(related_warning(
-            "public.orders",
-            "customer_id",
-            Some(&hash("customer_id", 2)),
-            "public.customers",
-            Some(&entity)
-        )
-        .unwrap()
-        .contains("not colocated"));
-        assert!(related_warning(
-            "public.orders",
-            "customer_id",
-            Some(&hash("id", 1)),
-            "public.customers",
-            Some(&entity)
-        )
-        .unwrap()
-        .contains("\"id\""));
-        assert!(related_warning(
-            "public.orders",
-            "customer_id",
-            None,
-            "public.customers",
-            Some(&entity)
-        )
-        .unwrap()
-        .contains("not both distributed"));
-        assert_eq!(
-            related_warning(
-                "public.orders",
-                "customer_id",
-                None,
-                "public.customers",
-                None
-            ),
-            None
-        );
     }
 }
 
@@ -395,4 +316,83 @@ fn quietly(f: impl FnOnce()) {
         "SELECT pg_catalog.set_config('client_min_messages', $1, true)",
         &[previous.into()],
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(column: &str, colocation: i32) -> Placement {
+        Placement {
+            method: "h".into(),
+            column: Some(column.into()),
+            colocation,
+        }
+    }
+
+    #[test]
+    fn an_entity_distributed_by_its_key_is_fine() {
+        assert_eq!(
+            entity_warning("public.customers", "id", Some(&hash("id", 1))),
+            None
+        );
+        assert_eq!(entity_warning("public.customers", "id", None), None);
+        let warning = entity_warning("public.customers", "id", Some(&hash("country", 1))).unwrap();
+        assert!(
+            warning.contains("\"country\"") && warning.contains("\"id\""),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn related_tables_must_be_colocated_by_their_foreign_key() {
+        let entity = hash("id", 1);
+        assert_eq!(
+            related_warning(
+                "public.orders",
+                "customer_id",
+                Some(&hash("customer_id", 1)),
+                "public.customers",
+                Some(&entity)
+            ),
+            None
+        );
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            Some(&hash("customer_id", 2)),
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("not colocated"));
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            Some(&hash("id", 1)),
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("\"id\""));
+        assert!(related_warning(
+            "public.orders",
+            "customer_id",
+            None,
+            "public.customers",
+            Some(&entity)
+        )
+        .unwrap()
+        .contains("not both distributed"));
+        assert_eq!(
+            related_warning(
+                "public.orders",
+                "customer_id",
+                None,
+                "public.customers",
+                None
+            ),
+            None
+        );
+    }
 }

@@ -58,7 +58,6 @@ fn bitmap_of(value: Option<Vec<u8>>) -> Members {
 /// left out of every segment, with a warning naming them.
 pub const MAX_KEY_BYTES: i32 = 2000;
 
-
 /// Gives every key of a dictionary-keyed entity a bitmap position.
 pub fn sync_dictionary(plan: &Plan) {
     // A restricted (live) plan's keys were given positions by the caller.

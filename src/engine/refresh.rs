@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use segments_core::bitmap::{Members, RuleCount};
 
-use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql};
 use crate::engine::evaluate::LeafValues;
+use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql};
 use crate::engine::plan::{compute_as, plan_targets, Planned};
 use crate::engine::run::{Outcome, RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};

@@ -38,7 +38,10 @@ pub enum Evaluated<'a> {
     /// `subset` are those of them that belong. Rule counts describe a whole
     /// evaluation, so they are cleared until the next one, and a segment
     /// due for computation stays due.
-    Part { changed: &'a Members, subset: Members },
+    Part {
+        changed: &'a Members,
+        subset: Members,
+    },
 }
 
 /// One run being recorded: what started it, when, and (live apply) how
@@ -122,13 +125,7 @@ pub fn store_success(
         write_membership(target.id, &new, counts);
         changes.written.push(target.id);
     }
-    let mut outcome = Outcome::succeeded(
-        target.id,
-        count,
-        entered.len(),
-        exited.len(),
-        elapsed(),
-    );
+    let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), elapsed());
     outcome.run_id = record_run(target.id, run, &outcome);
     record_changes(target, outcome.run_id, &entered, &exited, first);
     changes.entered.insert(target.id, entered);
@@ -148,8 +145,7 @@ fn write_membership(segment: i64, members: &Members, counts: Option<&[RuleCount]
          member_count = EXCLUDED.member_count, refreshed_at = EXCLUDED.refreshed_at",
         &[segment.into(), serialize(members).into(), count.into()],
     ));
-    let counts =
-        counts.map(|c| JsonB(serde_json::to_value(c).expect("rule counts serialize")));
+    let counts = counts.map(|c| JsonB(serde_json::to_value(c).expect("rule counts serialize")));
     let whole = counts.is_some();
     // A 0.1.0 schema (before ALTER EXTENSION UPDATE) has no such column.
     let failures = if legacy_schema() {
@@ -332,7 +328,8 @@ pub fn kept_related_value(
         let row = table.into_iter().next()?;
         let matching = spi(row.get::<Vec<u8>>(1))?;
         let with_rows = spi(row.get::<Vec<u8>>(2));
-        let read = |bytes: &[u8]| deserialize(bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e));
+        let read =
+            |bytes: &[u8]| deserialize(bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e));
         Some(RelatedValue {
             matching: read(&matching),
             with_rows: with_rows.as_deref().map(read),

@@ -64,10 +64,7 @@ pub fn require_select(relation: pg_sys::Oid, what: &str) {
         )
     } == pg_sys::AclResult::ACLCHECK_OK;
     if !ok {
-        SegmentsError::InsufficientPrivilege(format!(
-            "permission denied for {what}"
-        ))
-        .raise();
+        SegmentsError::InsufficientPrivilege(format!("permission denied for {what}")).raise();
     }
 }
 

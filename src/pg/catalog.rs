@@ -263,7 +263,6 @@ pub fn legacy_schema() -> bool {
     version == "0.1.0"
 }
 
-
 /// A type as the catalog names it: its oid and its SQL spelling
 /// (`format_type`, schema-qualified where the search path would need it).
 pub struct TypeName {

@@ -73,4 +73,3 @@ pub fn placement(relation: pg_sys::Oid) -> Option<Placement> {
 pub fn key_replica_name(entity: &str) -> String {
     format!("segments.{}", ident(&format!("{entity}_keys")))
 }
-

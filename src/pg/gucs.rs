@@ -153,6 +153,17 @@ pub fn register_preload() {
     );
 }
 
+/// A text setting checked when set: name, description, format, setting,
+/// who may set it, and its check hook.
+type CheckedText = (
+    &'static CStr,
+    &'static CStr,
+    &'static CStr,
+    &'static GucSetting<Option<CString>>,
+    GucContext,
+    pg_sys::GucStringCheckHook,
+);
+
 /// Defines the settings every backend has (called from `_PG_init`).
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -205,7 +216,7 @@ pub fn register() {
     );
     // Text settings checked when set: (name, description, format, setting,
     // who may set it, check).
-    let checked: [(&'static CStr, &'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, GucContext, pg_sys::GucStringCheckHook); 5] = [
+    let checked: [CheckedText; 5] = [
         (
             c"segments.system_schedule",
             c"Cron expression of the system refresh of segments on the 'system' schedule.",

@@ -11,7 +11,7 @@ pub mod citus;
 pub mod error;
 pub mod gucs;
 pub mod restore;
-pub mod spi;
 pub mod sandbox;
+pub mod spi;
 pub mod subtransaction;
 pub mod versions;

@@ -61,9 +61,7 @@ pub fn writing_transaction() {
 /// Runs `f` in a subtransaction. On an error, everything `f` wrote is rolled
 /// back and the error (SQLSTATE and message) is returned; the outer
 /// transaction goes on.
-pub fn in_subtransaction<R>(
-    f: impl FnOnce() -> R + std::panic::UnwindSafe,
-) -> Result<R, Failure> {
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, Failure> {
     // SAFETY: the subtransaction begun here is released or rolled back on
     // every path before returning, and the memory context and resource
     // owner are restored to the outer ones, as PL/pgSQL's exception blocks
@@ -78,8 +76,10 @@ pub fn in_subtransaction<R>(
         pg_sys::GetCurrentTransactionId();
         // Results must outlive the subtransaction's memory context.
         pg_sys::MemoryContextSwitchTo(outer_context);
-        let result = PgTryBuilder::new(|| Ok(f()))
-            .catch_others(|e| Err(e))
+        // The caught error is boxed: it is large, and this is the hot path
+        // of every segment's evaluation.
+        let result: Result<R, Box<CaughtError>> = PgTryBuilder::new(|| Ok(f()))
+            .catch_others(|e| Err(Box::new(e)))
             .execute();
         match result {
             Ok(value) => {
@@ -103,4 +103,3 @@ pub fn in_subtransaction<R>(
         }
     }
 }
-

@@ -214,10 +214,7 @@ pub fn refresh_group(ids: &[i64], trigger: RunCause) -> Vec<i64> {
             .iter()
             .filter(|o| o.status == RunStatus::Failed)
             .count();
-        for outcome in outcomes
-            .iter()
-            .filter(|o| o.status == RunStatus::Failed)
-        {
+        for outcome in outcomes.iter().filter(|o| o.status == RunStatus::Failed) {
             log!(
                 "segments: refresh of segment {} failed: {}",
                 outcome.segment_id,

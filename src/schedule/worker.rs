@@ -91,7 +91,9 @@ fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::run::RunCause) ->
     let group = ids.to_vec();
     arm_refresh_timeout(timeout);
     let done = in_transaction("a scheduler group", move || {
-        crate::pg::sandbox::privileged(move || crate::schedule::pass::refresh_group(&group, trigger));
+        crate::pg::sandbox::privileged(move || {
+            crate::schedule::pass::refresh_group(&group, trigger)
+        });
     });
     arm_refresh_timeout(0);
     let elapsed = started.elapsed();

@@ -198,4 +198,3 @@ pub unsafe fn after_command(fcinfo: pg_sys::FunctionCallInfo) {
         }
     }));
 }
-

@@ -211,13 +211,9 @@ pub fn restore_members_views() {
 /// its grants and comments.
 pub fn remake_members_views() {
     let entities: Vec<String> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT name FROM segments.entity ORDER BY name",
-            None,
-            &[],
-        ))
-        .map(|row| required(&row, 1))
-        .collect()
+        spi(client.select("SELECT name FROM segments.entity ORDER BY name", None, &[]))
+            .map(|row| required(&row, 1))
+            .collect()
     });
     for entity in entities {
         release_members_view(&entity);

@@ -3,6 +3,7 @@
 //! a test asks for (by `scripts/cluster.sh`, as the `postgres` OS user when
 //! run as root), handed to the test as connection strings, and always
 //! stopped and removed when the `Cluster` is dropped, even if the test panics.
+// Each suite compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -18,7 +18,9 @@ use segments_core::bitmap::{position_of, Members};
 use segments_core::catalog::{Catalog, Entity, KeyKind};
 use segments_core::sql::{ident, literal};
 
-use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues};
+use crate::engine::evaluate::{
+    evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues,
+};
 use crate::engine::live::install::columns_read_by;
 use crate::engine::live::related::{plan_owner, related_values, OwnerPlan};
 use crate::engine::plan::compute_as;
@@ -29,6 +31,11 @@ use crate::pg::catalog::{registered_key_type, SpiCatalog};
 use crate::pg::error::Failure;
 use crate::pg::spi::{required, spi};
 use crate::pg::subtransaction::writing_transaction;
+
+/// A queued change as apply takes it: the key (None: everything changed),
+/// the related table whose rows changed (None: the entity's own row), and
+/// the row image when it is usable.
+type Queued = (Option<String>, Option<String>, Option<Vec<u8>>);
 
 /// Applies every queued change; returns the runs recorded.
 pub fn apply_changes() -> Vec<i64> {
@@ -51,9 +58,8 @@ pub fn apply_changes() -> Vec<i64> {
         // full evaluation and last change of definition: an update of a
         // column no live segment read then was not captured, so an older
         // image may show a value the table no longer has.
-        let taken: Vec<(Option<String>, Option<String>, Option<Vec<u8>>)> = Spi::connect_mut(
-            |client| {
-                spi(client.update(
+        let taken: Vec<Queued> = Spi::connect_mut(|client| {
+            spi(client.update(
                 "WITH newest AS (
                      SELECT GREATEST(
                                 (SELECT pg_catalog.max(r.started_at) FROM segments.refresh_run r
@@ -68,8 +74,7 @@ pub fn apply_changes() -> Vec<i64> {
             ))
             .map(|row| (spi(row.get::<String>(1)), spi(row.get::<String>(2)), spi(row.get::<Vec<u8>>(3))))
             .collect()
-            },
-        );
+        });
         let images = latest_images(&taken);
         let changes: Vec<(Option<String>, Option<String>)> = taken
             .into_iter()
@@ -99,9 +104,7 @@ pub fn apply_changes() -> Vec<i64> {
 /// The row images of a batch that show a key's current row: those of keys
 /// whose own row was queued exactly once (for a key changed twice, which
 /// image is newer is unknown; those keys read the heap).
-fn latest_images(
-    taken: &[(Option<String>, Option<String>, Option<Vec<u8>>)],
-) -> Vec<(String, Vec<u8>)> {
+fn latest_images(taken: &[Queued]) -> Vec<(String, Vec<u8>)> {
     let mut own: HashMap<&str, (usize, Option<&Vec<u8>>)> = HashMap::new();
     for (key, source, image) in taken {
         if let (Some(key), None) = (key, source) {
@@ -142,7 +145,6 @@ fn entity_rows(
             None,
             &[entity.name.as_str().into()],
         ))
-        .into_iter()
         .next()
         .map(|row| (required::<pg_sys::Oid>(&row, 1), required::<bool>(&row, 2)));
         row.unzip()
@@ -172,7 +174,8 @@ fn entity_rows(
                 .map(|c| (name.clone(), c.base_type_sql.clone()))
         })
         .collect::<Option<_>>()?;
-    let (source, unusable) = crate::engine::live::capture::rows_of_images(relation?, &columns, images);
+    let (source, unusable) =
+        crate::engine::live::capture::rows_of_images(relation?, &columns, images);
     let source = source?;
     let from_images: BTreeSet<&str> = images
         .iter()

@@ -235,4 +235,3 @@ pub(super) fn columns_read_by(
         .flat_map(|parsed| segments_core::compile::columns_read(&parsed, entity))
         .collect()
 }
-
