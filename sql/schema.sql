@@ -9,8 +9,9 @@ CREATE SCHEMA segments;
 -- An entity is a table whose rows are grouped into segments (customers,
 -- contacts, leads...). `relation` follows renames of the table.
 CREATE TABLE segments.entity (
+    -- The naming rules are segments-core's names::ENTITY and names::RELATED.
     name        text PRIMARY KEY
-                CHECK (name ~ '^[a-z_][a-z0-9_]{0,40}$'),
+                CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$'),
     relation    regclass NOT NULL,
     key_column  name NOT NULL,
     -- How keys become bitmap positions: 'integer' keys are their own

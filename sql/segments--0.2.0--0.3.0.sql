@@ -18,6 +18,11 @@ SELECT pg_catalog.pg_extension_config_dump('segments.change_queue', '');
 -- the definitions, then the dumped rows replace them, timestamps and all).
 SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
 
+-- Entity names are 1 to 40 characters, the rule register_entity has
+-- always applied (the CHECK allowed 41); no registered name is longer.
+ALTER TABLE segments.entity DROP CONSTRAINT entity_name_check,
+    ADD CONSTRAINT entity_name_check CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$');
+
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
 CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_capture_wrapper';

@@ -3,17 +3,23 @@
 //! The engine's pure half (definitions, validation, the compiler to SQL
 //! text, bitmap algebra, schedules) is the `segments-core` crate; this crate
 //! runs it inside PostgreSQL. Rooms, by concern (ARCHITECTURE.md has the
-//! data flow):
-//! - `api/`: the SQL surface, thin `#[pg_extern]` wrappers by SPEC section
-//!   (entities, segments, reads, inspection, explain, history, usage, and
-//!   `compat`, the C symbols older versions' SQL names)
-//! - `engine/`: evaluation (`evaluate`, `aggregate`'s `rb_agg`), the refresh
-//!   engine and its stores (`refresh`), live segments (`live`, `capture`),
-//!   Citus placement (`citus`)
-//! - `schedule/`: one scheduler pass (`pass`) and the background worker
-//! - `pg/`: errors as Postgres errors, SPI helpers, the real catalog,
-//!   transactions and the owner sandbox (`txn`), every setting (`gucs`)
-//! - optional parts, one module and one entry point each: `sequence`
+//! data flow and where a change goes):
+//! - `api/`: the SQL surface, thin `#[pg_extern]` wrappers by subject
+//!   (entities, segments, refresh, reads, inspection, explain, history,
+//!   usage, live, schedule, schema changes, internal helpers, and `compat`,
+//!   the C symbols older versions' SQL names)
+//! - `engine/`: by stage: `run` (what a run is), `plan`, `evaluate` (with
+//!   `aggregate`'s `rb_agg`), `store` (and its `after_change` step), the
+//!   orchestrations `refresh` and `live/`, and Citus placement (`citus`)
+//! - `tables/`: what segments keeps on users' tables (members views) and
+//!   its response to their DDL
+//! - `schedule/`: one scheduler pass (`pass`), due times (`next`) and the
+//!   background worker
+//! - `pg/`: beneath every room: errors, SPI helpers, the real catalog,
+//!   Citus's catalog, authorization, the sandbox, subtransactions, every
+//!   setting (`gucs`), restores, and what differs between majors
+//! - features, one module each, whose whole purpose is one SQL-facing
+//!   feature and which therefore declare their own SQL functions: `sequence`
 //!   (sales sequences), `export` (export tables), `lookalike`, `suggest`
 
 // pgrx reads the result columns of a set-returning function from the

@@ -1,4 +1,4 @@
-//! Layer 3: live segments (SPEC section 11). Memberships follow inserts,
+//! Layer 3: live segments (README, Live segments). Memberships follow inserts,
 //! updates, deletes, related rows and TRUNCATE; the worker applies them
 //! within seconds; a killed apply loses nothing.
 
@@ -6,13 +6,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::Cluster;
-
-const ANCHOR: &str = "2026-11-01";
-
-fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
-    cluster.sample_database(scale, ANCHOR, "")
-}
+use harness::{Cluster, ANCHOR};
 
 const DE: &str = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}},
                      {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#;
@@ -44,7 +38,7 @@ fn apply(client: &mut postgres::Client) -> i64 {
 #[test]
 fn live_segments_follow_row_changes() {
     let cluster = Cluster::start("live", &[]);
-    let mut client = sample(&cluster, "3000");
+    let mut client = cluster.sample_unpinned("3000");
     let de: i64 = client
         .query_one(
             "SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')",
@@ -249,7 +243,7 @@ fn scans(client: &mut postgres::Client, table: &str) -> i64 {
 #[test]
 fn kept_related_values_stay_exact_and_spare_related_reads() {
     let cluster = Cluster::start("live-kept", &[]);
-    let mut client = sample(&cluster, "3000");
+    let mut client = cluster.sample_unpinned("3000");
     client
         .batch_execute(&format!("SET segments.reference_time = '{ANCHOR}'"))
         .unwrap();
@@ -361,7 +355,7 @@ fn the_worker_applies_changes_and_a_killed_apply_loses_nothing() {
         "live-worker",
         &["shared_preload_libraries=segments", "segments.naptime=1"],
     );
-    let mut client = sample(&cluster, "2000");
+    let mut client = cluster.sample_unpinned("2000");
     let de: i64 = client
         .query_one(
             "SELECT segments.create_segment('Live DE', $1::text::jsonb, schedule => 'live')",

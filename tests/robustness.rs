@@ -1,4 +1,4 @@
-//! Layer 3: living with a changing database (SPEC section 10). Schema
+//! Layer 3: living with a changing database (README, Entities: schema changes). Schema
 //! changes, dropped tables, broken exports, odd values, settings and time
 //! zones, on real clusters.
 
@@ -6,23 +6,13 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{sqlstate, Cluster};
-
-const ANCHOR: &str = "2026-11-01";
+use harness::{sqlstate, Cluster, ANCHOR};
 
 fn expect_code(client: &mut postgres::Client, sql: &str, code: &str) -> String {
     let error = client.batch_execute(sql).expect_err(sql);
     let (got, message) = sqlstate(&error);
     assert_eq!(got, code, "{sql}: {message}");
     message
-}
-
-fn sample(cluster: &Cluster, scale: &str) -> postgres::Client {
-    let then = format!(
-        "SET segments.reference_time = '{ANCHOR}'; {}",
-        Cluster::EMAIL_EVENTS
-    );
-    cluster.sample_database(scale, ANCHOR, &then)
 }
 
 fn count(client: &mut postgres::Client, sql: &str) -> i64 {
@@ -35,7 +25,7 @@ fn count(client: &mut postgres::Client, sql: &str) -> i64 {
 #[test]
 fn registered_tables_stay_alterable() {
     let cluster = Cluster::start("ddl", &[]);
-    let mut client = sample(&cluster, "2000");
+    let mut client = cluster.sample("2000");
     client
         .batch_execute(
             r#"CREATE ROLE bi LOGIN; GRANT SELECT ON segments.customer_members TO bi;
@@ -154,7 +144,7 @@ fn dropped_tables_fail_only_their_segments() {
         "dropped",
         &["shared_preload_libraries=segments", "segments.naptime=1"],
     );
-    let mut client = sample(&cluster, "1000");
+    let mut client = cluster.sample("1000");
     client
         .batch_execute(
             r#"CREATE TABLE accounts (code text PRIMARY KEY, tier text);
@@ -258,7 +248,7 @@ fn dropped_tables_fail_only_their_segments() {
 #[test]
 fn exports_fail_alone_and_never_duplicate() {
     let cluster = Cluster::start("exports2", &[]);
-    let mut client = sample(&cluster, "3000");
+    let mut client = cluster.sample("3000");
     client
         .batch_execute(
             r#"SELECT segments.quick_segment('DE', 'customer', 'country', 'eq', '"DE"');
@@ -460,7 +450,7 @@ fn settings_are_validated_and_the_prefix_reserved() {
 #[test]
 fn calendar_days_follow_segments_timezone() {
     let cluster = Cluster::start("timezone", &["timezone=UTC"]);
-    let mut client = sample(&cluster, "5000");
+    let mut client = cluster.sample("5000");
     let definition = r#"{"entity":"customer","rules":[{"where":{"attribute":"last_login_at","op":"is_anniversary"}}]}"#;
     let today = r#"{"entity":"customer","rules":[{"where":{"attribute":"last_login_at","op":"is_today"}}]}"#;
     client
@@ -540,7 +530,7 @@ fn calendar_days_follow_segments_timezone() {
 #[test]
 fn static_segments_are_computed_when_resumed() {
     let cluster = Cluster::start("static", &[]);
-    let mut client = sample(&cluster, "500");
+    let mut client = cluster.sample("500");
     let id: i64 = client
         .query_one(r#"SELECT segments.create_segment('Fixed', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":40}}]}', type => 'static')"#, &[])
         .unwrap()
@@ -604,7 +594,7 @@ fn failing_segments_back_off() {
         "backoff",
         &["shared_preload_libraries=segments", "segments.naptime=1"],
     );
-    let mut client = sample(&cluster, "500");
+    let mut client = cluster.sample("500");
     client
         .batch_execute(
             r#"SELECT segments.create_segment('Breaks', '{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gt","value":40}}]}', schedule => '* * * * *');

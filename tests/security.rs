@@ -1,4 +1,4 @@
-//! Layer 3: the trust boundary (SPEC section 9), tried as a hostile
+//! Layer 3: the trust boundary (README, Security model), tried as a hostile
 //! `segments_editor` would, on real clusters. Each attack of the 0.1.0
 //! security review is here, and must be refused or harmless.
 

@@ -77,7 +77,7 @@ impl SegmentsError {
     }
 
     /// A segment a definition reads that does not exist: 42P01, as for
-    /// anything a definition names (SPEC: unknown entity, related table or
+    /// anything a definition names (docs/reference.md: unknown entity, related table or
     /// segment); `path` is where in the definition.
     pub fn missing_segment_reference(path: &str, reference: impl std::fmt::Display) -> Self {
         SegmentsError::UndefinedTable(format!(

@@ -22,6 +22,7 @@ pub mod definition;
 pub mod error;
 #[cfg(any(test, feature = "generate"))]
 pub mod generate;
+pub mod names;
 pub mod schedule;
 pub mod spelling;
 pub mod sql;

@@ -14,22 +14,6 @@ use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
 use crate::pg::spi::spi;
 
-fn check_name(what: &str, name: &str, max: usize) -> Result<(), SegmentsError> {
-    let ok = !name.is_empty()
-        && name.len() <= max
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(SegmentsError::InvalidParameter(format!(
-            "{what} name \"{name}\" must be 1 to {max} lowercase letters, digits or underscores, starting with a letter"
-        )))
-    }
-}
-
 fn column_error(table: &Table, column: &str, owner: &str) -> Reported {
     SegmentsError::UndefinedColumn(format!("column \"{column}\" does not exist on {owner}"))
         .with_hint(segments_core::spelling::perhaps(
@@ -44,7 +28,7 @@ fn register_entity_impl(
     key_column: &str,
     eligible: Option<serde_json::Value>,
 ) -> Result<(), Reported> {
-    check_name("entity", entity, 40)?;
+    segments_core::names::ENTITY.check(entity)?;
     if SpiCatalog.entity(entity).is_some() {
         return Err(SegmentsError::DuplicateObject(format!(
             "entity \"{entity}\" is already registered"
@@ -130,7 +114,7 @@ fn register_related_impl(
     foreign_key: &str,
     time_column: Option<&str>,
 ) -> Result<(), Reported> {
-    check_name("related table", name, 63)?;
+    segments_core::names::RELATED.check(name)?;
     let owner = crate::pg::catalog::registered_entity(entity)?;
     if owner.related(name).is_some() {
         return Err(SegmentsError::DuplicateObject(format!(

@@ -52,8 +52,12 @@ fn members_at_impl(
     }
     let last_run = optional_value::<i64>(
         "SELECT max(id) FROM segments.refresh_run WHERE segment_id OPERATOR(pg_catalog.=) $1 \
-           AND status OPERATOR(pg_catalog.=) 'succeeded' AND finished_at OPERATOR(pg_catalog.<=) $2",
-        &[segment.into(), at.into()],
+           AND status OPERATOR(pg_catalog.=) $3 AND finished_at OPERATOR(pg_catalog.<=) $2",
+        &[
+            segment.into(),
+            at.into(),
+            crate::engine::run::RunStatus::Succeeded.as_str().into(),
+        ],
     );
     let Some(last_run) = last_run else {
         let kept_since = optional_value::<String>(

@@ -1,4 +1,5 @@
-//! The SQL surface: `#[pg_extern]` functions grouped as SPEC groups them.
+//! The SQL surface: `#[pg_extern]` functions grouped as docs/reference.md
+//! groups them.
 //! Each delegates to the engine, segments-core or the optional parts; SQL
 //! that only reads or writes tables lives in `sql/`.
 

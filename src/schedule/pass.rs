@@ -171,7 +171,7 @@ pub fn plan_pass() -> Due {
     }
 }
 
-/// What a pass refreshes, by trigger.
+/// What a pass refreshes, by what started it.
 pub struct Due {
     pub by_system: Vec<i64>,
     pub by_schedule: Vec<i64>,
@@ -179,10 +179,10 @@ pub struct Due {
 
 impl Due {
     /// Groups of segments that share a plan (entity and owner), each with
-    /// its trigger: the worker commits after each group.
+    /// its cause: the worker commits after each group.
     pub fn groups(&self) -> Vec<(Vec<i64>, RunCause)> {
         let mut out = Vec::new();
-        for (ids, trigger) in [
+        for (ids, cause) in [
             (&self.by_system, RunCause::System),
             (&self.by_schedule, RunCause::Schedule),
         ] {
@@ -199,17 +199,17 @@ impl Due {
                 .filter_map(|row| spi(row.get::<Vec<i64>>(1)))
                 .collect()
             });
-            out.extend(groups.into_iter().map(|g| (g, trigger)));
+            out.extend(groups.into_iter().map(|g| (g, cause)));
         }
         out
     }
 }
 
 /// Refreshes one group and logs the outcome; returns the runs recorded.
-pub fn refresh_group(ids: &[i64], trigger: RunCause) -> Vec<i64> {
+pub fn refresh_group(ids: &[i64], cause: RunCause) -> Vec<i64> {
     let mut runs = Vec::new();
     {
-        let outcomes = refresh_segments(Some(ids), trigger, true).or_raise();
+        let outcomes = refresh_segments(Some(ids), cause, true).or_raise();
         let failed = outcomes
             .iter()
             .filter(|o| o.status == RunStatus::Failed)
@@ -223,7 +223,7 @@ pub fn refresh_group(ids: &[i64], trigger: RunCause) -> Vec<i64> {
         }
         log!(
             "segments: {} refresh of {} segment(s): {} failed",
-            trigger.as_str(),
+            cause.as_str(),
             outcomes.len(),
             failed
         );
@@ -236,12 +236,7 @@ pub fn refresh_group(ids: &[i64], trigger: RunCause) -> Vec<i64> {
 /// `segments.refresh_timeout` (its own transaction rolled back): each
 /// segment fails with 57014, keeping its membership, and is retried with
 /// backoff like any failure.
-pub fn record_timeout(
-    ids: &[i64],
-    trigger: RunCause,
-    timeout_ms: i32,
-    elapsed: std::time::Duration,
-) {
+pub fn record_timeout(ids: &[i64], cause: RunCause, timeout_ms: i32, elapsed: std::time::Duration) {
     writing_transaction();
     let started = crate::pg::spi::optional_value::<pgrx::datum::TimestampWithTimeZone>(
         "SELECT pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)",
@@ -256,13 +251,13 @@ pub fn record_timeout(
             ),
         };
         let run = crate::engine::store::Run {
-            cause: trigger,
+            cause,
             started_at: started,
             keys_examined: None,
         };
         crate::engine::store::store_failure(*id, failure, &run, elapsed);
     }
-    log!("segments: {} refresh of {} segment(s) canceled after {timeout_ms} ms (segments.refresh_timeout)", trigger.as_str(), ids.len());
+    log!("segments: {} refresh of {} segment(s) canceled after {timeout_ms} ms (segments.refresh_timeout)", cause.as_str(), ids.len());
 }
 
 /// Drops history older than `segments.history_retention`.

@@ -1,6 +1,8 @@
 //! The background worker: with `shared_preload_libraries = 'segments'`, it
 //! wakes every `segments.naptime` in database `segments.database` and runs
-//! one scheduler pass (`scheduler::run_pass`) in its own transaction.
+//! one scheduler pass (`pass::plan_pass`), each group of segments in a
+//! transaction of its own under `segments.refresh_timeout`, then live
+//! changes and the history trim.
 //!
 //! SIGTERM uses Postgres' own `die` handler, so a pass stops at the next
 //! interrupt check and its transaction rolls back: a shutdown in the middle
@@ -85,15 +87,13 @@ fn report_activity(state: pg_sys::BackendState::Type, query: &std::ffi::CStr) {
 /// Refreshes a group in a transaction of its own under
 /// `segments.refresh_timeout`; false when it ran out of time (its segments
 /// are then recorded as failed with 57014 if they are alone in the group).
-fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::run::RunCause) -> bool {
+fn refresh_within_timeout(ids: &[i64], cause: crate::engine::run::RunCause) -> bool {
     let timeout = gucs::REFRESH_TIMEOUT.get();
     let started = std::time::Instant::now();
     let group = ids.to_vec();
     arm_refresh_timeout(timeout);
     let done = in_transaction("a scheduler group", move || {
-        crate::pg::sandbox::privileged(move || {
-            crate::schedule::pass::refresh_group(&group, trigger)
-        });
+        crate::pg::sandbox::privileged(move || crate::schedule::pass::refresh_group(&group, cause));
     });
     arm_refresh_timeout(0);
     let elapsed = started.elapsed();
@@ -103,7 +103,7 @@ fn refresh_within_timeout(ids: &[i64], trigger: crate::engine::run::RunCause) ->
         let ids = ids.to_vec();
         in_transaction("recording a refresh timeout", move || {
             crate::pg::sandbox::privileged(move || {
-                crate::schedule::pass::record_timeout(&ids, trigger, timeout, elapsed)
+                crate::schedule::pass::record_timeout(&ids, cause, timeout, elapsed)
             });
         });
     }
@@ -192,12 +192,12 @@ pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
         let groups = in_transaction("planning a scheduler pass", || {
             crate::pg::sandbox::privileged(|| crate::schedule::pass::plan_pass().groups())
         });
-        for (ids, trigger) in groups.unwrap_or_default() {
+        for (ids, cause) in groups.unwrap_or_default() {
             // A group that runs out of time is tried again one segment at a
             // time: only the segments that are too slow alone fail.
-            if !refresh_within_timeout(&ids, trigger) && ids.len() > 1 {
+            if !refresh_within_timeout(&ids, cause) && ids.len() > 1 {
                 for id in ids {
-                    refresh_within_timeout(&[id], trigger);
+                    refresh_within_timeout(&[id], cause);
                 }
             }
         }

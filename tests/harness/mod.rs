@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The day the sample data is anchored at, and relative conditions are
+/// measured from, in every suite that uses `Cluster::sample`.
+pub const ANCHOR: &str = "2026-11-01";
+
 pub struct Cluster {
     dir: PathBuf,
     port: u16,
@@ -121,6 +125,24 @@ impl Cluster {
             command.arg("-v").arg(format!("{name}={value}"));
         }
         run(&mut command)
+    }
+
+    /// The sample data set at `scale`, anchored at `ANCHOR` and measured
+    /// from it (`segments.reference_time`), with `customers`, `orders` and
+    /// `email_events` registered: what most suites start from.
+    pub fn sample(&self, scale: &str) -> postgres::Client {
+        let then = format!(
+            "SET segments.reference_time = '{ANCHOR}'; {}",
+            Self::EMAIL_EVENTS
+        );
+        self.sample_database(scale, ANCHOR, &then)
+    }
+
+    /// The sample data set at `scale`, anchored at `ANCHOR`, with
+    /// `customers` and `orders` registered and relative conditions measured
+    /// from `now()` (live segments apply changes as they come).
+    pub fn sample_unpinned(&self, scale: &str) -> postgres::Client {
+        self.sample_database(scale, ANCHOR, "")
     }
 
     /// Registers the sample's `email_events` (for `sample_database`'s `then`).
@@ -245,5 +267,19 @@ impl Drop for CitusCluster {
             .arg("destroy")
             .arg(&self.dir)
             .output();
+    }
+}
+
+pub fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
