@@ -150,3 +150,82 @@ fn every_public_object_has_a_comment() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// docs/reference.md documents every public function, view, table, column
+/// and setting the installed extension has: adding one without its entry
+/// fails here, naming it.
+#[test]
+fn every_public_object_is_in_the_reference() {
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md"))
+            .expect("docs/reference.md exists");
+    // A section: from its heading to the next heading of any level.
+    let section = |heading: &str| -> Option<String> {
+        let start = reference.find(&format!("\n{heading}\n"))?;
+        let rest = &reference[start + heading.len() + 2..];
+        let end = rest.find("\n#").unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    };
+    let cluster = Cluster::start("reference", &[]);
+    let mut client = cluster.sample("100");
+    let mut missing = Vec::new();
+    let functions = client
+        .query(
+            "SELECT DISTINCT proname::text FROM pg_proc
+              WHERE pronamespace = 'segments'::regnamespace AND proname NOT LIKE '\\_%' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    for row in functions {
+        let name: String = row.get(0);
+        if section(&format!("#### segments.{name}")).is_none() {
+            missing.push(format!("function segments.{name}"));
+        }
+    }
+    // Tables and views, but not the per-entity members views (documented
+    // once, as segments.<entity>_members).
+    let relations = client
+        .query(
+            "SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+               FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              WHERE c.relnamespace = 'segments'::regnamespace AND c.relkind IN ('r', 'v', 'p')
+                AND c.relname NOT IN (SELECT name || '_members' FROM segments.entity)
+              GROUP BY c.relname ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        relations.len() > 15,
+        "the catalog query found the relations"
+    );
+    for row in relations {
+        let (name, columns): (String, Vec<String>) = (row.get(0), row.get(1));
+        let Some(text) = section(&format!("#### segments.{name}")) else {
+            missing.push(format!("relation segments.{name}"));
+            continue;
+        };
+        for column in columns {
+            if !text.contains(&format!("| `{column}` |")) {
+                missing.push(format!("column segments.{name}.{column}"));
+            }
+        }
+    }
+    let settings = section("## Settings").expect("docs/reference.md has a Settings section");
+    let names = client
+        .query(
+            "SELECT name FROM pg_settings WHERE name LIKE 'segments.%' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    assert!(names.len() >= 10, "the preload registered the settings");
+    for row in names {
+        let name: String = row.get(0);
+        if !settings.contains(&format!("| `{name}` |")) {
+            missing.push(format!("setting {name}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing from docs/reference.md: {missing:?}"
+    );
+}

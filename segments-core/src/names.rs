@@ -73,7 +73,10 @@ mod tests {
         assert!(RELATED.allows(&"r".repeat(63)));
         assert!(!RELATED.allows(&"r".repeat(64)));
         let message = ENTITY.check("Bad").unwrap_err().to_string();
-        assert!(message.contains("\"Bad\"") && message.contains("1 to 40"), "{message}");
+        assert!(
+            message.contains("\"Bad\"") && message.contains("1 to 40"),
+            "{message}"
+        );
     }
 
     /// The schema's CHECK constraints are the rule, so a direct write can
@@ -87,7 +90,10 @@ mod tests {
                 .unwrap_or_else(|| panic!("segments.{table} is in sql/schema.sql"));
             let body = &schema[start..start + schema[start..].find(");").unwrap()];
             let check = format!("CHECK (name ~ '{}')", rule.sql_pattern());
-            assert!(body.contains(&check), "segments.{table} should have {check}");
+            assert!(
+                body.contains(&check),
+                "segments.{table} should have {check}"
+            );
         }
     }
 }
