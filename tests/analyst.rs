@@ -11,7 +11,7 @@ use harness::Cluster;
 #[test]
 fn explain_member_agrees_with_is_member() {
     let cluster = Cluster::start("explain", &[]);
-    let mut client = cluster.sample("10500");
+    let mut client = cluster.sample_customers_orders("10500");
     let id: i64 = client
         .query_one(
             r#"SELECT segments.create_segment('Explained', '{"entity":"customer","rules":[
@@ -102,7 +102,7 @@ fn explain_member_agrees_with_is_member() {
 #[test]
 fn definition_history_and_restore() {
     let cluster = Cluster::start("history", &[]);
-    let mut client = cluster.sample("500");
+    let mut client = cluster.sample_customers_orders("500");
     client.batch_execute("CREATE ROLE alice LOGIN IN ROLE segments_editor; GRANT SELECT ON customers, orders TO alice;").unwrap();
     let mut alice = postgres::Client::connect(
         &cluster
@@ -180,7 +180,7 @@ fn definition_history_and_restore() {
 #[test]
 fn membership_at_a_past_time_and_frozen_copies() {
     let cluster = Cluster::start("members-at", &[]);
-    let mut client = cluster.sample("2000");
+    let mut client = cluster.sample_customers_orders("2000");
     let id: i64 = client
         .query_one(
             "SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')",
@@ -264,7 +264,7 @@ fn membership_at_a_past_time_and_frozen_copies() {
 #[test]
 fn admins_set_the_active_limit() {
     let cluster = Cluster::start("limit", &[]);
-    let mut client = cluster.sample("100");
+    let mut client = cluster.sample_customers_orders("100");
     client
         .batch_execute(
             "CREATE ROLE ada LOGIN IN ROLE segments_admin; CREATE ROLE ed LOGIN IN ROLE segments_editor;
@@ -338,7 +338,7 @@ fn admins_set_the_active_limit() {
 #[test]
 fn seed_behaviours() {
     let cluster = Cluster::start("seeds", &[]);
-    let mut client = cluster.sample("2000");
+    let mut client = cluster.sample_customers_orders("2000");
     client
         .batch_execute(
             "CREATE ROLE sam LOGIN IN ROLE segments_sequence_manager; CREATE ROLE ed LOGIN IN ROLE segments_editor;

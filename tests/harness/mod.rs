@@ -138,6 +138,16 @@ impl Cluster {
         self.sample_database(scale, ANCHOR, &then)
     }
 
+    /// `sample` without `email_events` registered: customers and their
+    /// orders only, measured from `ANCHOR`.
+    pub fn sample_customers_orders(&self, scale: &str) -> postgres::Client {
+        self.sample_database(
+            scale,
+            ANCHOR,
+            &format!("SET segments.reference_time = '{ANCHOR}';"),
+        )
+    }
+
     /// The sample data set at `scale`, anchored at `ANCHOR`, with
     /// `customers` and `orders` registered and relative conditions measured
     /// from `now()` (live segments apply changes as they come).
