@@ -93,7 +93,8 @@ BEGIN
                                   '_dependents', '_referenced_segments', '_require_segments',
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
-                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting', '_restoring') LOOP
+                                  '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting', '_restoring',
+                                  '_activity', '_schedulers') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -351,3 +352,31 @@ COMMENT ON FUNCTION segments.explain_member(bigint, text) IS 'Why a record (key 
 COMMENT ON FUNCTION segments.add_to_export(text, bigint[]) IS 'Adds segments (of the export''s entity) to an export, recording their usage, and rewrites it; returns how many were added.';
 COMMENT ON FUNCTION segments.remove_from_export(text, bigint[]) IS 'Removes segments from an export with their usage, and rewrites it; returns how many were removed.';
 COMMENT ON SCHEMA segments IS 'segments: rule-defined customer segments evaluated into Roaring bitmaps.';
+
+COMMENT ON VIEW segments.activity IS 'Every running refresh and live application, manual or scheduled, of any backend or scheduler of the cluster (with the preload).';
+COMMENT ON COLUMN segments.activity.pid IS 'The backend or scheduler doing it.';
+COMMENT ON COLUMN segments.activity.database IS 'Its database.';
+COMMENT ON COLUMN segments.activity.backend_type IS 'client backend, or segments scheduler.';
+COMMENT ON COLUMN segments.activity.role IS 'The role it runs as.';
+COMMENT ON COLUMN segments.activity.kind IS 'refresh or live apply.';
+COMMENT ON COLUMN segments.activity.phase IS 'loading, planning, computing, storing or following up.';
+COMMENT ON COLUMN segments.activity.segment_id IS 'The segment being worked on (NULL: none in particular).';
+COMMENT ON COLUMN segments.activity.done IS 'Segments done.';
+COMMENT ON COLUMN segments.activity.total IS 'Segments in this run.';
+COMMENT ON COLUMN segments.activity.started_at IS 'When it started.';
+COMMENT ON VIEW segments.schedulers IS 'The launcher''s view of every database it serves: its scheduler and what it does (with the preload).';
+COMMENT ON COLUMN segments.schedulers.database IS 'The database.';
+COMMENT ON COLUMN segments.schedulers.pid IS 'Its scheduler (NULL: none running).';
+COMMENT ON COLUMN segments.schedulers.state IS 'waiting, starting, idle, running, no extension, extension outdated, withdrawn, or over max_schedulers.';
+COMMENT ON COLUMN segments.schedulers.started_at IS 'When the scheduler started.';
+COMMENT ON COLUMN segments.schedulers.last_pass_at IS 'When it last finished a pass.';
+COMMENT ON COLUMN segments.schedulers.doing IS 'What pg_stat_activity shows it running (for roles that may see it).';
+COMMENT ON COLUMN segments.schedulers.launcher_pid IS 'The launcher.';
+COMMENT ON VIEW segments.storage IS 'Every table the extension fills: rows, bytes, oldest row, and what bounds it.';
+COMMENT ON COLUMN segments.storage.table_name IS 'The table, in schema segments.';
+COMMENT ON COLUMN segments.storage.rows IS 'Its rows.';
+COMMENT ON COLUMN segments.storage.bytes IS 'Its size with indexes and TOAST.';
+COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NULL otherwise or when empty).';
+COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
+COMMENT ON FUNCTION segments._activity() IS 'Running refreshes and live applications from shared memory (internal; see view activity).';
+COMMENT ON FUNCTION segments._schedulers() IS 'The launcher''s registry (internal; see view schedulers).';

@@ -33,7 +33,7 @@ $$;
 
 -- The ids of the segments a (stored, normalized) definition refers to.
 CREATE FUNCTION segments._referenced_segments(definition jsonb) RETURNS SETOF bigint
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT (v #>> '{}')::bigint
       FROM jsonb_path_query(definition, '$.**.segment') AS v

@@ -24,6 +24,20 @@ ALTER TABLE segments.entity DROP CONSTRAINT entity_name_check,
     ADD CONSTRAINT entity_name_check CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$');
 
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
+CREATE OR REPLACE FUNCTION segments."_activity"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"database" oid,  /* pg_sys :: Oid */
+	"kind" TEXT,  /* String */
+	"phase" TEXT,  /* String */
+	"segment_id" bigint,  /* Option < i64 > */
+	"done" bigint,  /* i64 */
+	"total" bigint,  /* i64 */
+	"started_at" timestamp with time zone  /* Option < TimestampWithTimeZone > */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_activity_wrapper';
+
 CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_capture_wrapper';
 
@@ -69,10 +83,30 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_missing_keys_seen_by_wrapper';
 
+CREATE OR REPLACE FUNCTION segments._referenced_segments(definition jsonb) RETURNS SETOF bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT DISTINCT (v #>> '{}')::bigint
+      FROM jsonb_path_query(definition, '$.**.segment') AS v
+     WHERE jsonb_typeof(v) = 'number'
+$$;
+
 CREATE OR REPLACE FUNCTION segments."_restoring"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_restoring_wrapper';
+
+CREATE OR REPLACE FUNCTION segments."_schedulers"() RETURNS TABLE (
+	"database" oid,  /* pg_sys :: Oid */
+	"pid" INT,  /* Option < i32 > */
+	"state" TEXT,  /* String */
+	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"launcher_pid" INT  /* Option < i32 > */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_schedulers_wrapper';
 
 CREATE OR REPLACE FUNCTION segments._segment_after_insert() RETURNS trigger
 LANGUAGE plpgsql
@@ -301,3 +335,102 @@ REVOKE EXECUTE ON FUNCTION segments._restoring() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION segments._usage_restored() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION segments._missing_keys(text, text[], oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION segments._restoring() TO segments_reader;
+
+-- ---- running in production: what runs, who runs it, what is kept -------------
+-- (sql/operations.sql; the functions are in the generated section)
+
+-- Every running refresh and live application, manual or scheduled.
+CREATE VIEW segments.activity AS
+SELECT a.pid, d.datname AS database, s.backend_type, s.usename AS role,
+       a.kind, a.phase, a.segment_id, a.done, a.total, a.started_at
+  FROM segments._activity() a
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) a.database
+  LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) a.pid;
+
+-- The launcher and a scheduler per database.
+CREATE VIEW segments.schedulers AS
+SELECT d.datname AS database, x.pid, x.state, x.started_at, x.last_pass_at,
+       s.query AS doing, x.launcher_pid
+  FROM segments._schedulers() x
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) x.database
+  LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) x.pid;
+
+-- Every table the extension fills: rows, bytes, its oldest row where rows
+-- age, and what bounds it.
+CREATE VIEW segments.storage AS
+SELECT t.name AS table_name, t.row_count AS rows,
+       pg_catalog.pg_total_relation_size(('segments.' OPERATOR(pg_catalog.||) t.name)::pg_catalog.regclass) AS bytes,
+       t.oldest, t.retention
+  FROM (
+    SELECT 'refresh_run' AS name, (SELECT pg_catalog.count(*) FROM segments.refresh_run) AS row_count,
+           (SELECT pg_catalog.min(started_at) FROM segments.refresh_run) AS oldest,
+           'segments.history_retention (' OPERATOR(pg_catalog.||) segments._setting('segments.history_retention') OPERATOR(pg_catalog.||) ')' AS retention
+    UNION ALL
+    SELECT 'membership_change', (SELECT pg_catalog.count(*) FROM segments.membership_change),
+           (SELECT pg_catalog.min(at) FROM segments.membership_change),
+           'with its refresh run (segments.history_retention)'
+    UNION ALL
+    SELECT 'definition_version', (SELECT pg_catalog.count(*) FROM segments.definition_version),
+           (SELECT pg_catalog.min(changed_at) FROM segments.definition_version),
+           'the latest version of each segment, and older ones for segments.history_retention'
+    UNION ALL
+    SELECT 'change_queue', (SELECT pg_catalog.count(*) FROM segments.change_queue),
+           (SELECT pg_catalog.min(queued_at) FROM segments.change_queue),
+           'applied every segments.naptime by the scheduler (or apply_changes())'
+    UNION ALL
+    SELECT 'membership', (SELECT pg_catalog.count(*) FROM segments.membership),
+           (SELECT pg_catalog.min(refreshed_at) FROM segments.membership),
+           'one row per segment'
+    UNION ALL
+    SELECT 'entity_key', (SELECT pg_catalog.count(*) FROM segments.entity_key), NULL,
+           'one row per text or uuid key ever seen, until its entity is unregistered'
+    UNION ALL
+    SELECT 'related_state', (SELECT pg_catalog.count(*) FROM segments.related_state),
+           (SELECT pg_catalog.min(computed_at) FROM segments.related_state),
+           'one row per related condition of active live segments'
+    UNION ALL
+    SELECT 'sequence_record', (SELECT pg_catalog.count(*) FROM segments.sequence_record),
+           (SELECT pg_catalog.min(connected_at) FROM segments.sequence_record),
+           'one row per connected record, until disconnected'
+    UNION ALL
+    SELECT 'similarity_score', (SELECT pg_catalog.count(*) FROM segments.similarity_score), NULL,
+           'one row per member of a find_similar segment, until it is deleted'
+    UNION ALL
+    SELECT 'usage_registry', (SELECT pg_catalog.count(*) FROM segments.usage_registry),
+           (SELECT pg_catalog.min(since) FROM segments.usage_registry),
+           'one row per usage, until removed'
+  ) t;
+
+GRANT SELECT ON segments.activity, segments.schedulers, segments.storage TO segments_reader;
+REVOKE EXECUTE ON FUNCTION segments._activity() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION segments._schedulers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION segments._activity() TO segments_reader;
+GRANT EXECUTE ON FUNCTION segments._schedulers() TO segments_reader;
+
+COMMENT ON VIEW segments.activity IS 'Every running refresh and live application, manual or scheduled, of any backend or scheduler of the cluster (with the preload).';
+COMMENT ON COLUMN segments.activity.pid IS 'The backend or scheduler doing it.';
+COMMENT ON COLUMN segments.activity.database IS 'Its database.';
+COMMENT ON COLUMN segments.activity.backend_type IS 'client backend, or segments scheduler.';
+COMMENT ON COLUMN segments.activity.role IS 'The role it runs as.';
+COMMENT ON COLUMN segments.activity.kind IS 'refresh or live apply.';
+COMMENT ON COLUMN segments.activity.phase IS 'loading, planning, computing, storing or following up.';
+COMMENT ON COLUMN segments.activity.segment_id IS 'The segment being worked on (NULL: none in particular).';
+COMMENT ON COLUMN segments.activity.done IS 'Segments done.';
+COMMENT ON COLUMN segments.activity.total IS 'Segments in this run.';
+COMMENT ON COLUMN segments.activity.started_at IS 'When it started.';
+COMMENT ON VIEW segments.schedulers IS 'The launcher''s view of every database it serves: its scheduler and what it does (with the preload).';
+COMMENT ON COLUMN segments.schedulers.database IS 'The database.';
+COMMENT ON COLUMN segments.schedulers.pid IS 'Its scheduler (NULL: none running).';
+COMMENT ON COLUMN segments.schedulers.state IS 'waiting, starting, idle, running, no extension, extension outdated, withdrawn, or over max_schedulers.';
+COMMENT ON COLUMN segments.schedulers.started_at IS 'When the scheduler started.';
+COMMENT ON COLUMN segments.schedulers.last_pass_at IS 'When it last finished a pass.';
+COMMENT ON COLUMN segments.schedulers.doing IS 'What pg_stat_activity shows it running (for roles that may see it).';
+COMMENT ON COLUMN segments.schedulers.launcher_pid IS 'The launcher.';
+COMMENT ON VIEW segments.storage IS 'Every table the extension fills: rows, bytes, oldest row, and what bounds it.';
+COMMENT ON COLUMN segments.storage.table_name IS 'The table, in schema segments.';
+COMMENT ON COLUMN segments.storage.rows IS 'Its rows.';
+COMMENT ON COLUMN segments.storage.bytes IS 'Its size with indexes and TOAST.';
+COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NULL otherwise or when empty).';
+COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
+COMMENT ON FUNCTION segments._activity() IS 'Running refreshes and live applications from shared memory (internal; see view activity).';
+COMMENT ON FUNCTION segments._schedulers() IS 'The launcher''s registry (internal; see view schedulers).';

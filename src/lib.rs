@@ -118,6 +118,15 @@ pgrx::extension_sql_file!(
         sequence::_canonical_keys
     ]
 );
+pgrx::extension_sql_file!(
+    "../sql/operations.sql",
+    name = "operations",
+    requires = [
+        "wrappers",
+        api::operations::_activity,
+        api::operations::_schedulers
+    ]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]
@@ -126,13 +135,16 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reads a flag the postmaster sets while loading preloads.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         pg::gucs::register_preload();
-        // Not under pg_upgrade (a server started with -b): the worker
+        schedule::registry::init();
+        engine::progress::init();
+        schedule::withdraw::install();
+        // Not under pg_upgrade (a server started with -b): a scheduler
         // would hold a connection to a database pg_upgrade must drop and
         // create again, and would change data while it is copied.
         // SAFETY: reads a flag the postmaster sets from its options before
         // it loads preloads.
         if !unsafe { pgrx::pg_sys::IsBinaryUpgrade } {
-            schedule::worker::register();
+            schedule::launcher::register();
         }
     }
     pg::gucs::reserve_prefix();

@@ -73,7 +73,15 @@ fn state(client: &mut postgres::Client) -> Vec<(String, String)> {
 
 #[test]
 fn a_restore_brings_back_every_segment() {
-    let cluster = Cluster::start("backup", &["shared_preload_libraries=segments"]);
+    // Only the source database has a scheduler: the restored copies must
+    // stay exactly as restored while they are compared.
+    let cluster = Cluster::start(
+        "backup",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.database=postgres",
+        ],
+    );
     let mut admin = cluster.sample_database(
         "800",
         ANCHOR,

@@ -42,6 +42,9 @@ pub enum SegmentsError {
     /// distributed table (0A000).
     #[error("{0}")]
     FeatureNotSupported(String),
+    /// A change asked of a read-only server: a hot standby (25006).
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 /// An error with a hint for the user ("Perhaps you meant ...").
@@ -67,6 +70,7 @@ impl SegmentsError {
             SegmentsError::ObjectInUse(_) => "55006",
             SegmentsError::InvalidState(_) => "55000",
             SegmentsError::FeatureNotSupported(_) => "0A000",
+            SegmentsError::ReadOnly(_) => "25006",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod history;
 pub mod inspect;
 pub mod internal;
 pub mod live;
+pub mod operations;
 pub mod read;
 pub mod refresh;
 pub mod schedule;

@@ -64,6 +64,12 @@ pub fn sync_dictionary(plan: &Plan) {
     if plan.entity.key_kind != KeyKind::Dictionary || plan.restriction.is_some() {
         return;
     }
+    // A hot standby reads the dictionary as replayed from the primary:
+    // keys the primary has not seen yet are in no stored membership, and
+    // left out of what is computed here.
+    if crate::pg::subtransaction::in_recovery() {
+        return;
+    }
     if plan.entity.key_replica.is_some() {
         return crate::engine::citus::sync_key_replica(&plan.entity);
     }

@@ -8,6 +8,7 @@
 //!   `after_change`, where every consumer of membership changes plugs in;
 //! - `refresh` and `live`: the two orchestrations (every row, or just the
 //!   changed ones);
+//! - `progress`: what runs now, for `segments.activity`;
 //! - `citus`: keeping Citus placements right.
 //!
 //! Dependencies point one way: refresh and live use plan, evaluate and
@@ -19,6 +20,7 @@ pub mod citus;
 pub mod evaluate;
 pub mod live;
 pub mod plan;
+pub mod progress;
 pub mod refresh;
 pub mod run;
 pub mod store;

@@ -20,6 +20,7 @@ use segments_core::bitmap::{Members, RuleCount};
 use crate::engine::evaluate::LeafValues;
 use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql};
 use crate::engine::plan::{compute_as, plan_targets, Planned};
+use crate::engine::progress::{Kind, Phase, Progress};
 use crate::engine::run::{Outcome, RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};
 use crate::pg::error::{Failure, Reported, SegmentsError};
@@ -155,9 +156,12 @@ pub fn refresh_segments(
     skip_locked: bool,
 ) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
+    let progress = Progress::start(Kind::Refresh, ids.map_or(0, <[i64]>::len));
     let targets = load_targets(ids, skip_locked)?;
+    progress.total(targets.len());
     forget_live_windows(&targets);
     let reference = reference_time_sql();
+    progress.phase(Phase::Planning, 0);
     let mut groups = plan_groups(&targets, &reference);
     let mut changes = Changes::default();
     let mut outcomes = Vec::with_capacity(targets.len());
@@ -168,6 +172,7 @@ pub fn refresh_segments(
         let run = Run::starting(cause, None);
         if !target.active {
             outcomes.push(store::store_skipped(target.id, &run, started.elapsed()));
+            progress.advance();
             continue;
         }
         let group = groups
@@ -176,6 +181,7 @@ pub fn refresh_segments(
         // Work shared by a group is divided among its segments.
         let mut computed_here = Duration::ZERO;
         if group.values.is_none() {
+            progress.phase(Phase::Computing, target.id);
             let compute_started = Instant::now();
             group.values = Some(match &group.planned {
                 Ok(planned) => compute_as(group.owner, &planned.plan, &HashMap::new()),
@@ -184,6 +190,7 @@ pub fn refresh_segments(
             group.compute_time = compute_started.elapsed();
             computed_here = group.compute_time;
         }
+        progress.phase(Phase::Storing, target.id);
         let shared_time = group.compute_time / group.size.max(1) as u32;
         let duration = || started.elapsed().saturating_sub(computed_here) + shared_time;
         let result = match (&group.planned, group.values.as_mut()) {
@@ -214,7 +221,9 @@ pub fn refresh_segments(
             ),
             Err(failure) => store::store_failure(target.id, failure, &run, duration()),
         });
+        progress.advance();
     }
+    progress.phase(Phase::Following, 0);
     store::after_change(&changes);
     outcomes.sort_by_key(|o| o.segment_id);
     Ok(outcomes)

@@ -12,7 +12,7 @@ use crate::pg::error::{Raise, SegmentsError};
 
 // Defaults with more than one reader: the setting and the fallback for an
 // empty value. SQL reads the effective values through `_setting`.
-const DEFAULT_DATABASE: &CStr = c"postgres";
+const DEFAULT_DATABASE: &CStr = c"";
 const DEFAULT_SYSTEM_SCHEDULE: &CStr = c"0 2 * * *";
 const DEFAULT_CLEANUP_SCHEDULE: &CStr = c"30 1 * * *";
 const DEFAULT_UNUSED_AFTER: &CStr = c"45 days";
@@ -23,6 +23,8 @@ pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000)
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// The most databases with a scheduler at once.
+pub static MAX_SCHEDULERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// The most conditions one definition may hold.
 pub const DEFAULT_MAX_CONDITIONS: i32 = 2_000;
 pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_CONDITIONS);
@@ -145,9 +147,19 @@ pub fn timezone() -> chrono_tz::Tz {
 pub fn register_preload() {
     GucRegistry::define_string_guc(
         c"segments.database",
-        c"The database the background worker runs in.",
+        c"The one database the schedulers serve (empty: every database with the extension).",
         c"Read when the server starts.",
         &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"segments.max_schedulers",
+        c"The most databases with a scheduler at once (each is a background worker: see max_worker_processes).",
+        c"Read when the server starts.",
+        &MAX_SCHEDULERS,
+        1,
+        crate::schedule::registry::MAX_DATABASES as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -288,7 +300,8 @@ fn text_or(setting: &GucSetting<Option<CString>>, default: &CStr) -> String {
     text(setting).unwrap_or_else(|| default.to_string_lossy().into_owned())
 }
 
-/// `segments.database`: where the background worker runs.
+/// `segments.database`: the one database the schedulers serve; empty
+/// (the default) for every database that has the extension.
 pub fn database() -> String {
     text_or(&DATABASE, DEFAULT_DATABASE)
 }
@@ -319,6 +332,7 @@ pub fn sql_visible(name: &str) -> String {
     match name {
         "segments.max_active_segments" => MAX_ACTIVE_SEGMENTS.get().to_string(),
         "segments.unused_after" => unused_after(),
+        "segments.history_retention" => history_retention(),
         _ => SegmentsError::InvalidParameter(format!(
             "setting \"{name}\" is not read through segments._setting"
         ))

@@ -47,10 +47,28 @@ fn must_propagate(error: &CaughtError) -> bool {
         || unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }
 }
 
+/// Whether this server is a hot standby (recovery in progress): nothing
+/// may be written, and no transaction id assigned.
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared state; callable in any backend.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
 /// Makes SPI statements of this transaction read-write, so each sees the
 /// effects of the ones before it (pgrx runs them read-only until the
-/// transaction has an xid).
+/// transaction has an xid). On a hot standby it refuses with 25006, as
+/// PostgreSQL refuses a write there, instead of failing to assign a
+/// transaction id.
 pub fn writing_transaction() {
+    if in_recovery() {
+        use crate::pg::error::Raise;
+        crate::pg::error::SegmentsError::ReadOnly(
+            "segments cannot refresh, apply changes or schedule on a hot standby (recovery is in progress); \
+             run it on the primary"
+                .into(),
+        )
+        .raise();
+    }
     // SAFETY: inside a transaction (every caller is SQL-callable or runs
     // in the worker's transaction); assigns an xid if there is none.
     unsafe {
@@ -72,8 +90,11 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         // pgrx runs SPI read-only (no new snapshot per statement) while the
         // current (sub)transaction has no xid; work here may write and must
-        // see its own writes.
-        pg_sys::GetCurrentTransactionId();
+        // see its own writes. (Not on a standby, where nothing is written
+        // and no xid can be assigned.)
+        if !in_recovery() {
+            pg_sys::GetCurrentTransactionId();
+        }
         // Results must outlive the subtransaction's memory context.
         pg_sys::MemoryContextSwitchTo(outer_context);
         // The caught error is boxed: it is large, and this is the hot path

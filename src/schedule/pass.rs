@@ -260,12 +260,22 @@ pub fn record_timeout(ids: &[i64], cause: RunCause, timeout_ms: i32, elapsed: st
     log!("segments: {} refresh of {} segment(s) canceled after {timeout_ms} ms (segments.refresh_timeout)", cause.as_str(), ids.len());
 }
 
-/// Drops history older than `segments.history_retention`.
+/// Drops history older than `segments.history_retention`: refresh runs
+/// with their membership changes, and definition versions but the latest.
 pub fn trim_history() {
     writing_transaction();
     let retention = gucs::history_retention();
     spi(Spi::run_with_args(
         "DELETE FROM segments.refresh_run WHERE started_at < clock_timestamp() - $1::interval",
+        &[retention.as_str().into()],
+    ));
+    // Definition versions too, but never a segment's latest: it is what
+    // the segment is now, and what definition_history shows last.
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.definition_version v \
+          WHERE v.changed_at OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval \
+            AND v.version OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(w.version) FROM segments.definition_version w \
+                                                   WHERE w.segment_id OPERATOR(pg_catalog.=) v.segment_id)",
         &[retention.as_str().into()],
     ));
 }

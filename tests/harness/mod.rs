@@ -191,6 +191,66 @@ impl Cluster {
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
+
+    /// A streaming replica of this cluster (`pg_basebackup -R`), started
+    /// with the same settings (the preload included) in recovery.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("segments-it-{name}-{}-{n}", std::process::id()));
+        let port = 55500 + (n % 100) as u16;
+        let standby = Cluster { dir, port };
+        standby.script(&["destroy", standby.dir_str()]);
+        let port_text = self.port.to_string();
+        run(as_owner(&pg_bin("pg_basebackup")).args([
+            "-D",
+            standby.dir_str(),
+            "-R",
+            "-X",
+            "stream",
+            "-h",
+            self.dir_str(),
+            "-p",
+            port_text.as_str(),
+            "-U",
+            "postgres",
+        ]));
+        // Its own port, socket and log (the copied ones are the primary's).
+        let _ = std::fs::remove_file(standby.dir.join("server.log"));
+        let conf = standby.dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("the copy has postgresql.conf");
+        text.push_str(&format!(
+            "\nport = {}\nunix_socket_directories = '{}'\n",
+            standby.port,
+            standby.dir.display()
+        ));
+        std::fs::write(&conf, text).expect("postgresql.conf is writable");
+        let port = standby.port.to_string();
+        standby.script(&["start", standby.dir_str(), port.as_str()]);
+        standby
+    }
+
+    /// Promotes a standby (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) {
+        run(as_owner(&pg_bin("pg_ctl")).args(["-D", self.dir_str(), "-w", "promote"]));
+    }
+}
+
+/// A command run as the `postgres` OS user when the tests run as root (as
+/// PostgreSQL's own programs must be).
+fn as_owner(program: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        let mut command = Command::new("sudo");
+        command.args(["-u", "postgres", "--", program]);
+        command
+    } else {
+        Command::new(program)
+    }
 }
 
 impl Drop for Cluster {

@@ -24,6 +24,7 @@ use crate::engine::evaluate::{
 use crate::engine::live::install::columns_read_by;
 use crate::engine::live::related::{plan_owner, related_values, OwnerPlan};
 use crate::engine::plan::compute_as;
+use crate::engine::progress::{Kind, Phase, Progress};
 use crate::engine::refresh::{dependency_order, refresh_segments};
 use crate::engine::run::{RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};
@@ -339,8 +340,10 @@ fn apply_entity(
     let mut values: HashMap<pg_sys::Oid, Result<LeafValues, Failure>> = HashMap::new();
     let mut changes = Changes::default();
     let mut runs = Vec::new();
+    let progress = Progress::start(Kind::LiveApply, targets.len());
     for i in dependency_order(targets) {
         let target = &targets[i];
+        progress.phase(Phase::Storing, target.id);
         let Some(owner_plan) = plans.get(&target.owner) else {
             continue;
         };
@@ -378,7 +381,9 @@ fn apply_entity(
             Err(failure) => store::store_failure(target.id, failure, &run, started.elapsed()),
         };
         runs.push(outcome.run_id);
+        progress.advance();
     }
+    progress.phase(Phase::Following, 0);
     store::after_change(&changes);
     runs
 }

@@ -1,33 +1,23 @@
-//! The background worker: with `shared_preload_libraries = 'segments'`, it
-//! wakes every `segments.naptime` in database `segments.database` and runs
-//! one scheduler pass (`pass::plan_pass`), each group of segments in a
+//! A database's scheduler: a background worker the launcher starts in
+//! each database it serves. It wakes every `segments.naptime` and runs one
+//! scheduler pass (`pass::plan_pass`), each group of segments in a
 //! transaction of its own under `segments.refresh_timeout`, then live
-//! changes and the history trim.
+//! changes and the history trim. It exits when the extension is not (or no
+//! longer) installed; the launcher starts it again when it is.
 //!
 //! SIGTERM uses Postgres' own `die` handler, so a pass stops at the next
-//! interrupt check and its transaction rolls back: a shutdown in the middle
-//! of a refresh loses nothing. The postmaster restarts the worker if it
-//! dies for any other reason.
+//! interrupt check and its transaction rolls back: a shutdown, or a session
+//! withdrawing the scheduler (DROP DATABASE, ALTER EXTENSION ...), in the
+//! middle of a refresh loses nothing.
 
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::pg::gucs;
-
-const RESTART_AFTER: Duration = Duration::from_secs(5);
-
-pub fn register() {
-    BackgroundWorkerBuilder::new("segments scheduler")
-        .set_type("segments scheduler")
-        .set_function("segments_scheduler_main")
-        .set_library("segments")
-        .enable_spi_access()
-        .set_restart_time(Some(RESTART_AFTER))
-        .load();
-}
+use crate::schedule::registry::{self, State};
 
 /// Runs `work` in a transaction of its own; an error is logged and the
 /// transaction rolled back (pgrx's `BackgroundWorker::transaction` would
@@ -141,73 +131,146 @@ unsafe extern "C-unwind" {
     fn postgres_die(signal: std::ffi::c_int);
 }
 
+/// Records this scheduler's state in the launcher's registry.
+fn set_state(database: u32, state: State) {
+    // SAFETY: reads this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    registry::update(database, |e| {
+        e.state = state;
+        e.pid = pid;
+        if state == State::Idle {
+            e.last_pass_at = registry::now();
+        }
+    });
+}
+
+/// A scheduler's main loop, in the database the launcher gave it.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn segments_scheduler_main(_argument: pg_sys::Datum) {
+pub extern "C-unwind" fn segments_scheduler_main(argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     // SAFETY: installs Postgres' own SIGTERM handler for backends, as
     // bgworkers that use the standard interrupt checks do.
     unsafe {
         crate::pg::versions::set_signal_handler(pg_sys::SIGTERM as i32, postgres_die);
     }
-    let database = gucs::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    log!("segments scheduler started in database \"{database}\"");
-    let mut warned_missing = false;
+    let database = argument.value() as u32;
+    // By oid: a database renamed since the launcher listed it is still
+    // this one; a dropped one ends this worker (once: it is not restarted).
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    registry::update(database, |e| {
+        // SAFETY: reads this process's pid.
+        e.pid = unsafe { pg_sys::MyProcPid };
+        e.state = State::Starting;
+        e.started_at = registry::now();
+    });
+    let name = database_name();
+    let mut warned_outdated = false;
+    let mut announced = false;
     loop {
-        let naptime = Duration::from_secs(gucs::NAPTIME.get().max(1) as u64);
-        if !BackgroundWorker::wait_latch(Some(naptime)) {
-            break; // the postmaster died
-        }
-        pgrx::check_for_interrupts!();
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: between transactions, as the postmaster's children
-            // reload the configuration on SIGHUP.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
         match extension_installed() {
             Some(version) if version == env!("CARGO_PKG_VERSION") => {}
-            installed => {
-                if !warned_missing {
-                    match installed {
-                        None => log!("segments scheduler: extension segments is not installed in \"{database}\"; waiting"),
-                        Some(version) => log!(
-                            "segments scheduler: extension segments is at version {version} in \"{database}\" but this library is {}; waiting for ALTER EXTENSION segments UPDATE",
-                            env!("CARGO_PKG_VERSION")
-                        ),
-                    }
-                    warned_missing = true;
+            Some(version) => {
+                set_state(database, State::OutdatedExtension);
+                if !warned_outdated {
+                    log!(
+                        "segments scheduler: extension segments is at version {version} in \"{name}\" but this library is {}; waiting for ALTER EXTENSION segments UPDATE",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    warned_outdated = true;
+                }
+                if !nap() {
+                    break;
                 }
                 continue;
             }
-        }
-        warned_missing = false;
-        report_activity(
-            pg_sys::BackendState::STATE_RUNNING,
-            c"segments scheduler pass",
-        );
-        // One transaction to decide, then one per group of segments: a
-        // failure (or a shutdown) loses one group's work at most, and what
-        // succeeded is committed.
-        let groups = in_transaction("planning a scheduler pass", || {
-            crate::pg::sandbox::privileged(|| crate::schedule::pass::plan_pass().groups())
-        });
-        for (ids, cause) in groups.unwrap_or_default() {
-            // A group that runs out of time is tried again one segment at a
-            // time: only the segments that are too slow alone fail.
-            if !refresh_within_timeout(&ids, cause) && ids.len() > 1 {
-                for id in ids {
-                    refresh_within_timeout(&[id], cause);
-                }
+            None => {
+                // Not installed (or dropped): nothing to do here until
+                // CREATE EXTENSION, which wakes the launcher.
+                registry::update(database, |e| {
+                    e.state = State::NoExtension;
+                    e.pid = 0;
+                    e.probed_at = registry::now();
+                });
+                return;
             }
         }
-        in_transaction("trimming history", || {
-            crate::pg::sandbox::privileged(crate::schedule::pass::trim_history)
-        });
-        // Live segments: the changes captured since the last pass.
-        in_transaction("applying live changes", || {
-            crate::pg::sandbox::privileged(crate::engine::live::apply::apply_changes);
-        });
-        report_activity(pg_sys::BackendState::STATE_IDLE, c"");
+        warned_outdated = false;
+        if !announced {
+            log!("segments scheduler started in database \"{name}\"");
+            announced = true;
+        }
+        set_state(database, State::Idle);
+        if !nap() {
+            break;
+        }
+        if extension_installed().is_none() {
+            continue;
+        }
+        set_state(database, State::Running);
+        run_pass();
+        set_state(database, State::Idle);
     }
+    registry::update(database, |e| {
+        e.pid = 0;
+        e.state = State::Waiting;
+    });
+}
+
+/// Sleeps a naptime (a SIGHUP reloads the configuration); false when the
+/// postmaster died.
+fn nap() -> bool {
+    let naptime = Duration::from_secs(gucs::NAPTIME.get().max(1) as u64);
+    if !BackgroundWorker::wait_latch(Some(naptime)) {
+        return false;
+    }
+    pgrx::check_for_interrupts!();
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: between transactions, as the postmaster's children
+        // reload the configuration on SIGHUP.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+    true
+}
+
+/// This database's name, for log lines.
+fn database_name() -> String {
+    in_transaction("reading the database name", || {
+        pgrx::spi::Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text")
+            .ok()
+            .flatten()
+    })
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// One pass: the due groups, the history trim, then live changes.
+fn run_pass() {
+    report_activity(
+        pg_sys::BackendState::STATE_RUNNING,
+        c"segments scheduler pass",
+    );
+    // One transaction to decide, then one per group of segments: a
+    // failure (or a shutdown) loses one group's work at most, and what
+    // succeeded is committed.
+    let groups = in_transaction("planning a scheduler pass", || {
+        crate::pg::sandbox::privileged(|| crate::schedule::pass::plan_pass().groups())
+    });
+    for (ids, cause) in groups.unwrap_or_default() {
+        // A group that runs out of time is tried again one segment at a
+        // time: only the segments that are too slow alone fail.
+        if !refresh_within_timeout(&ids, cause) && ids.len() > 1 {
+            for id in ids {
+                refresh_within_timeout(&[id], cause);
+            }
+        }
+    }
+    in_transaction("trimming history", || {
+        crate::pg::sandbox::privileged(crate::schedule::pass::trim_history)
+    });
+    // Live segments: the changes captured since the last pass.
+    in_transaction("applying live changes", || {
+        crate::pg::sandbox::privileged(crate::engine::live::apply::apply_changes);
+    });
+    report_activity(pg_sys::BackendState::STATE_IDLE, c"");
 }

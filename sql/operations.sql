@@ -1,0 +1,65 @@
+-- What runs, who runs it, and how much the extension keeps (README,
+-- Running in production). The functions read shared memory
+-- (src/api/operations.rs): every backend and scheduler of the cluster.
+
+-- Every running refresh and live application, manual or scheduled.
+CREATE VIEW segments.activity AS
+SELECT a.pid, d.datname AS database, s.backend_type, s.usename AS role,
+       a.kind, a.phase, a.segment_id, a.done, a.total, a.started_at
+  FROM segments._activity() a
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) a.database
+  LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) a.pid;
+
+-- The launcher and a scheduler per database.
+CREATE VIEW segments.schedulers AS
+SELECT d.datname AS database, x.pid, x.state, x.started_at, x.last_pass_at,
+       s.query AS doing, x.launcher_pid
+  FROM segments._schedulers() x
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) x.database
+  LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) x.pid;
+
+-- Every table the extension fills: rows, bytes, its oldest row where rows
+-- age, and what bounds it.
+CREATE VIEW segments.storage AS
+SELECT t.name AS table_name, t.row_count AS rows,
+       pg_catalog.pg_total_relation_size(('segments.' OPERATOR(pg_catalog.||) t.name)::pg_catalog.regclass) AS bytes,
+       t.oldest, t.retention
+  FROM (
+    SELECT 'refresh_run' AS name, (SELECT pg_catalog.count(*) FROM segments.refresh_run) AS row_count,
+           (SELECT pg_catalog.min(started_at) FROM segments.refresh_run) AS oldest,
+           'segments.history_retention (' OPERATOR(pg_catalog.||) segments._setting('segments.history_retention') OPERATOR(pg_catalog.||) ')' AS retention
+    UNION ALL
+    SELECT 'membership_change', (SELECT pg_catalog.count(*) FROM segments.membership_change),
+           (SELECT pg_catalog.min(at) FROM segments.membership_change),
+           'with its refresh run (segments.history_retention)'
+    UNION ALL
+    SELECT 'definition_version', (SELECT pg_catalog.count(*) FROM segments.definition_version),
+           (SELECT pg_catalog.min(changed_at) FROM segments.definition_version),
+           'the latest version of each segment, and older ones for segments.history_retention'
+    UNION ALL
+    SELECT 'change_queue', (SELECT pg_catalog.count(*) FROM segments.change_queue),
+           (SELECT pg_catalog.min(queued_at) FROM segments.change_queue),
+           'applied every segments.naptime by the scheduler (or apply_changes())'
+    UNION ALL
+    SELECT 'membership', (SELECT pg_catalog.count(*) FROM segments.membership),
+           (SELECT pg_catalog.min(refreshed_at) FROM segments.membership),
+           'one row per segment'
+    UNION ALL
+    SELECT 'entity_key', (SELECT pg_catalog.count(*) FROM segments.entity_key), NULL,
+           'one row per text or uuid key ever seen, until its entity is unregistered'
+    UNION ALL
+    SELECT 'related_state', (SELECT pg_catalog.count(*) FROM segments.related_state),
+           (SELECT pg_catalog.min(computed_at) FROM segments.related_state),
+           'one row per related condition of active live segments'
+    UNION ALL
+    SELECT 'sequence_record', (SELECT pg_catalog.count(*) FROM segments.sequence_record),
+           (SELECT pg_catalog.min(connected_at) FROM segments.sequence_record),
+           'one row per connected record, until disconnected'
+    UNION ALL
+    SELECT 'similarity_score', (SELECT pg_catalog.count(*) FROM segments.similarity_score), NULL,
+           'one row per member of a find_similar segment, until it is deleted'
+    UNION ALL
+    SELECT 'usage_registry', (SELECT pg_catalog.count(*) FROM segments.usage_registry),
+           (SELECT pg_catalog.min(since) FROM segments.usage_registry),
+           'one row per usage, until removed'
+  ) t;

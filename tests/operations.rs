@@ -1,0 +1,421 @@
+//! Layer 3: running in production (README, Running in production): a
+//! launcher and a scheduler per database, never in a DBA's way (DROP
+//! DATABASE, RENAME, CREATE DATABASE ... TEMPLATE, ALTER EXTENSION), quiet
+//! on a hot standby and back after promotion, its work visible
+//! (`segments.activity`, `segments.schedulers`) and its growth bounded
+//! (`segments.storage`, retention).
+
+mod harness;
+
+use harness::{sqlstate, wait_for, Cluster};
+
+const PRELOAD: &[&str] = &["shared_preload_libraries=segments", "segments.naptime=1"];
+
+/// A database with the extension, a small customers table registered and
+/// one segment due for its first refresh; returns its client and the id.
+fn database_with_a_due_segment(cluster: &Cluster, name: &str) -> (postgres::Client, i64) {
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut client = cluster.connect(name);
+    client
+        .batch_execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, country text);
+             INSERT INTO customers SELECT i, (ARRAY['DE','FR'])[1 + i % 2] FROM generate_series(1, 100) i;
+             CREATE EXTENSION segments;
+             SELECT segments.register_entity('customer', 'customers', 'id');",
+        )
+        .unwrap();
+    let id: i64 = client
+        .query_one(
+            "SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    (client, id)
+}
+
+fn refreshed(client: &mut postgres::Client, id: i64) -> bool {
+    client
+        .query_one(
+            "SELECT status = 'succeeded' FROM segments.segment WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn scheduler_states(client: &mut postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT database, state FROM segments.schedulers WHERE database IS NOT NULL ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Three databases with the extension each get a scheduler that refreshes
+/// their due segments; a fourth gets one as soon as it creates the
+/// extension; a database without it has none running.
+#[test]
+fn a_scheduler_serves_every_database_with_the_extension() {
+    let cluster = Cluster::start("schedulers", PRELOAD);
+    let mut dbs: Vec<(postgres::Client, i64)> = ["shop_a", "shop_b", "shop_c"]
+        .iter()
+        .map(|name| database_with_a_due_segment(&cluster, name))
+        .collect();
+    for (client, id) in dbs.iter_mut() {
+        wait_for("each database's scheduler to refresh", 30, || {
+            refreshed(client, *id).then_some(())
+        });
+    }
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE DATABASE plain").unwrap();
+    let (mut fourth, id) = database_with_a_due_segment(&cluster, "shop_d");
+    wait_for("the fourth database's scheduler", 15, || {
+        refreshed(&mut fourth, id).then_some(())
+    });
+    let states = scheduler_states(&mut fourth);
+    for name in ["shop_a", "shop_b", "shop_c", "shop_d"] {
+        let state = states
+            .iter()
+            .find(|(d, _)| d == name)
+            .map(|(_, s)| s.as_str());
+        assert!(
+            matches!(state, Some("idle") | Some("running")),
+            "{name}: {states:?}"
+        );
+    }
+    // postgres and plain have no extension: no scheduler stays there.
+    let running: Vec<String> = admin
+        .query(
+            "SELECT datname::text FROM pg_stat_activity WHERE backend_type = 'segments scheduler' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(running, ["shop_a", "shop_b", "shop_c", "shop_d"]);
+    let launchers: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'segments launcher'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(launchers, 1);
+}
+
+/// DROP DATABASE, ALTER DATABASE ... RENAME and CREATE DATABASE ...
+/// TEMPLATE of a database whose scheduler runs work without FORCE; DROP
+/// EXTENSION and ALTER EXTENSION are not blocked; the renamed database
+/// gets its scheduler back; nothing logs a missing database afterwards.
+#[test]
+fn the_dba_needs_no_force() {
+    let cluster = Cluster::start("dba", PRELOAD);
+    let (mut shop, id) = database_with_a_due_segment(&cluster, "shop");
+    wait_for("the scheduler", 30, || {
+        refreshed(&mut shop, id).then_some(())
+    });
+    drop(shop);
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute("ALTER DATABASE shop RENAME TO store")
+        .unwrap();
+    let mut store = cluster.connect("store");
+    let id2: i64 = store
+        .query_one(
+            "SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '\"FR\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_for("the renamed database's scheduler", 30, || {
+        refreshed(&mut store, id2).then_some(())
+    });
+    drop(store);
+    admin
+        .batch_execute("CREATE DATABASE copy TEMPLATE store")
+        .unwrap();
+    let mut copy = cluster.connect("copy");
+    copy.batch_execute("DROP EXTENSION segments CASCADE")
+        .unwrap();
+    drop(copy);
+    wait_for("a scheduler back in store", 30, || {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'segments scheduler' AND datname = 'store'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    });
+    admin.batch_execute("DROP DATABASE store").unwrap();
+    admin.batch_execute("DROP DATABASE copy").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = cluster.server_log();
+    assert!(
+        !log.contains("does not exist") || !log.contains("FATAL:  database"),
+        "a scheduler looked for a dropped database:\n{log}"
+    );
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'segments scheduler'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+/// A streaming replica reads everything, refuses writes with 25006, logs
+/// nothing of schedulers, sees memberships replayed from the primary
+/// (through each backend's bitmap cache), and after promotion gets its
+/// schedulers within a naptime.
+#[test]
+fn a_standby_reads_refuses_writes_and_schedules_once_promoted() {
+    let primary = Cluster::start("primary", PRELOAD);
+    let mut client = primary.sample("500");
+    let id: i64 = client
+        .query_one(
+            "SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let standby = primary.standby("standby");
+    let mut replica = standby.connect("postgres");
+    let in_recovery: bool = replica
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    let key: i64 = client
+        .query_one("SELECT min(id) FROM customers WHERE country = 'DE'", &[])
+        .unwrap()
+        .get(0);
+    for sql in [
+        format!("SELECT count(*) FROM segments.customer_members WHERE segment_id = {id}"),
+        format!("SELECT count(*) FROM segments.preview({id}, 5)"),
+        format!("SELECT segments.is_member({id}, {key}::bigint)::int"),
+        format!("SELECT count(*) FROM segments.segments_of('customer', {key}::bigint)"),
+        format!("SELECT count(*) FROM segments.trend({id})"),
+        format!("SELECT count(*) FROM segments.rule_counts({id})"),
+        format!("SELECT count(*) FROM segments.explain_member({id}, {key}::bigint)"),
+        format!("SELECT length(segments.explain({id}))"),
+        "SELECT count(*) FROM segments.estimate('{\"entity\":\"customer\",\"rules\":[{\"where\":{\"attribute\":\"country\",\"op\":\"eq\",\"value\":\"FR\"}}]}')".to_string(),
+        "SELECT count(*) FROM segments.suggest('customer', 'age', ARRAY['country'], 2)".to_string(),
+        "SELECT count(*) FROM segments.segment_list".to_string(),
+        "SELECT count(*) FROM segments.storage".to_string(),
+        "SELECT count(*) FROM segments.activity".to_string(),
+    ] {
+        replica
+            .query_one(sql.as_str(), &[])
+            .unwrap_or_else(|e| panic!("on the standby, {sql}: {e}"));
+    }
+    let member: bool = replica
+        .query_one(
+            &format!("SELECT segments.is_member({id}, {key}::bigint)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(member);
+    for sql in [
+        "SELECT * FROM segments.refresh()",
+        "SELECT segments.apply_changes()",
+        "SELECT segments.run_due()",
+        "SELECT segments.quick_segment('x', 'customer', 'country', 'eq', '\"ES\"')",
+    ] {
+        let error = replica.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&error).0, "25006", "{sql}: {error}");
+    }
+    // The primary changes the membership; the standby's cached bitmap
+    // follows the replayed row.
+    client
+        .batch_execute(&format!(
+            "UPDATE customers SET country = 'FR' WHERE id = {key}; SELECT * FROM segments.refresh();"
+        ))
+        .unwrap();
+    wait_for("the standby to replay the refresh", 30, || {
+        let member: bool = replica
+            .query_one(
+                &format!("SELECT segments.is_member({id}, {key}::bigint)"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (!member).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = standby.server_log();
+    assert!(!log.contains("segments scheduler"), "{log}");
+    assert!(!log.contains("segments launcher"), "{log}");
+    let schedulers: i64 = replica
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'segments%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(schedulers, 0);
+    drop(client);
+    standby.promote();
+    let due: i64 = replica
+        .query_one(
+            "SELECT segments.quick_segment('Spanish', 'customer', 'country', 'eq', '\"ES\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    wait_for("a scheduler after promotion", 20, || {
+        refreshed(&mut replica, due).then_some(())
+    });
+}
+
+/// A refresh of several seconds shows in `segments.activity` from another
+/// session, with its phase and progress; `segments.schedulers` shows the
+/// scheduler.
+#[test]
+fn activity_shows_a_running_refresh() {
+    let cluster = Cluster::start("activity", &["shared_preload_libraries=segments"]);
+    let mut client = cluster.sample("1000");
+    client
+        .batch_execute(
+            "SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"');
+             SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '\"FR\"');",
+        )
+        .unwrap();
+    // A session holds the table: the refresh waits in its computing phase.
+    let mut holder = cluster.connect("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let url = cluster.url("postgres");
+    let refresher = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        c.batch_execute("SELECT * FROM segments.refresh()").unwrap();
+        pid
+    });
+    let mut watcher = cluster.connect("postgres");
+    let row = wait_for("the refresh in segments.activity", 20, || {
+        watcher
+            .query_opt(
+                "SELECT kind, phase, done, total, backend_type, database, started_at IS NOT NULL
+                   FROM segments.activity WHERE kind = 'refresh'",
+                &[],
+            )
+            .unwrap()
+    });
+    let (kind, phase, done, total): (String, String, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(kind, "refresh");
+    assert_eq!(phase, "computing");
+    assert_eq!((done, total), (0, 2));
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some("client backend")
+    );
+    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("postgres"));
+    assert!(row.get::<_, bool>(6));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    holder.batch_execute("COMMIT").unwrap();
+    refresher.join().unwrap();
+    let left: i64 = watcher
+        .query_one("SELECT count(*) FROM segments.activity", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "a finished refresh left its slot");
+    let schedulers = scheduler_states(&mut watcher);
+    assert!(
+        schedulers.iter().any(|(d, _)| d == "postgres"),
+        "{schedulers:?}"
+    );
+}
+
+/// Every table the extension fills is in `segments.storage`, with what
+/// bounds it; the history trim removes old runs and old definition
+/// versions but never a segment's latest.
+#[test]
+fn storage_is_listed_and_retention_enforced() {
+    let cluster = Cluster::start("storage", &[]);
+    let mut client = cluster.sample("200");
+    let listed: Vec<String> = client
+        .query("SELECT table_name FROM segments.storage ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let filled: Vec<String> = client
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'segments'::regnamespace AND relkind = 'r'
+                AND relname NOT IN ('entity', 'related', 'segment', 'export', 'sequence', 'sequence_segment',
+                                    'limits', 'usage_kind', 'scheduler_state')
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        listed, filled,
+        "segments.storage lists every table the extension fills"
+    );
+    let unbounded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.storage WHERE retention IS NULL OR bytes IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unbounded, 0);
+    let id: i64 = client
+        .query_one(
+            "SELECT segments.quick_segment('Germans', 'customer', 'country', 'eq', '\"DE\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh();
+             SELECT segments.rename({id}, 'Deutsche');
+             SELECT segments.rename({id}, 'Germans again');
+             SELECT * FROM segments.refresh();
+             UPDATE segments.refresh_run SET started_at = started_at - interval '100 days';
+             UPDATE segments.definition_version SET changed_at = changed_at - interval '100 days';
+             SET segments.history_retention = '90 days';
+             SELECT segments.run_due();"
+        ))
+        .unwrap();
+    let runs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.refresh_run WHERE started_at < now() - interval '90 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0, "old runs are trimmed");
+    let versions: Vec<String> = client
+        .query(
+            "SELECT name FROM segments.definition_version WHERE segment_id = $1 ORDER BY version",
+            &[&id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, ["Germans again"], "only the latest version stays");
+}
