@@ -94,7 +94,7 @@ layer3() {
   PG_CONFIG="$pg_config" cargo test --features integration "${tests[@]}"
 }
 
-all_layer3=(install evaluation refusals scheduler concurrency activation analyst security robustness live trust backup differential)
+all_layer3=(install evaluation refusals scheduler concurrency activation operations analyst security robustness live trust backup differential)
 for major in 15 18 16; do
   pg_config="${pg_configs[$major]}"
   if [ ! -x "$pg_config" ]; then
@@ -122,8 +122,8 @@ for major in 15 18 16; do
 done
 summary+=("PostgreSQL 17: SKIPPED (no PostgreSQL 17 server headers can be installed here; see README, Supported PostgreSQL versions)")
 
-# Major upgrades with pg_upgrade: 15 -> 18 when PostgreSQL's own pg_upgrade
-# works between the two installations here, and 16 -> 18.
+# Upgrades with pg_upgrade: 15 -> 18 when PostgreSQL's own pg_upgrade
+# works between the two installations here, 16 -> 18, and 15 -> 15.
 step "pg_upgrade between majors"
 pairs=()
 if [ -x "${pg_configs[18]}" ]; then
@@ -140,6 +140,10 @@ for from in "${pairs[@]}"; do
   bash scripts/pg_upgrade_test.sh "${pg_configs[$from]}" "${pg_configs[18]}"
   summary+=("pg_upgrade $from -> 18 with segments: passed")
 done
+# Within a major too, as a DBA moving to a new cluster does (the preload
+# configured on both servers).
+bash scripts/pg_upgrade_test.sh "${pg_configs[15]}" "${pg_configs[15]}"
+summary+=("pg_upgrade 15 -> 15 with segments and the preload: passed")
 
 # Packages a DBA installs without Rust: built (with the dev profile here, to
 # keep CI short; releases use scripts/package.sh's default, release) and

@@ -418,4 +418,34 @@ fn storage_is_listed_and_retention_enforced() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, ["Germans again"], "only the latest version stays");
+
+    // A change queue longer than a batch is applied as one refresh of the
+    // entity's live segments, and emptied.
+    let live: i64 = client
+        .query_one(
+            r#"SELECT segments.create_segment('Live French', '{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"FR"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(
+            "SELECT * FROM segments.refresh();
+             INSERT INTO segments.change_queue (entity, key) SELECT 'customer', i::text FROM generate_series(1, 100001) i;
+             SELECT segments.apply_changes();",
+        )
+        .unwrap();
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM segments.change_queue", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let (trigger, examined): (String, Option<i64>) = client
+        .query_one(
+            "SELECT trigger, keys_examined FROM segments.refresh_run WHERE segment_id = $1 ORDER BY id DESC LIMIT 1",
+            &[&live],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((trigger.as_str(), examined), ("live", None));
 }

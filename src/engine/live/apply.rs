@@ -33,6 +33,20 @@ use crate::pg::error::Failure;
 use crate::pg::spi::{required, spi};
 use crate::pg::subtransaction::writing_transaction;
 
+/// The most queued rows of one entity applied key by key; beyond it the
+/// entity's live segments are refreshed whole (as capture does for one
+/// statement changing more rows).
+const MAX_BATCH_KEYS: i64 = 100_000;
+
+/// How many changes of `entity` are queued.
+fn queued(entity: &str) -> i64 {
+    spi(Spi::get_one_with_args::<i64>(
+        "SELECT pg_catalog.count(*) FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    ))
+    .unwrap_or(0)
+}
+
 /// A queued change as apply takes it: the key (None: everything changed),
 /// the related table whose rows changed (None: the entity's own row), and
 /// the row image when it is usable.
@@ -54,6 +68,22 @@ pub fn apply_changes() -> Vec<i64> {
     for entity in entities {
         let targets = live_targets(&entity);
         let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
+        // A backlog larger than a batch (many statements, or no scheduler
+        // for a while) is applied as "everything changed": one refresh of
+        // the entity's live segments, in memory bounded by the plan, not
+        // by the queue.
+        if queued(&entity) > MAX_BATCH_KEYS {
+            spi(Spi::run_with_args(
+                "DELETE FROM segments.change_queue WHERE entity OPERATOR(pg_catalog.=) $1",
+                &[entity.as_str().into()],
+            ));
+            if !ids.is_empty() {
+                let outcomes =
+                    refresh_segments(Some(&ids), RunCause::Live, false).unwrap_or_default();
+                runs.extend(outcomes.iter().map(|o| o.run_id));
+            }
+            continue;
+        }
         // Taken once: a killed apply rolls back and leaves them queued.
         // An image is kept only when it is newer than every target's last
         // full evaluation and last change of definition: an update of a
