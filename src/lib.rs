@@ -123,6 +123,8 @@ pgrx::extension_sql_file!(
     name = "operations",
     requires = [
         "wrappers",
+        "history",
+        "sequences",
         api::operations::_activity,
         api::operations::_schedulers
     ]

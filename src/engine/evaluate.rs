@@ -38,10 +38,11 @@ pub struct LeafValues {
 /// The reference time of this evaluation, as a timestamptz SQL literal:
 /// `segments.reference_time` when set, else the transaction's `now()`.
 pub fn reference_time_sql() -> String {
-    let text = Spi::get_one::<String>(
+    let text = optional_value::<String>(
         "SELECT coalesce(nullif(current_setting('segments.reference_time', true), '')::timestamptz, now())::text",
-    );
-    let text = spi(text).unwrap_or_else(|| error!("segments: could not read the reference time"));
+        &[],
+    )
+    .unwrap_or_else(|| error!("segments: could not read the reference time"));
     format!("{}::timestamptz", literal(&text))
 }
 

@@ -25,6 +25,9 @@ pub static DATABASE: GucSetting<Option<CString>> =
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// The most databases with a scheduler at once.
 pub static MAX_SCHEDULERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// The upper bound of `segments.max_schedulers`, and the size of the
+/// schedulers' registry in shared memory.
+pub const MAX_SCHEDULERS_LIMIT: usize = 64;
 /// The most conditions one definition may hold.
 pub const DEFAULT_MAX_CONDITIONS: i32 = 2_000;
 pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_CONDITIONS);
@@ -159,7 +162,7 @@ pub fn register_preload() {
         c"Read when the server starts.",
         &MAX_SCHEDULERS,
         1,
-        crate::schedule::registry::MAX_DATABASES as i32,
+        MAX_SCHEDULERS_LIMIT as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );

@@ -30,11 +30,12 @@ pub fn extension_owner() -> pg_sys::Oid {
     if let Some(owner) = EXTENSION_OWNER.with(|o| o.get()) {
         return owner;
     }
-    let owner = pgrx::spi::Spi::get_one::<pg_sys::Oid>(
+    // Read-only SPI (pgrx's get_one would assign a transaction id, which
+    // a hot standby refuses).
+    let owner = crate::pg::spi::optional_value::<pg_sys::Oid>(
         "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'segments'",
+        &[],
     )
-    .ok()
-    .flatten()
     .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
     EXTENSION_OWNER.with(|o| o.set(Some(owner)));
     owner

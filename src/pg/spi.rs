@@ -7,7 +7,9 @@ pub fn spi<T>(result: Result<T, pgrx::spi::SpiError>) -> T {
 }
 
 /// The first column of the first row of a query, or None when it returns
-/// no row (pgrx's `get_one` treats that as an error).
+/// no row (pgrx's `get_one` treats that as an error). Read-only: unlike
+/// pgrx's `get_one`, it assigns no transaction id, so it works on a hot
+/// standby. Every read goes through here or `Spi::connect`.
 pub fn optional_value<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],

@@ -273,7 +273,7 @@ pub fn trim_history() {
     // the segment is now, and what definition_history shows last.
     spi(Spi::run_with_args(
         "DELETE FROM segments.definition_version v \
-          WHERE v.changed_at OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval \
+          WHERE v.changed_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
             AND v.version OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(w.version) FROM segments.definition_version w \
                                                    WHERE w.segment_id OPERATOR(pg_catalog.=) v.segment_id)",
         &[retention.as_str().into()],

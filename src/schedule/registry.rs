@@ -13,9 +13,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
-/// The most databases the launcher keeps track of (and the upper bound of
+/// The most databases the launcher keeps track of (the upper bound of
 /// `segments.max_schedulers`).
-pub const MAX_DATABASES: usize = 64;
+pub const MAX_DATABASES: usize = crate::pg::gucs::MAX_SCHEDULERS_LIMIT;
 
 /// What a database's scheduler is doing, as `segments.schedulers` shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
