@@ -20,7 +20,12 @@ fn extension_loads_with_preload_in_two_databases() {
         .query_one("SHOW segments.database", &[])
         .unwrap()
         .get(0);
-    assert_eq!(database, "postgres");
+    assert_eq!(database, "", "every database by default");
+    let schedulers: String = admin
+        .query_one("SHOW segments.max_schedulers", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(schedulers, "8");
     for db in ["shop_a", "shop_b"] {
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
