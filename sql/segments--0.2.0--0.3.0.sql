@@ -366,39 +366,41 @@ SELECT t.name AS table_name, t.row_count AS rows,
            (SELECT pg_catalog.min(started_at) FROM segments.refresh_run) AS oldest,
            'segments.history_retention (' OPERATOR(pg_catalog.||) segments._setting('segments.history_retention') OPERATOR(pg_catalog.||) ')' AS retention
     UNION ALL
-    SELECT 'membership_change', (SELECT pg_catalog.count(*) FROM segments.membership_change),
-           (SELECT pg_catalog.min(at) FROM segments.membership_change),
-           'with its refresh run (segments.history_retention)'
+    SELECT 'membership_change' AS name, (SELECT pg_catalog.count(*) FROM segments.membership_change) AS row_count,
+           (SELECT pg_catalog.min(at) FROM segments.membership_change) AS oldest,
+           'with its refresh run (segments.history_retention)' AS retention
     UNION ALL
-    SELECT 'definition_version', (SELECT pg_catalog.count(*) FROM segments.definition_version),
-           (SELECT pg_catalog.min(changed_at) FROM segments.definition_version),
-           'the latest version of each segment, and older ones for segments.history_retention'
+    SELECT 'definition_version' AS name, (SELECT pg_catalog.count(*) FROM segments.definition_version) AS row_count,
+           (SELECT pg_catalog.min(changed_at) FROM segments.definition_version) AS oldest,
+           'the latest version of each segment, and older ones for segments.history_retention' AS retention
     UNION ALL
-    SELECT 'change_queue', (SELECT pg_catalog.count(*) FROM segments.change_queue),
-           (SELECT pg_catalog.min(queued_at) FROM segments.change_queue),
-           'applied every segments.naptime by the scheduler (or apply_changes())'
+    SELECT 'change_queue' AS name, (SELECT pg_catalog.count(*) FROM segments.change_queue) AS row_count,
+           (SELECT pg_catalog.min(queued_at) FROM segments.change_queue) AS oldest,
+           'applied every segments.naptime by the scheduler (or apply_changes()); over 100000 keys of an entity, as one refresh' AS retention
     UNION ALL
-    SELECT 'membership', (SELECT pg_catalog.count(*) FROM segments.membership),
-           (SELECT pg_catalog.min(refreshed_at) FROM segments.membership),
-           'one row per segment'
+    SELECT 'membership' AS name, (SELECT pg_catalog.count(*) FROM segments.membership) AS row_count,
+           (SELECT pg_catalog.min(refreshed_at) FROM segments.membership) AS oldest,
+           'one row per segment' AS retention
     UNION ALL
-    SELECT 'entity_key', (SELECT pg_catalog.count(*) FROM segments.entity_key), NULL,
-           'one row per text or uuid key ever seen, until its entity is unregistered'
+    SELECT 'entity_key' AS name, (SELECT pg_catalog.count(*) FROM segments.entity_key) AS row_count,
+           NULL::pg_catalog.timestamptz AS oldest,
+           'one row per text or uuid key ever seen, until its entity is unregistered' AS retention
     UNION ALL
-    SELECT 'related_state', (SELECT pg_catalog.count(*) FROM segments.related_state),
-           (SELECT pg_catalog.min(computed_at) FROM segments.related_state),
-           'one row per related condition of active live segments'
+    SELECT 'related_state' AS name, (SELECT pg_catalog.count(*) FROM segments.related_state) AS row_count,
+           (SELECT pg_catalog.min(computed_at) FROM segments.related_state) AS oldest,
+           'one row per related condition of active live segments' AS retention
     UNION ALL
-    SELECT 'sequence_record', (SELECT pg_catalog.count(*) FROM segments.sequence_record),
-           (SELECT pg_catalog.min(connected_at) FROM segments.sequence_record),
-           'one row per connected record, until disconnected'
+    SELECT 'sequence_record' AS name, (SELECT pg_catalog.count(*) FROM segments.sequence_record) AS row_count,
+           (SELECT pg_catalog.min(connected_at) FROM segments.sequence_record) AS oldest,
+           'one row per connected record, until disconnected' AS retention
     UNION ALL
-    SELECT 'similarity_score', (SELECT pg_catalog.count(*) FROM segments.similarity_score), NULL,
-           'one row per member of a find_similar segment, until it is deleted'
+    SELECT 'similarity_score' AS name, (SELECT pg_catalog.count(*) FROM segments.similarity_score) AS row_count,
+           NULL::pg_catalog.timestamptz AS oldest,
+           'one row per member of a find_similar segment, until it is deleted' AS retention
     UNION ALL
-    SELECT 'usage_registry', (SELECT pg_catalog.count(*) FROM segments.usage_registry),
-           (SELECT pg_catalog.min(since) FROM segments.usage_registry),
-           'one row per usage, until removed'
+    SELECT 'usage_registry' AS name, (SELECT pg_catalog.count(*) FROM segments.usage_registry) AS row_count,
+           (SELECT pg_catalog.min(since) FROM segments.usage_registry) AS oldest,
+           'one row per usage, until removed' AS retention
   ) t;
 
 GRANT SELECT ON segments.activity, segments.schedulers, segments.storage TO segments_reader;

@@ -217,20 +217,29 @@ pub extern "C-unwind" fn segments_scheduler_main(argument: pg_sys::Datum) {
     });
 }
 
-/// Sleeps a naptime (a SIGHUP reloads the configuration); false when the
-/// postmaster died.
+/// Sleeps a naptime; false when the postmaster died. A configuration
+/// reload (SIGHUP) is applied and ends the nap early (a new naptime or
+/// schedule takes effect at once); other wake-ups (a latch set while the
+/// worker started) sleep on to the end of the naptime.
 fn nap() -> bool {
     let naptime = Duration::from_secs(gucs::NAPTIME.get().max(1) as u64);
-    if !BackgroundWorker::wait_latch(Some(naptime)) {
-        return false;
+    let deadline = std::time::Instant::now() + naptime;
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if remaining.is_zero() {
+            return true;
+        }
+        if !BackgroundWorker::wait_latch(Some(remaining)) {
+            return false;
+        }
+        pgrx::check_for_interrupts!();
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: between transactions, as the postmaster's children
+            // reload the configuration on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            return true;
+        }
     }
-    pgrx::check_for_interrupts!();
-    if BackgroundWorker::sighup_received() {
-        // SAFETY: between transactions, as the postmaster's children
-        // reload the configuration on SIGHUP.
-        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-    }
-    true
 }
 
 /// This database's name, for log lines.
