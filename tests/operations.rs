@@ -454,3 +454,41 @@ fn storage_is_listed_and_retention_enforced() {
         .unwrap();
     assert_eq!((trigger.as_str(), examined), ("live", None));
 }
+
+/// The ProcessUtility hook leaves a statement's errors as PostgreSQL
+/// raised them: their position and context reach the client (PostgreSQL's
+/// own regression suite compares them).
+#[test]
+fn utility_errors_keep_their_position_and_context() {
+    let cluster = Cluster::start("hook-errors", PRELOAD);
+    let mut client = cluster.connect("postgres");
+    let error = client
+        .batch_execute("CREATE TABLE t (a nosuch_type)")
+        .unwrap_err();
+    let db = error.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "42704");
+    assert!(
+        db.position().is_some(),
+        "the error lost its position: {db:?}"
+    );
+    let error = client
+        .batch_execute(
+            "CREATE FUNCTION boom() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1/0; END $$;
+             CREATE TABLE u (a int DEFAULT boom()); INSERT INTO u DEFAULT VALUES;",
+        )
+        .unwrap_err();
+    let db = error.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "22012");
+    assert!(
+        db.where_().is_some_and(|w| w.contains("boom")),
+        "the error lost its context: {db:?}"
+    );
+    let error = client
+        .batch_execute("DO $$ BEGIN PERFORM 1/0; END $$")
+        .unwrap_err();
+    let db = error.as_db_error().expect("a database error");
+    assert!(
+        db.where_().is_some_and(|w| w.contains("PL/pgSQL")),
+        "DO lost its context: {db:?}"
+    );
+}

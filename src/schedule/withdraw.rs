@@ -243,9 +243,55 @@ unsafe extern "C-unwind" fn end_of_transaction(
     }
 }
 
-/// The hook: withdraw first, run the statement; after `CREATE EXTENSION
-/// segments`, ask for a scheduler at commit.
+unsafe extern "C-unwind" {
+    /// PostgreSQL's standard ProcessUtility, declared here without pgrx's
+    /// error guard: a statement's error must pass through this hook as
+    /// PostgreSQL raised it (with its position and context), not be caught
+    /// and raised again.
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// Before a statement: what it means for the schedulers, and the
+/// withdrawal it needs (errors here are the hook's own, raised by pgrx).
 #[pg_guard]
+unsafe extern "C-unwind" fn before(statement: *mut pg_sys::Node) -> bool {
+    // SAFETY: the planned statement's utility node, as PostgreSQL gave it.
+    unsafe {
+        if !registry::ready() || pg_sys::IsBinaryUpgrade {
+            return false;
+        }
+        match effect_of(statement) {
+            Effect::Withdraw(database) => {
+                withdraw(database);
+                false
+            }
+            Effect::WantScheduler => true,
+            Effect::None => false,
+        }
+    }
+}
+
+/// After `CREATE EXTENSION segments`: ask for a scheduler at commit.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_create_extension() {
+    WANT_AT_COMMIT.store(true, Ordering::Relaxed);
+    register_callback();
+}
+
+/// The hook: withdraw first, run the statement; after `CREATE EXTENSION
+/// segments`, ask for a scheduler at commit. Not guarded by pgrx, and no
+/// value with a destructor lives across the statement: its errors unwind
+/// (longjmp) straight through, exactly as without the hook.
 #[allow(clippy::too_many_arguments)] // PostgreSQL's hook signature
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -257,18 +303,10 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // SAFETY: PostgreSQL hands the hook a planned utility statement; the
-    // statement is passed on unchanged to the previous hook or the
-    // standard function.
+    // SAFETY: PostgreSQL hands the hook a planned utility statement; it is
+    // passed on unchanged to the previous hook or the standard function.
     unsafe {
-        let effect = if registry::ready() && !pg_sys::IsBinaryUpgrade {
-            effect_of((*pstmt).utilityStmt)
-        } else {
-            Effect::None
-        };
-        if let Effect::Withdraw(database) = effect {
-            withdraw(database);
-        }
+        let created = before((*pstmt).utilityStmt);
         match PREVIOUS_HOOK {
             Some(previous) => previous(
                 pstmt,
@@ -280,7 +318,7 @@ unsafe extern "C-unwind" fn process_utility(
                 dest,
                 qc,
             ),
-            None => pg_sys::standard_ProcessUtility(
+            None => standard_process_utility(
                 pstmt,
                 query_string,
                 read_only_tree,
@@ -291,9 +329,8 @@ unsafe extern "C-unwind" fn process_utility(
                 qc,
             ),
         }
-        if let Effect::WantScheduler = effect {
-            WANT_AT_COMMIT.store(true, Ordering::Relaxed);
-            register_callback();
+        if created {
+            after_create_extension();
         }
     }
 }
