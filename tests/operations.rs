@@ -492,3 +492,44 @@ fn utility_errors_keep_their_position_and_context() {
         "DO lost its context: {db:?}"
     );
 }
+
+/// Inactive segments (the active-segment limit does not count them) cost
+/// a pass nothing once recorded as skipped: the next system refresh
+/// records no run for them.
+#[test]
+fn inactive_segments_are_skipped_once() {
+    let cluster = Cluster::start("inactive", &[]);
+    let mut client = cluster.sample("100");
+    client
+        .batch_execute(
+            r#"SELECT segments.create_segment('inactive ' || i, '{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}', active => false)
+                 FROM generate_series(1, 1000) i;"#,
+        )
+        .unwrap();
+    let runs = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM segments.refresh_run", &[])
+            .unwrap()
+            .get(0)
+    };
+    let system_due = "UPDATE segments.scheduler_state SET last_run = now() - interval '2 days' WHERE job = 'system'; \
+                      SELECT segments.run_due();";
+    let before = runs(&mut client);
+    client.batch_execute(system_due).unwrap();
+    let first = runs(&mut client) - before;
+    assert_eq!(
+        first, 1000,
+        "each inactive segment recorded as skipped once"
+    );
+    client.batch_execute(system_due).unwrap();
+    let second = runs(&mut client) - before - first;
+    assert_eq!(second, 0, "already skipped: nothing recorded again");
+    let skipped: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.segment WHERE status = 'skipped'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, 1000);
+}

@@ -33,8 +33,8 @@ use crate::pg::subtransaction::writing_transaction;
 fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, Reported> {
     if let Some(ids) = ids {
         let missing = spi(Spi::get_one_with_args::<String>(
-            "SELECT string_agg(i::text, ', ') FROM unnest($1::bigint[]) AS i \
-             WHERE NOT EXISTS (SELECT FROM segments.segment s WHERE s.id = i)",
+            "SELECT pg_catalog.string_agg(i::pg_catalog.text, ', ') FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i \
+             WHERE NOT EXISTS (SELECT FROM segments.segment s WHERE s.id OPERATOR(pg_catalog.=) i)",
             &[ids.to_vec().into()],
         ));
         if let Some(missing) = missing {
@@ -42,8 +42,9 @@ fn load_targets(ids: Option<&[i64]>, skip_locked: bool) -> Result<Vec<Target>, R
         }
     }
     let sql = format!(
-        "SELECT id, entity, owner::oid, state = 'active', definition FROM segments.segment \
-         WHERE CASE WHEN $1::bigint[] IS NULL THEN state = 'active' ELSE id = ANY ($1) END \
+        "SELECT id, entity, owner::pg_catalog.oid, state OPERATOR(pg_catalog.=) 'active', definition FROM segments.segment \
+         WHERE CASE WHEN $1::pg_catalog.int8[] IS NULL THEN state OPERATOR(pg_catalog.=) 'active' \
+                    ELSE id OPERATOR(pg_catalog.=) ANY ($1) END \
          ORDER BY id FOR NO KEY UPDATE{}",
         if skip_locked { " SKIP LOCKED" } else { "" }
     );
@@ -85,7 +86,7 @@ fn names_of(targets: &[Target]) -> HashMap<i64, String> {
     let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
     Spi::connect(|client| {
         spi(client.select(
-            "SELECT name, id FROM segments.segment WHERE id = ANY ($1)",
+            "SELECT name, id FROM segments.segment WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
             None,
             &[ids.into()],
         ))
@@ -235,7 +236,8 @@ fn forget_live_windows(targets: &[Target]) {
     let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
     let live_entities: Vec<String> = Spi::connect(|client| {
         spi(client.select(
-            "SELECT DISTINCT entity FROM segments.segment WHERE id = ANY ($1) AND schedule = 'live'",
+            "SELECT DISTINCT entity FROM segments.segment \
+              WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND schedule OPERATOR(pg_catalog.=) 'live'",
             None,
             &[ids.into()],
         ))

@@ -54,6 +54,9 @@ struct Candidate {
     consecutive_failures: i32,
     /// The latest of: created, last refreshed, last scheduled attempt.
     last: f64,
+    /// The segment's status: an inactive segment already recorded as
+    /// skipped is not recorded again.
+    skipped: bool,
 }
 
 fn candidates() -> Vec<Candidate> {
@@ -62,7 +65,7 @@ fn candidates() -> Vec<Candidate> {
             "SELECT s.id, s.schedule, s.needs_refresh, s.state = 'active',
                     extract(epoch FROM greatest(s.created_at, s.last_refreshed_at,
                         (SELECT max(r.started_at) FROM segments.refresh_run r WHERE r.segment_id = s.id)))::float8,
-                    s.type = 'dynamic', s.consecutive_failures
+                    s.type = 'dynamic', s.consecutive_failures, s.status = 'skipped'
                FROM segments.segment s
               WHERE s.type = 'dynamic' OR (s.needs_refresh AND s.state = 'active')
               ORDER BY s.id",
@@ -77,6 +80,7 @@ fn candidates() -> Vec<Candidate> {
             last: spi(row.get(5)).unwrap_or_default(),
             dynamic: spi(row.get(6)).unwrap_or(true),
             consecutive_failures: spi(row.get(7)).unwrap_or(0),
+            skipped: spi(row.get(8)).unwrap_or(false),
         })
         .collect()
     })
@@ -127,6 +131,13 @@ pub fn plan_pass() -> Due {
     let mut by_schedule = Vec::new();
     let naptime = gucs::NAPTIME.get().max(1) as f64;
     for candidate in candidates() {
+        // An inactive segment is recorded as skipped once when it comes
+        // due, not on every pass after: thousands of inactive segments
+        // cost a pass nothing (the active-segment limit does not bound
+        // them).
+        if !candidate.active && candidate.skipped {
+            continue;
+        }
         // A segment that keeps failing waits naptime, then twice that, ...
         // up to an hour after its last attempt.
         if candidate.consecutive_failures > 0 {

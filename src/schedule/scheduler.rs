@@ -81,6 +81,16 @@ fn refresh_within_timeout(ids: &[i64], cause: crate::engine::run::RunCause) -> b
     let timeout = gucs::REFRESH_TIMEOUT.get();
     let started = std::time::Instant::now();
     let group = ids.to_vec();
+    // pg_stat_activity (and segments.schedulers) show which segments.
+    let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
+    let more = if ids.len() > 20 { ", ..." } else { "" };
+    let doing = std::ffi::CString::new(format!(
+        "segments scheduler: {} refresh of segments {}{more}",
+        cause.as_str(),
+        shown.join(", ")
+    ))
+    .unwrap_or_default();
+    report_activity(pg_sys::BackendState::STATE_RUNNING, &doing);
     arm_refresh_timeout(timeout);
     let done = in_transaction("a scheduler group", move || {
         crate::pg::sandbox::privileged(move || crate::schedule::pass::refresh_group(&group, cause));
@@ -257,7 +267,7 @@ fn database_name() -> String {
 fn run_pass() {
     report_activity(
         pg_sys::BackendState::STATE_RUNNING,
-        c"segments scheduler pass",
+        c"segments scheduler: planning a pass",
     );
     // One transaction to decide, then one per group of segments: a
     // failure (or a shutdown) loses one group's work at most, and what
@@ -278,6 +288,10 @@ fn run_pass() {
         crate::pg::sandbox::privileged(crate::schedule::pass::trim_history)
     });
     // Live segments: the changes captured since the last pass.
+    report_activity(
+        pg_sys::BackendState::STATE_RUNNING,
+        c"segments scheduler: applying live changes",
+    );
     in_transaction("applying live changes", || {
         crate::pg::sandbox::privileged(crate::engine::live::apply::apply_changes);
     });
