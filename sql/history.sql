@@ -6,7 +6,9 @@ CREATE TABLE segments.definition_version (
     segment_id bigint NOT NULL REFERENCES segments.segment (id) ON DELETE CASCADE,
     version    integer NOT NULL,
     name       text NOT NULL,
-    definition jsonb NOT NULL,
+    -- NULL: the same as the version before (a rename or a schedule change
+    -- stores no second copy of a definition that may be megabytes).
+    definition jsonb,
     type       text NOT NULL,
     schedule   text,
     changed_by regrole,
@@ -30,7 +32,10 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
-    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
+    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name,
+           CASE WHEN TG_OP = 'UPDATE' AND NEW.definition IS NOT DISTINCT FROM OLD.definition THEN NULL
+                ELSE NEW.definition END,
+           NEW.type, NEW.schedule,
            NEW.updated_by, clock_timestamp()
       FROM segments.definition_version v WHERE v.segment_id = NEW.id;
     RETURN NULL;
@@ -42,13 +47,18 @@ CREATE TRIGGER segment_record_version
     FOR EACH ROW EXECUTE FUNCTION segments._segment_record_version();
 
 CREATE VIEW segments.definition_history AS
-SELECT v.segment_id, v.version, v.changed_at, v.changed_by,
-       lag(v.name) OVER w AS old_name, v.name AS new_name,
-       lag(v.definition) OVER w AS old_definition, v.definition AS new_definition,
-       lag(v.type) OVER w AS old_type, v.type AS new_type,
-       lag(v.schedule) OVER w AS old_schedule, v.schedule AS new_schedule
-  FROM segments.definition_version v
-WINDOW w AS (PARTITION BY v.segment_id ORDER BY v.version);
+SELECT f.segment_id, f.version, f.changed_at, f.changed_by,
+       lag(f.name) OVER w AS old_name, f.name AS new_name,
+       lag(f.definition) OVER w AS old_definition, f.definition AS new_definition,
+       lag(f.type) OVER w AS old_type, f.type AS new_type,
+       lag(f.schedule) OVER w AS old_schedule, f.schedule AS new_schedule
+  FROM (SELECT v.segment_id, v.version, v.changed_at, v.changed_by, v.name, v.type, v.schedule,
+               coalesce(v.definition, (SELECT p.definition FROM segments.definition_version p
+                                 WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id
+                                   AND p.version OPERATOR(pg_catalog.<) v.version AND p.definition IS NOT NULL
+                                 ORDER BY p.version DESC LIMIT 1)) AS definition
+          FROM segments.definition_version v) f
+WINDOW w AS (PARTITION BY f.segment_id ORDER BY f.version);
 
 -- Puts back the definition a segment had at a version (a new version, so
 -- the history only grows). The usual checks apply: ownership, validation.
@@ -58,7 +68,11 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old jsonb;
 BEGIN
-    SELECT v.definition INTO old FROM segments.definition_version v
+    SELECT coalesce(v.definition, (SELECT p.definition FROM segments.definition_version p
+                                 WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id
+                                   AND p.version OPERATOR(pg_catalog.<) v.version AND p.definition IS NOT NULL
+                                 ORDER BY p.version DESC LIMIT 1)) INTO old
+      FROM segments.definition_version v
      WHERE v.segment_id = restore_definition.segment AND v.version = restore_definition.version;
     IF old IS NULL THEN
         RAISE EXCEPTION 'segment % has no definition version %', segment, version USING ERRCODE = 'undefined_object';

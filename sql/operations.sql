@@ -2,17 +2,20 @@
 -- Running in production). The functions read shared memory
 -- (src/api/operations.rs): every backend and scheduler of the cluster.
 
--- Every running refresh and live application, manual or scheduled.
+-- Every running refresh, live application and cleanup, manual or
+-- scheduled.
 CREATE VIEW segments.activity AS
-SELECT a.pid, d.datname AS database, s.backend_type, s.usename AS role,
-       a.kind, a.phase, a.segment_id, a.done, a.total, a.started_at
+SELECT a.pid, d.datname AS database, a.kind, a.segments, a.phase,
+       a.segments_done, a.segments_total, a.started_at,
+       s.backend_type, s.usename AS role
   FROM segments._activity() a
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) a.database
   LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) a.pid;
 
 -- The launcher and a scheduler per database.
 CREATE VIEW segments.schedulers AS
-SELECT d.datname AS database, x.pid, x.state, x.started_at, x.last_pass_at,
+SELECT d.datname AS database, x.pid, x.state, x.started_at,
+       x.last_pass_started_at, x.last_pass_finished_at, x.last_error, x.last_error_at,
        s.query AS doing, x.launcher_pid
   FROM segments._schedulers() x
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) x.database

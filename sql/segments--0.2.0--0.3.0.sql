@@ -23,15 +23,33 @@ SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
 ALTER TABLE segments.entity DROP CONSTRAINT entity_name_check,
     ADD CONSTRAINT entity_name_check CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$');
 
+-- A version whose definition did not change stores none (NULL: as the
+-- version before); the history view and restore_definition resolve it.
+ALTER TABLE segments.definition_version ALTER COLUMN definition DROP NOT NULL;
+CREATE OR REPLACE VIEW segments.definition_history AS
+SELECT f.segment_id, f.version, f.changed_at, f.changed_by,
+       lag(f.name) OVER w AS old_name, f.name AS new_name,
+       lag(f.definition) OVER w AS old_definition, f.definition AS new_definition,
+       lag(f.type) OVER w AS old_type, f.type AS new_type,
+       lag(f.schedule) OVER w AS old_schedule, f.schedule AS new_schedule
+  FROM (SELECT v.segment_id, v.version, v.changed_at, v.changed_by, v.name, v.type, v.schedule,
+               coalesce(v.definition, (SELECT p.definition FROM segments.definition_version p
+                                 WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id
+                                   AND p.version OPERATOR(pg_catalog.<) v.version AND p.definition IS NOT NULL
+                                 ORDER BY p.version DESC LIMIT 1)) AS definition
+          FROM segments.definition_version v) f
+WINDOW w AS (PARTITION BY f.segment_id ORDER BY f.version);
+COMMENT ON COLUMN segments.definition_version.definition IS 'Definition at this version; NULL: unchanged since the version before (see view definition_history, which shows it whole).';
+
 -- BEGIN GENERATED FUNCTIONS (scripts/upgrade_functions.py)
 CREATE OR REPLACE FUNCTION segments."_activity"() RETURNS TABLE (
 	"pid" INT,  /* i32 */
 	"database" oid,  /* pg_sys :: Oid */
 	"kind" TEXT,  /* String */
+	"segments" bigint[],  /* Vec < i64 > */
 	"phase" TEXT,  /* String */
-	"segment_id" bigint,  /* Option < i64 > */
-	"done" bigint,  /* i64 */
-	"total" bigint,  /* i64 */
+	"segments_done" bigint,  /* i64 */
+	"segments_total" bigint,  /* i64 */
 	"started_at" timestamp with time zone  /* Option < TimestampWithTimeZone > */
 )
 STRICT VOLATILE PARALLEL SAFE 
@@ -101,7 +119,10 @@ CREATE OR REPLACE FUNCTION segments."_schedulers"() RETURNS TABLE (
 	"pid" INT,  /* Option < i32 > */
 	"state" TEXT,  /* String */
 	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"last_pass_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass_started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass_finished_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_error" TEXT,  /* Option < String > */
+	"last_error_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
 	"launcher_pid" INT  /* Option < i32 > */
 )
 STRICT VOLATILE PARALLEL SAFE 
@@ -261,7 +282,10 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO segments.definition_version (segment_id, version, name, definition, type, schedule, changed_by, changed_at)
-    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name, NEW.definition, NEW.type, NEW.schedule,
+    SELECT NEW.id, coalesce(max(v.version), 0) + 1, NEW.name,
+           CASE WHEN TG_OP = 'UPDATE' AND NEW.definition IS NOT DISTINCT FROM OLD.definition THEN NULL
+                ELSE NEW.definition END,
+           NEW.type, NEW.schedule,
            NEW.updated_by, clock_timestamp()
       FROM segments.definition_version v WHERE v.segment_id = NEW.id;
     RETURN NULL;
@@ -290,6 +314,25 @@ BEGIN
          WHERE u.segment_id = NEW.segment_id AND u.kind = NEW.kind AND u.consumer = NEW.consumer;
     END IF;
     RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments.restore_definition(segment bigint, version integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old jsonb;
+BEGIN
+    SELECT coalesce(v.definition, (SELECT p.definition FROM segments.definition_version p
+                                 WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id
+                                   AND p.version OPERATOR(pg_catalog.<) v.version AND p.definition IS NOT NULL
+                                 ORDER BY p.version DESC LIMIT 1)) INTO old
+      FROM segments.definition_version v
+     WHERE v.segment_id = restore_definition.segment AND v.version = restore_definition.version;
+    IF old IS NULL THEN
+        RAISE EXCEPTION 'segment % has no definition version %', segment, version USING ERRCODE = 'undefined_object';
+    END IF;
+    UPDATE segments.segment s SET definition = old WHERE s.id = restore_definition.segment;
 END
 $$;
 
@@ -339,17 +382,20 @@ GRANT EXECUTE ON FUNCTION segments._restoring() TO segments_reader;
 -- ---- running in production: what runs, who runs it, what is kept -------------
 -- (sql/operations.sql; the functions are in the generated section)
 
--- Every running refresh and live application, manual or scheduled.
+-- Every running refresh, live application and cleanup, manual or
+-- scheduled.
 CREATE VIEW segments.activity AS
-SELECT a.pid, d.datname AS database, s.backend_type, s.usename AS role,
-       a.kind, a.phase, a.segment_id, a.done, a.total, a.started_at
+SELECT a.pid, d.datname AS database, a.kind, a.segments, a.phase,
+       a.segments_done, a.segments_total, a.started_at,
+       s.backend_type, s.usename AS role
   FROM segments._activity() a
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) a.database
   LEFT JOIN pg_catalog.pg_stat_activity s ON s.pid OPERATOR(pg_catalog.=) a.pid;
 
 -- The launcher and a scheduler per database.
 CREATE VIEW segments.schedulers AS
-SELECT d.datname AS database, x.pid, x.state, x.started_at, x.last_pass_at,
+SELECT d.datname AS database, x.pid, x.state, x.started_at,
+       x.last_pass_started_at, x.last_pass_finished_at, x.last_error, x.last_error_at,
        s.query AS doing, x.launcher_pid
   FROM segments._schedulers() x
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) x.database
@@ -409,23 +455,26 @@ REVOKE EXECUTE ON FUNCTION segments._schedulers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION segments._activity() TO segments_reader;
 GRANT EXECUTE ON FUNCTION segments._schedulers() TO segments_reader;
 
-COMMENT ON VIEW segments.activity IS 'Every running refresh and live application, manual or scheduled, of any backend or scheduler of the cluster (with the preload).';
+COMMENT ON VIEW segments.activity IS 'Every running refresh, live application and cleanup, manual or scheduled, of any backend or scheduler of the cluster (with the preload).';
 COMMENT ON COLUMN segments.activity.pid IS 'The backend or scheduler doing it.';
 COMMENT ON COLUMN segments.activity.database IS 'Its database.';
 COMMENT ON COLUMN segments.activity.backend_type IS 'client backend, or segments scheduler.';
 COMMENT ON COLUMN segments.activity.role IS 'The role it runs as.';
-COMMENT ON COLUMN segments.activity.kind IS 'refresh or live apply.';
-COMMENT ON COLUMN segments.activity.phase IS 'loading, planning, computing, storing or following up.';
-COMMENT ON COLUMN segments.activity.segment_id IS 'The segment being worked on (NULL: none in particular).';
-COMMENT ON COLUMN segments.activity.done IS 'Segments done.';
-COMMENT ON COLUMN segments.activity.total IS 'Segments in this run.';
+COMMENT ON COLUMN segments.activity.kind IS 'refresh, live or cleanup.';
+COMMENT ON COLUMN segments.activity.phase IS 'What it does now: loading, planning, scanning <table>, storing, sequences, exports.';
+COMMENT ON COLUMN segments.activity.segments IS 'Its segments (the first 32).';
+COMMENT ON COLUMN segments.activity.segments_done IS 'Segments done.';
+COMMENT ON COLUMN segments.activity.segments_total IS 'Segments in this run.';
 COMMENT ON COLUMN segments.activity.started_at IS 'When it started.';
 COMMENT ON VIEW segments.schedulers IS 'The launcher''s view of every database it serves: its scheduler and what it does (with the preload).';
 COMMENT ON COLUMN segments.schedulers.database IS 'The database.';
 COMMENT ON COLUMN segments.schedulers.pid IS 'Its scheduler (NULL: none running).';
 COMMENT ON COLUMN segments.schedulers.state IS 'waiting, starting, idle, running, no extension, extension outdated, withdrawn, or over max_schedulers.';
 COMMENT ON COLUMN segments.schedulers.started_at IS 'When the scheduler started.';
-COMMENT ON COLUMN segments.schedulers.last_pass_at IS 'When it last finished a pass.';
+COMMENT ON COLUMN segments.schedulers.last_pass_started_at IS 'When it last started a pass.';
+COMMENT ON COLUMN segments.schedulers.last_pass_finished_at IS 'When it last finished a pass.';
+COMMENT ON COLUMN segments.schedulers.last_error IS 'The last error a step of its passes logged.';
+COMMENT ON COLUMN segments.schedulers.last_error_at IS 'When.';
 COMMENT ON COLUMN segments.schedulers.doing IS 'What pg_stat_activity shows it running (for roles that may see it).';
 COMMENT ON COLUMN segments.schedulers.launcher_pid IS 'The launcher.';
 COMMENT ON VIEW segments.storage IS 'Every table the extension fills: rows, bytes, oldest row, and what bounds it.';
@@ -434,5 +483,5 @@ COMMENT ON COLUMN segments.storage.rows IS 'Its rows.';
 COMMENT ON COLUMN segments.storage.bytes IS 'Its size with indexes and TOAST.';
 COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NULL otherwise or when empty).';
 COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
-COMMENT ON FUNCTION segments._activity() IS 'Running refreshes and live applications from shared memory (internal; see view activity).';
+COMMENT ON FUNCTION segments._activity() IS 'Running refreshes, live applications and cleanups from shared memory (internal; see view activity).';
 COMMENT ON FUNCTION segments._schedulers() IS 'The launcher''s registry (internal; see view schedulers).';

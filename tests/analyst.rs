@@ -169,6 +169,32 @@ fn definition_history_and_restore() {
         .unwrap()
         .get(0);
     assert_eq!(versions, 5);
+    // A rename stores no second copy of the definition; the view and
+    // restore_definition show it whole.
+    let stored: Option<String> = client
+        .query_one(
+            "SELECT definition::text FROM segments.definition_version WHERE segment_id = $1 AND version = 3",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, None, "a rename stored the definition again");
+    assert_eq!(rows[2].get::<_, Option<String>>(4).as_deref(), Some("FR"));
+    alice
+        .batch_execute(&format!("SELECT segments.restore_definition({id}, 3)"))
+        .unwrap();
+    let value: String = client
+        .query_one(
+            "SELECT definition #>> '{rules,0,where,value}' FROM segments.segment WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        value, "FR",
+        "restored through a version that stored no definition"
+    );
+
     let error = alice
         .batch_execute(&format!("SELECT segments.restore_definition({id}, 42)"))
         .unwrap_err();

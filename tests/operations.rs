@@ -211,6 +211,9 @@ fn a_standby_reads_refuses_writes_and_schedules_once_promoted() {
         format!("SELECT count(*) FROM segments.segments_of('customer', {key}::bigint)"),
         format!("SELECT count(*) FROM segments.trend({id})"),
         format!("SELECT count(*) FROM segments.rule_counts({id})"),
+        format!("SELECT count(*) FROM segments.overlap({id}, {id})"),
+        format!("SELECT octet_length(segments.bitmap({id}))"),
+        format!("SELECT count(*) FROM segments.members_at({id}, now())"),
         format!("SELECT count(*) FROM segments.explain_member({id}, {key}::bigint)"),
         format!("SELECT length(segments.explain({id}))"),
         "SELECT count(*) FROM segments.estimate('{\"entity\":\"customer\",\"rules\":[{\"where\":{\"attribute\":\"country\",\"op\":\"eq\",\"value\":\"FR\"}}]}')".to_string(),
@@ -312,7 +315,8 @@ fn activity_shows_a_running_refresh() {
     let row = wait_for("the refresh in segments.activity", 20, || {
         watcher
             .query_opt(
-                "SELECT kind, phase, done, total, backend_type, database, started_at IS NOT NULL
+                "SELECT kind, phase, segments_done, segments_total, backend_type, database,
+                        started_at IS NOT NULL, cardinality(segments)
                    FROM segments.activity WHERE kind = 'refresh' AND phase <> 'loading'",
                 &[],
             )
@@ -322,11 +326,12 @@ fn activity_shows_a_running_refresh() {
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!(kind, "refresh");
     // Waiting for the lock, in planning (the catalog of the table) or in
-    // computing (its scan).
+    // its scan.
     assert!(
-        matches!(phase.as_str(), "planning" | "computing"),
+        matches!(phase.as_str(), "planning" | "scanning public.customers"),
         "{phase}"
     );
+    assert_eq!(row.get::<_, Option<i32>>(7), Some(2), "its two segments");
     assert_eq!((done, total), (0, 2));
     assert_eq!(
         row.get::<_, Option<String>>(4).as_deref(),
@@ -347,6 +352,15 @@ fn activity_shows_a_running_refresh() {
         schedulers.iter().any(|(d, _)| d == "postgres"),
         "{schedulers:?}"
     );
+    let columns: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'segments' AND table_name = 'schedulers'
+                AND column_name IN ('database', 'pid', 'started_at', 'last_pass_started_at', 'last_pass_finished_at', 'last_error')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 6);
 }
 
 /// Every table the extension fills is in `segments.storage`, with what
@@ -423,6 +437,17 @@ fn storage_is_listed_and_retention_enforced() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, ["Germans again"], "only the latest version stays");
+    let kept: String = client
+        .query_one(
+            "SELECT definition #>> '{rules,0,where,value}' FROM segments.definition_version WHERE segment_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        kept, "DE",
+        "the kept version got its definition written out"
+    );
 
     // A change queue longer than a batch is applied as one refresh of the
     // entity's live segments, and emptied.
@@ -532,4 +557,60 @@ fn inactive_segments_are_skipped_once() {
         .unwrap()
         .get(0);
     assert_eq!(skipped, 1000);
+}
+
+/// Renaming the entity's key column is followed: registration, members
+/// view, live capture and refresh carry on under the new name.
+#[test]
+fn renaming_the_key_column_is_followed() {
+    let cluster = Cluster::start("key-rename", &[]);
+    let mut client = cluster.sample("300");
+    let live: i64 = client
+        .query_one(
+            r#"SELECT segments.create_segment('Live Germans', '{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}}]}', schedule => 'live')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(
+            "SELECT * FROM segments.refresh();
+             ALTER TABLE customers RENAME COLUMN id TO customer_no;
+             UPDATE customers SET country = 'DE' WHERE customer_no BETWEEN 1 AND 20;
+             SELECT segments.apply_changes();",
+        )
+        .expect("writes and apply after renaming the key column");
+    let count = |client: &mut postgres::Client, sql: &str| -> i64 {
+        client.query_one(sql, &[]).unwrap().get(0)
+    };
+    let truth = count(
+        &mut client,
+        "SELECT count(*) FROM customers WHERE country = 'DE'",
+    );
+    let members = count(
+        &mut client,
+        &format!("SELECT member_count FROM segments.segment WHERE id = {live}"),
+    );
+    assert_eq!(members, truth, "live apply after the key rename");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let failed = count(
+        &mut client,
+        "SELECT count(*) FROM segments.segment WHERE status = 'failed'",
+    );
+    assert_eq!(failed, 0, "refresh after the key rename");
+    let viewed = count(
+        &mut client,
+        &format!("SELECT count(*) FROM segments.customer_members WHERE segment_id = {live}"),
+    );
+    assert_eq!(viewed, truth, "the members view follows the rename");
+    let registered: String = client
+        .query_one(
+            "SELECT key_column::text FROM segments.entity WHERE name = 'customer'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(registered, "customer_no");
 }

@@ -14,9 +14,9 @@ fn timestamp(at: i64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(at).ok()
 }
 
-/// Every running refresh and live application, from any backend or
-/// scheduler: pid, database, kind, phase, the segment being worked on,
-/// done and total, and when it started.
+/// Every running refresh, live application and cleanup, from any backend
+/// or scheduler: pid, database, kind, its segments (the first 32), phase,
+/// segments done and in all, and when it started.
 #[pg_extern(schema = "segments", volatile, parallel_safe)]
 fn _activity() -> TableIterator<
     'static,
@@ -24,10 +24,10 @@ fn _activity() -> TableIterator<
         name!(pid, i32),
         name!(database, pg_sys::Oid),
         name!(kind, String),
+        name!(segments, Vec<i64>),
         name!(phase, String),
-        name!(segment_id, Option<i64>),
-        name!(done, i64),
-        name!(total, i64),
+        name!(segments_done, i64),
+        name!(segments_total, i64),
         name!(started_at, Option<TimestampWithTimeZone>),
     ),
 > {
@@ -38,8 +38,8 @@ fn _activity() -> TableIterator<
                 s.pid,
                 pg_sys::Oid::from(s.database),
                 s.kind.as_str().to_string(),
-                s.phase.as_str().to_string(),
-                (s.segment != 0).then_some(s.segment),
+                s.segments(),
+                s.phase(),
                 i64::from(s.done),
                 i64::from(s.total),
                 timestamp(s.started_at),
@@ -60,7 +60,10 @@ fn _schedulers() -> TableIterator<
         name!(pid, Option<i32>),
         name!(state, String),
         name!(started_at, Option<TimestampWithTimeZone>),
-        name!(last_pass_at, Option<TimestampWithTimeZone>),
+        name!(last_pass_started_at, Option<TimestampWithTimeZone>),
+        name!(last_pass_finished_at, Option<TimestampWithTimeZone>),
+        name!(last_error, Option<String>),
+        name!(last_error_at, Option<TimestampWithTimeZone>),
         name!(launcher_pid, Option<i32>),
     ),
 > {
@@ -78,7 +81,10 @@ fn _schedulers() -> TableIterator<
                 (e.pid != 0).then_some(e.pid),
                 e.state.as_str().to_string(),
                 timestamp(e.started_at),
+                timestamp(e.last_pass_started_at),
                 timestamp(e.last_pass_at),
+                e.last_error(),
+                timestamp(e.last_error_at),
                 launcher,
             )
         })

@@ -22,7 +22,8 @@ pub const SLOTS: usize = 128;
 pub enum Kind {
     #[default]
     Refresh = 0,
-    LiveApply = 1,
+    Live = 1,
+    Cleanup = 2,
 }
 
 impl Kind {
@@ -30,55 +31,77 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Refresh => "refresh",
-            Kind::LiveApply => "live apply",
+            Kind::Live => "live",
+            Kind::Cleanup => "cleanup",
         }
     }
 }
 
-/// Where a run is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-#[repr(u8)]
-pub enum Phase {
-    /// Loading and locking the segments, taking the change queue.
-    #[default]
-    Loading = 0,
-    /// Compiling the segments into plans.
-    Planning = 1,
-    /// Running a plan's queries (the scan of the entity table).
-    Computing = 2,
-    /// Evaluating a segment and storing its membership.
-    Storing = 3,
-    /// Sequences and exports (`after_change`).
-    Following = 4,
-}
+/// The most segment ids a slot shows (`segments.activity.segments`).
+pub const SHOWN_SEGMENTS: usize = 32;
+/// The longest phase text, in bytes.
+const PHASE_BYTES: usize = 96;
 
-impl Phase {
-    /// As `segments.activity.phase` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Loading => "loading",
-            Phase::Planning => "planning",
-            Phase::Computing => "computing",
-            Phase::Storing => "storing",
-            Phase::Following => "following up",
-        }
-    }
-}
-
-/// One running refresh or application (`pid` 0: a free slot).
-#[derive(Copy, Clone, Debug, Default)]
+/// One running refresh, application or cleanup (`pid` 0: a free slot).
+#[derive(Copy, Clone, Debug)]
 #[repr(C)]
 pub struct Slot {
     pub pid: i32,
     pub database: u32,
     pub kind: Kind,
-    pub phase: Phase,
-    /// The segment being worked on (0: none yet).
-    pub segment: i64,
+    /// What it does now ("planning", "scanning public.orders", "storing",
+    /// "sequences", "exports"), NUL-padded UTF-8.
+    phase: [u8; PHASE_BYTES],
+    /// The run's segments (the first `SHOWN_SEGMENTS`).
+    segments: [i64; SHOWN_SEGMENTS],
+    segment_count: u32,
     pub done: u32,
     pub total: u32,
     /// TimestampTz.
     pub started_at: i64,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            pid: 0,
+            database: 0,
+            kind: Kind::Refresh,
+            phase: [0; PHASE_BYTES],
+            segments: [0; SHOWN_SEGMENTS],
+            segment_count: 0,
+            done: 0,
+            total: 0,
+            started_at: 0,
+        }
+    }
+}
+
+impl Slot {
+    /// The phase as text.
+    pub fn phase(&self) -> String {
+        let end = self
+            .phase
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(PHASE_BYTES);
+        String::from_utf8_lossy(&self.phase[..end]).into_owned()
+    }
+
+    /// The run's segments shown.
+    pub fn segments(&self) -> Vec<i64> {
+        self.segments[..(self.segment_count as usize).min(SHOWN_SEGMENTS)].to_vec()
+    }
+
+    fn set_phase(&mut self, phase: &str) {
+        self.phase = [0; PHASE_BYTES];
+        // Cut at a character boundary.
+        let mut end = phase.len().min(PHASE_BYTES);
+        while !phase.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.phase[..end].copy_from_slice(&phase.as_bytes()[..end]);
+    }
 }
 
 /// Every slot.
@@ -131,14 +154,21 @@ pub fn running() -> Vec<Slot> {
     slots.into_iter().filter(|s| alive(s.pid)).collect()
 }
 
-/// A running refresh or application, shown while it lives.
+thread_local! {
+    /// This process's runs being shown, innermost last: `phase` updates
+    /// the innermost (a refresh run by a live application shows its own).
+    static SHOWN: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A running refresh, application or cleanup, shown while it lives.
 pub struct Progress {
     slot: Option<usize>,
 }
 
 impl Progress {
-    /// Starts showing a run of `kind` over `total` segments (or entities).
-    pub fn start(kind: Kind, total: usize) -> Progress {
+    /// Starts showing a run of `kind` over `segments` (empty when not yet
+    /// known, or for a cleanup).
+    pub fn start(kind: Kind, segments: &[i64]) -> Progress {
         if !READY.load(Ordering::Relaxed) {
             return Progress { slot: None };
         }
@@ -162,24 +192,31 @@ impl Progress {
             .filter(|(_, p)| !alive(*p))
             .map(|(i, _)| i)
             .collect();
-        let mut activity = ACTIVITY.exclusive();
-        for i in stale {
-            activity.slots[i].pid = 0;
-        }
-        let slot = activity.slots.iter().position(|s| s.pid == 0);
+        let slot = {
+            let mut activity = ACTIVITY.exclusive();
+            for i in stale {
+                activity.slots[i].pid = 0;
+            }
+            let slot = activity.slots.iter().position(|s| s.pid == 0);
+            if let Some(i) = slot {
+                let mut new = Slot {
+                    pid,
+                    database,
+                    kind,
+                    started_at: now,
+                    ..Slot::default()
+                };
+                new.set_phase("loading");
+                activity.slots[i] = new;
+            }
+            slot
+        };
+        let progress = Progress { slot };
+        progress.segments(segments);
         if let Some(i) = slot {
-            activity.slots[i] = Slot {
-                pid,
-                database,
-                kind,
-                phase: Phase::Loading,
-                segment: 0,
-                done: 0,
-                total: total.min(u32::MAX as usize) as u32,
-                started_at: now,
-            };
+            SHOWN.with(|s| s.borrow_mut().push(i));
         }
-        Progress { slot }
+        progress
     }
 
     /// Changes what is shown of this run.
@@ -189,27 +226,40 @@ impl Progress {
         }
     }
 
-    /// Sets the total, once known.
-    pub fn total(&self, total: usize) {
-        self.change(|s| s.total = total.min(u32::MAX as usize) as u32);
-    }
-
-    /// Enters a phase, on a segment (0: none in particular).
-    pub fn phase(&self, phase: Phase, segment: i64) {
+    /// Sets the run's segments (and their total), once known.
+    pub fn segments(&self, segments: &[i64]) {
         self.change(|s| {
-            s.phase = phase;
-            s.segment = segment;
+            let shown = segments.len().min(SHOWN_SEGMENTS);
+            s.segments = [0; SHOWN_SEGMENTS];
+            s.segments[..shown].copy_from_slice(&segments[..shown]);
+            s.segment_count = shown as u32;
+            s.total = segments.len().min(u32::MAX as usize) as u32;
         });
     }
 
-    /// One more segment (or entity) done.
+    /// One more segment done.
     pub fn advance(&self) {
         self.change(|s| s.done = s.done.saturating_add(1));
     }
 }
 
+/// Sets the phase of this process's innermost run being shown (nothing
+/// without one): "planning", "scanning public.orders", "storing",
+/// "sequences", "exports".
+pub fn phase(phase: &str) {
+    if !READY.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(i) = SHOWN.with(|s| s.borrow().last().copied()) {
+        ACTIVITY.exclusive().slots[i].set_phase(phase);
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            SHOWN.with(|s| s.borrow_mut().retain(|x| *x != i));
+        }
         self.change(|s| s.pid = 0);
     }
 }

@@ -20,7 +20,7 @@ use segments_core::bitmap::{Members, RuleCount};
 use crate::engine::evaluate::LeafValues;
 use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql};
 use crate::engine::plan::{compute_as, plan_targets, Planned};
-use crate::engine::progress::{Kind, Phase, Progress};
+use crate::engine::progress::{self, Kind, Progress};
 use crate::engine::run::{Outcome, RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};
 use crate::pg::error::{Failure, Reported, SegmentsError};
@@ -157,12 +157,12 @@ pub fn refresh_segments(
     skip_locked: bool,
 ) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
-    let progress = Progress::start(Kind::Refresh, ids.map_or(0, <[i64]>::len));
+    let progress = Progress::start(Kind::Refresh, ids.unwrap_or(&[]));
     let targets = load_targets(ids, skip_locked)?;
-    progress.total(targets.len());
+    progress.segments(&targets.iter().map(|t| t.id).collect::<Vec<_>>());
     forget_live_windows(&targets);
     let reference = reference_time_sql();
-    progress.phase(Phase::Planning, 0);
+    progress::phase("planning");
     let mut groups = plan_groups(&targets, &reference);
     let mut changes = Changes::default();
     let mut outcomes = Vec::with_capacity(targets.len());
@@ -182,7 +182,7 @@ pub fn refresh_segments(
         // Work shared by a group is divided among its segments.
         let mut computed_here = Duration::ZERO;
         if group.values.is_none() {
-            progress.phase(Phase::Computing, target.id);
+            progress::phase(&format!("scanning {}", scanned_table(&target.entity)));
             let compute_started = Instant::now();
             group.values = Some(match &group.planned {
                 Ok(planned) => compute_as(group.owner, &planned.plan, &HashMap::new()),
@@ -191,7 +191,7 @@ pub fn refresh_segments(
             group.compute_time = compute_started.elapsed();
             computed_here = group.compute_time;
         }
-        progress.phase(Phase::Storing, target.id);
+        progress::phase("storing");
         let shared_time = group.compute_time / group.size.max(1) as u32;
         let duration = || started.elapsed().saturating_sub(computed_here) + shared_time;
         let result = match (&group.planned, group.values.as_mut()) {
@@ -224,10 +224,18 @@ pub fn refresh_segments(
         });
         progress.advance();
     }
-    progress.phase(Phase::Following, 0);
     store::after_change(&changes);
     outcomes.sort_by_key(|o| o.segment_id);
     Ok(outcomes)
+}
+
+/// The entity table a group's scan reads, as `segments.activity` names it.
+fn scanned_table(entity: &str) -> String {
+    crate::pg::spi::optional_value::<String>(
+        "SELECT relation::pg_catalog.text FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    )
+    .unwrap_or_else(|| entity.to_string())
 }
 
 /// Related values kept for live segments are as of their windows: a full

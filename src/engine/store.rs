@@ -299,6 +299,7 @@ fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members
 /// Each consumer fails alone: its failure is a warning (sequences) or
 /// recorded on the export, and never undoes the memberships.
 pub fn after_change(changes: &Changes) {
+    crate::engine::progress::phase("sequences");
     if let Err(failure) = in_subtransaction(AssertUnwindSafe(|| {
         crate::sequence::assign(&changes.entered, &changes.members)
     })) {
@@ -307,6 +308,7 @@ pub fn after_change(changes: &Changes) {
             failure.message
         );
     }
+    crate::engine::progress::phase("exports");
     for export in crate::export::exports_of(&changes.written) {
         crate::export::rewrite_recorded(export);
     }

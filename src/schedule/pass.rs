@@ -117,6 +117,9 @@ pub fn plan_pass() -> Due {
             .is_some_and(|t| t <= now);
 
     if cleanup_due {
+        let _shown =
+            crate::engine::progress::Progress::start(crate::engine::progress::Kind::Cleanup, &[]);
+        crate::engine::progress::phase("deactivating unused segments");
         let deactivated = spi(Spi::get_one::<i64>(
             "SELECT count(*) FROM segments.deactivate_unused()",
         ))
@@ -281,14 +284,29 @@ pub fn trim_history() {
         &[retention.as_str().into()],
     ));
     // Definition versions too, but never a segment's latest: it is what
-    // the segment is now, and what definition_history shows last.
-    spi(Spi::run_with_args(
-        "DELETE FROM segments.definition_version v \
-          WHERE v.changed_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
-            AND v.version OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(w.version) FROM segments.definition_version w \
-                                                   WHERE w.segment_id OPERATOR(pg_catalog.=) v.segment_id)",
-        &[retention.as_str().into()],
-    ));
+    // the segment is now, and what definition_history shows last. The
+    // oldest version kept gets its definition written out first if it
+    // stored none (NULL: as the version before, which is going).
+    for sql in [
+        "WITH keep AS (SELECT segment_id, LEAST(pg_catalog.max(version), \
+                           pg_catalog.min(version) FILTER (WHERE changed_at OPERATOR(pg_catalog.>=) \
+                               (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval))) AS first \
+                         FROM segments.definition_version GROUP BY segment_id) \
+         UPDATE segments.definition_version v SET definition = \
+                (SELECT p.definition FROM segments.definition_version p \
+                  WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id AND p.version OPERATOR(pg_catalog.<) v.version \
+                    AND p.definition IS NOT NULL ORDER BY p.version DESC LIMIT 1) \
+           FROM keep k WHERE v.segment_id OPERATOR(pg_catalog.=) k.segment_id \
+            AND v.version OPERATOR(pg_catalog.=) k.first AND v.definition IS NULL",
+        "WITH keep AS (SELECT segment_id, LEAST(pg_catalog.max(version), \
+                           pg_catalog.min(version) FILTER (WHERE changed_at OPERATOR(pg_catalog.>=) \
+                               (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval))) AS first \
+                         FROM segments.definition_version GROUP BY segment_id) \
+         DELETE FROM segments.definition_version v USING keep k \
+          WHERE v.segment_id OPERATOR(pg_catalog.=) k.segment_id AND v.version OPERATOR(pg_catalog.<) k.first",
+    ] {
+        spi(Spi::run_with_args(sql, &[retention.as_str().into()]));
+    }
 }
 
 /// One whole pass in the current transaction (`segments.run_due()`).

@@ -58,8 +58,11 @@ impl State {
     }
 }
 
+/// The longest last error kept, in bytes.
+const ERROR_BYTES: usize = 240;
+
 /// One database's entry (`database` 0: a free entry).
-#[derive(Copy, Clone, Debug, Default)]
+#[derive(Copy, Clone, Debug)]
 #[repr(C)]
 pub struct Entry {
     pub database: u32,
@@ -72,13 +75,59 @@ pub struct Entry {
     /// When the scheduler started, and when it last finished a pass
     /// (TimestampTz, 0: never).
     pub started_at: i64,
+    pub last_pass_started_at: i64,
     pub last_pass_at: i64,
+    /// The last error a scheduler step logged, NUL-padded UTF-8, and when.
+    last_error: [u8; ERROR_BYTES],
+    pub last_error_at: i64,
     /// When a scheduler last found no extension here.
     pub probed_at: i64,
     /// The backend that withdrew this database's scheduler (0: none), and
     /// until when the withdrawal holds at most.
     pub withdrawn_by: i32,
     pub withdrawn_until: i64,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            database: 0,
+            pid: 0,
+            state: State::Waiting,
+            wanted: false,
+            started_at: 0,
+            last_pass_started_at: 0,
+            last_pass_at: 0,
+            last_error: [0; ERROR_BYTES],
+            last_error_at: 0,
+            probed_at: 0,
+            withdrawn_by: 0,
+            withdrawn_until: 0,
+        }
+    }
+}
+
+impl Entry {
+    /// The last error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        let end = self
+            .last_error
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(ERROR_BYTES);
+        (end > 0).then(|| String::from_utf8_lossy(&self.last_error[..end]).into_owned())
+    }
+
+    /// Records an error, cut to what fits.
+    pub fn set_last_error(&mut self, error: &str) {
+        self.last_error = [0; ERROR_BYTES];
+        let mut end = error.len().min(ERROR_BYTES);
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.last_error[..end].copy_from_slice(&error.as_bytes()[..end]);
+        self.last_error_at = now();
+    }
 }
 
 /// The whole shared state.

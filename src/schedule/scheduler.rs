@@ -32,10 +32,11 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
     }
     let result = PgTryBuilder::new(|| Some(work()))
         .catch_others(|error| {
-            log!(
-                "segments scheduler: {what} failed: {}",
-                crate::pg::subtransaction::error_text(&error)
-            );
+            let text = crate::pg::subtransaction::error_text(&error);
+            log!("segments scheduler: {what} failed: {text}");
+            // SAFETY: reads this process's database.
+            let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+            registry::update(database, |e| e.set_last_error(&format!("{what}: {text}")));
             None
         })
         .execute();
@@ -218,6 +219,7 @@ pub extern "C-unwind" fn segments_scheduler_main(argument: pg_sys::Datum) {
             continue;
         }
         set_state(database, State::Running);
+        registry::update(database, |e| e.last_pass_started_at = registry::now());
         run_pass();
         set_state(database, State::Idle);
     }

@@ -24,7 +24,7 @@ use crate::engine::evaluate::{
 use crate::engine::live::install::columns_read_by;
 use crate::engine::live::related::{plan_owner, related_values, OwnerPlan};
 use crate::engine::plan::compute_as;
-use crate::engine::progress::{Kind, Phase, Progress};
+use crate::engine::progress::{self, Kind, Progress};
 use crate::engine::refresh::{dependency_order, refresh_segments};
 use crate::engine::run::{RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};
@@ -370,15 +370,18 @@ fn apply_entity(
     let mut values: HashMap<pg_sys::Oid, Result<LeafValues, Failure>> = HashMap::new();
     let mut changes = Changes::default();
     let mut runs = Vec::new();
-    let progress = Progress::start(Kind::LiveApply, targets.len());
+    let progress = Progress::start(
+        Kind::Live,
+        &targets.iter().map(|t| t.id).collect::<Vec<_>>(),
+    );
     for i in dependency_order(targets) {
         let target = &targets[i];
-        progress.phase(Phase::Storing, target.id);
         let Some(owner_plan) = plans.get(&target.owner) else {
             continue;
         };
         let plan = &owner_plan.restricted;
         let leaf_values = values.entry(target.owner).or_insert_with(|| {
+            progress::phase(&format!("scanning {}", entity.table.relation_sql));
             let known = related_values(
                 target.owner,
                 entity_name,
@@ -388,6 +391,7 @@ fn apply_entity(
             )?;
             compute_as(target.owner, plan, &known)
         });
+        progress::phase("storing");
         let result = match (owner_plan.compiled.get(&target.id), leaf_values) {
             (Some(Ok(compiled)), Ok(leaf_values)) => {
                 fill_segment_leaves(plan, leaf_values, &changes.members);
@@ -413,7 +417,6 @@ fn apply_entity(
         runs.push(outcome.run_id);
         progress.advance();
     }
-    progress.phase(Phase::Following, 0);
     store::after_change(&changes);
     runs
 }
