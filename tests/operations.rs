@@ -144,9 +144,33 @@ fn the_dba_needs_no_force() {
         .batch_execute("CREATE DATABASE copy TEMPLATE store")
         .unwrap();
     let mut copy = cluster.connect("copy");
+    // The copy gets a scheduler of its own; ALTER EXTENSION and DROP
+    // EXTENSION withdraw it first, and it does not come back.
+    wait_for("the copy's scheduler", 30, || {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'segments scheduler' AND datname = 'copy'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    });
+    copy.batch_execute("ALTER EXTENSION segments UPDATE")
+        .unwrap();
     copy.batch_execute("DROP EXTENSION segments CASCADE")
         .unwrap();
     drop(copy);
+    wait_for("the copy's scheduler to go for good", 30, || {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'segments scheduler' AND datname = 'copy'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
     wait_for("a scheduler back in store", 30, || {
         let n: i64 = admin
             .query_one(
