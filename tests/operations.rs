@@ -125,6 +125,32 @@ fn the_dba_needs_no_force() {
     });
     drop(shop);
     let mut admin = cluster.connect("postgres");
+    // A role that may not drop or rename the database stops no scheduler
+    // by trying: its statement fails PostgreSQL's own check (42501).
+    let pid_of = |admin: &mut postgres::Client| -> Option<i32> {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'segments scheduler' AND datname = 'shop'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    let before = wait_for("shop's scheduler", 30, || pid_of(&mut admin));
+    admin
+        .batch_execute("CREATE ROLE mallory LOGIN CREATEDB")
+        .unwrap();
+    let mut mallory = harness::connect_as(&cluster, "mallory");
+    for sql in ["DROP DATABASE shop", "ALTER DATABASE shop RENAME TO stolen"] {
+        let error = mallory.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&error).0, "42501", "{sql}");
+    }
+    assert_eq!(
+        pid_of(&mut admin),
+        Some(before),
+        "a refused statement stopped the scheduler"
+    );
+    drop(mallory);
     admin
         .batch_execute("ALTER DATABASE shop RENAME TO store")
         .unwrap();

@@ -176,7 +176,24 @@ unsafe fn effect_of(statement: *mut pg_sys::Node) -> Effect {
 /// Withdraws a database's scheduler until this transaction ends: marks it
 /// (the launcher starts none), stops the running one and waits for it to
 /// exit.
+/// Whether the caller owns `database` (or is a member of its owner, or
+/// a superuser): only such a caller's statement may withdraw its
+/// scheduler. Anyone else's fails PostgreSQL's own privilege check, and
+/// must not stop a scheduler on the way (read-only SPI: it runs on a
+/// standby too).
+fn may_withdraw(database: pg_sys::Oid) -> bool {
+    crate::pg::spi::optional_value::<bool>(
+        "SELECT pg_catalog.pg_has_role(datdba, 'USAGE') FROM pg_catalog.pg_database \
+          WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[database.into()],
+    )
+    .unwrap_or(false)
+}
+
 fn withdraw(database: pg_sys::Oid) {
+    if !may_withdraw(database) {
+        return;
+    }
     // SAFETY: reads this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
     let mut pid = 0;
