@@ -34,6 +34,11 @@ pub fn check_op(
         | Op::On
         | Op::IsAnniversary
         | Op::IsToday => kind.is_temporal(),
+        // Ranks order the records: numbers and times, not text (whose
+        // order depends on a collation) or booleans.
+        Op::TopPercent | Op::BottomPercent | Op::Top | Op::Bottom => {
+            matches!(kind, Numeric | Date | Timestamp | TimestampTz)
+        }
     };
     if !fits {
         return Err(invalid(

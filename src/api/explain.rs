@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use segments_core::bitmap::position_of;
 use segments_core::catalog::{Catalog, Entity, KeyKind};
-use segments_core::definition::{Condition, ConditionKind, Definition, Rule, RuleBody};
+use segments_core::definition::{
+    Condition, ConditionKind, Definition, RelatedMeasure, Rule, RuleBody, Step,
+};
 use segments_core::sql::{ident, literal, op};
 
 use crate::engine::evaluate::{
@@ -114,6 +116,36 @@ impl Probe<'_> {
         })
     }
 
+    /// A sequence step by step: one row per step, true when the record
+    /// has the sequence up to and including that step, so the first false
+    /// row is where the record's funnel stopped.
+    fn walk_steps(
+        &self,
+        condition: &Condition,
+        steps: &[Step],
+        name: &Option<String>,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Reported> {
+        let Some(Value::Object(raw)) = json_at(self.raw, &condition.path).cloned() else {
+            return Ok(());
+        };
+        let all_steps = raw.get("sequence").cloned().unwrap_or(Value::Null);
+        for (i, step) in steps.iter().enumerate() {
+            let mut prefix = raw.clone();
+            let upto: Vec<Value> = (0..=i).filter_map(|k| all_steps.get(k).cloned()).collect();
+            prefix.insert("sequence".into(), Value::Array(upto));
+            let matches = self.matches(json!([{ "where": Value::Object(prefix) }]))?;
+            rows.push((
+                step.path.clone(),
+                name.clone(),
+                json_at(self.raw, &step.path).cloned().map(JsonB),
+                matches,
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     fn walk_condition(
         &self,
         condition: &Condition,
@@ -136,6 +168,11 @@ impl Probe<'_> {
                 }
             }
             ConditionKind::Not(inner) => self.walk_condition(inner, name, rows)?,
+            ConditionKind::Related(test) => {
+                if let RelatedMeasure::Sequence(steps) = &test.measure {
+                    self.walk_steps(condition, steps, name, rows)?;
+                }
+            }
             _ => {}
         }
         Ok(())

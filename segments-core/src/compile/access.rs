@@ -3,7 +3,9 @@
 //! them all.
 
 use crate::catalog::{Entity, Table};
-use crate::definition::{Condition, ConditionKind, Definition, RelatedMeasure, Rule, RuleBody};
+use crate::definition::{
+    Condition, ConditionKind, Definition, Operand, RelatedMeasure, Rule, RuleBody,
+};
 
 /// Every (relation, column) a definition reads, the entity's key included:
 /// whoever saves a definition must be able to read them all, since the
@@ -21,7 +23,10 @@ pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, St
             }
             ConditionKind::Not(inner) => walk(inner, entity, table, out),
             ConditionKind::Attribute(test) => {
-                out.push((table.relation_sql.clone(), test.column.clone()))
+                out.push((table.relation_sql.clone(), test.column.clone()));
+                if let Operand::StepRef { column, .. } = &test.value {
+                    out.push((table.relation_sql.clone(), column.clone()));
+                }
             }
             ConditionKind::Related(test) => {
                 let Some(related) = entity.related(&test.related) else {
@@ -41,6 +46,20 @@ pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, St
                 }
                 if let Some(filter) = &test.filter {
                     walk(filter, entity, &related.table, out);
+                }
+                match &test.measure {
+                    RelatedMeasure::Every(condition) => {
+                        walk(condition, entity, &related.table, out)
+                    }
+                    RelatedMeasure::Sequence(steps) => {
+                        if let Some(time) = &related.time_column {
+                            out.push((rel.clone(), time.clone()));
+                        }
+                        for step in steps {
+                            walk(&step.filter, entity, &related.table, out);
+                        }
+                    }
+                    RelatedMeasure::Exists(_) | RelatedMeasure::Aggregate { .. } => {}
                 }
             }
             ConditionKind::Segment(_) => {}

@@ -23,11 +23,15 @@
 //! - `access`: which columns a definition reads, for the privilege check
 //! - `references`: refusing segment references that lead back to a
 //!   segment, and the order to evaluate segments that read each other in
+//! - `sequence`: `sequence` and `every` over a related table
+//! - `rank`: `top_percent`, `bottom_percent`, `top`, `bottom`
 
 mod access;
 mod emit;
 mod fold;
+mod rank;
 mod references;
+mod sequence;
 
 use std::collections::HashMap;
 
@@ -43,7 +47,7 @@ use serde_json::Value;
 
 pub use access::columns_read;
 pub use emit::attribute_sql;
-use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition};
+use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use references::{check_cycles, dependency_order};
 
@@ -376,6 +380,10 @@ impl<'a> Planner<'a> {
                     .collect::<Result<_, _>>()?,
             ),
             ConditionKind::Not(inner) => Expr::Not(Box::new(self.entity_condition(inner)?)),
+            ConditionKind::Attribute(test) if test.op.is_rank() => {
+                let sql = self.rank_filter(path, test)?;
+                Expr::Leaf(self.intern(Leaf::Filter(sql)))
+            }
             ConditionKind::Attribute(test) => {
                 let table = self.entity.table.clone();
                 let what = format!("entity \"{}\"", self.entity.name);
@@ -424,10 +432,12 @@ impl<'a> Planner<'a> {
     }
 
     /// The filters of a related condition (its `where`, its window, and a
-    /// live restriction) and its foreign-key expression.
+    /// live restriction) on the related row `alias`, and its foreign-key
+    /// expression.
     fn related_filters(
         &self,
         path: &str,
+        alias: &str,
         related: &Related,
         test: &RelatedTest,
     ) -> Result<(Vec<String>, String), Reported> {
@@ -446,26 +456,16 @@ impl<'a> Planner<'a> {
         if let Some(filter) = &test.filter {
             filters.push(related_condition(
                 filter,
+                RowScope { alias, steps: &[] },
                 &related.table,
                 &what,
                 &self.reference_time,
             )?);
         }
         if let Some(within) = &test.within {
-            let time_column = related.time_column.as_ref().ok_or_else(|| {
-                invalid(
-                    &format!("{path}.within"),
-                    format!("{what} has no time_column: register it with one to use \"within\""),
-                )
-            })?;
-            let column = related.table.column(time_column).ok_or_else(|| {
-                SegmentsError::UndefinedColumn(format!(
-                    "{path}.within: time column \"{time_column}\" of {what} no longer exists"
-                ))
-            })?;
-            column.check_usable(&format!("{path}.within"), &what)?;
+            let column = time_column(&format!("{path}.within"), related, "\"within\"")?;
             filters.push(in_last_sql(
-                &format!("r.{}", ident(&column.name)),
+                &format!("{alias}.{}", ident(&column.name)),
                 column.kind,
                 within,
                 &self.reference_time,
@@ -478,7 +478,7 @@ impl<'a> Planner<'a> {
             ))
         })?;
         fk_column.check_usable(&format!("{path}.related"), &what)?;
-        let fk = format!("r.{}", ident(&related.foreign_key));
+        let fk = format!("{alias}.{}", ident(&related.foreign_key));
         if let Some(keys) = self
             .related_restriction
             .get(&related.name)
@@ -499,7 +499,7 @@ impl<'a> Planner<'a> {
                 test.related
             ))
         })?;
-        let (filters, _) = self.related_filters(path, related, test)?;
+        let (filters, _) = self.related_filters(path, "r", related, test)?;
         let where_sql = if filters.is_empty() {
             String::new()
         } else {
@@ -528,7 +528,10 @@ impl<'a> Planner<'a> {
         test: &RelatedTest,
     ) -> Result<(Leaf, bool), Reported> {
         let what = format!("related table \"{}\"", related.name);
-        let (filters, fk) = self.related_filters(path, related, test)?;
+        if let RelatedMeasure::Sequence(steps) = &test.measure {
+            return Ok((self.sequence_leaf(path, related, test, steps)?, false));
+        }
+        let (filters, fk) = self.related_filters(path, "r", related, test)?;
         let where_sql = if filters.is_empty() {
             String::new()
         } else {
@@ -593,8 +596,36 @@ impl<'a> Planner<'a> {
                 );
                 (Leaf::Aggregate { sql, empty_matches }, false)
             }
+            RelatedMeasure::Every(condition) => (
+                self.every_leaf(related, condition, &fk, &from, &where_sql)?,
+                false,
+            ),
+            RelatedMeasure::Sequence(_) => unreachable!("sequences return above"),
         })
     }
+}
+
+/// The related table's time column, checked to exist and be readable;
+/// `what` names the construct that needs it, for the error.
+fn time_column<'r>(
+    path: &str,
+    related: &'r Related,
+    what: &str,
+) -> Result<&'r crate::catalog::Column, Reported> {
+    let table_what = format!("related table \"{}\"", related.name);
+    let name = related.time_column.as_ref().ok_or_else(|| {
+        invalid(
+            path,
+            format!("{table_what} has no time_column: register it with one to use {what}"),
+        )
+    })?;
+    let column = related.table.column(name).ok_or_else(|| {
+        SegmentsError::UndefinedColumn(format!(
+            "{path}: time column \"{name}\" of {table_what} no longer exists"
+        ))
+    })?;
+    column.check_usable(path, &table_what)?;
+    Ok(column)
 }
 
 impl Plan {

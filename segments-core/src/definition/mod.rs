@@ -7,6 +7,12 @@ use serde_json::{Map, Value};
 
 use crate::error::{invalid, SegmentsError};
 
+mod sequence;
+mod window;
+
+pub use sequence::Step;
+pub use window::{DurationUnit, RelativeDuration, Window, DURATION_SHAPE};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
     pub entity: String,
@@ -80,13 +86,21 @@ pub enum Operand {
     Range(Value, Value),
     List(Vec<Value>),
     Duration(RelativeDuration),
+    /// `in_last` / `not_in_last`: a duration or a window in the past.
+    Window(Window),
+    /// Inside a sequence step: a column of an earlier step's row
+    /// (`{"step": K, "attribute": COLUMN}`, steps counted from 1).
+    StepRef {
+        step: usize,
+        column: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelatedTest {
     pub related: String,
     pub filter: Option<Box<Condition>>,
-    pub within: Option<RelativeDuration>,
+    pub within: Option<Window>,
     pub measure: RelatedMeasure,
 }
 
@@ -100,6 +114,10 @@ pub enum RelatedMeasure {
         op: Op,
         value: Operand,
     },
+    /// `every`: at least one row, and all of them match the condition.
+    Every(Box<Condition>),
+    /// `sequence`: rows matching the steps in increasing time order.
+    Sequence(Vec<Step>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,66 +173,6 @@ impl std::fmt::Display for SegmentRef {
     }
 }
 
-/// A duration such as `30 days`, measured back or forward from the
-/// reference time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelativeDuration {
-    pub amount: i64,
-    pub unit: DurationUnit,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurationUnit {
-    Hours,
-    Days,
-    Weeks,
-    Months,
-    Years,
-}
-
-impl RelativeDuration {
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut words = text.split_whitespace();
-        let amount: i64 = words.next()?.parse().ok()?;
-        let unit = match words.next()?.to_ascii_lowercase().as_str() {
-            "hour" | "hours" => DurationUnit::Hours,
-            "day" | "days" => DurationUnit::Days,
-            "week" | "weeks" => DurationUnit::Weeks,
-            "month" | "months" => DurationUnit::Months,
-            "year" | "years" => DurationUnit::Years,
-            _ => return None,
-        };
-        // At most 1000 years, so that the window's edge is always a valid
-        // timestamp, whatever the reference time.
-        let hours_per_unit: i64 = match unit {
-            DurationUnit::Hours => 1,
-            DurationUnit::Days => 24,
-            DurationUnit::Weeks => 24 * 7,
-            DurationUnit::Months => 24 * 31,
-            DurationUnit::Years => 24 * 366,
-        };
-        if words.next().is_some()
-            || amount < 0
-            || amount.saturating_mul(hours_per_unit) > 1000 * 24 * 366
-        {
-            return None;
-        }
-        Some(RelativeDuration { amount, unit })
-    }
-
-    /// The duration as a PostgreSQL interval literal body, e.g. `30 days`.
-    pub fn interval_text(&self) -> String {
-        let unit = match self.unit {
-            DurationUnit::Hours => "hours",
-            DurationUnit::Days => "days",
-            DurationUnit::Weeks => "weeks",
-            DurationUnit::Months => "months",
-            DurationUnit::Years => "years",
-        };
-        format!("{} {unit}", self.amount)
-    }
-}
-
 /// The operators of definitions (the README's "Definitions" section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -243,6 +201,10 @@ pub enum Op {
     On,
     IsAnniversary,
     IsToday,
+    TopPercent,
+    BottomPercent,
+    Top,
+    Bottom,
 }
 
 /// The shape of value an operator takes.
@@ -254,6 +216,9 @@ pub enum OperandShape {
     List,
     Text,
     Duration,
+    Window,
+    /// A share (0 < value <= 100) or a count of records, for ranks.
+    Rank,
 }
 
 pub const ALL_OPS: &[Op] = &[
@@ -282,6 +247,10 @@ pub const ALL_OPS: &[Op] = &[
     Op::On,
     Op::IsAnniversary,
     Op::IsToday,
+    Op::TopPercent,
+    Op::BottomPercent,
+    Op::Top,
+    Op::Bottom,
 ];
 
 impl Op {
@@ -312,6 +281,10 @@ impl Op {
             Op::On => "on",
             Op::IsAnniversary => "is_anniversary",
             Op::IsToday => "is_today",
+            Op::TopPercent => "top_percent",
+            Op::BottomPercent => "bottom_percent",
+            Op::Top => "top",
+            Op::Bottom => "bottom",
         }
     }
 
@@ -328,8 +301,15 @@ impl Op {
             Op::Contains | Op::NotContains | Op::StartsWith | Op::EndsWith => OperandShape::Text,
             Op::IsNull | Op::IsNotNull | Op::IsTrue | Op::IsFalse => OperandShape::None,
             Op::IsAnniversary | Op::IsToday => OperandShape::None,
-            Op::InLast | Op::NotInLast | Op::InNext => OperandShape::Duration,
+            Op::InLast | Op::NotInLast => OperandShape::Window,
+            Op::InNext => OperandShape::Duration,
+            Op::TopPercent | Op::BottomPercent | Op::Top | Op::Bottom => OperandShape::Rank,
         }
+    }
+
+    /// Ranks compare a record with all the others, not with a value.
+    pub fn is_rank(self) -> bool {
+        self.shape() == OperandShape::Rank
     }
 
     /// Operators that compare an aggregate with a number.
@@ -506,6 +486,15 @@ pub fn walk_condition<'a>(condition: &'a Condition, out: &mut Vec<&'a Condition>
         ConditionKind::Related(test) => {
             if let Some(filter) = &test.filter {
                 walk_condition(filter, out);
+            }
+            match &test.measure {
+                RelatedMeasure::Every(condition) => walk_condition(condition, out),
+                RelatedMeasure::Sequence(steps) => {
+                    for step in steps {
+                        walk_condition(&step.filter, out);
+                    }
+                }
+                RelatedMeasure::Exists(_) | RelatedMeasure::Aggregate { .. } => {}
             }
         }
         ConditionKind::Attribute(_) | ConditionKind::Segment(_) => {}
@@ -717,6 +706,9 @@ pub fn parse_operand(path: &str, op: Op, value: Option<&Value>) -> Result<Operan
         },
         OperandShape::Scalar => match value {
             Some(v) if is_scalar(v) => Operand::Scalar(v.clone()),
+            Some(Value::Object(object)) if object.contains_key("step") => {
+                sequence::parse_step_ref(&vpath, object)?
+            }
             _ => return Err(needs("one value (a string, number or boolean)")),
         },
         OperandShape::Text => match value {
@@ -737,11 +729,34 @@ pub fn parse_operand(path: &str, op: Op, value: Option<&Value>) -> Result<Operan
         },
         OperandShape::Duration => match value {
             Some(Value::String(text)) => Operand::Duration(
-                RelativeDuration::parse(text)
-                    .ok_or_else(|| needs("a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)"))?,
+                RelativeDuration::parse(text).ok_or_else(|| needs(DURATION_SHAPE))?,
             ),
-            _ => return Err(needs("a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)")),
+            _ => return Err(needs(DURATION_SHAPE)),
         },
+        OperandShape::Window => match value {
+            Some(Value::String(text)) => Operand::Window(Window {
+                from: RelativeDuration::parse(text).ok_or_else(|| needs(DURATION_SHAPE))?,
+                to: None,
+            }),
+            Some(v @ Value::Object(_)) => Operand::Window(Window::parse(&vpath, v)?),
+            _ => return Err(needs(DURATION_SHAPE)),
+        },
+        OperandShape::Rank => {
+            let number = value.and_then(Value::as_f64).filter(|n| n.is_finite());
+            let fits = match (op, number) {
+                (Op::TopPercent | Op::BottomPercent, Some(n)) => n > 0.0 && n <= 100.0,
+                (_, Some(_)) => value.and_then(Value::as_u64).is_some_and(|n| n >= 1),
+                (_, None) => false,
+            };
+            if !fits {
+                return Err(needs(if matches!(op, Op::TopPercent | Op::BottomPercent) {
+                    "a share: a number above 0 and at most 100"
+                } else {
+                    "a count: a whole number of at least 1"
+                }));
+            }
+            Operand::Scalar(value.cloned().unwrap_or_default())
+        }
     })
 }
 
@@ -753,14 +768,18 @@ fn parse_related(path: &str, object: &Map<String, Value>) -> Result<RelatedTest,
     };
     let within = match object.get("within") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(RelativeDuration::parse(text).ok_or_else(|| {
-            invalid(&format!("{path}.within"), "must be a duration such as \"30 days\" (hours, days, weeks, months, years; at most 1000 years)")
-        })?),
-        Some(other) => {
-            return Err(invalid(&format!("{path}.within"), format!("must be a duration string, not {}", json_type(other))))
-        }
+        Some(value) => Some(Window::parse(&format!("{path}.within"), value)?),
     };
-    let measure = if let Some(function) = object.get("aggregate") {
+    let measure = if let Some(condition) = object.get("every") {
+        check_keys(path, object, &["related", "every", "where", "within"])?;
+        RelatedMeasure::Every(Box::new(parse_condition(
+            &format!("{path}.every"),
+            condition,
+        )?))
+    } else if let Some(steps) = object.get("sequence") {
+        check_keys(path, object, &["related", "sequence", "within"])?;
+        RelatedMeasure::Sequence(sequence::parse_steps(&format!("{path}.sequence"), steps)?)
+    } else if let Some(function) = object.get("aggregate") {
         check_keys(
             path,
             object,
@@ -1116,7 +1135,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(sum.within.unwrap().interval_text(), "30 days");
+        assert_eq!(sum.within.unwrap().from.interval_text(), "30 days");
         let ConditionKind::Related(none) = &conditions[2].kind else {
             panic!()
         };
