@@ -4,6 +4,10 @@
 --
 -- scale   customers to create (default 100000); orders and email events are
 --         5 x scale each, spread over the year before anchor.
+-- sessions  shopping sessions per customer (default 1): each is a product
+--         view, then in 40% of them an add to cart of that product within
+--         12 hours, and in half of those a purchase of it within 3 days
+--         (product_events: about 1.6 x sessions x scale rows).
 -- anchor  the day the data is "as of" (default: today). The same scale and
 --         anchor always produce exactly the same rows: every value comes
 --         from a hash of the row number, never from random().
@@ -12,6 +16,7 @@
 \if :{?scale} \else \set scale 100000 \endif
 \if :{?anchor} \else \set anchor `date +%F` \endif
 \if :{?schema} \else \set schema public \endif
+\if :{?sessions} \else \set sessions 1 \endif
 
 SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS :"schema";
@@ -26,7 +31,7 @@ CREATE FUNCTION pg_temp.pick(i bigint, salt bigint, choices text[]) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT choices[1 + floor(pg_temp.u(i, salt) * cardinality(choices))::int] $$;
 
-DROP TABLE IF EXISTS email_events, orders, customers;
+DROP TABLE IF EXISTS product_events, email_events, orders, customers;
 
 CREATE TABLE customers (
   id             bigint PRIMARY KEY,
@@ -104,6 +109,31 @@ SELECT i,
        timestamptz :'anchor' - make_interval(secs => pg_temp.u(i, 34) * 365 * 86400)
 FROM generate_series(1, 5 * :scale::bigint) AS i;
 
+CREATE TABLE product_events (
+  id          bigint PRIMARY KEY,
+  customer_id bigint NOT NULL REFERENCES customers (id),
+  event_type  text NOT NULL,
+  product_id  integer NOT NULL,
+  occurred_at timestamptz NOT NULL
+);
+
+-- Session s of a customer (ids skewed like orders): viewed at v, then
+-- perhaps added_to_cart at v + up to 12 hours, then perhaps purchased up
+-- to 3 days after the cart; the same product throughout.
+INSERT INTO product_events
+SELECT s * 3 + step,
+       1 + floor(pg_temp.u(s, 41) ^ 2 * :scale::bigint)::bigint,
+       (ARRAY['viewed', 'added_to_cart', 'purchased'])[step + 1],
+       1 + floor(pg_temp.u(s, 42) * 200)::int,
+       timestamptz :'anchor' - make_interval(secs => (4 + pg_temp.u(s, 43) * 361) * 86400)
+         + make_interval(secs => CASE WHEN step >= 1 THEN 60 + pg_temp.u(s, 44) * 12 * 3600 ELSE 0 END
+                                + CASE WHEN step = 2 THEN 60 + pg_temp.u(s, 45) * 3 * 86400 ELSE 0 END)
+FROM generate_series(1, :sessions::bigint * :scale::bigint) AS s,
+     generate_series(0, 2) AS step
+WHERE step = 0 OR (step = 1 AND pg_temp.u(s, 46) < 0.4) OR (step = 2 AND pg_temp.u(s, 46) < 0.2);
+
 CREATE INDEX ON orders (customer_id);
 CREATE INDEX ON email_events (customer_id);
-ANALYZE customers, orders, email_events;
+-- What sequences over product events read: a record's events in time order.
+CREATE INDEX ON product_events (customer_id, occurred_at);
+ANALYZE customers, orders, email_events, product_events;

@@ -1,0 +1,516 @@
+//! Layer 3: the audience builder (README, Audience builder; SPEC 16) against
+//! hand-written SQL on the sample data: funnels with an absent last step
+//! and same-product references, windows in the past, `every`, ranks with
+//! ties, text and uuid keys, explain_member step by step, and live funnels
+//! that settle after inserts, updates and deletes.
+
+mod harness;
+
+use harness::{sqlstate, Cluster, ANCHOR};
+
+const REF: &str = "'2026-11-01 00:00:00+00'::timestamptz";
+
+/// The number of keys in one of (members, hand-written) and not the other.
+fn difference(client: &mut postgres::Client, view: &str, key: &str, id: i64, hand: &str) -> i64 {
+    client
+        .query_one(
+            &format!(
+                "WITH got AS (SELECT {key} AS k FROM segments.{view} WHERE segment_id = $1),
+                      want AS ({hand})
+                 SELECT (SELECT count(*) FROM (SELECT k FROM got EXCEPT SELECT * FROM want) a)
+                      + (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT k FROM got) b)"
+            ),
+            &[&id],
+        )
+        .unwrap_or_else(|e| panic!("comparing segment {id}: {e}"))
+        .get(0)
+}
+
+fn create(client: &mut postgres::Client, name: &str, definition: &str, schedule: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT segments.create_segment($1, $2::text::jsonb, schedule => $3)",
+            &[&name, &definition, &schedule],
+        )
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"))
+        .get(0)
+}
+
+/// "Viewed a product, added that product to the cart within a day, and did
+/// not buy it within two days", in the last 30 days.
+const ABANDONED: &str = r#"{"entity":"customer","rules":[{"where":{"related":"product_events","within":"30 days","sequence":[
+    {"where":{"attribute":"event_type","op":"eq","value":"viewed"}},
+    {"where":{"all":[{"attribute":"event_type","op":"eq","value":"added_to_cart"},
+                     {"attribute":"product_id","op":"eq","value":{"step":1,"attribute":"product_id"}}]},"within":"1 day"},
+    {"where":{"all":[{"attribute":"event_type","op":"eq","value":"purchased"},
+                     {"attribute":"product_id","op":"eq","value":{"step":2,"attribute":"product_id"}}]},"within":"2 days","absent":true}]}}]}"#;
+
+/// The same by hand, for customers `c` at reference time `at`.
+fn abandoned_sql(at: &str, window: bool) -> String {
+    let inside = |alias: &str| {
+        if window {
+            format!("AND {alias}.occurred_at >= {at} - interval '30 days' AND {alias}.occurred_at <= {at}")
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        "SELECT c.id FROM customers c WHERE EXISTS (
+           SELECT 1 FROM product_events v JOIN product_events a
+             ON a.customer_id = v.customer_id AND a.event_type = 'added_to_cart' AND a.product_id = v.product_id
+            AND a.occurred_at > v.occurred_at AND a.occurred_at <= v.occurred_at + interval '1 day' {}
+            WHERE v.customer_id = c.id AND v.event_type = 'viewed' {}
+              AND a.occurred_at + interval '2 days' <= {at}
+              AND NOT EXISTS (SELECT 1 FROM product_events p
+                               WHERE p.customer_id = c.id AND p.event_type = 'purchased' AND p.product_id = a.product_id
+                                 AND p.occurred_at > a.occurred_at AND p.occurred_at <= a.occurred_at + interval '2 days'))",
+        inside("a"),
+        inside("v")
+    )
+}
+
+/// Every new construct against hand-written SQL, by refresh and by
+/// `estimate`, with rule counts; the refusals name their paths.
+#[test]
+fn the_audience_builder_equals_hand_written_sql() {
+    let cluster = Cluster::start("audience", &[]);
+    let mut client = cluster.sample_database(
+        "6000",
+        ANCHOR,
+        &format!(
+            "SET segments.reference_time = '{ANCHOR}';
+             SELECT segments.register_related('customer', 'product_events', 'product_events', 'customer_id', 'occurred_at');"
+        ),
+    );
+    let cases: Vec<(&str, String, String)> = vec![
+        ("abandoned cart", ABANDONED.to_string(), abandoned_sql(REF, true)),
+        (
+            "three steps, same product",
+            r#"{"entity":"customer","rules":[{"where":{"related":"product_events","sequence":[
+                {"where":{"attribute":"event_type","op":"eq","value":"viewed"}},
+                {"where":{"all":[{"attribute":"event_type","op":"eq","value":"added_to_cart"},{"attribute":"product_id","op":"eq","value":{"step":1,"attribute":"product_id"}}]},"within":"6 hours"},
+                {"where":{"all":[{"attribute":"event_type","op":"eq","value":"purchased"},{"attribute":"product_id","op":"eq","value":{"step":1,"attribute":"product_id"}}]},"within":"1 day"}]}}]}"#.to_string(),
+            "SELECT c.id FROM customers c WHERE EXISTS (
+               SELECT 1 FROM product_events v, product_events a, product_events p
+                WHERE v.customer_id = c.id AND a.customer_id = c.id AND p.customer_id = c.id
+                  AND v.event_type = 'viewed' AND a.event_type = 'added_to_cart' AND p.event_type = 'purchased'
+                  AND a.product_id = v.product_id AND p.product_id = v.product_id
+                  AND a.occurred_at > v.occurred_at AND a.occurred_at <= v.occurred_at + interval '6 hours'
+                  AND p.occurred_at > a.occurred_at AND p.occurred_at <= a.occurred_at + interval '1 day')".to_string(),
+        ),
+        (
+            "bought something dearer than an earlier order, in a past window",
+            r#"{"entity":"customer","rules":[{"where":{"related":"orders","within":{"from":"180 days","to":"60 days"},"sequence":[
+                {"where":{"attribute":"status","op":"eq","value":"paid"}},
+                {"where":{"attribute":"amount","op":"gt","value":{"step":1,"attribute":"amount"}}}]}}]}"#.to_string(),
+            format!("SELECT c.id FROM customers c WHERE EXISTS (
+               SELECT 1 FROM orders a, orders b
+                WHERE a.customer_id = c.id AND b.customer_id = c.id AND a.status = 'paid' AND b.amount > a.amount
+                  AND b.ordered_at > a.ordered_at
+                  AND a.ordered_at BETWEEN {REF} - interval '180 days' AND {REF} - interval '60 days'
+                  AND b.ordered_at BETWEEN {REF} - interval '180 days' AND {REF} - interval '60 days')"),
+        ),
+        (
+            "lapsing: ordered 90 to 30 days ago, not since",
+            r#"{"entity":"customer","rules":[{"where":{"related":"orders","within":{"from":"90 days","to":"30 days"}}},
+                {"combine":"except","where":{"related":"orders","within":"30 days"}}]}"#.to_string(),
+            format!("SELECT c.id FROM customers c
+              WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.ordered_at BETWEEN {REF} - interval '90 days' AND {REF} - interval '30 days')
+                AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.ordered_at BETWEEN {REF} - interval '30 days' AND {REF})"),
+        ),
+        (
+            "windows on attributes",
+            r#"{"entity":"customer","rules":[{"where":{"any":[
+                {"attribute":"last_login_at","op":"in_last","value":{"from":"60 days","to":"45 days"}},
+                {"attribute":"signed_up_at","op":"not_in_last","value":{"from":"2 years","to":"1 years"}}]}}]}"#.to_string(),
+            format!("SELECT c.id FROM customers c
+              WHERE c.last_login_at BETWEEN {REF} - interval '60 days' AND {REF} - interval '45 days'
+                 OR c.signed_up_at < {REF} - interval '2 years' OR c.signed_up_at > {REF} - interval '1 years'"),
+        ),
+        (
+            "every order of the last year paid",
+            r#"{"entity":"customer","rules":[{"where":{"related":"orders","within":"1 year","every":{"attribute":"status","op":"eq","value":"paid"}}}]}"#.to_string(),
+            format!("SELECT o.customer_id FROM orders o WHERE o.ordered_at BETWEEN {REF} - interval '1 year' AND {REF}
+               GROUP BY o.customer_id HAVING bool_and(o.status = 'paid')"),
+        ),
+        (
+            "every big order from the web",
+            r#"{"entity":"customer","rules":[{"where":{"related":"orders","where":{"attribute":"amount","op":"gt","value":300},
+                "every":{"any":[{"attribute":"channel","op":"eq","value":"web"},{"attribute":"channel","op":"eq","value":"app"}]}}}]}"#.to_string(),
+            "SELECT o.customer_id FROM orders o WHERE o.amount > 300 GROUP BY o.customer_id HAVING bool_and(o.channel IN ('web', 'app'))".to_string(),
+        ),
+        (
+            "top 10% by lifetime value",
+            r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"top_percent","value":10}}]}"#.to_string(),
+            "SELECT id FROM (SELECT id, rank() OVER (ORDER BY lifetime_value DESC) AS r,
+                                    (SELECT count(*) FROM customers WHERE lifetime_value IS NOT NULL) AS n
+                               FROM customers WHERE lifetime_value IS NOT NULL) t
+              WHERE r <= ceil(n * 10 / 100.0)".to_string(),
+        ),
+        (
+            "the 50 youngest, ties included",
+            r#"{"entity":"customer","rules":[{"where":{"attribute":"age","op":"bottom","value":50}}]}"#.to_string(),
+            "SELECT id FROM customers WHERE age <= (SELECT max(age) FROM (SELECT age FROM customers WHERE age IS NOT NULL ORDER BY age LIMIT 50) t)".to_string(),
+        ),
+        (
+            "the oldest 2.5% among Germans who bought",
+            r#"{"entity":"customer","rules":[{"where":{"attribute":"birth_date","op":"bottom_percent","value":2.5}},
+                {"combine":"intersect","where":{"attribute":"country","op":"eq","value":"DE"}}]}"#.to_string(),
+            "SELECT id FROM (SELECT id, country, rank() OVER (ORDER BY birth_date) AS r,
+                                    (SELECT count(*) FROM customers WHERE birth_date IS NOT NULL) AS n
+                               FROM customers WHERE birth_date IS NOT NULL) t
+              WHERE r <= ceil(n * 2.5 / 100) AND country = 'DE'".to_string(),
+        ),
+        (
+            "top 1000 by lifetime value (a count larger than a tier)",
+            r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"top","value":1000}},
+                {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#.to_string(),
+            "SELECT id FROM (SELECT id, unsubscribed, rank() OVER (ORDER BY lifetime_value DESC) AS r
+                               FROM customers WHERE lifetime_value IS NOT NULL) t WHERE r <= 1000 AND NOT unsubscribed".to_string(),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, definition, _) in &cases {
+        ids.push(create(&mut client, name, definition, "manual"));
+    }
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    for ((name, definition, hand), id) in cases.iter().zip(&ids) {
+        let members: i64 = client
+            .query_one(
+                "SELECT count(*) FROM segments.customer_members WHERE segment_id = $1",
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            members > 0,
+            "{name}: no members, so the comparison proves little"
+        );
+        let diff = difference(&mut client, "customer_members", "id", *id, hand);
+        assert_eq!(
+            diff, 0,
+            "{name}: {diff} keys differ from the hand-written SQL"
+        );
+        // estimate and rule_counts agree with the refresh.
+        let estimated: i64 = client
+            .query_one(
+                "SELECT cumulative FROM segments.estimate($1::text::jsonb) WHERE path !~ '[.]' ORDER BY path::int DESC LIMIT 1",
+                &[definition],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(estimated, members, "{name}: estimate");
+        let first_rule: i64 = client
+            .query_one(
+                "SELECT members FROM segments.rule_counts($1) WHERE path = '1'",
+                &[id],
+            )
+            .unwrap_or_else(|e| panic!("{name}: rule_counts: {e}"))
+            .get(0);
+        assert!(
+            first_rule >= members,
+            "{name}: rule 1 counts {first_rule} < {members}"
+        );
+        // explain shows the SQL it runs.
+        let explained: String = client
+            .query_one("SELECT segments.explain($1)", &[id])
+            .unwrap_or_else(|e| panic!("{name}: explain: {e}"))
+            .get(0);
+        assert!(explained.contains("FROM"), "{name}: {explained}");
+    }
+    // Ties at the edge are all in: ten customers tie for the top value.
+    client
+        .batch_execute("UPDATE customers SET lifetime_value = 99999 WHERE id <= 10")
+        .unwrap();
+    let top3 = create(
+        &mut client,
+        "top 3 with ties",
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"lifetime_value","op":"top","value":3}}]}"#,
+        "manual",
+    );
+    client
+        .batch_execute(&format!(
+            "SELECT * FROM segments.refresh(ARRAY[{top3}]::bigint[])"
+        ))
+        .unwrap();
+    let tied: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.customer_members WHERE segment_id = $1",
+            &[&top3],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tied, 10, "all ten tied records are in the top 3");
+    // Refusals name the construct and its SQLSTATE.
+    let refusals = [
+        (
+            r#"{"entity":"customer","rules":[{"where":{"related":"orders","within":{"from":"30 days","to":"90 days"}}}]}"#,
+            "22023",
+            "rules[0].where.within: \"from\" (30 days) must reach further back",
+        ),
+        (
+            r#"{"entity":"customer","rules":[{"where":{"related":"product_events","sequence":[{"where":{"attribute":"event_typ","op":"eq","value":"viewed"}}]}}]}"#,
+            "42703",
+            "rules[0].where.sequence[0].where: column \"event_typ\" does not exist on related table \"product_events\"",
+        ),
+        (
+            r#"{"entity":"customer","rules":[{"where":{"related":"product_event","every":{"attribute":"event_type","op":"eq","value":"viewed"}}}]}"#,
+            "42P01",
+            "rules[0].where.related: related table \"product_event\" is not registered",
+        ),
+        (
+            r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"top_percent","value":10}}]}"#,
+            "22023",
+            "rules[0].where.op: operator top_percent does not apply to column \"country\" of type text",
+        ),
+    ];
+    for (definition, code, message) in refusals {
+        let error = client
+            .query(
+                "SELECT * FROM segments.estimate($1::text::jsonb)",
+                &[&definition],
+            )
+            .unwrap_err();
+        let (got_code, got) = sqlstate(&error);
+        assert!(got.starts_with(message), "{got}\n  expected {message}");
+        assert_eq!(got_code, code, "{got}");
+    }
+    // A related table without a time column cannot hold a sequence.
+    client
+        .batch_execute("SELECT segments.register_related('customer', 'orders_untimed', 'orders', 'customer_id')")
+        .unwrap();
+    let error = client
+        .query(
+            r#"SELECT * FROM segments.estimate('{"entity":"customer","rules":[{"where":{"related":"orders_untimed","sequence":[{"where":{"attribute":"status","op":"eq","value":"paid"}}]}}]}')"#,
+            &[],
+        )
+        .unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "22023", "{message}");
+    assert!(
+        message.contains("has no time_column: register it with one to use a sequence"),
+        "{message}"
+    );
+}
+
+/// explain_member walks a funnel step by step: a member matches every
+/// step; a customer who only viewed stops at step 2.
+#[test]
+fn explain_member_walks_a_funnel_step_by_step() {
+    let cluster = Cluster::start("audience_explain", &[]);
+    let mut client = cluster.sample_database(
+        "3000",
+        ANCHOR,
+        &format!(
+            "SET segments.reference_time = '{ANCHOR}';
+             SELECT segments.register_related('customer', 'product_events', 'product_events', 'customer_id', 'occurred_at');"
+        ),
+    );
+    let id = create(&mut client, "Abandoned", ABANDONED, "manual");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let steps = |client: &mut postgres::Client, key: i64| -> Vec<(String, bool)> {
+        client
+            .query(
+                "SELECT path, matches FROM segments.explain_member($1, $2::bigint) WHERE path LIKE '%sequence[%]' ORDER BY path",
+                &[&id, &key],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let member: i64 = client
+        .query_one(
+            "SELECT min(id) FROM segments.customer_members WHERE segment_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        steps(&mut client, member),
+        vec![
+            ("rules[0].where.sequence[0]".to_string(), true),
+            ("rules[0].where.sequence[1]".to_string(), true),
+            ("rules[0].where.sequence[2]".to_string(), true),
+        ]
+    );
+    let viewer: i64 = client
+        .query_one(
+            &format!(
+                "SELECT min(c.id) FROM customers c
+                  WHERE EXISTS (SELECT 1 FROM product_events e WHERE e.customer_id = c.id AND e.event_type = 'viewed'
+                                   AND e.occurred_at >= {REF} - interval '30 days')
+                    AND NOT EXISTS (SELECT 1 FROM product_events e WHERE e.customer_id = c.id AND e.event_type <> 'viewed')"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        steps(&mut client, viewer),
+        vec![
+            ("rules[0].where.sequence[0]".to_string(), true),
+            ("rules[0].where.sequence[1]".to_string(), false),
+            ("rules[0].where.sequence[2]".to_string(), false),
+        ]
+    );
+}
+
+/// Text and uuid keys: a funnel, `every` and a rank on entities keyed by
+/// text and by uuid equal the hand-written SQL.
+#[test]
+fn text_and_uuid_keys() {
+    let cluster = Cluster::start("audience_keys", &[]);
+    let mut client = cluster.sample_customers_orders("3000");
+    client
+        .batch_execute(
+            "CREATE TABLE shoppers AS SELECT code, md5(code)::uuid AS uid, lifetime_value FROM customers;
+             ALTER TABLE shoppers ADD PRIMARY KEY (code);
+             CREATE UNIQUE INDEX ON shoppers (uid);
+             CREATE TABLE shopper_orders AS
+               SELECT c.code AS shopper_code, md5(c.code)::uuid AS shopper_uid, o.ordered_at, o.amount, o.status
+                 FROM orders o JOIN customers c ON c.id = o.customer_id;
+             CREATE INDEX ON shopper_orders (shopper_code, ordered_at);
+             SELECT segments.register_entity('shopper', 'shoppers', 'code');
+             SELECT segments.register_related('shopper', 'orders', 'shopper_orders', 'shopper_code', 'ordered_at');
+             CREATE TABLE shoppers_u AS SELECT uid, lifetime_value FROM shoppers;
+             ALTER TABLE shoppers_u ADD PRIMARY KEY (uid);
+             SELECT segments.register_entity('shopper_u', 'shoppers_u', 'uid');
+             SELECT segments.register_related('shopper_u', 'orders', 'shopper_orders', 'shopper_uid', 'ordered_at');",
+        )
+        .unwrap();
+    let funnel = |entity: &str| {
+        format!(
+            r#"{{"entity":"{entity}","rules":[{{"where":{{"related":"orders","sequence":[
+                {{"where":{{"attribute":"status","op":"eq","value":"refunded"}}}},
+                {{"where":{{"attribute":"status","op":"eq","value":"paid"}},"within":"30 days","absent":true}}]}}}},
+                {{"combine":"union","where":{{"related":"orders","every":{{"attribute":"status","op":"eq","value":"cancelled"}}}}}},
+                {{"combine":"union","where":{{"attribute":"lifetime_value","op":"top","value":25}}}}]}}"#
+        )
+    };
+    let hand = |key: &str, fk: &str, table: &str| {
+        format!(
+            "SELECT s.{key} FROM {table} s WHERE EXISTS (
+               SELECT 1 FROM shopper_orders r WHERE r.{fk} = s.{key} AND r.status = 'refunded'
+                  AND r.ordered_at + interval '30 days' <= {REF}
+                  AND NOT EXISTS (SELECT 1 FROM shopper_orders p WHERE p.{fk} = s.{key} AND p.status = 'paid'
+                                     AND p.ordered_at > r.ordered_at AND p.ordered_at <= r.ordered_at + interval '30 days'))
+             UNION SELECT {fk} FROM shopper_orders GROUP BY {fk} HAVING bool_and(status = 'cancelled')
+             UNION SELECT {key} FROM {table} WHERE lifetime_value >=
+                   (SELECT min(v) FROM (SELECT lifetime_value v FROM {table} WHERE lifetime_value IS NOT NULL ORDER BY 1 DESC LIMIT 25) t)"
+        )
+    };
+    client
+        .batch_execute(&format!("SET segments.reference_time = '{ANCHOR}'"))
+        .unwrap();
+    let text = create(&mut client, "text keys", &funnel("shopper"), "manual");
+    let uuid = create(&mut client, "uuid keys", &funnel("shopper_u"), "manual");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    for (id, view, key, fk, table) in [
+        (text, "shopper_members", "code", "shopper_code", "shoppers"),
+        (
+            uuid,
+            "shopper_u_members",
+            "uid",
+            "shopper_uid",
+            "shoppers_u",
+        ),
+    ] {
+        let members: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM segments.{view} WHERE segment_id = $1"),
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        assert!(members > 25, "{view}: {members} members");
+        let diff = difference(&mut client, view, key, id, &hand(key, fk, table));
+        assert_eq!(
+            diff, 0,
+            "{view}: {diff} keys differ from the hand-written SQL"
+        );
+    }
+}
+
+/// A live funnel and a live `every` settle to the hand-written answer
+/// after inserts, updates and deletes of the related rows.
+#[test]
+fn live_sequences_follow_changes() {
+    let cluster = Cluster::start("audience_live", &[]);
+    let mut client = cluster.sample_database(
+        "3000",
+        ANCHOR,
+        "SELECT segments.register_related('customer', 'product_events', 'product_events', 'customer_id', 'occurred_at');",
+    );
+    // No window: the answer does not move with now().
+    let funnel = r#"{"entity":"customer","rules":[{"where":{"related":"product_events","sequence":[
+        {"where":{"attribute":"event_type","op":"eq","value":"viewed"}},
+        {"where":{"all":[{"attribute":"event_type","op":"eq","value":"added_to_cart"},
+                         {"attribute":"product_id","op":"eq","value":{"step":1,"attribute":"product_id"}}]},"within":"1 day"},
+        {"where":{"all":[{"attribute":"event_type","op":"eq","value":"purchased"},
+                         {"attribute":"product_id","op":"eq","value":{"step":2,"attribute":"product_id"}}]},"within":"2 days","absent":true}]}}]}"#;
+    let every = r#"{"entity":"customer","rules":[{"where":{"related":"orders","every":{"attribute":"status","op":"eq","value":"paid"}}}]}"#;
+    let live_funnel = create(&mut client, "Live abandoned", funnel, "live");
+    let live_every = create(&mut client, "Live all paid", every, "live");
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let every_sql =
+        "SELECT customer_id FROM orders GROUP BY customer_id HAVING bool_and(status = 'paid')";
+    let mut check = |client: &mut postgres::Client, what: &str| {
+        client
+            .batch_execute("SELECT * FROM segments.apply_changes()")
+            .unwrap();
+        let funnel_diff = difference(
+            client,
+            "customer_members",
+            "id",
+            live_funnel,
+            &abandoned_sql("now()", false),
+        );
+        assert_eq!(funnel_diff, 0, "{what}: the live funnel differs");
+        let every_diff = difference(client, "customer_members", "id", live_every, every_sql);
+        assert_eq!(every_diff, 0, "{what}: the live every differs");
+    };
+    check(&mut client, "after the first refresh");
+    // A new abandoned cart for customer 7 (in the past, so its period is over).
+    client
+        .batch_execute(
+            "INSERT INTO product_events VALUES
+               (900000001, 7, 'viewed', 999, '2026-10-01 10:00'),
+               (900000002, 7, 'added_to_cart', 999, '2026-10-01 12:00')",
+        )
+        .unwrap();
+    check(&mut client, "after inserting a view and a cart");
+    // Customer 7 buys it within two days after all: out again.
+    client
+        .batch_execute("INSERT INTO product_events VALUES (900000003, 7, 'purchased', 999, '2026-10-02 09:00')")
+        .unwrap();
+    check(&mut client, "after inserting the purchase");
+    // The purchase moves a week later: in again; then the cart is deleted.
+    client
+        .batch_execute(
+            "UPDATE product_events SET occurred_at = '2026-10-09 09:00' WHERE id = 900000003",
+        )
+        .unwrap();
+    check(&mut client, "after moving the purchase");
+    client
+        .batch_execute("DELETE FROM product_events WHERE id = 900000002")
+        .unwrap();
+    check(&mut client, "after deleting the cart");
+    // Every purchase of some members becomes a refund, and one order is paid.
+    client
+        .batch_execute(
+            "UPDATE orders SET status = 'refunded' WHERE id IN (SELECT min(id) FROM orders GROUP BY customer_id LIMIT 40);
+             UPDATE product_events SET product_id = product_id + 1 WHERE id % 97 = 0;
+             DELETE FROM product_events WHERE id % 101 = 0;",
+        )
+        .unwrap();
+    check(&mut client, "after a burst of updates and deletes");
+}
