@@ -1,8 +1,9 @@
 //! Random segment definitions with an independent SQL oracle for each, for
 //! the differential fuzzer (tests/differential.rs in the extension): every
-//! operator, null-heavy columns, related aggregates with windows, nested
-//! any/all/not, subrules with all three combines, varchar/char/numeric
-//! typmods, integer bounds.
+//! operator, null-heavy columns, related aggregates with windows (and
+//! windows in the past), `every`, sequences with step references and an
+//! absent last step, ranks with ties, nested any/all/not, subrules with all
+//! three combines, varchar/char/numeric typmods, integer bounds.
 //!
 //! The definitions read `people` (entity `person`, key `id`) and its related
 //! table `events` (`person_id`, time column `at`), as `TABLES_SQL` creates
@@ -30,7 +31,14 @@ INSERT INTO events
 SELECT 1 + (g * 7) % 500, (ARRAY['open','click','buy',NULL])[1 + g % 4],
        CASE WHEN g % 10 = 0 THEN NULL ELSE (g % 97) * 1.5 END,
        '2026-11-01 12:00:00+00'::timestamptz - (g * interval '5 hours 17 minutes')
-  FROM generate_series(1, 2500) g;";
+  FROM generate_series(1, 2500) g;
+-- Rows at the very time of another row of the same person: a sequence's
+-- steps are strictly later, so these must not chain with their twin.
+INSERT INTO events
+SELECT person_id, (ARRAY['open','click','buy'])[1 + (person_id % 3)], amount + 7, at
+  FROM events WHERE person_id % 4 = 0;
+CREATE INDEX ON events (person_id, at);
+ANALYZE people, events;";
 
 /// The reference time the definitions' windows are relative to.
 pub const REFERENCE: &str = "'2026-11-01 12:00:00+00'::timestamptz";
@@ -84,7 +92,7 @@ const DURATIONS: &[(&str, &str)] = &[
 
 fn leaf(rng: &mut Rng) -> Generated {
     let null_false = |sql: String| format!("coalesce(({sql}), false)");
-    match rng.below(8) {
+    match rng.below(11) {
         // text-like columns: txt (text), vc (varchar(5)), ch (char(3))
         0 | 1 => {
             let column = *rng.pick(&["txt", "vc", "ch"]);
@@ -296,6 +304,9 @@ fn leaf(rng: &mut Rng) -> Generated {
             };
             Generated { json, sql }
         }
+        8 => every(rng),
+        9 => sequence(rng),
+        10 => rank(rng),
         // related aggregates
         _ => {
             let function = *rng.pick(&["count", "sum", "avg", "min", "max"]);
@@ -352,11 +363,185 @@ fn window(rng: &mut Rng) -> (String, String) {
     if rng.chance(50) {
         return (String::new(), String::new());
     }
-    let (duration, interval) = *rng.pick(DURATIONS);
+    let (json, from, to) = window_value(rng);
     (
-        format!(r#","within":{}"#, json_str(duration)),
-        format!(" AND r.at >= {REFERENCE} - interval '{interval}' AND r.at <= {REFERENCE}"),
+        format!(r#","within":{json}"#),
+        format!(" AND r.at >= {from} AND r.at <= {to}"),
     )
+}
+
+/// A duration or a window in the past, as JSON, with the oracle's earliest
+/// and latest times.
+fn window_value(rng: &mut Rng) -> (String, String, String) {
+    let later = rng.below(DURATIONS.len());
+    if later == 0 || rng.chance(50) {
+        let (duration, interval) = DURATIONS[later];
+        return (
+            json_str(duration),
+            format!("({REFERENCE} - interval '{interval}')"),
+            REFERENCE.to_string(),
+        );
+    }
+    // DURATIONS grow: an earlier one ends the window.
+    let earlier = rng.below(later);
+    let ((from, from_interval), (to, to_interval)) = (DURATIONS[later], DURATIONS[earlier]);
+    (
+        format!(r#"{{"from":{},"to":{}}}"#, json_str(from), json_str(to)),
+        format!("({REFERENCE} - interval '{from_interval}')"),
+        format!("({REFERENCE} - interval '{to_interval}')"),
+    )
+}
+
+/// `every` over events: at least one row in scope, none failing.
+fn every(rng: &mut Rng) -> Generated {
+    let (within_json, within_sql) = window(rng);
+    let (test_json, test_sql) = match rng.below(3) {
+        0 => {
+            let kind = *rng.pick(&["open", "click", "buy"]);
+            (
+                format!(r#"{{"attribute":"kind","op":"ne","value":"{kind}"}}"#),
+                format!("r.kind <> '{kind}'"),
+            )
+        }
+        1 => (
+            r#"{"attribute":"amount","op":"lte","value":60}"#.to_string(),
+            "r.amount <= 60".to_string(),
+        ),
+        _ => (
+            r#"{"any":[{"attribute":"kind","op":"eq","value":"open"},{"attribute":"amount","op":"is_null"}]}"#
+                .to_string(),
+            "(r.kind = 'open' OR r.amount IS NULL)".to_string(),
+        ),
+    };
+    let scope = format!("FROM events r WHERE r.person_id = p.id{within_sql}");
+    Generated {
+        json: format!(r#"{{"related":"events","every":{test_json}{within_json}}}"#),
+        sql: format!(
+            "(EXISTS (SELECT 1 {scope}) AND NOT EXISTS (SELECT 1 {scope} AND NOT coalesce({test_sql}, false)))"
+        ),
+    }
+}
+
+/// A sequence of two or three steps over events, written by the oracle as
+/// one join of the steps' rows (and a NOT EXISTS for an absent last step).
+fn sequence(rng: &mut Rng) -> Generated {
+    let steps = 2 + rng.below(2);
+    let absent = rng.chance(40);
+    let window = if rng.chance(50) {
+        Some(window_value(rng))
+    } else {
+        None
+    };
+    let mut json_steps = Vec::new();
+    let mut conditions = vec!["s1.person_id = p.id".to_string()];
+    let mut absent_sql = String::new();
+    for i in 1..=steps {
+        let alias = format!("s{i}");
+        let (filter_json, filter_sql) = match rng.below(4) {
+            0 | 1 => {
+                let kind = *rng.pick(&["open", "click", "buy"]);
+                (
+                    format!(r#"{{"attribute":"kind","op":"eq","value":"{kind}"}}"#),
+                    format!("{alias}.kind = '{kind}'"),
+                )
+            }
+            2 if i > 1 => (
+                r#"{"attribute":"amount","op":"gt","value":{"step":1,"attribute":"amount"}}"#
+                    .to_string(),
+                format!("{alias}.amount > s1.amount"),
+            ),
+            _ => (
+                r#"{"attribute":"amount","op":"gte","value":30}"#.to_string(),
+                format!("{alias}.amount >= 30"),
+            ),
+        };
+        let is_absent = absent && i == steps;
+        let within = if i > 1 && (is_absent || rng.chance(60)) {
+            Some(*rng.pick(DURATIONS))
+        } else {
+            None
+        };
+        let mut step_json = format!(r#"{{"where":{filter_json}"#);
+        if let Some((duration, _)) = within {
+            step_json.push_str(&format!(r#","within":{}"#, json_str(duration)));
+        }
+        if is_absent {
+            step_json.push_str(r#","absent":true"#);
+        }
+        step_json.push('}');
+        json_steps.push(step_json);
+        let previous = format!("s{}", i - 1);
+        let mut here = vec![format!("coalesce({filter_sql}, false)")];
+        if i > 1 {
+            here.push(format!("{alias}.person_id = p.id"));
+            here.push(format!("{alias}.at > {previous}.at"));
+            if let Some((_, interval)) = within {
+                here.push(format!(
+                    "{alias}.at <= {previous}.at + interval '{interval}'"
+                ));
+            }
+        }
+        if is_absent {
+            let (_, interval) = within.unwrap();
+            absent_sql = format!(
+                " AND {previous}.at + interval '{interval}' <= {REFERENCE} \
+                 AND NOT EXISTS (SELECT 1 FROM events {alias} WHERE {})",
+                here.join(" AND ")
+            );
+        } else {
+            if let Some((_, from, to)) = &window {
+                here.push(format!("{alias}.at >= {from} AND {alias}.at <= {to}"));
+            }
+            conditions.extend(here);
+        }
+    }
+    let present = if absent { steps - 1 } else { steps };
+    let tables: Vec<String> = (1..=present).map(|i| format!("events s{i}")).collect();
+    let within_json = window
+        .as_ref()
+        .map(|(json, _, _)| format!(r#","within":{json}"#))
+        .unwrap_or_default();
+    Generated {
+        json: format!(
+            r#"{{"related":"events","sequence":[{}]{within_json}}}"#,
+            json_steps.join(",")
+        ),
+        sql: format!(
+            "EXISTS (SELECT 1 FROM {} WHERE {}{absent_sql})",
+            tables.join(", "),
+            conditions.join(" AND ")
+        ),
+    }
+}
+
+/// A rank on a number or a time, with ties: the oracle counts the records
+/// strictly better with rank().
+fn rank(rng: &mut Rng) -> Generated {
+    let column = *rng.pick(&["i", "num", "d", "ts"]);
+    let top = rng.chance(50);
+    let (op, value, k) = if rng.chance(50) {
+        let share = *rng.pick(&["0.5", "10", "33.3", "100"]);
+        (
+            if top { "top_percent" } else { "bottom_percent" },
+            share.to_string(),
+            format!("ceil(count(*) OVER () * {share} / 100.0)"),
+        )
+    } else {
+        let count = *rng.pick(&["1", "7", "50", "5000"]);
+        (
+            if top { "top" } else { "bottom" },
+            count.to_string(),
+            count.to_string(),
+        )
+    };
+    let order = if top { "DESC" } else { "ASC" };
+    Generated {
+        json: format!(r#"{{"attribute":"{column}","op":"{op}","value":{value}}}"#),
+        sql: format!(
+            "p.id IN (SELECT id FROM (SELECT id, rank() OVER (ORDER BY {column} {order}) AS r, {k} AS k \
+             FROM people WHERE {column} IS NOT NULL) t WHERE r <= k)"
+        ),
+    }
 }
 
 fn condition(rng: &mut Rng, depth: usize) -> Generated {
