@@ -166,8 +166,9 @@ COMMENT ON TABLE segments.related IS 'Registered related (one-to-many) tables of
 COMMENT ON COLUMN segments.related.entity IS 'The entity.';
 COMMENT ON COLUMN segments.related.name IS 'Name used in definitions.';
 COMMENT ON COLUMN segments.related.relation IS 'The table.';
-COMMENT ON COLUMN segments.related.foreign_key IS 'Column holding the entity key.';
+COMMENT ON COLUMN segments.related.foreign_key IS 'Column holding the entity key (with via: the via table''s primary key).';
 COMMENT ON COLUMN segments.related.time_column IS 'Column within windows measure against.';
+COMMENT ON COLUMN segments.related.via IS 'A path: the related table whose primary key foreign_key references (NULL: foreign_key holds the entity key).';
 COMMENT ON TABLE segments.scheduler_state IS 'When the scheduler last ran its cluster-wide jobs (internal).';
 COMMENT ON COLUMN segments.scheduler_state.job IS 'system or cleanup.';
 COMMENT ON COLUMN segments.scheduler_state.last_run IS 'When it last ran.';
@@ -309,7 +310,7 @@ COMMENT ON FUNCTION segments.run_due() IS 'One scheduler pass: the cleanup and t
 COMMENT ON FUNCTION segments.apply_changes() IS 'Applies the row changes captured for live segments; returns the runs recorded (trigger live).';
 COMMENT ON FUNCTION segments.set_priority(bigint,integer) IS 'Sets a segment''s sequence priority (lower first).';
 COMMENT ON FUNCTION segments.set_owner(bigint[],regrole) IS 'Gives segments to another role, like ALTER ... OWNER TO: you must be allowed to change them and be a member of the new owner.';
-COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key and optional time column. Admins only.';
+COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key, optional time column, and optional via: the related table whose primary key the foreign key references (a path, e.g. accounts, contacts, events). Admins only.';
 COMMENT ON FUNCTION segments.estimate(jsonb) IS 'Simulates a definition: members per rule, nothing saved.';
 COMMENT ON AGGREGATE segments.rb_agg(bigint) IS
     'The positions of the aggregated rows as a serialized Roaring bitmap (64-bit portable format).';

@@ -29,6 +29,11 @@ CREATE TABLE segments.related (
     relation    regclass NOT NULL,
     foreign_key name NOT NULL,
     time_column name,
+    -- A path: foreign_key references the primary key of the related table
+    -- registered as `via` (itself related directly or through its own via).
+    -- No foreign key to this table: pg_dump would warn about the circular
+    -- reference on every dump; unregister_related refuses instead.
+    via         text,
     PRIMARY KEY (entity, name)
 );
 

@@ -23,6 +23,10 @@ SELECT pg_catalog.pg_extension_config_dump('segments.usage_registry', '');
 ALTER TABLE segments.entity DROP CONSTRAINT entity_name_check,
     ADD CONSTRAINT entity_name_check CHECK (name ~ '^[a-z_][a-z0-9_]{0,39}$');
 
+-- Paths: a related table reached through another (register_related's via).
+ALTER TABLE segments.related ADD COLUMN via text;
+DROP FUNCTION segments.register_related(text, text, regclass, text, text);
+
 -- A version whose definition did not change stores none (NULL: as the
 -- version before); the history view and restore_definition resolve it.
 ALTER TABLE segments.definition_version ALTER COLUMN definition DROP NOT NULL;
@@ -317,6 +321,18 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments."register_related"(
+	"entity" TEXT, /* & str */
+	"name" TEXT, /* & str */
+	"relation" regclass, /* PgRelation */
+	"foreign_key" TEXT, /* & str */
+	"time_column" TEXT DEFAULT NULL, /* Option < & str > */
+	"via" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'register_related_wrapper';
+
 CREATE OR REPLACE FUNCTION segments.restore_definition(segment bigint, version integer) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -485,3 +501,6 @@ COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NU
 COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
 COMMENT ON FUNCTION segments._activity() IS 'Running refreshes, live applications and cleanups from shared memory (internal; see view activity).';
 COMMENT ON FUNCTION segments._schedulers() IS 'The launcher''s registry (internal; see view schedulers).';
+COMMENT ON FUNCTION segments.register_related(text,text,regclass,text,text,text) IS 'Registers a one-to-many table of an entity (orders, events) with its foreign key, optional time column, and optional via: the related table whose primary key the foreign key references (a path, e.g. accounts, contacts, events). Admins only.';
+COMMENT ON COLUMN segments.related.foreign_key IS 'Column holding the entity key (with via: the via table''s primary key).';
+COMMENT ON COLUMN segments.related.via IS 'A path: the related table whose primary key foreign_key references (NULL: foreign_key holds the entity key).';

@@ -475,7 +475,7 @@ fn live_sequences_follow_changes() {
         .unwrap();
     let every_sql =
         "SELECT customer_id FROM orders GROUP BY customer_id HAVING bool_and(status = 'paid')";
-    let mut check = |client: &mut postgres::Client, what: &str| {
+    let check = |client: &mut postgres::Client, what: &str| {
         client
             .batch_execute("SELECT * FROM segments.apply_changes()")
             .unwrap();
@@ -544,6 +544,7 @@ fn the_readme_examples_run() {
     assert!(blocks.len() >= 4, "{} SQL blocks", blocks.len());
     let cluster = Cluster::start("audience_readme", &[]);
     let mut client = cluster.sample_customers_orders("3000");
+    client.batch_execute(B2B_TABLES).unwrap();
     for block in &blocks {
         client
             .batch_execute(block)
@@ -562,4 +563,222 @@ fn the_readme_examples_run() {
         assert_eq!(status, "succeeded", "segment {id}");
         assert!(members.unwrap_or(0) > 0, "segment {id} has no members");
     }
+}
+
+/// Accounts → contacts → events: the B2B tables of the path tests.
+const B2B_TABLES: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL, industry text);
+INSERT INTO accounts SELECT g, 'account ' || g, (ARRAY['retail','software','health'])[1 + g % 3]
+  FROM generate_series(1, 600) g;
+CREATE TABLE contacts (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, opted_out boolean, role text);
+-- accounts 1-50 have no contacts; some contacts have a NULL opt-out
+INSERT INTO contacts SELECT g, 51 + (hashint4(g) & 2147483647) % 550,
+       CASE WHEN g % 17 = 0 THEN NULL ELSE (hashint4(g * 7) & 3) = 0 END,
+       (ARRAY['buyer','user','admin'])[1 + g % 3]
+  FROM generate_series(1, 2400) g;
+UPDATE contacts SET opted_out = true WHERE account_id % 11 = 0;
+CREATE TABLE contact_events (id bigint PRIMARY KEY, contact_id bigint NOT NULL, event_type text NOT NULL, occurred_at timestamptz NOT NULL);
+INSERT INTO contact_events
+SELECT g, 1 + (hashint4(g) & 2147483647) % 2400,
+       (ARRAY['email_open','email_open','webinar','demo_request','email_click'])[1 + (hashint4(g * 3) & 2147483647) % 5],
+       '2026-11-01'::timestamptz - ((hashint4(g * 5) & 2147483647) % (200 * 24)) * interval '1 hour'
+  FROM generate_series(1, 15000) g;
+CREATE INDEX ON contacts (account_id);
+CREATE INDEX ON contact_events (contact_id, occurred_at);";
+
+/// The path tests' registrations: events reach accounts through contacts.
+const B2B_REGISTER: &str = "
+SELECT segments.register_entity('account', 'accounts', 'id');
+SELECT segments.register_related('account', 'contacts', 'contacts', 'account_id');
+SELECT segments.register_related('account', 'events', 'contact_events', 'contact_id', 'occurred_at', via => 'contacts');";
+
+/// The definitions of the path tests, with their hand-written answers
+/// (at reference time `at`).
+fn b2b_cases(at: &str) -> Vec<(&'static str, String, String)> {
+    let events = "SELECT c.account_id FROM contacts c JOIN contact_events e ON e.contact_id = c.id";
+    vec![
+        (
+            "every contact opted out",
+            r#"{"entity":"account","rules":[{"where":{"related":"contacts","every":{"attribute":"opted_out","op":"is_true"}}}]}"#.into(),
+            "SELECT account_id FROM contacts GROUP BY account_id HAVING bool_and(coalesce(opted_out, false))".into(),
+        ),
+        (
+            "asked for a demo (through contacts)",
+            r#"{"entity":"account","rules":[{"where":{"related":"events","where":{"attribute":"event_type","op":"eq","value":"demo_request"}}}]}"#.into(),
+            format!("{events} WHERE e.event_type = 'demo_request'"),
+        ),
+        (
+            "no event in 90 days",
+            r#"{"entity":"account","rules":[{"where":{"related":"events","exists":false,"within":"90 days"}}]}"#.into(),
+            format!("SELECT id FROM accounts EXCEPT {events} WHERE e.occurred_at BETWEEN {at} - interval '90 days' AND {at}"),
+        ),
+        (
+            "at least 12 events from 90 to 30 days ago",
+            r#"{"entity":"account","rules":[{"where":{"related":"events","aggregate":"count","within":{"from":"90 days","to":"30 days"},"op":"gte","value":12}}]}"#.into(),
+            format!("{events} WHERE e.occurred_at BETWEEN {at} - interval '90 days' AND {at} - interval '30 days' GROUP BY c.account_id HAVING count(*) >= 12"),
+        ),
+        (
+            "every event of the last 30 days an email",
+            r#"{"entity":"account","rules":[{"where":{"related":"events","within":"30 days","every":{"attribute":"event_type","op":"starts_with","value":"email"}}}]}"#.into(),
+            format!("{events} WHERE e.occurred_at BETWEEN {at} - interval '30 days' AND {at} GROUP BY c.account_id HAVING bool_and(e.event_type LIKE 'email%')"),
+        ),
+        (
+            "a webinar, then a demo request within 14 days, by any contact",
+            r#"{"entity":"account","rules":[{"where":{"related":"events","sequence":[
+                {"where":{"attribute":"event_type","op":"eq","value":"webinar"}},
+                {"where":{"attribute":"event_type","op":"eq","value":"demo_request"},"within":"14 days"}]}}]}"#.into(),
+            "SELECT c1.account_id FROM contacts c1 JOIN contact_events w ON w.contact_id = c1.id
+               JOIN contacts c2 ON c2.account_id = c1.account_id JOIN contact_events d ON d.contact_id = c2.id
+              WHERE w.event_type = 'webinar' AND d.event_type = 'demo_request'
+                AND d.occurred_at > w.occurred_at AND d.occurred_at <= w.occurred_at + interval '14 days'".into(),
+        ),
+    ]
+}
+
+/// A two-hop path (accounts → contacts → events): exists, not exists,
+/// aggregates, every and sequences through it equal hand-written SQL; the
+/// registration's mistakes are refused.
+#[test]
+fn paths_reach_an_entity_through_other_tables() {
+    let cluster = Cluster::start("audience_paths", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION segments; SET segments.reference_time = '{ANCHOR}'; {B2B_TABLES} {B2B_REGISTER}"
+        ))
+        .unwrap();
+    let cases = b2b_cases(REF);
+    let mut ids = Vec::new();
+    for (name, definition, _) in &cases {
+        ids.push(create(&mut client, name, definition, "manual"));
+    }
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    for ((name, _, hand), id) in cases.iter().zip(&ids) {
+        let members: i64 = client
+            .query_one(
+                "SELECT count(*) FROM segments.account_members WHERE segment_id = $1",
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            members > 0 && members < 600,
+            "{name}: {members} members proves little"
+        );
+        let diff = difference(&mut client, "account_members", "id", *id, hand);
+        assert_eq!(
+            diff, 0,
+            "{name}: {diff} keys differ from the hand-written SQL"
+        );
+    }
+    // Registration mistakes.
+    client
+        .batch_execute("CREATE TABLE notes (contact_ref text, body text); CREATE TABLE nokey (id bigint, account_id bigint)")
+        .unwrap();
+    let refusals = [
+        ("SELECT segments.register_related('account', 'notes', 'notes', 'contact_ref', via => 'contact')", "42P01", "via: related table \"contact\" is not registered for entity \"account\""),
+        ("SELECT segments.register_related('account', 'notes', 'notes', 'contact_ref', via => 'notes')", "22023", "via: related table \"notes\" cannot be reached through itself"),
+        ("SELECT segments.register_related('account', 'notes', 'notes', 'contact_ref', via => 'contacts')", "42804", "via: foreign key \"contact_ref\" is text, and the primary key \"id\" of related table \"contacts\" is bigint"),
+        ("SELECT segments.register_related('account', 'nokey', 'nokey', 'account_id'); SELECT segments.register_related('account', 'notes', 'notes', 'contact_ref', via => 'nokey')", "22023", "via: related table \"nokey\" (public.nokey) has no single-column primary key"),
+        ("SELECT segments.unregister_related('account', 'contacts')", "2BP01", "related table \"contacts\" of entity \"account\" is used by segments: every contact opted out"),
+    ];
+    for (sql, code, message) in refusals {
+        let error = client.batch_execute(sql).unwrap_err();
+        let (got_code, got) = sqlstate(&error);
+        assert!(got.starts_with(message), "{got}\n  expected {message}");
+        assert_eq!(got_code, code, "{got}");
+    }
+    // Without the segment that names it, contacts is still on the path
+    // of events.
+    let error = client
+        .batch_execute(&format!(
+            "SELECT segments.delete({}); SELECT segments.unregister_related('account', 'contacts')",
+            ids[0]
+        ))
+        .unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "2BP01", "{message}");
+    assert!(
+        message.starts_with(
+            "related table \"contacts\" of entity \"account\" is the via of related tables: events"
+        ),
+        "{message}"
+    );
+}
+
+/// Live segments over a path settle to the hand-written answer after
+/// inserts, updates and deletes on every table of the path: new events, a
+/// contact moving to another account, deleted events and contacts.
+#[test]
+fn live_segments_follow_changes_anywhere_on_a_path() {
+    let cluster = Cluster::start("audience_paths_live", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION segments; {B2B_TABLES} {B2B_REGISTER}"
+        ))
+        .unwrap();
+    // The cases without a window: their answer does not move with now().
+    let cases: Vec<_> = b2b_cases("now()")
+        .into_iter()
+        .filter(|(_, definition, _)| {
+            !definition.contains("within\":\"") || definition.contains("sequence")
+        })
+        .filter(|(_, definition, _)| !definition.contains("\"from\""))
+        .collect();
+    assert_eq!(cases.len(), 3, "every, exists and the sequence");
+    let ids: Vec<i64> = cases
+        .iter()
+        .map(|(name, definition, _)| create(&mut client, name, definition, "live"))
+        .collect();
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname LIKE 'segments_live%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        triggers, 3,
+        "capture on accounts, contacts and contact_events"
+    );
+    let check = |client: &mut postgres::Client, what: &str| {
+        client
+            .batch_execute("SELECT * FROM segments.apply_changes()")
+            .unwrap();
+        for ((name, _, hand), id) in cases.iter().zip(&ids) {
+            let diff = difference(client, "account_members", "id", *id, hand);
+            assert_eq!(diff, 0, "{what}: {name}: {diff} keys differ");
+        }
+    };
+    check(&mut client, "after the first refresh");
+    client
+        .batch_execute(
+            "INSERT INTO contact_events VALUES (900001, 5, 'webinar', '2026-10-01'), (900002, 6, 'demo_request', '2026-10-05')",
+        )
+        .unwrap();
+    check(&mut client, "after new events");
+    client
+        .batch_execute("UPDATE contacts SET account_id = 3 WHERE id IN (5, 6); UPDATE contacts SET opted_out = NOT coalesce(opted_out, false) WHERE id % 50 = 0")
+        .unwrap();
+    check(
+        &mut client,
+        "after contacts moved to an account without contacts",
+    );
+    client
+        .batch_execute("UPDATE contact_events SET event_type = 'demo_request' WHERE id % 23 = 0; DELETE FROM contact_events WHERE id % 19 = 0")
+        .unwrap();
+    check(&mut client, "after events changed and deleted");
+    client
+        .batch_execute("DELETE FROM contact_events WHERE contact_id IN (SELECT id FROM contacts WHERE account_id = 3); DELETE FROM contacts WHERE account_id = 3")
+        .unwrap();
+    check(
+        &mut client,
+        "after an account's contacts and their events were deleted",
+    );
 }

@@ -193,6 +193,12 @@ pub struct Related {
     pub table: Table,
     pub foreign_key: String,
     pub time_column: Option<String>,
+    /// A path: `foreign_key` references the primary key of the related
+    /// table of this name instead of the entity's key.
+    pub via: Option<String>,
+    /// The table's single-column primary key, which a related table
+    /// registered with this one as its `via` references.
+    pub primary_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +301,8 @@ pub mod fixture {
                 },
                 foreign_key: "customer_id".into(),
                 time_column: Some("ordered_at".into()),
+                via: None,
+                primary_key: Some("id".into()),
             }],
         };
         FixedCatalog {

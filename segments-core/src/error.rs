@@ -89,6 +89,29 @@ impl SegmentsError {
         ))
     }
 
+    /// The same error, its message prefixed with where in a definition it
+    /// arose (`rules[0].where.related: ...`).
+    pub fn at(self, path: &str) -> Self {
+        let prefix = |message: String| format!("{path}: {message}");
+        match self {
+            SegmentsError::InvalidParameter(m) => SegmentsError::InvalidParameter(prefix(m)),
+            SegmentsError::DatatypeMismatch(m) => SegmentsError::DatatypeMismatch(prefix(m)),
+            SegmentsError::UndefinedColumn(m) => SegmentsError::UndefinedColumn(prefix(m)),
+            SegmentsError::UndefinedTable(m) => SegmentsError::UndefinedTable(prefix(m)),
+            SegmentsError::UndefinedObject(m) => SegmentsError::UndefinedObject(prefix(m)),
+            SegmentsError::DuplicateObject(m) => SegmentsError::DuplicateObject(prefix(m)),
+            SegmentsError::DependentObjects(m) => SegmentsError::DependentObjects(prefix(m)),
+            SegmentsError::InsufficientPrivilege(m) => {
+                SegmentsError::InsufficientPrivilege(prefix(m))
+            }
+            SegmentsError::LimitExceeded(m) => SegmentsError::LimitExceeded(prefix(m)),
+            SegmentsError::ObjectInUse(m) => SegmentsError::ObjectInUse(prefix(m)),
+            SegmentsError::InvalidState(m) => SegmentsError::InvalidState(prefix(m)),
+            SegmentsError::FeatureNotSupported(m) => SegmentsError::FeatureNotSupported(prefix(m)),
+            SegmentsError::ReadOnly(m) => SegmentsError::ReadOnly(prefix(m)),
+        }
+    }
+
     pub fn with_hint(self, hint: Option<String>) -> Reported {
         Reported { error: self, hint }
     }

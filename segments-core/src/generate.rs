@@ -671,6 +671,8 @@ mod tests {
                 ),
                 foreign_key: "person_id".into(),
                 time_column: Some("at".into()),
+                via: None,
+                primary_key: None,
             }],
         };
         FixedCatalog {

@@ -113,6 +113,7 @@ fn register_related_impl(
     relation: pg_sys::Oid,
     foreign_key: &str,
     time_column: Option<&str>,
+    via: Option<&str>,
 ) -> Result<(), Reported> {
     segments_core::names::RELATED.check(name)?;
     let owner = crate::pg::catalog::registered_entity(entity)?;
@@ -141,10 +142,26 @@ fn register_related_impl(
             .into());
         }
     }
-    spi(Spi::run_with_args(
-        "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column) VALUES ($1, $2, $3::oid::regclass, $4, $5)",
-        &[entity.into(), name.into(), relation.into(), foreign_key.into(), time_column.into()],
-    ));
+    if let Some(via) = via {
+        check_via(&owner, name, via, fk_column)?;
+    }
+    // Without a via, the columns every schema version has (a library
+    // loaded before ALTER EXTENSION UPDATE still registers tables).
+    let insert = match via {
+        Some(_) => "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column, via) VALUES ($1, $2, $3::oid::regclass, $4, $5, $6)",
+        None => "INSERT INTO segments.related (entity, name, relation, foreign_key, time_column) VALUES ($1, $2, $3::oid::regclass, $4, $5)",
+    };
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+        entity.into(),
+        name.into(),
+        relation.into(),
+        foreign_key.into(),
+        time_column.into(),
+    ];
+    if let Some(via) = via {
+        args.push(via.into());
+    }
+    spi(Spi::run_with_args(insert, &args));
     let entity_relation = crate::pg::spi::optional_value::<pg_sys::Oid>(
         "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
         &[entity.into()],
@@ -164,7 +181,56 @@ fn register_related_impl(
     Ok(())
 }
 
-/// Registers a one-to-many table of an entity (orders, email events...).
+/// A path's `via`: a related table of the same entity, with a
+/// single-column primary key of the foreign key's kind, that is not the
+/// table being registered (so that no path leads back to itself).
+fn check_via(
+    owner: &segments_core::catalog::Entity,
+    name: &str,
+    via: &str,
+    fk_column: &segments_core::catalog::Column,
+) -> Result<(), Reported> {
+    if via == name {
+        return Err(SegmentsError::InvalidParameter(format!(
+            "via: related table \"{name}\" cannot be reached through itself"
+        ))
+        .into());
+    }
+    let target = owner.related(via).ok_or_else(|| {
+        SegmentsError::UndefinedTable(format!(
+            "via: related table \"{via}\" is not registered for entity \"{}\"",
+            owner.name
+        ))
+        .with_hint(segments_core::spelling::perhaps(
+            via,
+            owner.related.iter().map(|r| r.name.as_str()),
+        ))
+    })?;
+    let key = target
+        .primary_key
+        .as_ref()
+        .and_then(|k| target.table.column(k))
+        .ok_or_else(|| {
+            SegmentsError::InvalidParameter(format!(
+                "via: related table \"{via}\" ({}) has no single-column primary key for foreign key \"{}\" to reference",
+                target.table.relation_sql, fk_column.name
+            ))
+        })?;
+    if key.kind != fk_column.kind {
+        return Err(SegmentsError::DatatypeMismatch(format!(
+            "via: foreign key \"{}\" is {}, and the primary key \"{}\" of related table \"{via}\" is {}",
+            fk_column.name, fk_column.type_sql, key.name, key.type_sql
+        ))
+        .into());
+    }
+    // The path must reach the entity: every table on it resolves.
+    segments_core::compile::path_sql(owner, target, "r")?;
+    Ok(())
+}
+
+/// Registers a one-to-many table of an entity (orders, email events...);
+/// with `via`, a table whose foreign key references the primary key of
+/// another related table (accounts → contacts → events).
 #[pg_extern(schema = "segments")]
 fn register_related(
     entity: &str,
@@ -172,12 +238,13 @@ fn register_related(
     relation: PgRelation,
     foreign_key: &str,
     time_column: default!(Option<&str>, "NULL"),
+    via: default!(Option<&str>, "NULL"),
 ) {
     crate::pg::authorization::require_admin("register related tables");
     crate::pg::authorization::require_select(relation.oid(), &format!("table {}", relation.name()));
     let relation = relation.oid();
     crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
-        register_related_impl(entity, name, relation, foreign_key, time_column)
+        register_related_impl(entity, name, relation, foreign_key, time_column, via)
     }))
     .or_raise()
 }
@@ -234,6 +301,17 @@ fn unregister_related_impl(entity: &str, name: &str) -> Result<(), Reported> {
             "related table \"{name}\" of entity \"{entity}\" is used by segments: {users}"
         ))
         .with_hint(Some("Change or delete those segments first.".into())));
+    }
+    let reached_through = crate::pg::spi::optional_value::<String>(
+        "SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) FROM segments.related \
+          WHERE entity OPERATOR(pg_catalog.=) $1 AND pg_catalog.to_jsonb(related) OPERATOR(pg_catalog.->>) 'via' OPERATOR(pg_catalog.=) $2",
+        &[entity.into(), name.into()],
+    );
+    if let Some(paths) = reached_through {
+        return Err(SegmentsError::DependentObjects(format!(
+            "related table \"{name}\" of entity \"{entity}\" is the via of related tables: {paths}"
+        ))
+        .with_hint(Some("Unregister those related tables first.".into())));
     }
     spi(Spi::run_with_args(
         "DELETE FROM segments.related WHERE entity OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",

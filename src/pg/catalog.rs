@@ -133,11 +133,24 @@ impl Catalog for SpiCatalog {
             ))
         })?;
         let (relation, key_column, key_kind, eligible, changed_key_type, registered_key_type) = row;
-        let related_rows: Vec<(String, pgrx::pg_sys::Oid, String, Option<String>)> = Spi::connect(
-            |client| {
-                spi(client.select(
-                "SELECT name, relation::oid, foreign_key::text, time_column::text FROM segments.related \
-                 WHERE entity = $1 ORDER BY name",
+        type RelatedRow = (
+            String,
+            pgrx::pg_sys::Oid,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let related_rows: Vec<RelatedRow> = Spi::connect(|client| {
+            spi(client.select(
+                // `via` read through to_jsonb: an older schema (a library
+                // loaded before ALTER EXTENSION UPDATE) has no such column.
+                "SELECT name, relation::oid, foreign_key::text, time_column::text, \
+                        pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) 'via', \
+                        (SELECT a.attname::text FROM pg_catalog.pg_index i \
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                          WHERE i.indrelid = relation::oid AND i.indisprimary AND i.indnatts = 1) \
+                   FROM segments.related r WHERE entity = $1 ORDER BY name",
                 None,
                 &[name.into()],
             ))
@@ -147,19 +160,24 @@ impl Catalog for SpiCatalog {
                     required(&row, 2),
                     required(&row, 3),
                     spi(row.get(4)),
+                    spi(row.get(5)),
+                    spi(row.get(6)),
                 )
             })
             .collect()
-            },
-        );
+        });
         let related = related_rows
             .into_iter()
-            .map(|(name, relation, foreign_key, time_column)| Related {
-                name,
-                table: SpiCatalog::table(relation),
-                foreign_key,
-                time_column,
-            })
+            .map(
+                |(name, relation, foreign_key, time_column, via, primary_key)| Related {
+                    name,
+                    table: SpiCatalog::table(relation),
+                    foreign_key,
+                    time_column,
+                    via,
+                    primary_key,
+                },
+            )
             .collect();
         let mut table = SpiCatalog::table(relation);
         // Keys are read (and printed) as the type they were registered with.

@@ -34,6 +34,14 @@ pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, St
                 };
                 let rel = related.table.relation_sql.clone();
                 out.push((rel.clone(), related.foreign_key.clone()));
+                // A path reads every table on it: its key and foreign key.
+                for via in super::path_tables(entity, related) {
+                    let via_rel = via.table.relation_sql.clone();
+                    out.push((via_rel.clone(), via.foreign_key.clone()));
+                    if let Some(key) = &via.primary_key {
+                        out.push((via_rel, key.clone()));
+                    }
+                }
                 if let (Some(_), Some(time)) = (&test.within, &related.time_column) {
                     out.push((rel.clone(), time.clone()));
                 }

@@ -201,12 +201,10 @@ fn step_ref_sql(
     };
     let find = |name: &str, at: &str| {
         table.column(name).ok_or_else(|| {
-            Reported::from(
-                SegmentsError::UndefinedColumn(format!(
-                    "{at}: column \"{name}\" does not exist on {what}"
-                ))
-                .with_hint(perhaps(name, table.column_names())),
-            )
+            SegmentsError::UndefinedColumn(format!(
+                "{at}: column \"{name}\" does not exist on {what}"
+            ))
+            .with_hint(perhaps(name, table.column_names()))
         })
     };
     let column = find(&test.column, path)?;

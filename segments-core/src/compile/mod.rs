@@ -24,11 +24,13 @@
 //! - `references`: refusing segment references that lead back to a
 //!   segment, and the order to evaluate segments that read each other in
 //! - `sequence`: `sequence` and `every` over a related table
+//! - `path`: related tables reached through others (`via`)
 //! - `rank`: `top_percent`, `bottom_percent`, `top`, `bottom`
 
 mod access;
 mod emit;
 mod fold;
+mod path;
 mod rank;
 mod references;
 mod sequence;
@@ -49,6 +51,7 @@ pub use access::columns_read;
 pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
+pub use path::{path_sql, path_tables};
 pub use references::{check_cycles, dependency_order};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -432,15 +435,16 @@ impl<'a> Planner<'a> {
     }
 
     /// The filters of a related condition (its `where`, its window, and a
-    /// live restriction) on the related row `alias`, and its foreign-key
-    /// expression.
+    /// live restriction) on the related row `alias`, the expression of the
+    /// entity key the row belongs to, and the FROM clause that reads the
+    /// rows (joined along their path, for a related table with a `via`).
     fn related_filters(
         &self,
         path: &str,
         alias: &str,
         related: &Related,
         test: &RelatedTest,
-    ) -> Result<(Vec<String>, String), Reported> {
+    ) -> Result<(Vec<String>, String, String), Reported> {
         let what = format!("related table \"{}\"", related.name);
         if related.table.dropped {
             return Err(SegmentsError::UndefinedTable(format!(
@@ -478,7 +482,8 @@ impl<'a> Planner<'a> {
             ))
         })?;
         fk_column.check_usable(&format!("{path}.related"), &what)?;
-        let fk = format!("{alias}.{}", ident(&related.foreign_key));
+        let (from, fk) =
+            path_sql(&self.entity, related, alias).map_err(|e| e.at(&format!("{path}.related")))?;
         if let Some(keys) = self
             .related_restriction
             .get(&related.name)
@@ -486,7 +491,7 @@ impl<'a> Planner<'a> {
         {
             filters.push(format!("{fk} {} ANY ({keys})", op("=")));
         }
-        Ok((filters, fk))
+        Ok((filters, fk, from))
     }
 
     /// For `explain_member`: the value a related condition compares for the
@@ -499,7 +504,7 @@ impl<'a> Planner<'a> {
                 test.related
             ))
         })?;
-        let (filters, _) = self.related_filters(path, "r", related, test)?;
+        let (filters, _, from) = self.related_filters(path, "r", related, test)?;
         let where_sql = if filters.is_empty() {
             String::new()
         } else {
@@ -516,8 +521,7 @@ impl<'a> Planner<'a> {
             _ => "pg_catalog.count(*)".to_string(),
         };
         Ok(format!(
-            "SELECT ({measure})::pg_catalog.text FROM {} r{where_sql}",
-            related.table.relation_sql
+            "SELECT ({measure})::pg_catalog.text FROM {from}{where_sql}"
         ))
     }
 
@@ -531,13 +535,12 @@ impl<'a> Planner<'a> {
         if let RelatedMeasure::Sequence(steps) = &test.measure {
             return Ok((self.sequence_leaf(path, related, test, steps)?, false));
         }
-        let (filters, fk) = self.related_filters(path, "r", related, test)?;
+        let (filters, fk, from) = self.related_filters(path, "r", related, test)?;
         let where_sql = if filters.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", join_sql(&filters, "AND"))
         };
-        let from = format!("{} r", related.table.relation_sql);
         Ok(match &test.measure {
             RelatedMeasure::Exists(exists) => {
                 let (position, join) = self.position(&fk);

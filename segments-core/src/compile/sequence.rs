@@ -7,7 +7,7 @@
 //! foreign key with `bool_and`.
 
 use super::emit::{in_last_sql, interval, join_sql, reference_as, related_condition, RowScope};
-use super::{time_column, Leaf, Planner};
+use super::{path_sql, time_column, Leaf, Planner};
 use crate::catalog::{ColumnKind, Related};
 use crate::definition::{Condition, RelatedTest, Step};
 use crate::error::Reported;
@@ -56,10 +56,14 @@ impl Planner<'_> {
         let time = time_column(&format!("{path}.related"), related, "a sequence")?;
         let aliases: Vec<String> = (1..=steps.len()).map(|i| format!("s{i}")).collect();
         let t = |alias: &str| format!("{alias}.{}", ident(&time.name));
-        let fk_column = ident(&related.foreign_key);
         let reference = &self.reference_time;
         // The first step: the condition's scope (window, live restriction).
-        let (mut filters, fk) = self.related_filters(path, "s1", related, test)?;
+        let (mut filters, fk, first_from) = self.related_filters(path, "s1", related, test)?;
+        // Each step's rows, joined along the path, and their entity key.
+        let paths = aliases
+            .iter()
+            .map(|alias| path_sql(&self.entity, related, alias))
+            .collect::<Result<Vec<_>, _>>()?;
         filters.push(related_condition(
             &steps[0].filter,
             RowScope {
@@ -76,7 +80,7 @@ impl Planner<'_> {
             let step = &steps[i];
             let (alias, previous) = (&aliases[i], &aliases[i - 1]);
             let mut conditions = vec![
-                format!("{alias}.{fk_column} {} {previous}.{fk_column}", op("=")),
+                format!("{} {} {}", paths[i].1, op("="), paths[i - 1].1),
                 format!("{} {} {}", t(alias), op(">"), t(previous)),
             ];
             if let Some(within) = &step.within {
@@ -106,8 +110,8 @@ impl Planner<'_> {
                 conditions.push(deeper);
             }
             let exists = format!(
-                "EXISTS (SELECT 1 FROM {} {alias} WHERE {})",
-                related.table.relation_sql,
+                "EXISTS (SELECT 1 FROM {} WHERE {})",
+                paths[i].0,
                 conditions.join(" AND ")
             );
             inner = Some(match (&step.absent, &step.within) {
@@ -132,8 +136,7 @@ impl Planner<'_> {
         filters.extend(inner);
         let (position, join) = self.position("g.key");
         Ok(Leaf::KeySet(format!(
-            "SELECT segments.rb_agg({position}) FROM (SELECT DISTINCT {fk} AS key FROM {} s1 WHERE {}) g{join}",
-            related.table.relation_sql,
+            "SELECT segments.rb_agg({position}) FROM (SELECT DISTINCT {fk} AS key FROM {first_from} WHERE {}) g{join}",
             join_sql(&filters, "AND")
         )))
     }

@@ -127,6 +127,10 @@ pub fn apply_changes() -> Vec<i64> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let changes = match SpiCatalog.entity(&entity) {
+            Some(registered) => crate::engine::live::paths::resolve(&registered, &targets, changes),
+            None => changes,
+        };
         runs.extend(apply_entity(&entity, &targets, &changes, images));
     }
     runs

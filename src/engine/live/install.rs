@@ -34,9 +34,22 @@ pub fn sync_capture() {
     // table, else the related table's name).
     let needed: Vec<(pg_sys::Oid, String, String, String, String)> = Spi::connect(|client| {
         spi(client.select(
-            "WITH live AS (
+            "WITH RECURSIVE live AS (
                  SELECT s.entity, s.definition FROM segments.segment s
-                  WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active')
+                  WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active'),
+             -- The related tables live segments name, and every table on
+             -- their paths (UNION: a cycle cannot loop).
+             read AS (
+                 -- via through to_jsonb: a schema older than the library has none.
+                 SELECT r.entity, r.name, pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) 'via' AS via
+                   FROM segments.related r
+                  WHERE EXISTS (SELECT FROM live l WHERE l.entity OPERATOR(pg_catalog.=) r.entity
+                                  AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
+                                                                   pg_catalog.jsonb_build_object('n', r.name)))
+                 UNION
+                 SELECT v.entity, v.name, pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'via'
+                   FROM segments.related v
+                   JOIN read ON v.entity OPERATOR(pg_catalog.=) read.entity AND v.name OPERATOR(pg_catalog.=) read.via)
              SELECT e.relation::pg_catalog.oid, e.name, e.key_column::pg_catalog.text,
                     pg_catalog.format('%I.%I', n.nspname, c.relname), ''
                FROM segments.entity e
@@ -49,9 +62,8 @@ pub fn sync_capture() {
                FROM segments.related r
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relation::pg_catalog.oid
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-              WHERE EXISTS (SELECT FROM live l WHERE l.entity OPERATOR(pg_catalog.=) r.entity
-                              AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
-                                                               pg_catalog.jsonb_build_object('n', r.name)))",
+              WHERE EXISTS (SELECT FROM read WHERE read.entity OPERATOR(pg_catalog.=) r.entity
+                              AND read.name OPERATOR(pg_catalog.=) r.name)",
             None,
             &[],
         ))

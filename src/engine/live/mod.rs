@@ -11,6 +11,8 @@
 //! - `apply`: takes the queue, evaluates the live segments on just those
 //!   keys, and stores the result as a refresh does.
 //! - `related`: the related values kept between applications.
+//! - `paths`: keys queued by tables reached through others, mapped to the
+//!   entity keys they belong to.
 //!
 //! The SQL side (the lifecycle trigger that keeps capture installed) is
 //! `sql/live.sql`.
@@ -18,4 +20,5 @@
 pub mod apply;
 pub mod capture;
 pub mod install;
+pub mod paths;
 pub mod related;
