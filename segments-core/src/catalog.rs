@@ -135,11 +135,26 @@ pub struct Entity {
     pub key_replica: Option<String>,
     pub eligible: Option<Value>,
     pub related: Vec<Related>,
+    /// The entity's traits (`create_trait`), by name.
+    pub traits: Vec<TraitDef>,
+}
+
+/// A trait as registered: a named value computed per record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraitDef {
+    pub id: i64,
+    pub name: String,
+    /// `{"related": R, "aggregate": A, "attribute"?, "where"?, "within"?}`.
+    pub definition: Value,
 }
 
 impl Entity {
     pub fn related(&self, name: &str) -> Option<&Related> {
         self.related.iter().find(|r| r.name == name)
+    }
+
+    pub fn trait_def(&self, name: &str) -> Option<&TraitDef> {
+        self.traits.iter().find(|t| t.name == name)
     }
 
     /// The key column, or 42703 naming it when it was dropped or renamed
@@ -283,6 +298,7 @@ pub mod fixture {
             key_kind: KeyKind::Integer,
             key_replica: None,
             eligible: None,
+            traits: vec![],
             related: vec![Related {
                 name: "orders".into(),
                 table: Table {

@@ -658,6 +658,7 @@ mod tests {
             key_kind: KeyKind::Integer,
             key_replica: None,
             eligible: None,
+            traits: vec![],
             related: vec![Related {
                 name: "events".into(),
                 table: table(

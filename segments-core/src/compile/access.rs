@@ -70,6 +70,31 @@ pub fn columns_read(definition: &Definition, entity: &Entity) -> Vec<(String, St
                     RelatedMeasure::Exists(_) | RelatedMeasure::Aggregate { .. } => {}
                 }
             }
+            ConditionKind::Trait(test) => {
+                let definition = entity
+                    .trait_def(&test.name)
+                    .and_then(|t| crate::definition::TraitDefinition::parse(&t.definition).ok());
+                let Some(definition) = definition else {
+                    return;
+                };
+                // The trait reads what a related condition over its rows
+                // reads, and its attribute (and time column, for first
+                // and last).
+                let scope = Condition {
+                    path: condition.path.clone(),
+                    kind: ConditionKind::Related(definition.scope()),
+                };
+                walk(&scope, entity, table, out);
+                if let Some(related) = entity.related(&definition.related) {
+                    let rel = related.table.relation_sql.clone();
+                    if let Some(attribute) = &definition.attribute {
+                        out.push((rel.clone(), attribute.clone()));
+                    }
+                    if let Some(time) = &related.time_column {
+                        out.push((rel, time.clone()));
+                    }
+                }
+            }
             ConditionKind::Segment(_) => {}
         }
     }

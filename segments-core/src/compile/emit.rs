@@ -81,7 +81,7 @@ pub(super) fn related_condition(
             }
             _ => attribute_sql(&condition.path, scope.alias, table, what, test, reference)?,
         },
-        ConditionKind::Related(_) | ConditionKind::Segment(_) => {
+        ConditionKind::Related(_) | ConditionKind::Segment(_) | ConditionKind::Trait(_) => {
             return Err(invalid(
                 &condition.path,
                 format!("inside \"related\", conditions test columns of {what} only"),

@@ -25,6 +25,8 @@
 //!   segment, and the order to evaluate segments that read each other in
 //! - `sequence`: `sequence` and `every` over a related table
 //! - `path`: related tables reached through others (`via`)
+//! - `traits`: conditions and ranks on traits, and the query that computes
+//!   a related table's traits in one scan
 //! - `rank`: `top_percent`, `bottom_percent`, `top`, `bottom`
 
 mod access;
@@ -34,6 +36,7 @@ mod path;
 mod rank;
 mod references;
 mod sequence;
+mod traits;
 
 use std::collections::HashMap;
 
@@ -52,6 +55,7 @@ pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use path::{path_sql, path_tables};
+pub use traits::{traits_query, TraitMeasure};
 pub use references::{check_cycles, dependency_order};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -415,6 +419,14 @@ impl<'a> Planner<'a> {
                 } else {
                     expr
                 }
+            }
+            ConditionKind::Trait(test) => {
+                let leaf = self.trait_leaf(path, test)?;
+                if !test.op.is_rank() {
+                    let related = self.trait_measure(path, &test.name)?.related;
+                    self.related_of.insert(leaf.clone(), related);
+                }
+                Expr::Leaf(self.intern(leaf))
             }
             ConditionKind::Segment(test) => {
                 let id = self.resolve_segment(path, &test.segment)?;

@@ -8,9 +8,11 @@ use serde_json::{Map, Value};
 use crate::error::{invalid, SegmentsError};
 
 mod sequence;
+mod traits;
 mod window;
 
 pub use sequence::Step;
+pub use traits::{TraitDefinition, TraitFunction};
 pub use window::{DurationUnit, RelativeDuration, Window, DURATION_SHAPE};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +70,17 @@ pub enum ConditionKind {
     Attribute(AttributeTest),
     Related(RelatedTest),
     Segment(SegmentTest),
+    /// `{"trait": NAME, "op": OP, "value"?: JSON}`: a trait's value, tested
+    /// like an attribute.
+    Trait(TraitTest),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraitTest {
+    pub name: String,
+    pub op: Op,
+    pub value: Operand,
+    pub ignore_case: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -497,7 +510,7 @@ pub fn walk_condition<'a>(condition: &'a Condition, out: &mut Vec<&'a Condition>
                 RelatedMeasure::Exists(_) | RelatedMeasure::Aggregate { .. } => {}
             }
         }
-        ConditionKind::Attribute(_) | ConditionKind::Segment(_) => {}
+        ConditionKind::Attribute(_) | ConditionKind::Segment(_) | ConditionKind::Trait(_) => {}
     }
 }
 
@@ -626,6 +639,18 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
             value,
             ignore_case,
         })
+    } else if object.contains_key("trait") {
+        check_keys(path, object, &["trait", "op", "value", "ignore_case"])?;
+        let name = required_name(path, object, "trait")?.to_string();
+        let op = parse_op(path, object)?;
+        let value = parse_operand(path, op, object.get("value"))?;
+        let ignore_case = bool_field(path, object, "ignore_case")?.unwrap_or(false);
+        ConditionKind::Trait(TraitTest {
+            name,
+            op,
+            value,
+            ignore_case,
+        })
     } else if object.contains_key("segment") {
         check_keys(path, object, &["segment", "member"])?;
         let segment = match &object["segment"] {
@@ -645,7 +670,7 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
     } else {
         return Err(invalid(
             path,
-            "a condition needs one of \"all\", \"any\", \"not\", \"attribute\", \"related\" or \"segment\"",
+            "a condition needs one of \"all\", \"any\", \"not\", \"attribute\", \"related\", \"trait\" or \"segment\"",
         ));
     };
     Ok(Condition {
