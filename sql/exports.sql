@@ -6,13 +6,16 @@
 -- create_export and drop_export (src/export.rs) resolve the target as the
 -- caller, then run these as the extension with the caller's role: exports
 -- are internal state, their target tables belong to their owners.
-CREATE FUNCTION segments._create_export(caller regrole, name text, segments bigint[], target text) RETURNS bigint
+CREATE FUNCTION segments._create_export(caller regrole, name text, segments bigint[], target text,
+                                         traits text[] DEFAULT '{}') RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entities text[];
     new_id bigint;
     target_name text[];
+    missing text;
+    key_column text;
 BEGIN
     PERFORM segments._require_segments(_create_export.segments);
     IF cardinality(_create_export.segments) = 0 THEN
@@ -37,16 +40,37 @@ BEGIN
         RAISE EXCEPTION 'table % already exists; an export creates its own target table', _create_export.target
             USING ERRCODE = 'duplicate_table';
     END IF;
-    -- The target has the members view's columns: segment_id, segment_name, then the entity's.
-    EXECUTE format('CREATE TABLE %s AS SELECT * FROM segments.%I WITH NO DATA',
+    _create_export.traits := coalesce(_create_export.traits, '{}');
+    SELECT string_agg(t, ', ') INTO missing FROM unnest(_create_export.traits) t
+     WHERE NOT EXISTS (SELECT FROM segments.trait r WHERE r.name = t AND r.entity = entities[1]);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%": no trait % of entity %', _create_export.name, missing, entities[1]
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT string_agg(t, ', ') INTO missing FROM unnest(_create_export.traits) t
+     WHERE EXISTS (SELECT FROM pg_attribute a
+                    WHERE a.attrelid = format('segments.%I', entities[1] || '_members')::regclass
+                      AND a.attname = t AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%": trait % is named as a column of the members of entity %', _create_export.name, missing, entities[1]
+            USING ERRCODE = 'duplicate_column';
+    END IF;
+    -- The target has the members view's columns: segment_id, segment_name,
+    -- then the entity's; then the traits it carries.
+    SELECT e.key_column INTO key_column FROM segments.entity e WHERE e.name = entities[1];
+    EXECUTE format('CREATE TABLE %s AS SELECT m.*%s FROM segments.%I m%s WITH NO DATA',
                    array_to_string(ARRAY(SELECT quote_ident(p) FROM unnest(target_name) p), '.'),
-                   entities[1] || '_members');
+                   (SELECT string_agg(', t.' || quote_ident(t), '') FROM unnest(_create_export.traits) t),
+                   entities[1] || '_members',
+                   CASE WHEN cardinality(_create_export.traits) > 0
+                        THEN format(' JOIN segments.%I t ON t.%I = m.%I', entities[1] || '_traits', key_column, key_column)
+                        ELSE '' END);
     -- Owned by its creator, with no privileges for anyone else until the
     -- owner grants them.
     EXECUTE format('ALTER TABLE %s OWNER TO %s', _create_export.target, caller);
-    INSERT INTO segments.export (name, entity, segments, target, owner)
+    INSERT INTO segments.export (name, entity, segments, target, owner, traits)
     VALUES (_create_export.name, entities[1], ARRAY(SELECT DISTINCT unnest(_create_export.segments) ORDER BY 1),
-            _create_export.target::regclass, caller)
+            _create_export.target::regclass, caller, _create_export.traits)
     RETURNING id INTO new_id;
     INSERT INTO segments.usage_registry (segment_id, kind, consumer)
     SELECT DISTINCT s, 'export', _create_export.name FROM unnest(_create_export.segments) s;

@@ -74,6 +74,10 @@ REVOKE SELECT ON segments.change_queue, segments.related_state FROM segments_rea
 ALTER TABLE segments.entity_key ENABLE ROW LEVEL SECURITY;
 CREATE POLICY entity_key_readable ON segments.entity_key FOR SELECT
     USING (segments._can_read_entity(entity));
+-- Trait values are keys and what was computed from their rows: the same.
+ALTER TABLE segments.trait_value ENABLE ROW LEVEL SECURITY;
+CREATE POLICY trait_value_readable ON segments.trait_value FOR SELECT
+    USING (segments._can_read_entity((SELECT t.entity FROM segments.trait t WHERE t.id OPERATOR(pg_catalog.=) trait_id)));
 
 -- Internal functions (named _...) are not for PUBLIC. The roles get the
 -- ones that public functions, views, policies and triggers call as the
@@ -272,7 +276,7 @@ COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an
 COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
 COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) and band (high from 0.85, medium from 0.7, low from 0.55) of each member of a segment made by find_similar.';
 COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
-COMMENT ON FUNCTION segments.create_export(text,bigint[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name), rewritten after each of their refreshes; returns the export id.';
+COMMENT ON FUNCTION segments.create_export(text,bigint[],text,text[]) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name, then the traits named), rewritten after each of their refreshes; returns the export id.';
 COMMENT ON FUNCTION segments.attribute_values(text,text,text,integer) IS 'The most frequent values of an entity column (optionally containing search), with their row counts: a value picker.';
 COMMENT ON FUNCTION segments.connect_sequence(bigint,bigint[]) IS 'Connects segments to a sequence: records entering them start it; returns how many segments were newly connected.';
 COMMENT ON FUNCTION segments.preview(bigint,integer) IS 'The first n members of a segment as JSON rows of the entity table, read with the caller''s privileges.';

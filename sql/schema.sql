@@ -193,7 +193,9 @@ CREATE TABLE segments.export (
     -- the refresh that triggered it).
     status     text NOT NULL DEFAULT 'not_written' CHECK (status IN ('not_written', 'succeeded', 'failed')),
     last_error text,
-    last_written_at timestamptz
+    last_written_at timestamptz,
+    -- Added in 0.3.0: the traits it carries, as columns of the target.
+    traits     text[] NOT NULL DEFAULT '{}'
 );
 
 -- Scores of the members of segments made by find_similar().

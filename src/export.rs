@@ -19,7 +19,9 @@ use crate::pg::spi::{required, spi};
 pub fn rewrite(export: i64) {
     let row = Spi::connect_mut(|client| {
         let table = spi(client.update(
-            "SELECT target::oid, owner::oid, segments, entity FROM segments.export WHERE id = $1 FOR UPDATE",
+            "SELECT target::oid, owner::oid, segments, entity, \
+                    pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->) 'traits' \
+               FROM segments.export x WHERE id = $1 FOR UPDATE",
             Some(1),
             &[export.into()],
         ));
@@ -32,9 +34,13 @@ pub fn rewrite(export: i64) {
             required::<pg_sys::Oid>(&row, 2),
             required::<Vec<i64>>(&row, 3),
             required::<String>(&row, 4),
+            // An older schema's export has no traits column.
+            spi(row.get::<pgrx::JsonB>(5))
+                .and_then(|j| serde_json::from_value::<Vec<String>>(j.0).ok())
+                .unwrap_or_default(),
         ))
     });
-    let Some((target, owner, segments, entity)) = row else {
+    let Some((target, owner, segments, entity, traits)) = row else {
         return;
     };
     let target_sql = crate::pg::spi::optional_value::<String>(
@@ -47,21 +53,53 @@ pub fn rewrite(export: i64) {
             .raise()
     });
     let view = segments_core::sql::ident(&crate::tables::members_view::members_view_name(&entity));
+    // The target's columns the members view has, then the traits it
+    // carries (from the traits view), matched by name.
     let columns = spi(Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.attname), ', ' ORDER BY t.attnum) \
            FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_attribute v ON v.attname OPERATOR(pg_catalog.=) t.attname \
           WHERE t.attrelid OPERATOR(pg_catalog.=) $1 AND t.attnum OPERATOR(pg_catalog.>) 0 AND NOT t.attisdropped \
             AND v.attrelid OPERATOR(pg_catalog.=) ('segments.' OPERATOR(pg_catalog.||) $2)::pg_catalog.regclass \
-            AND v.attnum OPERATOR(pg_catalog.>) 0 AND NOT v.attisdropped",
-        &[target.into(), view.clone().into()],
+            AND v.attnum OPERATOR(pg_catalog.>) 0 AND NOT v.attisdropped \
+            AND NOT t.attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3)",
+        &[target.into(), view.clone().into(), traits.clone().into()],
     ))
     .unwrap_or_else(|| SegmentsError::InvalidState(format!("export target {target_sql} has no column of the members view")).raise());
+    let (source, mut insert_columns, mut select_columns) = (
+        format!("segments.{view} m"),
+        columns.clone(),
+        columns
+            .split(", ")
+            .map(|c| format!("m.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let source = if traits.is_empty() {
+        source
+    } else {
+        let key = crate::pg::spi::optional_value::<String>(
+            "SELECT key_column::pg_catalog.text FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+            &[entity.as_str().into()],
+        )
+        .unwrap_or_default();
+        let key = segments_core::sql::ident(&key);
+        for t in &traits {
+            let t = segments_core::sql::ident(t);
+            insert_columns.push_str(&format!(", {t}"));
+            select_columns.push_str(&format!(", t.{t}"));
+        }
+        let traits_view =
+            segments_core::sql::ident(&crate::tables::traits_view::traits_view_name(&entity));
+        format!(
+            "{source} LEFT JOIN segments.{traits_view} t ON t.{key} OPERATOR(pg_catalog.=) m.{key}"
+        )
+    };
     as_role(owner, move || {
         spi(Spi::run(&format!("DELETE FROM {target_sql}")));
         spi(Spi::run_with_args(
             &format!(
-                "INSERT INTO {target_sql} ({columns}) SELECT {columns} FROM segments.{view} \
-                 WHERE segment_id OPERATOR(pg_catalog.=) ANY ($1)"
+                "INSERT INTO {target_sql} ({insert_columns}) SELECT {select_columns} FROM {source} \
+                 WHERE m.segment_id OPERATOR(pg_catalog.=) ANY ($1)"
             ),
             &[segments.into()],
         ));
@@ -92,6 +130,16 @@ pub fn rewrite_recorded(export: i64) {
           WHERE id OPERATOR(pg_catalog.=) $1",
         &[export.into(), status.into(), error.into()],
     ));
+}
+
+/// The exports that carry trait `name` (`create_export(..., traits =>)`),
+/// as "name (id), ..."; None when there are none.
+pub fn exports_carrying_trait(name: &str) -> Option<String> {
+    crate::pg::spi::optional_value::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', name, id), ', ' ORDER BY name) \
+           FROM segments.export WHERE $1 OPERATOR(pg_catalog.=) ANY (traits)",
+        &[name.into()],
+    )
 }
 
 /// The exports that contain any of the given segments.
@@ -143,18 +191,24 @@ fn qualified_target(target: &str) -> String {
 }
 
 /// Creates an export: a table `target`, owned by the caller, kept holding
-/// the members of `segments`.
+/// the members of `segments`, with the values of `traits` as columns.
 #[pg_extern(schema = "segments")]
-fn create_export(name: &str, segments: Option<Vec<i64>>, target: &str) -> i64 {
+fn create_export(
+    name: &str,
+    segments: Option<Vec<i64>>,
+    target: &str,
+    traits: default!(Option<Vec<String>>, "NULL"),
+) -> i64 {
     require_editor("create exports");
     let target = qualified_target(target);
     call_internal::<i64>(
-        "SELECT segments._create_export($1::regrole, $2, $3, $4)",
+        "SELECT segments._create_export($1::regrole, $2, $3, $4, $5)",
         vec![
             current_role().into(),
             name.to_string().into(),
             segments.into(),
             target.into(),
+            traits.unwrap_or_default().into(),
         ],
     )
     .expect("_create_export returns an id")

@@ -20,7 +20,8 @@
 //!   setting (`gucs`), restores, and what differs between majors
 //! - features, one module each, whose whole purpose is one SQL-facing
 //!   feature and which therefore declare their own SQL functions: `sequence`
-//!   (sales sequences), `export` (export tables), `lookalike`, `suggest`
+//!   (sales sequences), `export` (export tables), `lookalike`, `suggest`,
+//!   `traits` (computed traits)
 
 // pgrx reads the result columns of a set-returning function from the
 // `TableIterator<(name!(..), ..)>` written out in its signature: a type
@@ -35,6 +36,7 @@ mod schedule;
 mod sequence;
 mod suggest;
 mod tables;
+mod traits;
 
 #[cfg(feature = "pg_test")]
 mod pg_tests;
@@ -129,6 +131,7 @@ pgrx::extension_sql_file!(
         api::operations::_schedulers
     ]
 );
+pgrx::extension_sql_file!("../sql/traits.sql", name = "traits", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]

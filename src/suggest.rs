@@ -74,6 +74,31 @@ fn column<'a>(entity: &'a Entity, name: &str) -> Result<&'a Column, Reported> {
 
 /// The measure of one entity row (alias e) as SQL, and its description.
 fn measure_sql(entity: &Entity, measure: &str, reference: &str) -> Result<String, Reported> {
+    // A trait first: a named value of each record (0 for a count without rows).
+    if entity.trait_def(measure).is_some() {
+        let planner = crate::engine::plan::planner(&entity.name, reference)?;
+        let found = planner.trait_measure("measure", measure)?;
+        if found.column.kind != ColumnKind::Numeric {
+            return Err(SegmentsError::InvalidParameter(format!(
+                "measure: trait \"{measure}\" is {}; a measure is numeric",
+                found.column.type_sql
+            ))
+            .into());
+        }
+        let mut filters = found.filters.clone();
+        filters.push(format!(
+            "{} OPERATOR(pg_catalog.=) e.{}",
+            found.key,
+            ident(&entity.key_column)
+        ));
+        return Ok(format!(
+            "coalesce((SELECT {} FROM {} WHERE {}), {})::float8",
+            found.measure(None),
+            found.from,
+            filters.join(" AND "),
+            found.empty_value()
+        ));
+    }
     if let Ok(column) = column(entity, measure) {
         if column.kind != ColumnKind::Numeric {
             return Err(SegmentsError::InvalidParameter(format!(

@@ -782,3 +782,393 @@ fn live_segments_follow_changes_anywhere_on_a_path() {
         "after an account's contacts and their events were deleted",
     );
 }
+
+/// The traits of the trait tests, with the hand-written value of each for
+/// customer `c` (at reference time `REF`).
+fn trait_cases() -> Vec<(&'static str, &'static str, String)> {
+    let of = "FROM orders o WHERE o.customer_id = c.id";
+    vec![
+        ("n_orders", r#"{"related":"orders","aggregate":"count"}"#, format!("(SELECT count(*) {of})")),
+        ("n_channels", r#"{"related":"orders","aggregate":"count_distinct","attribute":"channel"}"#, format!("(SELECT count(DISTINCT channel) {of})")),
+        ("paid_value", r#"{"related":"orders","aggregate":"sum","attribute":"amount","where":{"attribute":"status","op":"eq","value":"paid"}}"#,
+            format!("(SELECT sum(amount) {of} AND o.status = 'paid')")),
+        ("avg_90_days", r#"{"related":"orders","aggregate":"avg","attribute":"amount","within":"90 days"}"#,
+            format!("(SELECT avg(amount) {of} AND o.ordered_at BETWEEN {REF} - interval '90 days' AND {REF})")),
+        ("first_order_at", r#"{"related":"orders","aggregate":"min","attribute":"ordered_at"}"#, format!("(SELECT min(ordered_at) {of})")),
+        ("biggest", r#"{"related":"orders","aggregate":"max","attribute":"amount","within":{"from":"1 year","to":"30 days"}}"#,
+            format!("(SELECT max(amount) {of} AND o.ordered_at BETWEEN {REF} - interval '1 year' AND {REF} - interval '30 days')")),
+        ("first_channel", r#"{"related":"orders","aggregate":"first","attribute":"channel"}"#, format!("(SELECT channel {of} ORDER BY ordered_at, channel LIMIT 1)")),
+        ("last_channel", r#"{"related":"orders","aggregate":"last","attribute":"channel"}"#, format!("(SELECT channel {of} ORDER BY ordered_at DESC, channel LIMIT 1)")),
+        ("usual_channel", r#"{"related":"orders","aggregate":"most_frequent","attribute":"channel"}"#,
+            format!("(SELECT channel {of} GROUP BY channel ORDER BY count(*) DESC, channel LIMIT 1)")),
+    ]
+}
+
+/// Every aggregate of a trait, stored and shown by the typed traits view,
+/// equals hand-written SQL (ties in time and in frequency included);
+/// conditions and ranks on traits select what the hand-written SQL does;
+/// explain_member shows a trait's value; suggest takes a trait as its
+/// measure; exports carry traits.
+#[test]
+fn traits_equal_hand_written_sql() {
+    let cluster = Cluster::start("audience_traits", &[]);
+    let mut client = cluster.sample_customers_orders("4000");
+    // Orders at the very time of another of the same customer, on another
+    // channel: first and last take the smallest value of a tie.
+    client
+        .batch_execute(
+            "INSERT INTO orders SELECT id + 100000000, customer_id, ordered_at, amount, status,
+                    CASE channel WHEN 'web' THEN 'app' ELSE 'web' END FROM orders WHERE id % 7 = 0",
+        )
+        .unwrap();
+    for (name, definition, _) in trait_cases() {
+        client
+            .query_one(
+                "SELECT segments.create_trait($1, 'customer', $2::text::jsonb)",
+                &[&name, &definition],
+            )
+            .unwrap_or_else(|e| panic!("creating trait {name}: {e}"));
+    }
+    let stored: i64 = client
+        .query_one("SELECT segments.refresh_traits('customer')", &[])
+        .unwrap()
+        .get(0);
+    assert!(stored > 10_000, "{stored} values stored");
+    for (name, _, hand) in trait_cases() {
+        let (differ, set): (i64, i64) = {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE t.{name} IS DISTINCT FROM {hand}),
+                                count(*) FILTER (WHERE t.{name} IS NOT NULL)
+                           FROM customers c JOIN segments.customer_traits t ON t.id = c.id"
+                    ),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(
+            differ, 0,
+            "trait {name}: {differ} records differ from the hand-written value"
+        );
+        assert!(set > 100, "trait {name}: only {set} records have a value");
+    }
+    // Counts are 0, not NULL, for a customer without orders.
+    let zero: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.customer_traits t WHERE t.n_orders = 0 AND t.paid_value IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(zero > 100, "customers without orders: {zero}");
+    // Conditions and ranks on traits.
+    let conditions = [
+        ("paid over 3000", r#"{"trait":"paid_value","op":"gt","value":3000}"#.to_string(),
+            "(SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id AND o.status = 'paid') > 3000".to_string()),
+        ("fewer than 2 orders", r#"{"trait":"n_orders","op":"lt","value":2}"#.to_string(),
+            "(SELECT count(*) FROM orders o WHERE o.customer_id = c.id) < 2".to_string()),
+        ("last bought in the store", r#"{"trait":"last_channel","op":"eq","value":"store"}"#.to_string(),
+            "(SELECT channel FROM orders o WHERE o.customer_id = c.id ORDER BY ordered_at DESC, channel LIMIT 1) = 'store'".to_string()),
+        ("no average in 90 days", r#"{"trait":"avg_90_days","op":"is_null"}"#.to_string(),
+            format!("NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.ordered_at BETWEEN {REF} - interval '90 days' AND {REF})")),
+        ("top 10% by paid value", r#"{"trait":"paid_value","op":"top_percent","value":10}"#.to_string(),
+            "c.id IN (SELECT id FROM (SELECT c2.id, rank() OVER (ORDER BY p.v DESC) AS r, count(*) OVER () AS n
+                         FROM customers c2 JOIN (SELECT customer_id, sum(amount) AS v FROM orders WHERE status = 'paid' GROUP BY customer_id) p
+                           ON p.customer_id = c2.id) t WHERE r <= ceil(n * 10 / 100.0))".to_string()),
+        ("the 30 with the fewest orders", r#"{"trait":"n_orders","op":"bottom","value":30}"#.to_string(),
+            "(SELECT count(*) FROM orders o WHERE o.customer_id = c.id) <= (SELECT max(n) FROM (SELECT (SELECT count(*) FROM orders o WHERE o.customer_id = c3.id) AS n FROM customers c3 ORDER BY 1 LIMIT 30) t)".to_string()),
+    ];
+    let mut ids = Vec::new();
+    for (name, condition, _) in &conditions {
+        let definition = format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#);
+        ids.push(create(&mut client, name, &definition, "manual"));
+    }
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    for ((name, _, hand), id) in conditions.iter().zip(&ids) {
+        let diff = difference(
+            &mut client,
+            "customer_members",
+            "id",
+            *id,
+            &format!("SELECT c.id FROM customers c WHERE {hand}"),
+        );
+        assert_eq!(
+            diff, 0,
+            "{name}: {diff} keys differ from the hand-written SQL"
+        );
+    }
+    // explain_member shows the trait's value.
+    let (key, value): (i64, Option<String>) = {
+        let row = client
+            .query_one(
+                "SELECT t.id, e.value FROM segments.customer_traits t,
+                        segments.explain_member($1, t.id) e
+                  WHERE t.paid_value > 3000 AND e.path = 'rules[0].where' ORDER BY t.id LIMIT 1",
+                &[&ids[0]],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let expected: String = client
+        .query_one(
+            "SELECT sum(amount)::text FROM orders WHERE customer_id = $1 AND status = 'paid'",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        value.as_deref(),
+        Some(expected.as_str()),
+        "explain_member's value of paid_value"
+    );
+    // suggest takes a trait as its measure.
+    let suggested: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.suggest('customer', 'paid_value')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(suggested > 0, "suggest with a trait measure");
+    // An export carries traits as columns.
+    client
+        .batch_execute(&format!(
+            "SELECT segments.create_export('paid', ARRAY[{}]::bigint[], 'public.paid_export', traits => ARRAY['paid_value', 'last_channel'])",
+            ids[0]
+        ))
+        .unwrap();
+    let wrong: i64 = client
+        .query_one(
+            "SELECT count(*) FROM paid_export x WHERE x.paid_value IS DISTINCT FROM
+                    (SELECT sum(amount) FROM orders o WHERE o.customer_id = x.id AND o.status = 'paid')
+                 OR x.paid_value <= 3000",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let exported: i64 = client
+        .query_one("SELECT count(*) FROM paid_export", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        exported > 0 && wrong == 0,
+        "{exported} exported, {wrong} wrong"
+    );
+}
+
+/// The traits view follows trait creation and deletion with its grants
+/// kept; drop_trait is refused while a segment or an export uses the trait
+/// and for anyone but its owner; create_trait refuses bad definitions.
+#[test]
+fn traits_are_managed_safely() {
+    let cluster = Cluster::start("audience_traits_admin", &[]);
+    let mut client = cluster.sample_customers_orders("1000");
+    client
+        .batch_execute(
+            r#"CREATE ROLE analyst LOGIN; GRANT segments_reader TO analyst;
+               CREATE ROLE other_editor LOGIN; GRANT segments_editor TO other_editor;
+               GRANT SELECT ON customers, orders TO other_editor;
+               SELECT segments.create_trait('n_orders', 'customer', '{"related":"orders","aggregate":"count"}', 'Orders ever');
+               GRANT SELECT ON segments.customer_traits TO analyst;
+               SELECT segments.create_trait('paid_value', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amount"}');"#,
+        )
+        .unwrap();
+    let (columns, granted): (String, bool) = {
+        let row = client
+            .query_one(
+                "SELECT string_agg(attname, ',' ORDER BY attnum), has_table_privilege('analyst', 'segments.customer_traits', 'SELECT')
+                   FROM pg_attribute WHERE attrelid = 'segments.customer_traits'::regclass AND attnum > 0",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(columns, "id,n_orders,paid_value");
+    assert!(granted, "the analyst's grant survives a new trait");
+    // Refusals.
+    client
+        .batch_execute(r#"SELECT segments.create_segment('Buyers', '{"entity":"customer","rules":[{"where":{"trait":"n_orders","op":"gte","value":1}}]}')"#)
+        .unwrap();
+    let refusals = [
+        (
+            "SELECT segments.drop_trait('n_orders')",
+            "2BP01",
+            "trait \"n_orders\" is used by segments: Buyers",
+        ),
+        (
+            "SELECT segments.drop_trait('n_order')",
+            "42704",
+            "trait \"n_order\" does not exist",
+        ),
+        (
+            r#"SELECT segments.create_trait('n_orders', 'customer', '{"related":"orders","aggregate":"count"}')"#,
+            "42710",
+            "trait \"n_orders\" already exists",
+        ),
+        (
+            r#"SELECT segments.create_trait('x', 'customer', '{"related":"order","aggregate":"count"}')"#,
+            "42P01",
+            "definition.related: related table \"order\" is not registered",
+        ),
+        (
+            r#"SELECT segments.create_trait('x', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amout"}')"#,
+            "42703",
+            "definition.attribute: column \"amout\" does not exist on related table \"orders\"",
+        ),
+        (
+            r#"SELECT segments.create_trait('x', 'customer', '{"related":"orders","aggregate":"sum","attribute":"channel"}')"#,
+            "22023",
+            "definition.attribute: sum needs a numeric column",
+        ),
+        (
+            r#"SELECT segments.create_trait('x', 'customer', '{"related":"orders","aggregate":"median","attribute":"amount"}')"#,
+            "22023",
+            "definition.aggregate: must be one of",
+        ),
+        (
+            r#"SELECT segments.create_trait('Bad Name', 'customer', '{"related":"orders","aggregate":"count"}')"#,
+            "22023",
+            "name: ",
+        ),
+        (
+            r#"SELECT segments.create_trait('id', 'customer', '{"related":"orders","aggregate":"count"}')"#,
+            "42710",
+            "name: trait \"id\" would be named as the key column",
+        ),
+        (
+            r#"SELECT segments.create_trait('x', 'client', '{"related":"orders","aggregate":"count"}')"#,
+            "42P01",
+            "entity \"client\" is not registered",
+        ),
+    ];
+    for (sql, code, message) in refusals {
+        let error = client.batch_execute(sql).unwrap_err();
+        let (got_code, got) = sqlstate(&error);
+        assert!(
+            got.starts_with(message),
+            "{sql}: {got}\n  expected {message}"
+        );
+        assert_eq!(got_code, code, "{got}");
+    }
+    let mut other = harness::connect_as(&cluster, "other_editor");
+    let error = other
+        .batch_execute("SELECT segments.drop_trait('paid_value')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501", "{}", sqlstate(&error).1);
+    let error = harness::connect_as(&cluster, "analyst")
+        .batch_execute(r#"SELECT segments.create_trait('y', 'customer', '{"related":"orders","aggregate":"count"}')"#)
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).0, "42501", "{}", sqlstate(&error).1);
+    // A trait reading a column its creator may not SELECT is refused.
+    client
+        .batch_execute("REVOKE SELECT ON orders FROM other_editor; GRANT SELECT (customer_id, ordered_at) ON orders TO other_editor")
+        .unwrap();
+    let error = other
+        .batch_execute(r#"SELECT segments.create_trait('their_sum', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amount"}')"#)
+        .unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("\"amount\""), "{message}");
+    // Dropping a trait drops its column, grants kept.
+    client
+        .batch_execute("SELECT segments.drop_trait('paid_value')")
+        .unwrap();
+    let (columns, granted): (String, bool) = {
+        let row = client
+            .query_one(
+                "SELECT string_agg(attname, ',' ORDER BY attnum), has_table_privilege('analyst', 'segments.customer_traits', 'SELECT')
+                   FROM pg_attribute WHERE attrelid = 'segments.customer_traits'::regclass AND attnum > 0",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(columns, "id,n_orders");
+    assert!(granted, "the analyst's grant survives a dropped trait");
+    // The analyst reads the view.
+    let rows: i64 = harness::connect_as(&cluster, "analyst")
+        .query_one("SELECT count(*) FROM segments.customer_traits", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+    assert_eq!(
+        rows, -1,
+        "analyst has no SELECT on customers: the security_invoker view refuses"
+    );
+}
+
+/// A live segment using traits settles to the hand-written answer after
+/// inserts, updates and deletes of orders.
+#[test]
+fn live_segments_use_traits() {
+    let cluster = Cluster::start("audience_traits_live", &[]);
+    let mut client = cluster.sample_unpinned("3000");
+    client
+        .batch_execute(
+            r#"SELECT segments.create_trait('paid_value', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amount","where":{"attribute":"status","op":"eq","value":"paid"}}');
+               SELECT segments.create_trait('usual_channel', 'customer', '{"related":"orders","aggregate":"most_frequent","attribute":"channel"}');"#,
+        )
+        .unwrap();
+    let id = create(
+        &mut client,
+        "Live big web spenders",
+        r#"{"entity":"customer","rules":[{"where":{"all":[{"trait":"paid_value","op":"gte","value":2000},{"trait":"usual_channel","op":"eq","value":"web"}]}}]}"#,
+        "live",
+    );
+    client
+        .batch_execute("SELECT * FROM segments.refresh()")
+        .unwrap();
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND tgname LIKE 'segments_live%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 4, "orders, read through the traits, is captured");
+    let hand = "SELECT c.id FROM customers c
+                 WHERE (SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id AND o.status = 'paid') >= 2000
+                   AND (SELECT channel FROM orders o WHERE o.customer_id = c.id GROUP BY channel ORDER BY count(*) DESC, channel LIMIT 1) = 'web'";
+    let check = |client: &mut postgres::Client, what: &str| {
+        client
+            .batch_execute("SELECT * FROM segments.apply_changes()")
+            .unwrap();
+        let diff = difference(client, "customer_members", "id", id, hand);
+        if diff != 0 {
+            let rows = client
+                .query(
+                    &format!(
+                        "WITH got AS (SELECT id FROM segments.customer_members WHERE segment_id = {id}), want AS ({hand})
+                         SELECT x.k, x.side, (SELECT sum(amount) FROM orders o WHERE o.customer_id = x.k AND o.status = 'paid')::text,
+                                (SELECT string_agg(channel || ':' || n, ',') FROM (SELECT channel, count(*) n FROM orders o WHERE o.customer_id = x.k GROUP BY 1) q)
+                           FROM (SELECT id AS k, 'extra' AS side FROM (SELECT id FROM got EXCEPT SELECT id FROM want) a
+                                 UNION ALL SELECT id, 'missing' FROM (SELECT id FROM want EXCEPT SELECT id FROM got) b) x"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            for r in rows {
+                let (k, side, paid, channels): (i64, String, Option<String>, Option<String>) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                eprintln!("{what}: {side} {k} paid {paid:?} channels {channels:?}");
+            }
+        }
+        assert_eq!(diff, 0, "{what}: {diff} keys differ");
+    };
+    check(&mut client, "after the first refresh");
+    client
+        .batch_execute("INSERT INTO orders SELECT 900000000 + g, 1 + g % 40, now(), 999, 'paid', 'web' FROM generate_series(1, 200) g")
+        .unwrap();
+    check(&mut client, "after big web orders");
+    client
+        .batch_execute("UPDATE orders SET status = 'refunded' WHERE customer_id IN (SELECT id FROM segments.customer_members WHERE segment_id = 1 LIMIT 10)")
+        .unwrap();
+    check(&mut client, "after refunds");
+    client
+        .batch_execute("UPDATE orders SET channel = 'store' WHERE id % 3 = 0; DELETE FROM orders WHERE id % 11 = 0")
+        .unwrap();
+    check(&mut client, "after channel changes and deletes");
+}

@@ -96,6 +96,14 @@ impl Probe<'_> {
                 planner.restrict_to(self.keys_sql.clone());
                 optional_value::<String>(&planner.related_value_sql(&condition.path, test)?, &[])
             }
+            ConditionKind::Trait(test) => {
+                let mut planner = crate::engine::plan::planner(&self.entity.name, &self.reference)?;
+                planner.restrict_to(self.keys_sql.clone());
+                optional_value::<String>(
+                    &planner.trait_value_sql(&condition.path, &test.name)?,
+                    &[],
+                )
+            }
             ConditionKind::Segment(test) => {
                 let id = SpiCatalog
                     .segment(&test.segment)

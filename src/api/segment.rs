@@ -37,7 +37,7 @@ pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<V
 
 /// Refuses (42501) a definition that reads a column the current role may
 /// not SELECT: it would be evaluated as its owner and could reveal it.
-fn check_can_read(columns: &[(String, String)]) -> Result<(), Reported> {
+pub(crate) fn check_can_read(columns: &[(String, String)]) -> Result<(), Reported> {
     for (relation, column) in columns {
         let allowed = optional_value::<bool>(
             "SELECT has_column_privilege($1::regclass, $2, 'SELECT')",

@@ -105,6 +105,35 @@ impl SpiCatalog {
     }
 }
 
+/// An entity's traits; none under a schema older than the library (no
+/// `segments.trait` before ALTER EXTENSION UPDATE).
+fn traits_of(entity: &str) -> Vec<segments_core::catalog::TraitDef> {
+    use pgrx::spi::Spi;
+    let exists = crate::pg::spi::optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass('segments.trait') IS NOT NULL",
+        &[],
+    );
+    if exists != Some(true) {
+        return Vec::new();
+    }
+    Spi::connect(|client| {
+        spi(client.select(
+            "SELECT id, name, definition FROM segments.trait \
+              WHERE entity OPERATOR(pg_catalog.=) $1 ORDER BY id",
+            None,
+            &[entity.into()],
+        ))
+        .map(|row| segments_core::catalog::TraitDef {
+            id: required(&row, 1),
+            name: required(&row, 2),
+            definition: spi(row.get::<pgrx::JsonB>(3))
+                .map(|j| j.0)
+                .unwrap_or_default(),
+        })
+        .collect()
+    })
+}
+
 impl Catalog for SpiCatalog {
     fn entity(&self, name: &str) -> Option<Entity> {
         use pgrx::spi::Spi;
@@ -205,6 +234,7 @@ impl Catalog for SpiCatalog {
             key_replica,
             eligible,
             related,
+            traits: traits_of(name),
         })
     }
 

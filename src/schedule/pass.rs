@@ -182,6 +182,7 @@ pub fn plan_pass() -> Due {
     Due {
         by_system,
         by_schedule,
+        traits: system_due,
     }
 }
 
@@ -189,6 +190,8 @@ pub fn plan_pass() -> Due {
 pub struct Due {
     pub by_system: Vec<i64>,
     pub by_schedule: Vec<i64>,
+    /// The system refresh also computes every trait (`refresh_traits`).
+    pub traits: bool,
 }
 
 impl Due {
@@ -315,6 +318,9 @@ pub fn run_pass() -> Vec<i64> {
     let mut runs = Vec::new();
     for (ids, trigger) in due.groups() {
         runs.extend(refresh_group(&ids, trigger));
+    }
+    if due.traits {
+        crate::traits::store::refresh_all();
     }
     trim_history();
     runs

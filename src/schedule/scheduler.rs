@@ -274,10 +274,14 @@ fn run_pass() {
     // One transaction to decide, then one per group of segments: a
     // failure (or a shutdown) loses one group's work at most, and what
     // succeeded is committed.
-    let groups = in_transaction("planning a scheduler pass", || {
-        crate::pg::sandbox::privileged(|| crate::schedule::pass::plan_pass().groups())
+    let planned = in_transaction("planning a scheduler pass", || {
+        crate::pg::sandbox::privileged(|| {
+            let due = crate::schedule::pass::plan_pass();
+            (due.groups(), due.traits)
+        })
     });
-    for (ids, cause) in groups.unwrap_or_default() {
+    let (groups, traits) = planned.unwrap_or_default();
+    for (ids, cause) in groups {
         // A group that runs out of time is tried again one segment at a
         // time: only the segments that are too slow alone fail.
         if !refresh_within_timeout(&ids, cause) && ids.len() > 1 {
@@ -285,6 +289,15 @@ fn run_pass() {
                 refresh_within_timeout(&[id], cause);
             }
         }
+    }
+    if traits {
+        report_activity(
+            pg_sys::BackendState::STATE_RUNNING,
+            c"segments scheduler: computing traits",
+        );
+        in_transaction("computing traits", || {
+            crate::pg::sandbox::privileged(crate::traits::store::refresh_all)
+        });
     }
     in_transaction("trimming history", || {
         crate::pg::sandbox::privileged(crate::schedule::pass::trim_history)

@@ -3,7 +3,6 @@
 //! BI tools. Made at registration, dropped before a user's DDL of the table
 //! and made again after it from the table's new columns, grants kept.
 
-use pgrx::prelude::*;
 use pgrx::spi::Spi;
 
 use segments_core::catalog::{Catalog, KeyKind, Table};
@@ -11,6 +10,7 @@ use segments_core::sql::{ident, literal};
 
 use crate::pg::catalog::{registered_key_type, SpiCatalog};
 use crate::pg::spi::{required, spi};
+use crate::tables::grants::{grant, grants_of, Grant};
 
 thread_local! {
     /// Grants of members views dropped at ddl_command_start, by entity, to
@@ -92,9 +92,6 @@ pub fn create_members_view(entity: &str, table: &Table, key_column: &str, key_ki
     make_members_view(entity, table, key_column, key_kind, None);
 }
 
-/// A grant of a view: grantee (InvalidOid: PUBLIC), privilege, grantable.
-type Grant = (pg_sys::Oid, String, bool);
-
 /// Makes an entity's members view with its comments and `grants`, or the
 /// grants of the extension's roles when None.
 fn make_members_view(
@@ -114,27 +111,7 @@ fn make_members_view(
     )));
     comment_members_view(entity, table);
     let view = format!("segments.{}", ident(&members_view_name(entity)));
-    let Some(grants) = grants else {
-        spi(Spi::run(&format!(
-            "GRANT SELECT ON {view} TO segments_reader, segments_editor, segments_admin"
-        )));
-        return;
-    };
-    for (grantee, privilege, grantable) in grants {
-        let to = if grantee == pg_sys::InvalidOid {
-            "PUBLIC".to_string()
-        } else {
-            crate::pg::spi::optional_value::<String>(
-                "SELECT $1::pg_catalog.regrole::pg_catalog.text",
-                &[grantee.into()],
-            )
-            .unwrap_or_else(|| "PUBLIC".into())
-        };
-        let option = if grantable { " WITH GRANT OPTION" } else { "" };
-        spi(Spi::run(&format!(
-            "GRANT {privilege} ON {view} TO {to}{option}"
-        )));
-    }
+    grant(&view, grants);
 }
 
 /// Drops an entity's members view (unregistering the entity).
@@ -162,18 +139,7 @@ pub fn release_members_view(entity: &str) {
     if has_dependents {
         return;
     }
-    let grants: Vec<Grant> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT a.grantee, a.privilege_type, a.is_grantable \
-               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
-              WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
-                AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
-            None,
-            &[view.clone().into()],
-        ))
-        .map(|row| (required(&row, 1), required(&row, 2), required(&row, 3)))
-        .collect()
-    });
+    let grants = grants_of(&view);
     SAVED_GRANTS.with(|saved| saved.borrow_mut().insert(entity.to_string(), grants));
     spi(Spi::run(&format!("DROP VIEW IF EXISTS {view}")));
 }

@@ -4,4 +4,6 @@
 //! sql/ddl_events.sql, so that `ALTER TABLE` is never blocked).
 
 pub mod ddl;
+pub mod grants;
 pub mod members_view;
+pub mod traits_view;

@@ -55,8 +55,8 @@ pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use path::{path_sql, path_tables};
-pub use traits::{traits_query, TraitMeasure};
 pub use references::{check_cycles, dependency_order};
+pub use traits::{traits_query, TraitMeasure};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Leaf {

@@ -90,7 +90,10 @@ impl Planner<'_> {
                 "{path}.trait: trait \"{name}\" does not exist for entity \"{}\"",
                 self.entity.name
             ))
-            .with_hint(perhaps(name, self.entity.traits.iter().map(|t| t.name.as_str())))
+            .with_hint(perhaps(
+                name,
+                self.entity.traits.iter().map(|t| t.name.as_str()),
+            ))
         })?;
         let definition = TraitDefinition::parse(&found.definition)
             .map_err(|e| e.at(&format!("{path}.trait \"{name}\"")))?;
@@ -183,7 +186,11 @@ impl Planner<'_> {
                     &[Numeric, Text, Date, Timestamp, TimestampTz],
                     "a number, text, date or timestamp column",
                 )?;
-                (format!("pg_catalog.{}({})", function.name(), r(&c)), bare, c)
+                (
+                    format!("pg_catalog.{}({})", function.name(), r(&c)),
+                    bare,
+                    c,
+                )
             }
             TraitFunction::First | TraitFunction::Last => {
                 let c = attribute.clone().expect("the parser requires an attribute");
@@ -432,11 +439,23 @@ mod tests {
     fn catalog() -> FixedCatalog {
         let mut catalog = customers();
         let traits = [
-            ("order_count", json!({"related": "orders", "aggregate": "count"})),
-            ("lifetime_value", json!({"related": "orders", "aggregate": "sum", "attribute": "amount",
-                                     "where": {"attribute": "status", "op": "eq", "value": "paid"}})),
-            ("last_status", json!({"related": "orders", "aggregate": "last", "attribute": "status"})),
-            ("usual_status", json!({"related": "orders", "aggregate": "most_frequent", "attribute": "status", "within": "1 year"})),
+            (
+                "order_count",
+                json!({"related": "orders", "aggregate": "count"}),
+            ),
+            (
+                "lifetime_value",
+                json!({"related": "orders", "aggregate": "sum", "attribute": "amount",
+                                     "where": {"attribute": "status", "op": "eq", "value": "paid"}}),
+            ),
+            (
+                "last_status",
+                json!({"related": "orders", "aggregate": "last", "attribute": "status"}),
+            ),
+            (
+                "usual_status",
+                json!({"related": "orders", "aggregate": "most_frequent", "attribute": "status", "within": "1 year"}),
+            ),
         ];
         catalog.entities[0].traits = traits
             .into_iter()
@@ -459,18 +478,30 @@ mod tests {
 
     #[test]
     fn a_condition_on_a_trait_is_a_grouped_aggregate() {
-        let [Leaf::Aggregate { sql, empty_matches }] = &leaves(json!({"trait": "lifetime_value", "op": "gte", "value": 500})).unwrap()[..] else {
+        let [Leaf::Aggregate { sql, empty_matches }] =
+            &leaves(json!({"trait": "lifetime_value", "op": "gte", "value": 500})).unwrap()[..]
+        else {
             panic!()
         };
         assert!(!empty_matches);
-        assert!(sql.contains(r#"FILTER (WHERE g."lifetime_value" OPERATOR(pg_catalog.>=) '500'::numeric)"#), "{sql}");
+        assert!(
+            sql.contains(
+                r#"FILTER (WHERE g."lifetime_value" OPERATOR(pg_catalog.>=) '500'::numeric)"#
+            ),
+            "{sql}"
+        );
         assert!(sql.contains(r#"(SELECT r."customer_id" AS key, (pg_catalog.sum(r."amount"))::pg_catalog.numeric AS "lifetime_value" FROM "public"."orders" r WHERE r."status" OPERATOR(pg_catalog.=) 'paid'::text GROUP BY r."customer_id") g"#), "{sql}");
         // A count below 3 holds for records without orders.
-        let [Leaf::Aggregate { empty_matches, .. }] = &leaves(json!({"trait": "order_count", "op": "lt", "value": 3})).unwrap()[..] else {
+        let [Leaf::Aggregate { empty_matches, .. }] =
+            &leaves(json!({"trait": "order_count", "op": "lt", "value": 3})).unwrap()[..]
+        else {
             panic!()
         };
         assert!(empty_matches);
-        let [Leaf::Aggregate { sql, .. }] = &leaves(json!({"trait": "last_status", "op": "in", "value": ["paid", "refunded"]})).unwrap()[..] else {
+        let [Leaf::Aggregate { sql, .. }] =
+            &leaves(json!({"trait": "last_status", "op": "in", "value": ["paid", "refunded"]}))
+                .unwrap()[..]
+        else {
             panic!()
         };
         assert!(sql.contains(r#"(pg_catalog.array_agg(r."status" ORDER BY r."ordered_at" DESC, r."status"))[1] AS "last_status""#), "{sql}");
@@ -478,11 +509,16 @@ mod tests {
 
     #[test]
     fn a_rank_on_a_trait_counts_records_without_rows() {
-        let [Leaf::KeySet(sql)] = &leaves(json!({"trait": "order_count", "op": "top_percent", "value": 5})).unwrap()[..] else {
+        let [Leaf::KeySet(sql)] =
+            &leaves(json!({"trait": "order_count", "op": "top_percent", "value": 5})).unwrap()[..]
+        else {
             panic!()
         };
         assert!(sql.starts_with("WITH t AS MATERIALIZED (SELECT e.\"id\" AS key, coalesce(g.\"order_count\", 0::pg_catalog.int8) AS v FROM \"public\".\"customers\" e LEFT JOIN"), "{sql}");
-        assert!(sql.contains("ORDER BY t.v DESC LIMIT (SELECT pg_catalog.ceil("), "{sql}");
+        assert!(
+            sql.contains("ORDER BY t.v DESC LIMIT (SELECT pg_catalog.ceil("),
+            "{sql}"
+        );
     }
 
     #[test]

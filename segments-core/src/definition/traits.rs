@@ -144,18 +144,34 @@ mod tests {
         assert_eq!(t.function, TraitFunction::Last);
         assert_eq!(t.attribute.as_deref(), Some("channel"));
         assert!(t.within.unwrap().to.is_some());
-        let count = TraitDefinition::parse(&json!({"related": "orders", "aggregate": "count"})).unwrap();
+        let count =
+            TraitDefinition::parse(&json!({"related": "orders", "aggregate": "count"})).unwrap();
         assert!(count.function.is_count());
     }
 
     #[test]
     fn trait_definition_mistakes_name_their_path() {
         let cases = [
-            (json!({"related": "orders", "aggregate": "median", "attribute": "amount"}), "definition.aggregate: must be one of count, count_distinct"),
-            (json!({"related": "orders", "aggregate": "sum"}), "definition: aggregate sum needs an \"attribute\""),
-            (json!({"related": "orders", "aggregate": "count", "op": "gt"}), "definition: unknown key \"op\""),
-            (json!({"aggregate": "count"}), "definition: \"related\" must name something"),
-            (json!({"related": "orders", "aggregate": "count", "within": {"from": "1 days", "to": "2 days"}}), "definition.within: \"from\" (1 days) must reach further back"),
+            (
+                json!({"related": "orders", "aggregate": "median", "attribute": "amount"}),
+                "definition.aggregate: must be one of count, count_distinct",
+            ),
+            (
+                json!({"related": "orders", "aggregate": "sum"}),
+                "definition: aggregate sum needs an \"attribute\"",
+            ),
+            (
+                json!({"related": "orders", "aggregate": "count", "op": "gt"}),
+                "definition: unknown key \"op\"",
+            ),
+            (
+                json!({"aggregate": "count"}),
+                "definition: \"related\" must name something",
+            ),
+            (
+                json!({"related": "orders", "aggregate": "count", "within": {"from": "1 days", "to": "2 days"}}),
+                "definition.within: \"from\" (1 days) must reach further back",
+            ),
         ];
         for (value, message) in cases {
             let e = TraitDefinition::parse(&value).unwrap_err();

@@ -32,9 +32,24 @@ fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
 pub fn sync_capture() {
     // (relation, entity, key column, relation SQL, source: '' for the entity
     // table, else the related table's name).
+    // A related table a live segment reads through a trait it uses (a
+    // schema older than the library has no traits).
+    let through_traits = if optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass('segments.trait') IS NOT NULL",
+        &[],
+    ) == Some(true)
+    {
+        "OR EXISTS (SELECT FROM segments.trait t
+                     WHERE t.entity OPERATOR(pg_catalog.=) r.entity
+                       AND t.definition OPERATOR(pg_catalog.->>) 'related' OPERATOR(pg_catalog.=) r.name
+                       AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.trait == $t)',
+                                                        pg_catalog.jsonb_build_object('t', t.name)))"
+    } else {
+        ""
+    };
     let needed: Vec<(pg_sys::Oid, String, String, String, String)> = Spi::connect(|client| {
         spi(client.select(
-            "WITH RECURSIVE live AS (
+            &format!("WITH RECURSIVE live AS (
                  SELECT s.entity, s.definition FROM segments.segment s
                   WHERE s.schedule OPERATOR(pg_catalog.=) 'live' AND s.state OPERATOR(pg_catalog.=) 'active'),
              -- The related tables live segments name, and every table on
@@ -44,8 +59,9 @@ pub fn sync_capture() {
                  SELECT r.entity, r.name, pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) 'via' AS via
                    FROM segments.related r
                   WHERE EXISTS (SELECT FROM live l WHERE l.entity OPERATOR(pg_catalog.=) r.entity
-                                  AND pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
-                                                                   pg_catalog.jsonb_build_object('n', r.name)))
+                                  AND (pg_catalog.jsonb_path_exists(l.definition, '$.** ? (@.related == $n)',
+                                                                    pg_catalog.jsonb_build_object('n', r.name))
+                                       {through_traits}))
                  UNION
                  SELECT v.entity, v.name, pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'via'
                    FROM segments.related v
@@ -63,7 +79,7 @@ pub fn sync_capture() {
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relation::pg_catalog.oid
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
               WHERE EXISTS (SELECT FROM read WHERE read.entity OPERATOR(pg_catalog.=) r.entity
-                              AND read.name OPERATOR(pg_catalog.=) r.name)",
+                              AND read.name OPERATOR(pg_catalog.=) r.name)"),
             None,
             &[],
         ))

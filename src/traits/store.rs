@@ -1,0 +1,177 @@
+//! Computing and storing trait values. The traits of one entity are
+//! computed per owner (each as its owner, in the sandbox, so privileges
+//! and row-level security apply) and per related table and path: every
+//! trait of one table in one scan (`traits_query`), read through a cursor
+//! in chunks and written to `segments.trait_value` by the extension (the
+//! only writer of its tables).
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use segments_core::catalog::Catalog;
+use segments_core::compile::{traits_query, TraitMeasure};
+use segments_core::sql::ident;
+
+use crate::engine::evaluate::reference_time_sql;
+use crate::pg::catalog::SpiCatalog;
+use crate::pg::error::{Reported, SegmentsError};
+use crate::pg::spi::{required, spi};
+
+/// Rows read and written at a time.
+const CHUNK: i64 = 10_000;
+
+/// Computes and stores the values of the traits of `entity` (those of
+/// `only` when given); returns how many values it stored. A trait that no
+/// longer compiles (its table or column is gone) fails the call naming it,
+/// and nothing is stored.
+pub fn refresh(entity: &str, only: Option<&[i64]>) -> Result<i64, Reported> {
+    let Some(found) = SpiCatalog.entity(entity) else {
+        return Ok(0);
+    };
+    let traits: Vec<_> = found
+        .traits
+        .iter()
+        .filter(|t| only.is_none_or(|ids| ids.contains(&t.id)))
+        .cloned()
+        .collect();
+    if traits.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = traits.iter().map(|t| t.id).collect();
+    let owners: BTreeMap<i64, u32> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT id, owner::pg_catalog.oid FROM segments.trait WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+            None,
+            &[ids.clone().into()],
+        ))
+        .map(|row| (required::<i64>(&row, 1), required::<pg_sys::Oid>(&row, 2).to_u32()))
+        .collect()
+    });
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1)",
+            &[ids.clone().into()],
+        ))
+    }));
+    // By owner, then by the rows they read (related table and path).
+    let mut by_owner: BTreeMap<u32, Vec<&segments_core::catalog::TraitDef>> = BTreeMap::new();
+    for t in &traits {
+        by_owner
+            .entry(owners.get(&t.id).copied().unwrap_or_default())
+            .or_default()
+            .push(t);
+    }
+    let reference = reference_time_sql();
+    let mut stored = 0i64;
+    for (owner, owned) in by_owner {
+        stored += crate::pg::sandbox::as_role(
+            pg_sys::Oid::from(owner),
+            AssertUnwindSafe(|| -> Result<i64, Reported> {
+                crate::pg::sandbox::without_jit();
+                let planner = crate::engine::plan::planner(entity, &reference)?;
+                let mut groups: BTreeMap<(String, String), Vec<TraitMeasure>> = BTreeMap::new();
+                for t in &owned {
+                    let measure = planner.trait_measure("trait", &t.name).map_err(|e| {
+                        Reported::from(SegmentsError::InvalidState(format!(
+                            "trait \"{}\" cannot be computed: {}",
+                            t.name, e.error
+                        )))
+                    })?;
+                    groups
+                        .entry((measure.from.clone(), measure.key.clone()))
+                        .or_default()
+                        .push(measure);
+                }
+                let mut stored = 0;
+                for measures in groups.values() {
+                    stored += store_group(measures);
+                }
+                Ok(stored)
+            }),
+        )?;
+    }
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "UPDATE segments.trait SET refreshed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+            &[ids.into()],
+        ))
+    }));
+    Ok(stored)
+}
+
+/// The system refresh's part: every trait of every entity, an entity whose
+/// traits fail (a table dropped) failing alone with a warning naming it.
+pub fn refresh_all() {
+    for entity in SpiCatalog.entity_names() {
+        let result = crate::pg::subtransaction::in_subtransaction(AssertUnwindSafe(|| {
+            if let Err(e) = refresh(&entity, None) {
+                crate::pg::error::Raise::raise(e);
+            }
+        }));
+        if let Err(failure) = result {
+            pgrx::warning!(
+                "segments: the traits of entity \"{entity}\" were not computed: {}",
+                failure.message
+            );
+        }
+    }
+}
+
+/// Computes one scan's traits (as the current role) and stores them
+/// chunk by chunk; returns how many values it stored.
+fn store_group(measures: &[TraitMeasure]) -> i64 {
+    let values: Vec<String> = measures
+        .iter()
+        .map(|m| {
+            format!(
+                "pg_catalog.to_jsonb(q.{})::pg_catalog.text",
+                ident(&m.column.name)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT (q.key)::pg_catalog.text, {} FROM ({}) q",
+        values.join(", "),
+        traits_query(measures)
+    );
+    let ids: Vec<i64> = measures.iter().map(|m| m.id).collect();
+    let mut stored = 0;
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(sql.as_str(), &[]);
+        loop {
+            let table = spi(cursor.fetch(CHUNK));
+            if table.is_empty() {
+                break;
+            }
+            let (mut trait_ids, mut keys, mut jsons) = (Vec::new(), Vec::new(), Vec::new());
+            for row in table {
+                let Some(key) = spi(row.get::<String>(1)) else {
+                    continue;
+                };
+                for (i, id) in ids.iter().enumerate() {
+                    if let Some(value) = spi(row.get::<String>(i + 2)) {
+                        if value != "null" {
+                            trait_ids.push(*id);
+                            keys.push(key.clone());
+                            jsons.push(value);
+                        }
+                    }
+                }
+            }
+            stored += keys.len() as i64;
+            crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+                spi(Spi::run_with_args(
+                    "INSERT INTO segments.trait_value (trait_id, key, value) \
+                     SELECT t, k, v::pg_catalog.jsonb \
+                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                                       pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
+                    &[trait_ids.into(), keys.into(), jsons.into()],
+                ))
+            }));
+        }
+    });
+    stored
+}
