@@ -67,4 +67,8 @@ SELECT t.name AS table_name, t.row_count AS rows,
     SELECT 'usage_registry' AS name, (SELECT pg_catalog.count(*) FROM segments.usage_registry) AS row_count,
            (SELECT pg_catalog.min(since) FROM segments.usage_registry) AS oldest,
            'one row per usage, until removed' AS retention
+    UNION ALL
+    SELECT 'trait_value' AS name, (SELECT pg_catalog.count(*) FROM segments.trait_value) AS row_count,
+           NULL::pg_catalog.timestamptz AS oldest,
+           'one row per trait and record with related rows, replaced by each refresh_traits' AS retention
   ) t;

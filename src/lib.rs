@@ -127,6 +127,7 @@ pgrx::extension_sql_file!(
         "wrappers",
         "history",
         "sequences",
+        "traits",
         api::operations::_activity,
         api::operations::_schedulers
     ]

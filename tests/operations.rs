@@ -430,7 +430,7 @@ fn storage_is_listed_and_retention_enforced() {
         .query(
             "SELECT relname::text FROM pg_class WHERE relnamespace = 'segments'::regnamespace AND relkind = 'r'
                 AND relname NOT IN ('entity', 'related', 'segment', 'export', 'sequence', 'sequence_segment',
-                                    'limits', 'usage_kind', 'scheduler_state')
+                                    'limits', 'usage_kind', 'scheduler_state', 'trait')
               ORDER BY 1",
             &[],
         )
