@@ -16,7 +16,6 @@ use segments_core::schedule;
 use crate::engine::evaluate::reference_time_sql;
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Raise, Reported, SegmentsError};
-use crate::pg::spi::optional_value;
 
 /// Validates a definition against the catalog and returns it with segment
 /// references stored by id, so that renaming a segment never breaks the
@@ -29,28 +28,10 @@ pub fn check_definition(definition: &Value, segment_id: Option<i64>) -> Result<V
         &reference_time_sql(),
         crate::pg::gucs::max_conditions(),
     )?;
-    check_can_read(&columns_read(&parsed, &plan.entity))?;
+    crate::pg::authorization::check_can_read(&columns_read(&parsed, &plan.entity))?;
     let mut normalized = definition.clone();
     references_by_id(&mut normalized, &SpiCatalog);
     Ok(normalized)
-}
-
-/// Refuses (42501) a definition that reads a column the current role may
-/// not SELECT: it would be evaluated as its owner and could reveal it.
-pub(crate) fn check_can_read(columns: &[(String, String)]) -> Result<(), Reported> {
-    for (relation, column) in columns {
-        let allowed = optional_value::<bool>(
-            "SELECT has_column_privilege($1::regclass, $2, 'SELECT')",
-            &[relation.as_str().into(), column.as_str().into()],
-        );
-        if allowed != Some(true) {
-            return Err(SegmentsError::InsufficientPrivilege(format!(
-                "permission denied: this definition reads column \"{column}\" of {relation}, which you may not SELECT"
-            ))
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// Replaces `{"segment": "Name"}` with `{"segment": id}` throughout.

@@ -97,3 +97,21 @@ pub fn may_read_entity(entity: &str) -> bool {
     READABLE.with(|c| *c.borrow_mut() = Some((entity.to_string(), role, transaction, ok)));
     ok
 }
+
+/// Refuses (42501) a definition that reads a column the current role may
+/// not SELECT: it would be evaluated as its owner and could reveal it.
+pub fn check_can_read(columns: &[(String, String)]) -> Result<(), crate::pg::error::Reported> {
+    for (relation, column) in columns {
+        let allowed = crate::pg::spi::optional_value::<bool>(
+            "SELECT has_column_privilege($1::regclass, $2, 'SELECT')",
+            &[relation.as_str().into(), column.as_str().into()],
+        );
+        if allowed != Some(true) {
+            return Err(SegmentsError::InsufficientPrivilege(format!(
+                "permission denied: this definition reads column \"{column}\" of {relation}, which you may not SELECT"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}

@@ -75,7 +75,7 @@ fn check_trait(name: &str, entity: &str, definition: &serde_json::Value) -> Resu
             columns.push((related.table.relation_sql.clone(), time.clone()));
         }
     }
-    crate::api::segment::check_can_read(&columns)
+    crate::pg::authorization::check_can_read(&columns)
 }
 
 /// Creates a trait of `entity`, computed as its creator; stores its values
