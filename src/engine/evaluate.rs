@@ -123,6 +123,8 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
         match leaf {
             Leaf::Filter(_) => {}
             Leaf::KeySet(sql) => queries.push(sql.clone()),
+            // Conditions on traits of one table share one query.
+            Leaf::Aggregate { sql, .. } if queries.contains(sql) => {}
             Leaf::Aggregate { sql, .. } => queries.push(sql.clone()),
             Leaf::Segment(id) => queries.push(format!(
                 "SELECT members FROM segments.membership WHERE segment_id = {id}"
@@ -166,18 +168,43 @@ impl RelatedValue {
 /// Runs the query of a related leaf (`KeySet` or `Aggregate`); None for
 /// other leaves.
 pub fn related_value(leaf: &Leaf) -> Option<RelatedValue> {
-    let (sql, aggregate) = match leaf {
-        Leaf::KeySet(sql) => (sql, false),
-        Leaf::Aggregate { sql, .. } => (sql, true),
-        Leaf::Filter(_) | Leaf::Segment(_) => return None,
-    };
+    let sql = related_sql(leaf)?;
+    Some(value_of(leaf, &query_bitmaps(sql)))
+}
+
+/// A related leaf's query; None for the other leaves.
+fn related_sql(leaf: &Leaf) -> Option<&str> {
+    match leaf {
+        Leaf::KeySet(sql) | Leaf::Aggregate { sql, .. } => Some(sql),
+        Leaf::Filter(_) | Leaf::Segment(_) => None,
+    }
+}
+
+/// Every bitmap column of a related leaf's one-row query.
+fn query_bitmaps(sql: &str) -> Vec<Members> {
     Spi::connect(|client| {
-        let row = spi(client.select(sql, None, &[])).first();
-        Some(RelatedValue {
-            matching: bitmap_of(spi(row.get::<Vec<u8>>(1))),
-            with_rows: aggregate.then(|| bitmap_of(spi(row.get::<Vec<u8>>(2)))),
-        })
+        let table = spi(client.select(sql, None, &[])).first();
+        let columns = spi(table.columns());
+        (1..=columns)
+            .map(|c| bitmap_of(spi(table.get::<Vec<u8>>(c))))
+            .collect()
     })
+}
+
+/// A related leaf's value among its query's bitmaps: a key set's one, an
+/// aggregate's own column and the last (the keys with rows).
+fn value_of(leaf: &Leaf, bitmaps: &[Members]) -> RelatedValue {
+    let column = |c: usize| bitmaps.get(c).cloned().unwrap_or_default();
+    match leaf {
+        Leaf::Aggregate { column: own, .. } => RelatedValue {
+            matching: column(own.saturating_sub(1)),
+            with_rows: Some(column(bitmaps.len().saturating_sub(1))),
+        },
+        _ => RelatedValue {
+            matching: column(0),
+            with_rows: None,
+        },
+    }
 }
 
 /// Runs every query of the plan except segment references. (No row limit
@@ -226,10 +253,16 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         }
     });
     let all_rows = all_rows.unwrap_or_default();
+    // Leaves sharing one query (conditions on traits of one table) run it once.
+    let mut ran: HashMap<&str, Vec<Members>> = HashMap::new();
     for (i, leaf) in plan.leaves.iter().enumerate() {
-        let value = match known.get(&i) {
-            Some(value) => Some(value.clone()),
-            None => related_value(leaf),
+        let value = match (known.get(&i), related_sql(leaf)) {
+            (Some(value), _) => Some(value.clone()),
+            (None, Some(sql)) => {
+                let bitmaps = ran.entry(sql).or_insert_with(|| query_bitmaps(sql));
+                Some(value_of(leaf, bitmaps))
+            }
+            (None, None) => None,
         };
         let Some(RelatedValue {
             mut matching,

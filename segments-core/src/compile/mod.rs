@@ -64,20 +64,38 @@ pub enum Leaf {
     Filter(String),
     /// A query returning one bitmap: the positions it selects.
     KeySet(String),
-    /// A query returning two bitmaps: positions whose aggregate matches, and
-    /// positions with any related row. Members with no related row match too
-    /// when `empty_matches` (e.g. `count lt 3`).
-    Aggregate { sql: String, empty_matches: bool },
+    /// A query returning the positions whose aggregate matches (in column
+    /// `column`, from 1) and, in its last column, the positions with any
+    /// related row. Members with no related row match too when
+    /// `empty_matches` (e.g. `count lt 3`). Conditions on the traits of one
+    /// related table share one query, each reading its own column.
+    Aggregate {
+        sql: String,
+        empty_matches: bool,
+        column: usize,
+    },
     /// The last refreshed membership of another segment.
     Segment(i64),
 }
 
 impl Leaf {
     /// The leaf's SQL (a filter expression or a query); empty for a segment.
+    /// Leaves sharing one query have the same SQL.
     pub fn sql(&self) -> &str {
         match self {
             Leaf::Filter(sql) | Leaf::KeySet(sql) | Leaf::Aggregate { sql, .. } => sql,
             Leaf::Segment(_) => "",
+        }
+    }
+
+    /// What names the leaf's value among those of a plan: its SQL, and the
+    /// column it reads of a shared query.
+    pub fn identity(&self) -> String {
+        match self {
+            Leaf::Aggregate { sql, column, .. } if *column > 1 => {
+                format!("{sql} -- column {column}")
+            }
+            leaf => leaf.sql().to_string(),
         }
     }
 }
@@ -150,6 +168,9 @@ pub struct Planner<'a> {
     related_restriction: HashMap<String, String>,
     entity_source: Option<String>,
     related_of: HashMap<Leaf, String>,
+    /// Conditions on traits, by their (single-trait) leaf: the trait and
+    /// the comparison, to share one query per related table at `finish`.
+    trait_conditions: HashMap<Leaf, (TraitMeasure, String)>,
 }
 
 impl<'a> Planner<'a> {
@@ -190,6 +211,7 @@ impl<'a> Planner<'a> {
             related_restriction: HashMap::new(),
             entity_source: None,
             related_of: HashMap::new(),
+            trait_conditions: HashMap::new(),
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -282,6 +304,7 @@ impl<'a> Planner<'a> {
         for expr in exprs.iter_mut() {
             remap(expr, &renumber, &mut has_not);
         }
+        self.share_trait_scans(&mut leaves);
         let needs_all_rows = self.eligible.is_some()
             || has_not
             || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
@@ -421,10 +444,12 @@ impl<'a> Planner<'a> {
                 }
             }
             ConditionKind::Trait(test) => {
-                let leaf = self.trait_leaf(path, test)?;
-                if !test.op.is_rank() {
-                    let related = self.trait_measure(path, &test.name)?.related;
-                    self.related_of.insert(leaf.clone(), related);
+                let (leaf, condition) = self.trait_leaf(path, test)?;
+                if let Some((measure, comparison)) = condition {
+                    self.related_of
+                        .insert(leaf.clone(), measure.related.clone());
+                    self.trait_conditions
+                        .insert(leaf.clone(), (measure, comparison));
                 }
                 Expr::Leaf(self.intern(leaf))
             }
@@ -609,7 +634,14 @@ impl<'a> Planner<'a> {
                     "SELECT segments.rb_agg({position}) FILTER (WHERE {comparison}), segments.rb_agg({position}) \
                      FROM (SELECT {fk} AS key, {measure} AS value FROM {from}{where_sql} GROUP BY {fk}) g{join}"
                 );
-                (Leaf::Aggregate { sql, empty_matches }, false)
+                (
+                    Leaf::Aggregate {
+                        sql,
+                        empty_matches,
+                        column: 1,
+                    },
+                    false,
+                )
             }
             RelatedMeasure::Every(condition) => (
                 self.every_leaf(related, condition, &fk, &from, &where_sql)?,
@@ -914,7 +946,10 @@ mod tests {
         let CompiledBody::Expr(Expr::Leaf(i)) = &compiled.rules[0].body else {
             panic!()
         };
-        let Leaf::Aggregate { sql, empty_matches } = &plan.leaves[*i] else {
+        let Leaf::Aggregate {
+            sql, empty_matches, ..
+        } = &plan.leaves[*i]
+        else {
             panic!()
         };
         assert!(empty_matches, "count < 3 holds for members without orders");

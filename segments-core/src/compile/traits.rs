@@ -237,11 +237,18 @@ impl Planner<'_> {
 
     /// `{"trait": T, "op": OP, "value": V}`: an aggregate leaf (matching
     /// records, records with rows), records without rows matching when the
-    /// trait's empty value (0 or NULL) does.
-    pub(super) fn trait_leaf(&self, path: &str, test: &TraitTest) -> Result<Leaf, Reported> {
+    /// trait's empty value (0 or NULL) does; with the trait and the
+    /// comparison, which `share_trait_scans` merges with the other
+    /// conditions on traits of the same related table. A rank is a key set
+    /// of its own.
+    pub(super) fn trait_leaf(
+        &self,
+        path: &str,
+        test: &TraitTest,
+    ) -> Result<(Leaf, Option<(TraitMeasure, String)>), Reported> {
         let measure = self.trait_measure(path, &test.name)?;
         if test.op.is_rank() {
-            return self.trait_rank(path, test, &measure);
+            return Ok((self.trait_rank(path, test, &measure)?, None));
         }
         let table = Table {
             dropped: false,
@@ -262,14 +269,68 @@ impl Planner<'_> {
             test.op == Op::IsNull
         };
         let (position, join) = self.position("g.key");
-        Ok(Leaf::Aggregate {
+        let leaf = Leaf::Aggregate {
             sql: format!(
                 "SELECT segments.rb_agg({position}) FILTER (WHERE {comparison}), segments.rb_agg({position}) \
                  FROM ({}) g{join}",
                 measure.grouped_sql()
             ),
             empty_matches,
-        })
+            column: 1,
+        };
+        Ok((leaf, Some((measure, comparison))))
+    }
+
+    /// Rewrites the plan's conditions on traits so that those on the traits
+    /// of one related table (and path) share one query: one scan and one
+    /// `GROUP BY` computing every trait they use, one bitmap column per
+    /// condition, and the keys with rows last. A record in the group without
+    /// rows in one trait's own scope gets that trait's empty value (0 or
+    /// NULL) from its `FILTER`, which its comparison then tests.
+    pub(super) fn share_trait_scans(&self, leaves: &mut [Leaf]) {
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, leaf) in leaves.iter().enumerate() {
+            if let Some((measure, _)) = self.trait_conditions.get(leaf) {
+                groups
+                    .entry((measure.from.clone(), measure.key.clone()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let (position, join) = self.position("g.key");
+        for group in groups.values() {
+            let conditions: Vec<&(TraitMeasure, String)> = group
+                .iter()
+                .map(|&i| &self.trait_conditions[&leaves[i]])
+                .collect();
+            let mut measures: Vec<TraitMeasure> = Vec::new();
+            for (measure, _) in &conditions {
+                if !measures.iter().any(|m| m.id == measure.id) {
+                    measures.push(measure.clone());
+                }
+            }
+            let columns: Vec<String> = conditions
+                .iter()
+                .map(|(_, comparison)| {
+                    format!("segments.rb_agg({position}) FILTER (WHERE {comparison})")
+                })
+                .collect();
+            let sql = format!(
+                "SELECT {}, segments.rb_agg({position}) FROM ({}) g{join}",
+                columns.join(", "),
+                traits_query(&measures)
+            );
+            for (j, &i) in group.iter().enumerate() {
+                if let Leaf::Aggregate { empty_matches, .. } = leaves[i] {
+                    leaves[i] = Leaf::Aggregate {
+                        sql: sql.clone(),
+                        empty_matches,
+                        column: j + 1,
+                    };
+                }
+            }
+        }
     }
 
     /// A rank on a trait: its value for every eligible record (0 or NULL
@@ -400,23 +461,48 @@ fn zero_matches(op: Op, value: &Operand) -> bool {
 /// each over just the rows its own `where` and `within` select.
 pub fn traits_query(measures: &[TraitMeasure]) -> String {
     let first = &measures[0];
+    // Filters every trait has (a live restriction, a shared window) go to
+    // the WHERE clause, where an index can serve them; each trait's others
+    // to its FILTER.
+    let common: Vec<&String> = first
+        .filters
+        .iter()
+        .filter(|f| measures.iter().all(|m| m.filters.contains(f)))
+        .collect();
+    let own = |m: &TraitMeasure| -> Vec<String> {
+        m.filters
+            .iter()
+            .filter(|f| !common.contains(f))
+            .cloned()
+            .collect()
+    };
     let columns: Vec<String> = measures
         .iter()
         .map(|m| {
-            let own = (!m.filters.is_empty()).then(|| m.filters.join(" AND "));
-            format!("{} AS {}", m.measure(own.as_deref()), ident(&m.column.name))
+            let own = own(m);
+            let filter = (!own.is_empty()).then(|| own.join(" AND "));
+            format!(
+                "{} AS {}",
+                m.measure(filter.as_deref()),
+                ident(&m.column.name)
+            )
         })
         .collect();
     // The rows some trait reads.
+    let mut conditions: Vec<String> = common.iter().map(|f| f.to_string()).collect();
     let scopes: Vec<String> = measures
         .iter()
-        .filter(|m| !m.filters.is_empty())
-        .map(|m| format!("({})", m.filters.join(" AND ")))
+        .map(own)
+        .filter(|own| !own.is_empty())
+        .map(|own| format!("({})", own.join(" AND ")))
         .collect();
-    let where_sql = if scopes.len() < measures.len() {
+    if scopes.len() == measures.len() {
+        conditions.push(format!("({})", scopes.join(" OR ")));
+    }
+    let where_sql = if conditions.is_empty() {
         String::new()
     } else {
-        format!(" WHERE {}", scopes.join(" OR "))
+        format!(" WHERE {}", conditions.join(" AND "))
     };
     format!(
         "SELECT {key} AS key, {} FROM {}{where_sql} GROUP BY {key}",
@@ -478,8 +564,9 @@ mod tests {
 
     #[test]
     fn a_condition_on_a_trait_is_a_grouped_aggregate() {
-        let [Leaf::Aggregate { sql, empty_matches }] =
-            &leaves(json!({"trait": "lifetime_value", "op": "gte", "value": 500})).unwrap()[..]
+        let [Leaf::Aggregate {
+            sql, empty_matches, ..
+        }] = &leaves(json!({"trait": "lifetime_value", "op": "gte", "value": 500})).unwrap()[..]
         else {
             panic!()
         };
@@ -505,6 +592,32 @@ mod tests {
             panic!()
         };
         assert!(sql.contains(r#"(pg_catalog.array_agg(r."status" ORDER BY r."ordered_at" DESC, r."status"))[1] AS "last_status""#), "{sql}");
+    }
+
+    #[test]
+    fn conditions_on_traits_of_one_table_share_one_scan() {
+        let leaves = leaves(json!({"all": [
+            {"trait": "lifetime_value", "op": "gte", "value": 500},
+            {"trait": "order_count", "op": "lt", "value": 3},
+            {"trait": "last_status", "op": "eq", "value": "paid"}]}))
+        .unwrap();
+        let [Leaf::Aggregate {
+            sql: a, column: 1, ..
+        }, Leaf::Aggregate {
+            sql: b,
+            column: 2,
+            empty_matches: true,
+        }, Leaf::Aggregate {
+            sql: c, column: 3, ..
+        }] = &leaves[..]
+        else {
+            panic!("{leaves:?}")
+        };
+        assert!(a == b && b == c, "one shared query");
+        assert_eq!(a.matches(" FROM \"public\".\"orders\" r").count(), 1, "{a}");
+        assert!(a.contains(r#"segments.rb_agg(g.key::pg_catalog.int8) FILTER (WHERE g."order_count" OPERATOR(pg_catalog.<) '3'::bigint)"#), "{a}");
+        assert!(a.contains(r#"(pg_catalog.sum(r."amount") FILTER (WHERE r."status" OPERATOR(pg_catalog.=) 'paid'::text))::pg_catalog.numeric AS "lifetime_value""#), "{a}");
+        assert_ne!(leaves[0].identity(), leaves[1].identity());
     }
 
     #[test]

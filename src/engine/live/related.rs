@@ -80,7 +80,7 @@ pub fn related_values(
         let Some(related) = &plans.restricted.related_of[i] else {
             continue;
         };
-        let identity = plans.identity.leaves[i].sql().to_string();
+        let identity = plans.identity.leaves[i].identity();
         identities.push(identity.clone());
         let kept = kept_related_value(owner, entity, &identity);
         let value = match (kept, changed_related.get(related)) {
