@@ -34,8 +34,8 @@ bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB m
   shared_preload_libraries=segments segments.naptime=3600
 trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
-echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events"
-time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -f scripts/sample_data.sql
+echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((96 * scale / 10)) product events"
+time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -v sessions=6 -f scripts/sample_data.sql
 psql "$url" -qX -c "VACUUM ANALYZE"
 
 echo "== running the cases"

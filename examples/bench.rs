@@ -401,14 +401,188 @@ fn main() {
         met: Some((ours_bytes as f64 / base_bytes as f64) <= 0.05),
     });
 
+    // 8. A three-step funnel: viewed a product, added that product to the
+    // cart within a day, did not buy it within two days; in 30 days.
+    exec(
+        &mut client,
+        "SELECT segments.register_related('customer', 'product_events', 'product_events', 'customer_id', 'occurred_at')",
+    );
+    let funnel = create(
+        &mut client,
+        "Abandoned carts",
+        r#"{"entity":"customer","rules":[{"where":{"related":"product_events","within":"30 days","sequence":[
+            {"where":{"attribute":"event_type","op":"eq","value":"viewed"}},
+            {"where":{"all":[{"attribute":"event_type","op":"eq","value":"added_to_cart"},
+                             {"attribute":"product_id","op":"eq","value":{"step":1,"attribute":"product_id"}}]},"within":"1 day"},
+            {"where":{"all":[{"attribute":"event_type","op":"eq","value":"purchased"},
+                             {"attribute":"product_id","op":"eq","value":{"step":2,"attribute":"product_id"}}]},"within":"2 days","absent":true}]}}]}"#,
+    );
+    let ours = measure(runs, || refresh(&mut client, &[funnel]));
+    let base = measure(runs, || {
+        exec(
+            &mut client,
+            &format!(
+                "DROP TABLE IF EXISTS bench_8; CREATE TABLE bench_8 AS
+                 SELECT DISTINCT v.customer_id FROM product_events v
+                  WHERE v.event_type = 'viewed' AND v.occurred_at >= {since} AND v.occurred_at <= '{ANCHOR}'::timestamptz
+                    AND EXISTS (SELECT 1 FROM product_events a
+                                 WHERE a.customer_id = v.customer_id AND a.event_type = 'added_to_cart' AND a.product_id = v.product_id
+                                   AND a.occurred_at > v.occurred_at AND a.occurred_at <= v.occurred_at + interval '1 day'
+                                   AND a.occurred_at >= {since} AND a.occurred_at <= '{ANCHOR}'::timestamptz
+                                   AND a.occurred_at + interval '2 days' <= '{ANCHOR}'::timestamptz
+                                   AND NOT EXISTS (SELECT 1 FROM product_events p
+                                                    WHERE p.customer_id = a.customer_id AND p.event_type = 'purchased' AND p.product_id = a.product_id
+                                                      AND p.occurred_at > a.occurred_at AND p.occurred_at <= a.occurred_at + interval '2 days'))"
+            ),
+        )
+    });
+    let funnel_members: i64 = one(
+        &mut client,
+        &format!("SELECT member_count FROM segments.segment WHERE id = {funnel}"),
+    );
+    let base_members: i64 = one(&mut client, "SELECT count(*) FROM bench_8");
+    assert_eq!(funnel_members, base_members, "case 8 answers differ");
+    push(
+        &mut rows,
+        &format!("8. three-step funnel with an absent last step ({funnel_members} members, product events in 30 days): refresh vs hand-written SQL"),
+        &ours,
+        &base,
+        "≤ 1.1",
+        Some(1.1),
+    );
+
+    // 9. Ten traits of orders used by one segment: one shared scan and
+    // GROUP BY in its refresh, against ten GROUP BY queries.
+    let traits = [
+        (
+            "t_orders",
+            r#"{"related":"orders","aggregate":"count"}"#,
+            "count(*)",
+            "",
+        ),
+        (
+            "t_spent",
+            r#"{"related":"orders","aggregate":"sum","attribute":"amount"}"#,
+            "sum(amount)",
+            "",
+        ),
+        (
+            "t_average",
+            r#"{"related":"orders","aggregate":"avg","attribute":"amount"}"#,
+            "avg(amount)",
+            "",
+        ),
+        (
+            "t_smallest",
+            r#"{"related":"orders","aggregate":"min","attribute":"amount"}"#,
+            "min(amount)",
+            "",
+        ),
+        (
+            "t_biggest",
+            r#"{"related":"orders","aggregate":"max","attribute":"amount"}"#,
+            "max(amount)",
+            "",
+        ),
+        (
+            "t_first_at",
+            r#"{"related":"orders","aggregate":"min","attribute":"ordered_at"}"#,
+            "min(ordered_at)",
+            "",
+        ),
+        (
+            "t_last_at",
+            r#"{"related":"orders","aggregate":"max","attribute":"ordered_at"}"#,
+            "max(ordered_at)",
+            "",
+        ),
+        (
+            "t_paid",
+            r#"{"related":"orders","aggregate":"sum","attribute":"amount","where":{"attribute":"status","op":"eq","value":"paid"}}"#,
+            "sum(amount)",
+            "WHERE status = 'paid'",
+        ),
+        (
+            "t_refunds",
+            r#"{"related":"orders","aggregate":"count","where":{"attribute":"status","op":"eq","value":"refunded"}}"#,
+            "count(*)",
+            "WHERE status = 'refunded'",
+        ),
+        (
+            "t_web",
+            r#"{"related":"orders","aggregate":"count","where":{"attribute":"channel","op":"eq","value":"web"}}"#,
+            "count(*)",
+            "WHERE channel = 'web'",
+        ),
+    ];
+    let mut conditions = Vec::new();
+    for (name, definition, _, _) in &traits {
+        exec(
+            &mut client,
+            &format!("SELECT segments.create_trait('{name}', 'customer', '{definition}')"),
+        );
+        conditions.push(format!(r#"{{"trait":"{name}","op":"is_not_null"}}"#));
+    }
+    let with_traits = create(
+        &mut client,
+        "Ten traits",
+        &format!(
+            r#"{{"entity":"customer","rules":[{{"where":{{"any":[{}]}}}}]}}"#,
+            conditions.join(",")
+        ),
+    );
+    let ours = measure(runs, || refresh(&mut client, &[with_traits]));
+    let base = measure(runs, || {
+        for (_, _, aggregate, filter) in &traits {
+            let _: i64 = one(
+                &mut client,
+                &format!("SELECT count(*) FROM (SELECT customer_id, {aggregate} FROM orders {filter} GROUP BY customer_id) g"),
+            );
+        }
+    });
+    push(
+        &mut rows,
+        "9. 10 traits of orders in one segment's refresh (one shared scan) vs 10 GROUP BY queries",
+        &ours,
+        &base,
+        "≤ 0.3",
+        Some(0.3),
+    );
+
+    // 10. Top 10% by a trait (paid value) vs hand-written percent_rank().
+    let top = create(
+        &mut client,
+        "Top 10% by paid value",
+        r#"{"entity":"customer","rules":[{"where":{"trait":"t_paid","op":"top_percent","value":10}}]}"#,
+    );
+    let ours = measure(runs, || refresh(&mut client, &[top]));
+    let base = measure(runs, || {
+        exec(
+            &mut client,
+            "DROP TABLE IF EXISTS bench_10; CREATE TABLE bench_10 AS
+             SELECT customer_id FROM (SELECT customer_id, percent_rank() OVER (ORDER BY v DESC) AS pr
+                                        FROM (SELECT customer_id, sum(amount) AS v FROM orders WHERE status = 'paid' GROUP BY customer_id) g) r
+              WHERE pr < 0.1",
+        )
+    });
+    push(
+        &mut rows,
+        "10. top 10% by a trait (paid value): refresh vs hand-written percent_rank()",
+        &ours,
+        &base,
+        "≤ 1.1",
+        Some(1.1),
+    );
+
     // 7. Live: apply a 1% change incrementally vs a full refresh of the same
     // segments. Both are timed right after the same kind of UPDATE (a fresh
     // 1% of customers each time): the first reader of freshly updated pages
     // pays for pruning and hint bits, whichever way it evaluates.
-    let live = [one_attr, behaviour];
+    // With a funnel and a segment on traits live too (cases 8 and 9).
+    let live = [one_attr, behaviour, funnel, with_traits];
     exec(
         &mut client,
-        &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}]::bigint[], 'live')"),
+        &format!("SELECT segments.set_schedule(ARRAY[{one_attr}, {behaviour}, {funnel}, {with_traits}]::bigint[], 'live')"),
     );
     refresh(&mut client, &live);
     let one_percent = (scale / 100).max(1);
@@ -448,7 +622,7 @@ fn main() {
     let applied = Timing::of(applied);
     push(
         &mut rows,
-        &format!("7. live: apply a 1% change ({one_percent} customers updated) to 2 live segments vs a full refresh of them"),
+        &format!("7. live: apply a 1% change ({one_percent} customers updated) to 4 live segments (a funnel and ten traits among them) vs a full refresh of them"),
         &applied,
         &full,
         "≤ 0.05",
@@ -715,10 +889,11 @@ fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows
     .iter()
     .map(|s| format!("`{s}` = {}", setting(client, s)))
     .collect();
-    let counts: (i64, i64, i64) = (
+    let counts: (i64, i64, i64, i64) = (
         one(client, "SELECT count(*) FROM customers"),
         one(client, "SELECT count(*) FROM orders"),
         one(client, "SELECT count(*) FROM email_events"),
+        one(client, "SELECT count(*) FROM product_events"),
     );
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -757,13 +932,14 @@ fn write_report(client: &mut Client, output: &str, scale: i64, runs: usize, rows
          (case 3: 3 times, its baseline once); figures are medians with the range \
          in parentheses. ratio = segments / baseline.\n\n\
          - date: {date}\n- machine: {cpu}, {cores} cores, {memory} GiB\n- {version}\n- settings: {}\n\
-         - data: {} customers, {} orders, {} email events (`scripts/sample_data.sql`, scale {scale}, anchor {ANCHOR})\n\
+         - data: {} customers, {} orders, {} email events, {} product events (`scripts/sample_data.sql`, scale {scale}, sessions 6, anchor {ANCHOR})\n\
          - build: release profile (fat LTO)\n\n\
          | case | segments | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n",
         settings.join(", "),
         counts.0,
         counts.1,
-        counts.2
+        counts.2,
+        counts.3
     );
     for row in rows {
         let met = match row.met {

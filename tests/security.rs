@@ -344,6 +344,8 @@ fn shadowed_functions_and_operators_are_never_called() {
             "text",
             "pg_catalog.textcat($1, $2)",
         ),
+        ("ceil", "numeric", "numeric", "pg_catalog.ceil($1)"),
+        ("to_jsonb", "numeric", "jsonb", "pg_catalog.to_jsonb($1)"),
     ];
     let operators: &[(&str, &str, &str, &str)] = &[
         ("=", "text", "text", "texteq"),
@@ -356,6 +358,14 @@ fn shadowed_functions_and_operators_are_never_called() {
         ("<=", "timestamptz", "timestamptz", "timestamptz_le"),
         (">", "numeric", "numeric", "numeric_gt"),
         ("||", "text", "text", "textcat"),
+        // windows, sequences, ranks and traits (SPEC 16)
+        ("+", "timestamptz", "interval", "timestamptz_pl_interval"),
+        ("-", "timestamptz", "interval", "timestamptz_mi_interval"),
+        ("*", "numeric", "numeric", "numeric_mul"),
+        ("/", "numeric", "numeric", "numeric_div"),
+        (">=", "numeric", "numeric", "numeric_ge"),
+        ("<=", "numeric", "numeric", "numeric_le"),
+        (">", "timestamptz", "timestamptz", "timestamptz_gt"),
     ];
     let mut ddl = String::new();
     let mut created = 0;
@@ -385,7 +395,12 @@ fn shadowed_functions_and_operators_are_never_called() {
                  INSERT INTO public.shadow_calls (name, called_by) VALUES ('{schema} operator {op} #{i}', current_user); \
                  RETURN pg_catalog.{real}(a, b); END $f$;\n\
                  CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = {schema}.op_{i});\n",
-                if *op == "||" { "text" } else { "boolean" }
+                match *op {
+                    "||" => "text",
+                    "+" | "-" => left,
+                    "*" | "/" => "numeric",
+                    _ => "boolean",
+                }
             ));
             created += 1;
         }
@@ -406,6 +421,13 @@ fn shadowed_functions_and_operators_are_never_called() {
     alice
         .batch_execute("SET search_path = mallory, pg_catalog, public")
         .unwrap();
+    alice
+        .batch_execute(
+            r#"SELECT segments.create_trait('alice_paid', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amount","where":{"attribute":"status","op":"eq","value":"paid"},"within":{"from":"1 year","to":"1 day"}}');
+               SELECT segments.create_trait('alice_last_channel', 'customer', '{"related":"orders","aggregate":"last","attribute":"channel"}');
+               SELECT segments.create_trait('alice_usual', 'customer', '{"related":"orders","aggregate":"most_frequent","attribute":"channel"}');"#,
+        )
+        .unwrap();
     // A definition with every kind of condition.
     let definition = r#"{"entity":"customer","rules":[
         {"name":"text","where":{"any":[{"attribute":"email","op":"contains","value":"7"},{"attribute":"email","op":"ends_with","value":".de"},
@@ -415,7 +437,15 @@ fn shadowed_functions_and_operators_are_never_called() {
         {"combine":"union","where":{"attribute":"birth_date","op":"is_anniversary"}},
         {"combine":"union","where":{"attribute":"last_login_at","op":"in_last","value":"30 days"}},
         {"combine":"except","where":{"related":"orders","aggregate":"sum","attribute":"amount","within":"90 days","op":"gt","value":5000}},
-        {"combine":"union","where":{"related":"orders","where":{"attribute":"status","op":"eq","value":"paid"},"within":"30 days"}}]}"#;
+        {"combine":"union","where":{"related":"orders","where":{"attribute":"status","op":"eq","value":"paid"},"within":"30 days"}},
+        {"combine":"union","where":{"related":"orders","within":{"from":"90 days","to":"30 days"},"sequence":[
+            {"where":{"attribute":"status","op":"eq","value":"paid"}},
+            {"where":{"attribute":"amount","op":"gt","value":{"step":1,"attribute":"amount"}},"within":"7 days"},
+            {"where":{"attribute":"status","op":"eq","value":"refunded"},"within":"2 days","absent":true}]}},
+        {"combine":"union","where":{"related":"orders","every":{"attribute":"channel","op":"eq","value":"web"}}},
+        {"combine":"union","where":{"attribute":"lifetime_value","op":"top_percent","value":5}},
+        {"combine":"union","where":{"trait":"alice_paid","op":"top","value":10}},
+        {"combine":"union","where":{"all":[{"trait":"alice_last_channel","op":"eq","value":"web"},{"trait":"alice_usual","op":"ne","value":"store"}]}}]}"#;
     let id: i64 = alice
         .query_one(
             "SELECT segments.create_segment('Everything', $1::text::jsonb)",
@@ -451,6 +481,9 @@ fn shadowed_functions_and_operators_are_never_called() {
         format!("SELECT * FROM segments.deactivate_unused(dry_run => true)"),
         format!("SELECT * FROM segments.suggest('customer', 'lifetime_value')"),
         format!("SELECT segments.find_similar({id}, 'Lookalikes', size_percent => 5)"),
+        format!("SELECT segments.refresh_traits('customer')"),
+        format!("SELECT * FROM segments.customer_traits LIMIT 5"),
+        format!("SELECT * FROM segments.explain_member({id}, 7)"),
         format!("SELECT * FROM segments.refresh()"),
     ];
     for sql in &sqls {
@@ -459,6 +492,16 @@ fn shadowed_functions_and_operators_are_never_called() {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         exercised += 1;
     }
+    // The definition with every kind of condition really ran.
+    let failed: Option<String> = alice
+        .query_one(
+            "SELECT string_agg(name || ': ' || coalesce(last_error, status), '; ') FROM segments.segment
+              WHERE id IN ($1, $2) AND status <> 'succeeded'",
+            &[&id, &id2],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, None, "the refreshes failed");
     // A pg_temp shadow in the refreshing session of a superuser.
     admin
         .batch_execute("SET search_path = mallory, pg_catalog, public")
