@@ -536,7 +536,9 @@ fn main() {
         for (_, _, aggregate, filter) in &traits {
             let _: i64 = one(
                 &mut client,
-                &format!("SELECT count(*) FROM (SELECT customer_id, {aggregate} FROM orders {filter} GROUP BY customer_id) g"),
+                // count(v), not count(*): PostgreSQL drops an aggregate
+                // nobody reads from a subquery.
+                &format!("SELECT count(v) FROM (SELECT customer_id, {aggregate} AS v FROM orders {filter} GROUP BY customer_id) g"),
             );
         }
     });
