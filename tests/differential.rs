@@ -12,7 +12,7 @@
 mod harness;
 
 use harness::Cluster;
-use segments_core::generate::{rules, Rng, TABLES_SQL};
+use segments_core::generate::{rules, Rng, TABLES_SQL, TRAITS};
 
 #[test]
 fn random_definitions_equal_an_independent_oracle() {
@@ -32,7 +32,14 @@ fn random_definitions_equal_an_independent_oracle() {
              {TABLES_SQL}
              SELECT segments.register_entity('person', 'people', 'id');
              SELECT segments.register_related('person', 'events', 'events', 'person_id', 'at');
+             {}
              SET segments.reference_time = '2026-11-01 12:00:00+00';",
+            TRAITS
+                .iter()
+                .map(|(name, definition, _)| format!(
+                    "SELECT segments.create_trait('{name}', 'person', '{definition}');"
+                ))
+                .collect::<String>()
         ))
         .unwrap();
     let mut rng = Rng(seed);

@@ -40,6 +40,36 @@ SELECT person_id, (ARRAY['open','click','buy'])[1 + (person_id % 3)], amount + 7
 CREATE INDEX ON events (person_id, at);
 ANALYZE people, events;";
 
+/// The traits the definitions use (create them after registering `events`),
+/// with the oracle's value of each for person `p` (0 or NULL without rows).
+pub const TRAITS: &[(&str, &str, &str)] = &[
+    (
+        "ev_count",
+        r#"{"related":"events","aggregate":"count"}"#,
+        "(SELECT count(*) FROM events r WHERE r.person_id = p.id)",
+    ),
+    (
+        "ev_clicks_week",
+        r#"{"related":"events","aggregate":"count","where":{"attribute":"kind","op":"eq","value":"click"},"within":"2 weeks"}"#,
+        "(SELECT count(*) FROM events r WHERE r.person_id = p.id AND r.kind = 'click' AND r.at >= '2026-11-01 12:00:00+00'::timestamptz - interval '2 weeks' AND r.at <= '2026-11-01 12:00:00+00'::timestamptz)",
+    ),
+    (
+        "ev_spent",
+        r#"{"related":"events","aggregate":"sum","attribute":"amount"}"#,
+        "(SELECT sum(amount) FROM events r WHERE r.person_id = p.id)",
+    ),
+    (
+        "ev_last_kind",
+        r#"{"related":"events","aggregate":"last","attribute":"kind"}"#,
+        "(SELECT kind FROM events r WHERE r.person_id = p.id ORDER BY at DESC, kind LIMIT 1)",
+    ),
+    (
+        "ev_usual_kind",
+        r#"{"related":"events","aggregate":"most_frequent","attribute":"kind","within":{"from":"1 years","to":"3 days"}}"#,
+        "(SELECT kind FROM events r WHERE r.person_id = p.id AND kind IS NOT NULL AND r.at >= '2026-11-01 12:00:00+00'::timestamptz - interval '1 years' AND r.at <= '2026-11-01 12:00:00+00'::timestamptz - interval '3 days' GROUP BY kind ORDER BY count(*) DESC, kind LIMIT 1)",
+    ),
+];
+
 /// The reference time the definitions' windows are relative to.
 pub const REFERENCE: &str = "'2026-11-01 12:00:00+00'::timestamptz";
 
@@ -92,7 +122,7 @@ const DURATIONS: &[(&str, &str)] = &[
 
 fn leaf(rng: &mut Rng) -> Generated {
     let null_false = |sql: String| format!("coalesce(({sql}), false)");
-    match rng.below(11) {
+    match rng.below(12) {
         // text-like columns: txt (text), vc (varchar(5)), ch (char(3))
         0 | 1 => {
             let column = *rng.pick(&["txt", "vc", "ch"]);
@@ -307,6 +337,7 @@ fn leaf(rng: &mut Rng) -> Generated {
         8 => every(rng),
         9 => sequence(rng),
         10 => rank(rng),
+        11 => trait_condition(rng),
         // related aggregates
         _ => {
             let function = *rng.pick(&["count", "sum", "avg", "min", "max"]);
@@ -514,6 +545,60 @@ fn sequence(rng: &mut Rng) -> Generated {
     }
 }
 
+/// A condition on one of `TRAITS` (or a rank on a numeric one).
+fn trait_condition(rng: &mut Rng) -> Generated {
+    let (name, _, value) = *rng.pick(TRAITS);
+    let text = name.ends_with("kind");
+    if !text && rng.chance(25) {
+        let share = *rng.pick(&["5", "50"]);
+        let (op, order) = if rng.chance(50) {
+            ("top_percent", "DESC")
+        } else {
+            ("bottom_percent", "ASC")
+        };
+        let empty = if name == "ev_spent" { "NULL" } else { "0" };
+        return Generated {
+            json: format!(r#"{{"trait":"{name}","op":"{op}","value":{share}}}"#),
+            sql: format!(
+                "p.id IN (SELECT id FROM (SELECT id, v, rank() OVER (ORDER BY v {order}) AS r, \
+                 ceil(count(*) OVER () * {share} / 100.0) AS k \
+                 FROM (SELECT p.id, coalesce({value}, {empty}) AS v FROM people p) x WHERE v IS NOT NULL) t WHERE r <= k)"
+            ),
+        };
+    }
+    let empty = if name == "ev_spent" || text {
+        "NULL"
+    } else {
+        "0"
+    };
+    let v = format!("coalesce({value}, {empty})");
+    let (json_value, op, sql) = if text {
+        let kind = *rng.pick(&["open", "click", "buy"]);
+        match rng.below(3) {
+            0 => (format!(r#""{kind}""#), "eq", format!("{v} = '{kind}'")),
+            1 => (format!(r#""{kind}""#), "ne", format!("{v} <> '{kind}'")),
+            _ => (String::new(), "is_null", format!("{v} IS NULL")),
+        }
+    } else {
+        let n = *rng.pick(&["0", "1", "3", "40.5", "200"]);
+        match rng.below(4) {
+            0 => (n.to_string(), "gt", format!("{v} > {n}")),
+            1 => (n.to_string(), "lte", format!("{v} <= {n}")),
+            2 => (n.to_string(), "eq", format!("{v} = {n}")),
+            _ => (String::new(), "is_null", format!("{v} IS NULL")),
+        }
+    };
+    let value_json = if json_value.is_empty() {
+        String::new()
+    } else {
+        format!(r#","value":{json_value}"#)
+    };
+    Generated {
+        json: format!(r#"{{"trait":"{name}","op":"{op}"{value_json}}}"#),
+        sql: format!("coalesce(({sql}), false)"),
+    }
+}
+
 /// A rank on a number or a time, with ties: the oracle counts the records
 /// strictly better with rank().
 fn rank(rng: &mut Rng) -> Generated {
@@ -658,7 +743,15 @@ mod tests {
             key_kind: KeyKind::Integer,
             key_replica: None,
             eligible: None,
-            traits: vec![],
+            traits: TRAITS
+                .iter()
+                .enumerate()
+                .map(|(i, (name, definition, _))| crate::catalog::TraitDef {
+                    id: i as i64 + 1,
+                    name: name.to_string(),
+                    definition: serde_json::from_str(definition).unwrap(),
+                })
+                .collect(),
             related: vec![Related {
                 name: "events".into(),
                 table: table(

@@ -382,14 +382,24 @@ impl Planner<'_> {
             format!(" WHERE {}", scope.join(" AND "))
         };
         let name = ident(&measure.column.name);
-        let values = format!(
-            "SELECT {key} AS key, coalesce(g.{name}, {}) AS v FROM {} e \
-             LEFT JOIN ({}) g ON g.key {} {key}{where_sql}",
-            measure.empty_value(),
-            entity.table.relation_sql,
-            measure.grouped_sql(),
-            op("=")
-        );
+        // Records without rows rank only when their value is not NULL (a
+        // count's 0) or when only eligible records rank: then every record
+        // is read; otherwise the grouped rows are all there is to rank.
+        let values = if measure.is_count || !scope.is_empty() {
+            format!(
+                "SELECT {key} AS key, coalesce(g.{name}, {}) AS v FROM {} e \
+                 LEFT JOIN ({}) g ON g.key {} {key}{where_sql}",
+                measure.empty_value(),
+                entity.table.relation_sql,
+                measure.grouped_sql(),
+                op("=")
+            )
+        } else {
+            format!(
+                "SELECT g.key, g.{name} AS v FROM ({}) g",
+                measure.grouped_sql()
+            )
+        };
         let number = literal(&value.to_string());
         let limit = match test.op {
             Op::TopPercent | Op::BottomPercent => format!(
