@@ -96,6 +96,20 @@ mod tests {
             (r#"{"attribute": "tz", "op": "after", "value": "2026-10-31 09:00:00+00"}"#.into(), "tz > '2026-10-31 09:00+00'".into()),
             (r#"{"attribute": "tz", "op": "is_today"}"#.into(), "tz::date = '2026-11-01'".into()),
             (r#"{"attribute": "tz", "op": "lte", "value": "2026-09-01T00:00:00Z"}"#.into(), "tz <= '2026-09-01 00:00+00'".into()),
+            // Windows in the past.
+            (r#"{"attribute": "d", "op": "in_last", "value": {"from": "90 days", "to": "1 day"}}"#.into(),
+                "d BETWEEN '2026-08-03' AND '2026-10-31'".into()),
+            (r#"{"attribute": "d", "op": "not_in_last", "value": {"from": "90 days", "to": "1 day"}}"#.into(),
+                "d NOT BETWEEN '2026-08-03' AND '2026-10-31'".into()),
+            // Ranks among the non-NULL values, ties included.
+            (r#"{"attribute": "n", "op": "top", "value": 2}"#.into(),
+                "id IN (SELECT id FROM (SELECT id, rank() OVER (ORDER BY n DESC) AS r FROM truth WHERE n IS NOT NULL) x WHERE r <= 2)".into()),
+            (r#"{"attribute": "n", "op": "top_percent", "value": 50}"#.into(),
+                "id IN (SELECT id FROM (SELECT id, rank() OVER (ORDER BY n DESC) AS r FROM truth WHERE n IS NOT NULL) x WHERE r <= 2)".into()),
+            (r#"{"attribute": "x", "op": "bottom", "value": 1}"#.into(),
+                "id IN (SELECT id FROM (SELECT id, rank() OVER (ORDER BY x) AS r FROM truth WHERE x IS NOT NULL) x WHERE r <= 1)".into()),
+            (r#"{"attribute": "d", "op": "bottom_percent", "value": 25}"#.into(),
+                "id IN (SELECT id FROM (SELECT id, rank() OVER (ORDER BY d) AS r FROM truth WHERE d IS NOT NULL) x WHERE r <= 1)".into()),
         ];
         for (condition, predicate) in &cases {
             let expected = count(&format!(
