@@ -430,9 +430,9 @@ CREATE OR REPLACE FUNCTION segments."create_export"(
 	"target" TEXT, /* & str */
 	"traits" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < String > > */
 ) RETURNS bigint /* i64 */
-
+ 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'create_export_wrapper';
+AS 'MODULE_PATHNAME', 'create_export_with_traits_wrapper';
 
 CREATE OR REPLACE FUNCTION segments."create_trait"(
 	"name" TEXT, /* & str */
@@ -466,9 +466,9 @@ CREATE OR REPLACE FUNCTION segments."register_related"(
 	"time_column" TEXT DEFAULT NULL, /* Option < & str > */
 	"via" TEXT DEFAULT NULL /* Option < & str > */
 ) RETURNS void
-
+ 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'register_related_wrapper';
+AS 'MODULE_PATHNAME', 'register_related_via_wrapper';
 
 CREATE OR REPLACE FUNCTION segments.restore_definition(segment bigint, version integer) RETURNS void
 LANGUAGE plpgsql

@@ -192,26 +192,43 @@ fn qualified_target(target: &str) -> String {
 
 /// Creates an export: a table `target`, owned by the caller, kept holding
 /// the members of `segments`, with the values of `traits` as columns.
-#[pg_extern(schema = "segments")]
-fn create_export(
+/// (Its C symbol is new in 0.3.0: 0.2.0's three-argument one is in
+/// `api/compat.rs`.)
+#[pg_extern(schema = "segments", name = "create_export")]
+fn create_export_with_traits(
     name: &str,
     segments: Option<Vec<i64>>,
     target: &str,
     traits: default!(Option<Vec<String>>, "NULL"),
 ) -> i64 {
+    create_export_checked(name, segments, target, traits)
+}
+
+/// `create_export` after the caller's check (an editor).
+pub fn create_export_checked(
+    name: &str,
+    segments: Option<Vec<i64>>,
+    target: &str,
+    traits: Option<Vec<String>>,
+) -> i64 {
     require_editor("create exports");
     let target = qualified_target(target);
-    call_internal::<i64>(
-        "SELECT segments._create_export($1::regrole, $2, $3, $4, $5)",
-        vec![
-            current_role().into(),
-            name.to_string().into(),
-            segments.into(),
-            target.into(),
-            traits.unwrap_or_default().into(),
-        ],
-    )
-    .expect("_create_export returns an id")
+    let mut args = vec![
+        current_role().into(),
+        name.to_string().into(),
+        segments.into(),
+        target.into(),
+    ];
+    // Without traits, the four arguments every schema's _create_export
+    // takes (a 0.2.0 schema under this library has no traits).
+    let sql = match traits {
+        Some(traits) if !traits.is_empty() => {
+            args.push(traits.into());
+            "SELECT segments._create_export($1::regrole, $2, $3, $4, $5)"
+        }
+        _ => "SELECT segments._create_export($1::regrole, $2, $3, $4)",
+    };
+    call_internal::<i64>(sql, args).expect("_create_export returns an id")
 }
 
 /// Drops an export and its target table (its owner, or an admin).

@@ -5,7 +5,8 @@
 //!
 //! 0.1.0's `rb_agg` had an `internal` state; these are its support
 //! functions, over the same accumulator as today's aggregate. 0.2.0's
-//! `_missing_keys(entity, keys)` had no caller argument.
+//! `_missing_keys(entity, keys)` had no caller argument, its
+//! `register_related` no `via` and its `create_export` no `traits`.
 
 use pgrx::prelude::*;
 use pgrx::Internal;
@@ -104,4 +105,30 @@ fn _missing_keys(entity: &str, keys: Vec<String>) -> Option<String> {
     // SAFETY: reads a backend global.
     let caller = unsafe { pg_sys::GetOuterUserId() };
     crate::sequence::missing_keys(entity, keys, caller)
+}
+
+/// 0.2.0: `register_related(entity, name, relation, foreign_key,
+/// time_column)`, without `via`.
+#[pg_extern(schema = "segments", sql = false)]
+fn register_related(
+    entity: &str,
+    name: &str,
+    relation: pgrx::PgRelation,
+    foreign_key: &str,
+    time_column: Option<&str>,
+) {
+    crate::api::entity::register_related_checked(
+        entity,
+        name,
+        relation,
+        foreign_key,
+        time_column,
+        None,
+    )
+}
+
+/// 0.2.0: `create_export(name, segments, target)`, without `traits`.
+#[pg_extern(schema = "segments", sql = false)]
+fn create_export(name: &str, segments: Option<Vec<i64>>, target: &str) -> i64 {
+    crate::export::create_export_checked(name, segments, target, None)
 }

@@ -230,15 +230,28 @@ fn check_via(
 
 /// Registers a one-to-many table of an entity (orders, email events...);
 /// with `via`, a table whose foreign key references the primary key of
-/// another related table (accounts → contacts → events).
-#[pg_extern(schema = "segments")]
-fn register_related(
+/// another related table (accounts → contacts → events). (Its C symbol is
+/// new in 0.3.0: 0.2.0's five-argument one is in `api/compat.rs`.)
+#[pg_extern(schema = "segments", name = "register_related")]
+fn register_related_via(
     entity: &str,
     name: &str,
     relation: PgRelation,
     foreign_key: &str,
     time_column: default!(Option<&str>, "NULL"),
     via: default!(Option<&str>, "NULL"),
+) {
+    register_related_checked(entity, name, relation, foreign_key, time_column, via)
+}
+
+/// `register_related` after its checks (admin, SELECT on the table).
+pub fn register_related_checked(
+    entity: &str,
+    name: &str,
+    relation: PgRelation,
+    foreign_key: &str,
+    time_column: Option<&str>,
+    via: Option<&str>,
 ) {
     crate::pg::authorization::require_admin("register related tables");
     crate::pg::authorization::require_select(relation.oid(), &format!("table {}", relation.name()));
