@@ -26,6 +26,17 @@ fn difference(client: &mut postgres::Client, view: &str, key: &str, id: i64, han
         .get(0)
 }
 
+/// How many members segment `id` has, through the members view `view`.
+fn member_count(client: &mut postgres::Client, view: &str, id: i64) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT count(*) FROM segments.{view} WHERE segment_id = $1"),
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+}
+
 fn create(client: &mut postgres::Client, name: &str, definition: &str, schedule: &str) -> i64 {
     client
         .query_one(
@@ -189,13 +200,7 @@ fn the_audience_builder_equals_hand_written_sql() {
         .batch_execute("SELECT * FROM segments.refresh()")
         .unwrap();
     for ((name, definition, hand), id) in cases.iter().zip(&ids) {
-        let members: i64 = client
-            .query_one(
-                "SELECT count(*) FROM segments.customer_members WHERE segment_id = $1",
-                &[id],
-            )
-            .unwrap()
-            .get(0);
+        let members: i64 = member_count(&mut client, "customer_members", *id);
         assert!(
             members > 0,
             "{name}: no members, so the comparison proves little"
@@ -247,13 +252,7 @@ fn the_audience_builder_equals_hand_written_sql() {
             "SELECT * FROM segments.refresh(ARRAY[{top3}]::bigint[])"
         ))
         .unwrap();
-    let tied: i64 = client
-        .query_one(
-            "SELECT count(*) FROM segments.customer_members WHERE segment_id = $1",
-            &[&top3],
-        )
-        .unwrap()
-        .get(0);
+    let tied: i64 = member_count(&mut client, "customer_members", top3);
     assert_eq!(tied, 10, "all ten tied records are in the top 3");
     // Refusals name the construct and its SQLSTATE.
     let refusals = [
@@ -656,13 +655,7 @@ fn paths_reach_an_entity_through_other_tables() {
         .batch_execute("SELECT * FROM segments.refresh()")
         .unwrap();
     for ((name, _, hand), id) in cases.iter().zip(&ids) {
-        let members: i64 = client
-            .query_one(
-                "SELECT count(*) FROM segments.account_members WHERE segment_id = $1",
-                &[id],
-            )
-            .unwrap()
-            .get(0);
+        let members: i64 = member_count(&mut client, "account_members", *id);
         assert!(
             members > 0 && members < 600,
             "{name}: {members} members proves little"
