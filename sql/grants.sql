@@ -98,7 +98,7 @@ BEGIN
                                   '_connected_sequences', '_next_refresh_epoch', '_can_read_entity',
                                   '_is_member', '_segments_of', '_run_due', '_estimate',
                                   '_sync_capture', '_apply_changes', '_explain_member', '_active_limit', '_dependent_list', '_setting', '_restoring',
-                                  '_activity', '_schedulers') LOOP
+                                  '_activity', '_schedulers', '_priority_members') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO segments_reader', f);
     END LOOP;
 END
@@ -293,7 +293,7 @@ COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an
 COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
 COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) and band (high from 0.85, medium from 0.7, low from 0.55) of each member of a segment made by find_similar.';
 COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
-COMMENT ON FUNCTION segments.create_export(text,bigint[],text,text[]) IS 'Creates table target, owned by the caller, holding the members of the segments (entity columns plus segment_name, then the traits named), rewritten after each of their refreshes; returns the export id.';
+COMMENT ON FUNCTION segments.create_export(text,bigint[],text,text[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (segment_name, split_group, the entity''s columns, then the traits named), or with priority_list (segments NULL) each record that list assigns under its segment; rewritten after each of their refreshes; returns the export id.';
 COMMENT ON FUNCTION segments.attribute_values(text,text,text,integer) IS 'The most frequent values of an entity column (optionally containing search), with their row counts: a value picker.';
 COMMENT ON FUNCTION segments.connect_sequence(bigint,bigint[]) IS 'Connects segments to a sequence: records entering them start it; returns how many segments were newly connected.';
 COMMENT ON FUNCTION segments.preview(bigint,integer) IS 'The first n members of a segment as JSON rows of the entity table, read with the caller''s privileges.';
@@ -405,3 +405,24 @@ COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NU
 COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
 COMMENT ON FUNCTION segments._activity() IS 'Running refreshes, live applications and cleanups from shared memory (internal; see view activity).';
 COMMENT ON FUNCTION segments._schedulers() IS 'The launcher''s registry (internal; see view schedulers).';
+
+-- Activation (SPEC 17).
+COMMENT ON FUNCTION segments.split_bucket(bigint, text) IS 'A record''s bucket (0 to 99) in a split segment: the first four bytes of md5(''<segment>:<key>'') as an unsigned integer, modulo 100. The same everywhere, forever.';
+COMMENT ON FUNCTION segments.split_group(bigint, text) IS 'A record''s group (key as text) in a split segment; NULL when the segment is not split. Says nothing of membership.';
+COMMENT ON FUNCTION segments.split(bigint, jsonb) IS 'Splits a segment''s members into stable groups of whole percentages summing to 100, e.g. {"control": 10, "email": 90}; a record''s group depends only on the segment and its key.';
+COMMENT ON FUNCTION segments.unsplit(bigint) IS 'Ends a segment''s split (refused while a segment selects one of its groups).';
+COMMENT ON FUNCTION segments.create_priority_list(text, bigint[]) IS 'Creates a priority list (highest priority first): each member of any listed segment is assigned to the first it is a member of; returns its id.';
+COMMENT ON FUNCTION segments.drop_priority_list(text) IS 'Drops a priority list (its owner or an admin; refused while a segment or an export uses it).';
+COMMENT ON FUNCTION segments.breakdown(bigint, text, integer) IS 'The distribution of a column or trait among a segment''s members against the entity''s eligible records: one row per value (numbers and dates with more than n values: n ranges of about equal population), NULL as its own row, with shares and lift; read as the caller.';
+COMMENT ON FUNCTION segments.create_feed(text, bigint[]) IS 'Creates a change feed of segments (owned by the caller): first everyone who is a member now as entered, then every entered and exited in increasing position; returns its id.';
+COMMENT ON FUNCTION segments.read_feed(text, integer) IS 'The next changes of a feed after its last acknowledged position, at most max_rows; acknowledges nothing.';
+COMMENT ON FUNCTION segments.ack_feed(text, bigint) IS 'Acknowledges a feed''s changes up to a position: they are never returned again.';
+COMMENT ON FUNCTION segments.reset_feed(text) IS 'Starts a feed again from a snapshot of its segments'' members (after it fell behind segments.feed_retention).';
+COMMENT ON FUNCTION segments.drop_feed(text) IS 'Drops a change feed (its owner or an admin).';
+COMMENT ON VIEW segments.priority_assignment IS 'Every record a priority list assigns, with the one segment it goes to (the first listed segment it is a member of); current with every refresh and live apply.';
+COMMENT ON TABLE segments.split IS 'Split segments: group names in bucket order and the first bucket of each (internal; see segments.split()).';
+COMMENT ON TABLE segments.priority_list IS 'Priority lists: segments of one entity, highest priority first (see create_priority_list).';
+COMMENT ON TABLE segments.feed IS 'Change feeds: their segments, owner, start and the last acknowledged position (see create_feed).';
+COMMENT ON TABLE segments.feed_batch IS 'The changes feeds read: per fed segment and transaction, entered and exited positions as bitmaps, numbered from first_position (internal).';
+COMMENT ON TABLE segments.feed_clock IS 'The last position handed out to feed changes; writers hold its row until they commit, so positions follow commit order (internal).';
+REVOKE SELECT ON segments.feed_batch, segments.feed_clock FROM segments_reader;

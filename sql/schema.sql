@@ -195,7 +195,10 @@ CREATE TABLE segments.export (
     last_error text,
     last_written_at timestamptz,
     -- Added in 0.3.0: the traits it carries, as columns of the target.
-    traits     text[] NOT NULL DEFAULT '{}'
+    traits     text[] NOT NULL DEFAULT '{}',
+    -- Added in 0.3.0: a priority list's name: then the target holds each
+    -- record once, under the segment the list assigns it to.
+    priority_list text
 );
 
 -- Scores of the members of segments made by find_similar().

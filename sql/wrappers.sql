@@ -10,12 +10,17 @@ CREATE FUNCTION segments.is_member(segment bigint, key anyelement) RETURNS boole
 LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key::text) $$;
 CREATE FUNCTION segments.is_member(segment bigint, key text) RETURNS boolean
 LANGUAGE sql STABLE AS $$ SELECT segments._is_member(segment, key) $$;
+-- segments_of adds the record's group in each split segment.
 CREATE FUNCTION segments.segments_of(entity text, key anyelement)
-RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key::text) $$;
+RETURNS TABLE (segment_id bigint, name text, split_group text)
+LANGUAGE sql STABLE AS $$
+    SELECT o.segment_id, o.name, segments.split_group(o.segment_id, key::pg_catalog.text)
+      FROM segments._segments_of(entity, key::pg_catalog.text) o $$;
 CREATE FUNCTION segments.segments_of(entity text, key text)
-RETURNS TABLE (segment_id bigint, name text)
-LANGUAGE sql STABLE AS $$ SELECT * FROM segments._segments_of(entity, key) $$;
+RETURNS TABLE (segment_id bigint, name text, split_group text)
+LANGUAGE sql STABLE AS $$
+    SELECT o.segment_id, o.name, segments.split_group(o.segment_id, key)
+      FROM segments._segments_of(entity, key) o $$;
 
 -- Why a record is or is not a member, condition by condition.
 CREATE FUNCTION segments.explain_member(segment bigint, key anyelement)

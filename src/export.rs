@@ -20,7 +20,8 @@ pub fn rewrite(export: i64) {
     let row = Spi::connect_mut(|client| {
         let table = spi(client.update(
             "SELECT target::oid, owner::oid, segments, entity, \
-                    pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->) 'traits' \
+                    pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->) 'traits', \
+                    pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->>) 'priority_list' \
                FROM segments.export x WHERE id = $1 FOR UPDATE",
             Some(1),
             &[export.into()],
@@ -38,9 +39,10 @@ pub fn rewrite(export: i64) {
             spi(row.get::<pgrx::JsonB>(5))
                 .and_then(|j| serde_json::from_value::<Vec<String>>(j.0).ok())
                 .unwrap_or_default(),
+            spi(row.get::<String>(6)),
         ))
     });
-    let Some((target, owner, segments, entity, traits)) = row else {
+    let Some((target, owner, segments, entity, traits, priority_list)) = row else {
         return;
     };
     let target_sql = crate::pg::spi::optional_value::<String>(
@@ -94,12 +96,30 @@ pub fn rewrite(export: i64) {
             "{source} LEFT JOIN segments.{traits_view} t ON t.{key} OPERATOR(pg_catalog.=) m.{key}"
         )
     };
+    // An export of a priority list: each record under its assigned segment.
+    let assigned = match priority_list
+        .as_deref()
+        .and_then(crate::activation::priority::list_id)
+    {
+        Some(list) => {
+            let key = crate::pg::spi::optional_value::<String>(
+                "SELECT key_column::pg_catalog.text FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+                &[entity.as_str().into()],
+            )
+            .unwrap_or_default();
+            format!(
+                " AND (m.segment_id, m.{}::pg_catalog.text) IN (SELECT a.segment_id, a.key FROM segments._priority_members({list}) a)",
+                segments_core::sql::ident(&key)
+            )
+        }
+        None => String::new(),
+    };
     as_role(owner, move || {
         spi(Spi::run(&format!("DELETE FROM {target_sql}")));
         spi(Spi::run_with_args(
             &format!(
                 "INSERT INTO {target_sql} ({insert_columns}) SELECT {select_columns} FROM {source} \
-                 WHERE m.segment_id OPERATOR(pg_catalog.=) ANY ($1)"
+                 WHERE m.segment_id OPERATOR(pg_catalog.=) ANY ($1){assigned}"
             ),
             &[segments.into()],
         ));
@@ -194,14 +214,39 @@ fn qualified_target(target: &str) -> String {
 /// the members of `segments`, with the values of `traits` as columns.
 /// (Its C symbol is new in 0.3.0: 0.2.0's three-argument one is in
 /// `api/compat.rs`.)
+///
+/// With `priority_list`, the export holds the records that list assigns
+/// (each once, under its segment) and `segments` must be NULL: the list's
+/// segments are the export's.
 #[pg_extern(schema = "segments", name = "create_export")]
 fn create_export_with_traits(
     name: &str,
     segments: Option<Vec<i64>>,
     target: &str,
     traits: default!(Option<Vec<String>>, "NULL"),
+    priority_list: default!(Option<&str>, "NULL"),
 ) -> i64 {
-    create_export_checked(name, segments, target, traits)
+    let Some(list) = priority_list else {
+        return create_export_checked(name, segments, target, traits);
+    };
+    let found = crate::activation::priority::list_named(list).unwrap_or_else(|| {
+        SegmentsError::UndefinedObject(format!("priority list \"{list}\" does not exist")).raise()
+    });
+    if segments.as_ref().is_some_and(|s| !s.is_empty()) {
+        SegmentsError::InvalidParameter(format!(
+            "export \"{name}\" names priority list \"{list}\" and segments: name one or the other (segments => NULL)"
+        ))
+        .raise();
+    }
+    let id = create_export_checked(name, Some(found.segments), target, traits);
+    crate::pg::sandbox::privileged(std::panic::AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "UPDATE segments.export SET priority_list = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+            &[id.into(), list.into()],
+        ));
+        rewrite(id);
+    }));
+    id
 }
 
 /// `create_export` after the caller's check (an editor).

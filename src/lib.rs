@@ -22,10 +22,13 @@
 //!   feature and which therefore declare their own SQL functions: `sequence`
 //!   (sales sequences), `export` (export tables), `lookalike`, `suggest`,
 //!   `traits` (computed traits)
+//! - `activation/`: splits, priority lists, breakdowns and change feeds
+//!   (SPEC 17)
 
 // pgrx reads the result columns of a set-returning function from the
 // `TableIterator<(name!(..), ..)>` written out in its signature: a type
 // alias would hide them from its SQL generation, so long signatures stay.
+mod activation;
 #[allow(clippy::type_complexity)]
 mod api;
 mod engine;
@@ -93,10 +96,21 @@ pgrx::extension_sql_file!(
     requires = ["schema"]
 );
 pgrx::extension_sql_file!(
+    "../sql/activation.sql",
+    name = "activation",
+    requires = ["schema"]
+);
+pgrx::extension_sql_file!(
+    "../sql/activation_views.sql",
+    name = "activation_views",
+    requires = ["activation", activation::priority::_priority_members]
+);
+pgrx::extension_sql_file!(
     "../sql/wrappers.sql",
     name = "wrappers",
     requires = [
         "cleanup",
+        "activation",
         api::read::_is_member,
         api::read::_segments_of,
         api::explain::_explain_member,

@@ -222,6 +222,26 @@ pub struct SegmentSummary {
     pub name: String,
     pub entity: String,
     pub definition: Value,
+    /// The groups of a split segment (`segments.split`), in bucket order;
+    /// empty when it is not split.
+    pub split: Vec<SplitGroup>,
+}
+
+/// One group of a split segment: the records whose bucket
+/// (`segments.split_bucket`, 0 to 99) is in `low..=high`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitGroup {
+    pub name: String,
+    pub low: i32,
+    pub high: i32,
+}
+
+/// A priority list: segments of one entity, highest priority first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityListSummary {
+    pub name: String,
+    pub entity: String,
+    pub segments: Vec<i64>,
 }
 
 pub trait Catalog {
@@ -229,6 +249,10 @@ pub trait Catalog {
     fn entity_names(&self) -> Vec<String>;
     fn segment(&self, reference: &SegmentRef) -> Option<SegmentSummary>;
     fn segment_names(&self) -> Vec<String>;
+    /// A priority list by name (`create_priority_list`).
+    fn priority_list(&self, _name: &str) -> Option<PriorityListSummary> {
+        None
+    }
 }
 
 #[cfg(any(test, feature = "fixture"))]
@@ -239,6 +263,7 @@ pub mod fixture {
     pub struct FixedCatalog {
         pub entities: Vec<Entity>,
         pub segments: Vec<SegmentSummary>,
+        pub priority_lists: Vec<PriorityListSummary>,
     }
 
     impl Catalog for FixedCatalog {
@@ -259,6 +284,9 @@ pub mod fixture {
         }
         fn segment_names(&self) -> Vec<String> {
             self.segments.iter().map(|s| s.name.clone()).collect()
+        }
+        fn priority_list(&self, name: &str) -> Option<PriorityListSummary> {
+            self.priority_lists.iter().find(|l| l.name == name).cloned()
         }
     }
 
@@ -329,7 +357,9 @@ pub mod fixture {
                 entity: "customer".into(),
                 definition: serde_json::json!({"entity": "customer", "rules": [
                     {"where": {"attribute": "age", "op": "gt", "value": 60}}]}),
+                split: vec![],
             }],
+            priority_lists: vec![],
         }
     }
 }

@@ -772,6 +772,7 @@ mod tests {
         FixedCatalog {
             entities: vec![person],
             segments: vec![],
+            priority_lists: vec![],
         }
     }
 

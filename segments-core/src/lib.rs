@@ -12,6 +12,7 @@
 //! - `schedule`: cron schedules, time zones, `live` and `manual`
 //! - `sql`: quoting identifiers and literals for generated SQL
 //! - `spelling`: "did you mean" hints
+//! - `split`: the groups of a split segment, as bucket ranges
 //! - `error`: the one error type and its SQLSTATEs
 //! - `generate`: random definitions for the differential fuzzer
 
@@ -25,5 +26,6 @@ pub mod generate;
 pub mod names;
 pub mod schedule;
 pub mod spelling;
+pub mod split;
 pub mod sql;
 pub mod validate;

@@ -51,6 +51,8 @@ struct Probe<'a> {
     entity: &'a Entity,
     raw: &'a Value,
     keys_sql: String,
+    /// The key as the caller gave it (text).
+    key: &'a str,
     position: Option<u64>,
     reference: String,
 }
@@ -114,11 +116,39 @@ impl Probe<'_> {
                 let member = self
                     .position
                     .is_some_and(|p| stored_members(id).contains(p));
-                Some(if member {
-                    "member".into()
-                } else {
-                    "not a member".into()
-                })
+                let mut value = if member { "member" } else { "not a member" }.to_string();
+                if test.group.is_some() {
+                    let group = split_group(id, self.key);
+                    value.push_str(&format!(
+                        ", group {}",
+                        group.as_deref().unwrap_or("(none: not split)")
+                    ));
+                }
+                if let Some(list) = &test.priority_list {
+                    let before = crate::activation::priority::list_named(list)
+                        .map(|l| {
+                            l.segments
+                                .into_iter()
+                                .take_while(|s| *s != id)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    let earlier: Vec<String> = before
+                        .iter()
+                        .filter(|s| {
+                            self.position
+                                .is_some_and(|p| stored_members(**s).contains(p))
+                        })
+                        .map(|s| s.to_string())
+                        .collect();
+                    if !earlier.is_empty() {
+                        value.push_str(&format!(
+                            ", but a member of segment {} listed before it",
+                            earlier.join(", ")
+                        ));
+                    }
+                }
+                Some(value)
             }
             _ => None,
         })
@@ -256,6 +286,7 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
         entity: &entity,
         raw: &raw,
         keys_sql,
+        key,
         position,
         reference: reference_time_sql(),
     };
@@ -295,6 +326,10 @@ fn explain_member_rows(segment: i64, key: &str) -> Result<Vec<Row>, Reported> {
     probe.walk_rules(&definition.rules, &mut rows)?;
     let computed = probe.matches(raw.get("rules").cloned().unwrap_or(Value::Null))?;
     let stored = position.is_some_and(|p| stored_members(segment).contains(p));
+    // A split segment: the record's group (whether or not it is a member).
+    if let Some(group) = split_group(segment, key) {
+        rows.push(("split_group".into(), None, None, stored, Some(group)));
+    }
     rows.push((
         "member".into(),
         None,
@@ -348,4 +383,16 @@ mod tests {
         );
         assert_eq!(json_at(&d, "rules[2]"), None);
     }
+}
+
+/// The record's group in a split segment (`segments.split_group`), None
+/// when the segment is not split.
+fn split_group(segment: i64, key: &str) -> Option<String> {
+    if !crate::activation::split::has_splits() {
+        return None;
+    }
+    optional_value::<String>(
+        "SELECT segments.split_group($1, $2)",
+        &[segment.into(), key.into()],
+    )
 }

@@ -213,12 +213,21 @@ fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB>
             )
             .unwrap_or_else(|| "text".into());
             let key = ident(&entity.key_column);
+            // A split segment's rows carry the member's group.
+            let row = if crate::activation::split::groups_of(segment).is_empty() {
+                "to_jsonb(e)".to_string()
+            } else {
+                format!(
+                    "to_jsonb(e) OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('split_group', \
+                     segments.split_group($2, e.{key}::pg_catalog.text))"
+                )
+            };
             let sql = format!(
-            "SELECT to_jsonb(e) FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
-            entity.table.relation_sql
-        );
+                "SELECT {row} FROM {} e WHERE e.{key} = ANY ($1::text[]::{type_sql}[]) ORDER BY e.{key}",
+                entity.table.relation_sql
+            );
             let rows: Vec<JsonB> = Spi::connect(|client| {
-                spi(client.select(&sql, None, &[keys.into()]))
+                spi(client.select(&sql, None, &[keys.into(), segment.into()]))
                     .filter_map(|row| spi(row.get::<JsonB>(1)))
                     .collect()
             });

@@ -76,6 +76,8 @@ pub struct Changes {
     pub members: HashMap<i64, Members>,
     /// Who entered each segment that succeeded.
     pub entered: HashMap<i64, Members>,
+    /// Who exited each segment that succeeded.
+    pub exited: HashMap<i64, Members>,
     /// The segments whose membership row was written.
     pub written: Vec<i64>,
 }
@@ -129,6 +131,7 @@ pub fn store_success(
     outcome.run_id = record_run(target.id, run, &outcome);
     record_changes(target, outcome.run_id, &entered, &exited, first);
     changes.entered.insert(target.id, entered);
+    changes.exited.insert(target.id, exited);
     changes.members.insert(target.id, new);
     outcome
 }
@@ -295,9 +298,13 @@ fn record_changes(target: &Target, run: i64, entered: &Members, exited: &Members
 }
 
 /// What follows a run's memberships, in order: sales sequences connect the
-/// records that entered, then exports of written segments are rewritten.
-/// Each consumer fails alone: its failure is a warning (sequences) or
-/// recorded on the export, and never undoes the memberships.
+/// records that entered, exports of written segments are rewritten, and
+/// change feeds record who entered and exited, last, because that takes
+/// the feeds' clock until the transaction commits (`activation::feed`).
+/// Sequences and exports fail alone: a warning, or recorded on the export,
+/// never undoing the memberships; a feed that cannot record its changes
+/// fails the run, since a feed never skips a committed change. (Splits
+/// and priority lists need no step: they are read from the memberships.)
 pub fn after_change(changes: &Changes) {
     crate::engine::progress::phase("sequences");
     if let Err(failure) = in_subtransaction(AssertUnwindSafe(|| {
@@ -312,6 +319,8 @@ pub fn after_change(changes: &Changes) {
     for export in crate::export::exports_of(&changes.written) {
         crate::export::rewrite_recorded(export);
     }
+    crate::engine::progress::phase("feeds");
+    crate::activation::feed::record(changes);
 }
 
 /// A related value kept by an earlier live application, if any.

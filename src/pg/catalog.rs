@@ -267,8 +267,17 @@ impl Catalog for SpiCatalog {
                 definition: spi(row.get::<pgrx::JsonB>(4))
                     .map(|j| j.0)
                     .unwrap_or(Value::Null),
+                split: Vec::new(),
             })
         })
+        .map(|mut summary| {
+            summary.split = crate::activation::split::groups_of(summary.id);
+            summary
+        })
+    }
+
+    fn priority_list(&self, name: &str) -> Option<segments_core::catalog::PriorityListSummary> {
+        crate::activation::priority::list_named(name)
     }
 
     fn segment_names(&self) -> Vec<String> {

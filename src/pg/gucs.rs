@@ -17,6 +17,7 @@ const DEFAULT_SYSTEM_SCHEDULE: &CStr = c"0 2 * * *";
 const DEFAULT_CLEANUP_SCHEDULE: &CStr = c"30 1 * * *";
 const DEFAULT_UNUSED_AFTER: &CStr = c"45 days";
 const DEFAULT_HISTORY_RETENTION: &CStr = c"90 days";
+const DEFAULT_FEED_RETENTION: &CStr = c"7 days";
 
 pub static REFERENCE_TIME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_ACTIVE_SEGMENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -43,6 +44,8 @@ pub static UNUSED_AFTER: GucSetting<Option<CString>> =
 pub static HISTORY_RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_HISTORY_RETENTION));
 pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static FEED_RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_FEED_RETENTION));
 
 /// Refuses a value with a detail message, for a check hook.
 unsafe fn refuse(detail: &str) -> bool {
@@ -231,7 +234,7 @@ pub fn register() {
     );
     // Text settings checked when set: (name, description, format, setting,
     // who may set it, check).
-    let checked: [CheckedText; 5] = [
+    let checked: [CheckedText; 6] = [
         (
             c"segments.system_schedule",
             c"Cron expression of the system refresh of segments on the 'system' schedule.",
@@ -261,6 +264,14 @@ pub fn register() {
             c"How long refresh history and membership changes are kept.",
             c"A duration such as 90 days.",
             &HISTORY_RETENTION,
+            GucContext::Suset,
+            Some(check_duration),
+        ),
+        (
+            c"segments.feed_retention",
+            c"How long a change feed keeps changes its reader has not acknowledged.",
+            c"A duration such as 7 days; a feed that falls further behind fails until reset_feed.",
+            &FEED_RETENTION,
             GucContext::Suset,
             Some(check_duration),
         ),
@@ -322,6 +333,11 @@ pub fn cleanup_schedule() -> String {
 /// `segments.history_retention`: how long refresh and change rows stay.
 pub fn history_retention() -> String {
     text_or(&HISTORY_RETENTION, DEFAULT_HISTORY_RETENTION)
+}
+
+/// `segments.feed_retention`: how long unacknowledged feed changes stay.
+pub fn feed_retention() -> String {
+    text_or(&FEED_RETENTION, DEFAULT_FEED_RETENTION)
 }
 
 /// `segments.unused_after`: how long a segment without usage stays active.

@@ -278,7 +278,8 @@ pub fn record_timeout(ids: &[i64], cause: RunCause, timeout_ms: i32, elapsed: st
 }
 
 /// Drops history older than `segments.history_retention`: refresh runs
-/// with their membership changes, and definition versions but the latest.
+/// with their membership changes, and definition versions but the latest;
+/// and feed changes no feed needs (`segments.feed_retention`).
 pub fn trim_history() {
     writing_transaction();
     let retention = gucs::history_retention();
@@ -310,6 +311,7 @@ pub fn trim_history() {
     ] {
         spi(Spi::run_with_args(sql, &[retention.as_str().into()]));
     }
+    crate::activation::feed::expire();
 }
 
 /// One whole pass in the current transaction (`segments.run_due()`).

@@ -1,5 +1,5 @@
 //! The typed members view of an entity, `segments.<entity>_members`:
-//! segment_id, segment_name, then every column of the entity table, for
+//! segment_id, segment_name, split_group, then every column of the entity table, for
 //! BI tools. Made at registration, dropped before a user's DDL of the table
 //! and made again after it from the table's new columns, grants kept.
 
@@ -24,7 +24,8 @@ pub fn members_view_name(entity: &str) -> String {
     format!("{entity}_members")
 }
 
-/// `segments.<entity>_members`: segment_id, segment_name, then every column
+/// `segments.<entity>_members`: segment_id, segment_name, split_group (the
+/// member's group in a split segment), then every column
 /// of the entity table. `security_invoker` makes the reader's own
 /// privileges on the entity table apply.
 fn members_view_sql(
@@ -48,16 +49,39 @@ fn members_view_sql(
             ident(key_column)
         ),
     };
+    // A schema older than 0.3.0 (before ALTER EXTENSION UPDATE) has no
+    // splits.
+    let (split_group, split_join) = if has_splits() {
+        (
+            format!(
+                "CASE WHEN sp.segment_id IS NOT NULL THEN \
+                 sp.groups[pg_catalog.width_bucket(segments.split_bucket(s.id, e.{}::pg_catalog.text), sp.lows)] END",
+                ident(key_column)
+            ),
+            "\n  LEFT JOIN segments.split sp ON sp.segment_id = s.id",
+        )
+    } else {
+        ("NULL::pg_catalog.text".to_string(), "")
+    };
     format!(
         "CREATE VIEW segments.{} WITH (security_invoker = true) AS\n\
-         SELECT s.id AS segment_id, s.name AS segment_name, e.*\n  \
+         SELECT s.id AS segment_id, s.name AS segment_name, {split_group} AS split_group, e.*\n  \
          FROM segments.segment s\n  \
-         JOIN segments.membership b ON b.segment_id = s.id\n  \
+         JOIN segments.membership b ON b.segment_id = s.id{split_join}\n  \
          CROSS JOIN LATERAL segments.bitmap_positions(b.members) AS m(position)\n  \
          {join}\n WHERE s.entity = {}",
         ident(&members_view_name(entity)),
         literal(entity)
     )
+}
+
+/// Whether the schema has splits (0.3.0 and later).
+fn has_splits() -> bool {
+    crate::pg::spi::optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass('segments.split') IS NOT NULL",
+        &[],
+    )
+    .unwrap_or(false)
 }
 
 /// Comments on a members view and every column of it.
@@ -66,9 +90,10 @@ fn comment_members_view(entity: &str, table: &Table) {
     let mut sql = format!(
         "COMMENT ON VIEW {view} IS {};\n\
          COMMENT ON COLUMN {view}.segment_id IS 'The segment.';\n\
-         COMMENT ON COLUMN {view}.segment_name IS 'The segment''s name.';\n",
+         COMMENT ON COLUMN {view}.segment_name IS 'The segment''s name.';\n\
+         COMMENT ON COLUMN {view}.split_group IS 'The member''s group when the segment is split (segments.split), else NULL.';\n",
         literal(&format!(
-            "Members of the segments of entity {entity}: segment_id, segment_name, then every column of {} \
+            "Members of the segments of entity {entity}: segment_id, segment_name, split_group, then every column of {} \
              (security_invoker: you see the rows you may SELECT).",
             table.relation_sql
         ))

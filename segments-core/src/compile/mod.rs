@@ -28,10 +28,13 @@
 //! - `traits`: conditions and ranks on traits, and the query that computes
 //!   a related table's traits in one scan
 //! - `rank`: `top_percent`, `bottom_percent`, `top`, `bottom`
+//! - `membership`: conditions on segments: plain, a split group, a
+//!   priority list's assignment
 
 mod access;
 mod emit;
 mod fold;
+mod membership;
 mod path;
 mod rank;
 mod references;
@@ -54,7 +57,9 @@ pub use access::columns_read;
 pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
+pub use membership::split_group_filter;
 pub use path::{path_sql, path_tables};
+pub use rank::eligible_sql;
 pub use references::{check_cycles, dependency_order};
 pub use traits::{traits_query, TraitMeasure};
 
@@ -454,8 +459,7 @@ impl<'a> Planner<'a> {
                 Expr::Leaf(self.intern(leaf))
             }
             ConditionKind::Segment(test) => {
-                let id = self.resolve_segment(path, &test.segment)?;
-                let expr = Expr::Leaf(self.intern(Leaf::Segment(id)));
+                let expr = self.membership_condition(path, test)?;
                 if test.member {
                     expr
                 } else {
@@ -1083,12 +1087,14 @@ mod tests {
             name: "Loyal".into(),
             entity: "customer".into(),
             definition: json!({"entity": "customer", "rules": [{"where": {"segment": 9}}]}),
+            split: vec![],
         });
         catalog.segments.push(crate::catalog::SegmentSummary {
             id: 9,
             name: "Big".into(),
             entity: "customer".into(),
             definition: json!({"entity": "customer", "rules": [{"where": {"attribute": "age", "op": "gt", "value": 1}}]}),
+            split: vec![],
         });
         // Saving segment 9 so that it refers to 8 closes 9 -> 8 -> 9.
         let closing = json!({"entity": "customer", "rules": [{"where": {"segment": "Loyal"}}]});

@@ -33,32 +33,14 @@ impl Planner<'_> {
         };
         let x = format!("x.{}", ident(&column.name));
         let mut scope = vec![format!("{x} IS NOT NULL")];
-        if let Some(eligible) = &self.entity.eligible {
-            let condition = parse_condition("eligible", eligible)?;
-            let mut nodes = Vec::new();
-            crate::definition::walk_condition(&condition, &mut nodes);
-            if nodes.iter().any(|n| {
-                matches!(
-                    n.kind,
-                    ConditionKind::Related(_) | ConditionKind::Segment(_)
-                )
-            }) {
-                return Err(SegmentsError::FeatureNotSupported(format!(
-                    "{path}: {} ranks among the eligible records of {what}, and its eligible condition reads related tables or segments; ranks need an eligible condition on the entity's own columns",
-                    test.op.name()
-                ))
-                .into());
-            }
-            scope.push(related_condition(
-                &condition,
-                RowScope {
-                    alias: "x",
-                    steps: &[],
-                },
-                table,
-                &what,
-                &self.reference_time,
-            )?);
+        // A rank counts among the eligible records.
+        if let Some(eligible) =
+            eligible_sql(&self.entity, "x", &self.reference_time).map_err(|mut reported| {
+                reported.error = reported.error.at(path);
+                reported
+            })?
+        {
+            scope.push(eligible);
         }
         let scope = scope.join(" AND ");
         let relation = &table.relation_sql;
@@ -150,4 +132,40 @@ mod tests {
             assert_eq!(got_code, code, "{got}");
         }
     }
+}
+
+/// The entity's `eligible` condition as SQL on its row `alias`, if it has
+/// one. Only conditions on the entity's own columns can be SQL on one row:
+/// others are refused (0A000).
+pub fn eligible_sql(
+    entity: &crate::catalog::Entity,
+    alias: &str,
+    reference_time: &str,
+) -> Result<Option<String>, Reported> {
+    let Some(eligible) = &entity.eligible else {
+        return Ok(None);
+    };
+    let condition = parse_condition("eligible", eligible)?;
+    let mut nodes = Vec::new();
+    crate::definition::walk_condition(&condition, &mut nodes);
+    if nodes.iter().any(|n| {
+        matches!(
+            n.kind,
+            ConditionKind::Related(_) | ConditionKind::Segment(_) | ConditionKind::Trait(_)
+        )
+    }) {
+        return Err(SegmentsError::FeatureNotSupported(format!(
+            "the eligible condition of entity \"{}\" reads related tables, traits or segments; this needs one on the entity's own columns",
+            entity.name
+        ))
+        .into());
+    }
+    let what = format!("entity \"{}\"", entity.name);
+    Ok(Some(related_condition(
+        &condition,
+        RowScope { alias, steps: &[] },
+        &entity.table,
+        &what,
+        reference_time,
+    )?))
 }

@@ -169,6 +169,11 @@ impl AggregateFunction {
 pub struct SegmentTest {
     pub segment: SegmentRef,
     pub member: bool,
+    /// `"group"`: only the members in this group of a split segment.
+    pub group: Option<String>,
+    /// `"priority_list"`: only the members this priority list assigns to
+    /// the segment (members of no segment listed before it).
+    pub priority_list: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -652,7 +657,11 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
             ignore_case,
         })
     } else if object.contains_key("segment") {
-        check_keys(path, object, &["segment", "member"])?;
+        check_keys(
+            path,
+            object,
+            &["segment", "member", "group", "priority_list"],
+        )?;
         let segment = match &object["segment"] {
             Value::String(name) if !name.trim().is_empty() => SegmentRef::Name(name.clone()),
             Value::Number(n) if n.as_i64().is_some_and(|id| id > 0) => {
@@ -666,7 +675,20 @@ pub fn parse_condition(path: &str, value: &Value) -> Result<Condition, SegmentsE
             }
         };
         let member = bool_field(path, object, "member")?.unwrap_or(true);
-        ConditionKind::Segment(SegmentTest { segment, member })
+        let group = optional_text(path, object, "group")?;
+        let priority_list = optional_text(path, object, "priority_list")?;
+        if group.is_some() && priority_list.is_some() {
+            return Err(invalid(
+                path,
+                "a segment condition takes \"group\" or \"priority_list\", not both",
+            ));
+        }
+        ConditionKind::Segment(SegmentTest {
+            segment,
+            member,
+            group,
+            priority_list,
+        })
     } else {
         return Err(invalid(
             path,
@@ -1220,5 +1242,21 @@ mod tests {
             err(json!({"entity": "c", "rules": [{}]})),
             "rules[0]: a rule needs \"where\" (conditions) or \"rules\" (subrules)"
         );
+    }
+}
+
+/// An optional non-empty string field of a condition.
+fn optional_text(
+    path: &str,
+    object: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, SegmentsError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
+        Some(other) => Err(invalid(
+            &format!("{path}.{field}"),
+            format!("must be a non-empty string, not {other}"),
+        )),
     }
 }
