@@ -94,7 +94,7 @@ layer3() {
   PG_CONFIG="$pg_config" cargo test --features integration "${tests[@]}"
 }
 
-all_layer3=(install evaluation refusals scheduler concurrency activation operations analyst audience security robustness live trust backup differential)
+all_layer3=(install evaluation refusals scheduler concurrency activation campaigns operations analyst audience security robustness live trust backup differential)
 for major in 15 18 16; do
   pg_config="${pg_configs[$major]}"
   if [ ! -x "$pg_config" ]; then

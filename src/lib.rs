@@ -28,6 +28,7 @@
 // pgrx reads the result columns of a set-returning function from the
 // `TableIterator<(name!(..), ..)>` written out in its signature: a type
 // alias would hide them from its SQL generation, so long signatures stay.
+#[allow(clippy::type_complexity)]
 mod activation;
 #[allow(clippy::type_complexity)]
 mod api;

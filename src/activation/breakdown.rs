@@ -102,7 +102,6 @@ fn breakdown_rows(segment: i64, attribute: &str, n: i32) -> Vec<BreakdownRow> {
             entity
                 .table
                 .column_names()
-                .into_iter()
                 .chain(entity.traits.iter().map(|t| t.name.as_str())),
         ))
         .raise(),

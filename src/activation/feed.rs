@@ -405,16 +405,14 @@ fn read_rows(feed: &Feed, max_rows: usize) -> Vec<FeedRow> {
         // Skip what was acknowledged, take what fits.
         let skip = (feed.acked + 1 - first).max(0) as u64;
         let wanted = (max_rows - rows.len()) as u64;
-        let mut picked: Vec<(i64, u64, &str)> = Vec::new();
-        let mut position = first + skip as i64;
         let chain = entered
             .iter()
             .map(|p| (p, "entered"))
             .chain(exited.iter().map(|p| (p, "exited")));
-        for (bit, change) in chain.skip(skip as usize).take(wanted as usize) {
-            picked.push((position, bit, change));
-            position += 1;
-        }
+        let picked: Vec<(i64, u64, &str)> = (first + skip as i64..)
+            .zip(chain.skip(skip as usize).take(wanted as usize))
+            .map(|(position, (bit, change))| (position, bit, change))
+            .collect();
         let positions: Members = picked.iter().map(|(_, bit, _)| *bit).collect();
         let keys: HashMap<u64, String> = keys_at(&feed.entity, &positions).into_iter().collect();
         for (position, bit, change) in picked {
@@ -495,8 +493,8 @@ pub fn expire() {
     spi(Spi::run_with_args(
         "UPDATE segments.feed f SET lost_at = pg_catalog.now() WHERE f.lost_at IS NULL AND EXISTS ( \
            SELECT FROM segments.feed_batch b \
-            WHERE b.at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval \
-              AND b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1 OPERATOR(pg_catalog.>) f.acked_position \
+            WHERE b.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
+              AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
               AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
                    AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))",
         &[retention.as_str().into()],
@@ -504,7 +502,7 @@ pub fn expire() {
     spi(Spi::run(
         "DELETE FROM segments.feed_batch b WHERE NOT EXISTS ( \
            SELECT FROM segments.feed f WHERE f.lost_at IS NULL \
-              AND b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1 OPERATOR(pg_catalog.>) f.acked_position \
+              AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
               AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
                    AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))",
     ));

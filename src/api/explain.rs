@@ -365,6 +365,18 @@ fn _explain_member(
     TableIterator::new(rows)
 }
 
+/// The record's group in a split segment (`segments.split_group`), None
+/// when the segment is not split.
+fn split_group(segment: i64, key: &str) -> Option<String> {
+    if !crate::activation::split::has_splits() {
+        return None;
+    }
+    optional_value::<String>(
+        "SELECT segments.split_group($1, $2)",
+        &[segment.into(), key.into()],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::json_at;
@@ -383,16 +395,4 @@ mod tests {
         );
         assert_eq!(json_at(&d, "rules[2]"), None);
     }
-}
-
-/// The record's group in a split segment (`segments.split_group`), None
-/// when the segment is not split.
-fn split_group(segment: i64, key: &str) -> Option<String> {
-    if !crate::activation::split::has_splits() {
-        return None;
-    }
-    optional_value::<String>(
-        "SELECT segments.split_group($1, $2)",
-        &[segment.into(), key.into()],
-    )
 }

@@ -55,8 +55,7 @@ impl Planner<'_> {
                     literal(group),
                     names.join(", ")
                 ))
-                .with_hint(perhaps(group, names))
-                .into());
+                .with_hint(perhaps(group, names)));
             };
             let filter = split_group_filter(id, &self.entity.key_column, found);
             let in_group = Expr::Leaf(self.intern(Leaf::Filter(filter)));

@@ -67,6 +67,42 @@ impl Planner<'_> {
     }
 }
 
+/// The entity's `eligible` condition as SQL on its row `alias`, if it has
+/// one. Only conditions on the entity's own columns can be SQL on one row:
+/// others are refused (0A000).
+pub fn eligible_sql(
+    entity: &crate::catalog::Entity,
+    alias: &str,
+    reference_time: &str,
+) -> Result<Option<String>, Reported> {
+    let Some(eligible) = &entity.eligible else {
+        return Ok(None);
+    };
+    let condition = parse_condition("eligible", eligible)?;
+    let mut nodes = Vec::new();
+    crate::definition::walk_condition(&condition, &mut nodes);
+    if nodes.iter().any(|n| {
+        matches!(
+            n.kind,
+            ConditionKind::Related(_) | ConditionKind::Segment(_) | ConditionKind::Trait(_)
+        )
+    }) {
+        return Err(SegmentsError::FeatureNotSupported(format!(
+            "the eligible condition of entity \"{}\" reads related tables, traits or segments; this needs one on the entity's own columns",
+            entity.name
+        ))
+        .into());
+    }
+    let what = format!("entity \"{}\"", entity.name);
+    Ok(Some(related_condition(
+        &condition,
+        RowScope { alias, steps: &[] },
+        &entity.table,
+        &what,
+        reference_time,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::catalog::fixture::customers;
@@ -132,40 +168,4 @@ mod tests {
             assert_eq!(got_code, code, "{got}");
         }
     }
-}
-
-/// The entity's `eligible` condition as SQL on its row `alias`, if it has
-/// one. Only conditions on the entity's own columns can be SQL on one row:
-/// others are refused (0A000).
-pub fn eligible_sql(
-    entity: &crate::catalog::Entity,
-    alias: &str,
-    reference_time: &str,
-) -> Result<Option<String>, Reported> {
-    let Some(eligible) = &entity.eligible else {
-        return Ok(None);
-    };
-    let condition = parse_condition("eligible", eligible)?;
-    let mut nodes = Vec::new();
-    crate::definition::walk_condition(&condition, &mut nodes);
-    if nodes.iter().any(|n| {
-        matches!(
-            n.kind,
-            ConditionKind::Related(_) | ConditionKind::Segment(_) | ConditionKind::Trait(_)
-        )
-    }) {
-        return Err(SegmentsError::FeatureNotSupported(format!(
-            "the eligible condition of entity \"{}\" reads related tables, traits or segments; this needs one on the entity's own columns",
-            entity.name
-        ))
-        .into());
-    }
-    let what = format!("entity \"{}\"", entity.name);
-    Ok(Some(related_condition(
-        &condition,
-        RowScope { alias, steps: &[] },
-        &entity.table,
-        &what,
-        reference_time,
-    )?))
 }

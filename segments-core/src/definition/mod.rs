@@ -992,6 +992,22 @@ fn too_deep(text: &str, max: usize) -> Option<String> {
     None
 }
 
+/// An optional non-empty string field of a condition.
+fn optional_text(
+    path: &str,
+    object: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, SegmentsError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
+        Some(other) => Err(invalid(
+            &format!("{path}.{field}"),
+            format!("must be a non-empty string, not {other}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1242,21 +1258,5 @@ mod tests {
             err(json!({"entity": "c", "rules": [{}]})),
             "rules[0]: a rule needs \"where\" (conditions) or \"rules\" (subrules)"
         );
-    }
-}
-
-/// An optional non-empty string field of a condition.
-fn optional_text(
-    path: &str,
-    object: &serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<Option<String>, SegmentsError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
-        Some(other) => Err(invalid(
-            &format!("{path}.{field}"),
-            format!("must be a non-empty string, not {other}"),
-        )),
     }
 }
