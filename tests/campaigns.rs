@@ -22,6 +22,10 @@ fn bucket(segment: i64, key: &str) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 100
 }
 
+/// A breakdown row: value, members, population, member_share,
+/// population_share, lift.
+type BreakdownRow = (Option<String>, i64, i64, f64, f64, Option<f64>);
+
 fn create(client: &mut postgres::Client, name: &str, definition: &str, schedule: &str) -> i64 {
     client
         .query_one(
@@ -482,7 +486,7 @@ fn breakdowns_match_group_by() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let got: Vec<(Option<String>, i64, i64, f64, f64, Option<f64>)> = client
+    let got: Vec<BreakdownRow> = client
         .query(
             "SELECT value, members, population, member_share, population_share, lift FROM segments.breakdown($1, 'loyalty_tier')",
             &[&de],
