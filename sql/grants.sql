@@ -289,8 +289,8 @@ COMMENT ON FUNCTION segments.drop_export(text) IS 'Drops an export and its targe
 COMMENT ON FUNCTION segments.unregister_entity(text) IS 'Removes an entity registration and its members view; refused while segments use it; works when the table is gone. Admins only.';
 COMMENT ON FUNCTION segments.is_member(bigint,anyelement) IS 'Whether the record with this key (in its own type) is a member of the segment at its last refresh.';
 COMMENT ON FUNCTION segments.is_member(bigint,text) IS 'Whether the record with this key (as text) is a member of the segment at its last refresh.';
-COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of.';
-COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of.';
+COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of, with its group in each split segment.';
+COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of, with its group in each split segment.';
 COMMENT ON FUNCTION segments.similarity(bigint) IS 'The score (0 to 1) and band (high from 0.85, medium from 0.7, low from 0.55) of each member of a segment made by find_similar.';
 COMMENT ON FUNCTION segments.add_usage(bigint,text,text,boolean) IS 'Records that consumer (a journey, campaign, measure...) uses the segment; live false does not keep it in use.';
 COMMENT ON FUNCTION segments.create_export(text,bigint[],text,text[],text) IS 'Creates table target, owned by the caller, holding the members of the segments (segment_name, split_group, the entity''s columns, then the traits named), or with priority_list (segments NULL) each record that list assigns under its segment; rewritten after each of their refreshes; returns the export id.';

@@ -71,4 +71,8 @@ SELECT t.name AS table_name, t.row_count AS rows,
     SELECT 'trait_value' AS name, (SELECT pg_catalog.count(*) FROM segments.trait_value) AS row_count,
            NULL::pg_catalog.timestamptz AS oldest,
            'one row per trait and record with related rows, replaced by each refresh_traits' AS retention
+    UNION ALL
+    SELECT 'feed_batch' AS name, (SELECT pg_catalog.count(*) FROM segments.feed_batch) AS row_count,
+           (SELECT pg_catalog.min(at) FROM segments.feed_batch) AS oldest,
+           'one row per fed segment and transaction, until every feed of it acknowledged it, at most segments.feed_retention (' OPERATOR(pg_catalog.||) segments._setting('segments.feed_retention') OPERATOR(pg_catalog.||) ')' AS retention
   ) t;

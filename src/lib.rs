@@ -143,6 +143,7 @@ pgrx::extension_sql_file!(
         "history",
         "sequences",
         "traits",
+        "activation",
         api::operations::_activity,
         api::operations::_schedulers
     ]

@@ -430,7 +430,8 @@ fn storage_is_listed_and_retention_enforced() {
         .query(
             "SELECT relname::text FROM pg_class WHERE relnamespace = 'segments'::regnamespace AND relkind = 'r'
                 AND relname NOT IN ('entity', 'related', 'segment', 'export', 'sequence', 'sequence_segment',
-                                    'limits', 'usage_kind', 'scheduler_state', 'trait')
+                                    'limits', 'usage_kind', 'scheduler_state', 'trait',
+                                    'split', 'priority_list', 'feed', 'feed_clock')
               ORDER BY 1",
             &[],
         )

@@ -352,6 +352,7 @@ pub fn sql_visible(name: &str) -> String {
         "segments.max_active_segments" => MAX_ACTIVE_SEGMENTS.get().to_string(),
         "segments.unused_after" => unused_after(),
         "segments.history_retention" => history_retention(),
+        "segments.feed_retention" => feed_retention(),
         _ => SegmentsError::InvalidParameter(format!(
             "setting \"{name}\" is not read through segments._setting"
         ))
