@@ -58,7 +58,12 @@ fn state(client: &mut postgres::Client) -> Vec<(String, String)> {
         .unwrap()
         .get(0);
     out.push(("capture triggers".into(), triggers.unwrap_or_default()));
-    for view in ["customer_members", "by_code_members"] {
+    for view in [
+        "customer_members",
+        "by_code_members",
+        "customer_traits",
+        "priority_assignment",
+    ] {
         let rows: String = client
             .query_one(
                 &format!("SELECT count(*) || ' rows, ' || coalesce(md5(string_agg(v::text, ',' ORDER BY v::text)), '') FROM segments.{view} v"),
@@ -114,7 +119,13 @@ fn a_restore_brings_back_every_segment() {
            SELECT segments.create_sequence('Welcome', 'by_code');
            SELECT segments.connect_sequence(1, ARRAY[6::bigint]);
            SELECT segments.connect_records(1, ARRAY['C00000001']);
-           SELECT segments.add_usage(3, 'journey', 'Winback');"#,
+           SELECT segments.add_usage(3, 'journey', 'Winback');
+           SELECT segments.create_trait('order_count', 'customer', '{"related": "orders", "aggregate": "count"}');
+           SELECT segments.refresh_traits('customer');
+           SELECT segments.split(1, '{"control": 10, "rest": 90}');
+           SELECT segments.create_priority_list('offers', ARRAY[2, 1]::bigint[]);
+           SELECT segments.create_feed('crm', ARRAY[1, 2]::bigint[]);
+           SELECT segments.ack_feed('crm', (SELECT max(position) FROM segments.read_feed('crm', 50)));"#,
     )
     .unwrap();
     // Changes captured and not yet applied go into the dump too.

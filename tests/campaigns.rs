@@ -1068,3 +1068,38 @@ fn the_python_connector_example_works() {
     assert_eq!(got, want);
     let _ = std::fs::remove_file(&destination);
 }
+
+/// Every SQL block of README's "Activation" section runs, in order, on the
+/// demo's data in a fresh database.
+#[test]
+fn the_readme_examples_run() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("\n## Activation").expect("the section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    let blocks: Vec<&str> = section
+        .split("```sql\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    assert!(blocks.len() >= 5, "{} SQL blocks", blocks.len());
+    let cluster = Cluster::start("activation_readme", &[]);
+    let mut client = cluster.sample_customers_orders("3000");
+    for block in &blocks {
+        client
+            .batch_execute(block)
+            .unwrap_or_else(|e| panic!("README block failed: {e}\n{block}"));
+    }
+    let exported: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT id) - count(*) FROM public.spring_offers",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        exported, 0,
+        "each record once in the export of a priority list"
+    );
+}
