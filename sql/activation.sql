@@ -17,7 +17,7 @@ $$;
 
 -- Split segments: group names in bucket order (by name) with the first
 -- bucket of each; a group holds the buckets up to the next one's first.
-CREATE TABLE segments.split (
+CREATE TABLE segments.segment_split (
     segment_id bigint PRIMARY KEY REFERENCES segments.segment (id) ON DELETE CASCADE,
     groups     text[] NOT NULL,
     lows       integer[] NOT NULL,
@@ -32,7 +32,7 @@ CREATE TABLE segments.split (
 CREATE FUNCTION segments.split_group(segment bigint, key text) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE STRICT AS $$
     SELECT s.groups[pg_catalog.width_bucket(segments.split_bucket(s.segment_id, key), s.lows)]
-      FROM segments.split s WHERE s.segment_id OPERATOR(pg_catalog.=) segment
+      FROM segments.segment_split s WHERE s.segment_id OPERATOR(pg_catalog.=) segment
 $$;
 
 -- Priority lists: segments of one entity, highest priority first; each
@@ -95,7 +95,7 @@ CREATE INDEX ON segments.feed_batch (feed_id) WHERE feed_id IS NOT NULL;
 ALTER TABLE segments.feed_batch ALTER COLUMN entered SET STORAGE EXTERNAL;
 ALTER TABLE segments.feed_batch ALTER COLUMN exited SET STORAGE EXTERNAL;
 
-SELECT pg_catalog.pg_extension_config_dump('segments.split', '');
+SELECT pg_catalog.pg_extension_config_dump('segments.segment_split', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.priority_list', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.feed_clock', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.feed', '');

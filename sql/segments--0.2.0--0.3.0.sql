@@ -61,7 +61,7 @@ DROP FUNCTION segments._create_export(regrole, text, bigint[], text);
 -- The split functions are in the generated section.
 -- Split segments: group names in bucket order (by name) with the first
 -- bucket of each; a group holds the buckets up to the next one's first.
-CREATE TABLE segments.split (
+CREATE TABLE segments.segment_split (
     segment_id bigint PRIMARY KEY REFERENCES segments.segment (id) ON DELETE CASCADE,
     groups     text[] NOT NULL,
     lows       integer[] NOT NULL,
@@ -131,14 +131,14 @@ CREATE INDEX ON segments.feed_batch (feed_id) WHERE feed_id IS NOT NULL;
 ALTER TABLE segments.feed_batch ALTER COLUMN entered SET STORAGE EXTERNAL;
 ALTER TABLE segments.feed_batch ALTER COLUMN exited SET STORAGE EXTERNAL;
 
-SELECT pg_catalog.pg_extension_config_dump('segments.split', '');
+SELECT pg_catalog.pg_extension_config_dump('segments.segment_split', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.priority_list', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.feed_clock', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.feed', '');
 SELECT pg_catalog.pg_extension_config_dump('segments.feed_batch', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('segments.priority_list', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('segments.feed', 'id'), '');
-GRANT SELECT ON segments.split, segments.priority_list, segments.feed TO segments_reader;
+GRANT SELECT ON segments.segment_split, segments.priority_list, segments.feed TO segments_reader;
 -- Exports may name a priority list; create_export gains priority_list.
 ALTER TABLE segments.export ADD COLUMN priority_list text;
 -- segments_of gains split_group.
@@ -693,7 +693,7 @@ $$;
 CREATE OR REPLACE FUNCTION segments.split_group(segment bigint, key text) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE STRICT AS $$
     SELECT s.groups[pg_catalog.width_bucket(segments.split_bucket(s.segment_id, key), s.lows)]
-      FROM segments.split s WHERE s.segment_id OPERATOR(pg_catalog.=) segment
+      FROM segments.segment_split s WHERE s.segment_id OPERATOR(pg_catalog.=) segment
 $$;
 
 CREATE OR REPLACE FUNCTION segments.trend(segment bigint, since timestamptz DEFAULT now() - interval '30 days',
@@ -972,7 +972,7 @@ COMMENT ON FUNCTION segments.ack_feed(text, bigint) IS 'Acknowledges a feed''s c
 COMMENT ON FUNCTION segments.reset_feed(text) IS 'Starts a feed again from a snapshot of its segments'' members (after it fell behind segments.feed_retention).';
 COMMENT ON FUNCTION segments.drop_feed(text) IS 'Drops a change feed (its owner or an admin).';
 COMMENT ON VIEW segments.priority_assignment IS 'Every record a priority list assigns, with the one segment it goes to (the first listed segment it is a member of); current with every refresh and live apply.';
-COMMENT ON TABLE segments.split IS 'Split segments: group names in bucket order and the first bucket of each (internal; see segments.split()).';
+COMMENT ON TABLE segments.segment_split IS 'Split segments: group names in bucket order and the first bucket of each (internal; see segments.split()).';
 COMMENT ON TABLE segments.priority_list IS 'Priority lists: segments of one entity, highest priority first (see create_priority_list).';
 COMMENT ON TABLE segments.feed IS 'Change feeds: their segments, owner, start and the last acknowledged position (see create_feed).';
 COMMENT ON TABLE segments.feed_batch IS 'The changes feeds read: per fed segment and transaction, entered and exited positions as bitmaps, numbered from first_position (internal).';
@@ -997,3 +997,37 @@ END
 $$;
 COMMENT ON FUNCTION segments.segments_of(text,anyelement) IS 'The segments of an entity the record with this key (in its own type) is a member of, with its group in each split segment.';
 COMMENT ON FUNCTION segments.segments_of(text,text) IS 'The segments of an entity the record with this key (as text) is a member of, with its group in each split segment.';
+COMMENT ON COLUMN segments.segment_split.segment_id IS 'The split segment.';
+COMMENT ON COLUMN segments.segment_split.groups IS 'Group names, in the byte order of their names (bucket order).';
+COMMENT ON COLUMN segments.segment_split.lows IS 'The first bucket (0 to 99) of each group; a group ends where the next begins.';
+COMMENT ON COLUMN segments.segment_split.percents IS 'The groups as asked, e.g. {"control": 10, "email": 90}.';
+COMMENT ON COLUMN segments.segment_split.created_at IS 'When it was split.';
+COMMENT ON COLUMN segments.priority_list.id IS 'List id.';
+COMMENT ON COLUMN segments.priority_list.name IS 'List name.';
+COMMENT ON COLUMN segments.priority_list.entity IS 'The entity of its segments.';
+COMMENT ON COLUMN segments.priority_list.segments IS 'Its segments, highest priority first.';
+COMMENT ON COLUMN segments.priority_list.owner IS 'The role that created it.';
+COMMENT ON COLUMN segments.priority_list.created_at IS 'When it was created.';
+COMMENT ON COLUMN segments.feed.id IS 'Feed id.';
+COMMENT ON COLUMN segments.feed.name IS 'Feed name.';
+COMMENT ON COLUMN segments.feed.entity IS 'The entity of its segments.';
+COMMENT ON COLUMN segments.feed.segments IS 'Its segments.';
+COMMENT ON COLUMN segments.feed.owner IS 'The role that created it; only its members and admins read it.';
+COMMENT ON COLUMN segments.feed.created_at IS 'When it was created.';
+COMMENT ON COLUMN segments.feed.start_position IS 'Changes of its segments after this position are the feed''s (before it: its own snapshot).';
+COMMENT ON COLUMN segments.feed.acked_position IS 'The last acknowledged position.';
+COMMENT ON COLUMN segments.feed.acked_at IS 'When it was last acknowledged.';
+COMMENT ON COLUMN segments.feed.lost_at IS 'When retention removed changes it had not acknowledged (read_feed fails until reset_feed); NULL otherwise.';
+COMMENT ON COLUMN segments.feed_batch.first_position IS 'The position of its first change; the entered (ascending), then the exited, follow.';
+COMMENT ON COLUMN segments.feed_batch.count IS 'How many changes it holds.';
+COMMENT ON COLUMN segments.feed_batch.segment_id IS 'The segment.';
+COMMENT ON COLUMN segments.feed_batch.feed_id IS 'NULL: a change of the segment, for every feed of it; else one feed''s snapshot.';
+COMMENT ON COLUMN segments.feed_batch.entered IS 'Bitmap of the positions of the records that entered.';
+COMMENT ON COLUMN segments.feed_batch.exited IS 'Bitmap of the positions of the records that exited.';
+COMMENT ON COLUMN segments.feed_batch.at IS 'When the writing transaction started.';
+COMMENT ON COLUMN segments.feed_clock.singleton IS 'Always true: one row.';
+COMMENT ON COLUMN segments.feed_clock.last_position IS 'The last position handed out.';
+COMMENT ON COLUMN segments.priority_assignment.list IS 'The priority list.';
+COMMENT ON COLUMN segments.priority_assignment.key IS 'The record''s key, as text.';
+COMMENT ON COLUMN segments.priority_assignment.segment_id IS 'The segment it is assigned to.';
+COMMENT ON COLUMN segments.export.priority_list IS 'A priority list''s name: the target holds each record that list assigns, once, under its segment (NULL: every member of the segments).';

@@ -263,7 +263,7 @@ fn splits_are_stable_and_even() {
         .get(0);
     let split: bool = client
         .query_one(
-            "SELECT EXISTS (SELECT FROM segments.split WHERE segment_id = $1)",
+            "SELECT EXISTS (SELECT FROM segments.segment_split WHERE segment_id = $1)",
             &[&copy],
         )
         .unwrap()

@@ -431,7 +431,7 @@ fn storage_is_listed_and_retention_enforced() {
             "SELECT relname::text FROM pg_class WHERE relnamespace = 'segments'::regnamespace AND relkind = 'r'
                 AND relname NOT IN ('entity', 'related', 'segment', 'export', 'sequence', 'sequence_segment',
                                     'limits', 'usage_kind', 'scheduler_state', 'trait',
-                                    'split', 'priority_list', 'feed', 'feed_clock')
+                                    'segment_split', 'priority_list', 'feed', 'feed_clock')
               ORDER BY 1",
             &[],
         )

@@ -25,7 +25,7 @@ pub fn groups_of(segment: i64) -> Vec<SplitGroup> {
     }
     let row = Spi::connect(|client| {
         let table = spi(client.select(
-            "SELECT groups, lows FROM segments.split WHERE segment_id OPERATOR(pg_catalog.=) $1",
+            "SELECT groups, lows FROM segments.segment_split WHERE segment_id OPERATOR(pg_catalog.=) $1",
             None,
             &[segment.into()],
         ));
@@ -53,7 +53,7 @@ pub fn groups_of(segment: i64) -> Vec<SplitGroup> {
 /// Whether the schema has splits (0.3.0 and later).
 pub fn has_splits() -> bool {
     optional_value::<bool>(
-        "SELECT pg_catalog.to_regclass('segments.split') IS NOT NULL",
+        "SELECT pg_catalog.to_regclass('segments.segment_split') IS NOT NULL",
         &[],
     )
     .unwrap_or(false)
@@ -95,7 +95,7 @@ fn split(segment: i64, groups: JsonB) {
     let name = changeable_segment(segment, "split segments");
     let wanted = parse_groups(&groups.0).or_raise();
     let current = optional_value::<JsonB>(
-        "SELECT percents FROM segments.split WHERE segment_id OPERATOR(pg_catalog.=) $1",
+        "SELECT percents FROM segments.segment_split WHERE segment_id OPERATOR(pg_catalog.=) $1",
         &[segment.into()],
     );
     if let Some(current) = current {
@@ -112,7 +112,7 @@ fn split(segment: i64, groups: JsonB) {
     let lows: Vec<i32> = wanted.iter().map(|g| g.low).collect();
     privileged(std::panic::AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
-            "INSERT INTO segments.split (segment_id, groups, lows, percents) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO segments.segment_split (segment_id, groups, lows, percents) VALUES ($1, $2, $3, $4)",
             &[segment.into(), names.into(), lows.into(), groups.into()],
         ))
     }));
@@ -137,7 +137,7 @@ fn unsplit(segment: i64) {
     }
     privileged(std::panic::AssertUnwindSafe(|| {
         spi(Spi::run_with_args(
-            "DELETE FROM segments.split WHERE segment_id OPERATOR(pg_catalog.=) $1",
+            "DELETE FROM segments.segment_split WHERE segment_id OPERATOR(pg_catalog.=) $1",
             &[segment.into()],
         ))
     }));

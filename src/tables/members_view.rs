@@ -58,7 +58,7 @@ fn members_view_sql(
                  sp.groups[pg_catalog.width_bucket(segments.split_bucket(s.id, e.{}::pg_catalog.text), sp.lows)] END",
                 ident(key_column)
             ),
-            "\n  LEFT JOIN segments.split sp ON sp.segment_id = s.id",
+            "\n  LEFT JOIN segments.segment_split sp ON sp.segment_id = s.id",
         )
     } else {
         ("NULL::pg_catalog.text".to_string(), "")
@@ -78,7 +78,7 @@ fn members_view_sql(
 /// Whether the schema has splits (0.3.0 and later).
 fn has_splits() -> bool {
     crate::pg::spi::optional_value::<bool>(
-        "SELECT pg_catalog.to_regclass('segments.split') IS NOT NULL",
+        "SELECT pg_catalog.to_regclass('segments.segment_split') IS NOT NULL",
         &[],
     )
     .unwrap_or(false)
@@ -91,7 +91,7 @@ fn comment_members_view(entity: &str, table: &Table) {
         "COMMENT ON VIEW {view} IS {};\n\
          COMMENT ON COLUMN {view}.segment_id IS 'The segment.';\n\
          COMMENT ON COLUMN {view}.segment_name IS 'The segment''s name.';\n\
-         COMMENT ON COLUMN {view}.split_group IS 'The member''s group when the segment is split (segments.split), else NULL.';\n",
+         COMMENT ON COLUMN {view}.split_group IS 'The member''s group when the segment is split (segments.split()), else NULL.';\n",
         literal(&format!(
             "Members of the segments of entity {entity}: segment_id, segment_name, split_group, then every column of {} \
              (security_invoker: you see the rows you may SELECT).",
