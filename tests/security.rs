@@ -346,6 +346,21 @@ fn shadowed_functions_and_operators_are_never_called() {
         ),
         ("ceil", "numeric", "numeric", "pg_catalog.ceil($1)"),
         ("to_jsonb", "numeric", "jsonb", "pg_catalog.to_jsonb($1)"),
+        // splits, priority lists, breakdowns and feeds (SPEC 17)
+        ("md5", "text", "text", "pg_catalog.md5($1)"),
+        ("left", "text, integer", "text", "pg_catalog.left($1, $2)"),
+        (
+            "width_bucket",
+            "integer, integer[]",
+            "integer",
+            "pg_catalog.width_bucket($1, $2)",
+        ),
+        (
+            "current_setting",
+            "text",
+            "text",
+            "pg_catalog.current_setting($1)",
+        ),
     ];
     let operators: &[(&str, &str, &str, &str)] = &[
         ("=", "text", "text", "texteq"),
@@ -366,6 +381,9 @@ fn shadowed_functions_and_operators_are_never_called() {
         (">=", "numeric", "numeric", "numeric_ge"),
         ("<=", "numeric", "numeric", "numeric_le"),
         (">", "timestamptz", "timestamptz", "timestamptz_gt"),
+        ("%", "bigint", "bigint", "int8mod"),
+        ("+", "bigint", "bigint", "int8pl"),
+        ("-", "bigint", "bigint", "int8mi"),
     ];
     let mut ddl = String::new();
     let mut created = 0;
@@ -484,6 +502,17 @@ fn shadowed_functions_and_operators_are_never_called() {
         format!("SELECT segments.refresh_traits('customer')"),
         format!("SELECT * FROM segments.customer_traits LIMIT 5"),
         format!("SELECT * FROM segments.explain_member({id}, 7)"),
+        format!(r#"SELECT segments.split({id}, '{{"control": 10, "test": 90}}')"#),
+        format!("SELECT segments.create_priority_list('Offers', ARRAY[{id2}, {id}]::bigint[])"),
+        format!("SELECT segments.create_feed('Feed', ARRAY[{id}, {id2}]::bigint[])"),
+        format!(r#"SELECT segments.create_segment('Activated', '{{"entity":"customer","rules":[{{"where":{{"segment":{id},"group":"control"}}}},{{"combine":"union","where":{{"segment":{id},"priority_list":"Offers"}}}}]}}')"#),
+        format!("SELECT * FROM segments.refresh()"),
+        format!("SELECT count(*) FROM segments.customer_members WHERE split_group = 'control'"),
+        format!("SELECT count(*) FROM segments.priority_assignment"),
+        format!("SELECT * FROM segments.breakdown({id}, 'country')"),
+        format!("SELECT * FROM segments.breakdown({id}, 'lifetime_value', 4)"),
+        format!("SELECT segments.ack_feed('Feed', (SELECT max(position) FROM segments.read_feed('Feed', 100)))"),
+        format!("SELECT * FROM segments.segments_of('customer', 7)"),
         format!("SELECT * FROM segments.refresh()"),
     ];
     for sql in &sqls {
@@ -1043,4 +1072,116 @@ fn concurrent_mixed_work_under_the_worker() {
     let deadlocks = cluster.server_log().matches("deadlock detected").count();
     assert_eq!(deadlocks, 0, "deadlocks in the server log");
     println!("concurrency: 8 clients, {seconds} s, {done} statements, {refused} documented refusals, 0 unexpected errors, 0 deadlocks, {} memberships checked", rows.len());
+}
+
+/// Activation under attack (SPEC 17): a hostile editor cannot split,
+/// unsplit or drop what is not theirs, nor read, acknowledge, reset or
+/// drop another role's feed, nor write the feeds' internal tables; a
+/// reader cannot read a feed; splits and breakdowns show only the rows
+/// row-level security lets the caller see.
+#[test]
+fn activation_honours_owners_and_row_level_security() {
+    let cluster = Cluster::start("sec-activation", &[]);
+    let mut admin = setup(&cluster, "2000");
+    let mut alice = connect_as(&cluster, "alice");
+    let mut mallory = connect_as(&cluster, "mallory");
+    let mut rita = connect_as(&cluster, "rita");
+    let de = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"in","value":["DE","FR"]}}]}"#;
+    let segment: i64 = alice
+        .query_one(
+            "SELECT segments.create_segment('Europe', $1::text::jsonb)",
+            &[&de],
+        )
+        .unwrap()
+        .get(0);
+    alice
+        .batch_execute(&format!(
+            r#"SELECT * FROM segments.refresh({segment});
+               SELECT segments.split({segment}, '{{"control": 10, "test": 90}}');
+               SELECT segments.create_priority_list('alices list', ARRAY[{segment}]::bigint[]);
+               SELECT segments.create_feed('alices feed', ARRAY[{segment}]::bigint[]);"#
+        ))
+        .unwrap();
+    // Owners' rules.
+    expect_code(
+        &mut mallory,
+        &format!("SELECT segments.unsplit({segment})"),
+        "42501",
+    );
+    expect_code(
+        &mut mallory,
+        &format!(r#"SELECT segments.split({segment}, '{{"a": 50, "b": 50}}')"#),
+        "42501",
+    );
+    expect_code(
+        &mut mallory,
+        "SELECT segments.drop_priority_list('alices list')",
+        "42501",
+    );
+    for sql in [
+        "SELECT * FROM segments.read_feed('alices feed')",
+        "SELECT segments.ack_feed('alices feed', 1)",
+        "SELECT segments.reset_feed('alices feed')",
+        "SELECT segments.drop_feed('alices feed')",
+    ] {
+        expect_code(&mut mallory, sql, "42501");
+        let message = expect_code(&mut rita, sql, "42501");
+        assert!(message.contains("alices feed"), "{message}");
+    }
+    // Readers may not create any of them.
+    expect_code(
+        &mut rita,
+        &format!("SELECT segments.create_feed('ritas', ARRAY[{segment}]::bigint[])"),
+        "42501",
+    );
+    expect_code(
+        &mut rita,
+        &format!("SELECT segments.create_priority_list('ritas', ARRAY[{segment}]::bigint[])"),
+        "42501",
+    );
+    // Internal state is not writable, nor the feeds' batches readable.
+    for sql in [
+        "UPDATE segments.feed SET acked_position = 0",
+        "UPDATE segments.feed SET owner = 'mallory'",
+        "DELETE FROM segments.segment_split",
+        "INSERT INTO segments.priority_list (name, entity, segments, owner) VALUES ('x', 'customer', '{1}', 'mallory')",
+        "UPDATE segments.feed_clock SET last_position = 0",
+        "SELECT * FROM segments.feed_batch",
+    ] {
+        expect_code(&mut mallory, sql, "42501");
+    }
+    // Row-level security: mallory sees only French customers.
+    admin
+        .batch_execute(
+            "ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY everyone_but_mallory ON customers USING (current_user <> 'mallory');
+             CREATE POLICY mallory_sees_fr ON customers USING (current_user = 'mallory' AND country = 'FR');",
+        )
+        .unwrap();
+    let visible: i64 = mallory
+        .query_one("SELECT count(*) FROM segments.customer_members WHERE segment_id = $1 AND split_group IS NOT NULL", &[&segment])
+        .unwrap()
+        .get(0);
+    let french: i64 = admin
+        .query_one("SELECT count(*) FROM customers WHERE country = 'FR'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        visible, french,
+        "the members view with split groups shows mallory only French rows"
+    );
+    let breakdown: Vec<(Option<String>, i64, i64)> = mallory
+        .query(
+            "SELECT value, members, population FROM segments.breakdown($1, 'country')",
+            &[&segment],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        breakdown,
+        vec![(Some("FR".to_string()), french, french)],
+        "a breakdown counts only the rows the caller sees"
+    );
 }
