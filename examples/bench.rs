@@ -576,6 +576,154 @@ fn main() {
         Some(1.1),
     );
 
+    // 11. A split segment (3 groups) against the same segment unsplit: a
+    // split is read, not stored, so a refresh should cost the same.
+    let segment_40 =
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"age","op":"gte","value":58}}]}"#;
+    let split_one = create(&mut client, "Split 58+", segment_40);
+    let plain_one = create(&mut client, "Unsplit 58+", segment_40);
+    refresh(&mut client, &[split_one, plain_one]);
+    exec(
+        &mut client,
+        &format!(
+            r#"SELECT segments.split({split_one}, '{{"control": 10, "email": 45, "sms": 45}}')"#
+        ),
+    );
+    let ours = measure(runs, || refresh(&mut client, &[split_one]));
+    let base = measure(runs, || refresh(&mut client, &[plain_one]));
+    push(
+        &mut rows,
+        "11. refresh of a split segment (3 groups) vs the same segment unsplit",
+        &ours,
+        &base,
+        "≤ 1.1",
+        Some(1.1),
+    );
+
+    // 12. breakdown of that segment (about 400,000 members) by a 20-value
+    // column vs hand-written GROUP BY joining a membership table.
+    let members_12: i64 = one(
+        &mut client,
+        &format!("SELECT member_count FROM segments.segment WHERE id = {plain_one}"),
+    );
+    exec(
+        &mut client,
+        &format!(
+            "DROP TABLE IF EXISTS bench_12_members; CREATE TABLE bench_12_members (id bigint PRIMARY KEY);
+             INSERT INTO bench_12_members SELECT id FROM segments.customer_members WHERE segment_id = {plain_one};
+             ANALYZE bench_12_members;"
+        ),
+    );
+    let ours = measure(runs, || {
+        exec(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.breakdown({plain_one}, 'first_name')"),
+        )
+    });
+    let base = measure(runs, || {
+        exec(
+            &mut client,
+            "SELECT value, members, members::float8 / sum(members) OVER (), population, population::float8 / sum(population) OVER ()
+               FROM (SELECT c.first_name AS value, count(m.id) AS members, count(*) AS population
+                       FROM customers c LEFT JOIN bench_12_members m ON m.id = c.id GROUP BY 1) g ORDER BY members DESC",
+        )
+    });
+    push(
+        &mut rows,
+        &format!("12. breakdown of a {members_12}-member segment by a 20-value column vs hand-written GROUP BY joining a membership table"),
+        &ours,
+        &base,
+        "≤ 1.0",
+        Some(1.0),
+    );
+
+    // 13. A feed: a reader acknowledging every 10,000 reads a million
+    // changes (the snapshot of a segment of every customer), and what a
+    // feed adds to a refresh that changes 10% of the members.
+    let everyone = create(
+        &mut client,
+        "Everyone",
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"id","op":"gt","value":0}}]}"#,
+    );
+    refresh(&mut client, &[everyone]);
+    let read_times: Vec<Duration> = (0..runs.min(3))
+        .map(|_| {
+            exec(
+                &mut client,
+                &format!("SELECT segments.create_feed('bench', ARRAY[{everyone}]::bigint[])"),
+            );
+            let started = Instant::now();
+            let mut read = 0i64;
+            loop {
+                let last: Option<i64> = one(
+                    &mut client,
+                    "WITH r AS (SELECT position FROM segments.read_feed('bench', 10000)) SELECT max(position) FROM r",
+                );
+                let Some(last) = last else { break };
+                exec(&mut client, &format!("SELECT segments.ack_feed('bench', {last})"));
+                read += 1;
+            }
+            let elapsed = started.elapsed();
+            exec(&mut client, "SELECT segments.drop_feed('bench')");
+            assert!(read >= scale / 10_000, "the feed read {read} batches");
+            elapsed
+        })
+        .collect();
+    let read = Timing::of(read_times);
+    let rate = scale as f64 / read.median.as_secs_f64();
+    rows.push(Row {
+        case: format!(
+            "13a. feed: read {scale} changes, acknowledging every 10,000 (changes per second)"
+        ),
+        ours: format!("{rate:.0}/s; {}", read.text()),
+        baseline: "-".into(),
+        ratio: rate,
+        target: "≥ 200,000/s".into(),
+        met: Some(rate >= 200_000.0),
+    });
+    let tenth =
+        r#"{"entity":"customer","rules":[{"where":{"attribute":"unsubscribed","op":"is_false"}}]}"#;
+    let fed = create(&mut client, "Fed subscribers", tenth);
+    let unfed = create(&mut client, "Unfed subscribers", tenth);
+    refresh(&mut client, &[fed, unfed]);
+    exec(
+        &mut client,
+        &format!("SELECT segments.create_feed('bench 13b', ARRAY[{fed}]::bigint[])"),
+    );
+    let (mut with_feed, mut without) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        // A tenth of the customers flip: about 10% of members change.
+        exec(
+            &mut client,
+            &format!(
+                "UPDATE customers SET unsubscribed = NOT unsubscribed WHERE id % 10 = {}",
+                run % 10
+            ),
+        );
+        let started = Instant::now();
+        refresh(&mut client, &[fed]);
+        let fed_time = started.elapsed();
+        let started = Instant::now();
+        refresh(&mut client, &[unfed]);
+        if run > 0 {
+            with_feed.push(fed_time);
+            without.push(started.elapsed());
+        }
+    }
+    exec(&mut client, "SELECT segments.drop_feed('bench 13b')");
+    let fed_members: i64 = one(
+        &mut client,
+        &format!("SELECT member_count FROM segments.segment WHERE id = {fed}"),
+    );
+    push(
+        &mut rows,
+        &format!("13b. refresh changing about 10% of {fed_members} members with a feed vs without (the cost a feed adds)"),
+        &Timing::of(with_feed),
+        &Timing::of(without),
+        "≤ 1.1",
+        Some(1.1),
+    );
+
     // 7. Live: apply a 1% change incrementally vs a full refresh of the same
     // segments. Both are timed right after the same kind of UPDATE (a fresh
     // 1% of customers each time): the first reader of freshly updated pages

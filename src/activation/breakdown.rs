@@ -142,9 +142,11 @@ fn breakdown_rows(segment: i64, attribute: &str, n: i32) -> Vec<BreakdownRow> {
         String::new()
     };
     let sql = format!(
-        "WITH m AS MATERIALIZED (SELECT p FROM segments.membership s, \
+        // r is read once for values (PostgreSQL inlines it) and three times
+        // for ranges (PostgreSQL computes it once).
+        "WITH m AS (SELECT p FROM segments.membership s, \
                                  LATERAL segments.bitmap_positions(s.members) p WHERE s.segment_id OPERATOR(pg_catalog.=) $1), \
-              r AS MATERIALIZED (SELECT {value} AS v, m.p IS NOT NULL AS member \
+              r AS (SELECT {value} AS v, m.p IS NOT NULL AS member \
                                    FROM {relation} e{dictionary_join}{traits_join} \
                                    LEFT JOIN m ON m.p OPERATOR(pg_catalog.=) {position}{eligible}){bounds}, \
               g AS (SELECT {label} AS value, pg_catalog.count(*) FILTER (WHERE r.member) AS members, pg_catalog.count(*) AS population \
