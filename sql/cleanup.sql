@@ -45,6 +45,13 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
     PERFORM segments._check_usage_kind(_remove_usage.kind);
+    -- A priority list's usages go with the list.
+    IF _remove_usage.kind = 'campaign' AND EXISTS (
+           SELECT FROM segments.priority_list l
+            WHERE 'priority list ' || l.name = _remove_usage.consumer AND _remove_usage.segment = ANY (l.segments)) THEN
+        RAISE EXCEPTION 'the usage of segment % by "%" is its priority list''s: drop the list with segments.drop_priority_list()',
+            segment, consumer USING ERRCODE = 'dependent_objects_still_exist';
+    END IF;
     DELETE FROM segments.usage_registry u
      WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
     IF NOT FOUND THEN

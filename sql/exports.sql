@@ -123,6 +123,10 @@ BEGIN
         RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF found.priority_list IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" holds priority list "%": its segments are the list''s', found.name, found.priority_list
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export and create it again.';
+    END IF;
     PERFORM segments._require_segments(_add_to_export.segments);
     SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO wrong
       FROM segments.segment s WHERE s.id = ANY (_add_to_export.segments) AND s.entity <> found.entity;
@@ -160,6 +164,10 @@ BEGIN
     IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
         RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
             USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF found.priority_list IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" holds priority list "%": its segments are the list''s', found.name, found.priority_list
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export and create it again.';
     END IF;
     removed := ARRAY(SELECT s FROM unnest(found.segments) s WHERE s = ANY (coalesce(_remove_from_export.segments, '{}')));
     IF cardinality(removed) = 0 THEN

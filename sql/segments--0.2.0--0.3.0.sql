@@ -178,6 +178,46 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_activity_wrapper';
 
+CREATE OR REPLACE FUNCTION segments._add_to_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    added bigint[];
+    wrong text;
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _add_to_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _add_to_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF found.priority_list IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" holds priority list "%": its segments are the list''s', found.name, found.priority_list
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export and create it again.';
+    END IF;
+    PERFORM segments._require_segments(_add_to_export.segments);
+    SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO wrong
+      FROM segments.segment s WHERE s.id = ANY (_add_to_export.segments) AND s.entity <> found.entity;
+    IF wrong IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" is of entity "%": %', found.name, found.entity, wrong USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    added := ARRAY(SELECT DISTINCT s FROM unnest(coalesce(_add_to_export.segments, '{}')) s
+                    WHERE s IS NOT NULL AND NOT s = ANY (found.segments) ORDER BY 1);
+    IF cardinality(added) = 0 THEN
+        RETURN 0;
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT DISTINCT x FROM unnest(e.segments || added) x ORDER BY 1)
+     WHERE e.id = found.id;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT s, 'export', found.name FROM unnest(added) s ON CONFLICT ON CONSTRAINT usage_registry_pkey DO NOTHING;
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(added);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._capture() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', '_capture_wrapper';
 
@@ -312,6 +352,63 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT (v #>> '{}')::bigint
       FROM jsonb_path_query(definition, '$.**.segment') AS v
      WHERE jsonb_typeof(v) = 'number'
+$$;
+
+CREATE OR REPLACE FUNCTION segments._remove_from_export(caller regrole, export text, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found segments.export;
+    removed bigint[];
+BEGIN
+    SELECT * INTO found FROM segments.export e WHERE e.name = _remove_from_export.export FOR UPDATE;
+    IF found.id IS NULL THEN
+        RAISE EXCEPTION 'export "%" does not exist', _remove_from_export.export USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(caller::oid, found.owner::oid, 'MEMBER') AND NOT pg_has_role(caller::oid, 'segments_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for export "%": it is owned by %', found.name, found.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF found.priority_list IS NOT NULL THEN
+        RAISE EXCEPTION 'export "%" holds priority list "%": its segments are the list''s', found.name, found.priority_list
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export and create it again.';
+    END IF;
+    removed := ARRAY(SELECT s FROM unnest(found.segments) s WHERE s = ANY (coalesce(_remove_from_export.segments, '{}')));
+    IF cardinality(removed) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF cardinality(removed) = cardinality(found.segments) THEN
+        RAISE EXCEPTION 'export "%" would have no segment left', found.name
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Drop the export with segments.drop_export() instead.';
+    END IF;
+    UPDATE segments.export e SET segments = ARRAY(SELECT x FROM unnest(e.segments) x WHERE NOT x = ANY (removed) ORDER BY 1)
+     WHERE e.id = found.id;
+    DELETE FROM segments.usage_registry u WHERE u.kind = 'export' AND u.consumer = found.name AND u.segment_id = ANY (removed);
+    PERFORM segments._rewrite_export(found.id);
+    RETURN cardinality(removed);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION segments._remove_usage(segment bigint, kind text, consumer text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM segments._require_segments(ARRAY[_remove_usage.segment]);
+    PERFORM segments._check_usage_kind(_remove_usage.kind);
+    -- A priority list's usages go with the list.
+    IF _remove_usage.kind = 'campaign' AND EXISTS (
+           SELECT FROM segments.priority_list l
+            WHERE 'priority list ' || l.name = _remove_usage.consumer AND _remove_usage.segment = ANY (l.segments)) THEN
+        RAISE EXCEPTION 'the usage of segment % by "%" is its priority list''s: drop the list with segments.drop_priority_list()',
+            segment, consumer USING ERRCODE = 'dependent_objects_still_exist';
+    END IF;
+    DELETE FROM segments.usage_registry u
+     WHERE u.segment_id = _remove_usage.segment AND u.kind = _remove_usage.kind AND u.consumer = _remove_usage.consumer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment % has no usage of kind "%" by "%"', segment, kind, consumer
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION segments."_restoring"() RETURNS bool /* bool */

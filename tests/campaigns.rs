@@ -433,6 +433,21 @@ fn priority_lists_assign_each_record_once() {
         .unwrap()
         .get(0);
     assert_eq!(usage, 3);
+    // Its usages go only with the list; its export's segments are the list's.
+    let e = client
+        .execute(
+            "SELECT segments.remove_usage($1, 'campaign', 'priority list offers')",
+            &[&young],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).0, "2BP01", "{e}");
+    for sql in [
+        "SELECT segments.add_to_export('offers_out', ARRAY[1]::bigint[])",
+        "SELECT segments.remove_from_export('offers_out', ARRAY[1]::bigint[])",
+    ] {
+        let e = client.execute(sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&e).0, "22023", "{sql}: {e}");
+    }
     for (sql, code) in [
         (
             "SELECT segments.create_priority_list('offers', ARRAY[1]::bigint[])",

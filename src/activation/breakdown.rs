@@ -3,8 +3,10 @@
 //! shares and lift, the audience insights of a segment builder.
 //!
 //! One statement, as the caller (their privileges and row-level security on
-//! the entity table apply): the membership bitmap's positions are joined to
-//! one scan of the entity table, and the grouping runs on that. Numbers and
+//! the entity table apply): one scan of the entity table grouped by value,
+//! each group's positions gathered into a bitmap by `rb_agg` (as a
+//! refresh's scan does, on Citus too), then intersected with the
+//! membership here: no join. Numbers and
 //! dates with more than `n` distinct values are grouped in `n` ranges of
 //! about equal population (bounds from `percentile_disc`; a value shared by
 //! many records stays in one range, so a range may hold more).
@@ -117,73 +119,97 @@ fn breakdown_rows(segment: i64, attribute: &str, n: i32) -> Vec<BreakdownRow> {
     .or_raise()
     .map(|sql| format!(" WHERE {sql}"))
     .unwrap_or_default();
-    let fractions: Vec<String> = (0..n).map(|i| format!("{}", i as f64 / n as f64)).collect();
-    let label = if ranged {
-        format!(
-            "CASE WHEN r.v IS NULL THEN NULL \
-                  WHEN (SELECT d FROM stats) OPERATOR(pg_catalog.<=) {n} THEN r.v::pg_catalog.text \
-                  ELSE (SELECT CASE WHEN i OPERATOR(pg_catalog.<) pg_catalog.cardinality(b.b) \
-                               THEN '[' OPERATOR(pg_catalog.||) b.b[i] OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) b.b[i OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.||) ')' \
-                               ELSE '[' OPERATOR(pg_catalog.||) b.b[i] OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) (SELECT top FROM stats) OPERATOR(pg_catalog.||) ']' END \
-                          FROM bounds b, LATERAL (SELECT pg_catalog.width_bucket(r.v, b.b) AS i) w) END"
-        )
-    } else {
-        "r.v::pg_catalog.text".to_string()
-    };
-    let bounds = if ranged {
-        format!(
-            ", stats AS (SELECT pg_catalog.count(DISTINCT v) AS d, pg_catalog.max(v) AS top FROM r), \
-             bounds AS (SELECT ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest( \
-                          pg_catalog.percentile_disc({}::pg_catalog.float8[]) WITHIN GROUP (ORDER BY v)) x ORDER BY x) AS b \
-                        FROM r WHERE v IS NOT NULL)",
-            literal(&format!("{{{}}}", fractions.join(",")))
-        )
-    } else {
-        String::new()
-    };
-    let sql = format!(
-        // r is read once for values (PostgreSQL inlines it) and three times
-        // for ranges (PostgreSQL computes it once).
-        "WITH m AS (SELECT p FROM segments.membership s, \
-                                 LATERAL segments.bitmap_positions(s.members) p WHERE s.segment_id OPERATOR(pg_catalog.=) $1), \
-              r AS (SELECT {value} AS v, m.p IS NOT NULL AS member \
-                                   FROM {relation} e{dictionary_join}{traits_join} \
-                                   LEFT JOIN m ON m.p OPERATOR(pg_catalog.=) {position}{eligible}){bounds}, \
-              g AS (SELECT {label} AS value, pg_catalog.count(*) FILTER (WHERE r.member) AS members, pg_catalog.count(*) AS population \
-                      FROM r GROUP BY 1) \
-         SELECT value, members, \
-                coalesce(members::pg_catalog.float8 OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(members) OVER (), 0), 0), \
-                population, \
-                coalesce(population::pg_catalog.float8 OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(population) OVER (), 0), 0) \
-           FROM g ORDER BY members DESC, population DESC, value NULLS LAST",
+    let rows_sql = format!(
+        "SELECT {value} AS v, {position} AS p FROM {relation} e{dictionary_join}{traits_join}{eligible}",
         relation = entity.table.relation_sql,
     );
-    let rows: Vec<(Option<String>, i64, f64, i64, f64)> = Spi::connect(|client| {
-        spi(client.select(&sql, None, &[segment.into()]))
+    // Each group's positions as a bitmap (rb_agg, as a refresh's scan
+    // builds them), intersected with the members below: no join.
+    let sql = if ranged {
+        let fractions: Vec<String> = (0..n).map(|i| format!("{}", i as f64 / n as f64)).collect();
+        format!(
+            "WITH r AS ({rows_sql}), \
+                  stats AS (SELECT pg_catalog.count(DISTINCT v) AS d, pg_catalog.max(v) AS top FROM r), \
+                  bounds AS (SELECT ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest( \
+                               pg_catalog.percentile_disc({fractions}::pg_catalog.float8[]) WITHIN GROUP (ORDER BY v)) x ORDER BY x) AS b \
+                             FROM r WHERE v IS NOT NULL), \
+                  g AS (SELECT CASE WHEN st.d OPERATOR(pg_catalog.>) {n} THEN pg_catalog.width_bucket(r.v, bo.b) END AS i, \
+                               CASE WHEN st.d OPERATOR(pg_catalog.<=) {n} THEN r.v END AS raw, r.v IS NULL AS is_null, \
+                               pg_catalog.count(*) AS population, segments.rb_agg(r.p) AS positions \
+                          FROM r, stats st, bounds bo GROUP BY 1, 2, 3) \
+             SELECT CASE WHEN g.is_null THEN NULL WHEN g.i IS NULL THEN g.raw::pg_catalog.text \
+                         WHEN g.i OPERATOR(pg_catalog.<) pg_catalog.cardinality(bo.b) \
+                         THEN '[' OPERATOR(pg_catalog.||) bo.b[g.i] OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) bo.b[g.i OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.||) ')' \
+                         ELSE '[' OPERATOR(pg_catalog.||) bo.b[g.i] OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) st.top OPERATOR(pg_catalog.||) ']' END, \
+                    g.population, g.positions \
+               FROM g, stats st, bounds bo",
+            fractions = literal(&format!("{{{}}}", fractions.join(",")))
+        )
+    } else {
+        format!(
+            "SELECT r.v::pg_catalog.text, pg_catalog.count(*), segments.rb_agg(r.p) FROM ({rows_sql}) r GROUP BY r.v"
+        )
+    };
+    let groups: Vec<(Option<String>, i64, Option<Vec<u8>>)> = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[]))
             .map(|row| {
                 (
                     spi(row.get::<String>(1)),
                     spi(row.get::<i64>(2)).unwrap_or(0),
-                    spi(row.get::<f64>(3)).unwrap_or(0.0),
-                    spi(row.get::<i64>(4)).unwrap_or(0),
-                    spi(row.get::<f64>(5)).unwrap_or(0.0),
+                    spi(row.get::<Vec<u8>>(3)),
                 )
             })
             .collect()
     });
-    rows.into_iter()
-        .map(
-            |(value, members, member_share, population, population_share)| {
-                let lift = (population_share > 0.0).then(|| member_share / population_share);
-                (
-                    value,
-                    members,
-                    member_share,
-                    population,
-                    population_share,
-                    lift,
-                )
-            },
-        )
-        .collect()
+    let members = crate::engine::evaluate::stored_members(segment);
+    let counted: Vec<(Option<String>, i64, i64)> = groups
+        .into_iter()
+        .map(|(value, population, positions)| {
+            let in_group = positions
+                .map(|bytes| {
+                    let group = segments_core::bitmap::deserialize(&bytes)
+                        .unwrap_or_else(|e| crate::pg::error::corrupt(e));
+                    group.intersection_len(&members) as i64
+                })
+                .unwrap_or(0);
+            (value, in_group, population)
+        })
+        .collect();
+    let total_members: i64 = counted.iter().map(|c| c.1).sum();
+    let total_population: i64 = counted.iter().map(|c| c.2).sum();
+    let share = |part: i64, whole: i64| {
+        if whole > 0 {
+            part as f64 / whole as f64
+        } else {
+            0.0
+        }
+    };
+    let mut rows: Vec<BreakdownRow> = counted
+        .into_iter()
+        .map(|(value, members, population)| {
+            let member_share = share(members, total_members);
+            let population_share = share(population, total_population);
+            let lift = (population_share > 0.0).then(|| member_share / population_share);
+            (
+                value,
+                members,
+                member_share,
+                population,
+                population_share,
+                lift,
+            )
+        })
+        .collect();
+    // By members, then population, then value (NULL last).
+    rows.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then(b.3.cmp(&a.3))
+            .then_with(|| match (&a.0, &b.0) {
+                (Some(x), Some(y)) => x.cmp(y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            })
+    });
+    rows
 }
