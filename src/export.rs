@@ -99,7 +99,7 @@ pub fn rewrite(export: i64) {
     // An export of a priority list: each record under its assigned segment.
     let assigned = match priority_list
         .as_deref()
-        .and_then(crate::activation::priority::list_id)
+        .and_then(crate::pg::catalog::priority_list_id)
     {
         Some(list) => {
             let key = crate::pg::spi::optional_value::<String>(
@@ -229,7 +229,7 @@ fn create_export_with_traits(
     let Some(list) = priority_list else {
         return create_export_checked(name, segments, target, traits);
     };
-    let found = crate::activation::priority::list_named(list).unwrap_or_else(|| {
+    let found = crate::pg::catalog::priority_list_named(list).unwrap_or_else(|| {
         SegmentsError::UndefinedObject(format!("priority list \"{list}\" does not exist")).raise()
     });
     if segments.as_ref().is_some_and(|s| !s.is_empty()) {

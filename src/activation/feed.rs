@@ -27,7 +27,6 @@ use pgrx::prelude::*;
 use segments_core::bitmap::{deserialize, serialize, Members};
 
 use crate::engine::evaluate::{keys_at, stored_members};
-use crate::engine::store::Changes;
 use crate::pg::authorization::{may_read_entity, require_editor};
 use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::sandbox::privileged;
@@ -59,12 +58,11 @@ fn take_clock(count: i64) -> i64 {
 
 /// Records the entered and exited of every fed segment of a run, under
 /// the clock (see the module's comment). Runs as the extension.
-pub fn record(changes: &Changes) {
-    let changed: Vec<i64> = changes
-        .entered
+pub fn record(entered: &HashMap<i64, Members>, exited: &HashMap<i64, Members>) {
+    let changed: Vec<i64> = entered
         .iter()
-        .filter(|(id, entered)| {
-            !entered.is_empty() || changes.exited.get(id).is_some_and(|e| !e.is_empty())
+        .filter(|(id, members)| {
+            !members.is_empty() || exited.get(id).is_some_and(|e| !e.is_empty())
         })
         .map(|(id, _)| *id)
         .collect();
@@ -95,8 +93,8 @@ pub fn record(changes: &Changes) {
         .map(|id| {
             (
                 *id,
-                changes.entered.get(id).unwrap_or(&empty),
-                changes.exited.get(id).unwrap_or(&empty),
+                entered.get(id).unwrap_or(&empty),
+                exited.get(id).unwrap_or(&empty),
             )
         })
         .filter(|(_, entered, exited)| !entered.is_empty() || !exited.is_empty())

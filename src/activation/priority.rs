@@ -19,57 +19,10 @@ use segments_core::catalog::PriorityListSummary;
 
 use crate::engine::evaluate::{keys_at, stored_members};
 use crate::pg::authorization::{current_role, may_read_entity, require_editor};
+use crate::pg::catalog::{priority_list_by_id, priority_list_named};
 use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::sandbox::privileged;
 use crate::pg::spi::{optional_value, required, spi};
-
-/// Whether the schema has priority lists (0.3.0 and later).
-fn has_priority_lists() -> bool {
-    optional_value::<bool>(
-        "SELECT pg_catalog.to_regclass('segments.priority_list') IS NOT NULL",
-        &[],
-    )
-    .unwrap_or(false)
-}
-
-/// A priority list by name.
-pub fn list_named(name: &str) -> Option<PriorityListSummary> {
-    if !has_priority_lists() {
-        return None;
-    }
-    list_where("name OPERATOR(pg_catalog.=) $1", name.into())
-}
-
-/// A priority list's id by name.
-pub fn list_id(name: &str) -> Option<i64> {
-    optional_value::<i64>(
-        "SELECT id FROM segments.priority_list WHERE name OPERATOR(pg_catalog.=) $1",
-        &[name.into()],
-    )
-}
-
-/// A priority list by id.
-fn list_by_id(id: i64) -> Option<PriorityListSummary> {
-    list_where("id OPERATOR(pg_catalog.=) $1", id.into())
-}
-
-fn list_where(
-    condition: &str,
-    arg: pgrx::datum::DatumWithOid<'static>,
-) -> Option<PriorityListSummary> {
-    Spi::connect(|client| {
-        let table = spi(client.select(
-            &format!("SELECT name, entity, segments FROM segments.priority_list WHERE {condition}"),
-            None,
-            &[arg],
-        ));
-        table.into_iter().next().map(|row| PriorityListSummary {
-            name: required(&row, 1),
-            entity: required(&row, 2),
-            segments: required(&row, 3),
-        })
-    })
-}
 
 /// Each listed segment with the members assigned to it: its members that
 /// are members of no segment listed before it.
@@ -131,7 +84,7 @@ fn create_priority_list(name: &str, segments: Option<Vec<i64>>) -> i64 {
         ))
         .raise();
     }
-    if list_named(name).is_some() {
+    if priority_list_named(name).is_some() {
         SegmentsError::DuplicateObject(format!("a priority list named \"{name}\" already exists"))
             .raise();
     }
@@ -220,7 +173,7 @@ fn drop_priority_list(name: &str) {
 fn _priority_members(
     list: i64,
 ) -> TableIterator<'static, (name!(segment_id, i64), name!(key, String))> {
-    let Some(found) = list_by_id(list) else {
+    let Some(found) = priority_list_by_id(list) else {
         return TableIterator::new(Vec::new());
     };
     if !may_read_entity(&found.entity) {

@@ -9,55 +9,12 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use segments_core::catalog::SplitGroup;
 use segments_core::split::parse_groups;
 
 use crate::pg::authorization::require_editor;
 use crate::pg::error::{OrRaise, Raise, SegmentsError};
 use crate::pg::sandbox::privileged;
 use crate::pg::spi::{optional_value, spi};
-
-/// The groups of a split segment in bucket order; empty when it is not
-/// split (or the schema predates splits).
-pub fn groups_of(segment: i64) -> Vec<SplitGroup> {
-    if !has_splits() {
-        return Vec::new();
-    }
-    let row = Spi::connect(|client| {
-        let table = spi(client.select(
-            "SELECT groups, lows FROM segments.segment_split WHERE segment_id OPERATOR(pg_catalog.=) $1",
-            None,
-            &[segment.into()],
-        ));
-        table.into_iter().next().map(|row| {
-            (
-                spi(row.get::<Vec<String>>(1)).unwrap_or_default(),
-                spi(row.get::<Vec<i32>>(2)).unwrap_or_default(),
-            )
-        })
-    });
-    let Some((names, lows)) = row else {
-        return Vec::new();
-    };
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| SplitGroup {
-            name: name.clone(),
-            low: lows[i],
-            high: lows.get(i + 1).map(|next| next - 1).unwrap_or(99),
-        })
-        .collect()
-}
-
-/// Whether the schema has splits (0.3.0 and later).
-pub fn has_splits() -> bool {
-    optional_value::<bool>(
-        "SELECT pg_catalog.to_regclass('segments.segment_split') IS NOT NULL",
-        &[],
-    )
-    .unwrap_or(false)
-}
 
 /// The segment's name, after checking that the caller may change it.
 fn changeable_segment(segment: i64, what: &str) -> String {

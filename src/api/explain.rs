@@ -125,7 +125,7 @@ impl Probe<'_> {
                     ));
                 }
                 if let Some(list) = &test.priority_list {
-                    let before = crate::activation::priority::list_named(list)
+                    let before = crate::pg::catalog::priority_list_named(list)
                         .map(|l| {
                             l.segments
                                 .into_iter()
@@ -368,7 +368,7 @@ fn _explain_member(
 /// The record's group in a split segment (`segments.split_group`), None
 /// when the segment is not split.
 fn split_group(segment: i64, key: &str) -> Option<String> {
-    if !crate::activation::split::has_splits() {
+    if !crate::pg::catalog::has_splits() {
         return None;
     }
     optional_value::<String>(

@@ -214,7 +214,7 @@ fn preview(segment: i64, n: default!(i32, 100)) -> SetOfIterator<'static, JsonB>
             .unwrap_or_else(|| "text".into());
             let key = ident(&entity.key_column);
             // A split segment's rows carry the member's group.
-            let row = if crate::activation::split::groups_of(segment).is_empty() {
+            let row = if crate::pg::catalog::split_groups(segment).is_empty() {
                 "to_jsonb(e)".to_string()
             } else {
                 format!(

@@ -320,7 +320,7 @@ pub fn after_change(changes: &Changes) {
         crate::export::rewrite_recorded(export);
     }
     crate::engine::progress::phase("feeds");
-    crate::activation::feed::record(changes);
+    crate::activation::feed::record(&changes.entered, &changes.exited);
 }
 
 /// A related value kept by an earlier live application, if any.

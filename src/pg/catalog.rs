@@ -271,13 +271,13 @@ impl Catalog for SpiCatalog {
             })
         })
         .map(|mut summary| {
-            summary.split = crate::activation::split::groups_of(summary.id);
+            summary.split = split_groups(summary.id);
             summary
         })
     }
 
     fn priority_list(&self, name: &str) -> Option<segments_core::catalog::PriorityListSummary> {
-        crate::activation::priority::list_named(name)
+        priority_list_named(name)
     }
 
     fn segment_names(&self) -> Vec<String> {
@@ -406,4 +406,97 @@ pub fn lock_verified(entity: &segments_core::catalog::Entity) {
         .and_then(|key| key.check_usable("key", &what))
         .map_err(crate::pg::error::Reported::from)
         .or_raise();
+}
+
+// ---- activation: splits and priority lists (read by the compiler and by
+// src/activation/) ----
+
+/// The groups of a split segment in bucket order; empty when it is not
+/// split (or the schema predates splits).
+pub fn split_groups(segment: i64) -> Vec<SplitGroup> {
+    if !has_splits() {
+        return Vec::new();
+    }
+    let row = pgrx::spi::Spi::connect(|client| {
+        let table = spi(client.select(
+            "SELECT groups, lows FROM segments.segment_split WHERE segment_id OPERATOR(pg_catalog.=) $1",
+            None,
+            &[segment.into()],
+        ));
+        table.into_iter().next().map(|row| {
+            (
+                spi(row.get::<Vec<String>>(1)).unwrap_or_default(),
+                spi(row.get::<Vec<i32>>(2)).unwrap_or_default(),
+            )
+        })
+    });
+    let Some((names, lows)) = row else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| SplitGroup {
+            name: name.clone(),
+            low: lows[i],
+            high: lows.get(i + 1).map(|next| next - 1).unwrap_or(99),
+        })
+        .collect()
+}
+
+/// Whether the schema has splits (0.3.0 and later).
+pub fn has_splits() -> bool {
+    optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass('segments.segment_split') IS NOT NULL",
+        &[],
+    )
+    .unwrap_or(false)
+}
+
+/// Whether the schema has priority lists (0.3.0 and later).
+pub fn has_priority_lists() -> bool {
+    optional_value::<bool>(
+        "SELECT pg_catalog.to_regclass('segments.priority_list') IS NOT NULL",
+        &[],
+    )
+    .unwrap_or(false)
+}
+
+/// A priority list by name.
+pub fn priority_list_named(name: &str) -> Option<PriorityListSummary> {
+    if !has_priority_lists() {
+        return None;
+    }
+    priority_list_where("name OPERATOR(pg_catalog.=) $1", name.into())
+}
+
+/// A priority list's id by name.
+pub fn priority_list_id(name: &str) -> Option<i64> {
+    optional_value::<i64>(
+        "SELECT id FROM segments.priority_list WHERE name OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+}
+
+/// A priority list by id.
+pub fn priority_list_by_id(id: i64) -> Option<PriorityListSummary> {
+    priority_list_where("id OPERATOR(pg_catalog.=) $1", id.into())
+}
+
+fn priority_list_where(
+    condition: &str,
+    arg: pgrx::datum::DatumWithOid<'static>,
+) -> Option<PriorityListSummary> {
+    pgrx::spi::Spi::connect(|client| {
+        let table = spi(client.select(
+            &format!("SELECT name, entity, segments FROM segments.priority_list WHERE {condition}"),
+            None,
+            &[arg],
+        ));
+        table.into_iter().next().map(|row| PriorityListSummary {
+            name: required(&row, 1),
+            entity: required(&row, 2),
+            segments: required(&row, 3),
+        })
+    })
 }
