@@ -265,7 +265,7 @@ fn csv_download_equals_the_hand_written_query() {
         ours.display()
     ));
     psql(format!(
-        "\\copy (SELECT 1::bigint AS segment_id, 'VIP'::text AS segment_name, c.* FROM customers c \
+        "\\copy (SELECT 1::bigint AS segment_id, 'VIP'::text AS segment_name, NULL::text AS split_group, c.* FROM customers c \
          WHERE loyalty_tier IN ('gold', 'platinum') AND NOT unsubscribed ORDER BY id) TO '{}' CSV HEADER",
         theirs.display()
     ));
