@@ -530,16 +530,7 @@ fn live_sequences_follow_changes() {
 /// demo's data, and each segment it creates refreshes with members.
 #[test]
 fn the_readme_examples_run() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## Audience builder").expect("the section");
-    let section = &readme[start + 1..];
-    let section = &section[..section.find("\n## ").unwrap()];
-    let blocks: Vec<&str> = section
-        .split("```sql\n")
-        .skip(1)
-        .map(|b| &b[..b.find("```").unwrap()])
-        .collect();
+    let blocks = harness::readme_sql_blocks("Audience builder");
     assert!(blocks.len() >= 4, "{} SQL blocks", blocks.len());
     let cluster = Cluster::start("audience_readme", &[]);
     let mut client = cluster.sample_customers_orders("3000");

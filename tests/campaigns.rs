@@ -1088,16 +1088,7 @@ fn the_python_connector_example_works() {
 /// demo's data in a fresh database.
 #[test]
 fn the_readme_examples_run() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## Activation").expect("the section");
-    let section = &readme[start + 1..];
-    let section = &section[..section.find("\n## ").unwrap()];
-    let blocks: Vec<&str> = section
-        .split("```sql\n")
-        .skip(1)
-        .map(|b| &b[..b.find("```").unwrap()])
-        .collect();
+    let blocks = harness::readme_sql_blocks("Activation");
     assert!(blocks.len() >= 5, "{} SQL blocks", blocks.len());
     let cluster = Cluster::start("activation_readme", &[]);
     let mut client = cluster.sample_customers_orders("3000");

@@ -242,28 +242,7 @@ fn create_feed(name: &str, segments: Option<Vec<i64>>) -> i64 {
     let mut segments = segments;
     segments.sort_unstable();
     segments.dedup();
-    let entities: Vec<(i64, String)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT id, entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-            None,
-            &[segments.clone().into()],
-        ))
-        .map(|row| (required(&row, 1), required(&row, 2)))
-        .collect()
-    });
-    if let Some(missing) = segments
-        .iter()
-        .find(|s| !entities.iter().any(|(id, _)| id == *s))
-    {
-        SegmentsError::no_such_segment(missing).raise();
-    }
-    let entity = entities[0].1.clone();
-    if let Some((other, other_entity)) = entities.iter().find(|(_, e)| *e != entity) {
-        SegmentsError::InvalidParameter(format!(
-            "feed \"{name}\": segment {other} is of entity \"{other_entity}\", the others of \"{entity}\""
-        ))
-        .raise();
-    }
+    let entity = super::entity_of(&format!("feed \"{name}\""), &segments);
     if !may_read_entity(&entity) {
         SegmentsError::InsufficientPrivilege(format!(
             "permission denied to create feed \"{name}\": a feed gives the keys of entity \"{entity}\", whose table you may not SELECT"

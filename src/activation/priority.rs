@@ -22,7 +22,7 @@ use crate::pg::authorization::{current_role, may_read_entity, require_editor};
 use crate::pg::catalog::{priority_list_by_id, priority_list_named};
 use crate::pg::error::{Raise, SegmentsError};
 use crate::pg::sandbox::privileged;
-use crate::pg::spi::{optional_value, required, spi};
+use crate::pg::spi::{optional_value, spi};
 
 /// Each listed segment with the members assigned to it: its members that
 /// are members of no segment listed before it.
@@ -62,28 +62,7 @@ fn create_priority_list(name: &str, segments: Option<Vec<i64>>) -> i64 {
         ))
         .raise();
     }
-    let entities: Vec<(i64, String)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT id, entity FROM segments.segment WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-            None,
-            &[segments.clone().into()],
-        ))
-        .map(|row| (required(&row, 1), required(&row, 2)))
-        .collect()
-    });
-    if let Some(missing) = segments
-        .iter()
-        .find(|s| !entities.iter().any(|(id, _)| id == *s))
-    {
-        SegmentsError::no_such_segment(missing).raise();
-    }
-    let entity = entities[0].1.clone();
-    if let Some((other, other_entity)) = entities.iter().find(|(_, e)| *e != entity) {
-        SegmentsError::InvalidParameter(format!(
-            "priority list \"{name}\": segment {other} is of entity \"{other_entity}\", the others of \"{entity}\""
-        ))
-        .raise();
-    }
+    let entity = super::entity_of(&format!("priority list \"{name}\""), &segments);
     if priority_list_named(name).is_some() {
         SegmentsError::DuplicateObject(format!("a priority list named \"{name}\" already exists"))
             .raise();

@@ -51,7 +51,7 @@ fn members_view_sql(
     };
     // A schema older than 0.3.0 (before ALTER EXTENSION UPDATE) has no
     // splits.
-    let (split_group, split_join) = if has_splits() {
+    let (split_group, split_join) = if crate::pg::catalog::has_splits() {
         (
             format!(
                 "CASE WHEN sp.segment_id IS NOT NULL THEN \
@@ -73,15 +73,6 @@ fn members_view_sql(
         ident(&members_view_name(entity)),
         literal(entity)
     )
-}
-
-/// Whether the schema has splits (0.3.0 and later).
-fn has_splits() -> bool {
-    crate::pg::spi::optional_value::<bool>(
-        "SELECT pg_catalog.to_regclass('segments.segment_split') IS NOT NULL",
-        &[],
-    )
-    .unwrap_or(false)
 }
 
 /// Comments on a members view and every column of it.

@@ -353,3 +353,18 @@ pub fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// The SQL blocks (```sql fences) of one `## ` section of README.md, in
+/// order, for the tests that run a section's examples.
+pub fn readme_sql_blocks(section: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n## {section}\n"))
+        .unwrap_or_else(|| panic!("README has no section {section}"));
+    let text = &readme[start + 1..];
+    let text = &text[..text.find("\n## ").unwrap_or(text.len())];
+    text.split("```sql\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").unwrap()].to_string())
+        .collect()
+}
