@@ -1,5 +1,6 @@
 //! Layer 3: a property-based differential test. Random definitions (every
-//! operator, null-heavy columns, related aggregates with windows, nested
+//! operator, null-heavy columns, related aggregates with windows, a path
+//! of two hops (devices, then their pings), nested
 //! any/all/not, subrules with all three combines, varchar/char/numeric
 //! typmods, integer bounds) over generated tables; each segment's
 //! membership must equal an independent SQL oracle written here.
@@ -32,6 +33,8 @@ fn random_definitions_equal_an_independent_oracle() {
              {TABLES_SQL}
              SELECT segments.register_entity('person', 'people', 'id');
              SELECT segments.register_related('person', 'events', 'events', 'person_id', 'at');
+             SELECT segments.register_related('person', 'devices', 'devices', 'person_id');
+             SELECT segments.register_related('person', 'pings', 'pings', 'device_id', 'at', via => 'devices');
              {}
              SET segments.reference_time = '2026-11-01 12:00:00+00';",
             TRAITS

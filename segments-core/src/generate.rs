@@ -5,9 +5,12 @@
 //! absent last step, ranks with ties, nested any/all/not, subrules with all
 //! three combines, varchar/char/numeric typmods, integer bounds.
 //!
-//! The definitions read `people` (entity `person`, key `id`) and its related
-//! table `events` (`person_id`, time column `at`), as `TABLES_SQL` creates
-//! them; the oracle's SQL is a predicate over `people p`.
+//! The definitions read `people` (entity `person`, key `id`), its related
+//! table `events` (`person_id`, time column `at`) and a path of two hops:
+//! `devices` (`person_id`) and `pings` (`device_id` referencing
+//! `devices.id`, time column `at`, the same columns as `events`), as
+//! `TABLES_SQL` creates them; the oracle's SQL is a predicate over
+//! `people p` (it joins the path by hand).
 
 /// The tables the definitions read, with rows that hit every edge case the
 /// generator aims at (NULLs, typmods, integer bounds, quotes).
@@ -38,7 +41,47 @@ INSERT INTO events
 SELECT person_id, (ARRAY['open','click','buy'])[1 + (person_id % 3)], amount + 7, at
   FROM events WHERE person_id % 4 = 0;
 CREATE INDEX ON events (person_id, at);
-ANALYZE people, events;";
+-- A path: a person's devices (some of nobody, some of a person that does
+-- not exist) and their pings (some of a device that does not exist).
+CREATE TABLE devices (id int PRIMARY KEY, person_id int);
+INSERT INTO devices
+SELECT g, CASE WHEN g % 17 = 0 THEN NULL ELSE 1 + (g * 13) % 650 END
+  FROM generate_series(1, 900) g;
+CREATE TABLE pings (device_id int, kind text, amount numeric(8,2), at timestamptz);
+INSERT INTO pings
+SELECT CASE WHEN g % 29 = 0 THEN NULL ELSE 1 + (g * 11) % 950 END,
+       (ARRAY['open','click','buy',NULL])[1 + g % 4],
+       CASE WHEN g % 9 = 0 THEN NULL ELSE (g % 89) * 1.5 END,
+       '2026-11-01 12:00:00+00'::timestamptz - (g * interval '4 hours 41 minutes')
+  FROM generate_series(1, 3000) g;
+CREATE INDEX ON pings (device_id, at);
+ANALYZE people, events, devices, pings;";
+
+/// The related tables conditions read: `events` directly, `pings` through
+/// `devices`.
+const RELATED: &[&str] = &["events", "pings"];
+
+/// The oracle's tables and join condition for `related`'s rows under
+/// `alias` that belong to person `p`: `events` by its foreign key, `pings`
+/// through the device it references.
+fn owned_rows(related: &str, alias: &str) -> (String, String) {
+    match related {
+        "events" => (
+            format!("events {alias}"),
+            format!("{alias}.person_id = p.id"),
+        ),
+        _ => (
+            format!("pings {alias}, devices {alias}v"),
+            format!("{alias}v.id = {alias}.device_id AND {alias}v.person_id = p.id"),
+        ),
+    }
+}
+
+/// `FROM ... WHERE <owned>` for `related`'s rows as `r`.
+fn rows_of(related: &str) -> String {
+    let (tables, owned) = owned_rows(related, "r");
+    format!("FROM {tables} WHERE {owned}")
+}
 
 /// The traits the definitions use (create them after registering `events`),
 /// with the oracle's value of each for person `p` (0 or NULL without rows).
@@ -67,6 +110,16 @@ pub const TRAITS: &[(&str, &str, &str)] = &[
         "ev_usual_kind",
         r#"{"related":"events","aggregate":"most_frequent","attribute":"kind","within":{"from":"1 years","to":"3 days"}}"#,
         "(SELECT kind FROM events r WHERE r.person_id = p.id AND kind IS NOT NULL AND r.at >= '2026-11-01 12:00:00+00'::timestamptz - interval '1 years' AND r.at <= '2026-11-01 12:00:00+00'::timestamptz - interval '3 days' GROUP BY kind ORDER BY count(*) DESC, kind LIMIT 1)",
+    ),
+    (
+        "ping_count",
+        r#"{"related":"pings","aggregate":"count"}"#,
+        "(SELECT count(*) FROM pings r, devices v WHERE v.id = r.device_id AND v.person_id = p.id)",
+    ),
+    (
+        "ping_top_month",
+        r#"{"related":"pings","aggregate":"max","attribute":"amount","within":"1 months"}"#,
+        "(SELECT max(amount) FROM pings r, devices v WHERE v.id = r.device_id AND v.person_id = p.id AND r.at >= '2026-11-01 12:00:00+00'::timestamptz - interval '1 months' AND r.at <= '2026-11-01 12:00:00+00'::timestamptz)",
     ),
 ];
 
@@ -320,13 +373,13 @@ fn leaf(rng: &mut Rng) -> Generated {
         }
         // related: exists / not exists, with a filter and a window
         6 => {
+            let related = *rng.pick(RELATED);
             let exists = rng.chance(70);
             let (filter_json, filter_sql) = related_filter(rng);
             let (within_json, within_sql) = window(rng);
             let json =
-                format!(r#"{{"related":"events","exists":{exists}{filter_json}{within_json}}}"#);
-            let sub =
-                format!("SELECT 1 FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}");
+                format!(r#"{{"related":"{related}","exists":{exists}{filter_json}{within_json}}}"#);
+            let sub = format!("SELECT 1 {}{filter_sql}{within_sql}", rows_of(related));
             let sql = if exists {
                 format!("EXISTS ({sub})")
             } else {
@@ -340,6 +393,7 @@ fn leaf(rng: &mut Rng) -> Generated {
         11 => trait_condition(rng),
         // related aggregates
         _ => {
+            let related = *rng.pick(RELATED);
             let function = *rng.pick(&["count", "sum", "avg", "min", "max"]);
             let (filter_json, filter_sql) = related_filter(rng);
             let (within_json, within_sql) = window(rng);
@@ -365,9 +419,12 @@ fn leaf(rng: &mut Rng) -> Generated {
                 r#","attribute":"amount""#.to_string()
             };
             let json = format!(
-                r#"{{"related":"events","aggregate":"{function}"{attribute}{filter_json}{within_json},"op":"{op}","value":{json_value}}}"#
+                r#"{{"related":"{related}","aggregate":"{function}"{attribute}{filter_json}{within_json},"op":"{op}","value":{json_value}}}"#
             );
-            let sql = format!("coalesce((SELECT {measure} FROM events r WHERE r.person_id = p.id{filter_sql}{within_sql}) {cmp}, false)");
+            let sql = format!(
+                "coalesce((SELECT {measure} {}{filter_sql}{within_sql}) {cmp}, false)",
+                rows_of(related)
+            );
             Generated { json, sql }
         }
     }
@@ -425,6 +482,7 @@ fn window_value(rng: &mut Rng) -> (String, String, String) {
 
 /// `every` over events: at least one row in scope, none failing.
 fn every(rng: &mut Rng) -> Generated {
+    let related = *rng.pick(RELATED);
     let (within_json, within_sql) = window(rng);
     let (test_json, test_sql) = match rng.below(3) {
         0 => {
@@ -444,9 +502,9 @@ fn every(rng: &mut Rng) -> Generated {
             "(r.kind = 'open' OR r.amount IS NULL)".to_string(),
         ),
     };
-    let scope = format!("FROM events r WHERE r.person_id = p.id{within_sql}");
+    let scope = format!("{}{within_sql}", rows_of(related));
     Generated {
-        json: format!(r#"{{"related":"events","every":{test_json}{within_json}}}"#),
+        json: format!(r#"{{"related":"{related}","every":{test_json}{within_json}}}"#),
         sql: format!(
             "(EXISTS (SELECT 1 {scope}) AND NOT EXISTS (SELECT 1 {scope} AND NOT coalesce({test_sql}, false)))"
         ),
@@ -456,6 +514,7 @@ fn every(rng: &mut Rng) -> Generated {
 /// A sequence of two or three steps over events, written by the oracle as
 /// one join of the steps' rows (and a NOT EXISTS for an absent last step).
 fn sequence(rng: &mut Rng) -> Generated {
+    let related = *rng.pick(RELATED);
     let steps = 2 + rng.below(2);
     let absent = rng.chance(40);
     let window = if rng.chance(50) {
@@ -464,7 +523,7 @@ fn sequence(rng: &mut Rng) -> Generated {
         None
     };
     let mut json_steps = Vec::new();
-    let mut conditions = vec!["s1.person_id = p.id".to_string()];
+    let mut conditions = vec![owned_rows(related, "s1").1];
     let mut absent_sql = String::new();
     for i in 1..=steps {
         let alias = format!("s{i}");
@@ -504,7 +563,7 @@ fn sequence(rng: &mut Rng) -> Generated {
         let previous = format!("s{}", i - 1);
         let mut here = vec![format!("coalesce({filter_sql}, false)")];
         if i > 1 {
-            here.push(format!("{alias}.person_id = p.id"));
+            here.push(owned_rows(related, &alias).1);
             here.push(format!("{alias}.at > {previous}.at"));
             if let Some((_, interval)) = within {
                 here.push(format!(
@@ -516,7 +575,8 @@ fn sequence(rng: &mut Rng) -> Generated {
             let (_, interval) = within.unwrap();
             absent_sql = format!(
                 " AND {previous}.at + interval '{interval}' <= {REFERENCE} \
-                 AND NOT EXISTS (SELECT 1 FROM events {alias} WHERE {})",
+                 AND NOT EXISTS (SELECT 1 FROM {} WHERE {})",
+                owned_rows(related, &alias).0,
                 here.join(" AND ")
             );
         } else {
@@ -527,14 +587,16 @@ fn sequence(rng: &mut Rng) -> Generated {
         }
     }
     let present = if absent { steps - 1 } else { steps };
-    let tables: Vec<String> = (1..=present).map(|i| format!("events s{i}")).collect();
+    let tables: Vec<String> = (1..=present)
+        .map(|i| owned_rows(related, &format!("s{i}")).0)
+        .collect();
     let within_json = window
         .as_ref()
         .map(|(json, _, _)| format!(r#","within":{json}"#))
         .unwrap_or_default();
     Generated {
         json: format!(
-            r#"{{"related":"events","sequence":[{}]{within_json}}}"#,
+            r#"{{"related":"{related}","sequence":[{}]{within_json}}}"#,
             json_steps.join(",")
         ),
         sql: format!(
@@ -545,9 +607,18 @@ fn sequence(rng: &mut Rng) -> Generated {
     }
 }
 
+/// A trait's value for a record without related rows: 0 for a count.
+fn empty_value(definition: &str) -> &'static str {
+    if definition.contains(r#""aggregate":"count""#) {
+        "0"
+    } else {
+        "NULL"
+    }
+}
+
 /// A condition on one of `TRAITS` (or a rank on a numeric one).
 fn trait_condition(rng: &mut Rng) -> Generated {
-    let (name, _, value) = *rng.pick(TRAITS);
+    let (name, definition, value) = *rng.pick(TRAITS);
     let text = name.ends_with("kind");
     if !text && rng.chance(25) {
         let share = *rng.pick(&["5", "50"]);
@@ -556,7 +627,7 @@ fn trait_condition(rng: &mut Rng) -> Generated {
         } else {
             ("bottom_percent", "ASC")
         };
-        let empty = if name == "ev_spent" { "NULL" } else { "0" };
+        let empty = empty_value(definition);
         return Generated {
             json: format!(r#"{{"trait":"{name}","op":"{op}","value":{share}}}"#),
             sql: format!(
@@ -566,11 +637,7 @@ fn trait_condition(rng: &mut Rng) -> Generated {
             ),
         };
     }
-    let empty = if name == "ev_spent" || text {
-        "NULL"
-    } else {
-        "0"
-    };
+    let empty = empty_value(definition);
     let v = format!("coalesce({value}, {empty})");
     let (json_value, op, sql) = if text {
         let kind = *rng.pick(&["open", "click", "buy"]);
@@ -752,22 +819,54 @@ mod tests {
                     definition: serde_json::from_str(definition).unwrap(),
                 })
                 .collect(),
-            related: vec![Related {
-                name: "events".into(),
-                table: table(
-                    "events",
-                    vec![
-                        column("person_id", "integer", Numeric),
-                        column("kind", "text", Text),
-                        column("amount", "numeric(8,2)", Numeric),
-                        column("at", "timestamp with time zone", TimestampTz),
-                    ],
-                ),
-                foreign_key: "person_id".into(),
-                time_column: Some("at".into()),
-                via: None,
-                primary_key: None,
-            }],
+            related: vec![
+                Related {
+                    name: "events".into(),
+                    table: table(
+                        "events",
+                        vec![
+                            column("person_id", "integer", Numeric),
+                            column("kind", "text", Text),
+                            column("amount", "numeric(8,2)", Numeric),
+                            column("at", "timestamp with time zone", TimestampTz),
+                        ],
+                    ),
+                    foreign_key: "person_id".into(),
+                    time_column: Some("at".into()),
+                    via: None,
+                    primary_key: None,
+                },
+                Related {
+                    name: "devices".into(),
+                    table: table(
+                        "devices",
+                        vec![
+                            column("id", "integer", Numeric),
+                            column("person_id", "integer", Numeric),
+                        ],
+                    ),
+                    foreign_key: "person_id".into(),
+                    time_column: None,
+                    via: None,
+                    primary_key: Some("id".into()),
+                },
+                Related {
+                    name: "pings".into(),
+                    table: table(
+                        "pings",
+                        vec![
+                            column("device_id", "integer", Numeric),
+                            column("kind", "text", Text),
+                            column("amount", "numeric(8,2)", Numeric),
+                            column("at", "timestamp with time zone", TimestampTz),
+                        ],
+                    ),
+                    foreign_key: "device_id".into(),
+                    time_column: Some("at".into()),
+                    via: Some("devices".into()),
+                    primary_key: None,
+                },
+            ],
         };
         FixedCatalog {
             entities: vec![person],
