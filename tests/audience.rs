@@ -1141,6 +1141,21 @@ fn live_segments_use_traits() {
             }
         }
         assert_eq!(diff, 0, "{what}: {diff} keys differ");
+        // The stored values the traits view shows follow too.
+        let stale: i64 = client
+            .query_one(
+                "SELECT count(*) FROM customers c JOIN segments.customer_traits t ON t.id = c.id
+                  WHERE t.paid_value IS DISTINCT FROM (SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id AND o.status = 'paid')
+                     OR t.usual_channel IS DISTINCT FROM (SELECT channel FROM orders o WHERE o.customer_id = c.id
+                                                            GROUP BY channel ORDER BY count(*) DESC, channel LIMIT 1)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            stale, 0,
+            "{what}: {stale} customers' stored traits are stale"
+        );
     };
     check(&mut client, "after the first refresh");
     client

@@ -5,7 +5,7 @@
 //! in chunks and written to `segments.trait_value` by the extension (the
 //! only writer of its tables).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 
 use pgrx::prelude::*;
@@ -28,6 +28,75 @@ const CHUNK: i64 = 10_000;
 /// longer compiles (its table or column is gone) fails the call naming it,
 /// and nothing is stored.
 pub fn refresh(entity: &str, only: Option<&[i64]>) -> Result<i64, Reported> {
+    let stored = compute(entity, only, None)?;
+    if let Some(ids) = only {
+        crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+            spi(Spi::run_with_args(
+                "UPDATE segments.trait SET refreshed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+                &[ids.to_vec().into()],
+            ))
+        }));
+    } else {
+        crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+            spi(Spi::run_with_args(
+                "UPDATE segments.trait SET refreshed_at = pg_catalog.now() WHERE entity OPERATOR(pg_catalog.=) $1",
+                &[entity.into()],
+            ))
+        }));
+    }
+    Ok(stored)
+}
+
+/// The traits `names` of `entity` computed again in full (live apply after
+/// a whole refresh of the live segments that use them).
+pub fn refresh_named(entity: &str, names: &BTreeSet<String>) -> Result<i64, Reported> {
+    let ids = trait_ids(entity, names);
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    refresh(entity, Some(&ids))
+}
+
+/// The ids of the traits `names` of `entity`.
+fn trait_ids(entity: &str, names: &BTreeSet<String>) -> Vec<i64> {
+    SpiCatalog
+        .entity(entity)
+        .map(|found| {
+            found
+                .traits
+                .iter()
+                .filter(|t| names.contains(&t.name))
+                .map(|t| t.id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live apply's part: the stored values of the traits `names` (those the
+/// live segments of `entity` use) computed again for just the changed
+/// `keys` (`keys_sql`: the same keys as an SQL array of the key's type),
+/// so that `segments.<entity>_traits` follows the live segments.
+pub fn refresh_keys(
+    entity: &str,
+    names: &BTreeSet<String>,
+    keys: &[String],
+    keys_sql: &str,
+) -> Result<i64, Reported> {
+    let ids = trait_ids(entity, names);
+    if ids.is_empty() || keys.is_empty() {
+        return Ok(0);
+    }
+    compute(entity, Some(&ids), Some((keys, keys_sql)))
+}
+
+/// Computes the traits of `entity` (those of `only`), replacing their
+/// stored values: all of them, or those of the keys of `restriction`
+/// (the keys, and the same as an SQL array of the key's type).
+fn compute(
+    entity: &str,
+    only: Option<&[i64]>,
+    restriction: Option<(&[String], &str)>,
+) -> Result<i64, Reported> {
     let Some(found) = SpiCatalog.entity(entity) else {
         return Ok(0);
     };
@@ -50,11 +119,16 @@ pub fn refresh(entity: &str, only: Option<&[i64]>) -> Result<i64, Reported> {
         .map(|row| (required::<i64>(&row, 1), required::<pg_sys::Oid>(&row, 2).to_u32()))
         .collect()
     });
-    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
-        spi(Spi::run_with_args(
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| match restriction {
+        None => spi(Spi::run_with_args(
             "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1)",
             &[ids.clone().into()],
-        ))
+        )),
+        Some((keys, _)) => spi(Spi::run_with_args(
+            "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1) \
+               AND key OPERATOR(pg_catalog.=) ANY ($2)",
+            &[ids.clone().into(), keys.to_vec().into()],
+        )),
     }));
     // By owner, then by the rows they read (related table and path).
     let mut by_owner: BTreeMap<u32, Vec<&segments_core::catalog::TraitDef>> = BTreeMap::new();
@@ -71,7 +145,10 @@ pub fn refresh(entity: &str, only: Option<&[i64]>) -> Result<i64, Reported> {
             pg_sys::Oid::from(owner),
             AssertUnwindSafe(|| -> Result<i64, Reported> {
                 crate::pg::sandbox::without_jit();
-                let planner = crate::engine::plan::planner(entity, &reference)?;
+                let mut planner = crate::engine::plan::planner(entity, &reference)?;
+                if let Some((_, keys_sql)) = restriction {
+                    planner.restrict_to(keys_sql.to_string());
+                }
                 let mut groups: BTreeMap<(String, String), Vec<TraitMeasure>> = BTreeMap::new();
                 for t in &owned {
                     let measure = planner.trait_measure("trait", &t.name).map_err(|e| {
@@ -93,12 +170,6 @@ pub fn refresh(entity: &str, only: Option<&[i64]>) -> Result<i64, Reported> {
             }),
         )?;
     }
-    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
-        spi(Spi::run_with_args(
-            "UPDATE segments.trait SET refreshed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-            &[ids.into()],
-        ))
-    }));
     Ok(stored)
 }
 

@@ -446,6 +446,17 @@ impl Definition {
         out
     }
 
+    /// The traits this definition's conditions test.
+    pub fn trait_names(&self) -> Vec<&str> {
+        self.conditions()
+            .into_iter()
+            .filter_map(|c| match &c.kind {
+                ConditionKind::Trait(test) => Some(test.name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The segments this definition refers to.
     pub fn segment_refs(&self) -> Vec<(&str, &SegmentRef)> {
         self.conditions()

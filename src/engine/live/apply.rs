@@ -7,6 +7,7 @@
 //! through `store`, which records the runs and runs `after_change`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use pgrx::prelude::*;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use segments_core::bitmap::{position_of, Members};
 use segments_core::catalog::{Catalog, Entity, KeyKind};
+use segments_core::definition::Definition;
 use segments_core::sql::{ident, literal};
 
 use crate::engine::evaluate::{
@@ -81,6 +83,7 @@ pub fn apply_changes() -> Vec<i64> {
                 let outcomes =
                     refresh_segments(Some(&ids), RunCause::Live, false).unwrap_or_default();
                 runs.extend(outcomes.iter().map(|o| o.run_id));
+                follow_traits(&entity, &targets, None);
             }
             continue;
         }
@@ -119,6 +122,7 @@ pub fn apply_changes() -> Vec<i64> {
             let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
             let outcomes = refresh_segments(Some(&ids), RunCause::Live, false).unwrap_or_default();
             runs.extend(outcomes.iter().map(|o| o.run_id));
+            follow_traits(&entity, &targets, None);
             continue;
         }
         let changes: Vec<(String, Option<String>)> = changes
@@ -421,6 +425,47 @@ fn apply_entity(
         runs.push(outcome.run_id);
         progress.advance();
     }
+    progress::phase("storing traits");
+    follow_traits(entity_name, targets, Some((&keys, &keys_sql)));
     store::after_change(&changes);
     runs
+}
+
+/// Keeps the stored values of the traits the live segments use (SPEC 16:
+/// a trait is live when a live segment uses it) in step with them: those
+/// of the changed keys (`keys`: the keys, and as an SQL array), or all of
+/// them after a whole refresh. A trait that cannot be computed (its table
+/// gone, its owner's privileges revoked) keeps its values with a warning
+/// naming it; the segments that use it record their own failure.
+fn follow_traits(entity: &str, targets: &[Target], keys: Option<(&[String], &str)>) {
+    let used: BTreeSet<String> = targets
+        .iter()
+        .filter_map(|t| Definition::parse(&t.definition).ok())
+        .flat_map(|d| {
+            d.trait_names()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if used.is_empty() {
+        return;
+    }
+    let result = crate::pg::subtransaction::in_subtransaction(AssertUnwindSafe(|| {
+        let stored = match keys {
+            Some((keys, keys_sql)) => {
+                crate::traits::store::refresh_keys(entity, &used, keys, keys_sql)
+            }
+            None => crate::traits::store::refresh_named(entity, &used),
+        };
+        if let Err(e) = stored {
+            crate::pg::error::Raise::raise(e);
+        }
+    }));
+    if let Err(failure) = result {
+        pgrx::warning!(
+            "segments: the traits of entity \"{entity}\" that live segments use were not stored: {}",
+            failure.message
+        );
+    }
 }
