@@ -162,10 +162,7 @@ fn register_related_impl(
         args.push(via.into());
     }
     spi(Spi::run_with_args(insert, &args));
-    let entity_relation = crate::pg::spi::optional_value::<pg_sys::Oid>(
-        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.into()],
-    );
+    let entity_relation = crate::pg::catalog::entity_relation(entity);
     if let Some(entity_relation) = entity_relation {
         let warning = crate::engine::citus::related_warning(
             &table.relation_sql,

@@ -14,9 +14,22 @@ use pgrx::spi::Spi;
 use segments_core::catalog::Entity;
 use segments_core::sql::{ident, literal};
 
-use crate::pg::citus::{key_replica_name, on_worker, placement, Placement};
+use crate::pg::citus::{citus_installed, key_replica_name, on_worker, placement, Placement};
 use crate::pg::error::{Raise, Reported, SegmentsError};
 use crate::pg::spi::{optional_value, spi};
+
+/// Makes Citus use one connection per node for the rest of the
+/// transaction, where a command reads distributed tables and then changes
+/// an object Citus propagates (the traits view): Citus refuses DDL after
+/// a parallel multi-shard read in the same transaction, so two
+/// `create_trait` calls in one transaction would otherwise fail.
+pub fn sequential_transaction() {
+    if citus_installed() {
+        spi(Spi::run(
+            "SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)",
+        ));
+    }
+}
 
 /// Raised where a function reading segment state found nothing: on a
 /// Citus worker that is because the state lives on the coordinator (Citus

@@ -207,6 +207,24 @@ fn value_of(leaf: &Leaf, bitmaps: &[Members]) -> RelatedValue {
     }
 }
 
+/// An entity with at least this many rows (the planner's estimate) has
+/// its related aggregates and traits grouped by sorting, not hashing.
+const SORTED_GROUPING_MIN_ROWS: f64 = 100_000.0;
+
+/// Whether the plan's aggregate leaves group by sorting: a whole refresh
+/// (not one restricted to a few changed keys) of an entity with many
+/// records, whose `GROUP BY` has as many groups
+/// (`pg::sandbox::grouping_by_sort` says why).
+pub fn sorts_groups(plan: &Plan) -> bool {
+    plan.restriction.is_none() && has_many_records(&plan.entity)
+}
+
+/// Whether `entity` has at least `SORTED_GROUPING_MIN_ROWS` records by the
+/// planner's estimate.
+pub fn has_many_records(entity: &segments_core::catalog::Entity) -> bool {
+    crate::pg::catalog::estimated_rows(&entity.table.relation_sql) >= SORTED_GROUPING_MIN_ROWS
+}
+
 /// Runs every query of the plan except segment references. (No row limit
 /// is given to SPI: Postgres runs a query with a limit without parallel
 /// workers, and these scans are the bulk of a refresh.)
@@ -253,13 +271,19 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         }
     });
     let all_rows = all_rows.unwrap_or_default();
+    let sorted = sorts_groups(plan);
     // Leaves sharing one query (conditions on traits of one table) run it once.
     let mut ran: HashMap<&str, Vec<Members>> = HashMap::new();
     for (i, leaf) in plan.leaves.iter().enumerate() {
         let value = match (known.get(&i), related_sql(leaf)) {
             (Some(value), _) => Some(value.clone()),
             (None, Some(sql)) => {
-                let bitmaps = ran.entry(sql).or_insert_with(|| query_bitmaps(sql));
+                let bitmaps = ran.entry(sql).or_insert_with(|| match leaf {
+                    Leaf::Aggregate { .. } if sorted => {
+                        crate::pg::sandbox::grouping_by_sort(|| query_bitmaps(sql))
+                    }
+                    _ => query_bitmaps(sql),
+                });
                 Some(value_of(leaf, bitmaps))
             }
             (None, None) => None,

@@ -367,17 +367,23 @@ pub fn column_type(relation: pgrx::pg_sys::Oid, column: &str) -> Option<TypeName
     )
 }
 
+/// The oid of the registered entity's table.
+pub fn entity_relation(entity: &str) -> Option<pgrx::pg_sys::Oid> {
+    optional_value::<pgrx::pg_sys::Oid>(
+        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
+        &[entity.into()],
+    )
+}
+
 /// Locks an entity's table (ACCESS SHARE, to the end of the transaction)
 /// and checks, under that lock, what privileged code is about to rely on
 /// when it reads the table: still a plain or partitioned table, and a key
 /// column of the registered built-in type, whose `::text` is PostgreSQL's
 /// own output function. Raises an error naming the column otherwise.
 pub fn lock_verified(entity: &segments_core::catalog::Entity) {
-    let relation = optional_value::<pgrx::pg_sys::Oid>(
-        "SELECT relation::pg_catalog.oid FROM segments.entity WHERE name OPERATOR(pg_catalog.=) $1",
-        &[entity.name.as_str().into()],
-    );
-    let Some(relation) = relation else { return };
+    let Some(relation) = entity_relation(&entity.name) else {
+        return;
+    };
     // SAFETY: takes a lock on a relation by OID (an ERROR if it is gone).
     unsafe {
         pgrx::pg_sys::LockRelationOid(
@@ -499,4 +505,15 @@ fn priority_list_where(
             segments: required(&row, 3),
         })
     })
+}
+
+/// The planner's estimate of the rows of a table given by its SQL name
+/// (`pg_class.reltuples`); 0 when it was never vacuumed or analyzed.
+pub fn estimated_rows(relation_sql: &str) -> f64 {
+    optional_value::<f64>(
+        "SELECT GREATEST(c.reltuples, 0)::pg_catalog.float8 FROM pg_catalog.pg_class c \
+          WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+        &[relation_sql.into()],
+    )
+    .unwrap_or(0.0)
 }

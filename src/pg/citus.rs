@@ -25,7 +25,8 @@ impl Placement {
     }
 }
 
-fn citus_installed() -> bool {
+/// Whether Citus is installed in this database.
+pub fn citus_installed() -> bool {
     optional_value::<bool>(
         "SELECT true FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus'",
         &[],

@@ -41,7 +41,16 @@ pub fn sync_traits_view(entity: &str) -> Result<(), Reported> {
     }
     let planner = Planner::new(&SpiCatalog, entity, "entity", "pg_catalog.now()")?;
     let key = format!("e.{}", ident(&found.key_column));
+    // On Citus the entity table's rows are on the workers and the stored
+    // values on the coordinator: Citus cannot run a subquery per row into
+    // a local table, so the values are pivoted in one subquery that it
+    // plans first and sends to the workers. Elsewhere each value is an
+    // index lookup, so that reading one record reads one row per trait.
+    let distributed = crate::pg::catalog::entity_relation(entity)
+        .and_then(crate::pg::citus::placement)
+        .is_some();
     let mut columns = vec![key.clone()];
+    let mut pivoted = Vec::new();
     let mut comments = Vec::new();
     for t in &found.traits {
         let value = match planner.trait_measure("trait", &t.name) {
@@ -51,13 +60,24 @@ pub fn sync_traits_view(entity: &str) -> Result<(), Reported> {
                 } else {
                     "NULL"
                 };
+                let stored = if distributed {
+                    pivoted.push(format!(
+                        "(pg_catalog.array_agg(v.value) FILTER (WHERE v.trait_id {eq} {id}))[1] AS t{id}",
+                        eq = op("="),
+                        id = t.id
+                    ));
+                    format!("tv.t{}", t.id)
+                } else {
+                    format!(
+                        "(SELECT v.value FROM segments.trait_value v \
+                           WHERE v.trait_id {eq} {id} AND v.key {eq} ({key})::pg_catalog.text)",
+                        eq = op("="),
+                        id = t.id
+                    )
+                };
                 format!(
-                    "(coalesce((SELECT v.value FROM segments.trait_value v \
-                       WHERE v.trait_id {eq} {id} AND v.key {eq} ({key})::pg_catalog.text), {empty}) \
-                       {extract} '{{}}'::pg_catalog.text[])::{ty}",
-                    eq = op("="),
+                    "(coalesce({stored}, {empty}) {extract} '{{}}'::pg_catalog.text[])::{ty}",
                     extract = op("#>>"),
-                    id = t.id,
                     ty = measure.column.base_type_sql
                 )
             }
@@ -70,8 +90,18 @@ pub fn sync_traits_view(entity: &str) -> Result<(), Reported> {
             literal(&format!("Trait {} (segments.trait {}).", t.name, t.id))
         ));
     }
+    let pivot = if pivoted.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " LEFT JOIN (SELECT v.key, {} FROM segments.trait_value v GROUP BY v.key) tv \
+               ON tv.key {} ({key})::pg_catalog.text",
+            pivoted.join(", "),
+            op("=")
+        )
+    };
     spi(Spi::run(&format!(
-        "CREATE VIEW {view} WITH (security_invoker = true) AS SELECT {} FROM {} e",
+        "CREATE VIEW {view} WITH (security_invoker = true) AS SELECT {} FROM {} e{pivot}",
         columns.join(",\n       "),
         found.table.relation_sql
     )));

@@ -88,6 +88,7 @@ fn create_trait(
     description: default!(Option<&str>, "NULL"),
 ) -> i64 {
     require_editor("create traits");
+    crate::engine::citus::sequential_transaction();
     let caller = current_role();
     let definition = definition.0;
     crate::pg::sandbox::as_role(
@@ -138,6 +139,7 @@ fn drop_trait(name: &str) {
         .raise();
     }
     let entity = entity.to_string();
+    crate::engine::citus::sequential_transaction();
     crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
         let users = optional_value::<String>(
             "SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', name, id), ', ' ORDER BY name) FROM segments.segment \

@@ -162,9 +162,15 @@ fn compute(
                         .or_default()
                         .push(measure);
                 }
+                let sorted =
+                    restriction.is_none() && crate::engine::evaluate::has_many_records(&found);
                 let mut stored = 0;
                 for measures in groups.values() {
-                    stored += store_group(measures);
+                    stored += if sorted {
+                        crate::pg::sandbox::grouping_by_sort(|| store_group(measures))
+                    } else {
+                        store_group(measures)
+                    };
                 }
                 Ok(stored)
             }),
