@@ -142,7 +142,7 @@ rows_shipped() {  # SQL -> bytes received from the workers
   q -tA -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) $1" \
     | grep -oE 'Tuple data received from nodes: [0-9.]+ [kMG]?B' | head -1 | awk '{print $6 " " $7}'
 }
-leaves=$(q -tA -c "SELECT segments.explain(id) FROM segments.segment WHERE entity = 'customer' ORDER BY id" \
+leaves=$(q -tA -c "SET segments.reference_time = '2026-11-01'" -c "SELECT segments.explain(id) FROM segments.segment WHERE entity = 'customer' ORDER BY id" \
   | python3 -c 'import sys,re; t=sys.stdin.read(); [print(" ".join(q.split())) for q in dict.fromkeys(re.findall(r"^(SELECT .*?;)$", t, re.S|re.M))]')
 ship_rows=""
 n=0

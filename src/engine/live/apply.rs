@@ -425,8 +425,24 @@ fn apply_entity(
         runs.push(outcome.run_id);
         progress.advance();
     }
-    progress::phase("storing traits");
-    follow_traits(entity_name, targets, Some((&keys, &keys_sql)));
+    // Trait values change only with related rows: the keys whose rows of
+    // some related table (or path) changed.
+    let related_keys: Vec<String> = by_related
+        .values()
+        .flatten()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !related_keys.is_empty() {
+        progress::phase("storing traits");
+        let (_, related_keys_sql) = positions_of(&entity, &related_keys);
+        follow_traits(
+            entity_name,
+            targets,
+            Some((&related_keys, &related_keys_sql)),
+        );
+    }
     store::after_change(&changes);
     runs
 }
