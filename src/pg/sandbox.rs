@@ -102,12 +102,20 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::Unwin
 /// evaluate, and whose compilation does not stop at a cancel (a
 /// 20,000-condition refresh spent minutes there, deaf to pg_cancel_backend).
 pub fn without_jit() {
-    // SAFETY: sets a user setting at the current GUC nest level, which the
-    // enclosing `sandboxed` pops (restoring it) on success and error alike.
+    // Restored when the enclosing `sandboxed` pops its nest level, on
+    // success and error alike.
+    save_setting(c"jit", c"off");
+}
+
+/// Sets a user setting at the current GUC nest level, saving the old
+/// value for whoever pops that level.
+fn save_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: a plain GUC assignment of a user setting, saved at the
+    // current nest level.
     unsafe {
         pg_sys::set_config_option(
-            c"jit".as_ptr(),
-            c"off".as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
@@ -128,22 +136,10 @@ pub fn without_jit() {
 /// customers, 11 s hashed against 5.6 s sorted). The setting is restored
 /// when `f` returns; an error pops it with the (sub)transaction.
 pub fn grouping_by_sort<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: sets a user setting at a GUC nest level of its own, popped
-    // below (or by the abort of the enclosing transaction on error).
-    let nest_level = unsafe {
-        let nest_level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"enable_hashagg".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        nest_level
-    };
+    // SAFETY: a GUC nest level of its own, popped below (or by the abort
+    // of the enclosing transaction on error).
+    let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    save_setting(c"enable_hashagg", c"off");
     let result = f();
     // SAFETY: pops the nest level pushed above.
     unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
