@@ -49,9 +49,16 @@ fn random_definitions_equal_an_independent_oracle() {
     let (mut compared, mut mismatches) = (0usize, Vec::new());
     let batch = 500;
     let mut done = 0;
+    // Where a long run spends its time: creating, refreshing, comparing.
+    let (mut creating, mut refreshing, mut comparing) = (
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+    );
     while done < cases {
         let n = batch.min(cases - done);
         let mut oracles = Vec::with_capacity(n);
+        let started = std::time::Instant::now();
         for k in 0..n {
             let generated = rules(&mut rng, 0);
             let definition = format!(r#"{{"entity":"person","rules":{}}}"#, generated.json);
@@ -64,6 +71,8 @@ fn random_definitions_equal_an_independent_oracle() {
             };
             oracles.push((id, definition, generated.sql));
         }
+        creating += started.elapsed();
+        let started = std::time::Instant::now();
         let failed: Vec<(i64, String)> = client
             .query(
                 "SELECT segment_id, error FROM segments.refresh() WHERE status <> 'succeeded'",
@@ -77,6 +86,8 @@ fn random_definitions_equal_an_independent_oracle() {
             failed.is_empty(),
             "seed {seed}: refreshes failed: {failed:?}"
         );
+        refreshing += started.elapsed();
+        let started = std::time::Instant::now();
         for (id, definition, sql) in &oracles {
             let differ: i64 = client
                 .query_one(
@@ -97,6 +108,7 @@ fn random_definitions_equal_an_independent_oracle() {
                 ));
             }
         }
+        comparing += started.elapsed();
         client
             .batch_execute("DELETE FROM segments.segment")
             .unwrap();
@@ -105,8 +117,12 @@ fn random_definitions_equal_an_independent_oracle() {
         // still evidence.
         if cases > 1000 {
             eprintln!(
-                "differential: {done} of {cases} definitions, {} mismatches so far (seed {seed})",
-                mismatches.len()
+                "differential: {done} of {cases} definitions, {} mismatches so far (seed {seed}; \
+                 {:.0} s creating, {:.0} s refreshing, {:.0} s comparing)",
+                mismatches.len(),
+                creating.as_secs_f64(),
+                refreshing.as_secs_f64(),
+                comparing.as_secs_f64()
             );
         }
     }
