@@ -3,7 +3,9 @@
 //! of two hops (devices, then their pings), nested
 //! any/all/not, subrules with all three combines, varchar/char/numeric
 //! typmods, integer bounds) over generated tables; each segment's
-//! membership must equal an independent SQL oracle written here.
+//! membership must equal an independent SQL oracle written here. Batches
+//! of definitions alternate between computing comparisons of a column in
+//! column groups and as one `FILTER` clause each.
 //!
 //!   SEGMENTS_DIFFERENTIAL_CASES=100000 cargo test --features integration --test differential
 //!
@@ -73,6 +75,13 @@ fn random_definitions_equal_an_independent_oracle() {
         }
         creating += started.elapsed();
         let started = std::time::Instant::now();
+        // Batches alternate between the two ways of computing comparisons
+        // of a column: column groups (from 2 comparisons on) and one FILTER
+        // clause each.
+        let groups = if (done / batch) % 2 == 0 { 2 } else { 0 };
+        client
+            .batch_execute(&format!("SET segments.column_group_min_tests = {groups}"))
+            .unwrap();
         let failed: Vec<(i64, String)> = client
             .query(
                 "SELECT segment_id, error FROM segments.refresh() WHERE status <> 'succeeded'",

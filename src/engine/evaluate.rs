@@ -10,7 +10,7 @@ use pgrx::spi::Spi;
 
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
 use segments_core::catalog::KeyKind;
-use segments_core::compile::{CompiledSegment, Leaf, Plan};
+use segments_core::compile::{column_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan};
 use segments_core::sql::{ident, literal};
 
 use crate::pg::spi::{optional_value, required, spi};
@@ -119,6 +119,10 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
             .map(|chunk| plan.entity_scan_sql(chunk))
             .collect()
     };
+    for group in &plan.column_groups {
+        queries.push(group.ranks_sql());
+        queries.push(plan.column_group_sql(group, &column_ranks(group)));
+    }
     for leaf in &plan.leaves {
         match leaf {
             Leaf::Filter(_) => {}
@@ -207,6 +211,29 @@ fn value_of(leaf: &Leaf, bitmaps: &[Members]) -> RelatedValue {
     }
 }
 
+/// Each constant's rank among a column group's distinct constants.
+fn column_ranks(group: &ColumnGroup) -> Vec<i64> {
+    optional_value::<Vec<i64>>(&group.ranks_sql(), &[])
+        .unwrap_or_else(|| error!("segments: a column group ranked no constants"))
+}
+
+/// The members of each comparison of a column group (by leaf), from one
+/// scan of the entity's rows in buckets (`compile::columns`).
+fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)> {
+    let ranks = column_ranks(group);
+    let sql = plan.column_group_sql(group, &ranks);
+    let buckets = Spi::connect(|client| {
+        spi(client.select(&sql, None, &[]))
+            .map(|row| Bucket {
+                number: spi(row.get::<i32>(1)).map(i64::from),
+                exact: spi(row.get::<bool>(2)),
+                members: bitmap_of(spi(row.get::<Vec<u8>>(3))),
+            })
+            .collect::<Vec<_>>()
+    });
+    column_leaves(group, &ranks, buckets)
+}
+
 /// An entity with at least this many rows (the planner's estimate) has
 /// its related aggregates and traits grouped by sorting, not hashing.
 const SORTED_GROUPING_MIN_ROWS: f64 = 100_000.0;
@@ -270,6 +297,11 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             }
         }
     });
+    for group in &plan.column_groups {
+        for (leaf, members) in column_group_leaves(plan, group) {
+            leaves[leaf] = members;
+        }
+    }
     let all_rows = all_rows.unwrap_or_default();
     let sorted = sorts_groups(plan);
     // Leaves sharing one query (conditions on traits of one table) run it once.

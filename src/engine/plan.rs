@@ -24,7 +24,12 @@ const ENTITY_ALIAS: &str = "entity";
 /// A planner for segments of `entity`, relative conditions measured from
 /// `reference` (SQL of type timestamptz).
 pub fn planner<'a>(entity: &str, reference: &str) -> Result<Planner<'a>, Reported> {
-    Planner::new(&SpiCatalog, entity, ENTITY_ALIAS, reference)
+    let mut planner = Planner::new(&SpiCatalog, entity, ENTITY_ALIAS, reference)?;
+    match crate::pg::gucs::COLUMN_GROUP_MIN_TESTS.get() {
+        0 => {}
+        n => planner.group_columns_from(n as usize),
+    }
+    Ok(planner)
 }
 
 /// One segment's compilation, or why it failed, by segment id.

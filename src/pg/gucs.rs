@@ -32,6 +32,10 @@ pub const MAX_SCHEDULERS_LIMIT: usize = 64;
 /// The most conditions one definition may hold.
 pub const DEFAULT_MAX_CONDITIONS: i32 = 2_000;
 pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_CONDITIONS);
+/// How many comparisons of one column with constants, in one plan, are
+/// computed by a pass of their own instead of a `FILTER` clause each
+/// (0: never). ARCHITECTURE.md says why 8.
+pub static COLUMN_GROUP_MIN_TESTS: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
 pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -210,6 +214,16 @@ pub fn register() {
         1,
         100_000,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"segments.column_group_min_tests",
+        c"How many comparisons of one column with constants in one refresh make a column group (0: never).",
+        c"A column group reads the column once, in buckets, instead of one FILTER clause per comparison.",
+        &COLUMN_GROUP_MIN_TESTS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -153,7 +153,7 @@ pub(super) fn interval(duration: &RelativeDuration) -> String {
 }
 
 /// The window's two edges in the column's kind: (earliest, latest).
-fn window_edges(kind: ColumnKind, window: &Window, reference: &str) -> (String, String) {
+pub(super) fn window_edges(kind: ColumnKind, window: &Window, reference: &str) -> (String, String) {
     let back = |d: &RelativeDuration| {
         reference_as(kind, &format!("({reference} {} {})", op("-"), interval(d)))
     };

@@ -32,6 +32,7 @@
 //!   priority list's assignment
 
 mod access;
+mod columns;
 mod emit;
 mod fold;
 mod membership;
@@ -54,6 +55,7 @@ use crate::sql::{ident, op};
 use serde_json::Value;
 
 pub use access::columns_read;
+pub use columns::{column_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
@@ -157,6 +159,9 @@ pub struct Plan {
     /// By leaf: the name of the related table a related leaf reads (live
     /// apply keeps their values between applications).
     pub related_of: Vec<Option<String>>,
+    /// Filter leaves computed by a pass per column instead of a `FILTER`
+    /// clause each (`columns`): many comparisons of one column.
+    pub column_groups: Vec<ColumnGroup>,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -176,6 +181,10 @@ pub struct Planner<'a> {
     /// Conditions on traits, by their (single-trait) leaf: the trait and
     /// the comparison, to share one query per related table at `finish`.
     trait_conditions: HashMap<Leaf, (TraitMeasure, String)>,
+    /// Filter leaves that compare one column with constants, by leaf.
+    column_tests: Vec<(usize, columns::ColumnTest)>,
+    /// How many such comparisons of one column make a column group.
+    column_group_min_tests: usize,
 }
 
 impl<'a> Planner<'a> {
@@ -217,6 +226,8 @@ impl<'a> Planner<'a> {
             entity_source: None,
             related_of: HashMap::new(),
             trait_conditions: HashMap::new(),
+            column_tests: Vec::new(),
+            column_group_min_tests: usize::MAX,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -264,6 +275,14 @@ impl<'a> Planner<'a> {
             .insert(related.to_string(), keys_sql);
     }
 
+    /// Computes the comparisons of one column with constants in a pass of
+    /// their own (`columns`) where the plan has at least `min_tests` of
+    /// them on that column; without this call every one is a `FILTER`
+    /// clause of the entity scan.
+    pub fn group_columns_from(&mut self, min_tests: usize) {
+        self.column_group_min_tests = min_tests;
+    }
+
     /// Makes the entity scan read the rows `source_sql` selects (with the
     /// columns the definitions read, and the key) instead of the table.
     pub fn read_rows_from(&mut self, source_sql: String) {
@@ -287,6 +306,13 @@ impl<'a> Planner<'a> {
         for expr in exprs.iter() {
             count_uses(expr, &mut uses);
         }
+        // A comparison a column group computes stays a leaf of its own.
+        let mut groups = columns::group_tests(&self.column_tests, self.column_group_min_tests);
+        for group in &groups {
+            for (leaf, _, _) in &group.tests {
+                uses[*leaf] = uses[*leaf].max(2);
+            }
+        }
         for expr in exprs.iter_mut() {
             fold(expr, &mut self.leaves, &mut self.index, &uses);
         }
@@ -309,6 +335,13 @@ impl<'a> Planner<'a> {
         for expr in exprs.iter_mut() {
             remap(expr, &renumber, &mut has_not);
         }
+        for group in groups.iter_mut() {
+            group.tests.retain(|(leaf, _, _)| used[*leaf]);
+            for (leaf, _, _) in group.tests.iter_mut() {
+                *leaf = renumber[*leaf];
+            }
+        }
+        groups.retain(|group| !group.tests.is_empty());
         self.share_trait_scans(&mut leaves);
         let needs_all_rows = self.eligible.is_some()
             || has_not
@@ -322,6 +355,7 @@ impl<'a> Planner<'a> {
             restriction: self.restriction,
             entity_source: self.entity_source,
             related_of,
+            column_groups: groups,
         }
     }
 
@@ -423,7 +457,18 @@ impl<'a> Planner<'a> {
                 let table = self.entity.table.clone();
                 let what = format!("entity \"{}\"", self.entity.name);
                 let sql = attribute_sql(path, "e", &table, &what, test, &self.reference_time)?;
-                Expr::Leaf(self.intern(Leaf::Filter(sql)))
+                let leaf = self.intern(Leaf::Filter(sql));
+                let column = table
+                    .column(&test.column)
+                    .expect("attribute_sql checked it");
+                if let Some(compared) =
+                    columns::column_test(path, "e", column, test, &self.reference_time)
+                {
+                    if !self.column_tests.iter().any(|(known, _)| *known == leaf) {
+                        self.column_tests.push((leaf, compared));
+                    }
+                }
+                Expr::Leaf(leaf)
             }
             ConditionKind::Related(test) => {
                 let related = self.entity.related(&test.related).cloned().ok_or_else(|| {
@@ -684,9 +729,7 @@ impl Plan {
     /// one column per filter in `filters`, after a first column of every row
     /// when the plan needs it.
     pub fn entity_scan_sql(&self, filters: &[usize]) -> String {
-        let (position, join) = self
-            .entity
-            .position_sql(&format!("e.{}", ident(&self.entity.key_column)));
+        let (rows, position) = self.entity_rows_sql();
         let mut columns = Vec::new();
         if self.needs_all_rows {
             columns.push(format!("segments.rb_agg({position})"));
@@ -696,6 +739,28 @@ impl Plan {
                 columns.push(format!("segments.rb_agg({position}) FILTER (WHERE {sql})"));
             }
         }
+        format!("SELECT {} {rows}", columns.join(",\n       "))
+    }
+
+    /// The filter leaves the entity scan computes: all but those of
+    /// column groups.
+    pub fn filter_leaves(&self) -> Vec<usize> {
+        let grouped: std::collections::HashSet<usize> = self
+            .column_groups
+            .iter()
+            .flat_map(|g| g.tests.iter().map(|(leaf, _, _)| *leaf))
+            .collect();
+        (0..self.leaves.len())
+            .filter(|&i| matches!(self.leaves[i], Leaf::Filter(_)) && !grouped.contains(&i))
+            .collect()
+    }
+
+    /// `FROM` (and `WHERE`) of the entity rows a scan reads, with the
+    /// position expression of row `e`.
+    fn entity_rows_sql(&self) -> (String, String) {
+        let (position, join) = self
+            .entity
+            .position_sql(&format!("e.{}", ident(&self.entity.key_column)));
         let (from, restriction) = match (&self.entity_source, &self.restriction) {
             (Some(source), _) => (format!("({source})"), String::new()),
             (None, Some(keys)) => (
@@ -708,16 +773,14 @@ impl Plan {
             ),
             (None, None) => (self.entity.table.relation_sql.clone(), String::new()),
         };
-        format!(
-            "SELECT {} FROM {from} e{join}{restriction}",
-            columns.join(",\n       ")
-        )
+        (format!("FROM {from} e{join}{restriction}"), position)
     }
 
-    pub fn filter_leaves(&self) -> Vec<usize> {
-        (0..self.leaves.len())
-            .filter(|&i| matches!(self.leaves[i], Leaf::Filter(_)))
-            .collect()
+    /// The scan of a column group, once its constants' ranks are known
+    /// (`ColumnGroup::ranks_sql`).
+    pub fn column_group_sql(&self, group: &ColumnGroup, ranks: &[i64]) -> String {
+        let (rows, position) = self.entity_rows_sql();
+        group.buckets_sql(ranks, &rows, &position)
     }
 }
 

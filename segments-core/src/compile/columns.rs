@@ -1,0 +1,495 @@
+//! Many comparisons of one column against different constants, computed
+//! from one grouped pass instead of one `FILTER` clause each.
+//!
+//! Real segment lists compare the same few columns against thresholds of
+//! their own (spent over 480, over 500, between 25 and 34, signed up in
+//! the last 17 days...). As `FILTER` clauses, a scan evaluates every one of
+//! them on every row: its cost grows with segments × rows. A *column group*
+//! reads the column once instead: the distinct constants, sorted by
+//! PostgreSQL, are the lower bounds of buckets; one scan puts every row in
+//! its bucket (`width_bucket`, a binary search) and says whether it equals
+//! the bucket's bound; `GROUP BY` gathers each bucket's positions into a
+//! bitmap. Every comparison is then a union of buckets, made in Rust
+//! (`column_leaves`): `gt 500` is every bucket above 500's, less the rows
+//! equal to 500. The cost grows with rows × log(constants) plus the
+//! bitmaps written, not with the number of comparisons.
+//!
+//! Only ordered built-in types without a collation take this path
+//! (integers, numeric, floats, dates, timestamps): their order and
+//! equality are the btree's, the same the comparison operators use, so a
+//! group's answer is the `FILTER` clause's exactly (NULLs in no bucket,
+//! NaN above every number). Text keeps its `FILTER` clauses.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::bitmap::Members;
+use crate::catalog::{Column, ColumnKind};
+use crate::definition::{AttributeTest, Op, Operand};
+use crate::sql::{ident, op};
+
+use super::emit::{reference_as, typed, window_edges};
+
+/// The base types a column group handles (see the module's comment).
+const ORDERED_TYPES: &[&str] = &[
+    "smallint",
+    "integer",
+    "bigint",
+    "numeric",
+    "pg_catalog.numeric",
+    "real",
+    "double precision",
+    "date",
+    "timestamp without time zone",
+    "timestamp with time zone",
+];
+
+/// The comparisons a column group answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnOp {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    /// Both ends included; values are (low, high).
+    Between,
+    /// Any of the values.
+    In,
+}
+
+/// One attribute condition as a comparison of an operand with constants:
+/// the form a column group can answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ColumnTest {
+    /// The column as the entity row `e` has it.
+    pub operand: String,
+    /// The type the comparison is made in (the constants' type).
+    pub sql_type: String,
+    pub op: ColumnOp,
+    /// SQL expressions of `sql_type`: literals, or edges of a window
+    /// measured back from the reference time.
+    pub values: Vec<String>,
+}
+
+/// The comparison `test` makes on the entity's `column` (as `alias`), if a
+/// column group can answer it; None for every other condition.
+pub(super) fn column_test(
+    path: &str,
+    alias: &str,
+    column: &Column,
+    test: &AttributeTest,
+    reference: &str,
+) -> Option<ColumnTest> {
+    if test.ignore_case || !ORDERED_TYPES.contains(&column.base_type_sql.as_str()) {
+        return None;
+    }
+    let operand = format!("{alias}.{}", ident(&column.name));
+    let lit = |value: &Value| typed(path, column, value).ok();
+    // A literal is `'text'::type`: its type is what follows the last `::`.
+    let type_of = |sql: &str| sql.rsplit_once("::").map(|(_, t)| t.to_string());
+    let (op, values) = match (test.op, &test.value) {
+        (Op::Eq, Operand::Scalar(v)) => (ColumnOp::Eq, vec![lit(v)?]),
+        (Op::Ne, Operand::Scalar(v)) => (ColumnOp::Ne, vec![lit(v)?]),
+        (Op::Lt | Op::Before, Operand::Scalar(v)) => (ColumnOp::Lt, vec![lit(v)?]),
+        (Op::Lte, Operand::Scalar(v)) => (ColumnOp::Lte, vec![lit(v)?]),
+        (Op::Gt | Op::After, Operand::Scalar(v)) => (ColumnOp::Gt, vec![lit(v)?]),
+        (Op::Gte, Operand::Scalar(v)) => (ColumnOp::Gte, vec![lit(v)?]),
+        (Op::Between, Operand::Range(low, high)) => {
+            (ColumnOp::Between, vec![lit(low)?, lit(high)?])
+        }
+        (Op::In, Operand::List(items)) if !items.is_empty() => (
+            ColumnOp::In,
+            items.iter().map(lit).collect::<Option<Vec<_>>>()?,
+        ),
+        (Op::InLast, Operand::Window(window)) if is_time(column.kind) => {
+            let (from, to) = window_edges(column.kind, window, reference);
+            return Some(ColumnTest {
+                operand,
+                sql_type: column.base_type_sql.clone(),
+                op: ColumnOp::Between,
+                values: vec![from, to],
+            });
+        }
+        (Op::InNext, Operand::Duration(duration)) if is_time(column.kind) => {
+            let to = reference_as(
+                column.kind,
+                &format!(
+                    "({reference} {} {})",
+                    op("+"),
+                    super::emit::interval(duration)
+                ),
+            );
+            return Some(ColumnTest {
+                operand,
+                sql_type: column.base_type_sql.clone(),
+                op: ColumnOp::Between,
+                values: vec![reference_as(column.kind, reference), to],
+            });
+        }
+        _ => return None,
+    };
+    // Every constant of one test has the same type (an integer column's
+    // list mixing 7 and 3000000000 has two: it keeps its FILTER clause).
+    let sql_type = type_of(&values[0])?;
+    if values
+        .iter()
+        .any(|v| type_of(v).as_ref() != Some(&sql_type))
+    {
+        return None;
+    }
+    Some(ColumnTest {
+        operand,
+        sql_type,
+        op,
+        values,
+    })
+}
+
+fn is_time(kind: ColumnKind) -> bool {
+    matches!(
+        kind,
+        ColumnKind::Date | ColumnKind::Timestamp | ColumnKind::TimestampTz
+    )
+}
+
+/// The comparisons of a plan on one operand in one type, computed
+/// together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnGroup {
+    pub operand: String,
+    pub sql_type: String,
+    /// The distinct constant expressions the tests compare with.
+    pub values: Vec<String>,
+    /// By test: its leaf, its comparison, and its constants (indexes into
+    /// `values`).
+    pub tests: Vec<(usize, ColumnOp, Vec<usize>)>,
+}
+
+/// Groups `tests` (by leaf) by operand and type; a group of at least
+/// `min_tests` comparisons is worth a pass of its own. Groups come in a
+/// stable order (by operand, then type).
+pub(super) fn group_tests(tests: &[(usize, ColumnTest)], min_tests: usize) -> Vec<ColumnGroup> {
+    let mut by_operand: BTreeMap<(&str, &str), Vec<&(usize, ColumnTest)>> = BTreeMap::new();
+    for entry in tests {
+        by_operand
+            .entry((&entry.1.operand, &entry.1.sql_type))
+            .or_default()
+            .push(entry);
+    }
+    by_operand
+        .into_iter()
+        .filter(|(_, members)| members.len() >= min_tests.max(1))
+        .map(|((operand, sql_type), members)| {
+            let mut values: Vec<String> = Vec::new();
+            let mut tests = Vec::new();
+            for (leaf, test) in members {
+                let indexes = test
+                    .values
+                    .iter()
+                    .map(|v| match values.iter().position(|known| known == v) {
+                        Some(i) => i,
+                        None => {
+                            values.push(v.clone());
+                            values.len() - 1
+                        }
+                    })
+                    .collect();
+                tests.push((*leaf, test.op, indexes));
+            }
+            ColumnGroup {
+                operand: operand.to_string(),
+                sql_type: sql_type.to_string(),
+                values,
+                tests,
+            }
+        })
+        .collect()
+}
+
+impl ColumnGroup {
+    fn values_array(&self) -> String {
+        format!("ARRAY[{}]::{}[]", self.values.join(", "), self.sql_type)
+    }
+
+    /// The query of each constant's rank among the distinct constants
+    /// (1 = smallest), in the order of `values`: PostgreSQL orders them,
+    /// with the type's own comparison.
+    pub fn ranks_sql(&self) -> String {
+        format!(
+            "SELECT pg_catalog.array_agg(s.r ORDER BY s.o) FROM \
+             (SELECT u.o, pg_catalog.dense_rank() OVER (ORDER BY u.c) AS r \
+                FROM pg_catalog.unnest({}) WITH ORDINALITY u(c, o)) s",
+            self.values_array()
+        )
+    }
+
+    /// The distinct constants in ascending order, given their ranks.
+    fn sorted_values(&self, ranks: &[i64]) -> Vec<&str> {
+        let mut sorted: BTreeMap<i64, &str> = BTreeMap::new();
+        for (value, rank) in self.values.iter().zip(ranks) {
+            sorted.entry(*rank).or_insert(value);
+        }
+        sorted.into_values().collect()
+    }
+
+    /// The one scan of the group: for each bucket `b` (the number of
+    /// sorted distinct constants at or below the row's value) and whether
+    /// the value equals the bucket's constant, the bitmap of positions.
+    /// `rows` is `FROM ... e ... [WHERE ...]` of the entity's rows and
+    /// `position` their position expression. Rows whose value is NULL
+    /// come in a NULL bucket.
+    pub fn buckets_sql(&self, ranks: &[i64], rows: &str, position: &str) -> String {
+        let thresholds = format!(
+            "ARRAY[{}]::{}[]",
+            self.sorted_values(ranks).join(", "),
+            self.sql_type
+        );
+        let value = format!("CAST({} AS {})", self.operand, self.sql_type);
+        // A scalar subquery is an InitPlan: the constants (which may be
+        // reference-time arithmetic) are computed once, not per row.
+        let th = format!("(SELECT {thresholds})");
+        format!(
+            "SELECT s.b, s.x {eq} ({th})[s.b], segments.rb_agg(s.p) FROM \
+             (SELECT {value} AS x, pg_catalog.width_bucket({value}, {th}) AS b, {position} AS p \
+                {rows}) s \
+             GROUP BY 1, 2",
+            eq = op("="),
+        )
+    }
+}
+
+/// One bucket of a group's scan: its number, whether its rows equal its
+/// constant (None for bucket 0 and NULL values), and their positions.
+pub struct Bucket {
+    pub number: Option<i64>,
+    pub exact: Option<bool>,
+    pub members: Members,
+}
+
+/// Each test's members (by leaf) from the group's buckets: a sweep over
+/// the sorted constants keeps the union of the buckets below; each test
+/// takes it (or its complement among non-NULL values) at its constant.
+pub fn column_leaves(
+    group: &ColumnGroup,
+    ranks: &[i64],
+    buckets: Vec<Bucket>,
+) -> Vec<(usize, Members)> {
+    let distinct = ranks.iter().copied().max().unwrap_or(0).max(0) as usize;
+    // below[b]: rows in bucket b (values >= constant b, < constant b + 1);
+    // equal[b]: those equal to constant b.
+    let mut below = vec![Members::new(); distinct + 1];
+    let mut equal = vec![Members::new(); distinct + 1];
+    for bucket in buckets {
+        let Some(b) = bucket.number else { continue };
+        let b = (b.max(0) as usize).min(distinct);
+        if bucket.exact == Some(true) {
+            equal[b] |= &bucket.members;
+        }
+        below[b] |= bucket.members;
+    }
+    let not_null: Members = below.iter().fold(Members::new(), |all, b| all | b);
+    let rank = |value: usize| ranks[value].max(1) as usize;
+    // Sweep events (rank, which constant of the test, test): at rank j,
+    // `under` is every row below constant j.
+    let mut events: Vec<(usize, usize, usize)> = Vec::new();
+    for (t, (_, op, values)) in group.tests.iter().enumerate() {
+        match op {
+            ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => {}
+            ColumnOp::Between => {
+                events.push((rank(values[0]), 0, t));
+                events.push((rank(values[1]), 1, t));
+            }
+            _ => events.push((rank(values[0]), 0, t)),
+        }
+    }
+    events.sort_unstable();
+    let mut results: Vec<Option<Members>> = vec![None; group.tests.len()];
+    let mut under = Members::new();
+    let mut swept = 0; // `under` is the union of below[..swept]
+    for (j, end, t) in events {
+        while swept < j {
+            under |= &below[swept];
+            swept += 1;
+        }
+        let at_or_above = || &not_null - &under;
+        let at_or_below = || &under | &equal[j];
+        let value = match group.tests[t].1 {
+            ColumnOp::Lt => under.clone(),
+            ColumnOp::Lte => at_or_below(),
+            ColumnOp::Gte => at_or_above(),
+            ColumnOp::Gt => &at_or_above() - &equal[j],
+            // Each end gives its half; the second one met intersects them.
+            ColumnOp::Between => {
+                let half = if end == 0 {
+                    at_or_above()
+                } else {
+                    at_or_below()
+                };
+                match results[t].take() {
+                    None => half,
+                    Some(other) => other & half,
+                }
+            }
+            ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => unreachable!("no sweep event"),
+        };
+        results[t] = Some(value);
+    }
+    group
+        .tests
+        .iter()
+        .enumerate()
+        .map(|(t, (leaf, op, values))| {
+            let members = match op {
+                ColumnOp::Eq => equal[rank(values[0])].clone(),
+                ColumnOp::Ne => &not_null - &equal[rank(values[0])],
+                ColumnOp::In => values
+                    .iter()
+                    .fold(Members::new(), |all, v| all | &equal[rank(*v)]),
+                _ => results[t].take().unwrap_or_default(),
+            };
+            (*leaf, members)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Rng;
+
+    /// What PostgreSQL's scan returns for `values` (by position) and the
+    /// group's constants (integers here): bucket = constants at or below.
+    fn buckets_of(values: &[Option<i64>], sorted: &[i64]) -> Vec<Bucket> {
+        let mut by: BTreeMap<(Option<i64>, Option<bool>), Members> = BTreeMap::new();
+        for (position, value) in values.iter().enumerate() {
+            let key = match value {
+                None => (None, None),
+                Some(v) => {
+                    let b = sorted.iter().filter(|c| *c <= v).count();
+                    let exact = (b > 0).then(|| sorted[b - 1] == *v);
+                    (Some(b as i64), exact)
+                }
+            };
+            by.entry(key).or_default().insert(position as u64);
+        }
+        by.into_iter()
+            .map(|((number, exact), members)| Bucket {
+                number,
+                exact,
+                members,
+            })
+            .collect()
+    }
+
+    fn holds(op: ColumnOp, v: i64, constants: &[i64]) -> bool {
+        match op {
+            ColumnOp::Eq => v == constants[0],
+            ColumnOp::Ne => v != constants[0],
+            ColumnOp::Lt => v < constants[0],
+            ColumnOp::Lte => v <= constants[0],
+            ColumnOp::Gt => v > constants[0],
+            ColumnOp::Gte => v >= constants[0],
+            ColumnOp::Between => constants[0] <= v && v <= constants[1],
+            ColumnOp::In => constants.contains(&v),
+        }
+    }
+
+    #[test]
+    fn every_comparison_equals_evaluating_it_row_by_row() {
+        let ops = [
+            ColumnOp::Eq,
+            ColumnOp::Ne,
+            ColumnOp::Lt,
+            ColumnOp::Lte,
+            ColumnOp::Gt,
+            ColumnOp::Gte,
+            ColumnOp::Between,
+            ColumnOp::In,
+        ];
+        let mut rng = Rng(42);
+        for _ in 0..300 {
+            let rows: Vec<Option<i64>> = (0..1 + rng.below(60))
+                .map(|_| (!rng.chance(15)).then(|| rng.below(20) as i64 - 5))
+                .collect();
+            let mut constants: Vec<i64> = Vec::new();
+            let mut tests = Vec::new();
+            for leaf in 0..1 + rng.below(12) {
+                let op = *rng.pick(&ops);
+                let count = match op {
+                    ColumnOp::Between => 2,
+                    ColumnOp::In => 1 + rng.below(4),
+                    _ => 1,
+                };
+                let mine: Vec<usize> = (0..count)
+                    .map(|_| {
+                        let c = rng.below(24) as i64 - 7;
+                        match constants.iter().position(|k| *k == c) {
+                            Some(i) => i,
+                            None => {
+                                constants.push(c);
+                                constants.len() - 1
+                            }
+                        }
+                    })
+                    .collect();
+                tests.push((leaf, op, mine));
+            }
+            let mut sorted = constants.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let ranks: Vec<i64> = constants
+                .iter()
+                .map(|c| 1 + sorted.iter().position(|s| s == c).unwrap() as i64)
+                .collect();
+            let group = ColumnGroup {
+                operand: "e.v".into(),
+                sql_type: "integer".into(),
+                values: constants.iter().map(|c| c.to_string()).collect(),
+                tests: tests.clone(),
+            };
+            let got = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
+            for ((leaf, op, mine), (got_leaf, members)) in tests.iter().zip(got) {
+                assert_eq!(*leaf, got_leaf);
+                let constants: Vec<i64> = mine.iter().map(|i| constants[*i]).collect();
+                let want: Members = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_some_and(|v| holds(*op, v, &constants)))
+                    .map(|(p, _)| p as u64)
+                    .collect();
+                assert_eq!(members, want, "{op:?} {constants:?} over {rows:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn groups_need_enough_comparisons_of_one_column_in_one_type() {
+        let test = |operand: &str, sql_type: &str, value: &str| ColumnTest {
+            operand: operand.into(),
+            sql_type: sql_type.into(),
+            op: ColumnOp::Gt,
+            values: vec![value.into()],
+        };
+        let tests = vec![
+            (0, test("e.a", "integer", "'1'::integer")),
+            (1, test("e.a", "integer", "'2'::integer")),
+            (2, test("e.a", "integer", "'1'::integer")),
+            (
+                3,
+                test("e.a", "pg_catalog.numeric", "'1.5'::pg_catalog.numeric"),
+            ),
+            (4, test("e.b", "integer", "'1'::integer")),
+        ];
+        let groups = group_tests(&tests, 3);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].values, vec!["'1'::integer", "'2'::integer"]);
+        assert_eq!(
+            groups[0].tests.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(group_tests(&tests, usize::MAX).is_empty());
+    }
+}
