@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
+#[path = "bench/generated.rs"]
+mod generated;
+
 const ANCHOR: &str = "2026-11-01";
 
 struct Timing {
@@ -132,6 +135,13 @@ fn main() {
         ),
     );
     let mut rows = Vec::new();
+    // SEGMENTS_BENCH_ONLY=14 runs just the generated segment list (while
+    // working on it); the report then holds that row only.
+    if std::env::var("SEGMENTS_BENCH_ONLY").as_deref() == Ok("14") {
+        generated::case(&mut client, scale, runs, &mut rows);
+        write_report(&mut client, &output, scale, runs, &rows);
+        return;
+    }
     let since = format!("'{ANCHOR}'::timestamptz - interval '30 days'");
 
     // 1. One attribute segment.
@@ -636,6 +646,9 @@ fn main() {
         "≤ 1.0",
         Some(1.0),
     );
+
+    // 14. A realistic list of segments (examples/bench/generated.rs).
+    generated::case(&mut client, scale, runs, &mut rows);
 
     // 13. A feed: a reader acknowledging every 10,000 reads a million
     // changes (the snapshot of a segment of every customer), and what a

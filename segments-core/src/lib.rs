@@ -15,6 +15,7 @@
 //! - `split`: the groups of a split segment, as bucket ranges
 //! - `error`: the one error type and its SQLSTATEs
 //! - `generate`: random definitions for the differential fuzzer
+//! - `realistic`: a seeded, realistic segment list for benchmarks
 
 pub mod bitmap;
 pub mod catalog;
@@ -24,6 +25,8 @@ pub mod error;
 #[cfg(any(test, feature = "generate"))]
 pub mod generate;
 pub mod names;
+#[cfg(any(test, feature = "generate"))]
+pub mod realistic;
 pub mod schedule;
 pub mod spelling;
 pub mod split;

@@ -10,7 +10,9 @@ use pgrx::spi::Spi;
 
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
 use segments_core::catalog::KeyKind;
-use segments_core::compile::{column_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan};
+use segments_core::compile::{
+    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan,
+};
 use segments_core::sql::{ident, literal};
 
 use crate::pg::spi::{optional_value, required, spi};
@@ -120,8 +122,12 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
             .collect()
     };
     for group in &plan.column_groups {
-        queries.push(group.ranks_sql());
-        queries.push(plan.column_group_sql(group, &column_ranks(group)));
+        if group.ordered {
+            queries.push(group.ranks_sql());
+            queries.push(plan.column_group_sql(group, &column_ranks(group)));
+        } else {
+            queries.push(plan.column_group_sql(group, &[]));
+        }
     }
     for leaf in &plan.leaves {
         match leaf {
@@ -220,6 +226,20 @@ fn column_ranks(group: &ColumnGroup) -> Vec<i64> {
 /// The members of each comparison of a column group (by leaf), from one
 /// scan of the entity's rows in buckets (`compile::columns`).
 fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)> {
+    if !group.ordered {
+        let sql = plan.column_group_sql(group, &[]);
+        let matches = Spi::connect(|client| {
+            spi(client.select(&sql, None, &[]))
+                .map(|row| {
+                    (
+                        spi(row.get::<i64>(1)).unwrap_or_default(),
+                        bitmap_of(spi(row.get::<Vec<u8>>(2))),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        return equality_leaves(group, matches);
+    }
     let ranks = column_ranks(group);
     let sql = plan.column_group_sql(group, &ranks);
     let buckets = Spi::connect(|client| {

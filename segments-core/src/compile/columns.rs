@@ -14,11 +14,15 @@
 //! equal to 500. The cost grows with rows × log(constants) plus the
 //! bitmaps written, not with the number of comparisons.
 //!
-//! Only ordered built-in types without a collation take this path
+//! Only ordered built-in types without a collation are bucketed
 //! (integers, numeric, floats, dates, timestamps): their order and
 //! equality are the btree's, the same the comparison operators use, so a
 //! group's answer is the `FILTER` clause's exactly (NULLs in no bucket,
-//! NaN above every number). Text keeps its `FILTER` clauses.
+//! NaN above every number). Equality tests (`eq`, `in`) of text, varchar,
+//! char and uuid form *equality groups* instead: one hash join of the rows
+//! with the constants (`=` under the column's own collation, as the
+//! `FILTER` clause compares) gives each constant's rows. Other text tests
+//! keep their `FILTER` clauses.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +49,10 @@ const ORDERED_TYPES: &[&str] = &[
     "timestamp with time zone",
 ];
 
+/// The types whose `eq` and `in` tests form equality groups (the
+/// constants' type as `emit::literal_type` spells it).
+const EQUALITY_TYPES: &[&str] = &["text", "pg_catalog.varchar", "pg_catalog.bpchar", "uuid"];
+
 /// The comparisons a column group answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ColumnOp {
@@ -58,6 +66,8 @@ pub enum ColumnOp {
     Between,
     /// Any of the values.
     In,
+    /// Below the first value or above the second (`not_in_last`).
+    Outside,
 }
 
 /// One attribute condition as a comparison of an operand with constants:
@@ -72,6 +82,8 @@ pub struct ColumnTest {
     /// SQL expressions of `sql_type`: literals, or edges of a window
     /// measured back from the reference time.
     pub values: Vec<String>,
+    /// Bucketed by order (true) or matched by equality only.
+    pub ordered: bool,
 }
 
 /// The comparison `test` makes on the entity's `column` (as `alias`), if a
@@ -83,13 +95,25 @@ pub(super) fn column_test(
     test: &AttributeTest,
     reference: &str,
 ) -> Option<ColumnTest> {
-    if test.ignore_case || !ORDERED_TYPES.contains(&column.base_type_sql.as_str()) {
-        return None;
-    }
     let operand = format!("{alias}.{}", ident(&column.name));
     let lit = |value: &Value| typed(path, column, value).ok();
     // A literal is `'text'::type`: its type is what follows the last `::`.
     let type_of = |sql: &str| sql.rsplit_once("::").map(|(_, t)| t.to_string());
+    if !ORDERED_TYPES.contains(&column.base_type_sql.as_str()) {
+        return equality_test(operand, test, lit, type_of);
+    }
+    if test.ignore_case {
+        return None;
+    }
+    let window = |op: ColumnOp, (from, to): (String, String)| {
+        Some(ColumnTest {
+            operand: operand.clone(),
+            sql_type: column.base_type_sql.clone(),
+            op,
+            values: vec![from, to],
+            ordered: true,
+        })
+    };
     let (op, values) = match (test.op, &test.value) {
         (Op::Eq, Operand::Scalar(v)) => (ColumnOp::Eq, vec![lit(v)?]),
         (Op::Ne, Operand::Scalar(v)) => (ColumnOp::Ne, vec![lit(v)?]),
@@ -104,14 +128,11 @@ pub(super) fn column_test(
             ColumnOp::In,
             items.iter().map(lit).collect::<Option<Vec<_>>>()?,
         ),
-        (Op::InLast, Operand::Window(window)) if is_time(column.kind) => {
-            let (from, to) = window_edges(column.kind, window, reference);
-            return Some(ColumnTest {
-                operand,
-                sql_type: column.base_type_sql.clone(),
-                op: ColumnOp::Between,
-                values: vec![from, to],
-            });
+        (Op::InLast, Operand::Window(w)) if is_time(column.kind) => {
+            return window(ColumnOp::Between, window_edges(column.kind, w, reference));
+        }
+        (Op::NotInLast, Operand::Window(w)) if is_time(column.kind) => {
+            return window(ColumnOp::Outside, window_edges(column.kind, w, reference));
         }
         (Op::InNext, Operand::Duration(duration)) if is_time(column.kind) => {
             let to = reference_as(
@@ -122,17 +143,25 @@ pub(super) fn column_test(
                     super::emit::interval(duration)
                 ),
             );
-            return Some(ColumnTest {
-                operand,
-                sql_type: column.base_type_sql.clone(),
-                op: ColumnOp::Between,
-                values: vec![reference_as(column.kind, reference), to],
-            });
+            return window(
+                ColumnOp::Between,
+                (reference_as(column.kind, reference), to),
+            );
         }
         _ => return None,
     };
-    // Every constant of one test has the same type (an integer column's
-    // list mixing 7 and 3000000000 has two: it keeps its FILTER clause).
+    same_type(operand, op, values, true, type_of)
+}
+
+/// A test of constants all of one type (an integer column's list mixing
+/// 7 and 3000000000 has two: it keeps its `FILTER` clause).
+fn same_type(
+    operand: String,
+    op: ColumnOp,
+    values: Vec<String>,
+    ordered: bool,
+    type_of: impl Fn(&str) -> Option<String>,
+) -> Option<ColumnTest> {
     let sql_type = type_of(&values[0])?;
     if values
         .iter()
@@ -145,7 +174,40 @@ pub(super) fn column_test(
         sql_type,
         op,
         values,
+        ordered,
     })
+}
+
+/// `eq` and `in` on a text, char or uuid column, as an equality group's
+/// test (`ignore_case` compares lower-cased text, as the filter does).
+fn equality_test(
+    operand: String,
+    test: &AttributeTest,
+    lit: impl Fn(&Value) -> Option<String>,
+    type_of: impl Fn(&str) -> Option<String>,
+) -> Option<ColumnTest> {
+    let (op, values) = match (test.op, &test.value) {
+        (Op::Eq, Operand::Scalar(v)) => (ColumnOp::Eq, vec![lit(v)?]),
+        (Op::In, Operand::List(items)) if !items.is_empty() => (
+            ColumnOp::In,
+            items.iter().map(&lit).collect::<Option<Vec<_>>>()?,
+        ),
+        _ => return None,
+    };
+    let mut test_of = same_type(operand, op, values, false, type_of)?;
+    if !EQUALITY_TYPES.contains(&test_of.sql_type.as_str()) {
+        return None;
+    }
+    if test.ignore_case {
+        if test_of.sql_type == "uuid" {
+            return None;
+        }
+        let lower = |sql: &str| format!("pg_catalog.lower({sql})");
+        test_of.operand = lower(&test_of.operand);
+        test_of.values = test_of.values.iter().map(|v| lower(v)).collect();
+        test_of.sql_type = "text".into();
+    }
+    Some(test_of)
 }
 
 fn is_time(kind: ColumnKind) -> bool {
@@ -166,23 +228,28 @@ pub struct ColumnGroup {
     /// By test: its leaf, its comparison, and its constants (indexes into
     /// `values`).
     pub tests: Vec<(usize, ColumnOp, Vec<usize>)>,
+    /// Bucketed (`buckets_sql`, `column_leaves`) or an equality group
+    /// (`matches_sql`, `equality_leaves`).
+    pub ordered: bool,
 }
 
 /// Groups `tests` (by leaf) by operand and type; a group of at least
 /// `min_tests` comparisons is worth a pass of its own. Groups come in a
 /// stable order (by operand, then type).
 pub(super) fn group_tests(tests: &[(usize, ColumnTest)], min_tests: usize) -> Vec<ColumnGroup> {
-    let mut by_operand: BTreeMap<(&str, &str), Vec<&(usize, ColumnTest)>> = BTreeMap::new();
+    // (operand, type, ordered) -> its tests
+    type Key<'t> = (&'t str, &'t str, bool);
+    let mut by_operand: BTreeMap<Key, Vec<&(usize, ColumnTest)>> = BTreeMap::new();
     for entry in tests {
         by_operand
-            .entry((&entry.1.operand, &entry.1.sql_type))
+            .entry((&entry.1.operand, &entry.1.sql_type, entry.1.ordered))
             .or_default()
             .push(entry);
     }
     by_operand
         .into_iter()
         .filter(|(_, members)| members.len() >= min_tests.max(1))
-        .map(|((operand, sql_type), members)| {
+        .map(|((operand, sql_type, ordered), members)| {
             let mut values: Vec<String> = Vec::new();
             let mut tests = Vec::new();
             for (leaf, test) in members {
@@ -204,6 +271,7 @@ pub(super) fn group_tests(tests: &[(usize, ColumnTest)], min_tests: usize) -> Ve
                 sql_type: sql_type.to_string(),
                 values,
                 tests,
+                ordered,
             }
         })
         .collect()
@@ -223,6 +291,20 @@ impl ColumnGroup {
              (SELECT u.o, pg_catalog.dense_rank() OVER (ORDER BY u.c) AS r \
                 FROM pg_catalog.unnest({}) WITH ORDINALITY u(c, o)) s",
             self.values_array()
+        )
+    }
+
+    /// The equality group's one scan: for each constant (by its place in
+    /// `values`, from 1), the positions of the rows equal to it.
+    pub fn matches_sql(&self, rows: &str, position: &str) -> String {
+        format!(
+            "SELECT u.o, segments.rb_agg(s.p) FROM \
+             (SELECT {} AS x, {position} AS p {rows}) s \
+             JOIN pg_catalog.unnest({}) WITH ORDINALITY u(c, o) ON s.x {} u.c \
+             GROUP BY u.o",
+            self.operand,
+            self.values_array(),
+            op("=")
         )
     }
 
@@ -298,7 +380,7 @@ pub fn column_leaves(
     for (t, (_, op, values)) in group.tests.iter().enumerate() {
         match op {
             ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => {}
-            ColumnOp::Between => {
+            ColumnOp::Between | ColumnOp::Outside => {
                 events.push((rank(values[0]), 0, t));
                 events.push((rank(values[1]), 1, t));
             }
@@ -333,6 +415,18 @@ pub fn column_leaves(
                     Some(other) => other & half,
                 }
             }
+            // Below the low end, or above the high end: their union.
+            ColumnOp::Outside => {
+                let half = if end == 0 {
+                    under.clone()
+                } else {
+                    &at_or_above() - &equal[j]
+                };
+                match results[t].take() {
+                    None => half,
+                    Some(other) => other | half,
+                }
+            }
             ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => unreachable!("no sweep event"),
         };
         results[t] = Some(value);
@@ -350,6 +444,30 @@ pub fn column_leaves(
                     .fold(Members::new(), |all, v| all | &equal[rank(*v)]),
                 _ => results[t].take().unwrap_or_default(),
             };
+            (*leaf, members)
+        })
+        .collect()
+}
+
+/// Each test's members (by leaf) of an equality group, from the rows
+/// equal to each constant (`matches`: place in `values` from 1, rows).
+pub fn equality_leaves(group: &ColumnGroup, matches: Vec<(i64, Members)>) -> Vec<(usize, Members)> {
+    let mut equal = vec![Members::new(); group.values.len()];
+    for (place, members) in matches {
+        if let Some(slot) = usize::try_from(place - 1)
+            .ok()
+            .and_then(|i| equal.get_mut(i))
+        {
+            *slot |= members;
+        }
+    }
+    group
+        .tests
+        .iter()
+        .map(|(leaf, _, values)| {
+            let members = values
+                .iter()
+                .fold(Members::new(), |all, v| all | &equal[*v]);
             (*leaf, members)
         })
         .collect()
@@ -394,6 +512,7 @@ mod tests {
             ColumnOp::Gte => v >= constants[0],
             ColumnOp::Between => constants[0] <= v && v <= constants[1],
             ColumnOp::In => constants.contains(&v),
+            ColumnOp::Outside => v < constants[0] || v > constants[1],
         }
     }
 
@@ -408,6 +527,7 @@ mod tests {
             ColumnOp::Gte,
             ColumnOp::Between,
             ColumnOp::In,
+            ColumnOp::Outside,
         ];
         let mut rng = Rng(42);
         for _ in 0..300 {
@@ -419,7 +539,7 @@ mod tests {
             for leaf in 0..1 + rng.below(12) {
                 let op = *rng.pick(&ops);
                 let count = match op {
-                    ColumnOp::Between => 2,
+                    ColumnOp::Between | ColumnOp::Outside => 2,
                     ColumnOp::In => 1 + rng.below(4),
                     _ => 1,
                 };
@@ -449,6 +569,7 @@ mod tests {
                 sql_type: "integer".into(),
                 values: constants.iter().map(|c| c.to_string()).collect(),
                 tests: tests.clone(),
+                ordered: true,
             };
             let got = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
             for ((leaf, op, mine), (got_leaf, members)) in tests.iter().zip(got) {
@@ -472,6 +593,7 @@ mod tests {
             sql_type: sql_type.into(),
             op: ColumnOp::Gt,
             values: vec![value.into()],
+            ordered: true,
         };
         let tests = vec![
             (0, test("e.a", "integer", "'1'::integer")),

@@ -175,6 +175,24 @@ pub(super) fn in_last_sql(
     between(column_sql, &from, &to)
 }
 
+/// `in_last_sql` with each edge computed once per query (an InitPlan), not
+/// per row: the edges are reference-time arithmetic, which PostgreSQL does
+/// not fold (it is only stable), and a scan sharing hundreds of windows
+/// would compute them for every row.
+pub(super) fn in_window_once_sql(
+    column_sql: &str,
+    kind: ColumnKind,
+    window: &Window,
+    reference: &str,
+) -> String {
+    let (from, to) = window_edges(kind, window, reference);
+    between(
+        column_sql,
+        &format!("(SELECT {from})"),
+        &format!("(SELECT {to})"),
+    )
+}
+
 /// `{"step": K, "attribute": C}`: the step row's column compared with
 /// column C of step K's row, both of the same related table.
 fn step_ref_sql(

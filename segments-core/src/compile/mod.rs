@@ -55,15 +55,17 @@ use crate::sql::{ident, op};
 use serde_json::Value;
 
 pub use access::columns_read;
-pub use columns::{column_leaves, Bucket, ColumnGroup, ColumnOp};
+pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
-use emit::{compares_true, comparison_sql, in_last_sql, join_sql, related_condition, RowScope};
+use emit::{
+    compares_true, comparison_sql, in_window_once_sql, join_sql, related_condition, RowScope,
+};
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use membership::split_group_filter;
 pub use path::{path_sql, path_tables};
 pub use rank::eligible_sql;
 pub use references::{check_cycles, dependency_order};
-pub use traits::{traits_query, TraitMeasure};
+pub use traits::{traits_query, SharedCondition, TraitMeasure};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Leaf {
@@ -484,8 +486,11 @@ impl<'a> Planner<'a> {
                     ))
                     .with_hint(perhaps(&test.related, names))
                 })?;
-                let (leaf, negate) = self.related_leaf(path, &related, test)?;
+                let (leaf, negate, shared) = self.related_leaf(path, &related, test)?;
                 self.related_of.insert(leaf.clone(), related.name.clone());
+                if let Some(condition) = shared {
+                    self.trait_conditions.insert(leaf.clone(), condition);
+                }
                 let expr = Expr::Leaf(self.intern(leaf));
                 if negate {
                     Expr::Not(Box::new(expr))
@@ -554,7 +559,7 @@ impl<'a> Planner<'a> {
         }
         if let Some(within) = &test.within {
             let column = time_column(&format!("{path}.within"), related, "\"within\"")?;
-            filters.push(in_last_sql(
+            filters.push(in_window_once_sql(
                 &format!("{alias}.{}", ident(&column.name)),
                 column.kind,
                 within,
@@ -611,15 +616,19 @@ impl<'a> Planner<'a> {
         ))
     }
 
+    /// A related condition's leaf, whether the condition is its negation,
+    /// and for a count, sum... or existence, the measure and comparison
+    /// through which it shares one scan of the related table with the
+    /// plan's other such conditions (`share_trait_scans`).
     fn related_leaf(
         &self,
         path: &str,
         related: &Related,
         test: &RelatedTest,
-    ) -> Result<(Leaf, bool), Reported> {
+    ) -> Result<(Leaf, bool, Option<SharedCondition>), Reported> {
         let what = format!("related table \"{}\"", related.name);
         if let RelatedMeasure::Sequence(steps) = &test.measure {
-            return Ok((self.sequence_leaf(path, related, test, steps)?, false));
+            return Ok((self.sequence_leaf(path, related, test, steps)?, false, None));
         }
         let (filters, fk, from) = self.related_filters(path, "r", related, test)?;
         let where_sql = if filters.is_empty() {
@@ -630,11 +639,15 @@ impl<'a> Planner<'a> {
         Ok(match &test.measure {
             RelatedMeasure::Exists(exists) => {
                 let (position, join) = self.position(&fk);
+                let measure =
+                    shared_measure(related, &from, &fk, &filters, "pg_catalog.count(*)", true);
+                let comparison = format!("g.{} {} 0", ident(&measure.column.name), op(">"));
                 (
                     Leaf::KeySet(format!(
                         "SELECT segments.rb_agg({position}) FROM {from}{join}{where_sql}"
                     )),
                     !exists,
+                    Some((measure, comparison)),
                 )
             }
             RelatedMeasure::Aggregate {
@@ -676,13 +689,16 @@ impl<'a> Planner<'a> {
                     (_, None) => unreachable!("parser requires an attribute"),
                 };
                 let comparison = comparison_sql("g.value", *op, value);
-                let empty_matches =
-                    *function == AggregateFunction::Count && compares_true(0.0, *op, value);
+                let is_count = *function == AggregateFunction::Count;
+                let empty_matches = is_count && compares_true(0.0, *op, value);
                 let (position, join) = self.position("g.key");
                 let sql = format!(
                     "SELECT segments.rb_agg({position}) FILTER (WHERE {comparison}), segments.rb_agg({position}) \
                      FROM (SELECT {fk} AS key, {measure} AS value FROM {from}{where_sql} GROUP BY {fk}) g{join}"
                 );
+                let shared = shared_measure(related, &from, &fk, &filters, &measure, is_count);
+                let shared_comparison =
+                    comparison_sql(&format!("g.{}", ident(&shared.column.name)), *op, value);
                 (
                     Leaf::Aggregate {
                         sql,
@@ -690,14 +706,57 @@ impl<'a> Planner<'a> {
                         column: 1,
                     },
                     false,
+                    Some((shared, shared_comparison)),
                 )
             }
             RelatedMeasure::Every(condition) => (
                 self.every_leaf(related, condition, &fk, &from, &where_sql)?,
                 false,
+                None,
             ),
             RelatedMeasure::Sequence(_) => unreachable!("sequences return above"),
         })
+    }
+}
+
+/// A related condition's measure as a trait would have it, so that it can
+/// share a scan of its table with traits and other related conditions.
+/// Its value is named by a hash of what it computes: two conditions that
+/// compute the same (a window, a `where`, the aggregate) share it.
+fn shared_measure(
+    related: &Related,
+    from: &str,
+    key: &str,
+    filters: &[String],
+    aggregate: &str,
+    is_count: bool,
+) -> TraitMeasure {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (from, key, filters, aggregate).hash(&mut hasher);
+    let hash = hasher.finish();
+    let (type_sql, kind) = if is_count {
+        ("bigint", ColumnKind::Numeric)
+    } else {
+        ("numeric", ColumnKind::Numeric)
+    };
+    TraitMeasure {
+        // Negative: never a trait's id.
+        id: -1 - (hash >> 1) as i64,
+        from: from.to_string(),
+        key: key.to_string(),
+        filters: filters.to_vec(),
+        aggregate: aggregate.to_string(),
+        wrap: ("", ""),
+        column: crate::catalog::Column {
+            name: format!("related {hash:016x}"),
+            type_sql: type_sql.into(),
+            kind,
+            base_type_sql: type_sql.into(),
+            refused: None,
+        },
+        is_count,
+        related: related.name.clone(),
     }
 }
 
@@ -776,11 +835,16 @@ impl Plan {
         (format!("FROM {from} e{join}{restriction}"), position)
     }
 
-    /// The scan of a column group, once its constants' ranks are known
-    /// (`ColumnGroup::ranks_sql`).
+    /// The scan of a column group: a bucketed group's once its constants'
+    /// ranks are known (`ColumnGroup::ranks_sql`), an equality group's
+    /// (`ranks` unused).
     pub fn column_group_sql(&self, group: &ColumnGroup, ranks: &[i64]) -> String {
         let (rows, position) = self.entity_rows_sql();
-        group.buckets_sql(ranks, &rows, &position)
+        if group.ordered {
+            group.buckets_sql(ranks, &rows, &position)
+        } else {
+            group.matches_sql(&rows, &position)
+        }
     }
 }
 
@@ -1005,7 +1069,7 @@ mod tests {
         );
         assert_eq!(
             sql,
-            r#"SELECT segments.rb_agg(r."customer_id"::pg_catalog.int8) FROM "public"."orders" r WHERE (r."status" OPERATOR(pg_catalog.=) 'paid'::text AND (r."ordered_at" OPERATOR(pg_catalog.>=) ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval) AND r."ordered_at" OPERATOR(pg_catalog.<=) '2026-11-01 00:00:00+00'::timestamptz))"#
+            r#"SELECT segments.rb_agg(r."customer_id"::pg_catalog.int8) FROM "public"."orders" r WHERE (r."status" OPERATOR(pg_catalog.=) 'paid'::text AND (r."ordered_at" OPERATOR(pg_catalog.>=) (SELECT ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval)) AND r."ordered_at" OPERATOR(pg_catalog.<=) (SELECT '2026-11-01 00:00:00+00'::timestamptz)))"#
         );
         let (plan, compiled) = compile(json!({"entity": "customer", "rules": [{"where":
             {"related": "orders", "aggregate": "count", "op": "lt", "value": 3}}]}))
@@ -1038,6 +1102,45 @@ mod tests {
             &none.rules[0].body,
             CompiledBody::Expr(Expr::Not(_))
         ));
+    }
+
+    #[test]
+    fn comparisons_of_one_column_form_groups_that_are_not_folded() {
+        let catalog = customers();
+        let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+        planner.group_columns_from(2);
+        let mut compiled: Vec<CompiledSegment> = [
+            json!({"all": [{"attribute": "age", "op": "gt", "value": 30}, {"attribute": "country", "op": "eq", "value": "DE"}]}),
+            json!({"all": [{"attribute": "age", "op": "between", "value": [20, 29]}, {"attribute": "country", "op": "in", "value": ["FR", "DE"]}]}),
+            json!({"attribute": "country", "op": "contains", "value": "E"}),
+        ]
+        .into_iter()
+        .map(|condition| {
+            let definition = json!({"entity": "customer", "rules": [{"where": condition}]});
+            planner.add(&Definition::parse(&definition).unwrap(), None).unwrap()
+        })
+        .collect();
+        let mut refs: Vec<&mut CompiledSegment> = compiled.iter_mut().collect();
+        let plan = planner.finish(&mut refs);
+        // age (bucketed) and country (equality) are groups; the lone
+        // `contains` stays a FILTER clause.
+        assert_eq!(plan.column_groups.len(), 2, "{:?}", plan.column_groups);
+        let age = plan.column_groups.iter().find(|g| g.ordered).unwrap();
+        assert_eq!(age.operand, "e.\"age\"");
+        assert_eq!(
+            age.values,
+            vec!["'30'::integer", "'20'::integer", "'29'::integer"]
+        );
+        let country = plan.column_groups.iter().find(|g| !g.ordered).unwrap();
+        assert_eq!(country.values, vec!["'DE'::text", "'FR'::text"]);
+        assert_eq!(country.tests[1].2, vec![1, 0]);
+        let filters = plan.filter_leaves();
+        assert_eq!(filters.len(), 1);
+        assert!(plan.leaves[filters[0]].sql().contains("strpos"));
+        let buckets = plan.column_group_sql(age, &[3, 1, 2]);
+        assert!(buckets.contains("pg_catalog.width_bucket(CAST(e.\"age\" AS integer), (SELECT ARRAY['20'::integer, '29'::integer, '30'::integer]::integer[]))"), "{buckets}");
+        let matches = plan.column_group_sql(country, &[]);
+        assert!(matches.contains("JOIN pg_catalog.unnest(ARRAY['DE'::text, 'FR'::text]::text[]) WITH ORDINALITY u(c, o) ON s.x OPERATOR(pg_catalog.=) u.c"), "{matches}");
     }
 
     #[test]

@@ -19,6 +19,15 @@ use crate::sql::{ident, literal, op};
 use crate::validate::check_op;
 
 /// A trait resolved against the catalog: the rows it aggregates and how.
+/// A condition computed in a shared scan of its related table: the
+/// measure it reads (as `g.<name>`) and its comparison of it.
+pub type SharedCondition = (TraitMeasure, String);
+
+/// The most conditions one shared scan of a related table computes
+/// (PostgreSQL allows 1,664 columns; each condition is one, and so is
+/// each distinct measure).
+const SHARED_CONDITIONS_PER_SCAN: usize = 200;
+
 #[derive(Debug, Clone)]
 pub struct TraitMeasure {
     pub id: i64,
@@ -300,29 +309,42 @@ impl Planner<'_> {
         }
         let (position, join) = self.position("g.key");
         for group in groups.values() {
-            let conditions: Vec<&(TraitMeasure, String)> = group
+            // A lone related condition keeps its own query (an existence
+            // test needs no GROUP BY); traits always read their values.
+            let traits = group
                 .iter()
-                .map(|&i| &self.trait_conditions[&leaves[i]])
-                .collect();
-            let mut measures: Vec<TraitMeasure> = Vec::new();
-            for (measure, _) in &conditions {
-                if !measures.iter().any(|m| m.id == measure.id) {
-                    measures.push(measure.clone());
-                }
+                .any(|&i| self.trait_conditions[&leaves[i]].0.id >= 0);
+            if group.len() < 2 && !traits {
+                continue;
             }
-            let columns: Vec<String> = conditions
-                .iter()
-                .map(|(_, comparison)| {
-                    format!("segments.rb_agg({position}) FILTER (WHERE {comparison})")
-                })
-                .collect();
-            let sql = format!(
-                "SELECT {}, segments.rb_agg({position}) FROM ({}) g{join}",
-                columns.join(", "),
-                traits_query(&measures)
-            );
-            for (j, &i) in group.iter().enumerate() {
-                if let Leaf::Aggregate { empty_matches, .. } = leaves[i] {
+            for chunk in group.chunks(SHARED_CONDITIONS_PER_SCAN) {
+                let conditions: Vec<&(TraitMeasure, String)> = chunk
+                    .iter()
+                    .map(|&i| &self.trait_conditions[&leaves[i]])
+                    .collect();
+                let mut measures: Vec<TraitMeasure> = Vec::new();
+                for (measure, _) in conditions.iter().copied() {
+                    if !measures.iter().any(|m| m.id == measure.id) {
+                        measures.push(measure.clone());
+                    }
+                }
+                let columns: Vec<String> = conditions
+                    .iter()
+                    .map(|(_, comparison)| {
+                        format!("segments.rb_agg({position}) FILTER (WHERE {comparison})")
+                    })
+                    .collect();
+                let sql = format!(
+                    "SELECT {}, segments.rb_agg({position}) FROM ({}) g{join}",
+                    columns.join(", "),
+                    traits_query(&measures)
+                );
+                for (j, &i) in chunk.iter().enumerate() {
+                    let empty_matches = match &leaves[i] {
+                        Leaf::Aggregate { empty_matches, .. } => *empty_matches,
+                        // An existence test: a record without rows never holds.
+                        _ => false,
+                    };
                     leaves[i] = Leaf::Aggregate {
                         sql: sql.clone(),
                         empty_matches,
@@ -628,6 +650,41 @@ mod tests {
         assert!(a.contains(r#"segments.rb_agg(g.key::pg_catalog.int8) FILTER (WHERE g."order_count" OPERATOR(pg_catalog.<) '3'::bigint)"#), "{a}");
         assert!(a.contains(r#"(pg_catalog.sum(r."amount") FILTER (WHERE r."status" OPERATOR(pg_catalog.=) 'paid'::text))::pg_catalog.numeric AS "lifetime_value""#), "{a}");
         assert_ne!(leaves[0].identity(), leaves[1].identity());
+    }
+
+    #[test]
+    fn related_conditions_of_one_table_share_one_scan_with_traits() {
+        let shared = leaves(json!({"any": [
+            {"related": "orders", "within": "30 days"},
+            {"related": "orders", "aggregate": "count", "within": "90 days", "op": "lt", "value": 2},
+            {"trait": "order_count", "op": "gte", "value": 3}]}))
+        .unwrap();
+        let [Leaf::Aggregate {
+            sql: a,
+            column: 1,
+            empty_matches: false,
+        }, Leaf::Aggregate {
+            sql: b,
+            column: 2,
+            empty_matches: true,
+        }, Leaf::Aggregate {
+            sql: c, column: 3, ..
+        }] = &shared[..]
+        else {
+            panic!("{shared:?}")
+        };
+        assert!(a == b && b == c, "one shared query");
+        assert_eq!(a.matches(" FROM \"public\".\"orders\" r").count(), 1, "{a}");
+        // Each window's edges are computed once, not per row.
+        assert!(a.contains("FILTER (WHERE (r.\"ordered_at\" OPERATOR(pg_catalog.>=) (SELECT ('2026-11-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.-) '30 days'::pg_catalog.interval))"), "{a}");
+        assert!(a.contains("OPERATOR(pg_catalog.>) 0)"), "{a}");
+        // A lone related condition keeps its own query.
+        let [Leaf::KeySet(alone)] =
+            &leaves(json!({"related": "orders", "within": "30 days"})).unwrap()[..]
+        else {
+            panic!()
+        };
+        assert!(!alone.contains("GROUP BY"), "{alone}");
     }
 
     #[test]
