@@ -183,6 +183,7 @@ COMMENT ON COLUMN segments.refresh_run.exited IS 'Records that exited.';
 COMMENT ON COLUMN segments.refresh_run.error IS 'Error of a failed run.';
 COMMENT ON COLUMN segments.refresh_run.keys_examined IS 'Keys a live application evaluated.';
 COMMENT ON COLUMN segments.refresh_run.error_code IS 'The SQLSTATE of a failed run''s error, e.g. 42703 for a column that no longer exists.';
+COMMENT ON COLUMN segments.refresh_run.peak_memory IS 'The most memory (bytes) the refresh or live application held at once for its own values (bitmaps, plans, leaf values) until this segment was stored; PostgreSQL''s query memory (work_mem) is not counted. NULL before 0.3.0.';
 COMMENT ON TABLE segments.related IS 'Registered related (one-to-many) tables of entities.';
 COMMENT ON COLUMN segments.related.entity IS 'The entity.';
 COMMENT ON COLUMN segments.related.name IS 'Name used in definitions.';

@@ -109,7 +109,10 @@ CREATE TABLE segments.refresh_run (
     -- Added in 0.2.0: keys examined by a live application ('live' runs).
     keys_examined bigint,
     -- Added in 0.2.0: the SQLSTATE of a failed run's error.
-    error_code   text
+    error_code   text,
+    -- Added in 0.3.0: the most memory the refresh held at once for its own
+    -- values (bitmaps, plans) until this segment was stored, in bytes.
+    peak_memory  bigint
 );
 CREATE INDEX ON segments.refresh_run (segment_id, started_at);
 

@@ -1128,3 +1128,8 @@ COMMENT ON COLUMN segments.priority_assignment.list IS 'The priority list.';
 COMMENT ON COLUMN segments.priority_assignment.key IS 'The record''s key, as text.';
 COMMENT ON COLUMN segments.priority_assignment.segment_id IS 'The segment it is assigned to.';
 COMMENT ON COLUMN segments.export.priority_list IS 'A priority list''s name: the target holds each record that list assigns, once, under its segment (NULL: every member of the segments).';
+
+-- Scale: each run records the most memory its refresh held for its own
+-- values (src/engine/memory.rs).
+ALTER TABLE segments.refresh_run ADD COLUMN peak_memory bigint;
+COMMENT ON COLUMN segments.refresh_run.peak_memory IS 'The most memory (bytes) the refresh or live application held at once for its own values (bitmaps, plans, leaf values) until this segment was stored; PostgreSQL''s query memory (work_mem) is not counted. NULL before 0.3.0.';

@@ -529,6 +529,20 @@ fn storage_is_listed_and_retention_enforced() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((trigger.as_str(), examined), ("live", None));
+    // Every run records its peak memory: at least the bitmap it wrote
+    // (serialized in the library's memory before it is stored).
+    let (peak, written): (Option<i64>, i32) = client
+        .query_one(
+            "SELECT r.peak_memory, pg_catalog.length(m.members) FROM segments.refresh_run r, segments.membership m
+              WHERE r.segment_id = $1 AND m.segment_id = $1 ORDER BY r.id DESC LIMIT 1",
+            &[&live],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(
+        peak.is_some_and(|peak| peak >= written as i64 && written > 0),
+        "peak_memory {peak:?} for a bitmap of {written} bytes"
+    );
 }
 
 /// The ProcessUtility hook leaves a statement's errors as PostgreSQL

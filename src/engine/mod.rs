@@ -9,6 +9,7 @@
 //! - `refresh` and `live`: the two orchestrations (every row, or just the
 //!   changed ones);
 //! - `progress`: what runs now, for `segments.activity`;
+//! - `memory`: the counting allocator behind a run's `peak_memory`;
 //! - `citus`: keeping Citus placements right.
 //!
 //! Dependencies point one way: refresh and live use plan, evaluate and
@@ -19,6 +20,7 @@ pub mod aggregate;
 pub mod citus;
 pub mod evaluate;
 pub mod live;
+pub mod memory;
 pub mod plan;
 pub mod progress;
 pub mod refresh;

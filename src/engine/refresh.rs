@@ -157,6 +157,7 @@ pub fn refresh_segments(
     skip_locked: bool,
 ) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
+    crate::engine::memory::start_peak();
     let progress = Progress::start(Kind::Refresh, ids.unwrap_or(&[]));
     let targets = load_targets(ids, skip_locked)?;
     progress.segments(&targets.iter().map(|t| t.id).collect::<Vec<_>>());

@@ -21,7 +21,7 @@ use segments_core::bitmap::{deserialize, serialize, Members, RuleCount};
 
 use crate::engine::evaluate::{keys_at, RelatedValue};
 use crate::engine::run::{Outcome, RunCause, RunStatus, Target};
-use crate::pg::catalog::legacy_schema;
+use crate::pg::catalog::{legacy_schema, schema_version};
 use crate::pg::error::Failure;
 use crate::pg::spi::{optional_value, spi};
 use crate::pg::subtransaction::in_subtransaction;
@@ -236,10 +236,12 @@ fn store_status(segment: i64, status: RunStatus, error: Option<&str>) {
 fn record_run(segment: i64, run: &Run, outcome: &Outcome) -> i64 {
     // A 0.1.0 schema (before ALTER EXTENSION UPDATE) has neither column.
     let legacy = legacy_schema();
-    let (added_columns, added_values) = if legacy {
-        ("", "")
-    } else {
-        (", keys_examined, error_code", ", $9, $10")
+    // peak_memory came with 0.3.0.
+    let with_peak = !legacy && schema_version() != "0.2.0";
+    let (added_columns, added_values) = match (legacy, with_peak) {
+        (true, _) => ("", ""),
+        (false, false) => (", keys_examined, error_code", ", $9, $10"),
+        (false, true) => (", keys_examined, error_code, peak_memory", ", $9, $10, $11"),
     };
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
         segment.into(),
@@ -254,6 +256,9 @@ fn record_run(segment: i64, run: &Run, outcome: &Outcome) -> i64 {
     if !legacy {
         args.push(run.keys_examined.into());
         args.push(outcome.error.as_ref().map(|f| f.sqlstate.clone()).into());
+    }
+    if with_peak {
+        args.push((crate::engine::memory::peak() as i64).into());
     }
     let id = Spi::get_one_with_args::<i64>(
         &format!(

@@ -301,6 +301,12 @@ thread_local! {
 /// leaves the columns the update adds alone, so the old schema keeps
 /// working until the update.
 pub fn legacy_schema() -> bool {
+    schema_version() == "0.1.0"
+}
+
+/// The installed schema's version (`pg_extension.extversion`), read once
+/// per transaction.
+pub fn schema_version() -> String {
     let transaction = crate::pg::versions::local_transaction_id();
     let cached = SCHEMA_VERSION.with(|v| {
         v.borrow()
@@ -317,7 +323,7 @@ pub fn legacy_schema() -> bool {
         SCHEMA_VERSION.with(|v| *v.borrow_mut() = Some((transaction, version.clone())));
         version
     });
-    version == "0.1.0"
+    version
 }
 
 /// A type as the catalog names it: its oid and its SQL spelling

@@ -57,6 +57,7 @@ type Queued = (Option<String>, Option<String>, Option<Vec<u8>>);
 /// Applies every queued change; returns the runs recorded.
 pub fn apply_changes() -> Vec<i64> {
     writing_transaction();
+    crate::engine::memory::start_peak();
     let entities: Vec<String> = Spi::connect(|client| {
         spi(client.select(
             "SELECT DISTINCT entity FROM segments.change_queue ORDER BY 1",
