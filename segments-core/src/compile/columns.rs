@@ -319,7 +319,8 @@ impl ColumnGroup {
 
     /// The one scan of the group: for each bucket `b` (the number of
     /// sorted distinct constants at or below the row's value) and whether
-    /// the value equals the bucket's constant, the bitmap of positions.
+    /// the value equals one of the constants (then the bucket's own), the
+    /// bitmap of positions.
     /// `rows` is `FROM ... e ... [WHERE ...]` of the entity's rows and
     /// `position` their position expression. Rows whose value is NULL
     /// come in a NULL bucket.
@@ -333,10 +334,14 @@ impl ColumnGroup {
         // A scalar subquery is an InitPlan: the constants (which may be
         // reference-time arithmetic) are computed once, not per row.
         let th = format!("(SELECT {thresholds})");
+        // Whether a row equals its bucket's constant: a hash probe of the
+        // constants (subscripting the array would walk it for every row
+        // where its elements are of variable length, as numeric's are).
         format!(
-            "SELECT s.b, s.x {eq} ({th})[s.b], segments.rb_agg(s.p) FROM \
+            "SELECT s.b, u.c IS NOT NULL, segments.rb_agg(s.p) FROM \
              (SELECT {value} AS x, pg_catalog.width_bucket({value}, {th}) AS b, {position} AS p \
                 {rows}) s \
+             LEFT JOIN pg_catalog.unnest({th}) u(c) ON s.x {eq} u.c \
              GROUP BY 1, 2",
             eq = op("="),
         )
