@@ -58,7 +58,8 @@ pub use access::columns_read;
 pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{
-    compares_true, comparison_sql, in_window_once_sql, join_sql, related_condition, RowScope,
+    compares_true, comparison_sql, in_last_sql, in_window_once_sql, join_sql, related_condition,
+    RowScope,
 };
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use membership::split_group_filter;
@@ -187,6 +188,9 @@ pub struct Planner<'a> {
     column_tests: Vec<(usize, columns::ColumnTest)>,
     /// How many such comparisons of one column make a column group.
     column_group_min_tests: usize,
+    /// Whether related windows' edges are scalar subqueries, computed once
+    /// per query (see `edges_per_row`).
+    edges_once: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -230,6 +234,7 @@ impl<'a> Planner<'a> {
             trait_conditions: HashMap::new(),
             column_tests: Vec::new(),
             column_group_min_tests: usize::MAX,
+            edges_once: true,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -283,6 +288,13 @@ impl<'a> Planner<'a> {
     /// clause of the entity scan.
     pub fn group_columns_from(&mut self, min_tests: usize) {
         self.column_group_min_tests = min_tests;
+    }
+
+    /// Writes related windows' edges as plain expressions, evaluated per
+    /// row, instead of scalar subqueries: Citus would plan each subquery
+    /// on the coordinator and ship its one value to every shard query.
+    pub fn edges_per_row(&mut self) {
+        self.edges_once = false;
     }
 
     /// Makes the entity scan read the rows `source_sql` selects (with the
@@ -559,7 +571,12 @@ impl<'a> Planner<'a> {
         }
         if let Some(within) = &test.within {
             let column = time_column(&format!("{path}.within"), related, "\"within\"")?;
-            filters.push(in_window_once_sql(
+            let window = if self.edges_once {
+                in_window_once_sql
+            } else {
+                in_last_sql
+            };
+            filters.push(window(
                 &format!("{alias}.{}", ident(&column.name)),
                 column.kind,
                 within,
