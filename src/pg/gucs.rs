@@ -34,8 +34,8 @@ pub const DEFAULT_MAX_CONDITIONS: i32 = 2_000;
 pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_CONDITIONS);
 /// How many comparisons of one column with constants, in one plan, are
 /// computed by a pass of their own instead of a `FILTER` clause each
-/// (0: never). ARCHITECTURE.md says why 8.
-pub static COLUMN_GROUP_MIN_TESTS: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// (0: never). ARCHITECTURE.md says why 16.
+pub static COLUMN_GROUP_MIN_TESTS: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
 pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
