@@ -77,10 +77,21 @@ fn random_definitions_equal_an_independent_oracle() {
         let started = std::time::Instant::now();
         // Batches alternate between the two ways of computing comparisons
         // of a column: column groups (from 2 comparisons on) and one FILTER
-        // clause each.
+        // clause each; and, independently, between the two ways of
+        // computing related conditions with windows: window scans (from 2
+        // conditions of a table on) and one query or FILTER clause each.
         let groups = if (done / batch) % 2 == 0 { 2 } else { 0 };
+        // (Batches 0-3 take both on, both off, groups only, windows only.)
+        let windows = if (done / batch).div_ceil(2) % 2 == 0 {
+            2
+        } else {
+            0
+        };
         client
-            .batch_execute(&format!("SET segments.column_group_min_tests = {groups}"))
+            .batch_execute(&format!(
+                "SET segments.column_group_min_tests = {groups}; \
+                 SET segments.window_scan_min_conditions = {windows}"
+            ))
             .unwrap();
         let failed: Vec<(i64, String)> = client
             .query(

@@ -312,3 +312,123 @@ fn many_segments_share_one_scan() {
         .get(0);
     assert_eq!(scans, 1, "six segments, one scan of customers");
 }
+
+/// Many related conditions of one table with windows and thresholds of
+/// their own (as real segment lists have) come from one sorted pass of the
+/// table (a window scan), with exactly the members of one query each.
+#[test]
+fn windowed_related_conditions_share_one_sorted_pass() {
+    let cluster = Cluster::start("windows", &[]);
+    let mut client = cluster.sample("5000");
+    let now = format!("'{ANCHOR}'::timestamptz");
+    // 210 conditions: more than one shared FILTER scan holds (200).
+    let mut oracles = Vec::new();
+    for i in 0..210 {
+        let days = 1 + (i * 37) % 365;
+        let since = format!("{now} - interval '{days} days'");
+        let window = format!("o.ordered_at >= {since} AND o.ordered_at <= {now}");
+        let (status_json, status_sql) = match i % 3 {
+            0 => (String::new(), String::new()),
+            1 => (
+                r#","where":{"attribute":"status","op":"eq","value":"paid"}"#.to_string(),
+                " AND o.status = 'paid'".to_string(),
+            ),
+            _ => (
+                r#","where":{"attribute":"status","op":"eq","value":"refunded"}"#.to_string(),
+                " AND o.status = 'refunded'".to_string(),
+            ),
+        };
+        let (condition, sql) = match i % 4 {
+            0 => (
+                format!(r#"{{"related":"orders","within":"{days} days"{status_json}}}"#),
+                format!("EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND {window}{status_sql})"),
+            ),
+            1 => (
+                format!(r#"{{"related":"orders","exists":false,"within":"{days} days"{status_json}}}"#),
+                format!("NOT EXISTS (SELECT FROM orders o WHERE o.customer_id = c.id AND {window}{status_sql})"),
+            ),
+            2 => {
+                let (op, cmp) = [("lt", "<"), ("gte", ">="), ("eq", "=")][i % 3];
+                let n = i % 4;
+                (
+                    format!(r#"{{"related":"orders","aggregate":"count","within":"{days} days"{status_json},"op":"{op}","value":{n}}}"#),
+                    format!("(SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND {window}{status_sql}) {cmp} {n}"),
+                )
+            }
+            _ => {
+                let threshold = format!("{}.{:02}", 50 * (i % 9), i % 100);
+                (
+                    format!(r#"{{"related":"orders","aggregate":"sum","attribute":"amount","within":"{days} days"{status_json},"op":"gt","value":{threshold}}}"#),
+                    format!("coalesce((SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id AND {window}{status_sql}) > {threshold}, false)"),
+                )
+            }
+        };
+        let id: i64 = client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("window {i}"),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#),
+                ],
+            )
+            .unwrap()
+            .get(0);
+        oracles.push((id, sql));
+    }
+    let orders_scans = |client: &mut postgres::Client, setting: &str| -> (i64, Vec<Vec<u8>>) {
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL segments.window_scan_min_conditions = {setting}"
+        ))
+        .unwrap();
+        let failed: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 0);
+        let scans: i64 = tx
+            .query_one("SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'", &[])
+            .unwrap()
+            .get(0);
+        let members = tx
+            .query(
+                "SELECT members FROM segments.membership ORDER BY segment_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().unwrap();
+        (scans, members)
+    };
+    let (scans_off, members_off) = orders_scans(&mut client, "0");
+    assert!(
+        scans_off >= 2,
+        "210 FILTER clauses take two shared scans, got {scans_off}"
+    );
+    let (scans_on, members_on) = orders_scans(&mut client, "2");
+    assert_eq!(scans_on, 1, "one window scan reads orders once");
+    assert_eq!(
+        members_on, members_off,
+        "a window scan gives the FILTER clauses' members"
+    );
+    for (id, sql) in &oracles {
+        let differ: i64 = client
+            .query_one(
+                &format!(
+                    "WITH want AS (SELECT c.id FROM customers c WHERE {sql}),
+                          got AS (SELECT id FROM segments.customer_members WHERE segment_id = $1)
+                     SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
+                          + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
+                ),
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "segment {id}: {sql}");
+    }
+}

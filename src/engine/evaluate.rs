@@ -11,7 +11,8 @@ use pgrx::spi::Spi;
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{
-    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan,
+    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan, WindowPass,
+    WindowScan,
 };
 use segments_core::sql::{ident, literal};
 
@@ -25,6 +26,10 @@ const JIT_MAX_SQL: usize = 5_000;
 
 /// Postgres allows 1664 target columns; stay well below.
 const FILTERS_PER_SCAN: usize = 500;
+
+/// Rows a window scan's cursor fetches at a time: the pass holds one
+/// batch, freed before the next.
+const WINDOW_ROWS_PER_FETCH: i64 = 10_000;
 
 /// The bitmaps of a plan's leaves. Segment leaves are filled per segment,
 /// since they depend on the order in which a refresh computes segments.
@@ -129,7 +134,17 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
             queries.push(plan.column_group_sql(group, &[]));
         }
     }
-    for leaf in &plan.leaves {
+    let mut scanned = std::collections::HashSet::new();
+    for scan in &plan.window_scans {
+        let (position, join) = plan.entity.position_sql("g.key");
+        queries.push(scan.ranks_sql());
+        queries.push(scan.scan_sql(&position, &join));
+        scanned.extend(scan.leaves());
+    }
+    for (i, leaf) in plan.leaves.iter().enumerate() {
+        if scanned.contains(&i) {
+            continue;
+        }
         match leaf {
             Leaf::Filter(_) => {}
             Leaf::KeySet(sql) => queries.push(sql.clone()),
@@ -254,6 +269,56 @@ fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)
     column_leaves(group, &ranks, buckets)
 }
 
+/// The value of each condition of a window scan (by leaf), from one
+/// sorted pass over its related rows (`compile::windows`): the records
+/// where it holds, and those with rows in some window of the scan.
+fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValue)> {
+    let ranks = optional_value::<Vec<i64>>(&scan.ranks_sql(), &[])
+        .unwrap_or_else(|| error!("segments: a window scan ranked no windows"));
+    let (position, join) = plan.entity.position_sql("g.key");
+    let sql = scan.scan_sql(&position, &join);
+    let sums = scan.sums.len();
+    let mut pass = WindowPass::new(scan, &ranks);
+    Spi::connect(|client| {
+        let mut cursor = spi(client.try_open_cursor(sql.as_str(), &[]));
+        let mut values = vec![None; sums];
+        loop {
+            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
+            if table.is_empty() {
+                break;
+            }
+            for row in table {
+                // A row without a key belongs to no record.
+                let Some(position) = spi(row.get::<i64>(1)) else {
+                    continue;
+                };
+                let bucket = spi(row.get::<i32>(2)).unwrap_or(0);
+                let mask = spi(row.get::<i64>(3)).unwrap_or(0);
+                for (i, value) in values.iter_mut().enumerate() {
+                    *value = spi(row.get::<i64>(4 + i));
+                }
+                pass.push(position, bucket, mask, &values);
+            }
+            // SAFETY: the batch just read is no longer used; SPI would
+            // otherwise keep every batch until the connection ends.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+    });
+    let (leaves, with_rows) = pass.finish();
+    leaves
+        .into_iter()
+        .map(|(leaf, matching)| {
+            (
+                leaf,
+                RelatedValue {
+                    matching,
+                    with_rows: Some(with_rows.clone()),
+                },
+            )
+        })
+        .collect()
+}
+
 /// An entity with at least this many rows (the planner's estimate) has
 /// its related aggregates and traits grouped by sorting, not hashing.
 const SORTED_GROUPING_MIN_ROWS: f64 = 100_000.0;
@@ -322,12 +387,19 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             leaves[leaf] = members;
         }
     }
+    let mut scanned: HashMap<usize, RelatedValue> = HashMap::new();
+    for scan in &plan.window_scans {
+        if scan.leaves().all(|leaf| known.contains_key(&leaf)) {
+            continue;
+        }
+        scanned.extend(window_scan_values(plan, scan));
+    }
     let all_rows = all_rows.unwrap_or_default();
     let sorted = sorts_groups(plan);
     // Leaves sharing one query (conditions on traits of one table) run it once.
     let mut ran: HashMap<&str, Vec<Members>> = HashMap::new();
     for (i, leaf) in plan.leaves.iter().enumerate() {
-        let value = match (known.get(&i), related_sql(leaf)) {
+        let value = match (known.get(&i).or(scanned.get(&i)), related_sql(leaf)) {
             (Some(value), _) => Some(value.clone()),
             (None, Some(sql)) => {
                 let bitmaps = ran.entry(sql).or_insert_with(|| match leaf {

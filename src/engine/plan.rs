@@ -26,8 +26,9 @@ const ENTITY_ALIAS: &str = "entity";
 pub fn planner<'a>(entity: &str, reference: &str) -> Result<Planner<'a>, Reported> {
     let mut planner = Planner::new(&SpiCatalog, entity, ENTITY_ALIAS, reference)?;
     // With Citus, every query keeps the form Citus pushes down whole to
-    // the shards: column groups and once-computed window edges would be
-    // subplans run on the coordinator and shipped to each shard query.
+    // the shards: column groups, window scans and once-computed window
+    // edges would be subplans run on the coordinator and shipped to each
+    // shard query.
     if crate::pg::citus::citus_installed() {
         planner.edges_per_row();
         return Ok(planner);
@@ -35,6 +36,10 @@ pub fn planner<'a>(entity: &str, reference: &str) -> Result<Planner<'a>, Reporte
     match crate::pg::gucs::COLUMN_GROUP_MIN_TESTS.get() {
         0 => {}
         n => planner.group_columns_from(n as usize),
+    }
+    match crate::pg::gucs::WINDOW_SCAN_MIN_CONDITIONS.get() {
+        0 => {}
+        n => planner.scan_windows_from(n as usize),
     }
     Ok(planner)
 }

@@ -36,6 +36,10 @@ pub static MAX_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_
 /// computed by a pass of their own instead of a `FILTER` clause each
 /// (0: never). ARCHITECTURE.md says why 16.
 pub static COLUMN_GROUP_MIN_TESTS: GucSetting<i32> = GucSetting::<i32>::new(16);
+/// How many related conditions of one table with windows ending now, in
+/// one plan, are computed by one sorted pass instead of a `FILTER` clause
+/// each (0: never). ARCHITECTURE.md says why 16.
+pub static WINDOW_SCAN_MIN_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
 pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -221,6 +225,16 @@ pub fn register() {
         c"How many comparisons of one column with constants in one refresh make a column group (0: never).",
         c"A column group reads the column once, in buckets, instead of one FILTER clause per comparison.",
         &COLUMN_GROUP_MIN_TESTS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"segments.window_scan_min_conditions",
+        c"How many related conditions of one table with windows (within N days) in one refresh make a window scan (0: never).",
+        c"A window scan reads the related table once, sorted by record, instead of one FILTER clause per condition.",
+        &WINDOW_SCAN_MIN_CONDITIONS,
         0,
         i32::MAX,
         GucContext::Userset,

@@ -41,6 +41,7 @@ mod rank;
 mod references;
 mod sequence;
 mod traits;
+mod windows;
 
 use std::collections::HashMap;
 
@@ -58,8 +59,8 @@ pub use access::columns_read;
 pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{
-    compares_true, comparison_sql, in_last_sql, in_window_once_sql, join_sql, related_condition,
-    RowScope,
+    compares_true, comparison_sql, in_last_sql, in_window_once_sql, join_sql, reference_as,
+    related_condition, window_edges, RowScope,
 };
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 pub use membership::split_group_filter;
@@ -67,6 +68,8 @@ pub use path::{path_sql, path_tables};
 pub use rank::eligible_sql;
 pub use references::{check_cycles, dependency_order};
 pub use traits::{traits_query, SharedCondition, TraitMeasure};
+use windows::{scaled_column, ScanSource, WindowCandidate, WindowTest};
+pub use windows::{WindowPass, WindowScan};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Leaf {
@@ -165,6 +168,9 @@ pub struct Plan {
     /// Filter leaves computed by a pass per column instead of a `FILTER`
     /// clause each (`columns`): many comparisons of one column.
     pub column_groups: Vec<ColumnGroup>,
+    /// Related leaves computed by one sorted pass per related table
+    /// instead of their queries (`windows`): many windows and thresholds.
+    pub window_scans: Vec<WindowScan>,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -191,6 +197,10 @@ pub struct Planner<'a> {
     /// Whether related windows' edges are scalar subqueries, computed once
     /// per query (see `edges_per_row`).
     edges_once: bool,
+    /// Related conditions a window scan could compute, by leaf.
+    window_candidates: HashMap<Leaf, WindowCandidate>,
+    /// How many such conditions of one related table make a window scan.
+    window_scan_min_conditions: usize,
 }
 
 impl<'a> Planner<'a> {
@@ -235,6 +245,8 @@ impl<'a> Planner<'a> {
             column_tests: Vec::new(),
             column_group_min_tests: usize::MAX,
             edges_once: true,
+            window_candidates: HashMap::new(),
+            window_scan_min_conditions: usize::MAX,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
             let condition = parse_condition("eligible", &eligible)?;
@@ -288,6 +300,14 @@ impl<'a> Planner<'a> {
     /// clause of the entity scan.
     pub fn group_columns_from(&mut self, min_tests: usize) {
         self.column_group_min_tests = min_tests;
+    }
+
+    /// Computes the related conditions of one table that a window scan
+    /// answers (`windows`) in one sorted pass where the plan has at least
+    /// `min_conditions` of them; without this call each keeps its query
+    /// (or its `FILTER` in a shared scan). Unrestricted plans only.
+    pub fn scan_windows_from(&mut self, min_conditions: usize) {
+        self.window_scan_min_conditions = min_conditions;
     }
 
     /// Writes related windows' edges as plain expressions, evaluated per
@@ -356,7 +376,15 @@ impl<'a> Planner<'a> {
             }
         }
         groups.retain(|group| !group.tests.is_empty());
-        self.share_trait_scans(&mut leaves);
+        let candidates: Vec<(usize, &WindowCandidate)> = leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, leaf)| self.window_candidates.get(leaf).map(|c| (i, c)))
+            .collect();
+        let window_scans = windows::plan_scans(&candidates, self.window_scan_min_conditions);
+        let scanned: std::collections::HashSet<usize> =
+            window_scans.iter().flat_map(|s| s.leaves()).collect();
+        self.share_trait_scans(&mut leaves, &scanned);
         let needs_all_rows = self.eligible.is_some()
             || has_not
             || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
@@ -370,6 +398,7 @@ impl<'a> Planner<'a> {
             entity_source: self.entity_source,
             related_of,
             column_groups: groups,
+            window_scans,
         }
     }
 
@@ -500,6 +529,9 @@ impl<'a> Planner<'a> {
                 })?;
                 let (leaf, negate, shared) = self.related_leaf(path, &related, test)?;
                 self.related_of.insert(leaf.clone(), related.name.clone());
+                if let Some(candidate) = self.window_candidate(&related, test) {
+                    self.window_candidates.insert(leaf.clone(), candidate);
+                }
                 if let Some(condition) = shared {
                     self.trait_conditions.insert(leaf.clone(), condition);
                 }
@@ -732,6 +764,83 @@ impl<'a> Planner<'a> {
                 None,
             ),
             RelatedMeasure::Sequence(_) => unreachable!("sequences return above"),
+        })
+    }
+}
+
+impl Planner<'_> {
+    /// How a window scan would compute a related condition; None when it
+    /// cannot (see `windows`): window scans are off or the plan is
+    /// restricted, the condition has no window ending now, or measures
+    /// something other than existence, a count of rows or an exact sum.
+    fn window_candidate(&self, related: &Related, test: &RelatedTest) -> Option<WindowCandidate> {
+        if self.window_scan_min_conditions == usize::MAX
+            || !self.edges_once
+            || self.restriction.is_some()
+            || self.related_restriction.contains_key(&related.name)
+        {
+            return None;
+        }
+        let within = test.within.as_ref().filter(|w| w.to.is_none())?;
+        let (sum, window_test) = match &test.measure {
+            RelatedMeasure::Exists(_) => (None, WindowTest::Exists),
+            RelatedMeasure::Aggregate {
+                function: AggregateFunction::Count,
+                attribute: None,
+                op,
+                value,
+            } => (None, WindowTest::of(*op, value)?),
+            RelatedMeasure::Aggregate {
+                function: AggregateFunction::Sum,
+                attribute: Some(attribute),
+                op,
+                value,
+            } => {
+                let column = related.table.column(attribute)?;
+                let sum = scaled_column(&format!("r.{}", ident(&column.name)), column)?;
+                (Some(sum), WindowTest::of(*op, value)?)
+            }
+            _ => return None,
+        };
+        let time = related
+            .time_column
+            .as_ref()
+            .and_then(|name| related.table.column(name))?;
+        if !matches!(
+            time.kind,
+            ColumnKind::Date | ColumnKind::Timestamp | ColumnKind::TimestampTz
+        ) {
+            return None;
+        }
+        let (from, key) = path_sql(&self.entity, related, "r").ok()?;
+        let family = match &test.filter {
+            None => None,
+            Some(filter) => Some(
+                related_condition(
+                    filter,
+                    RowScope {
+                        alias: "r",
+                        steps: &[],
+                    },
+                    &related.table,
+                    &format!("related table \"{}\"", related.name),
+                    &self.reference_time,
+                )
+                .ok()?,
+            ),
+        };
+        let (start, _) = window_edges(time.kind, within, &self.reference_time);
+        Some(WindowCandidate {
+            source: ScanSource {
+                from,
+                key,
+                time: format!("r.{}", ident(&time.name)),
+                end: reference_as(time.kind, &self.reference_time),
+            },
+            family,
+            sum,
+            start,
+            test: window_test,
         })
     }
 }
@@ -1119,6 +1228,62 @@ mod tests {
             &none.rules[0].body,
             CompiledBody::Expr(Expr::Not(_))
         ));
+    }
+
+    #[test]
+    fn related_conditions_with_windows_form_a_window_scan() {
+        let catalog = customers();
+        let plan = |min: Option<usize>, conditions: &[Value]| {
+            let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+            if let Some(min) = min {
+                planner.scan_windows_from(min);
+            }
+            let mut compiled: Vec<CompiledSegment> = conditions
+                .iter()
+                .map(|condition| {
+                    let definition = json!({"entity": "customer", "rules": [{"where": condition}]});
+                    planner
+                        .add(&Definition::parse(&definition).unwrap(), None)
+                        .unwrap()
+                })
+                .collect();
+            let mut refs: Vec<&mut CompiledSegment> = compiled.iter_mut().collect();
+            planner.finish(&mut refs)
+        };
+        let conditions = [
+            json!({"related": "orders", "within": "30 days"}),
+            json!({"related": "orders", "within": "7 days", "where": {"attribute": "status", "op": "eq", "value": "paid"}}),
+            json!({"related": "orders", "aggregate": "count", "within": "30 days", "op": "gte", "value": 3}),
+            json!({"related": "orders", "aggregate": "sum", "attribute": "amount", "within": "90 days", "op": "gt", "value": 500.5}),
+            // Not for a window scan: no window, a past window, an average.
+            json!({"related": "orders", "aggregate": "count", "op": "gte", "value": 2}),
+            json!({"related": "orders", "within": {"from": "60 days", "to": "30 days"}}),
+            json!({"related": "orders", "aggregate": "avg", "attribute": "amount", "within": "30 days", "op": "gt", "value": 5}),
+        ];
+        let scanned = plan(Some(4), &conditions);
+        assert_eq!(scanned.window_scans.len(), 1);
+        let scan = &scanned.window_scans[0];
+        assert_eq!(scan.leaves().count(), 4);
+        assert_eq!(scan.starts.len(), 3, "{:?}", scan.starts);
+        assert_eq!(scan.families.len(), 2);
+        assert_eq!(scan.sums.len(), 1);
+        let sql = scan.scan_sql("g.key::pg_catalog.int8", "");
+        assert!(
+            sql.contains("pg_catalog.width_bucket(r.\"ordered_at\""),
+            "{sql}"
+        );
+        assert!(sql.ends_with("ORDER BY 1"), "{sql}");
+        // The scanned leaves keep their own queries; the others share one.
+        for leaf in scan.leaves() {
+            assert!(
+                !scanned.leaves[leaf].sql().contains("related "),
+                "{}",
+                scanned.leaves[leaf].sql()
+            );
+        }
+        // Fewer candidates than the minimum, or scans off: no scan.
+        assert!(plan(Some(5), &conditions).window_scans.is_empty());
+        assert!(plan(None, &conditions).window_scans.is_empty());
     }
 
     #[test]

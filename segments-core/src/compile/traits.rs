@@ -295,11 +295,19 @@ impl Planner<'_> {
     /// `GROUP BY` computing every trait they use, one bitmap column per
     /// condition, and the keys with rows last. A record in the group without
     /// rows in one trait's own scope gets that trait's empty value (0 or
-    /// NULL) from its `FILTER`, which its comparison then tests.
-    pub(super) fn share_trait_scans(&self, leaves: &mut [Leaf]) {
+    /// NULL) from its `FILTER`, which its comparison then tests. Leaves in
+    /// `scanned` are a window scan's, and keep their own queries.
+    pub(super) fn share_trait_scans(
+        &self,
+        leaves: &mut [Leaf],
+        scanned: &std::collections::HashSet<usize>,
+    ) {
         let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
             std::collections::BTreeMap::new();
         for (i, leaf) in leaves.iter().enumerate() {
+            if scanned.contains(&i) {
+                continue;
+            }
             if let Some((measure, _)) = self.trait_conditions.get(leaf) {
                 groups
                     .entry((measure.from.clone(), measure.key.clone()))
