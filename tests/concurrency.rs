@@ -122,3 +122,65 @@ fn readers_see_old_or_new_and_notify_carries_counts() {
     assert_eq!(last["entered"], entered);
     assert_eq!(last["exited"], exited);
 }
+
+/// is_member looks a segment up once per snapshot (a query testing many
+/// rows reads the membership once), and so sees every change its snapshot
+/// sees: another session's committed refresh, its own refresh in the
+/// same transaction, and neither after a rollback.
+#[test]
+fn is_member_sees_each_change_its_snapshot_sees() {
+    let cluster = Cluster::start("member_snapshots", &[]);
+    let mut writer = cluster.sample("2000");
+    writer
+        .batch_execute(
+            "SELECT segments.quick_segment('Young', 'customer', 'age', 'lt', '30');
+             UPDATE customers SET age = 20 WHERE id = 1; SELECT * FROM segments.refresh();",
+        )
+        .unwrap();
+    let mut reader = cluster.connect("postgres");
+    let member = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one("SELECT segments.is_member(1, 1)", &[])
+            .unwrap()
+            .get(0)
+    };
+    // Many calls in one statement agree with the members view.
+    let (calls, view): (i64, i64) = {
+        let row = reader
+            .query_one(
+                "SELECT (SELECT count(*) FROM generate_series(1, 2000) i WHERE segments.is_member(1, i)),
+                        (SELECT count(*) FROM segments.customer_members WHERE segment_id = 1)",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(calls, view);
+    assert!(member(&mut reader));
+    // Another session's committed refresh.
+    writer
+        .batch_execute(
+            "UPDATE customers SET age = 50 WHERE id = 1; SELECT * FROM segments.refresh();",
+        )
+        .unwrap();
+    assert!(
+        !member(&mut reader),
+        "a committed refresh is seen by the next statement"
+    );
+    // Its own refresh, in its transaction, then rolled back.
+    let mut tx = reader.transaction().unwrap();
+    assert!(!tx
+        .query_one("SELECT segments.is_member(1, 1)", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    tx.batch_execute("UPDATE customers SET age = 20 WHERE id = 1; SELECT * FROM segments.refresh(ARRAY[1::bigint]);")
+        .unwrap();
+    assert!(
+        tx.query_one("SELECT segments.is_member(1, 1)", &[])
+            .unwrap()
+            .get::<_, bool>(0),
+        "its own refresh is seen by its next statement"
+    );
+    tx.rollback().unwrap();
+    assert!(!member(&mut reader), "a rolled back refresh is not seen");
+}

@@ -2,6 +2,8 @@
 //! bitmap, and the value picker of the segment builder. Everything runs
 //! with the caller's privileges.
 
+use std::collections::HashMap;
+
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
@@ -85,9 +87,81 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// What `is_member` needs of a segment: its entity, the entity's key kind
+/// and type, and its membership's row version.
+type Lookup = (String, KeyKind, String, Option<String>);
+
+/// What a statement sees, and as whom: two snapshots with the same
+/// identity see the same rows (same transaction and command, and no
+/// transaction ended between them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SnapshotIdentity {
+    role: pgrx::pg_sys::Oid,
+    transaction: u32,
+    command: u32,
+    completions: u64,
+    xmin: u32,
+    xmax: u32,
+}
+
+/// The active snapshot's identity, None without one.
+fn snapshot_identity() -> Option<SnapshotIdentity> {
+    // SAFETY: the active snapshot is read only when one is set.
+    unsafe {
+        if !pgrx::pg_sys::ActiveSnapshotSet() {
+            return None;
+        }
+        let snapshot = &*pgrx::pg_sys::GetActiveSnapshot();
+        Some(SnapshotIdentity {
+            role: pgrx::pg_sys::GetUserId(),
+            transaction: crate::pg::versions::local_transaction_id(),
+            command: snapshot.curcid,
+            completions: snapshot.snapXactCompletionCount,
+            xmin: snapshot.xmin.into_inner(),
+            xmax: snapshot.xmax.into_inner(),
+        })
+    }
+}
+
+thread_local! {
+    /// Lookups made under one snapshot: a query calling is_member for each
+    /// of its rows looks the segment up once (the membership it sees cannot
+    /// change within its snapshot).
+    static LOOKUPS: std::cell::RefCell<Option<(SnapshotIdentity, HashMap<i64, Lookup>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `membership_lookup`, once per segment and snapshot.
+fn membership_lookup_cached(segment: i64) -> Result<Lookup, Reported> {
+    let Some(identity) = snapshot_identity() else {
+        return membership_lookup(segment);
+    };
+    let known = LOOKUPS.with(|cache| {
+        cache
+            .borrow()
+            .as_ref()
+            .filter(|(seen, _)| *seen == identity)
+            .and_then(|(_, lookups)| lookups.get(&segment).cloned())
+    });
+    if let Some(lookup) = known {
+        return Ok(lookup);
+    }
+    let lookup = membership_lookup(segment)?;
+    LOOKUPS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.as_ref().is_none_or(|(seen, _)| *seen != identity) {
+            *cache = Some((identity, HashMap::new()));
+        }
+        if let Some((_, lookups)) = cache.as_mut() {
+            lookups.insert(segment, lookup.clone());
+        }
+    });
+    Ok(lookup)
+}
+
 /// Everything `is_member` needs in one catalog query: the key kind and
 /// type of the segment's entity, and its membership's row version.
-fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<String>), Reported> {
+fn membership_lookup(segment: i64) -> Result<Lookup, Reported> {
     let row = Spi::connect(|client| {
         let table = MEMBERSHIP_LOOKUP_PLAN.with(|plan| {
             let mut plan = plan.borrow_mut();
@@ -127,7 +201,7 @@ fn membership_lookup(segment: i64) -> Result<(String, KeyKind, String, Option<St
 
 #[pg_extern(schema = "segments", stable, parallel_safe)]
 fn _is_member(segment: i64, key: &str) -> bool {
-    let (entity, kind, key_type, version) = membership_lookup(segment).or_raise();
+    let (entity, kind, key_type, version) = membership_lookup_cached(segment).or_raise();
     let Some(position) = key_position(&entity, kind, &key_type, key).or_raise() else {
         return false;
     };

@@ -134,7 +134,12 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
             queries.push(plan.column_group_sql(group, &[]));
         }
     }
-    let mut scanned = std::collections::HashSet::new();
+    let mut scanned: std::collections::HashSet<usize> = plan
+        .column_groups
+        .iter()
+        .filter(|g| g.rows.is_some())
+        .flat_map(|g| g.tests.iter().map(|(leaf, _, _)| *leaf))
+        .collect();
     for scan in &plan.window_scans {
         let (position, join) = plan.entity.position_sql("g.key");
         queries.push(scan.ranks_sql());
@@ -239,8 +244,13 @@ fn column_ranks(group: &ColumnGroup) -> Vec<i64> {
 }
 
 /// The members of each comparison of a column group (by leaf), from one
-/// scan of the entity's rows in buckets (`compile::columns`).
-fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)> {
+/// scan of the entity's rows (or of a trait's values) in buckets
+/// (`compile::columns`); for a group of trait conditions, also the records
+/// with rows (every bucket's, NULL values included).
+fn column_group_leaves(
+    plan: &Plan,
+    group: &ColumnGroup,
+) -> (Vec<(usize, Members)>, Option<Members>) {
     if !group.ordered {
         let sql = plan.column_group_sql(group, &[]);
         let matches = Spi::connect(|client| {
@@ -253,7 +263,7 @@ fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)
                 })
                 .collect::<Vec<_>>()
         });
-        return equality_leaves(group, matches);
+        return (equality_leaves(group, matches), None);
     }
     let ranks = column_ranks(group);
     let sql = plan.column_group_sql(group, &ranks);
@@ -266,7 +276,12 @@ fn column_group_leaves(plan: &Plan, group: &ColumnGroup) -> Vec<(usize, Members)
             })
             .collect::<Vec<_>>()
     });
-    column_leaves(group, &ranks, buckets)
+    let with_rows = group.rows.as_ref().map(|_| {
+        buckets
+            .iter()
+            .fold(Members::new(), |all, bucket| all | &bucket.members)
+    });
+    (column_leaves(group, &ranks, buckets), with_rows)
 }
 
 /// The value of each condition of a window scan (by leaf), from one
@@ -382,12 +397,34 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             }
         }
     });
+    let mut scanned: HashMap<usize, RelatedValue> = HashMap::new();
     for group in &plan.column_groups {
-        for (leaf, members) in column_group_leaves(plan, group) {
-            leaves[leaf] = members;
+        if group.rows.is_some()
+            && group
+                .tests
+                .iter()
+                .all(|(leaf, _, _)| known.contains_key(leaf))
+        {
+            continue;
+        }
+        let (values, with_rows) = column_group_leaves(plan, group);
+        for (leaf, members) in values {
+            match &with_rows {
+                // Trait conditions: records without rows are added as for
+                // any related value.
+                Some(with_rows) => {
+                    scanned.insert(
+                        leaf,
+                        RelatedValue {
+                            matching: members,
+                            with_rows: Some(with_rows.clone()),
+                        },
+                    );
+                }
+                None => leaves[leaf] = members,
+            }
         }
     }
-    let mut scanned: HashMap<usize, RelatedValue> = HashMap::new();
     for scan in &plan.window_scans {
         if scan.leaves().all(|leaf| known.contains_key(&leaf)) {
             continue;

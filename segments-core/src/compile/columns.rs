@@ -84,6 +84,10 @@ pub struct ColumnTest {
     pub values: Vec<String>,
     /// Bucketed by order (true) or matched by equality only.
     pub ordered: bool,
+    /// Where the operand is read: None for the entity's rows, else a
+    /// query of one row per record (`key`, and the operand as `g`'s
+    /// column), e.g. a trait's grouped values.
+    pub rows: Option<String>,
 }
 
 /// The comparison `test` makes on the entity's `column` (as `alias`), if a
@@ -112,6 +116,7 @@ pub(super) fn column_test(
             op,
             values: vec![from, to],
             ordered: true,
+            rows: None,
         })
     };
     let (op, values) = match (test.op, &test.value) {
@@ -175,6 +180,7 @@ fn same_type(
         op,
         values,
         ordered,
+        rows: None,
     })
 }
 
@@ -231,25 +237,33 @@ pub struct ColumnGroup {
     /// Bucketed (`buckets_sql`, `column_leaves`) or an equality group
     /// (`matches_sql`, `equality_leaves`).
     pub ordered: bool,
+    /// Where the operand is read (`ColumnTest::rows`): a group of trait
+    /// conditions reads the trait's grouped values.
+    pub rows: Option<String>,
 }
 
 /// Groups `tests` (by leaf) by operand and type; a group of at least
 /// `min_tests` comparisons is worth a pass of its own. Groups come in a
 /// stable order (by operand, then type).
 pub(super) fn group_tests(tests: &[(usize, ColumnTest)], min_tests: usize) -> Vec<ColumnGroup> {
-    // (operand, type, ordered) -> its tests
-    type Key<'t> = (&'t str, &'t str, bool);
+    // (rows, operand, type, ordered) -> its tests
+    type Key<'t> = (Option<&'t str>, &'t str, &'t str, bool);
     let mut by_operand: BTreeMap<Key, Vec<&(usize, ColumnTest)>> = BTreeMap::new();
     for entry in tests {
         by_operand
-            .entry((&entry.1.operand, &entry.1.sql_type, entry.1.ordered))
+            .entry((
+                entry.1.rows.as_deref(),
+                &entry.1.operand,
+                &entry.1.sql_type,
+                entry.1.ordered,
+            ))
             .or_default()
             .push(entry);
     }
     by_operand
         .into_iter()
         .filter(|(_, members)| members.len() >= min_tests.max(1))
-        .map(|((operand, sql_type, ordered), members)| {
+        .map(|((rows, operand, sql_type, ordered), members)| {
             let mut values: Vec<String> = Vec::new();
             let mut tests = Vec::new();
             for (leaf, test) in members {
@@ -272,6 +286,7 @@ pub(super) fn group_tests(tests: &[(usize, ColumnTest)], min_tests: usize) -> Ve
                 values,
                 tests,
                 ordered,
+                rows: rows.map(str::to_string),
             }
         })
         .collect()
@@ -575,6 +590,7 @@ mod tests {
                 values: constants.iter().map(|c| c.to_string()).collect(),
                 tests: tests.clone(),
                 ordered: true,
+                rows: None,
             };
             let got = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
             for ((leaf, op, mine), (got_leaf, members)) in tests.iter().zip(got) {
@@ -599,6 +615,7 @@ mod tests {
             op: ColumnOp::Gt,
             values: vec![value.into()],
             ordered: true,
+            rows: None,
         };
         let tests = vec![
             (0, test("e.a", "integer", "'1'::integer")),

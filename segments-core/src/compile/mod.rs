@@ -382,8 +382,18 @@ impl<'a> Planner<'a> {
             .filter_map(|(i, leaf)| self.window_candidates.get(leaf).map(|c| (i, c)))
             .collect();
         let window_scans = windows::plan_scans(&candidates, self.window_scan_min_conditions);
-        let scanned: std::collections::HashSet<usize> =
-            window_scans.iter().flat_map(|s| s.leaves()).collect();
+        // Leaves a window scan or a group of trait conditions computes keep
+        // their own queries instead of sharing a scan.
+        let scanned: std::collections::HashSet<usize> = window_scans
+            .iter()
+            .flat_map(|s| s.leaves())
+            .chain(
+                groups
+                    .iter()
+                    .filter(|g| g.rows.is_some())
+                    .flat_map(|g| g.tests.iter().map(|(leaf, _, _)| *leaf)),
+            )
+            .collect();
         self.share_trait_scans(&mut leaves, &scanned);
         let needs_all_rows = self.eligible.is_some()
             || has_not
@@ -544,13 +554,21 @@ impl<'a> Planner<'a> {
             }
             ConditionKind::Trait(test) => {
                 let (leaf, condition) = self.trait_leaf(path, test)?;
+                let mut grouped = None;
                 if let Some((measure, comparison)) = condition {
                     self.related_of
                         .insert(leaf.clone(), measure.related.clone());
+                    grouped = self.trait_column_test(path, test, &measure);
                     self.trait_conditions
                         .insert(leaf.clone(), (measure, comparison));
                 }
-                Expr::Leaf(self.intern(leaf))
+                let leaf = self.intern(leaf);
+                if let Some(compared) = grouped {
+                    if !self.column_tests.iter().any(|(known, _)| *known == leaf) {
+                        self.column_tests.push((leaf, compared));
+                    }
+                }
+                Expr::Leaf(leaf)
             }
             ConditionKind::Segment(test) => {
                 let expr = self.membership_condition(path, test)?;
@@ -561,6 +579,36 @@ impl<'a> Planner<'a> {
                 }
             }
         })
+    }
+
+    /// A comparison of a trait's value with constants as a column group
+    /// over the trait's grouped values (one row per record with rows)
+    /// would make it; None where it cannot: restricted plans (a live
+    /// apply keeps related values), and tests a bucketed group does not
+    /// answer (a group of trait conditions needs every record with rows,
+    /// which only buckets give).
+    fn trait_column_test(
+        &self,
+        path: &str,
+        test: &crate::definition::TraitTest,
+        measure: &TraitMeasure,
+    ) -> Option<columns::ColumnTest> {
+        if self.restriction.is_some() || self.related_restriction.contains_key(&measure.related) {
+            return None;
+        }
+        let attribute = crate::definition::AttributeTest {
+            column: test.name.clone(),
+            op: test.op,
+            value: test.value.clone(),
+            ignore_case: test.ignore_case,
+        };
+        let mut compared =
+            columns::column_test(path, "g", &measure.column, &attribute, &self.reference_time)?;
+        if !compared.ordered {
+            return None;
+        }
+        compared.rows = Some(measure.grouped_sql());
+        Some(compared)
     }
 
     /// The SQL that maps a key expression to a bitmap position, and the join
@@ -965,7 +1013,13 @@ impl Plan {
     /// ranks are known (`ColumnGroup::ranks_sql`), an equality group's
     /// (`ranks` unused).
     pub fn column_group_sql(&self, group: &ColumnGroup, ranks: &[i64]) -> String {
-        let (rows, position) = self.entity_rows_sql();
+        let (rows, position) = match &group.rows {
+            None => self.entity_rows_sql(),
+            Some(values) => {
+                let (position, join) = self.entity.position_sql("g.key");
+                (format!("FROM ({values}) g{join}"), position)
+            }
+        };
         if group.ordered {
             group.buckets_sql(ranks, &rows, &position)
         } else {

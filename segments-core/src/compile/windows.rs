@@ -81,6 +81,7 @@ impl Decimal {
     }
 
     /// How `value` × 10^-`scale` compares with this number.
+    #[cfg(test)]
     fn compared_with(&self, value: i128, scale: u32) -> Ordering {
         let common = scale.max(self.scale);
         let left = value * 10i128.pow(common - scale);
@@ -119,17 +120,47 @@ impl WindowTest {
         }
     }
 
-    /// Whether a record's value (`count` for existence and counts, the sum
-    /// × 10^-`scale` or None for a sum over no rows) passes.
-    fn holds(&self, value: Option<i128>, scale: u32) -> bool {
+    /// This test for values at `scale` (a count's 0, a sum's column's),
+    /// with the threshold scaled once instead of per record.
+    fn at_scale(&self, scale: u32) -> ScaledTest {
+        // value × 10^-scale against the threshold: both at the larger scale.
+        let scaled = |t: &Decimal| {
+            let common = scale.max(t.scale);
+            (
+                10i128.pow(common - scale),
+                t.mantissa * 10i128.pow(common - t.scale),
+            )
+        };
+        match self {
+            WindowTest::Exists => ScaledTest::Exists,
+            WindowTest::Compare(op, t) => ScaledTest::Compare(*op, scaled(t)),
+            WindowTest::Between(low, high) => ScaledTest::Between(scaled(low), scaled(high)),
+        }
+    }
+}
+
+/// A `WindowTest` for values of one scale: each threshold as (factor,
+/// right side), the value passing `value × factor op right side`.
+#[derive(Debug, Clone, Copy)]
+enum ScaledTest {
+    Exists,
+    Compare(Op, (i128, i128)),
+    Between((i128, i128), (i128, i128)),
+}
+
+impl ScaledTest {
+    /// Whether a record's value (a count, or a sum at the test's scale,
+    /// None for a sum over no rows) passes.
+    fn holds(&self, value: Option<i128>) -> bool {
         let Some(value) = value else {
             // A sum over no rows is NULL: no comparison holds.
             return false;
         };
-        match self {
-            WindowTest::Exists => value > 0,
-            WindowTest::Compare(op, threshold) => {
-                let order = threshold.compared_with(value, scale);
+        let order = |(factor, right): (i128, i128)| (value * factor).cmp(&right);
+        match *self {
+            ScaledTest::Exists => value > 0,
+            ScaledTest::Compare(op, threshold) => {
+                let order = order(threshold);
                 match op {
                     Op::Eq => order == Ordering::Equal,
                     Op::Ne => order != Ordering::Equal,
@@ -139,9 +170,8 @@ impl WindowTest {
                     _ => order != Ordering::Less,
                 }
             }
-            WindowTest::Between(low, high) => {
-                low.compared_with(value, scale) != Ordering::Less
-                    && high.compared_with(value, scale) != Ordering::Greater
+            ScaledTest::Between(low, high) => {
+                order(low) != Ordering::Less && order(high) != Ordering::Greater
             }
         }
     }
@@ -394,8 +424,26 @@ pub struct WindowPass<'s> {
     masks: Vec<u64>,
     values: Vec<Option<i64>>,
     order: Vec<usize>,
+    /// Each condition's test at its measure's scale.
+    tests: Vec<ScaledTest>,
     members: Vec<Members>,
+    /// Each condition's members not yet added to `members`: appending a
+    /// sorted batch is far cheaper than inserting (or pushing) one by one.
+    pending: Vec<Vec<u64>>,
     with_rows: Members,
+}
+
+/// How many members of one condition a pass gathers before adding them.
+const PENDING_MEMBERS: usize = 4096;
+
+/// Adds sorted `positions` to `members` (one by one where they are not
+/// all above its members: a negative integer key sorts first but is a
+/// high position).
+fn append(members: &mut Members, positions: &mut Vec<u64>) {
+    if members.append(positions.iter().copied()).is_err() {
+        members.extend(positions.iter().copied());
+    }
+    positions.clear();
 }
 
 impl<'s> WindowPass<'s> {
@@ -424,7 +472,13 @@ impl<'s> WindowPass<'s> {
             masks: Vec::new(),
             values: Vec::new(),
             order: Vec::new(),
+            tests: scan
+                .conditions
+                .iter()
+                .map(|c| c.test.at_scale(c.sum.map_or(0, |s| scan.sums[s].1)))
+                .collect(),
             members: vec![Members::new(); scan.conditions.len()],
+            pending: vec![Vec::new(); scan.conditions.len()],
             with_rows: Members::new(),
         }
     }
@@ -478,12 +532,16 @@ impl<'s> WindowPass<'s> {
                         }
                     }
                 }
-                let (value, scale) = match sum {
-                    None => (Some(count), 0),
-                    Some(s) => (summed.then_some(total), self.scan.sums[*s].1),
+                let value = match sum {
+                    None => Some(count),
+                    Some(_) => summed.then_some(total),
                 };
-                if condition.test.holds(value, scale) {
-                    self.members[c].insert(position);
+                if self.tests[c].holds(value) {
+                    let pending = &mut self.pending[c];
+                    pending.push(position);
+                    if pending.len() >= PENDING_MEMBERS {
+                        append(&mut self.members[c], pending);
+                    }
                 }
             }
         }
@@ -496,6 +554,9 @@ impl<'s> WindowPass<'s> {
     /// some window.
     pub fn finish(mut self) -> (Vec<(usize, Members)>, Members) {
         self.finish_record();
+        for (members, pending) in self.members.iter_mut().zip(self.pending.iter_mut()) {
+            append(members, pending);
+        }
         let leaves = self
             .scan
             .conditions
@@ -696,6 +757,8 @@ mod tests {
                         Some(inside.len() as i128)
                     };
                     let expected = naive(test, value, if *sum { 100.0 } else { 1.0 });
+                    let scaled = test.at_scale(if *sum { 2 } else { 0 }).holds(value);
+                    assert_eq!(scaled, expected, "{test:?} of {value:?}");
                     assert_eq!(
                         members.contains(key as u64),
                         expected,
