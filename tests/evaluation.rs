@@ -432,3 +432,119 @@ fn windowed_related_conditions_share_one_sorted_pass() {
         assert_eq!(differ, 0, "segment {id}: {sql}");
     }
 }
+
+/// A column group over numerics buckets by float8 and falls back to the
+/// exact comparison where floats cannot tell numbers apart: values and
+/// thresholds closer than float8 resolves, NaN, infinities and numbers
+/// beyond float8's range all get the members of plain comparisons.
+#[test]
+fn numeric_column_groups_are_exact_where_floats_are_not() {
+    let cluster = Cluster::start("numeric_groups", &[]);
+    let mut client = cluster.connect("postgres");
+    let values = [
+        "0.1",
+        "0.1000000000000000001",
+        "0.0999999999999999999",
+        "0.10000000000000000005",
+        "1",
+        "1.0000000000000000000001",
+        "-1",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "-1e400",
+        "123456789012345678901234567890.5",
+        "0",
+        "NULL",
+    ];
+    let rows: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match *v {
+            "NaN" | "Infinity" | "-Infinity" => format!("({}, '{v}')", i + 1),
+            v => format!("({}, {v})", i + 1),
+        })
+        .collect();
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION segments;
+             CREATE TABLE amounts (id int PRIMARY KEY, v numeric);
+             INSERT INTO amounts VALUES {};
+             SELECT segments.register_entity('amount', 'amounts', 'id');",
+            rows.join(", ")
+        ))
+        .unwrap();
+    let mut n = 0;
+    for threshold in [
+        "0.1",
+        "0.1000000000000000001",
+        "1",
+        "1e301",
+        "-1e301",
+        "0",
+        "123456789012345678901234567890.5",
+    ] {
+        for op in ["gt", "gte", "lt", "lte", "eq", "ne"] {
+            n += 1;
+            client
+                .execute(
+                    "SELECT segments.create_segment($1, $2::text::jsonb)",
+                    &[
+                        &format!("v {op} {threshold}"),
+                        &format!(r#"{{"entity":"amount","rules":[{{"where":{{"attribute":"v","op":"{op}","value":{threshold}}}}}]}}"#),
+                    ],
+                )
+                .unwrap();
+        }
+    }
+    let members = |client: &mut postgres::Client, groups: i32| -> Vec<(String, Vec<i32>)> {
+        client
+            .batch_execute(&format!("SET segments.column_group_min_tests = {groups}"))
+            .unwrap();
+        let failed: i64 = client
+            .query_one(
+                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 0);
+        client
+            .query(
+                "SELECT s.name, coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
+                   FROM segments.segment s LEFT JOIN segments.amount_members m ON m.segment_id = s.id
+                  GROUP BY s.name ORDER BY s.name",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let plain = members(&mut client, 0);
+    let grouped = members(&mut client, 2);
+    assert_eq!(plain.len(), n);
+    assert_eq!(grouped, plain);
+    // And the plain comparisons are PostgreSQL's own.
+    for (name, ids) in &plain {
+        let (_, op, threshold) = (
+            name,
+            name.split(' ').nth(1).unwrap(),
+            name.split(' ').nth(2).unwrap(),
+        );
+        let symbol = match op {
+            "gt" => ">",
+            "gte" => ">=",
+            "lt" => "<",
+            "lte" => "<=",
+            "eq" => "=",
+            _ => "<>",
+        };
+        let want: Vec<i32> = client
+            .query_one(&format!("SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM amounts WHERE v {symbol} {threshold}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(ids, &want, "{name}");
+    }
+}

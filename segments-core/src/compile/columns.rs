@@ -323,6 +323,41 @@ impl ColumnGroup {
         )
     }
 
+    /// Whether the group compares numerics, whose `width_bucket` walks
+    /// the constants one by one (they are of variable length).
+    fn is_numeric(&self) -> bool {
+        matches!(self.sql_type.as_str(), "numeric" | "pg_catalog.numeric")
+    }
+
+    /// A numeric row value's bucket (of `v.x`) by a binary search over
+    /// the constants as float8, exact: float8 conversion (clamped to
+    /// ±1e300, never an error) never reverses an order, so a value whose
+    /// float differs from the float of its float bucket's constant is
+    /// strictly between the constants around it, and its float bucket is
+    /// its bucket; a value whose float equals that constant's (the same
+    /// number, or too close for float8) takes the exact, walking
+    /// `width_bucket`.
+    fn numeric_bucket_sql(&self, ranks: &[i64]) -> String {
+        let float = |x: &str| {
+            format!(
+                "CASE WHEN {x} {gt} 1e300 THEN 'Infinity'::pg_catalog.float8 \
+                 WHEN {x} {lt} -1e300 THEN '-Infinity'::pg_catalog.float8 \
+                 ELSE ({x})::pg_catalog.float8 END",
+                gt = op(">"),
+                lt = op("<")
+            )
+        };
+        let sorted = self.sorted_values(ranks);
+        let floats: Vec<String> = sorted.iter().map(|c| float(c)).collect();
+        let ft = format!("(SELECT ARRAY[{}]::pg_catalog.float8[])", floats.join(", "));
+        let th = format!("(SELECT ARRAY[{}]::{}[])", sorted.join(", "), self.sql_type);
+        let f = float("v.x");
+        format!(
+            "CASE WHEN ({f}) IS DISTINCT FROM ({ft})[pg_catalog.width_bucket({f}, {ft})] \
+             THEN pg_catalog.width_bucket({f}, {ft}) ELSE pg_catalog.width_bucket(v.x, {th}) END"
+        )
+    }
+
     /// The distinct constants in ascending order, given their ranks.
     fn sorted_values(&self, ranks: &[i64]) -> Vec<&str> {
         let mut sorted: BTreeMap<i64, &str> = BTreeMap::new();
@@ -349,13 +384,18 @@ impl ColumnGroup {
         // A scalar subquery is an InitPlan: the constants (which may be
         // reference-time arithmetic) are computed once, not per row.
         let th = format!("(SELECT {thresholds})");
+        let bucket = if self.is_numeric() {
+            self.numeric_bucket_sql(ranks)
+        } else {
+            format!("pg_catalog.width_bucket(v.x, {th})")
+        };
         // Whether a row equals its bucket's constant: a hash probe of the
         // constants (subscripting the array would walk it for every row
         // where its elements are of variable length, as numeric's are).
         format!(
             "SELECT s.b, u.c IS NOT NULL, segments.rb_agg(s.p) FROM \
-             (SELECT {value} AS x, pg_catalog.width_bucket({value}, {th}) AS b, {position} AS p \
-                {rows}) s \
+             (SELECT v.x, {bucket} AS b, v.p FROM (SELECT {value} AS x, {position} AS p \
+                {rows}) v) s \
              LEFT JOIN pg_catalog.unnest({th}) u(c) ON s.x {eq} u.c \
              GROUP BY 1, 2",
             eq = op("="),
