@@ -407,7 +407,13 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         {
             continue;
         }
-        let (values, with_rows) = column_group_leaves(plan, group);
+        // A group of trait conditions groups the related rows by record
+        // first: sorted, as for the traits' own queries.
+        let (values, with_rows) = if group.rows.is_some() && sorts_groups(plan) {
+            crate::pg::sandbox::grouping_by_sort(|| column_group_leaves(plan, group))
+        } else {
+            column_group_leaves(plan, group)
+        };
         for (leaf, members) in values {
             match &with_rows {
                 // Trait conditions: records without rows are added as for
