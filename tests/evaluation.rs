@@ -548,3 +548,85 @@ fn numeric_column_groups_are_exact_where_floats_are_not() {
         assert_eq!(ids, &want, "{name}");
     }
 }
+
+/// A window scan of an entity with text keys (positions from the key
+/// dictionary) gives the members of one query per condition.
+#[test]
+fn window_scans_work_with_dictionary_keys() {
+    let cluster = Cluster::start("window_keys", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(
+            "CREATE EXTENSION segments;
+             SET segments.reference_time = '2026-11-01 00:00:00+00';
+             CREATE TABLE contacts (code text PRIMARY KEY, country text);
+             INSERT INTO contacts SELECT 'K-' || i, CASE WHEN i % 2 = 0 THEN 'DE' ELSE 'FR' END FROM generate_series(1, 400) i;
+             CREATE TABLE calls (id serial, contact text, kind text, minutes integer, at timestamptz);
+             INSERT INTO calls (contact, kind, minutes, at)
+             SELECT 'K-' || (1 + (i * 7) % 450), (ARRAY['sales','support'])[1 + i % 2], i % 40,
+                    '2026-11-01 00:00:00+00'::timestamptz - (i * interval '7 hours')
+               FROM generate_series(1, 3000) i;
+             SELECT segments.register_entity('contact', 'contacts', 'code');
+             SELECT segments.register_related('contact', 'calls', 'calls', 'contact', 'at');",
+        )
+        .unwrap();
+    let conditions = [
+        r#"{"related":"calls","within":"3 days"}"#,
+        r#"{"related":"calls","within":"30 days","where":{"attribute":"kind","op":"eq","value":"sales"}}"#,
+        r#"{"related":"calls","aggregate":"count","within":"60 days","op":"lt","value":3}"#,
+        r#"{"related":"calls","aggregate":"sum","attribute":"minutes","within":"20 days","op":"gte","value":20}"#,
+    ];
+    for (i, condition) in conditions.iter().enumerate() {
+        client
+            .execute(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("c{i}"),
+                    &format!(r#"{{"entity":"contact","rules":[{{"where":{condition}}}]}}"#),
+                ],
+            )
+            .unwrap();
+    }
+    let members = |client: &mut postgres::Client, windows: i32| -> Vec<Vec<String>> {
+        client
+            .batch_execute(&format!(
+                "SET segments.window_scan_min_conditions = {windows}"
+            ))
+            .unwrap();
+        let failed: i64 = client
+            .query_one(
+                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 0);
+        client
+            .query(
+                "SELECT coalesce(array_agg(m.code ORDER BY m.code) FILTER (WHERE m.code IS NOT NULL), '{}')
+                   FROM segments.segment s LEFT JOIN segments.contact_members m ON m.segment_id = s.id
+                  GROUP BY s.id ORDER BY s.id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let plain = members(&mut client, 0);
+    let scanned = members(&mut client, 2);
+    assert_eq!(scanned, plain);
+    let now = "'2026-11-01 00:00:00+00'::timestamptz";
+    let expected: Vec<String> = client
+        .query_one(
+            &format!(
+                "SELECT coalesce(array_agg(code ORDER BY code), '{{}}') FROM contacts c
+                  WHERE (SELECT count(*) FROM calls WHERE contact = c.code AND at >= {now} - interval '60 days' AND at <= {now}) < 3"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(scanned[2], expected);
+    assert!(!scanned[0].is_empty() && !scanned[3].is_empty());
+}
