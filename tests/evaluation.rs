@@ -381,6 +381,11 @@ fn windowed_related_conditions_share_one_sorted_pass() {
             "SET LOCAL segments.window_scan_min_conditions = {setting}"
         ))
         .unwrap();
+        // The counters may still hold the previous transaction's reads
+        // (statistics are flushed at most once a second): count the
+        // difference.
+        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'), 0)";
+        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
         let failed: i64 = tx
             .query_one(
                 "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
@@ -389,10 +394,7 @@ fn windowed_related_conditions_share_one_sorted_pass() {
             .unwrap()
             .get(0);
         assert_eq!(failed, 0);
-        let scans: i64 = tx
-            .query_one("SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'", &[])
-            .unwrap()
-            .get(0);
+        let scans = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
         let members = tx
             .query(
                 "SELECT members FROM segments.membership ORDER BY segment_id",
@@ -629,4 +631,123 @@ fn window_scans_work_with_dictionary_keys() {
         .get(0);
     assert_eq!(scanned[2], expected);
     assert!(!scanned[0].is_empty() && !scanned[3].is_empty());
+}
+
+/// Many funnels over one table come from one pass of its rows sorted by
+/// record and time (a funnel scan), with exactly the members of their
+/// nested `EXISTS` queries: absent last steps, gaps, the same product as
+/// the previous step, rows at the same instant.
+#[test]
+fn funnels_share_one_sorted_pass() {
+    let cluster = Cluster::start("funnels", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute(
+            "CREATE EXTENSION segments;
+             SET segments.reference_time = '2026-11-01 00:00:00+00';
+             CREATE TABLE people (id int PRIMARY KEY);
+             INSERT INTO people SELECT generate_series(1, 300);
+             CREATE TABLE events (person int, kind text, product int, at timestamptz);
+             INSERT INTO events
+             SELECT 1 + i % 310, (ARRAY['viewed','added','bought','viewed'])[1 + (i + i / 310) % 4], (i / 620) % 3,
+                    '2026-11-01 00:00:00+00'::timestamptz - (i * interval '7 minutes')
+               FROM generate_series(1, 6000) i;
+             -- twins: rows at the very time of another row
+             INSERT INTO events SELECT person, 'added', product, at FROM events WHERE kind = 'viewed' AND person % 9 = 0;
+             CREATE INDEX ON events (person, at);
+             SELECT segments.register_entity('person', 'people', 'id');
+             SELECT segments.register_related('person', 'events', 'events', 'person', 'at');",
+        )
+        .unwrap();
+    let step = |kind: &str, extra: &str| {
+        format!(r#"{{"where":{{"all":[{{"attribute":"kind","op":"eq","value":"{kind}"}}{extra}]}}"#)
+    };
+    let same = r#",{"attribute":"product","op":"eq","value":{"step":1,"attribute":"product"}}"#;
+    let same2 = r#",{"attribute":"product","op":"eq","value":{"step":2,"attribute":"product"}}"#;
+    let mut n = 0;
+    for days in [5, 12, 30, 90] {
+        for gap in [1, 3] {
+            let funnels = [
+                format!(
+                    r#"[{}}},{},"within":"{gap} days"}}]"#,
+                    step("viewed", ""),
+                    step("added", "")
+                ),
+                format!(
+                    r#"[{}}},{},"within":"{gap} days"}}]"#,
+                    step("viewed", ""),
+                    step("added", same)
+                ),
+                format!(
+                    r#"[{}}},{},"within":"{gap} days"}},{},"within":"2 days","absent":true}}]"#,
+                    step("viewed", ""),
+                    step("added", same),
+                    step("bought", same2)
+                ),
+                format!(
+                    r#"[{}}},{},"within":"{gap} days","absent":true}}]"#,
+                    step("viewed", ""),
+                    step("bought", "")
+                ),
+            ];
+            for steps in funnels {
+                n += 1;
+                client
+                    .execute(
+                        "SELECT segments.create_segment($1, $2::text::jsonb)",
+                        &[
+                            &format!("f{n}"),
+                            &format!(r#"{{"entity":"person","rules":[{{"where":{{"related":"events","within":"{days} days","sequence":{steps}}}}}]}}"#),
+                        ],
+                    )
+                    .unwrap_or_else(|e| panic!("{e}: {steps}"));
+            }
+        }
+    }
+    let members = |client: &mut postgres::Client, scans: i32| -> (i64, Vec<Vec<i32>>) {
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL segments.window_scan_min_conditions = {scans}"
+        ))
+        .unwrap();
+        // The counters may still hold the previous transaction's reads
+        // (statistics are flushed at most once a second): count the
+        // difference.
+        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'events'), 0)";
+        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
+        let failed: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 0);
+        let reads = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
+        let members = tx
+            .query(
+                "SELECT coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
+                   FROM segments.segment s LEFT JOIN segments.person_members m ON m.segment_id = s.id
+                  GROUP BY s.id ORDER BY s.id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().unwrap();
+        (reads, members)
+    };
+    let (reads_plain, plain) = members(&mut client, 0);
+    let (reads_scanned, scanned) = members(&mut client, 2);
+    assert_eq!(scanned, plain, "a funnel scan gives the queries' members");
+    assert!(
+        reads_plain > n as i64,
+        "one query (and its probes) per funnel: {reads_plain}"
+    );
+    assert_eq!(reads_scanned, 1, "one funnel scan reads events once");
+    assert!(
+        plain.iter().filter(|m| !m.is_empty()).count() > n / 4,
+        "many funnels have members"
+    );
 }

@@ -11,8 +11,8 @@ use pgrx::spi::Spi;
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{
-    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, Leaf, Plan, WindowPass,
-    WindowScan,
+    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, FunnelPass, FunnelRow,
+    FunnelScan, Leaf, Plan, WindowPass, WindowScan,
 };
 use segments_core::sql::{ident, literal};
 
@@ -141,6 +141,12 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
         .flat_map(|g| g.tests.iter().map(|(leaf, _, _)| *leaf))
         .collect();
     for scan in &plan.window_scans {
+        let (position, join) = plan.entity.position_sql("g.key");
+        queries.push(scan.ranks_sql());
+        queries.push(scan.scan_sql(&position, &join));
+        scanned.extend(scan.leaves());
+    }
+    for scan in &plan.funnel_scans {
         let (position, join) = plan.entity.position_sql("g.key");
         queries.push(scan.ranks_sql());
         queries.push(scan.scan_sql(&position, &join));
@@ -334,6 +340,69 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
         .collect()
 }
 
+/// The members of each funnel of a funnel scan (by leaf), from one pass
+/// over its related rows sorted by record and time (`compile::funnels`).
+fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValue)> {
+    let (ranks, now) = Spi::connect(|client| {
+        let row = spi(client.select(&scan.ranks_sql(), None, &[])).first();
+        (
+            spi(row.get::<Vec<i64>>(1)).unwrap_or_default(),
+            spi(row.get::<i64>(2)).unwrap_or(i64::MAX),
+        )
+    });
+    let (position, join) = plan.entity.position_sql("g.key");
+    let sql = scan.scan_sql(&position, &join);
+    let (gaps, columns) = (scan.gaps.len(), scan.columns.len());
+    let mut pass = FunnelPass::new(scan, &ranks, now);
+    Spi::connect(|client| {
+        let mut cursor = spi(client.try_open_cursor(sql.as_str(), &[]));
+        let mut gap_values = vec![None; gaps];
+        let mut column_values = vec![None; columns];
+        loop {
+            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
+            if table.is_empty() {
+                break;
+            }
+            for row in table {
+                let (Some(position), Some(time)) = (spi(row.get::<i64>(1)), spi(row.get::<i64>(3)))
+                else {
+                    continue;
+                };
+                for (i, value) in gap_values.iter_mut().enumerate() {
+                    *value = spi(row.get::<i64>(5 + i));
+                }
+                for (i, value) in column_values.iter_mut().enumerate() {
+                    *value = spi(row.get::<i64>(5 + gaps + i));
+                }
+                pass.push(
+                    position,
+                    FunnelRow {
+                        bucket: spi(row.get::<i32>(2)).unwrap_or(0),
+                        time,
+                        mask: spi(row.get::<i64>(4)).unwrap_or(0),
+                        gaps: &gap_values,
+                        columns: &column_values,
+                    },
+                );
+            }
+            // SAFETY: as in `window_scan_values`.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+    });
+    pass.finish()
+        .into_iter()
+        .map(|(leaf, matching)| {
+            (
+                leaf,
+                RelatedValue {
+                    matching,
+                    with_rows: None,
+                },
+            )
+        })
+        .collect()
+}
+
 /// An entity with at least this many rows (the planner's estimate) has
 /// its related aggregates and traits grouped by sorting, not hashing.
 const SORTED_GROUPING_MIN_ROWS: f64 = 100_000.0;
@@ -436,6 +505,12 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             continue;
         }
         scanned.extend(window_scan_values(plan, scan));
+    }
+    for scan in &plan.funnel_scans {
+        if scan.leaves().all(|leaf| known.contains_key(&leaf)) {
+            continue;
+        }
+        scanned.extend(funnel_scan_values(plan, scan));
     }
     let all_rows = all_rows.unwrap_or_default();
     let sorted = sorts_groups(plan);

@@ -35,6 +35,7 @@ mod access;
 mod columns;
 mod emit;
 mod fold;
+mod funnels;
 mod membership;
 mod path;
 mod rank;
@@ -63,6 +64,8 @@ use emit::{
     related_condition, window_edges, RowScope,
 };
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
+use funnels::{CandidateStep, FunnelCandidate};
+pub use funnels::{FunnelPass, FunnelRow, FunnelScan};
 pub use membership::split_group_filter;
 pub use path::{path_sql, path_tables};
 pub use rank::eligible_sql;
@@ -171,6 +174,9 @@ pub struct Plan {
     /// Related leaves computed by one sorted pass per related table
     /// instead of their queries (`windows`): many windows and thresholds.
     pub window_scans: Vec<WindowScan>,
+    /// Funnel leaves computed by one sorted pass per related table instead
+    /// of their queries (`funnels`).
+    pub funnel_scans: Vec<FunnelScan>,
 }
 
 /// Compiles definitions of one entity into a shared plan: a leaf that
@@ -199,6 +205,8 @@ pub struct Planner<'a> {
     edges_once: bool,
     /// Related conditions a window scan could compute, by leaf.
     window_candidates: HashMap<Leaf, WindowCandidate>,
+    /// Funnels a funnel scan could compute, by leaf.
+    funnel_candidates: HashMap<Leaf, FunnelCandidate>,
     /// How many such conditions of one related table make a window scan.
     window_scan_min_conditions: usize,
 }
@@ -246,6 +254,7 @@ impl<'a> Planner<'a> {
             column_group_min_tests: usize::MAX,
             edges_once: true,
             window_candidates: HashMap::new(),
+            funnel_candidates: HashMap::new(),
             window_scan_min_conditions: usize::MAX,
         };
         if let Some(eligible) = planner.entity.eligible.clone() {
@@ -382,11 +391,18 @@ impl<'a> Planner<'a> {
             .filter_map(|(i, leaf)| self.window_candidates.get(leaf).map(|c| (i, c)))
             .collect();
         let window_scans = windows::plan_scans(&candidates, self.window_scan_min_conditions);
+        let funnel_candidates: Vec<(usize, &FunnelCandidate)> = leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, leaf)| self.funnel_candidates.get(leaf).map(|c| (i, c)))
+            .collect();
+        let funnel_scans = funnels::plan_scans(&funnel_candidates, self.window_scan_min_conditions);
         // Leaves a window scan or a group of trait conditions computes keep
         // their own queries instead of sharing a scan.
         let scanned: std::collections::HashSet<usize> = window_scans
             .iter()
             .flat_map(|s| s.leaves())
+            .chain(funnel_scans.iter().flat_map(|s| s.leaves()))
             .chain(
                 groups
                     .iter()
@@ -409,6 +425,7 @@ impl<'a> Planner<'a> {
             related_of,
             column_groups: groups,
             window_scans,
+            funnel_scans,
         }
     }
 
@@ -541,6 +558,9 @@ impl<'a> Planner<'a> {
                 self.related_of.insert(leaf.clone(), related.name.clone());
                 if let Some(candidate) = self.window_candidate(&related, test) {
                     self.window_candidates.insert(leaf.clone(), candidate);
+                }
+                if let Some(candidate) = self.funnel_candidate(&related, test) {
+                    self.funnel_candidates.insert(leaf.clone(), candidate);
                 }
                 if let Some(condition) = shared {
                     self.trait_conditions.insert(leaf.clone(), condition);
@@ -889,6 +909,119 @@ impl Planner<'_> {
             sum,
             start,
             test: window_test,
+        })
+    }
+}
+
+impl Planner<'_> {
+    /// How a funnel scan would compute a sequence condition; None when it
+    /// cannot (see `funnels`): scans are off or the plan restricted, the
+    /// window does not end now, the time column is a date, the sequence
+    /// has a `where`, or a step compares with an earlier row other than by
+    /// equality of integer columns with the previous step's row.
+    fn funnel_candidate(&self, related: &Related, test: &RelatedTest) -> Option<FunnelCandidate> {
+        let RelatedMeasure::Sequence(steps) = &test.measure else {
+            return None;
+        };
+        if self.window_scan_min_conditions == usize::MAX
+            || !self.edges_once
+            || self.restriction.is_some()
+            || self.related_restriction.contains_key(&related.name)
+            || test.filter.is_some()
+        {
+            return None;
+        }
+        let within = test.within.as_ref().filter(|w| w.to.is_none())?;
+        let time = related
+            .time_column
+            .as_ref()
+            .and_then(|name| related.table.column(name))?;
+        if !matches!(time.kind, ColumnKind::Timestamp | ColumnKind::TimestampTz) {
+            return None;
+        }
+        let (from, key) = path_sql(&self.entity, related, "r").ok()?;
+        let what = format!("related table \"{}\"", related.name);
+        let integer = |name: &str| {
+            related
+                .table
+                .column(name)
+                .filter(|c| matches!(c.type_sql.as_str(), "smallint" | "integer" | "bigint"))
+                .map(|c| format!("r.{}", ident(&c.name)))
+        };
+        let mut planned = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let mut nodes = Vec::new();
+            crate::definition::walk_condition(&step.filter, &mut nodes);
+            let refers = |c: &Condition| matches!(&c.kind, ConditionKind::Attribute(a) if matches!(a.value, crate::definition::Operand::StepRef { .. }));
+            let mut plain = Vec::new();
+            let mut same = Vec::new();
+            if nodes.iter().any(|n| refers(n)) {
+                let ConditionKind::All(items) = &step.filter.kind else {
+                    return None;
+                };
+                for item in items {
+                    match &item.kind {
+                        ConditionKind::Attribute(a) if refers(item) => {
+                            let crate::definition::Operand::StepRef {
+                                step: earlier,
+                                column,
+                            } = &a.value
+                            else {
+                                return None;
+                            };
+                            if *earlier != i || a.op != crate::definition::Op::Eq || a.ignore_case {
+                                return None;
+                            }
+                            same.push((integer(&a.column)?, integer(column)?));
+                        }
+                        _ => {
+                            let mut inner = Vec::new();
+                            crate::definition::walk_condition(item, &mut inner);
+                            if inner.iter().any(|n| refers(n)) {
+                                return None;
+                            }
+                            plain.push(item.clone());
+                        }
+                    }
+                }
+            } else {
+                plain.push(step.filter.clone());
+            }
+            let condition = if plain.is_empty() {
+                "true".to_string()
+            } else {
+                related_condition(
+                    &Condition {
+                        path: step.filter.path.clone(),
+                        kind: ConditionKind::All(plain),
+                    },
+                    RowScope {
+                        alias: "r",
+                        steps: &[],
+                    },
+                    &related.table,
+                    &what,
+                    &self.reference_time,
+                )
+                .ok()?
+            };
+            planned.push(CandidateStep {
+                condition,
+                gap: step.within.as_ref().map(emit::interval),
+                absent: step.absent,
+                same,
+            });
+        }
+        let (start, _) = window_edges(time.kind, within, &self.reference_time);
+        Some(FunnelCandidate {
+            source: ScanSource {
+                from,
+                key,
+                time: format!("r.{}", ident(&time.name)),
+                end: reference_as(time.kind, &self.reference_time),
+            },
+            start,
+            steps: planned,
         })
     }
 }
@@ -1338,6 +1471,39 @@ mod tests {
         // Fewer candidates than the minimum, or scans off: no scan.
         assert!(plan(Some(5), &conditions).window_scans.is_empty());
         assert!(plan(None, &conditions).window_scans.is_empty());
+    }
+
+    #[test]
+    fn funnels_with_windows_form_a_funnel_scan() {
+        let catalog = customers();
+        let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+        planner.scan_windows_from(2);
+        let funnel = |days: u32| {
+            json!({"related": "orders", "within": format!("{days} days"), "sequence": [
+                {"where": {"attribute": "status", "op": "eq", "value": "cart"}},
+                {"where": {"all": [{"attribute": "status", "op": "eq", "value": "paid"},
+                                   {"attribute": "customer_id", "op": "eq", "value": {"step": 1, "attribute": "customer_id"}}]},
+                 "within": "2 days", "absent": true}]})
+        };
+        let mut compiled: Vec<CompiledSegment> = [funnel(10), funnel(20), funnel(30)]
+            .into_iter()
+            .map(|condition| {
+                let definition = json!({"entity": "customer", "rules": [{"where": condition}]});
+                planner
+                    .add(&Definition::parse(&definition).unwrap(), None)
+                    .unwrap()
+            })
+            .collect();
+        let mut refs: Vec<&mut CompiledSegment> = compiled.iter_mut().collect();
+        let plan = planner.finish(&mut refs);
+        assert_eq!(plan.funnel_scans.len(), 1, "{:?}", plan.leaves);
+        let scan = &plan.funnel_scans[0];
+        assert_eq!(scan.leaves().count(), 3);
+        assert_eq!(scan.conditions.len(), 2);
+        assert_eq!(scan.gaps.len(), 1);
+        assert_eq!(scan.columns.len(), 1);
+        let sql = scan.scan_sql("g.key::pg_catalog.int8", "");
+        assert!(sql.ends_with("ORDER BY 1, 3"), "{sql}");
     }
 
     #[test]

@@ -438,12 +438,12 @@ pub struct WindowPass<'s> {
 }
 
 /// How many members of one condition a pass gathers before adding them.
-const PENDING_MEMBERS: usize = 4096;
+pub(super) const PENDING_MEMBERS: usize = 4096;
 
 /// Adds sorted `positions` to `members` (one by one where they are not
 /// all above its members: a negative integer key sorts first but is a
 /// high position).
-fn append(members: &mut Members, positions: &mut Vec<u64>) {
+pub(super) fn append(members: &mut Members, positions: &mut Vec<u64>) {
     if members.append(positions.iter().copied()).is_err() {
         members.extend(positions.iter().copied());
     }
