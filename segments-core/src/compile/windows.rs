@@ -525,7 +525,6 @@ impl<'s> WindowPass<'s> {
         let buckets = &self.buckets;
         self.order
             .sort_unstable_by_key(|&i| std::cmp::Reverse(buckets[i]));
-        let latest = self.order.first().map_or(0, |&i| self.buckets[i]);
         for ((family, sum), conditions) in &self.measures {
             let bit = if self.scan.families[*family].is_some() {
                 1u64 << family
@@ -533,9 +532,14 @@ impl<'s> WindowPass<'s> {
                 0
             };
             let (mut next, mut count, mut total, mut summed) = (0, 0i128, 0i128, false);
-            // Windows starting after the record's latest row hold none of
-            // its rows: only complemented conditions pass there, and they
-            // gather failures.
+            // Windows starting after the record's latest row of this
+            // `where` hold none of its rows: only complemented conditions
+            // pass there, and they gather failures.
+            let latest = self
+                .order
+                .iter()
+                .find(|&&row| self.masks[row] & bit == bit)
+                .map_or(0, |&row| self.buckets[row]);
             let reached = conditions.partition_point(|&(rank, _)| rank > latest);
             for &(rank, c) in &conditions[reached..] {
                 while next < self.order.len() && self.buckets[self.order[next]] >= rank {
