@@ -290,6 +290,26 @@ fn column_group_leaves(
     (column_leaves(group, &ranks, buckets), with_rows)
 }
 
+/// Runs `sql` through a cursor, `f` seeing each row: a batch of
+/// `WINDOW_ROWS_PER_FETCH` rows is held at a time, not the whole result.
+fn for_each_row(sql: &str, mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData)) {
+    Spi::connect(|client| {
+        let mut cursor = spi(client.try_open_cursor(sql, &[]));
+        loop {
+            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
+            if table.is_empty() {
+                break;
+            }
+            for row in table {
+                f(&row);
+            }
+            // SAFETY: the batch just read is no longer used; SPI would
+            // otherwise keep every batch until the connection ends.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+    });
+}
+
 /// The value of each condition of a window scan (by leaf), from one
 /// sorted pass over its related rows (`compile::windows`): the records
 /// where it holds, and those with rows in some window of the scan.
@@ -300,30 +320,18 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
     let sql = scan.scan_sql(&position, &join);
     let sums = scan.sums.len();
     let mut pass = WindowPass::new(scan, &ranks);
-    Spi::connect(|client| {
-        let mut cursor = spi(client.try_open_cursor(sql.as_str(), &[]));
-        let mut values = vec![None; sums];
-        loop {
-            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
-            if table.is_empty() {
-                break;
-            }
-            for row in table {
-                // A row without a key belongs to no record.
-                let Some(position) = spi(row.get::<i64>(1)) else {
-                    continue;
-                };
-                let bucket = spi(row.get::<i32>(2)).unwrap_or(0);
-                let mask = spi(row.get::<i64>(3)).unwrap_or(0);
-                for (i, value) in values.iter_mut().enumerate() {
-                    *value = spi(row.get::<i64>(4 + i));
-                }
-                pass.push(position, bucket, mask, &values);
-            }
-            // SAFETY: the batch just read is no longer used; SPI would
-            // otherwise keep every batch until the connection ends.
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+    let mut values = vec![None; sums];
+    for_each_row(&sql, |row| {
+        // A row without a key belongs to no record.
+        let Some(position) = spi(row.get::<i64>(1)) else {
+            return;
+        };
+        let bucket = spi(row.get::<i32>(2)).unwrap_or(0);
+        let mask = spi(row.get::<i64>(3)).unwrap_or(0);
+        for (i, value) in values.iter_mut().enumerate() {
+            *value = spi(row.get::<i64>(4 + i));
         }
+        pass.push(position, bucket, mask, &values);
     });
     let (leaves, with_rows) = pass.finish();
     leaves
@@ -354,40 +362,28 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
     let sql = scan.scan_sql(&position, &join);
     let (gaps, columns) = (scan.gaps.len(), scan.columns.len());
     let mut pass = FunnelPass::new(scan, &ranks, now);
-    Spi::connect(|client| {
-        let mut cursor = spi(client.try_open_cursor(sql.as_str(), &[]));
-        let mut gap_values = vec![None; gaps];
-        let mut column_values = vec![None; columns];
-        loop {
-            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
-            if table.is_empty() {
-                break;
-            }
-            for row in table {
-                let (Some(position), Some(time)) = (spi(row.get::<i64>(1)), spi(row.get::<i64>(3)))
-                else {
-                    continue;
-                };
-                for (i, value) in gap_values.iter_mut().enumerate() {
-                    *value = spi(row.get::<i64>(5 + i));
-                }
-                for (i, value) in column_values.iter_mut().enumerate() {
-                    *value = spi(row.get::<i64>(5 + gaps + i));
-                }
-                pass.push(
-                    position,
-                    FunnelRow {
-                        bucket: spi(row.get::<i32>(2)).unwrap_or(0),
-                        time,
-                        mask: spi(row.get::<i64>(4)).unwrap_or(0),
-                        gaps: &gap_values,
-                        columns: &column_values,
-                    },
-                );
-            }
-            // SAFETY: as in `window_scan_values`.
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+    let mut gap_values = vec![None; gaps];
+    let mut column_values = vec![None; columns];
+    for_each_row(&sql, |row| {
+        let (Some(position), Some(time)) = (spi(row.get::<i64>(1)), spi(row.get::<i64>(3))) else {
+            return;
+        };
+        for (i, value) in gap_values.iter_mut().enumerate() {
+            *value = spi(row.get::<i64>(5 + i));
         }
+        for (i, value) in column_values.iter_mut().enumerate() {
+            *value = spi(row.get::<i64>(5 + gaps + i));
+        }
+        pass.push(
+            position,
+            FunnelRow {
+                bucket: spi(row.get::<i32>(2)).unwrap_or(0),
+                time,
+                mask: spi(row.get::<i64>(4)).unwrap_or(0),
+                gaps: &gap_values,
+                columns: &column_values,
+            },
+        );
     });
     pass.finish()
         .into_iter()

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use crate::bitmap::{position_of, Members};
 
-use super::windows::{append, ScanSource};
+use super::windows::{append, mask_sql, ScanSource};
 
 /// The most distinct step conditions one pass tells apart.
 const MAX_CONDITIONS_PER_SCAN: usize = 62;
@@ -163,26 +163,12 @@ fn micros(time: &str) -> String {
 }
 
 impl FunnelScan {
-    fn starts_values(&self) -> String {
-        let rows: Vec<String> = self.starts.iter().map(|s| format!("({s})")).collect();
-        format!("(VALUES {}) v(e)", rows.join(", "))
-    }
-
-    /// A query of one row: each start's rank among the distinct starts
-    /// (from 1), in `starts` order, and now (the windows' end) in
-    /// microseconds.
+    /// Each start's rank (`ScanSource::ranks_sql`) and now (the windows'
+    /// end) in microseconds.
     pub fn ranks_sql(&self) -> String {
-        let rows: Vec<String> = self
-            .starts
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("({i}, {s})"))
-            .collect();
-        format!(
-            "SELECT pg_catalog.array_agg(x.r ORDER BY x.i), {} FROM \
-             (SELECT v.i, pg_catalog.dense_rank() OVER (ORDER BY v.e) AS r FROM (VALUES {}) v(i, e)) x",
-            micros(&format!("({})", self.source.end)),
-            rows.join(", ")
+        ScanSource::ranks_sql(
+            &self.starts,
+            &format!(", {}", micros(&format!("({})", self.source.end))),
         )
     }
 
@@ -190,51 +176,18 @@ impl FunnelScan {
     /// column) of every row inside some window, by position and time.
     pub fn scan_sql(&self, position: &str, join: &str) -> String {
         let time = &self.source.time;
-        let starts = self.starts_values();
-        let bits: Vec<String> = self
-            .conditions
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "CASE WHEN {c} THEN {}::pg_catalog.int8 ELSE 0::pg_catalog.int8 END",
-                    1u64 << i
-                )
-            })
-            .collect();
         let mut columns = vec![
-            format!("{} AS key", self.source.key),
-            format!(
-                "pg_catalog.width_bucket({time}, (SELECT pg_catalog.array_agg(DISTINCT v.e ORDER BY v.e) FROM {starts})) AS bucket"
-            ),
-            format!("{} AS t", micros(time)),
-            format!("{} AS mask", bits.join(" OPERATOR(pg_catalog.+) ")),
+            micros(time),
+            mask_sql(self.conditions.iter().map(|c| Some(c.as_str()))),
         ];
-        let mut outer = vec![
-            position.to_string(),
-            "g.bucket".into(),
-            "g.t".into(),
-            "g.mask".into(),
-        ];
-        for (i, gap) in self.gaps.iter().enumerate() {
-            columns.push(format!(
-                "{} AS g{i}",
-                micros(&format!("({time} OPERATOR(pg_catalog.+) {gap})"))
-            ));
-            outer.push(format!("g.g{i}"));
+        for gap in &self.gaps {
+            columns.push(micros(&format!("({time} OPERATOR(pg_catalog.+) {gap})")));
         }
-        for (i, column) in self.columns.iter().enumerate() {
-            columns.push(format!("({column})::pg_catalog.int8 AS c{i}"));
-            outer.push(format!("g.c{i}"));
+        for column in &self.columns {
+            columns.push(format!("({column})::pg_catalog.int8"));
         }
-        format!(
-            "SELECT {} FROM (SELECT {} FROM {} WHERE {time} OPERATOR(pg_catalog.>=) (SELECT pg_catalog.min(v.e) FROM {starts}) \
-             AND {time} OPERATOR(pg_catalog.<=) (SELECT {})) g{join} ORDER BY 1, 3",
-            outer.join(", "),
-            columns.join(", "),
-            self.source.from,
-            self.source.end
-        )
+        self.source
+            .pass_sql(&self.starts, &columns, (position, join), "1, 3")
     }
 
     /// The leaves this scan computes.

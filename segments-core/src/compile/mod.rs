@@ -837,16 +837,22 @@ impl<'a> Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// Whether window and funnel scans may read `related`: they are on,
+    /// and the plan is a whole one (a live apply keeps related values per
+    /// leaf; Citus pushes each leaf's own query down to the shards).
+    fn scans_allowed(&self, related: &Related) -> bool {
+        self.window_scan_min_conditions != usize::MAX
+            && self.edges_once
+            && self.restriction.is_none()
+            && !self.related_restriction.contains_key(&related.name)
+    }
+
     /// How a window scan would compute a related condition; None when it
     /// cannot (see `windows`): window scans are off or the plan is
     /// restricted, the condition has no window ending now, or measures
     /// something other than existence, a count of rows or an exact sum.
     fn window_candidate(&self, related: &Related, test: &RelatedTest) -> Option<WindowCandidate> {
-        if self.window_scan_min_conditions == usize::MAX
-            || !self.edges_once
-            || self.restriction.is_some()
-            || self.related_restriction.contains_key(&related.name)
-        {
+        if !self.scans_allowed(related) {
             return None;
         }
         let within = test.within.as_ref().filter(|w| w.to.is_none())?;
@@ -923,12 +929,7 @@ impl Planner<'_> {
         let RelatedMeasure::Sequence(steps) = &test.measure else {
             return None;
         };
-        if self.window_scan_min_conditions == usize::MAX
-            || !self.edges_once
-            || self.restriction.is_some()
-            || self.related_restriction.contains_key(&related.name)
-            || test.filter.is_some()
-        {
+        if !self.scans_allowed(related) || test.filter.is_some() {
             return None;
         }
         let within = test.within.as_ref().filter(|w| w.to.is_none())?;

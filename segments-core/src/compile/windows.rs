@@ -328,76 +328,96 @@ fn index_of<T: PartialEq + Clone>(list: &mut Vec<T>, value: &T) -> usize {
     }
 }
 
-impl WindowScan {
-    /// The starts as a VALUES list of one column `e`.
-    fn starts_values(&self) -> String {
-        let rows: Vec<String> = self.starts.iter().map(|s| format!("({s})")).collect();
-        format!("(VALUES {}) v(e)", rows.join(", "))
-    }
-
-    /// A query of one row: each start's rank among the distinct starts
-    /// (from 1), in `starts` order. A row in the window of the start
-    /// ranked k has a bucket of at least k.
-    pub fn ranks_sql(&self) -> String {
-        let rows: Vec<String> = self
-            .starts
+impl ScanSource {
+    /// A query of one row: each of `starts`' rank among the distinct
+    /// starts (from 1), in their order, then the columns `more` adds. A
+    /// row in the window of the start ranked k has a bucket of at least k.
+    pub(super) fn ranks_sql(starts: &[String], more: &str) -> String {
+        let rows: Vec<String> = starts
             .iter()
             .enumerate()
             .map(|(i, s)| format!("({i}, {s})"))
             .collect();
         format!(
-            "SELECT pg_catalog.array_agg(x.r ORDER BY x.i) FROM \
+            "SELECT pg_catalog.array_agg(x.r ORDER BY x.i){more} FROM \
              (SELECT v.i, pg_catalog.dense_rank() OVER (ORDER BY v.e) AS r FROM (VALUES {}) v(i, e)) x",
             rows.join(", ")
         )
     }
 
-    /// The pass: (position, bucket, mask, scaled values...) of every row
-    /// inside some window, ordered by position. `position` and `join`
-    /// map the key `g.key` to its position (`Entity::position_sql`).
-    pub fn scan_sql(&self, position: &str, join: &str) -> String {
-        let time = &self.source.time;
-        let starts = self.starts_values();
-        let mask = if self.families.iter().all(Option::is_none) {
-            "0::pg_catalog.int8".to_string()
-        } else {
-            let bits: Vec<String> = self
-                .families
-                .iter()
-                .enumerate()
-                .filter_map(|(i, family)| {
-                    family.as_ref().map(|w| {
-                        format!(
-                            "CASE WHEN {w} THEN {}::pg_catalog.int8 ELSE 0::pg_catalog.int8 END",
-                            1u64 << i
-                        )
-                    })
-                })
-                .collect();
-            bits.join(&format!(" {} ", op("+")))
-        };
-        let mut columns = vec![
-            format!("{} AS key", self.source.key),
+    /// A pass over the rows inside some window (from the earliest of
+    /// `starts` to the end): the row's position, its bucket among the
+    /// distinct starts, then each of `columns` (SQL on `r`, in that order),
+    /// sorted by `order`. `position` and `join` map the key `g.key` to its
+    /// position (`Entity::position_sql`).
+    pub(super) fn pass_sql(
+        &self,
+        starts: &[String],
+        columns: &[String],
+        (position, join): (&str, &str),
+        order: &str,
+    ) -> String {
+        let time = &self.time;
+        let rows: Vec<String> = starts.iter().map(|s| format!("({s})")).collect();
+        let starts = format!("(VALUES {}) v(e)", rows.join(", "));
+        let mut inner = vec![
+            format!("{} AS key", self.key),
             format!(
-                "pg_catalog.width_bucket({time}, (SELECT pg_catalog.array_agg(DISTINCT v.e ORDER BY v.e) FROM {starts})) AS bucket"
+                "pg_catalog.width_bucket({time}, (SELECT pg_catalog.array_agg(DISTINCT v.e ORDER BY v.e) FROM {starts})) AS b"
             ),
-            format!("{mask} AS mask"),
         ];
-        let mut outer = vec![position.to_string(), "g.bucket".into(), "g.mask".into()];
-        for (i, (sql, _)) in self.sums.iter().enumerate() {
-            columns.push(format!("{sql} AS s{i}"));
-            outer.push(format!("g.s{i}"));
+        let mut outer = vec![position.to_string(), "g.b".to_string()];
+        for (i, column) in columns.iter().enumerate() {
+            inner.push(format!("{column} AS c{i}"));
+            outer.push(format!("g.c{i}"));
         }
         format!(
             "SELECT {} FROM (SELECT {} FROM {} WHERE {time} {} (SELECT pg_catalog.min(v.e) FROM {starts}) \
-             AND {time} {} (SELECT {})) g{join} ORDER BY 1",
+             AND {time} {} (SELECT {})) g{join} ORDER BY {order}",
             outer.join(", "),
-            columns.join(", "),
-            self.source.from,
+            inner.join(", "),
+            self.from,
             op(">="),
             op("<="),
-            self.source.end
+            self.end
         )
+    }
+}
+
+/// A row's bits: bit i set where the i-th condition holds (None: no bit;
+/// a NULL condition sets none, as in a `FILTER`).
+pub(super) fn mask_sql<'c>(conditions: impl Iterator<Item = Option<&'c str>>) -> String {
+    let bits: Vec<String> = conditions
+        .enumerate()
+        .filter_map(|(i, condition)| {
+            condition.map(|c| {
+                format!(
+                    "CASE WHEN {c} THEN {}::pg_catalog.int8 ELSE 0::pg_catalog.int8 END",
+                    1u64 << i
+                )
+            })
+        })
+        .collect();
+    if bits.is_empty() {
+        "0::pg_catalog.int8".to_string()
+    } else {
+        bits.join(&format!(" {} ", op("+")))
+    }
+}
+
+impl WindowScan {
+    /// Each start's rank (`ScanSource::ranks_sql`).
+    pub fn ranks_sql(&self) -> String {
+        ScanSource::ranks_sql(&self.starts, "")
+    }
+
+    /// The pass: (position, bucket, mask, scaled values...) of every row
+    /// inside some window, ordered by position.
+    pub fn scan_sql(&self, position: &str, join: &str) -> String {
+        let mut columns = vec![mask_sql(self.families.iter().map(Option::as_deref))];
+        columns.extend(self.sums.iter().map(|(sql, _)| sql.clone()));
+        self.source
+            .pass_sql(&self.starts, &columns, (position, join), "1")
     }
 
     /// The leaves this scan computes.
