@@ -290,18 +290,23 @@ fn column_group_leaves(
     (column_leaves(group, &ranks, buckets), with_rows)
 }
 
-/// Runs `sql` through a cursor, `f` seeing each row: a batch of
-/// `WINDOW_ROWS_PER_FETCH` rows is held at a time, not the whole result.
-fn for_each_row(sql: &str, mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData)) {
+/// Runs `sql` through a cursor, `f` seeing each row until it returns
+/// false: a batch of `WINDOW_ROWS_PER_FETCH` rows is held at a time, not
+/// the whole result.
+fn for_each_row(sql: &str, mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> bool) {
     Spi::connect(|client| {
         let mut cursor = spi(client.try_open_cursor(sql, &[]));
-        loop {
+        let mut going = true;
+        while going {
             let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
             if table.is_empty() {
                 break;
             }
             for row in table {
-                f(&row);
+                if !f(&row) {
+                    going = false;
+                    break;
+                }
             }
             // SAFETY: the batch just read is no longer used; SPI would
             // otherwise keep every batch until the connection ends.
@@ -324,7 +329,7 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
     for_each_row(&sql, |row| {
         // A row without a key belongs to no record.
         let Some(position) = spi(row.get::<i64>(1)) else {
-            return;
+            return true;
         };
         let bucket = spi(row.get::<i32>(2)).unwrap_or(0);
         let mask = spi(row.get::<i64>(3)).unwrap_or(0);
@@ -332,6 +337,7 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
             *value = spi(row.get::<i64>(4 + i));
         }
         pass.push(position, bucket, mask, &values);
+        true
     });
     let (leaves, with_rows) = pass.finish();
     leaves
@@ -364,9 +370,10 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
     let mut pass = FunnelPass::new(scan, &ranks, now);
     let mut gap_values = vec![None; gaps];
     let mut column_values = vec![None; columns];
+    let mut complete = true;
     for_each_row(&sql, |row| {
         let (Some(position), Some(time)) = (spi(row.get::<i64>(1)), spi(row.get::<i64>(3))) else {
-            return;
+            return true;
         };
         for (i, value) in gap_values.iter_mut().enumerate() {
             *value = spi(row.get::<i64>(5 + i));
@@ -374,7 +381,7 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
         for (i, value) in column_values.iter_mut().enumerate() {
             *value = spi(row.get::<i64>(5 + gaps + i));
         }
-        pass.push(
+        complete = pass.push(
             position,
             FunnelRow {
                 bucket: spi(row.get::<i32>(2)).unwrap_or(0),
@@ -384,7 +391,12 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
                 columns: &column_values,
             },
         );
+        complete
     });
+    if !complete {
+        // A record with too many rows: each funnel runs its own query.
+        return Vec::new();
+    }
     pass.finish()
         .into_iter()
         .map(|(leaf, matching)| {

@@ -22,7 +22,8 @@
 //! it). A funnel takes part only where this is exactly its SQL: a window
 //! ending now, steps whose conditions are plain row conditions plus
 //! equalities of integer columns with the previous step's row, no `where`
-//! on the sequence itself.
+//! on the sequence itself. A record with more than `MAX_ROWS_PER_RECORD`
+//! rows makes the pass give up (its funnels then run their own queries).
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,12 @@ use super::windows::{append, mask_sql, ScanSource};
 
 /// The most distinct step conditions one pass tells apart.
 const MAX_CONDITIONS_PER_SCAN: usize = 62;
+
+/// The most rows of one record a pass decides funnels over: deciding is
+/// quadratic in a record's rows at worst, and runs between two fetches,
+/// where a cancel is not seen. A record with more (a bot's events) makes
+/// the pass give up, and its funnels run their own queries.
+pub const MAX_ROWS_PER_RECORD: usize = 1_000;
 
 /// One step of a funnel as the planner found it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -243,17 +250,38 @@ impl<'s> FunnelPass<'s> {
         }
     }
 
-    pub fn push(&mut self, position: i64, row: FunnelRow) {
+    /// One row of `scan_sql`; false when its record has more than
+    /// `MAX_ROWS_PER_RECORD` rows (the pass is then abandoned).
+    #[must_use]
+    pub fn push(&mut self, position: i64, row: FunnelRow) -> bool {
         let position = position_of(position);
         if self.current != Some(position) {
             self.finish_record();
             self.current = Some(position);
+        }
+        if self.times.len() >= MAX_ROWS_PER_RECORD {
+            return false;
         }
         self.buckets.push(row.bucket.max(0) as u32);
         self.times.push(row.time);
         self.masks.push(row.mask as u64);
         self.gaps.extend_from_slice(row.gaps);
         self.columns.extend_from_slice(row.columns);
+        true
+    }
+
+    /// The last row a step with a gap may take after row `p` (rows are
+    /// in time order, so no later one is within the gap); the last row
+    /// when the step has no gap.
+    fn last_within(&self, planned: &PlannedStep, p: usize) -> usize {
+        let n = self.times.len();
+        let Some(g) = planned.gap else {
+            return n;
+        };
+        let Some(end) = self.gaps[p * self.scan.gaps.len() + g] else {
+            return p + 1;
+        };
+        p + 1 + self.times[p + 1..].partition_point(|&t| t <= end)
     }
 
     /// Whether row `q` meets step `step` of `funnel` after row `p`.
@@ -295,11 +323,12 @@ impl<'s> FunnelPass<'s> {
             // The step's period is over by now, with no such row in it.
             let gap = planned.gap.expect("an absent step has a within");
             let over = self.gaps[p * self.scan.gaps.len() + gap].is_some_and(|end| end <= self.now);
-            over && !(p + 1..n).any(|q| self.step_row(funnel, step, p, q))
+            over && !(p + 1..self.last_within(planned, p))
+                .any(|q| self.step_row(funnel, step, p, q))
         } else {
             let rank = self.ranks.get(funnel.start).copied().unwrap_or(u32::MAX);
             let mut found = false;
-            for q in p + 1..n {
+            for q in p + 1..self.last_within(planned, p) {
                 if self.buckets[q] >= rank
                     && self.step_row(funnel, step, p, q)
                     && self.goes_on(funnel, step + 1, q)

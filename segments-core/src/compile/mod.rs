@@ -65,7 +65,9 @@ use emit::{
 };
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 use funnels::{CandidateStep, FunnelCandidate};
-pub use funnels::{FunnelPass, FunnelRow, FunnelScan};
+pub use funnels::{
+    FunnelPass, FunnelRow, FunnelScan, MAX_ROWS_PER_RECORD as MAX_FUNNEL_ROWS_PER_RECORD,
+};
 pub use membership::split_group_filter;
 pub use path::{path_sql, path_tables};
 pub use rank::eligible_sql;
