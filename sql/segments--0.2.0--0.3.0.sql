@@ -254,6 +254,51 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION segments._connect_sequence(caller regrole, sequence bigint, segments bigint[]) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target segments.sequence := segments._require_sequence(_connect_sequence.sequence, caller);
+    conflict text;
+    connected bigint[];
+BEGIN
+    PERFORM segments._require_segments(_connect_sequence.segments);
+    PERFORM segments._require_segments_changeable(_connect_sequence.segments, caller);
+    -- Wait for the transactions refreshing these segments: the members
+    -- connected below are then theirs, and a refresh running now, which
+    -- decided at its start which segments' entered records to keep, has
+    -- committed them (engine::store::consumers).
+    PERFORM FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) ORDER BY s.id FOR SHARE;
+    SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO conflict
+      FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) AND s.entity <> target.entity;
+    IF conflict IS NOT NULL THEN
+        RAISE EXCEPTION 'sequence "%" is for entity "%": %', target.name, target.entity, conflict
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(format('segment "%s" is already connected to sequence "%s"', s.name, q.name), ', ') INTO conflict
+      FROM segments.sequence_segment c
+      JOIN segments.segment s ON s.id = c.segment_id
+      JOIN segments.sequence q ON q.id = c.sequence_id
+     WHERE c.segment_id = ANY (_connect_sequence.segments) AND c.sequence_id <> target.id;
+    IF conflict IS NOT NULL THEN
+        RAISE EXCEPTION 'a segment connects to at most one sequence: %', conflict
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Disconnect it from its sequence first.';
+    END IF;
+    WITH added AS (
+        INSERT INTO segments.sequence_segment (segment_id, sequence_id)
+        SELECT DISTINCT s, target.id FROM unnest(_connect_sequence.segments) AS s
+        ON CONFLICT ON CONSTRAINT sequence_segment_pkey DO NOTHING
+        RETURNING segment_id)
+    SELECT coalesce(array_agg(segment_id), '{}') INTO connected FROM added;
+    INSERT INTO segments.usage_registry (segment_id, kind, consumer)
+    SELECT s, 'sequence', target.name FROM unnest(connected) AS s
+    ON CONFLICT ON CONSTRAINT usage_registry_pkey DO NOTHING;
+    PERFORM segments._connect_members(connected);
+    RETURN cardinality(connected);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION segments._create_export(caller regrole, name text, segments bigint[], target text,
                                          traits text[] DEFAULT '{}') RETURNS bigint
 LANGUAGE plpgsql

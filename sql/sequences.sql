@@ -75,6 +75,11 @@ DECLARE
 BEGIN
     PERFORM segments._require_segments(_connect_sequence.segments);
     PERFORM segments._require_segments_changeable(_connect_sequence.segments, caller);
+    -- Wait for the transactions refreshing these segments: the members
+    -- connected below are then theirs, and a refresh running now, which
+    -- decided at its start which segments' entered records to keep, has
+    -- committed them (engine::store::consumers).
+    PERFORM FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) ORDER BY s.id FOR SHARE;
     SELECT string_agg(format('segment "%s" is of entity "%s"', s.name, s.entity), ', ') INTO conflict
       FROM segments.segment s WHERE s.id = ANY (_connect_sequence.segments) AND s.entity <> target.entity;
     IF conflict IS NOT NULL THEN

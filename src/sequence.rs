@@ -89,6 +89,15 @@ fn connected_segments() -> Vec<Connected> {
     })
 }
 
+/// The segments connected to an active sequence: those whose entered
+/// records `assign` connects.
+pub fn connected_segment_ids() -> Vec<i64> {
+    connected_segments()
+        .into_iter()
+        .map(|c| c.segment)
+        .collect()
+}
+
 /// Connects or moves the records that entered segments. `entered` maps a
 /// segment to the positions that entered it; `fresh` holds memberships
 /// computed in the same refresh (others are read as stored).

@@ -87,10 +87,18 @@ fn random_definitions_equal_an_independent_oracle() {
         } else {
             0
         };
+        // Every third batch refreshes in memory batches (the smallest
+        // `segments.refresh_work_mem` holds about 120 conditions here).
+        let memory = if (done / batch) % 3 == 2 {
+            "1MB"
+        } else {
+            "2GB"
+        };
         client
             .batch_execute(&format!(
                 "SET segments.column_group_min_tests = {groups}; \
-                 SET segments.window_scan_min_conditions = {windows}"
+                 SET segments.window_scan_min_conditions = {windows}; \
+                 SET segments.refresh_work_mem = '{memory}'"
             ))
             .unwrap();
         let failed: Vec<(i64, String)> = client

@@ -313,6 +313,129 @@ fn many_segments_share_one_scan() {
     assert_eq!(scans, 1, "six segments, one scan of customers");
 }
 
+/// A refresh whose conditions would take more than
+/// `segments.refresh_work_mem` evaluates the segments of one plan in
+/// batches, each reading the tables again: the members are those of one
+/// shared pass, segment references across batches included, and every
+/// batch's bitmaps are freed before the next is computed.
+#[test]
+fn a_refresh_in_memory_batches_equals_one_pass() {
+    let cluster = Cluster::start("memory_batches", &[]);
+    let mut client = cluster.sample("20000");
+    client.batch_execute("ANALYZE customers").unwrap();
+    let countries = ["DE", "FR", "US", "GB", "ES", "IT", "NL", "PL"];
+    let mut ids = Vec::new();
+    for i in 0..240 {
+        let condition = match i % 4 {
+            0 => format!(
+                r#"{{"attribute":"lifetime_value","op":"gt","value":{}}}"#,
+                37 * i
+            ),
+            1 => format!(
+                r#"{{"attribute":"age","op":"between","value":[{},{}]}}"#,
+                18 + i % 40,
+                25 + i % 50
+            ),
+            2 => format!(
+                r#"{{"attribute":"country","op":"in","value":["{}","{}"]}}"#,
+                countries[i % 8],
+                countries[(i / 8) % 8]
+            ),
+            _ => format!(
+                r#"{{"related":"orders","aggregate":"count","within":"{} days","op":"gte","value":{}}}"#,
+                10 + i,
+                1 + i % 3
+            ),
+        };
+        let id: i64 = client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("batched {i}"),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#),
+                ],
+            )
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    // Segments reading segments that land in other batches.
+    for i in 0..30 {
+        client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("reader {i}"),
+                    &format!(
+                        r#"{{"entity":"customer","rules":[{{"where":{{"segment":"batched {}"}}}},{{"combine":"except","where":{{"segment":"batched {}"}}}}]}}"#,
+                        (i * 7) % 240,
+                        (i * 13 + 200) % 240
+                    ),
+                ],
+            )
+            .unwrap();
+    }
+    let refresh = |client: &mut postgres::Client, memory: &str| -> (i64, Vec<(i64, Vec<u8>)>) {
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(&format!("SET LOCAL segments.refresh_work_mem = '{memory}'"))
+            .unwrap();
+        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'customers'), 0)";
+        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
+        let failed: Vec<String> = tx
+            .query(
+                "SELECT segment_id || ': ' || coalesce(error, '') FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        let scans = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
+        let members = tx
+            .query(
+                "SELECT segment_id, members FROM segments.membership ORDER BY segment_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        tx.commit().unwrap();
+        (scans, members)
+    };
+    let (scans_whole, members_whole) = refresh(&mut client, "2GB");
+    let (scans_batched, members_batched) = refresh(&mut client, "1MB");
+    assert_eq!(members_batched.len(), 270);
+    assert!(
+        scans_batched > scans_whole,
+        "1MB cannot hold 270 segments' conditions over 20,000 customers: batches read customers {scans_batched} times, one pass {scans_whole}"
+    );
+    assert_eq!(
+        members_batched, members_whole,
+        "batches give one pass's members"
+    );
+    // And the references were evaluated from this refresh's members.
+    for i in 0..30 {
+        let differ: i64 = client
+            .query_one(
+                "WITH m AS (SELECT s.name, v.id FROM segments.customer_members v JOIN segments.segment s ON s.id = v.segment_id),
+                      want AS (SELECT id FROM m WHERE name = $2 EXCEPT SELECT id FROM m WHERE name = $3),
+                      got AS (SELECT id FROM m WHERE name = $1)
+                 SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
+                      + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)",
+                &[
+                    &format!("reader {i}"),
+                    &format!("batched {}", (i * 7) % 240),
+                    &format!("batched {}", (i * 13 + 200) % 240),
+                ],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "reader {i}");
+    }
+}
+
 /// Many related conditions of one table with windows and thresholds of
 /// their own (as real segment lists have) come from one sorted pass of the
 /// table (a window scan), with exactly the members of one query each.

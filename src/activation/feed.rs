@@ -56,6 +56,18 @@ fn take_clock(count: i64) -> i64 {
     last - count + 1
 }
 
+/// Every segment some feed follows (none before 0.3.0's schema).
+pub fn fed_segments() -> Vec<i64> {
+    if !has_feeds() {
+        return Vec::new();
+    }
+    optional_value::<Vec<i64>>(
+        "SELECT pg_catalog.array_agg(DISTINCT s) FROM segments.feed f, pg_catalog.unnest(f.segments) s",
+        &[],
+    )
+    .unwrap_or_default()
+}
+
 /// Records the entered and exited of every fed segment of a run, under
 /// the clock (see the module's comment). Runs as the extension.
 pub fn record(entered: &HashMap<i64, Members>, exited: &HashMap<i64, Members>) {

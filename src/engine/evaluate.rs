@@ -659,13 +659,23 @@ pub fn membership_version(segment_id: i64) -> Option<String> {
 /// Fills segment leaves: from `fresh` when that segment was just computed
 /// in the same refresh, else from its stored membership.
 pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap<i64, Members>) {
-    for (i, leaf) in plan.leaves.iter().enumerate() {
-        if let Leaf::Segment(id) = leaf {
-            values.leaves[i] = match fresh.get(id) {
-                Some(members) => members.clone(),
-                None => stored_members(*id),
-            };
-        }
+    for i in 0..plan.leaves.len() {
+        fill_segment_leaf(plan, values, fresh, i);
+    }
+}
+
+/// Fills leaf `i` if it is a segment leaf, as `fill_segment_leaves` does.
+pub fn fill_segment_leaf(
+    plan: &Plan,
+    values: &mut LeafValues,
+    fresh: &HashMap<i64, Members>,
+    i: usize,
+) {
+    if let Leaf::Segment(id) = &plan.leaves[i] {
+        values.leaves[i] = match fresh.get(id) {
+            Some(members) => members.clone(),
+            None => stored_members(*id),
+        };
     }
 }
 

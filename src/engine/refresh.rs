@@ -16,13 +16,16 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use segments_core::bitmap::{Members, RuleCount};
+use segments_core::compile::Plan;
 
 use crate::engine::evaluate::LeafValues;
-use crate::engine::evaluate::{evaluate_segment, fill_segment_leaves, reference_time_sql};
+use crate::engine::evaluate::{
+    evaluate_segment, fill_segment_leaf, fill_segment_leaves, reference_time_sql,
+};
 use crate::engine::plan::{compute_as, plan_targets, Planned};
 use crate::engine::progress::{self, Kind, Progress};
 use crate::engine::run::{Outcome, RunCause, Target};
-use crate::engine::store::{self, Changes, Evaluated, Run};
+use crate::engine::store::{self, Changes, Evaluated, Keep, Run};
 use crate::pg::error::{Failure, Reported, SegmentsError};
 use crate::pg::spi::{required, spi};
 use crate::pg::subtransaction::writing_transaction;
@@ -95,39 +98,163 @@ fn names_of(targets: &[Target]) -> HashMap<i64, String> {
     })
 }
 
-/// Segments sharing one plan (same entity, same owner), and the plan's
-/// leaf values once computed.
-struct Group {
+/// Segments sharing one plan (same entity, same owner, and as many as
+/// `segments.refresh_work_mem` allows), and the plan's leaf values once
+/// computed, freed leaf by leaf as their last reader is evaluated.
+struct Batch {
     owner: pg_sys::Oid,
     planned: Result<Planned, Failure>,
     size: usize,
     values: Option<Result<LeafValues, Failure>>,
     compute_time: Duration,
+    /// By leaf, how many segments of the batch still to evaluate read it.
+    readers: Vec<usize>,
+    /// Segments still to evaluate: the values are dropped at 0.
+    remaining: usize,
 }
 
-/// The active targets grouped by (entity, owner), each group planned.
-fn plan_groups(targets: &[Target], reference: &str) -> HashMap<(String, pg_sys::Oid), Group> {
-    let mut members: HashMap<(String, pg_sys::Oid), Vec<&Target>> = HashMap::new();
-    for target in targets.iter().filter(|t| t.active) {
-        members
-            .entry((target.entity.clone(), target.owner))
-            .or_default()
-            .push(target);
+impl Batch {
+    /// A batch of `targets`, planned.
+    fn planned(entity: &str, targets: &[&Target], reference: &str) -> Batch {
+        let planned = plan_targets(entity, targets, reference, |_| {});
+        let mut readers = Vec::new();
+        if let Ok(planned) = &planned {
+            readers = vec![0; planned.plan.leaves.len()];
+            for leaf in planned.compiled.values().flatten().flat_map(|c| c.leaves()) {
+                readers[leaf] += 1;
+            }
+        }
+        Batch {
+            owner: targets[0].owner,
+            planned,
+            size: targets.len(),
+            values: None,
+            compute_time: Duration::ZERO,
+            readers,
+            remaining: targets.len(),
+        }
     }
-    members
-        .into_iter()
-        .map(|((entity, owner), group)| {
-            let planned = plan_targets(&entity, &group, reference, |_| {});
-            let group = Group {
-                owner,
-                planned,
-                size: group.len(),
-                values: None,
-                compute_time: Duration::ZERO,
-            };
-            ((entity, owner), group)
-        })
+
+    /// Frees what no segment of the batch still to evaluate needs, once a
+    /// segment reading `leaves` has been evaluated.
+    fn evaluated(&mut self, leaves: &[usize]) {
+        self.remaining = self.remaining.saturating_sub(1);
+        if self.remaining == 0 {
+            self.values = None;
+            return;
+        }
+        let Some(Ok(values)) = self.values.as_mut() else {
+            return;
+        };
+        for &leaf in leaves {
+            self.readers[leaf] = self.readers[leaf].saturating_sub(1);
+            if self.readers[leaf] == 0 {
+                values.leaves[leaf] = Members::new();
+            }
+        }
+    }
+}
+
+/// The most bytes one condition's bitmap over `plan`'s entity takes when
+/// its keys are dense (dictionary keys always are; integer keys when they
+/// spread over less than 16 times the row count): a bit per record, plus a
+/// container's worth.
+fn leaf_bytes(plan: &Plan) -> f64 {
+    crate::pg::catalog::estimated_rows(&plan.entity.table.relation_sql) / 8.0 + 8192.0
+}
+
+/// The active targets in batches: by (entity, owner), each group in
+/// dependency order cut where its leaves would take more than
+/// `segments.refresh_work_mem` by estimate (`leaf_bytes`); each batch
+/// planned. Returns the batches and each target's batch.
+fn plan_batches(
+    targets: &[Target],
+    order: &[usize],
+    reference: &str,
+) -> (Vec<Batch>, HashMap<i64, usize>) {
+    let mut groups: Vec<((&str, pg_sys::Oid), Vec<&Target>)> = Vec::new();
+    for target in order.iter().map(|&i| &targets[i]).filter(|t| t.active) {
+        let key = (target.entity.as_str(), target.owner);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(target),
+            None => groups.push((key, vec![target])),
+        }
+    }
+    let limit = f64::from(crate::pg::gucs::REFRESH_WORK_MEM.get()) * 1024.0;
+    let mut batches = Vec::new();
+    let mut batch_of = HashMap::new();
+    for ((entity, _), group) in groups {
+        // The group is planned in id order, as before batches existed, so
+        // that a refresh numbers leaves as live apply does.
+        let mut by_id = group.clone();
+        by_id.sort_by_key(|t| t.id);
+        let whole = Batch::planned(entity, &by_id, reference);
+        let parts = match &whole.planned {
+            Ok(planned) => {
+                let per_leaf = leaf_bytes(&planned.plan);
+                let parts = cut(&group, planned, limit / per_leaf);
+                debug1!(
+                    "segments: {} segment(s) of entity \"{entity}\" with {} condition(s) of at most {:.0} kB each: {} batch(es)",
+                    group.len(),
+                    planned.plan.leaves.len(),
+                    per_leaf / 1024.0,
+                    parts.len()
+                );
+                parts
+            }
+            Err(_) => vec![group.clone()],
+        };
+        if parts.len() == 1 {
+            group.iter().for_each(|t| {
+                batch_of.insert(t.id, batches.len());
+            });
+            batches.push(whole);
+            continue;
+        }
+        drop(whole);
+        for mut part in parts {
+            part.sort_by_key(|t| t.id);
+            part.iter().for_each(|t| {
+                batch_of.insert(t.id, batches.len());
+            });
+            batches.push(Batch::planned(entity, &part, reference));
+        }
+    }
+    (batches, batch_of)
+}
+
+/// The segments that segments of `batches` reference: a refresh keeps
+/// their fresh members for them.
+fn referenced(batches: &[Batch]) -> std::collections::HashSet<i64> {
+    batches
+        .iter()
+        .filter_map(|b| b.planned.as_ref().ok())
+        .flat_map(|p| p.compiled.values().flatten())
+        .flat_map(|c| c.references.iter().copied())
         .collect()
+}
+
+/// `group` (in dependency order) cut into runs whose distinct leaves in
+/// `planned`, with the bitmap of every row and the universe, are at most
+/// `max_leaves`; every run holds at least one segment.
+fn cut<'t>(group: &[&'t Target], planned: &Planned, max_leaves: f64) -> Vec<Vec<&'t Target>> {
+    let mut parts: Vec<Vec<&Target>> = vec![Vec::new()];
+    let mut held: std::collections::HashSet<usize> = Default::default();
+    for target in group {
+        let leaves = match planned.compiled.get(&target.id) {
+            Some(Ok(compiled)) => compiled.leaves(),
+            _ => Vec::new(),
+        };
+        let new = leaves.iter().filter(|l| !held.contains(l)).count();
+        let part = parts.last_mut().expect("never empty");
+        if !part.is_empty() && (held.len() + new + 2) as f64 > max_leaves {
+            held.clear();
+            parts.push(Vec::new());
+        }
+        held.extend(leaves);
+        parts.last_mut().expect("never empty").push(target);
+    }
+    parts
 }
 
 /// Evaluates one target on its own plan: used when the shared plan of its
@@ -164,11 +291,15 @@ pub fn refresh_segments(
     forget_live_windows(&targets);
     let reference = reference_time_sql();
     progress::phase("planning");
-    let mut groups = plan_groups(&targets, &reference);
-    let mut changes = Changes::default();
+    let order = dependency_order(&targets);
+    let (mut batches, batch_of) = plan_batches(&targets, &order, &reference);
+    let mut changes = Changes::keeping(Keep {
+        members: referenced(&batches),
+        changes: store::consumers(),
+    });
     let mut outcomes = Vec::with_capacity(targets.len());
 
-    for i in dependency_order(&targets) {
+    for i in order {
         let target = &targets[i];
         let started = Instant::now();
         let run = Run::starting(cause, None);
@@ -177,29 +308,36 @@ pub fn refresh_segments(
             progress.advance();
             continue;
         }
-        let group = groups
-            .get_mut(&(target.entity.clone(), target.owner))
-            .expect("every active target has a group");
-        // Work shared by a group is divided among its segments.
+        let batch = &mut batches[batch_of[&target.id]];
+        // Work shared by a batch is divided among its segments.
         let mut computed_here = Duration::ZERO;
-        if group.values.is_none() {
+        if batch.values.is_none() {
             progress::phase(&format!("scanning {}", scanned_table(&target.entity)));
             let compute_started = Instant::now();
-            group.values = Some(match &group.planned {
-                Ok(planned) => compute_as(group.owner, &planned.plan, &HashMap::new()),
+            batch.values = Some(match &batch.planned {
+                Ok(planned) => compute_as(batch.owner, &planned.plan, &HashMap::new()),
                 Err(e) => Err(e.clone()),
             });
-            group.compute_time = compute_started.elapsed();
-            computed_here = group.compute_time;
+            batch.compute_time = compute_started.elapsed();
+            computed_here = batch.compute_time;
         }
         progress::phase("storing");
-        let shared_time = group.compute_time / group.size.max(1) as u32;
+        let shared_time = batch.compute_time / batch.size.max(1) as u32;
         let duration = || started.elapsed().saturating_sub(computed_here) + shared_time;
-        let result = match (&group.planned, group.values.as_mut()) {
+        let leaves = match &batch.planned {
+            Ok(planned) => match planned.compiled.get(&target.id) {
+                Some(Ok(compiled)) => compiled.leaves(),
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        let result = match (&batch.planned, batch.values.as_mut()) {
             (Err(e), _) => Err(e.clone()),
             (Ok(planned), Some(Ok(values))) => match planned.compiled.get(&target.id) {
                 Some(Ok(compiled)) => {
-                    fill_segment_leaves(&planned.plan, values, &changes.members);
+                    for &leaf in &leaves {
+                        fill_segment_leaf(&planned.plan, values, &changes.members, leaf);
+                    }
                     Ok(evaluate_segment(compiled, values))
                 }
                 Some(Err(e)) => Err(e.clone()),
@@ -210,6 +348,7 @@ pub fn refresh_segments(
                 _ => evaluate_alone(target, &reference, &changes.members),
             },
         };
+        batch.evaluated(&leaves);
         outcomes.push(match result {
             Ok((members, counts)) => store::store_success(
                 target,

@@ -8,7 +8,7 @@
 //! Also the related values live apply keeps between runs
 //! (`segments.related_state`), which a full refresh forgets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -71,15 +71,72 @@ impl Run {
 /// for `after_change`.
 #[derive(Default)]
 pub struct Changes {
-    /// Every segment that succeeded, with its members now. Later segments
-    /// of the same run that reference one read it from here.
+    /// Every segment that succeeded (or those `Keep` names), with its
+    /// members now. Later segments of the same run that reference one read
+    /// it from here.
     pub members: HashMap<i64, Members>,
-    /// Who entered each segment that succeeded.
+    /// Who entered each segment that succeeded (or those `Keep` names).
     pub entered: HashMap<i64, Members>,
-    /// Who exited each segment that succeeded.
+    /// Who exited each segment that succeeded (or those `Keep` names).
     pub exited: HashMap<i64, Members>,
     /// The segments whose membership row was written.
     pub written: Vec<i64>,
+    /// What a refresh keeps in memory; None keeps everything (live apply,
+    /// whose changes are small).
+    pub keep: Option<Keep>,
+}
+
+/// The segments whose bitmaps a refresh keeps until it ends: a first
+/// refresh of 10,000 segments would otherwise hold every membership twice
+/// (as members and as entered).
+#[derive(Default)]
+pub struct Keep {
+    /// Segments that later segments of the run reference.
+    pub members: HashSet<i64>,
+    /// Segments with a consumer of their entered and exited records
+    /// (`consumers`).
+    pub changes: HashSet<i64>,
+}
+
+impl Changes {
+    /// Gathers what `after_change` and the run's later segments need, and
+    /// nothing more.
+    pub fn keeping(keep: Keep) -> Changes {
+        Changes {
+            keep: Some(keep),
+            ..Changes::default()
+        }
+    }
+
+    /// Records one segment's success.
+    fn add(&mut self, segment: i64, members: Members, entered: Members, exited: Members) {
+        let (keep_members, keep_changes) = match &self.keep {
+            None => (true, true),
+            Some(keep) => (
+                keep.members.contains(&segment),
+                keep.changes.contains(&segment),
+            ),
+        };
+        if keep_changes {
+            self.entered.insert(segment, entered);
+            self.exited.insert(segment, exited);
+        }
+        if keep_members {
+            self.members.insert(segment, members);
+        }
+    }
+}
+
+/// The segments whose entered and exited records `after_change` uses:
+/// those connected to a sequence and those in a feed. Both connecting a
+/// segment and starting a feed wait for the transactions refreshing it (a
+/// share lock on its row), so a consumer added while a refresh runs sees
+/// that refresh's memberships as its start.
+pub fn consumers() -> HashSet<i64> {
+    crate::sequence::connected_segment_ids()
+        .into_iter()
+        .chain(crate::activation::feed::fed_segments())
+        .collect()
 }
 
 /// Stores a successful evaluation of `target`: membership, status, run
@@ -130,9 +187,7 @@ pub fn store_success(
     let mut outcome = Outcome::succeeded(target.id, count, entered.len(), exited.len(), elapsed());
     outcome.run_id = record_run(target.id, run, &outcome);
     record_changes(target, outcome.run_id, &entered, &exited, first);
-    changes.entered.insert(target.id, entered);
-    changes.exited.insert(target.id, exited);
-    changes.members.insert(target.id, new);
+    changes.add(target.id, new, entered, exited);
     outcome
 }
 

@@ -40,6 +40,11 @@ pub static COLUMN_GROUP_MIN_TESTS: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// one plan, are computed by one sorted pass instead of a `FILTER` clause
 /// each (0: never). ARCHITECTURE.md says why 16.
 pub static WINDOW_SCAN_MIN_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(16);
+/// The most memory, in kB, the condition bitmaps of one shared plan may
+/// take by estimate: a refresh evaluates the segments of one entity and
+/// owner in batches that fit (`engine::refresh`). ARCHITECTURE.md says how
+/// it is estimated.
+pub static REFRESH_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
 pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -239,6 +244,16 @@ pub fn register() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"segments.refresh_work_mem",
+        c"The most memory the condition bitmaps of one refresh's shared plan may take (by estimate).",
+        c"Segments of one entity and owner are evaluated in batches that fit; each batch reads the tables again.",
+        &REFRESH_WORK_MEM,
+        1024,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"segments.refresh_timeout",

@@ -148,6 +148,34 @@ pub struct CompiledSegment {
     pub references: Vec<i64>,
 }
 
+impl CompiledSegment {
+    /// The plan leaves this segment reads, ascending, each once: what a
+    /// refresh must hold to evaluate it (`engine::refresh` frees a leaf
+    /// after its last reader and batches segments by them).
+    pub fn leaves(&self) -> Vec<usize> {
+        fn walk(expr: &Expr, out: &mut Vec<usize>) {
+            match expr {
+                Expr::Leaf(i) => out.push(*i),
+                Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| walk(e, out)),
+                Expr::Not(inner) => walk(inner, out),
+            }
+        }
+        fn each_rule(list: &[CompiledRule], out: &mut Vec<usize>) {
+            for rule in list {
+                match &rule.body {
+                    CompiledBody::Expr(expr) => walk(expr, out),
+                    CompiledBody::Rules(sub) => each_rule(sub, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        each_rule(&self.rules, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// Everything needed to evaluate one or more definitions of one entity.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -1213,6 +1241,23 @@ mod tests {
     fn error(definition: Value) -> (String, String, Option<String>) {
         let e = compile(definition).unwrap_err();
         (e.error.code().to_string(), e.error.to_string(), e.hint)
+    }
+
+    #[test]
+    fn a_segment_lists_the_leaves_it_reads_once_each() {
+        let (plan, compiled) = compile(json!({"entity": "customer", "rules": [
+            {"where": {"any": [
+                {"attribute": "country", "op": "eq", "value": "DE"},
+                {"not": {"attribute": "country", "op": "eq", "value": "DE"}}]}},
+            {"combine": "except", "where": {"attribute": "country", "op": "eq", "value": "FR"}}
+        ]}))
+        .unwrap();
+        let leaves = compiled.leaves();
+        assert!(leaves.windows(2).all(|w| w[0] < w[1]), "{leaves:?}");
+        assert!(leaves.iter().all(|&i| i < plan.leaves.len()));
+        let sqls: Vec<&str> = leaves.iter().map(|&i| plan.leaves[i].sql()).collect();
+        assert!(sqls.iter().any(|s| s.contains("'DE'")), "{sqls:?}");
+        assert!(sqls.iter().any(|s| s.contains("'FR'")), "{sqls:?}");
     }
 
     #[test]
