@@ -558,6 +558,103 @@ fn windowed_related_conditions_share_one_sorted_pass() {
     }
 }
 
+/// Conditions on two traits of one table, many thresholds each, come from
+/// one grouped scan of the table (each trait over its own rows), with the
+/// members of hand-written SQL and of one `FILTER` clause each.
+#[test]
+fn trait_conditions_of_one_table_share_one_grouped_scan() {
+    let cluster = Cluster::start("trait_sources", &[]);
+    let mut client = cluster.sample("5000");
+    client
+        .batch_execute(
+            r#"SELECT segments.create_trait('recent_orders', 'customer', '{"related":"orders","aggregate":"count","within":"180 days"}');
+               SELECT segments.create_trait('paid_total', 'customer', '{"related":"orders","aggregate":"sum","attribute":"amount","where":{"attribute":"status","op":"eq","value":"paid"}}');"#,
+        )
+        .unwrap();
+    let window = format!("o.ordered_at >= '{ANCHOR}'::timestamptz - interval '180 days' AND o.ordered_at <= '{ANCHOR}'::timestamptz");
+    let mut oracles = Vec::new();
+    for i in 0..40 {
+        let (condition, sql) = if i % 2 == 0 {
+            let (op, cmp) = [("lt", "<"), ("gte", ">="), ("eq", "=")][i % 3];
+            let n = i / 6;
+            (
+                format!(r#"{{"trait":"recent_orders","op":"{op}","value":{n}}}"#),
+                format!("(SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND {window}) {cmp} {n}"),
+            )
+        } else {
+            let threshold = format!("{}.{:02}", 40 * i, i);
+            let (op, cmp) = if i % 3 == 0 {
+                ("lte", "<=")
+            } else {
+                ("gt", ">")
+            };
+            (
+                format!(r#"{{"trait":"paid_total","op":"{op}","value":{threshold}}}"#),
+                format!("coalesce((SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id AND o.status = 'paid') {cmp} {threshold}, false)"),
+            )
+        };
+        let id: i64 = client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("trait {i}"),
+                    &format!(r#"{{"entity":"customer","rules":[{{"where":{condition}}}]}}"#),
+                ],
+            )
+            .unwrap()
+            .get(0);
+        oracles.push((id, sql));
+    }
+    let refresh = |client: &mut postgres::Client, groups: &str| -> (i64, Vec<Vec<u8>>) {
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL segments.column_group_min_tests = {groups}"
+        ))
+        .unwrap();
+        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'), 0)";
+        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
+        let failed: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 0);
+        let reads = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
+        let members = tx
+            .query(
+                "SELECT members FROM segments.membership ORDER BY segment_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().unwrap();
+        (reads, members)
+    };
+    let (_, members_filters) = refresh(&mut client, "0");
+    let (reads, members_groups) = refresh(&mut client, "2");
+    assert_eq!(reads, 1, "two traits' column groups read orders once");
+    assert_eq!(members_groups, members_filters);
+    for (id, sql) in &oracles {
+        let differ: i64 = client
+            .query_one(
+                &format!(
+                    "WITH want AS (SELECT c.id FROM customers c WHERE {sql}),
+                          got AS (SELECT id FROM segments.customer_members WHERE segment_id = $1)
+                     SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
+                          + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
+                ),
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "segment {id}: {sql}");
+    }
+}
+
 /// A column group over numerics buckets by float8 and falls back to the
 /// exact comparison where floats cannot tell numbers apart: values and
 /// thresholds closer than float8 resolves, NaN, infinities and numbers

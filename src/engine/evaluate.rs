@@ -12,7 +12,7 @@ use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, Rule
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{
     column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, FunnelPass, FunnelRow,
-    FunnelScan, Leaf, Plan, WindowPass, WindowScan,
+    FunnelScan, Leaf, Plan, TraitSource, WindowPass, WindowScan,
 };
 use segments_core::sql::{ident, literal};
 
@@ -126,7 +126,20 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
             .map(|chunk| plan.entity_scan_sql(chunk))
             .collect()
     };
-    for group in &plan.column_groups {
+    let mut in_sources = std::collections::HashSet::new();
+    for source in &plan.trait_sources {
+        in_sources.extend(source.groups.iter().copied());
+        let mut ranks = Vec::new();
+        for &g in &source.groups {
+            queries.push(plan.column_groups[g].ranks_sql());
+            ranks.push(column_ranks(&plan.column_groups[g]));
+        }
+        queries.push(plan.trait_source_sql(source, &ranks));
+    }
+    for (g, group) in plan.column_groups.iter().enumerate() {
+        if in_sources.contains(&g) {
+            continue;
+        }
         if group.ordered {
             queries.push(group.ranks_sql());
             queries.push(plan.column_group_sql(group, &column_ranks(group)));
@@ -288,6 +301,48 @@ fn column_group_leaves(
             .fold(Members::new(), |all, bucket| all | &bucket.members)
     });
     (column_leaves(group, &ranks, buckets), with_rows)
+}
+
+/// The values of every trait condition of a trait source (by leaf), from
+/// its one query: each group's buckets, and the records with rows (every
+/// bucket of the group's, NULL values included). A record with rows of
+/// another trait of the source only has its trait's empty value (0 or
+/// NULL, from the `FILTER`), as a record without rows would.
+fn trait_source_values(plan: &Plan, source: &TraitSource) -> Vec<(usize, RelatedValue)> {
+    let ranks: Vec<Vec<i64>> = source
+        .groups
+        .iter()
+        .map(|&g| column_ranks(&plan.column_groups[g]))
+        .collect();
+    let sql = plan.trait_source_sql(source, &ranks);
+    let mut buckets: Vec<Vec<Bucket>> = (0..source.groups.len()).map(|_| Vec::new()).collect();
+    Spi::connect(|client| {
+        for row in spi(client.select(&sql, None, &[])) {
+            let place = spi(row.get::<i32>(1)).unwrap_or(0) as usize;
+            buckets[place].push(Bucket {
+                number: spi(row.get::<i32>(2)).map(i64::from),
+                exact: spi(row.get::<bool>(3)),
+                members: bitmap_of(spi(row.get::<Vec<u8>>(4))),
+            });
+        }
+    });
+    let mut values = Vec::new();
+    for ((&g, ranks), buckets) in source.groups.iter().zip(&ranks).zip(buckets) {
+        let group = &plan.column_groups[g];
+        let with_rows = buckets
+            .iter()
+            .fold(Members::new(), |all, bucket| all | &bucket.members);
+        for (leaf, matching) in column_leaves(group, ranks, buckets) {
+            values.push((
+                leaf,
+                RelatedValue {
+                    matching,
+                    with_rows: Some(with_rows.clone()),
+                },
+            ));
+        }
+    }
+    values
 }
 
 /// Runs `sql` through a cursor, `f` seeing each row until it returns
@@ -475,7 +530,25 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         }
     });
     let mut scanned: HashMap<usize, RelatedValue> = HashMap::new();
-    for group in &plan.column_groups {
+    let mut in_sources = std::collections::HashSet::new();
+    for source in &plan.trait_sources {
+        in_sources.extend(source.groups.iter().copied());
+        let groups = || source.groups.iter().map(|&g| &plan.column_groups[g]);
+        if groups().all(|g| g.tests.iter().all(|(leaf, _, _)| known.contains_key(leaf))) {
+            continue;
+        }
+        // Grouped by sorting, as the traits' own queries are.
+        let values = if sorts_groups(plan) {
+            crate::pg::sandbox::grouping_by_sort(|| trait_source_values(plan, source))
+        } else {
+            trait_source_values(plan, source)
+        };
+        scanned.extend(values);
+    }
+    for (g, group) in plan.column_groups.iter().enumerate() {
+        if in_sources.contains(&g) {
+            continue;
+        }
         if group.rows.is_some()
             && group
                 .tests

@@ -72,7 +72,7 @@ pub use membership::split_group_filter;
 pub use path::{path_sql, path_tables};
 pub use rank::eligible_sql;
 pub use references::{check_cycles, dependency_order};
-pub use traits::{traits_query, SharedCondition, TraitMeasure};
+pub use traits::{traits_query, SharedCondition, TraitMeasure, TraitSource};
 use windows::{scaled_column, ScanSource, WindowCandidate, WindowTest};
 pub use windows::{WindowPass, WindowScan};
 
@@ -201,6 +201,9 @@ pub struct Plan {
     /// Filter leaves computed by a pass per column instead of a `FILTER`
     /// clause each (`columns`): many comparisons of one column.
     pub column_groups: Vec<ColumnGroup>,
+    /// Column groups over traits of one related table that one grouped
+    /// scan of it computes (`traits::TraitSource`).
+    pub trait_sources: Vec<TraitSource>,
     /// Related leaves computed by one sorted pass per related table
     /// instead of their queries (`windows`): many windows and thresholds.
     pub window_scans: Vec<WindowScan>,
@@ -228,6 +231,9 @@ pub struct Planner<'a> {
     trait_conditions: HashMap<Leaf, (TraitMeasure, String)>,
     /// Filter leaves that compare one column with constants, by leaf.
     column_tests: Vec<(usize, columns::ColumnTest)>,
+    /// The trait each trait column test reads, by its grouped values' SQL
+    /// (`ColumnTest::rows`): groups over traits of one table share a scan.
+    trait_rows: HashMap<String, TraitMeasure>,
     /// How many such comparisons of one column make a column group.
     column_group_min_tests: usize,
     /// Whether related windows' edges are scalar subqueries, computed once
@@ -281,6 +287,7 @@ impl<'a> Planner<'a> {
             related_of: HashMap::new(),
             trait_conditions: HashMap::new(),
             column_tests: Vec::new(),
+            trait_rows: HashMap::new(),
             column_group_min_tests: usize::MAX,
             edges_once: true,
             window_candidates: HashMap::new(),
@@ -441,6 +448,7 @@ impl<'a> Planner<'a> {
             )
             .collect();
         self.share_trait_scans(&mut leaves, &scanned);
+        let trait_sources = self.trait_sources(&groups);
         let needs_all_rows = self.eligible.is_some()
             || has_not
             || leaves.iter().any(|l| !matches!(l, Leaf::Filter(_)));
@@ -454,6 +462,7 @@ impl<'a> Planner<'a> {
             entity_source: self.entity_source,
             related_of,
             column_groups: groups,
+            trait_sources,
             window_scans,
             funnel_scans,
         }
@@ -609,6 +618,9 @@ impl<'a> Planner<'a> {
                     self.related_of
                         .insert(leaf.clone(), measure.related.clone());
                     grouped = self.trait_column_test(path, test, &measure);
+                    if let Some(rows) = grouped.as_ref().and_then(|g| g.rows.clone()) {
+                        self.trait_rows.insert(rows, measure.clone());
+                    }
                     self.trait_conditions
                         .insert(leaf.clone(), (measure, comparison));
                 }
@@ -1176,6 +1188,32 @@ impl Plan {
     /// The scan of a column group: a bucketed group's once its constants'
     /// ranks are known (`ColumnGroup::ranks_sql`), an equality group's
     /// (`ranks` unused).
+    /// The one query of a trait source: the traits' values grouped once
+    /// (materialized), then each group's buckets (`ranks` by group, in
+    /// the source's order), as rows (group's place in the source, bucket,
+    /// exact, positions).
+    pub fn trait_source_sql(&self, source: &TraitSource, ranks: &[Vec<i64>]) -> String {
+        let (position, join) = self.entity.position_sql("g.key");
+        let rows = format!("FROM trait_values g{join}");
+        let parts: Vec<String> = source
+            .groups
+            .iter()
+            .zip(ranks)
+            .enumerate()
+            .map(|(j, (&group, ranks))| {
+                format!(
+                    "SELECT {j} AS i, s.* FROM ({}) s",
+                    self.column_groups[group].buckets_sql(ranks, &rows, &position)
+                )
+            })
+            .collect();
+        format!(
+            "WITH trait_values AS MATERIALIZED ({}) {}",
+            source.values_sql,
+            parts.join(" UNION ALL ")
+        )
+    }
+
     pub fn column_group_sql(&self, group: &ColumnGroup, ranks: &[i64]) -> String {
         let (rows, position) = match &group.rows {
             None => self.entity_rows_sql(),

@@ -8,7 +8,7 @@
 //! scan (`traits_query`).
 
 use super::emit::{attribute_sql, compares_true, related_condition, RowScope};
-use super::{time_column, Leaf, Planner};
+use super::{time_column, ColumnGroup, Leaf, Planner};
 use crate::catalog::{Column, ColumnKind, Table, TraitDef};
 use crate::definition::{
     AttributeTest, ConditionKind, Op, Operand, TraitDefinition, TraitFunction, TraitTest,
@@ -496,6 +496,52 @@ fn zero_matches(op: Op, value: &Operand) -> bool {
     }
 }
 
+/// Column groups over traits of one related table and path (two or more),
+/// computed from one grouped scan of it: each trait grouped again would
+/// sort the table again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraitSource {
+    /// The traits' values, one row per record with rows (`traits_query`).
+    pub values_sql: String,
+    /// The column groups it computes (indexes into `Plan::column_groups`),
+    /// all bucketed.
+    pub groups: Vec<usize>,
+}
+
+impl Planner<'_> {
+    /// The trait sources of `groups`: groups over traits of one related
+    /// table and path, where there are two or more.
+    pub(super) fn trait_sources(&self, groups: &[ColumnGroup]) -> Vec<TraitSource> {
+        let mut by_table: std::collections::BTreeMap<(&str, &str), Vec<(usize, &TraitMeasure)>> =
+            Default::default();
+        for (i, group) in groups.iter().enumerate() {
+            let measure = group.rows.as_ref().and_then(|r| self.trait_rows.get(r));
+            if let Some(measure) = measure.filter(|_| group.ordered) {
+                by_table
+                    .entry((&measure.from, &measure.key))
+                    .or_default()
+                    .push((i, measure));
+            }
+        }
+        by_table
+            .into_values()
+            .filter(|members| members.len() >= 2)
+            .map(|members| {
+                let mut measures: Vec<TraitMeasure> = Vec::new();
+                for (_, measure) in &members {
+                    if !measures.iter().any(|m| m.id == measure.id) {
+                        measures.push((*measure).clone());
+                    }
+                }
+                TraitSource {
+                    values_sql: traits_query(&measures),
+                    groups: members.iter().map(|(i, _)| *i).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Every trait of `measures` (all of one related table and path) computed
 /// in one scan: one row per record with rows of it, one column per trait,
 /// each over just the rows its own `where` and `within` select.
@@ -632,6 +678,54 @@ mod tests {
             panic!()
         };
         assert!(sql.contains(r#"(pg_catalog.array_agg(r."status" ORDER BY r."ordered_at" DESC, r."status"))[1] AS "last_status""#), "{sql}");
+    }
+
+    #[test]
+    fn column_groups_over_traits_of_one_table_share_one_grouped_scan() {
+        let catalog = catalog();
+        let mut planner = Planner::new(&catalog, "customer", "entity", NOW).unwrap();
+        planner.group_columns_from(2);
+        let definition = |condition: Value| {
+            crate::definition::Definition::parse(
+                &json!({"entity": "customer", "rules": [{"where": condition}]}),
+            )
+            .unwrap()
+        };
+        let mut compiled = Vec::new();
+        for n in 1..=3 {
+            for name in ["order_count", "lifetime_value"] {
+                compiled.push(
+                    planner
+                        .add(
+                            &definition(json!({"trait": name, "op": "gt", "value": n * 7})),
+                            None,
+                        )
+                        .unwrap(),
+                );
+            }
+        }
+        let mut refs: Vec<&mut crate::compile::CompiledSegment> = compiled.iter_mut().collect();
+        let plan = planner.finish(&mut refs);
+        assert_eq!(plan.column_groups.len(), 2, "{:?}", plan.column_groups);
+        let [source] = &plan.trait_sources[..] else {
+            panic!("{:?}", plan.trait_sources)
+        };
+        assert_eq!(source.groups, vec![0, 1]);
+        // One GROUP BY of orders, each trait over its own rows.
+        assert_eq!(
+            source.values_sql.matches("GROUP BY").count(),
+            1,
+            "{}",
+            source.values_sql
+        );
+        assert!(source.values_sql.contains(r#"(pg_catalog.sum(r."amount") FILTER (WHERE r."status" OPERATOR(pg_catalog.=) 'paid'::text))::pg_catalog.numeric AS "lifetime_value""#), "{}", source.values_sql);
+        let sql = plan.trait_source_sql(source, &[vec![1, 2, 3], vec![1, 2, 3]]);
+        assert!(
+            sql.starts_with("WITH trait_values AS MATERIALIZED ("),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("FROM trait_values g").count(), 2, "{sql}");
+        assert_eq!(sql.matches(" UNION ALL ").count(), 1, "{sql}");
     }
 
     #[test]

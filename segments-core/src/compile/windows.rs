@@ -177,6 +177,75 @@ impl ScaledTest {
     }
 }
 
+/// A `ScaledTest` as the whole values that pass, `lo ≤ value ≤ hi`
+/// (negated for `ne`): one comparison pair per record and condition
+/// instead of a multiplication and a match on the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Interval {
+    lo: i128,
+    hi: i128,
+    negate: bool,
+}
+
+impl ScaledTest {
+    /// The test as an interval of values (`value × factor op right` with
+    /// factor > 0 is `value op' right / factor`, rounded the safe way).
+    fn interval(&self) -> Interval {
+        let floor = |(factor, right): (i128, i128)| right.div_euclid(factor);
+        let ceil = |(factor, right): (i128, i128)| -(-right).div_euclid(factor);
+        let range = |lo, hi| Interval {
+            lo,
+            hi,
+            negate: false,
+        };
+        match *self {
+            ScaledTest::Exists => range(1, i128::MAX),
+            ScaledTest::Compare(op, t) => match op {
+                Op::Lt => range(i128::MIN, ceil(t) - 1),
+                Op::Lte => range(i128::MIN, floor(t)),
+                Op::Gt => range(floor(t) + 1, i128::MAX),
+                Op::Eq | Op::Ne => {
+                    // Only a whole quotient can be equal.
+                    let (lo, hi) = if t.1.rem_euclid(t.0) == 0 {
+                        (t.1 / t.0, t.1 / t.0)
+                    } else {
+                        (1, 0)
+                    };
+                    Interval {
+                        lo,
+                        hi,
+                        negate: op == Op::Ne,
+                    }
+                }
+                _ => range(ceil(t), i128::MAX),
+            },
+            ScaledTest::Between(low, high) => range(ceil(low), floor(high)),
+        }
+    }
+}
+
+impl Interval {
+    /// As `ScaledTest::holds`.
+    #[inline]
+    fn holds(&self, value: Option<i128>) -> bool {
+        match value {
+            None => false,
+            Some(v) => (self.lo <= v && v <= self.hi) != self.negate,
+        }
+    }
+}
+
+/// One condition as a window pass tests it: its window's start rank, its
+/// test, whether it gathers failures (`WindowPass::complemented`), and its
+/// index.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    rank: u32,
+    test: Interval,
+    complemented: bool,
+    condition: usize,
+}
+
 /// A column summed exactly: SQL of its value as a scaled bigint, and the
 /// scale. None for a column whose values are not exact fixed-point
 /// (floats, `numeric` without a declared scale, domains).
@@ -434,9 +503,8 @@ type Measure = (usize, Option<usize>);
 /// order, it gives each condition's members and the positions with rows.
 pub struct WindowPass<'s> {
     scan: &'s WindowScan,
-    /// Per measure (family, sum), its conditions (start rank, condition)
-    /// by descending start rank.
-    measures: Vec<(Measure, Vec<(u32, usize)>)>,
+    /// Per measure (family, sum), its conditions by descending start rank.
+    measures: Vec<(Measure, Vec<Step>)>,
     /// By condition: whether a record without rows in its window passes
     /// (`count lt 3`). Such a condition gathers the records it fails, and
     /// its members are the records with rows less those: a record none of
@@ -448,8 +516,6 @@ pub struct WindowPass<'s> {
     masks: Vec<u64>,
     values: Vec<Option<i64>>,
     order: Vec<usize>,
-    /// Each condition's test at its measure's scale.
-    tests: Vec<ScaledTest>,
     members: Vec<Members>,
     /// Each condition's members not yet added to `members`: appending a
     /// sorted batch is far cheaper than inserting (or pushing) one by one.
@@ -474,35 +540,32 @@ impl<'s> WindowPass<'s> {
     /// A pass for `scan`, given its starts' ranks (`ranks_sql`).
     pub fn new(scan: &'s WindowScan, ranks: &[i64]) -> WindowPass<'s> {
         let ranks: Vec<u32> = ranks.iter().map(|&r| r.max(0) as u32).collect();
-        let mut measures: BTreeMap<Measure, Vec<usize>> = BTreeMap::new();
-        for (i, c) in scan.conditions.iter().enumerate() {
-            measures.entry((c.family, c.sum)).or_default().push(i);
-        }
-        let rank_of = |c: usize| {
-            ranks
-                .get(scan.conditions[c].start)
-                .copied()
-                .unwrap_or(u32::MAX)
-        };
-        let measures = measures
-            .into_iter()
-            .map(|(measure, conditions)| {
-                let mut ranked: Vec<(u32, usize)> =
-                    conditions.into_iter().map(|c| (rank_of(c), c)).collect();
-                ranked.sort_by_key(|&(rank, _)| std::cmp::Reverse(rank));
-                (measure, ranked)
-            })
-            .collect();
         let tests: Vec<ScaledTest> = scan
             .conditions
             .iter()
             .map(|c| c.test.at_scale(c.sum.map_or(0, |s| scan.sums[s].1)))
             .collect();
-        let complemented = scan
+        let complemented: Vec<bool> = scan
             .conditions
             .iter()
             .zip(&tests)
             .map(|(c, test)| test.holds(if c.sum.is_some() { None } else { Some(0) }))
+            .collect();
+        let mut measures: BTreeMap<Measure, Vec<Step>> = BTreeMap::new();
+        for (i, c) in scan.conditions.iter().enumerate() {
+            measures.entry((c.family, c.sum)).or_default().push(Step {
+                rank: ranks.get(c.start).copied().unwrap_or(u32::MAX),
+                test: tests[i].interval(),
+                complemented: complemented[i],
+                condition: i,
+            });
+        }
+        let measures = measures
+            .into_iter()
+            .map(|(measure, mut steps)| {
+                steps.sort_by_key(|step| std::cmp::Reverse(step.rank));
+                (measure, steps)
+            })
             .collect();
         WindowPass {
             scan,
@@ -512,7 +575,6 @@ impl<'s> WindowPass<'s> {
             masks: Vec::new(),
             values: Vec::new(),
             order: Vec::new(),
-            tests,
             complemented,
             members: vec![Members::new(); scan.conditions.len()],
             pending: vec![Vec::new(); scan.conditions.len()],
@@ -560,9 +622,9 @@ impl<'s> WindowPass<'s> {
                 .iter()
                 .find(|&&row| self.masks[row] & bit == bit)
                 .map_or(0, |&row| self.buckets[row]);
-            let reached = conditions.partition_point(|&(rank, _)| rank > latest);
-            for &(rank, c) in &conditions[reached..] {
-                while next < self.order.len() && self.buckets[self.order[next]] >= rank {
+            let reached = conditions.partition_point(|step| step.rank > latest);
+            for step in &conditions[reached..] {
+                while next < self.order.len() && self.buckets[self.order[next]] >= step.rank {
                     let row = self.order[next];
                     next += 1;
                     if self.masks[row] & bit != bit {
@@ -580,11 +642,11 @@ impl<'s> WindowPass<'s> {
                     None => Some(count),
                     Some(_) => summed.then_some(total),
                 };
-                if self.tests[c].holds(value) != self.complemented[c] {
-                    let pending = &mut self.pending[c];
+                if step.test.holds(value) != step.complemented {
+                    let pending = &mut self.pending[step.condition];
                     pending.push(position);
                     if pending.len() >= PENDING_MEMBERS {
-                        append(&mut self.members[c], pending);
+                        append(&mut self.members[step.condition], pending);
                     }
                 }
             }
@@ -622,6 +684,40 @@ mod tests {
     use super::*;
     use crate::catalog::ColumnKind;
     use crate::generate::Rng;
+
+    #[test]
+    fn intervals_pass_the_values_scaled_tests_pass() {
+        let mut rng = Rng(0x1A7E_2026);
+        let ops = [Op::Eq, Op::Ne, Op::Lt, Op::Lte, Op::Gt, Op::Gte];
+        for _ in 0..20_000 {
+            let mantissa = rng.below(4001) as i128 - 2000;
+            let scale = rng.below(4) as u32;
+            let threshold = Decimal { mantissa, scale };
+            let test = match rng.below(8) {
+                0 => WindowTest::Exists,
+                1 => {
+                    let other = Decimal {
+                        mantissa: mantissa + rng.below(300) as i128,
+                        scale,
+                    };
+                    WindowTest::Between(threshold, other)
+                }
+                _ => WindowTest::Compare(*rng.pick(&ops), threshold),
+            };
+            let scaled = test.at_scale(rng.below(3) as u32);
+            let interval = scaled.interval();
+            for value in (-30..30)
+                .map(|v| Some(v * 7 + rng.below(7) as i128))
+                .chain([None])
+            {
+                assert_eq!(
+                    interval.holds(value),
+                    scaled.holds(value),
+                    "{test:?} {scaled:?} {interval:?} of {value:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn decimals_parse_and_compare_exactly() {
