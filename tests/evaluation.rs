@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{Cluster, ANCHOR};
+use harness::{members_differ, refresh_counting_reads, Cluster, ANCHOR};
 
 /// Each kind of condition selects exactly the rows a hand-written query does.
 #[test]
@@ -375,34 +375,14 @@ fn a_refresh_in_memory_batches_equals_one_pass() {
             )
             .unwrap();
     }
-    let refresh = |client: &mut postgres::Client, memory: &str| -> (i64, Vec<(i64, Vec<u8>)>) {
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute(&format!("SET LOCAL segments.refresh_work_mem = '{memory}'"))
-            .unwrap();
-        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'customers'), 0)";
-        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
-        let failed: Vec<String> = tx
-            .query(
-                "SELECT segment_id || ': ' || coalesce(error, '') FROM segments.refresh() WHERE status <> 'succeeded'",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert!(failed.is_empty(), "{failed:?}");
-        let scans = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
-        let members = tx
-            .query(
-                "SELECT segment_id, members FROM segments.membership ORDER BY segment_id",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        tx.commit().unwrap();
-        (scans, members)
+    let refresh = |client: &mut postgres::Client, memory: &str| {
+        refresh_counting_reads(
+            client,
+            &format!("SET LOCAL segments.refresh_work_mem = '{memory}'"),
+            "customers",
+            "SELECT segment_id, members FROM segments.membership ORDER BY segment_id",
+            |r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)),
+        )
     };
     let (scans_whole, members_whole) = refresh(&mut client, "2GB");
     let (scans_batched, members_batched) = refresh(&mut client, "1MB");
@@ -498,37 +478,14 @@ fn windowed_related_conditions_share_one_sorted_pass() {
             .get(0);
         oracles.push((id, sql));
     }
-    let orders_scans = |client: &mut postgres::Client, setting: &str| -> (i64, Vec<Vec<u8>>) {
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute(&format!(
-            "SET LOCAL segments.window_scan_min_conditions = {setting}"
-        ))
-        .unwrap();
-        // The counters may still hold the previous transaction's reads
-        // (statistics are flushed at most once a second): count the
-        // difference.
-        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'), 0)";
-        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
-        let failed: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(failed, 0);
-        let scans = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
-        let members = tx
-            .query(
-                "SELECT members FROM segments.membership ORDER BY segment_id",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        tx.commit().unwrap();
-        (scans, members)
+    let orders_scans = |client: &mut postgres::Client, setting: &str| {
+        refresh_counting_reads(
+            client,
+            &format!("SET LOCAL segments.window_scan_min_conditions = {setting}"),
+            "orders",
+            "SELECT members FROM segments.membership ORDER BY segment_id",
+            |r| r.get::<_, Vec<u8>>(0),
+        )
     };
     let (scans_off, members_off) = orders_scans(&mut client, "0");
     assert!(
@@ -542,18 +499,14 @@ fn windowed_related_conditions_share_one_sorted_pass() {
         "a window scan gives the FILTER clauses' members"
     );
     for (id, sql) in &oracles {
-        let differ: i64 = client
-            .query_one(
-                &format!(
-                    "WITH want AS (SELECT c.id FROM customers c WHERE {sql}),
-                          got AS (SELECT id FROM segments.customer_members WHERE segment_id = $1)
-                     SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
-                          + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
-                ),
-                &[id],
-            )
-            .unwrap()
-            .get(0);
+        let differ = members_differ(
+            &mut client,
+            "segments.customer_members",
+            "customers c",
+            "c.id",
+            sql,
+            *id,
+        );
         assert_eq!(differ, 0, "segment {id}: {sql}");
     }
 }
@@ -605,52 +558,28 @@ fn trait_conditions_of_one_table_share_one_grouped_scan() {
             .get(0);
         oracles.push((id, sql));
     }
-    let refresh = |client: &mut postgres::Client, groups: &str| -> (i64, Vec<Vec<u8>>) {
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute(&format!(
-            "SET LOCAL segments.column_group_min_tests = {groups}"
-        ))
-        .unwrap();
-        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'orders'), 0)";
-        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
-        let failed: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(failed, 0);
-        let reads = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
-        let members = tx
-            .query(
-                "SELECT members FROM segments.membership ORDER BY segment_id",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        tx.commit().unwrap();
-        (reads, members)
+    let refresh = |client: &mut postgres::Client, groups: &str| {
+        refresh_counting_reads(
+            client,
+            &format!("SET LOCAL segments.column_group_min_tests = {groups}"),
+            "orders",
+            "SELECT members FROM segments.membership ORDER BY segment_id",
+            |r| r.get::<_, Vec<u8>>(0),
+        )
     };
     let (_, members_filters) = refresh(&mut client, "0");
     let (reads, members_groups) = refresh(&mut client, "2");
     assert_eq!(reads, 1, "two traits' column groups read orders once");
     assert_eq!(members_groups, members_filters);
     for (id, sql) in &oracles {
-        let differ: i64 = client
-            .query_one(
-                &format!(
-                    "WITH want AS (SELECT c.id FROM customers c WHERE {sql}),
-                          got AS (SELECT id FROM segments.customer_members WHERE segment_id = $1)
-                     SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
-                          + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
-                ),
-                &[id],
-            )
-            .unwrap()
-            .get(0);
+        let differ = members_differ(
+            &mut client,
+            "segments.customer_members",
+            "customers c",
+            "c.id",
+            sql,
+            *id,
+        );
         assert_eq!(differ, 0, "segment {id}: {sql}");
     }
 }
@@ -924,39 +853,16 @@ fn funnels_share_one_sorted_pass() {
             }
         }
     }
-    let members = |client: &mut postgres::Client, scans: i32| -> (i64, Vec<Vec<i32>>) {
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute(&format!(
-            "SET LOCAL segments.window_scan_min_conditions = {scans}"
-        ))
-        .unwrap();
-        // The counters may still hold the previous transaction's reads
-        // (statistics are flushed at most once a second): count the
-        // difference.
-        let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'events'), 0)";
-        let before: i64 = tx.query_one(reads_sql, &[]).unwrap().get(0);
-        let failed: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM segments.refresh() WHERE status <> 'succeeded'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(failed, 0);
-        let reads = tx.query_one(reads_sql, &[]).unwrap().get::<_, i64>(0) - before;
-        let members = tx
-            .query(
-                "SELECT coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
-                   FROM segments.segment s LEFT JOIN segments.person_members m ON m.segment_id = s.id
-                  GROUP BY s.id ORDER BY s.id",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        tx.commit().unwrap();
-        (reads, members)
+    let members = |client: &mut postgres::Client, scans: i32| {
+        refresh_counting_reads(
+            client,
+            &format!("SET LOCAL segments.window_scan_min_conditions = {scans}"),
+            "events",
+            "SELECT coalesce(array_agg(m.id ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '{}')
+               FROM segments.segment s LEFT JOIN segments.person_members m ON m.segment_id = s.id
+              GROUP BY s.id ORDER BY s.id",
+            |r| r.get::<_, Vec<i32>>(0),
+        )
     };
     let (reads_plain, plain) = members(&mut client, 0);
     let (reads_scanned, scanned) = members(&mut client, 2);

@@ -1,6 +1,8 @@
 //! Refresh: evaluating segments over every row. Segments of one entity
 //! and one owner share a plan, so one scan of the entity table decides all
-//! their attribute conditions. Segments that read other segments run after
+//! their attribute conditions; where their conditions' bitmaps would take
+//! more than `segments.refresh_work_mem`, they share it in batches that
+//! fit (`plan_batches`), and a bitmap is freed after its last reader. Segments that read other segments run after
 //! them. Each segment's outcome is its own: a failing one keeps its old
 //! membership and is marked failed, the others go on.
 //!

@@ -340,6 +340,69 @@ impl Drop for CitusCluster {
     }
 }
 
+/// Refreshes every active segment in one transaction, after `settings`
+/// (`SET LOCAL ...;`), asserting that none fails; returns how many times
+/// `table` was read (sequential and index scans) and the rows of
+/// `members_sql`, each through `row`. (The statistics counters may still
+/// hold the previous transaction's reads, flushed at most once a second:
+/// the reads are the difference within this one.)
+pub fn refresh_counting_reads<T>(
+    client: &mut postgres::Client,
+    settings: &str,
+    table: &str,
+    members_sql: &str,
+    row: impl Fn(&postgres::Row) -> T,
+) -> (i64, Vec<T>) {
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute(settings).unwrap();
+    let reads_sql = "SELECT coalesce((SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = $1), 0)";
+    let before: i64 = tx.query_one(reads_sql, &[&table]).unwrap().get(0);
+    let failed: Vec<String> = tx
+        .query(
+            "SELECT segment_id || ': ' || coalesce(error, '') FROM segments.refresh() WHERE status <> 'succeeded'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(failed.is_empty(), "refreshes failed: {failed:?}");
+    let reads = tx.query_one(reads_sql, &[&table]).unwrap().get::<_, i64>(0) - before;
+    let members = tx
+        .query(members_sql, &[])
+        .unwrap()
+        .iter()
+        .map(row)
+        .collect();
+    tx.commit().unwrap();
+    (reads, members)
+}
+
+/// How many records differ between segment `segment`'s members (in the
+/// members view `view`, e.g. `segments.customer_members`) and the keys
+/// `key` of `from` (e.g. `customers c`, `c.id`) where `condition` holds.
+pub fn members_differ(
+    client: &mut postgres::Client,
+    view: &str,
+    from: &str,
+    key: &str,
+    condition: &str,
+    segment: i64,
+) -> i64 {
+    client
+        .query_one(
+            &format!(
+                "WITH want AS (SELECT {key} AS id FROM {from} WHERE {condition}),
+                      got AS (SELECT id FROM {view} WHERE segment_id = $1)
+                 SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
+                      + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
+            ),
+            &[&segment],
+        )
+        .unwrap_or_else(|e| panic!("segment {segment}: {e}\n{condition}"))
+        .get(0)
+}
+
 pub fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {

@@ -25,8 +25,6 @@
 //! on the sequence itself. A record with more than `MAX_ROWS_PER_RECORD`
 //! rows makes the pass give up (its funnels then run their own queries).
 
-use std::collections::BTreeMap;
-
 use crate::bitmap::{position_of, Members};
 
 use super::windows::{append, mask_sql, ScanSource};
@@ -106,15 +104,8 @@ fn index_of(list: &mut Vec<String>, value: &str) -> usize {
 /// candidates; a funnel whose step conditions would pass the scan's
 /// `MAX_CONDITIONS_PER_SCAN` keeps its query.
 pub fn plan_scans(candidates: &[(usize, &FunnelCandidate)], min_funnels: usize) -> Vec<FunnelScan> {
-    let mut by_source: BTreeMap<&ScanSource, Vec<(usize, &FunnelCandidate)>> = BTreeMap::new();
-    for &(leaf, candidate) in candidates {
-        by_source
-            .entry(&candidate.source)
-            .or_default()
-            .push((leaf, candidate));
-    }
     let mut scans = Vec::new();
-    for (source, group) in by_source {
+    for (source, group) in ScanSource::group(candidates, |c| &c.source) {
         if group.len() < min_funnels.max(1) {
             continue;
         }

@@ -60,8 +60,8 @@ pub use access::columns_read;
 pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{
-    compares_true, comparison_sql, in_last_sql, in_window_once_sql, join_sql, reference_as,
-    related_condition, window_edges, RowScope,
+    compares_true, comparison_sql, in_last_sql, in_window_once_sql, join_sql, related_condition,
+    window_edges, RowScope,
 };
 use fold::{collect_segment_leaves, count_uses, fold, mark_used, remap, rule_exprs};
 use funnels::{CandidateStep, FunnelCandidate};
@@ -947,12 +947,7 @@ impl Planner<'_> {
         };
         let (start, _) = window_edges(time.kind, within, &self.reference_time);
         Some(WindowCandidate {
-            source: ScanSource {
-                from,
-                key,
-                time: format!("r.{}", ident(&time.name)),
-                end: reference_as(time.kind, &self.reference_time),
-            },
+            source: ScanSource::new(from, key, time, &self.reference_time),
             family,
             sum,
             start,
@@ -1057,12 +1052,7 @@ impl Planner<'_> {
         }
         let (start, _) = window_edges(time.kind, within, &self.reference_time);
         Some(FunnelCandidate {
-            source: ScanSource {
-                from,
-                key,
-                time: format!("r.{}", ident(&time.name)),
-                end: reference_as(time.kind, &self.reference_time),
-            },
+            source: ScanSource::new(from, key, time, &self.reference_time),
             start,
             steps: planned,
         })

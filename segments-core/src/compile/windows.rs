@@ -38,7 +38,7 @@ use serde_json::Value;
 use crate::bitmap::{position_of, Members};
 use crate::catalog::Column;
 use crate::definition::{Op, Operand};
-use crate::sql::{literal, op};
+use crate::sql::{ident, literal, op};
 
 /// The most decimals of a summed column or of a threshold: a scaled row
 /// value then fits an i64, and a sum of up to 2^31 of them times 10^9
@@ -337,15 +337,8 @@ pub fn plan_scans(
     candidates: &[(usize, &WindowCandidate)],
     min_conditions: usize,
 ) -> Vec<WindowScan> {
-    let mut by_source: BTreeMap<&ScanSource, Vec<(usize, &WindowCandidate)>> = BTreeMap::new();
-    for &(leaf, candidate) in candidates {
-        by_source
-            .entry(&candidate.source)
-            .or_default()
-            .push((leaf, candidate));
-    }
     let mut scans = Vec::new();
-    for (source, group) in by_source {
+    for (source, group) in ScanSource::group(candidates, |c| &c.source) {
         if group.len() < min_conditions.max(1) {
             continue;
         }
@@ -398,6 +391,33 @@ fn index_of<T: PartialEq + Clone>(list: &mut Vec<T>, value: &T) -> usize {
 }
 
 impl ScanSource {
+    /// The rows `from` (as `r`) of entity key `key`, their windows on the
+    /// time column `time` ending at the reference time.
+    pub(super) fn new(from: String, key: String, time: &Column, reference_time: &str) -> Self {
+        ScanSource {
+            from,
+            key,
+            time: format!("r.{}", ident(&time.name)),
+            end: super::emit::reference_as(time.kind, reference_time),
+        }
+    }
+
+    /// `candidates` (leaf, candidate) grouped by the source each reads, in
+    /// a stable order.
+    pub(super) fn group<'c, C>(
+        candidates: &[(usize, &'c C)],
+        source: impl Fn(&C) -> &ScanSource,
+    ) -> BTreeMap<&'c ScanSource, Vec<(usize, &'c C)>> {
+        let mut by_source: BTreeMap<&ScanSource, Vec<(usize, &C)>> = BTreeMap::new();
+        for &(leaf, candidate) in candidates {
+            by_source
+                .entry(source(candidate))
+                .or_default()
+                .push((leaf, candidate));
+        }
+        by_source
+    }
+
     /// A query of one row: each of `starts`' rank among the distinct
     /// starts (from 1), in their order, then the columns `more` adds. A
     /// row in the window of the start ranked k has a bucket of at least k.
