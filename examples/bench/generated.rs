@@ -120,6 +120,7 @@ pub fn case(client: &mut Client, scale: i64, runs: usize, rows: &mut Vec<Row>) {
         .iter()
         .map(|(name, definition)| create(client, name, definition))
         .collect();
+    let since: String = one(client, "SELECT clock_timestamp()::text");
     let ours = measure(runs.min(3), || {
         let failed: i64 = one(
             client,
@@ -127,6 +128,14 @@ pub fn case(client: &mut Client, scale: i64, runs: usize, rows: &mut Vec<Row>) {
         );
         assert_eq!(failed, 0);
     });
+    // The most the refreshes held at once (every run of one refresh
+    // records that refresh's peak).
+    let peak: i64 = one(
+        client,
+        &format!(
+            "SELECT coalesce(max(peak_memory), 0) FROM segments.refresh_run WHERE started_at >= '{since}'::timestamptz"
+        ),
+    );
     let started = Instant::now();
     for id in ids.iter().take(SAMPLE) {
         refresh(client, &[*id]);
@@ -145,6 +154,16 @@ pub fn case(client: &mut Client, scale: i64, runs: usize, rows: &mut Vec<Row>) {
         &format!("≤ {target}"),
         Some(target),
     );
+    let limit = 4 << 30;
+    rows.push(Row {
+        case: format!("14b. peak memory of that refresh (`refresh_run.peak_memory`; segments.refresh_work_mem = {})",
+            one::<String>(client, "SELECT current_setting('segments.refresh_work_mem')")),
+        ours: format!("{} MB", peak >> 20),
+        baseline: "-".into(),
+        ratio: peak as f64 / limit as f64,
+        target: "≤ 4 GB".into(),
+        met: Some(peak <= limit),
+    });
     exec(
         client,
         "SELECT segments.deactivate(array_agg(id)) FROM segments.segment WHERE name LIKE 'generated %'",
