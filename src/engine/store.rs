@@ -94,8 +94,8 @@ pub struct Keep {
     /// Segments that later segments of the run reference.
     pub members: HashSet<i64>,
     /// Segments with a consumer of their entered and exited records
-    /// (`consumers`).
-    pub changes: HashSet<i64>,
+    /// (`consumers`); None: every segment.
+    pub changes: Option<HashSet<i64>>,
 }
 
 impl Changes {
@@ -114,7 +114,7 @@ impl Changes {
             None => (true, true),
             Some(keep) => (
                 keep.members.contains(&segment),
-                keep.changes.contains(&segment),
+                keep.changes.as_ref().is_none_or(|c| c.contains(&segment)),
             ),
         };
         if keep_changes {
@@ -131,12 +131,18 @@ impl Changes {
 /// those connected to a sequence and those in a feed. Both connecting a
 /// segment and starting a feed wait for the transactions refreshing it (a
 /// share lock on its row), so a consumer added while a refresh runs sees
-/// that refresh's memberships as its start.
-pub fn consumers() -> HashSet<i64> {
-    crate::sequence::connected_segment_ids()
-        .into_iter()
-        .chain(crate::activation::feed::fed_segments())
-        .collect()
+/// that refresh's memberships as its start. None where they cannot be
+/// read: a library newer than the installed schema (before `ALTER
+/// EXTENSION segments UPDATE`) may not find the columns it reads, and
+/// then every segment's changes are kept, as `after_change` expects.
+pub fn consumers() -> Option<HashSet<i64>> {
+    in_subtransaction(AssertUnwindSafe(|| {
+        crate::sequence::connected_segment_ids()
+            .into_iter()
+            .chain(crate::activation::feed::fed_segments())
+            .collect()
+    }))
+    .ok()
 }
 
 /// Stores a successful evaluation of `target`: membership, status, run
