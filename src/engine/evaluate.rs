@@ -4,6 +4,7 @@
 //! references read stored (or just computed) memberships.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
@@ -189,7 +190,8 @@ pub fn plan_queries(plan: &Plan) -> Vec<String> {
 #[derive(Clone, Debug, Default)]
 pub struct RelatedValue {
     pub matching: Members,
-    pub with_rows: Option<Members>,
+    /// (Shared: the conditions of one scan have the same.)
+    pub with_rows: Option<Rc<Members>>,
 }
 
 impl RelatedValue {
@@ -199,7 +201,7 @@ impl RelatedValue {
         RelatedValue {
             matching: patch(&self.matching, &fresh.matching),
             with_rows: match (&self.with_rows, &fresh.with_rows) {
-                (Some(old), Some(new)) => Some(patch(old, new)),
+                (Some(old), Some(new)) => Some(Rc::new(patch(old, new))),
                 _ => None,
             },
         }
@@ -209,7 +211,7 @@ impl RelatedValue {
     pub fn within(&self, keys: &Members) -> RelatedValue {
         RelatedValue {
             matching: &self.matching & keys,
-            with_rows: self.with_rows.as_ref().map(|w| w & keys),
+            with_rows: self.with_rows.as_ref().map(|w| Rc::new(&**w & keys)),
         }
     }
 }
@@ -247,7 +249,7 @@ fn value_of(leaf: &Leaf, bitmaps: &[Members]) -> RelatedValue {
     match leaf {
         Leaf::Aggregate { column: own, .. } => RelatedValue {
             matching: column(own.saturating_sub(1)),
-            with_rows: Some(column(bitmaps.len().saturating_sub(1))),
+            with_rows: Some(Rc::new(column(bitmaps.len().saturating_sub(1)))),
         },
         _ => RelatedValue {
             matching: column(0),
@@ -329,9 +331,11 @@ fn trait_source_values(plan: &Plan, source: &TraitSource) -> Vec<(usize, Related
     let mut values = Vec::new();
     for ((&g, ranks), buckets) in source.groups.iter().zip(&ranks).zip(buckets) {
         let group = &plan.column_groups[g];
-        let with_rows = buckets
-            .iter()
-            .fold(Members::new(), |all, bucket| all | &bucket.members);
+        let with_rows = Rc::new(
+            buckets
+                .iter()
+                .fold(Members::new(), |all, bucket| all | &bucket.members),
+        );
         for (leaf, matching) in column_leaves(group, ranks, buckets) {
             values.push((
                 leaf,
@@ -395,6 +399,7 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
         true
     });
     let (leaves, with_rows) = pass.finish();
+    let with_rows = Rc::new(with_rows);
     leaves
         .into_iter()
         .map(|(leaf, matching)| {
@@ -564,6 +569,7 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         } else {
             column_group_leaves(plan, group)
         };
+        let with_rows = with_rows.map(Rc::new);
         for (leaf, members) in values {
             match &with_rows {
                 // Trait conditions: records without rows are added as for
@@ -598,8 +604,11 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
     // Leaves sharing one query (conditions on traits of one table) run it once.
     let mut ran: HashMap<&str, Vec<Members>> = HashMap::new();
     for (i, leaf) in plan.leaves.iter().enumerate() {
-        let value = match (known.get(&i).or(scanned.get(&i)), related_sql(leaf)) {
-            (Some(value), _) => Some(value.clone()),
+        // A scanned value moves into its leaf: a copy would hold every
+        // scanned condition twice at the refresh's peak.
+        let given = known.get(&i).cloned().or_else(|| scanned.remove(&i));
+        let value = match (given, related_sql(leaf)) {
+            (Some(value), _) => Some(value),
             (None, Some(sql)) => {
                 let bitmaps = ran.entry(sql).or_insert_with(|| match leaf {
                     Leaf::Aggregate { .. } if sorted => {
@@ -626,7 +635,7 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
             Some(with_rows),
         ) = (leaf, with_rows)
         {
-            matching |= &all_rows - &with_rows;
+            matching |= &all_rows - &*with_rows;
         }
         leaves[i] = matching;
     }

@@ -409,7 +409,7 @@ pub fn kept_related_value(
             |bytes: &[u8]| deserialize(bytes).unwrap_or_else(|e| crate::pg::error::corrupt(e));
         Some(RelatedValue {
             matching: read(&matching),
-            with_rows: with_rows.as_deref().map(read),
+            with_rows: with_rows.as_deref().map(|b| std::rc::Rc::new(read(b))),
         })
     })
 }
@@ -425,7 +425,7 @@ pub fn keep_related_value(owner: pg_sys::Oid, entity: &str, identity: &str, valu
             entity.into(),
             identity.into(),
             serialize(&value.matching).into(),
-            value.with_rows.as_ref().map(serialize).into(),
+            value.with_rows.as_deref().map(serialize).into(),
         ],
     ));
 }
