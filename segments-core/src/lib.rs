@@ -12,12 +12,15 @@
 //! - `schedule`: cron schedules, time zones, `live` and `manual`
 //! - `sql`: quoting identifiers and literals for generated SQL
 //! - `spelling`: "did you mean" hints
+//! - `pgoutput`: the logical decoding messages WAL capture reads
+//! - `capture`: a slot's messages as the changed keys of live segments
 //! - `split`: the groups of a split segment, as bucket ranges
 //! - `error`: the one error type and its SQLSTATEs
 //! - `generate`: random definitions for the differential fuzzer
 //! - `realistic`: a seeded, realistic segment list for benchmarks
 
 pub mod bitmap;
+pub mod capture;
 pub mod catalog;
 pub mod compile;
 pub mod definition;
@@ -25,6 +28,7 @@ pub mod error;
 #[cfg(any(test, feature = "generate"))]
 pub mod generate;
 pub mod names;
+pub mod pgoutput;
 #[cfg(any(test, feature = "generate"))]
 pub mod realistic;
 pub mod schedule;
