@@ -67,7 +67,7 @@ GRANT INSERT, UPDATE, DELETE ON segments.segment TO segments_editor;
 GRANT USAGE ON SEQUENCE segments.segment_id_seq TO segments_editor;
 -- The live queue and kept related values hold keys and conditions' answers
 -- computed with their owners' privileges: not for readers.
-REVOKE SELECT ON segments.change_queue, segments.related_state FROM segments_reader;
+REVOKE SELECT ON segments.change_queue, segments.related_state, segments.capture_slot FROM segments_reader;
 
 -- Keys stay private: a role reads the keys of an entity only if it may
 -- SELECT the entity's table.
@@ -112,6 +112,10 @@ COMMENT ON COLUMN segments.change_queue.key IS 'The key as text; NULL: the whole
 COMMENT ON COLUMN segments.change_queue.queued_at IS 'When the change was captured.';
 COMMENT ON COLUMN segments.change_queue.source IS 'The related table whose rows changed; NULL: the entity''s own row.';
 COMMENT ON COLUMN segments.change_queue.image IS 'The entity''s new row as the capture trigger saw it (internal format), so that apply_changes need not read it again; NULL: read the table.';
+COMMENT ON TABLE segments.capture_slot IS 'WAL capture: the database''s replication slot and how far its changes are queued (internal).';
+COMMENT ON COLUMN segments.capture_slot.slot_name IS 'The logical replication slot, segments_<database oid>.';
+COMMENT ON COLUMN segments.capture_slot.decoded_upto IS 'Changes up to here are in change_queue (committed); the slot is advanced to it by the next decoding.';
+COMMENT ON COLUMN segments.capture_slot.created_at IS 'When the slot was made (and the live segments refreshed in full).';
 COMMENT ON TABLE segments.related_state IS 'Live segments: the last value of each related condition, kept between applications (internal).';
 COMMENT ON COLUMN segments.related_state.owner IS 'The role whose privileges computed the value.';
 COMMENT ON COLUMN segments.related_state.entity IS 'The entity.';
@@ -399,9 +403,9 @@ COMMENT ON COLUMN segments.schedulers.last_error_at IS 'When.';
 COMMENT ON COLUMN segments.schedulers.doing IS 'What pg_stat_activity shows it running (for roles that may see it).';
 COMMENT ON COLUMN segments.schedulers.launcher_pid IS 'The launcher.';
 COMMENT ON VIEW segments.storage IS 'Every table the extension fills: rows, bytes, oldest row, and what bounds it.';
-COMMENT ON COLUMN segments.storage.table_name IS 'The table, in schema segments.';
+COMMENT ON COLUMN segments.storage.table_name IS 'The table, in schema segments, or ''slot <name>'': the WAL capture slot.';
 COMMENT ON COLUMN segments.storage.rows IS 'Its rows.';
-COMMENT ON COLUMN segments.storage.bytes IS 'Its size with indexes and TOAST.';
+COMMENT ON COLUMN segments.storage.bytes IS 'Its size with indexes and TOAST; for the slot, the WAL it keeps.';
 COMMENT ON COLUMN segments.storage.oldest IS 'Its oldest row, where rows age (NULL otherwise or when empty).';
 COMMENT ON COLUMN segments.storage.retention IS 'What bounds it.';
 COMMENT ON FUNCTION segments._activity() IS 'Running refreshes, live applications and cleanups from shared memory (internal; see view activity).';

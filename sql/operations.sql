@@ -75,4 +75,19 @@ SELECT t.name AS table_name, t.row_count AS rows,
     SELECT 'feed_batch' AS name, (SELECT pg_catalog.count(*) FROM segments.feed_batch) AS row_count,
            (SELECT pg_catalog.min(at) FROM segments.feed_batch) AS oldest,
            'one row per fed segment and transaction, until every feed of it acknowledged it, at most segments.feed_retention (' OPERATOR(pg_catalog.||) segments._setting('segments.feed_retention') OPERATOR(pg_catalog.||) ')' AS retention
-  ) t;
+  ) t
+UNION ALL
+-- WAL capture: the WAL its slot keeps (bytes) and how far behind its last
+-- decoding is (oldest: when the position the slot restarts from was written
+-- is not known; NULL).
+SELECT 'slot ' OPERATOR(pg_catalog.||) s.slot_name AS table_name, NULL AS rows,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::pg_catalog.int8 END AS bytes,
+       NULL AS oldest,
+       'WAL kept for segments.capture = wal: ' OPERATOR(pg_catalog.||)
+       CASE WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated (the scheduler makes it again and refreshes the live segments)'
+            ELSE pg_catalog.pg_size_pretty(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), c.decoded_upto)) OPERATOR(pg_catalog.||)
+                 ' not yet applied; at most max_slot_wal_keep_size (' OPERATOR(pg_catalog.||) pg_catalog.current_setting('max_slot_wal_keep_size') OPERATOR(pg_catalog.||) ')' END AS retention
+  FROM pg_catalog.pg_replication_slots s
+  JOIN segments.capture_slot c ON c.slot_name OPERATOR(pg_catalog.=) s.slot_name
+ WHERE s.datoid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database());

@@ -130,6 +130,18 @@ CREATE TABLE segments.change_queue (
     image     bytea
 );
 
+-- WAL capture (segments.capture = 'wal'): this database's logical
+-- replication slot and the position up to which its changes are in
+-- change_queue, written in the same transaction as the queued keys; the
+-- slot is advanced to it by the next decoding (src/engine/live/wal.rs).
+-- Not dumped: a restored database has no slot; its scheduler makes one
+-- and refreshes the live segments.
+CREATE TABLE segments.capture_slot (
+    slot_name    name PRIMARY KEY,
+    decoded_upto pg_lsn NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
 -- Live segments: the last value of each related condition they use, per
 -- owner, kept between applications so that a change of an entity's own row
 -- does not read related tables again. A value depends only on its related

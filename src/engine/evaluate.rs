@@ -17,7 +17,7 @@ use segments_core::compile::{
 };
 use segments_core::sql::{ident, literal};
 
-use crate::pg::spi::{optional_value, required, spi};
+use crate::pg::spi::{for_each_row, optional_value, required, spi};
 
 /// Plans whose conditions add up to more SQL than this (about 60
 /// conditions) run without JIT (`txn::without_jit`): LLVM compiles that
@@ -349,31 +349,6 @@ fn trait_source_values(plan: &Plan, source: &TraitSource) -> Vec<(usize, Related
     values
 }
 
-/// Runs `sql` through a cursor, `f` seeing each row until it returns
-/// false: a batch of `WINDOW_ROWS_PER_FETCH` rows is held at a time, not
-/// the whole result.
-fn for_each_row(sql: &str, mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> bool) {
-    Spi::connect(|client| {
-        let mut cursor = spi(client.try_open_cursor(sql, &[]));
-        let mut going = true;
-        while going {
-            let table = spi(cursor.fetch(WINDOW_ROWS_PER_FETCH));
-            if table.is_empty() {
-                break;
-            }
-            for row in table {
-                if !f(&row) {
-                    going = false;
-                    break;
-                }
-            }
-            // SAFETY: the batch just read is no longer used; SPI would
-            // otherwise keep every batch until the connection ends.
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-        }
-    });
-}
-
 /// The value of each condition of a window scan (by leaf), from one
 /// sorted pass over its related rows (`compile::windows`): the records
 /// where it holds, and those with rows in some window of the scan.
@@ -385,7 +360,7 @@ fn window_scan_values(plan: &Plan, scan: &WindowScan) -> Vec<(usize, RelatedValu
     let sums = scan.sums.len();
     let mut pass = WindowPass::new(scan, &ranks);
     let mut values = vec![None; sums];
-    for_each_row(&sql, |row| {
+    for_each_row(&sql, WINDOW_ROWS_PER_FETCH, |row| {
         // A row without a key belongs to no record.
         let Some(position) = spi(row.get::<i64>(1)) else {
             return true;
@@ -431,7 +406,7 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
     let mut gap_values = vec![None; gaps];
     let mut column_values = vec![None; columns];
     let mut complete = true;
-    for_each_row(&sql, |row| {
+    for_each_row(&sql, WINDOW_ROWS_PER_FETCH, |row| {
         let (Some(position), Some(time)) = (spi(row.get::<i64>(1)), spi(row.get::<i64>(3))) else {
             return true;
         };

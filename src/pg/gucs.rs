@@ -6,7 +6,7 @@
 
 use std::ffi::{c_char, c_void, CStr, CString};
 
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 use crate::pg::error::{Raise, SegmentsError};
 
@@ -47,6 +47,19 @@ pub static WINDOW_SCAN_MIN_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(
 pub static REFRESH_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
+/// How live segments learn of changes (`segments.capture`).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Capture {
+    /// Triggers on the tables live segments read queue the changed keys in
+    /// the writing transaction.
+    #[name = c"trigger"]
+    Trigger,
+    /// The scheduler decodes the WAL from a logical replication slot:
+    /// nothing is added to the writing transaction.
+    #[name = c"wal"]
+    Wal,
+}
+pub static CAPTURE: GucSetting<Capture> = GucSetting::<Capture>::new(Capture::Trigger);
 pub static REFRESH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static SYSTEM_SCHEDULE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_SYSTEM_SCHEDULE));
@@ -264,6 +277,14 @@ pub fn register() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"segments.capture",
+        c"How live segments capture changes: 'trigger' (in the writing transaction) or 'wal' (decoded from a logical replication slot by the scheduler).",
+        c"'wal' needs wal_level = logical and the preloaded scheduler; the scheduler switches at its next pass after a reload.",
+        &CAPTURE,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"segments.naptime",

@@ -61,3 +61,32 @@ pub fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
         pgrx::error!("segments: internal error: column {ordinal} of a catalog query is NULL")
     })
 }
+
+/// Runs `sql` through a cursor, `f` seeing each row until it returns
+/// false: a batch of `per_fetch` rows is held at a time, not the whole
+/// result.
+pub fn for_each_row(
+    sql: &str,
+    per_fetch: i64,
+    mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> bool,
+) {
+    pgrx::spi::Spi::connect(|client| {
+        let mut cursor = spi(client.try_open_cursor(sql, &[]));
+        let mut going = true;
+        while going {
+            let table = spi(cursor.fetch(per_fetch));
+            if table.is_empty() {
+                break;
+            }
+            for row in table {
+                if !f(&row) {
+                    going = false;
+                    break;
+                }
+            }
+            // SAFETY: the batch just read is no longer used; SPI would
+            // otherwise keep every batch until the connection ends.
+            unsafe { pgrx::pg_sys::SPI_freetuptable(pgrx::pg_sys::SPI_tuptable) };
+        }
+    });
+}

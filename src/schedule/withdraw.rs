@@ -60,6 +60,9 @@ pub fn install() {
 enum Effect {
     /// Withdraw the scheduler of this database first.
     Withdraw(pg_sys::Oid),
+    /// Withdraw it, then drop the database's WAL capture slot
+    /// (`DROP DATABASE`, `DROP EXTENSION segments`).
+    WithdrawAndDropSlot(pg_sys::Oid),
     /// Wake the launcher after the statement (CREATE EXTENSION segments).
     WantScheduler,
     None,
@@ -107,8 +110,10 @@ unsafe fn effect_of(statement: *mut pg_sys::Node) -> Effect {
         if statement.is_null() {
             return Effect::None;
         }
+        let mut drops_slot = false;
         let oid = match (*statement).type_ {
             pg_sys::NodeTag::T_DropdbStmt => {
+                drops_slot = true;
                 database_oid((*(statement as *mut pg_sys::DropdbStmt)).dbname)
             }
             pg_sys::NodeTag::T_RenameStmt => {
@@ -155,6 +160,7 @@ unsafe fn effect_of(statement: *mut pg_sys::Node) -> Effect {
                 if !names_segments {
                     return Effect::None;
                 }
+                drops_slot = true;
                 pg_sys::MyDatabaseId
             }
             pg_sys::NodeTag::T_CreateExtensionStmt => {
@@ -167,15 +173,14 @@ unsafe fn effect_of(statement: *mut pg_sys::Node) -> Effect {
         };
         if oid == pg_sys::InvalidOid {
             Effect::None
+        } else if drops_slot {
+            Effect::WithdrawAndDropSlot(oid)
         } else {
             Effect::Withdraw(oid)
         }
     }
 }
 
-/// Withdraws a database's scheduler until this transaction ends: marks it
-/// (the launcher starts none), stops the running one and waits for it to
-/// exit.
 /// Whether the caller owns `database` (or is a member of its owner, or
 /// a superuser): only such a caller's statement may withdraw its
 /// scheduler. Anyone else's fails PostgreSQL's own privilege check, and
@@ -190,9 +195,12 @@ fn may_withdraw(database: pg_sys::Oid) -> bool {
     .unwrap_or(false)
 }
 
-fn withdraw(database: pg_sys::Oid) {
+/// Withdraws a database's scheduler until this transaction ends: marks it
+/// (the launcher starts none), stops the running one and waits for it to
+/// exit. False when the caller may not (see `may_withdraw`).
+fn withdraw(database: pg_sys::Oid) -> bool {
     if !may_withdraw(database) {
-        return;
+        return false;
     }
     // SAFETY: reads this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
@@ -206,11 +214,11 @@ fn withdraw(database: pg_sys::Oid) {
         }
     });
     if !known {
-        return;
+        return true;
     }
     register_callback();
     if pid == 0 || pid == me {
-        return;
+        return true;
     }
     // SAFETY: signals a process of the cluster (a scheduler exits at its
     // next interrupt check), then polls the proc array with interrupts
@@ -223,6 +231,7 @@ fn withdraw(database: pg_sys::Oid) {
             pg_sys::pg_usleep(10_000);
         }
     }
+    true
 }
 
 /// At the end of a transaction: schedulers it withdrew may run again, and
@@ -290,6 +299,17 @@ unsafe extern "C-unwind" fn before(statement: *mut pg_sys::Node) -> bool {
         match effect_of(statement) {
             Effect::Withdraw(database) => {
                 withdraw(database);
+                false
+            }
+            // The slot is dropped by its database's owner only (anyone
+            // else's statement fails PostgreSQL's own check).
+            Effect::WithdrawAndDropSlot(database) => {
+                if withdraw(database) {
+                    crate::engine::live::wal::drop_slot_of(database);
+                    if database == pg_sys::MyDatabaseId {
+                        crate::engine::live::wal::drop_publication();
+                    }
+                }
                 false
             }
             Effect::WantScheduler => true,

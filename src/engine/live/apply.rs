@@ -32,7 +32,7 @@ use crate::engine::run::{RunCause, Target};
 use crate::engine::store::{self, Changes, Evaluated, Run};
 use crate::pg::catalog::{registered_key_type, SpiCatalog};
 use crate::pg::error::Failure;
-use crate::pg::spi::{required, spi};
+use crate::pg::spi::{optional_value, required, spi};
 use crate::pg::subtransaction::writing_transaction;
 
 /// The most queued rows of one entity applied key by key; beyond it the
@@ -56,8 +56,27 @@ type Queued = (Option<String>, Option<String>, Option<Vec<u8>>);
 
 /// Applies every queued change; returns the runs recorded.
 pub fn apply_changes() -> Vec<i64> {
+    // WAL capture (a schema older than the library has none): the slot is
+    // kept before anything is written (it may be made), and its changes
+    // join the queue.
+    let wal = !crate::pg::subtransaction::in_recovery()
+        && optional_value::<bool>(
+            "SELECT pg_catalog.to_regclass('segments.capture_slot') IS NOT NULL",
+            &[],
+        ) == Some(true);
+    let after_decoding = if wal {
+        crate::engine::live::wal::maintain()
+    } else {
+        crate::engine::live::wal::AfterDecoding::Nothing
+    };
     writing_transaction();
     crate::engine::memory::start_peak();
+    if wal {
+        crate::engine::live::wal::decode_into_queue();
+        if after_decoding == crate::engine::live::wal::AfterDecoding::Retire {
+            crate::engine::live::wal::retire();
+        }
+    }
     let entities: Vec<String> = Spi::connect(|client| {
         spi(client.select(
             "SELECT DISTINCT entity FROM segments.change_queue ORDER BY 1",

@@ -442,7 +442,11 @@ fn enqueue(entity: &str, key: Option<&str>, source: Option<&str>, image: Option<
 
 /// Appends one row per (key, image) to `segments.change_queue`, opening it
 /// once.
-fn enqueue_all(entity: &str, rows: &[(Option<&str>, Option<&[u8]>)], source: Option<&str>) {
+pub(super) fn enqueue_all(
+    entity: &str,
+    rows: &[(Option<&str>, Option<&[u8]>)],
+    source: Option<&str>,
+) {
     // SAFETY: plain catalog lookups and heap inserts into our own table,
     // inside the running transaction; errors are Postgres ERRORs that
     // pgrx's guard turns into a clean abort.

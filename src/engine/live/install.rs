@@ -27,9 +27,23 @@ fn trigger_name(operation: &str, entity: &str, column: &str) -> String {
     format!("segments_live_{operation}_{hash:08x}")
 }
 
-/// Installs the capture triggers live segments need and removes the rest.
-/// Runs as the extension (it creates triggers on users' tables).
-pub fn sync_capture() {
+/// A table live segments read, as capture sees it.
+pub(super) struct CapturedTable {
+    pub relation: pg_sys::Oid,
+    pub entity: String,
+    /// The column holding the entity key (a related table's foreign key).
+    pub key_column: String,
+    /// Schema-qualified, quoted.
+    pub relation_sql: String,
+    /// '' for the entity's own table, else the related table's name.
+    pub source: String,
+    /// The columns live segments read that the table has, and the key.
+    pub columns: BTreeSet<String>,
+}
+
+/// The tables the active live segments read, each with the columns they
+/// read there.
+pub(super) fn captured_tables() -> Vec<CapturedTable> {
     // (relation, entity, key column, relation SQL, source: '' for the entity
     // table, else the related table's name).
     // A related table a live segment reads through a trait it uses (a
@@ -94,6 +108,54 @@ pub fn sync_capture() {
         })
         .collect()
     });
+    let read = columns_read_by_live_segments();
+    needed
+        .into_iter()
+        .map(|(relation, entity, key_column, relation_sql, source)| {
+            // An UPDATE matters only when it sets a column a live segment
+            // reads (or the key).
+            let mut columns: BTreeSet<String> = read
+                .get(&entity)
+                .map(|cols| {
+                    cols.iter()
+                        .filter(|(r, _)| *r == relation_sql)
+                        .map(|(_, c)| c.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            columns.insert(key_column.clone());
+            // Only columns the table has: a column a segment reads may have
+            // been dropped or renamed (that segment fails at its next run,
+            // naming it); capture of the others, and everyone's DDL, carry
+            // on.
+            let present = existing_columns(relation);
+            columns.retain(|c| present.contains(c));
+            CapturedTable {
+                relation,
+                entity,
+                key_column,
+                relation_sql,
+                source,
+                columns,
+            }
+        })
+        .collect()
+}
+
+/// Installs what capture needs for the live segments and removes the rest:
+/// with `segments.capture = 'trigger'`, the capture triggers (and no table
+/// in the publication); with `'wal'`, the publication's tables (and no
+/// trigger), after checking the server and the tables can be decoded.
+/// Runs as the extension (it creates triggers on users' tables).
+pub fn sync_capture() {
+    let tables = captured_tables();
+    let wal = crate::engine::live::wal::wanted();
+    for table in &tables {
+        crate::engine::citus::refuse_capture(table.relation, &table.relation_sql).or_raise();
+    }
+    if wal {
+        crate::engine::live::wal::check_requirements(&tables);
+    }
     let existing: BTreeSet<(u32, String)> = Spi::connect(|client| {
         spi(client.select(
             "SELECT tgrelid, tgname::pg_catalog.text FROM pg_catalog.pg_trigger \
@@ -109,27 +171,16 @@ pub fn sync_capture() {
         })
         .collect()
     });
-    let read = columns_read_by_live_segments();
     let mut wanted = BTreeSet::new();
-    for (relation, entity, column, relation_sql, source) in &needed {
-        crate::engine::citus::refuse_capture(*relation, relation_sql).or_raise();
-        // An UPDATE matters only when it sets a column a live segment reads
-        // (or the key): other updates do not even fire the trigger.
-        let mut columns: BTreeSet<String> = read
-            .get(entity)
-            .map(|cols| {
-                cols.iter()
-                    .filter(|(r, _)| r == relation_sql)
-                    .map(|(_, c)| c.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        columns.insert(column.clone());
-        // Only columns the table has: a column a segment reads may have been
-        // dropped or renamed (that segment fails at its next run, naming
-        // it); capture of the others, and everyone's DDL, carry on.
-        let present = existing_columns(*relation);
-        columns.retain(|c| present.contains(c));
+    for table in tables.iter().filter(|_| !wal) {
+        let CapturedTable {
+            relation,
+            entity,
+            key_column: column,
+            relation_sql,
+            source,
+            columns,
+        } = table;
         let columns_sql = columns
             .iter()
             .map(|c| ident(c))
@@ -190,6 +241,7 @@ pub fn sync_capture() {
             }
         }
     }
+    crate::engine::live::wal::sync_publication(if wal { &tables } else { &[] });
     // Related values kept for entities without live segments any more.
     crate::engine::store::forget_unused_related_values();
     for (relation, name) in existing.difference(&wanted) {

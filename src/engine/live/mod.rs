@@ -13,6 +13,9 @@
 //! - `related`: the related values kept between applications.
 //! - `paths`: keys queued by tables reached through others, mapped to the
 //!   entity keys they belong to.
+//! - `wal`: the other capture (`segments.capture = 'wal'`): the scheduler
+//!   decodes the changes from a logical replication slot into the same
+//!   queue, and the writing transaction does nothing.
 //!
 //! The SQL side (the lifecycle trigger that keeps capture installed) is
 //! `sql/live.sql`.
@@ -22,3 +25,4 @@ pub mod capture;
 pub mod install;
 pub mod paths;
 pub mod related;
+pub mod wal;

@@ -1,0 +1,479 @@
+//! WAL capture (`segments.capture = 'wal'`): live segments learn of changes
+//! from the WAL instead of triggers, so the writing transaction does no
+//! work for them.
+//!
+//! - The tables live segments read are the publication `segments_capture`
+//!   (`sync_publication`, called by `install::sync_capture` in place of the
+//!   triggers). Updates and deletes must carry the entity key in the WAL:
+//!   `check_requirements` refuses a table whose replica identity lacks it.
+//! - Each database has one logical replication slot, `segments_<database
+//!   oid>` (pgoutput). Every `apply_changes` (the scheduler's, each pass,
+//!   or a user's) first keeps it as the mode and the live segments need
+//!   (`maintain`): made, adopted, or retired.
+//! - `decode_into_queue`, at the start of every `apply_changes`, reads the
+//!   slot from its confirmed position (`pg_logical_slot_peek_binary_changes`,
+//!   which does not move it), turns the messages into changed keys
+//!   (`segments_core::capture`) in `segments.change_queue`, and records in
+//!   `segments.capture_slot`, in the same transaction, how far it read. The
+//!   slot is advanced to that position only by the next decoding, once it
+//!   is committed: an apply that rolls back (or is killed) reads the same
+//!   changes again.
+//! - A slot that is missing (a promoted standby, a restore, pg_upgrade) or
+//!   invalidated (`max_slot_wal_keep_size`) is made again, and the live
+//!   segments are refreshed in full: changes are never lost silently.
+//! - `DROP EXTENSION` and `DROP DATABASE` drop the slot first
+//!   (`drop_slot_of`, from the scheduler's utility hook); switching back to
+//!   `trigger` installs the triggers, decodes what the slot still holds,
+//!   then drops it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use segments_core::capture::{Captured, Decoder};
+use segments_core::sql::literal;
+
+use crate::engine::live::install::{captured_tables, CapturedTable};
+use crate::pg::error::{Raise, SegmentsError};
+use crate::pg::gucs;
+use crate::pg::spi::{for_each_row, optional_value, required, spi};
+
+/// The publication of the tables live segments read.
+pub const PUBLICATION: &str = "segments_capture";
+
+/// Decoded messages read from the slot at a time.
+const MESSAGES_PER_FETCH: i64 = 10_000;
+
+/// More changed keys of one entity and table than this in one decoding
+/// are applied as "everything changed" (as `apply_changes` does).
+const MAX_KEYS: usize = 100_000;
+
+/// Whether `segments.capture` is `wal`.
+pub fn wanted() -> bool {
+    gucs::CAPTURE.get() == gucs::Capture::Wal
+}
+
+/// The slot of a database: slot names are cluster-wide.
+pub fn slot_name(database: pg_sys::Oid) -> String {
+    format!("segments_{}", database.to_u32())
+}
+
+/// This database's slot.
+fn this_slot() -> String {
+    // SAFETY: reads this backend's database.
+    slot_name(unsafe { pg_sys::MyDatabaseId })
+}
+
+/// Refuses WAL capture where it cannot see every change: a server without
+/// `wal_level = logical`, or a table whose replica identity does not carry
+/// its key column (an UPDATE or DELETE would not say whose row it was).
+pub(super) fn check_requirements(tables: &[CapturedTable]) {
+    let level = optional_value::<String>("SELECT pg_catalog.current_setting('wal_level')", &[])
+        .unwrap_or_default();
+    if level != "logical" {
+        SegmentsError::InvalidState(format!(
+            "segments.capture = 'wal' needs wal_level = logical (it is {level})"
+        ))
+        .with_hint(Some(
+            "ALTER SYSTEM SET wal_level = logical and restart the server, or set segments.capture = 'trigger'.".into(),
+        ))
+        .raise();
+    }
+    for table in tables {
+        let carries_key = optional_value::<bool>(
+            "SELECT c.relreplident OPERATOR(pg_catalog.=) 'f' OR EXISTS (
+                 SELECT FROM pg_catalog.pg_index i
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                                 AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey)
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) $2
+                    AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
+               FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[table.relation.into(), table.key_column.as_str().into()],
+        )
+        .unwrap_or(false);
+        if !carries_key {
+            SegmentsError::InvalidState(format!(
+                "segments.capture = 'wal' cannot map changes of {} to records: its replica identity does not include column {}",
+                table.relation_sql,
+                segments_core::sql::ident(&table.key_column)
+            ))
+            .with_hint(Some(format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX a unique index on that column), or set segments.capture = 'trigger'.",
+                table.relation_sql
+            )))
+            .raise();
+        }
+    }
+}
+
+/// Whether the publication exists.
+fn publication_exists() -> bool {
+    optional_value::<bool>(
+        "SELECT true FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1",
+        &[PUBLICATION.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Creates the publication, without tables, when it is missing. Partitions
+/// publish as their root, the table segments registered.
+fn ensure_publication() {
+    if !publication_exists() {
+        spi(Spi::run(&format!(
+            "CREATE PUBLICATION {PUBLICATION} WITH (publish_via_partition_root = true)"
+        )));
+    }
+}
+
+/// Makes the publication name exactly `tables` (none in trigger mode; the
+/// publication itself stays until the slot is dropped, since decoding what
+/// the slot holds needs it).
+pub(super) fn sync_publication(tables: &[CapturedTable]) {
+    if tables.is_empty() && !publication_exists() {
+        return;
+    }
+    ensure_publication();
+    // (relation, its name now).
+    let published: Vec<(u32, String)> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT r.prrelid, pg_catalog.format('%I.%I', n.nspname, c.relname)
+               FROM pg_catalog.pg_publication_rel r
+               JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.prrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE p.pubname OPERATOR(pg_catalog.=) $1",
+            None,
+            &[PUBLICATION.into()],
+        ))
+        .map(|row| {
+            (
+                required::<pg_sys::Oid>(&row, 1).to_u32(),
+                required::<String>(&row, 2),
+            )
+        })
+        .collect()
+    });
+    let mut present: BTreeSet<u32> = published.iter().map(|(r, _)| *r).collect();
+    let wanted: BTreeSet<u32> = tables.iter().map(|t| t.relation.to_u32()).collect();
+    for table in tables {
+        // A table several entities read is added once.
+        if present.insert(table.relation.to_u32()) {
+            spi(Spi::run(&format!(
+                "ALTER PUBLICATION {PUBLICATION} ADD TABLE {}",
+                table.relation_sql
+            )));
+        }
+    }
+    for (relation, relation_sql) in &published {
+        if !wanted.contains(relation) {
+            spi(Spi::run(&format!(
+                "ALTER PUBLICATION {PUBLICATION} DROP TABLE {relation_sql}"
+            )));
+        }
+    }
+}
+
+/// The slot as pg_replication_slots shows it.
+struct SlotState {
+    /// Invalidated: its WAL was removed (`max_slot_wal_keep_size`) or it
+    /// conflicted on a standby.
+    lost: bool,
+}
+
+fn slot_state(name: &str) -> Option<SlotState> {
+    optional_value::<bool>(
+        "SELECT COALESCE(wal_status OPERATOR(pg_catalog.=) 'lost', false)
+           FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+    .map(|lost| SlotState { lost })
+}
+
+/// Whether this database has a decoded position on record.
+fn recorded(name: &str) -> bool {
+    optional_value::<bool>(
+        "SELECT true FROM segments.capture_slot WHERE slot_name OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Whether any live segment is active.
+fn any_live() -> bool {
+    optional_value::<bool>(
+        "SELECT true FROM segments.segment WHERE schedule OPERATOR(pg_catalog.=) 'live' \
+            AND state OPERATOR(pg_catalog.=) 'active' LIMIT 1",
+        &[],
+    )
+    .unwrap_or(false)
+}
+
+/// What the slot needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotPlan {
+    Nothing,
+    /// No usable slot: make one, then adopt it.
+    Create,
+    /// A slot without a decoded position on record: adopt it.
+    Adopt,
+    /// WAL capture is not (or no longer) needed: retire the slot.
+    Retire,
+}
+
+/// Decides what the slot needs (read-only).
+fn plan(name: &str) -> SlotPlan {
+    let slot = slot_state(name);
+    if wanted() && any_live() {
+        match slot {
+            None | Some(SlotState { lost: true }) => SlotPlan::Create,
+            Some(_) if !recorded(name) => SlotPlan::Adopt,
+            Some(_) => SlotPlan::Nothing,
+        }
+    } else if slot.is_some() || recorded(name) {
+        SlotPlan::Retire
+    } else {
+        SlotPlan::Nothing
+    }
+}
+
+/// What `apply_changes` does after decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDecoding {
+    Nothing,
+    /// Drop the slot: the triggers are back and what it held is queued.
+    Retire,
+}
+
+/// Keeps the slot as `segments.capture` and the live segments need it;
+/// `apply_changes` calls it first, before its transaction writes anything
+/// (PostgreSQL makes a slot only in a transaction without a transaction
+/// id; one that has written leaves the making to the next application).
+///
+/// - Create: the server and tables are checked (no slot is made that could
+///   not be used), an invalidated slot is dropped, the slot is made, then
+///   adopted.
+/// - Adopt: the publication names the tables and the triggers go
+///   (`sync_capture`), the slot's position is recorded, and every entity
+///   with live segments is queued as "everything changed": changes made
+///   before the slot existed are not in it.
+/// - Retire: the triggers are put back (`sync_capture`), then, after this
+///   application decoded what the slot holds, the slot goes. Both in this
+///   transaction: writers wait for the triggers' lock, so no change falls
+///   between the two captures.
+pub fn maintain() -> AfterDecoding {
+    let name = this_slot();
+    match plan(&name) {
+        SlotPlan::Nothing => AfterDecoding::Nothing,
+        SlotPlan::Create => {
+            // SAFETY: reads this transaction's state.
+            let written =
+                unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+            if written || !publication_exists() {
+                // Decoding needs the publication from the slot's start: it
+                // is made now, the slot by the next application.
+                check_requirements(&captured_tables());
+                ensure_publication();
+                return AfterDecoding::Nothing;
+            }
+            check_requirements(&captured_tables());
+            match slot_state(&name) {
+                Some(_) => {
+                    log!(
+                        "segments: WAL capture slot {name} was invalidated (its WAL was removed: see max_slot_wal_keep_size); it is made again and the live segments are refreshed in full"
+                    );
+                    // Read-only SPI throughout: pgrx's writing calls would
+                    // assign the transaction id that forbids making a slot.
+                    optional_value::<bool>(
+                        "SELECT true FROM (SELECT pg_catalog.pg_drop_replication_slot($1)) d",
+                        &[name.as_str().into()],
+                    );
+                }
+                None if recorded(&name) => log!(
+                    "segments: WAL capture slot {name} is missing (a restore, a promoted standby or pg_upgrade); it is made again and the live segments are refreshed in full"
+                ),
+                None => {}
+            }
+            // Waits for the transactions running now to end.
+            optional_value::<String>(
+                "SELECT (pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')).slot_name::pg_catalog.text",
+                &[name.as_str().into()],
+            );
+            adopt(&name);
+            AfterDecoding::Nothing
+        }
+        SlotPlan::Adopt => {
+            adopt(&name);
+            AfterDecoding::Nothing
+        }
+        SlotPlan::Retire => {
+            crate::engine::live::install::sync_capture();
+            AfterDecoding::Retire
+        }
+    }
+}
+
+/// Takes a new slot into use (see `maintain`).
+fn adopt(name: &str) {
+    crate::engine::live::install::sync_capture();
+    spi(Spi::run_with_args(
+        "INSERT INTO segments.capture_slot (slot_name, decoded_upto)
+         SELECT slot_name, confirmed_flush_lsn FROM pg_catalog.pg_replication_slots
+          WHERE slot_name OPERATOR(pg_catalog.=) $1
+         ON CONFLICT (slot_name) DO UPDATE SET decoded_upto = EXCLUDED.decoded_upto, created_at = pg_catalog.now()",
+        &[name.into()],
+    ));
+    queue_everything();
+}
+
+/// Queues "everything changed" for every entity with active live segments.
+fn queue_everything() {
+    let entities: Vec<String> = Spi::connect(|client| {
+        spi(client.select(
+            "SELECT DISTINCT entity FROM segments.segment WHERE schedule OPERATOR(pg_catalog.=) 'live' \
+                AND state OPERATOR(pg_catalog.=) 'active'",
+            None,
+            &[],
+        ))
+        .map(|row| required::<String>(&row, 1))
+        .collect()
+    });
+    for entity in entities {
+        crate::engine::live::capture::enqueue_all(&entity, &[(None, None)], None);
+    }
+}
+
+/// The last step of switching back to triggers (see `maintain`): the
+/// slot, its record and the publication go.
+pub fn retire() {
+    let name = this_slot();
+    if slot_state(&name).is_some() {
+        spi(Spi::run_with_args(
+            "SELECT pg_catalog.pg_drop_replication_slot($1)",
+            &[name.as_str().into()],
+        ));
+    }
+    spi(Spi::run_with_args(
+        "DELETE FROM segments.capture_slot WHERE slot_name OPERATOR(pg_catalog.=) $1",
+        &[name.as_str().into()],
+    ));
+    drop_publication();
+}
+
+/// Decodes the slot's committed changes into `segments.change_queue`, when
+/// this database has one (see the module's notes). An unusable slot queues
+/// "everything changed" for every live entity: what it lost is unknown.
+pub fn decode_into_queue() {
+    let name = this_slot();
+    // Serializes decoders (a slot is read by one process at a time); the
+    // position is the last one committed.
+    let Some(decoded_upto) = optional_value::<String>(
+        "SELECT decoded_upto::pg_catalog.text FROM segments.capture_slot \
+          WHERE slot_name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+        &[name.as_str().into()],
+    ) else {
+        return;
+    };
+    match slot_state(&name) {
+        Some(SlotState { lost: false }) => {}
+        _ => {
+            queue_everything();
+            return;
+        }
+    }
+    // What the last decoding committed is applied: the slot may move on.
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, $2::pg_catalog.pg_lsn)
+           FROM pg_catalog.pg_replication_slots s
+          WHERE s.slot_name OPERATOR(pg_catalog.=) $1
+            AND s.confirmed_flush_lsn OPERATOR(pg_catalog.<) $2::pg_catalog.pg_lsn",
+        &[name.as_str().into(), decoded_upto.as_str().into()],
+    ));
+    let mut captured: HashMap<u32, Vec<Captured>> = HashMap::new();
+    for table in captured_tables() {
+        captured
+            .entry(table.relation.to_u32())
+            .or_default()
+            .push(Captured {
+                entity: table.entity,
+                compared: table.columns.into_iter().collect(),
+                key_column: table.key_column,
+                source: (!table.source.is_empty()).then_some(table.source),
+            });
+    }
+    let mut decoder = Decoder::new(captured, MAX_KEYS);
+    let mut malformed = None;
+    for_each_row(
+        &format!(
+            "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, NULL, NULL, \
+               'proto_version', '1', 'publication_names', {})",
+            literal(&name),
+            literal(PUBLICATION)
+        ),
+        MESSAGES_PER_FETCH,
+        |row| {
+            let data: Vec<u8> = required(row, 1);
+            match segments_core::pgoutput::parse(&data) {
+                Ok(message) => {
+                    decoder.feed(message);
+                    true
+                }
+                Err(e) => {
+                    malformed = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    if let Some(e) = malformed {
+        error!("segments: WAL capture slot {name}: {e}");
+    }
+    for ((entity, source), keys) in &decoder.changes {
+        let rows: Vec<(Option<&str>, Option<&[u8]>)> = if keys.everything {
+            vec![(None, None)]
+        } else {
+            keys.keys.iter().map(|k| (Some(k.as_str()), None)).collect()
+        };
+        if !rows.is_empty() {
+            crate::engine::live::capture::enqueue_all(entity, &rows, source.as_deref());
+        }
+    }
+    if let Some(upto) = decoder.decoded_upto {
+        spi(Spi::run_with_args(
+            "UPDATE segments.capture_slot SET decoded_upto = $2::pg_catalog.pg_lsn \
+              WHERE slot_name OPERATOR(pg_catalog.=) $1",
+            &[name.as_str().into(), format_lsn(upto).as_str().into()],
+        ));
+    }
+}
+
+/// An LSN as `pg_lsn` writes it.
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Drops a database's slot, if it has one, before `DROP EXTENSION
+/// segments` or `DROP DATABASE` (which refuses a database with a logical
+/// slot). Not transactional: when the statement then fails, the scheduler
+/// makes the slot again and refreshes the live segments in full.
+pub fn drop_slot_of(database: pg_sys::Oid) {
+    let Ok(name) = std::ffi::CString::new(slot_name(database)) else {
+        return;
+    };
+    // SAFETY: looks the slot up by name under its lock, and drops it with
+    // PostgreSQL's own function (which fails cleanly if a process is
+    // reading it); no slot is held by this backend.
+    unsafe {
+        if !pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true).is_null() {
+            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+        }
+    }
+}
+
+/// Drops the publication with the extension (`DROP EXTENSION segments`):
+/// a publication cannot be a member of an extension.
+pub fn drop_publication() {
+    if publication_exists() {
+        spi(Spi::run(&format!("DROP PUBLICATION {PUBLICATION}")));
+    }
+}
