@@ -431,3 +431,35 @@ pub fn readme_sql_blocks(section: &str) -> Vec<String> {
         .map(|b| b[..b.find("```").unwrap()].to_string())
         .collect()
 }
+
+/// Whether the live tests run with WAL capture (`SEGMENTS_TEST_CAPTURE=wal`,
+/// as scripts/test.sh runs tests/live.rs a second time).
+#[allow(dead_code)]
+pub fn wal_capture() -> bool {
+    std::env::var("SEGMENTS_TEST_CAPTURE").as_deref() == Ok("wal")
+}
+
+/// `settings` plus what the capture mode under test needs.
+#[allow(dead_code)]
+pub fn with_capture<'a>(settings: &[&'a str]) -> Vec<&'a str> {
+    let mut all = settings.to_vec();
+    if wal_capture() {
+        all.extend(["wal_level=logical", "segments.capture=wal"]);
+    }
+    all
+}
+
+/// With WAL capture, the sample's tables carry whole old rows in the WAL
+/// (REPLICA IDENTITY FULL), as WAL capture requires of related tables.
+#[allow(dead_code)]
+pub fn prepare_capture(client: &mut postgres::Client) {
+    if wal_capture() {
+        client
+            .batch_execute(
+                "ALTER TABLE customers REPLICA IDENTITY FULL;
+                 ALTER TABLE orders REPLICA IDENTITY FULL;
+                 ALTER TABLE email_events REPLICA IDENTITY FULL;",
+            )
+            .expect("replica identity");
+    }
+}
