@@ -94,7 +94,7 @@ layer3() {
   PG_CONFIG="$pg_config" cargo test --features integration "${tests[@]}"
 }
 
-all_layer3=(install evaluation refusals scheduler concurrency activation campaigns operations analyst audience security robustness live trust backup differential)
+all_layer3=(install evaluation refusals scheduler concurrency activation campaigns operations analyst audience security robustness live wal trust backup differential)
 for major in 15 18 16; do
   pg_config="${pg_configs[$major]}"
   if [ ! -x "$pg_config" ]; then
@@ -106,6 +106,8 @@ for major in 15 18 16; do
     16) layer3 "$major" "$pg_config" security
         summary+=("PostgreSQL $major ($("$pg_config" --version | awk '{print $2}')): layer 2 and the security suite passed") ;;
     *)  layer3 "$major" "$pg_config" "${all_layer3[@]}"
+        step "PostgreSQL $major, layer 3: the live tests again, with WAL capture"
+        SEGMENTS_TEST_CAPTURE=wal PG_CONFIG="$pg_config" cargo test --features integration --test live
         step "PostgreSQL $major: upgrade of every released version, in place"
         PG_CONFIG="$pg_config" bash scripts/upgrade_test.sh
         summary+=("PostgreSQL $major ($("$pg_config" --version | awk '{print $2}')): layers 2 and 3 and the upgrade test passed") ;;

@@ -1,0 +1,297 @@
+//! Layer 3: WAL capture (`segments.capture = 'wal'`, README "Live
+//! segments"): what it needs of the server and the tables, an invalidated
+//! slot, no slot left behind, and switching modes under writes. The live
+//! checks themselves run in this mode too (tests/live.rs with
+//! `SEGMENTS_TEST_CAPTURE=wal`).
+
+mod harness;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{sqlstate, wait_for, Cluster};
+
+const DE: &str = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}},
+                     {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#;
+const DE_SQL: &str = "country = 'DE' AND NOT unsubscribed";
+const BUYERS: &str = r#"{"entity":"customer","rules":[{"where":{"related":"orders","aggregate":"sum","attribute":"amount","op":"gt","value":3000}}]}"#;
+const BUYERS_SQL: &str = "(SELECT sum(amount) FROM orders o WHERE o.customer_id = c.id) > 3000";
+
+/// Whether a segment's members equal a hand-written query.
+fn equals(client: &mut postgres::Client, segment: i64, sql: &str) -> bool {
+    client
+        .query_one(
+            &format!(
+                "SELECT (SELECT array_agg(id ORDER BY id) FROM customers c WHERE {sql}) IS NOT DISTINCT FROM \
+                        (SELECT array_agg(id ORDER BY id) FROM segments.customer_members WHERE segment_id = $1)"
+            ),
+            &[&segment],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn create(
+    client: &mut postgres::Client,
+    name: &str,
+    definition: &str,
+) -> Result<i64, postgres::Error> {
+    client
+        .query_one(
+            "SELECT segments.create_segment($1, $2::text::jsonb, schedule => 'live')",
+            &[&name, &definition],
+        )
+        .map(|row| row.get(0))
+}
+
+fn count(client: &mut postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap().get(0)
+}
+
+const SLOTS: &str = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'segments\\_%'";
+
+/// Without wal_level = logical, or with a related table whose WAL does not
+/// carry its key, a live segment is refused naming what to set, and
+/// nothing is half-made.
+#[test]
+fn wal_capture_refuses_what_it_cannot_decode() {
+    let replica = Cluster::start("wal-level", &["segments.capture=wal"]);
+    let mut client = replica.sample_unpinned("200");
+    let error = create(&mut client, "Live DE", DE).unwrap_err();
+    let (code, message) = sqlstate(&error);
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("wal_level = logical"), "{message}");
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM segments.segment"),
+        0
+    );
+
+    let logical = Cluster::start(
+        "wal-identity",
+        &["wal_level=logical", "segments.capture=wal"],
+    );
+    let mut client = logical.sample_unpinned("200");
+    let error = create(&mut client, "Buyers", BUYERS).unwrap_err();
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "55000");
+    assert!(
+        db.message().contains("public.orders") && db.message().contains("customer_id"),
+        "{}",
+        db.message()
+    );
+    assert!(db
+        .hint()
+        .unwrap_or_default()
+        .contains("REPLICA IDENTITY FULL"));
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM segments.segment"),
+        0
+    );
+    // The entity's own key is its primary key: nothing to set.
+    create(&mut client, "Live DE", DE).unwrap();
+    client
+        .batch_execute("ALTER TABLE orders REPLICA IDENTITY FULL")
+        .unwrap();
+    create(&mut client, "Buyers", BUYERS).unwrap();
+}
+
+/// A slot invalidated while nobody read it (max_slot_wal_keep_size passed)
+/// is made again and the live segments are refreshed in full: exact, never
+/// a silent loss.
+#[test]
+fn an_invalidated_slot_leads_to_a_full_refresh() {
+    let cluster = Cluster::start(
+        "wal-lost",
+        &[
+            "wal_level=logical",
+            "segments.capture=wal",
+            "max_slot_wal_keep_size=1MB",
+            "max_wal_size=32MB",
+            "min_wal_size=32MB",
+        ],
+    );
+    let mut client = cluster.sample_unpinned("2000");
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    let created: String = client
+        .query_one("SELECT created_at::text FROM segments.capture_slot", &[])
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 3 = 0")
+        .unwrap();
+    // WAL well past the bound, then checkpoints: the slot is invalidated.
+    client
+        .batch_execute(
+            "CREATE TABLE filler (x text);
+             INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 60000);
+             SELECT pg_switch_wal(); CHECKPOINT; SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .unwrap();
+    let status: String = client
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name LIKE 'segments\\_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "lost", "the slot was not invalidated");
+    assert!(!equals(&mut client, de, DE_SQL), "nothing to catch up");
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert!(equals(&mut client, de, DE_SQL), "the full refresh differs");
+    let (status, again): (String, String) = {
+        let r = client
+            .query_one(
+                "SELECT s.wal_status, c.created_at::text FROM pg_replication_slots s
+                   JOIN segments.capture_slot c USING (slot_name)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_ne!(status, "lost");
+    assert_ne!(created, again, "the slot was not made again");
+    // And it captures again.
+    client
+        .batch_execute(
+            "UPDATE customers SET unsubscribed = true WHERE country = 'DE' AND id % 5 = 0",
+        )
+        .unwrap();
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert!(equals(&mut client, de, DE_SQL));
+    assert!(
+        cluster.server_log().contains("was invalidated"),
+        "the log does not say why the live segments were refreshed"
+    );
+}
+
+/// DROP EXTENSION drops the slot and the publication; DROP DATABASE is not
+/// blocked by the slot (PostgreSQL refuses to drop a database with one).
+#[test]
+fn no_slot_is_left_behind() {
+    let cluster = Cluster::start(
+        "wal-drop",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=1",
+            "wal_level=logical",
+            "segments.capture=wal",
+        ],
+    );
+    let mut client = cluster.sample_unpinned("200");
+    create(&mut client, "Live DE", DE).unwrap();
+    wait_for("the scheduler's slot", 30, || {
+        (count(&mut client, SLOTS) == 1).then_some(())
+    });
+    client.batch_execute("DROP EXTENSION segments CASCADE").unwrap();
+    assert_eq!(count(&mut client, SLOTS), 0, "DROP EXTENSION left the slot");
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'segments_capture'"
+        ),
+        0,
+        "DROP EXTENSION left the publication"
+    );
+
+    client.batch_execute("CREATE DATABASE other").unwrap();
+    let mut other = cluster.connect("other");
+    other
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, country text, unsubscribed bool DEFAULT false);
+             INSERT INTO customers SELECT g, 'DE' FROM generate_series(1, 10) g;
+             CREATE EXTENSION segments;
+             SELECT segments.register_entity('customer', 'customers', 'id');",
+        )
+        .unwrap();
+    create(&mut other, "Live DE", DE).unwrap();
+    wait_for("the other database's slot", 30, || {
+        (count(&mut client, SLOTS) == 1).then_some(())
+    });
+    drop(other);
+    client
+        .batch_execute("DROP DATABASE other WITH (FORCE)")
+        .unwrap();
+    assert_eq!(count(&mut client, SLOTS), 0, "DROP DATABASE left the slot");
+}
+
+/// Switching trigger -> wal -> trigger while a writer runs loses nothing:
+/// each switch overlaps the two captures.
+#[test]
+fn switching_modes_under_writes_loses_nothing() {
+    let cluster = Cluster::start(
+        "wal-switch",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=1",
+            "wal_level=logical",
+        ],
+    );
+    let mut client = cluster.sample_unpinned("2000");
+    client
+        .batch_execute("ALTER TABLE orders REPLICA IDENTITY FULL")
+        .unwrap();
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    let buyers = create(&mut client, "Buyers", BUYERS).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let url = cluster.url("postgres");
+        std::thread::spawn(move || {
+            let mut w = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut i: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                w.batch_execute(&format!(
+                    "UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = {};
+                     INSERT INTO orders (id, customer_id, amount, ordered_at, status, channel) VALUES ({}, {}, 700, now(), 'paid', 'web');",
+                    1 + (i * 7) % 2000,
+                    70_000_000 + i,
+                    1 + (i * 13) % 2000
+                ))
+                .unwrap();
+            }
+            i
+        })
+    };
+    let mode = |client: &mut postgres::Client, m: &str| {
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET segments.capture = '{m}'"))
+            .unwrap();
+        client.batch_execute("SELECT pg_reload_conf()").unwrap();
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    mode(&mut client, "wal");
+    wait_for("the switch to WAL capture", 30, || {
+        (count(&mut client, SLOTS) == 1
+            && count(
+                &mut client,
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'",
+            ) == 0)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    mode(&mut client, "trigger");
+    wait_for("the switch back to triggers", 30, || {
+        (count(&mut client, SLOTS) == 0
+            && count(
+                &mut client,
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'segments_live%'",
+            ) > 0)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 50, "the writer wrote {writes} times");
+    wait_for("the last changes", 30, || {
+        (equals(&mut client, de, DE_SQL) && equals(&mut client, buyers, BUYERS_SQL)).then_some(())
+    });
+}
