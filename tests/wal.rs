@@ -190,7 +190,9 @@ fn no_slot_is_left_behind() {
     wait_for("the scheduler's slot", 30, || {
         (count(&mut client, SLOTS) == 1).then_some(())
     });
-    client.batch_execute("DROP EXTENSION segments CASCADE").unwrap();
+    client
+        .batch_execute("DROP EXTENSION segments CASCADE")
+        .unwrap();
     assert_eq!(count(&mut client, SLOTS), 0, "DROP EXTENSION left the slot");
     assert_eq!(
         count(
@@ -294,4 +296,96 @@ fn switching_modes_under_writes_loses_nothing() {
     wait_for("the last changes", 30, || {
         (equals(&mut client, de, DE_SQL) && equals(&mut client, buyers, BUYERS_SQL)).then_some(())
     });
+}
+
+/// An application that rolls back (or is killed) leaves the slot where the
+/// last committed one left it: the next one decodes the same changes.
+#[test]
+fn a_rolled_back_application_decodes_its_changes_again() {
+    let cluster = Cluster::start(
+        "wal-rollback",
+        &["wal_level=logical", "segments.capture=wal"],
+    );
+    let mut client = cluster.sample_unpinned("1000");
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    let position = |client: &mut postgres::Client| -> String {
+        client
+            .query_one("SELECT decoded_upto::text FROM segments.capture_slot", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = position(&mut client);
+    client
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 3 = 0")
+        .unwrap();
+    client
+        .batch_execute("BEGIN; SELECT * FROM segments.apply_changes(); ROLLBACK;")
+        .unwrap();
+    assert_eq!(
+        position(&mut client),
+        before,
+        "a rolled back application moved the position"
+    );
+    assert!(!equals(&mut client, de, DE_SQL));
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert!(equals(&mut client, de, DE_SQL), "the changes were lost");
+    assert_ne!(position(&mut client), before);
+    // The slot was advanced past them by a later decoding only: the next
+    // application finds nothing new.
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM segments.change_queue"),
+        0
+    );
+}
+
+/// A standby has no slot (slots are not replicated) and makes none; once
+/// promoted, its scheduler makes one and refreshes the live segments in
+/// full, then follows changes.
+#[test]
+fn a_promoted_standby_makes_its_own_slot() {
+    let primary = Cluster::start(
+        "wal-primary",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=1",
+            "wal_level=logical",
+            "segments.capture=wal",
+        ],
+    );
+    let mut client = primary.sample_unpinned("1000");
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    wait_for("the primary's slot", 30, || {
+        (count(&mut client, SLOTS) == 1).then_some(())
+    });
+    let standby = primary.standby("wal-standby");
+    let mut replica = standby.connect("postgres");
+    wait_for("the standby", 30, || {
+        (count(&mut replica, "SELECT count(*) FROM segments.capture_slot") == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&mut replica, SLOTS), 0, "a standby made a slot");
+    drop(client);
+    standby.promote();
+    let mut promoted = standby.connect("postgres");
+    wait_for("the promoted server's slot", 30, || {
+        (count(&mut promoted, SLOTS) == 1).then_some(())
+    });
+    promoted
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 5 = 0")
+        .unwrap();
+    wait_for("the change on the promoted server", 30, || {
+        equals(&mut promoted, de, DE_SQL).then_some(())
+    });
+    assert!(
+        standby.server_log().contains("is missing"),
+        "the log does not say why"
+    );
 }
