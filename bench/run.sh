@@ -5,16 +5,25 @@
 #
 #   bash bench/run.sh              # 1M customers, 5M orders, 5M email events
 #   bash bench/run.sh --scale 10000000 --runs 3
+#   bash bench/run.sh --capture wal     # live segments with WAL capture,
+#                                       # written to bench/wal-capture.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale=1000000; runs=5
+scale=1000000; runs=5; capture=trigger
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
-    *) echo "usage: bench/run.sh [--scale N] [--runs N]" >&2; exit 2 ;;
+    --capture) capture="$2"; shift 2 ;;
+    *) echo "usage: bench/run.sh [--scale N] [--runs N] [--capture trigger|wal]" >&2; exit 2 ;;
   esac
 done
+out=BENCHMARKS.md
+capture_settings=()
+if [ "$capture" = wal ]; then
+  out=bench/wal-capture.md
+  capture_settings=(wal_level=logical segments.capture=wal)
+fi
 dir="${SEGMENTS_BENCH_DIR:-/tmp/segments-bench}"
 port=55435
 url="host=$dir port=$port user=postgres dbname=postgres"
@@ -31,7 +40,7 @@ bash scripts/cluster.sh destroy "$dir"
 # until that case wakes it.
 bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
   max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off \
-  shared_preload_libraries=segments segments.naptime=3600
+  shared_preload_libraries=segments segments.naptime=3600 "${capture_settings[@]}"
 trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
 echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((96 * scale / 10)) product events"
@@ -39,11 +48,11 @@ time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -v sessions=6 -f scr
 psql "$url" -qX -c "VACUUM ANALYZE"
 
 echo "== running the cases"
-target/debug/examples/bench "$url" "$scale" "$runs" BENCHMARKS.md
-echo "== wrote BENCHMARKS.md"
+target/debug/examples/bench "$url" "$scale" "$runs" "$out"
+echo "== wrote $out"
 
 # Where Citus is installed: the same segments distributed vs local.
-if bash scripts/citus.sh installed; then
+if [ "$capture" = trigger ] && bash scripts/citus.sh installed; then
   echo "== Citus: distributed vs local"
   bash bench/citus.sh --scale "$scale" --out BENCHMARKS.md
 fi
