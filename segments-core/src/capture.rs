@@ -4,9 +4,11 @@
 //! queue them (`src/engine/live/capture.rs`): the entity key of each
 //! inserted, updated or deleted row (the old one too when it changed), or
 //! "everything changed" (no key) for a TRUNCATE, a bulk change, or a row
-//! whose key the WAL does not carry.
+//! whose key the WAL does not carry. For the entity's own table it also
+//! keeps each key's last decoded row (`Image`), so that apply need not
+//! read the table again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::pgoutput::{Message, Value};
 
@@ -29,12 +31,88 @@ pub struct Captured {
 pub struct Keys {
     pub everything: bool,
     pub keys: BTreeSet<String>,
+    /// The entity's own table only: each key's row as its last insert or
+    /// update wrote it, when the WAL carried every value (a delete, or a
+    /// later change of its key, removes it).
+    pub images: BTreeMap<String, Image>,
+}
+
+/// A decoded row of the entity's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// When the transaction that wrote it committed (PostgreSQL's
+    /// `TimestampTz`).
+    pub commit_time: i64,
+    /// (column, type oid, value as text or NULL); columns the WAL left out
+    /// (TOASTed and unchanged) are absent.
+    pub columns: Vec<(String, u32, Option<String>)>,
+}
+
+/// The first bytes of an encoded `Image`: a relation file number no
+/// relation has (0 is InvalidRelFileNumber), so that apply tells these
+/// from the heap-tuple images of trigger capture.
+pub const IMAGE_MARKER: [u8; 4] = [0, 0, 0, 0];
+
+impl Image {
+    /// The image's bytes, as `change_queue.image` keeps them.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = IMAGE_MARKER.to_vec();
+        out.extend_from_slice(&(self.columns.len() as u32).to_be_bytes());
+        for (name, type_oid, value) in &self.columns {
+            out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&type_oid.to_be_bytes());
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// The columns of an encoded image (commit time not included); None
+    /// when the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Vec<(String, u32, Option<String>)>> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            (bytes.len() >= n).then(|| {
+                let (head, rest) = bytes.split_at(n);
+                *bytes = rest;
+                head
+            })
+        }
+        fn u32_of(bytes: &mut &[u8]) -> Option<u32> {
+            take(bytes, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        let mut rest = bytes.strip_prefix(&IMAGE_MARKER[..])?;
+        let count = u32_of(&mut rest)?;
+        let mut columns = Vec::new();
+        for _ in 0..count {
+            let len = u32_of(&mut rest)? as usize;
+            let name = std::str::from_utf8(take(&mut rest, len)?).ok()?.to_string();
+            let type_oid = u32_of(&mut rest)?;
+            let value = match take(&mut rest, 1)?[0] {
+                0 => None,
+                1 => {
+                    let len = u32_of(&mut rest)? as usize;
+                    Some(std::str::from_utf8(take(&mut rest, len)?).ok()?.to_string())
+                }
+                _ => return None,
+            };
+            columns.push((name, type_oid, value));
+        }
+        rest.is_empty().then_some(columns)
+    }
 }
 
 /// A relation as its last relation message described it.
 struct Relation {
     full_identity: bool,
-    columns: Vec<(String, bool)>,
+    /// (name, part of the identity, type oid).
+    columns: Vec<(String, bool, u32)>,
 }
 
 /// Turns a slot's messages into changed keys.
@@ -47,6 +125,8 @@ pub struct Decoder {
     /// there.
     pub decoded_upto: Option<u64>,
     max_keys: usize,
+    /// The commit time of the transaction being decoded.
+    commit_time: i64,
 }
 
 impl Decoder {
@@ -59,12 +139,14 @@ impl Decoder {
             changes: HashMap::new(),
             decoded_upto: None,
             max_keys,
+            commit_time: 0,
         }
     }
 
     /// Takes one message.
     pub fn feed(&mut self, message: Message) {
         match message {
+            Message::Begin { commit_time } => self.commit_time = commit_time,
             Message::Commit { end_lsn } => self.decoded_upto = Some(end_lsn),
             Message::Relation {
                 id,
@@ -74,7 +156,7 @@ impl Decoder {
             } => {
                 let columns = columns
                     .into_iter()
-                    .map(|c| (c.name, c.in_identity))
+                    .map(|c| (c.name, c.in_identity, c.type_oid))
                     .collect();
                 self.relations.insert(
                     id,
@@ -87,6 +169,7 @@ impl Decoder {
             Message::Insert { relation, new } => {
                 for c in self.captured_on(relation) {
                     let key = self.key_of(relation, &c, &new);
+                    self.keep_image(relation, &c, &key, Some(&new));
                     self.queue(&c, key);
                 }
             }
@@ -103,6 +186,7 @@ impl Decoder {
                         Found::Null if !self.carries_old_key(relation, &c) => Found::Unknown,
                         found => found,
                     };
+                    self.keep_image(relation, &c, &key, None);
                     self.queue(&c, key);
                 }
             }
@@ -113,7 +197,7 @@ impl Decoder {
                     }
                 }
             }
-            Message::Begin | Message::Other => {}
+            Message::Other => {}
         }
     }
 
@@ -147,6 +231,7 @@ impl Decoder {
                 }
                 let old_key = self.key_of(relation, c, old);
                 if old_key != new_key {
+                    self.keep_image(relation, c, &old_key, None);
                     self.queue(c, old_key);
                 }
             }
@@ -158,6 +243,7 @@ impl Decoder {
                     found => found,
                 };
                 if old_key != new_key {
+                    self.keep_image(relation, c, &old_key, None);
                     self.queue(c, old_key);
                 }
             }
@@ -170,7 +256,44 @@ impl Decoder {
                 }
             }
         }
+        self.keep_image(relation, c, &new_key, Some(new));
         self.queue(c, new_key);
+    }
+
+    /// Keeps (`row` given) or forgets (None) a key's row image, for the
+    /// entity's own table.
+    fn keep_image(&mut self, relation: u32, c: &Captured, key: &Found, row: Option<&[Value]>) {
+        let Found::Key(key) = key else {
+            return;
+        };
+        if c.source.is_some() {
+            return;
+        }
+        let image = row.and_then(|row| {
+            let described = &self.relations.get(&relation)?.columns;
+            let columns = described
+                .iter()
+                .zip(row)
+                .filter_map(|((name, _, type_oid), value)| match value {
+                    Value::Text(v) => Some(Some((name.clone(), *type_oid, Some(v.clone())))),
+                    Value::Null => Some(Some((name.clone(), *type_oid, None))),
+                    Value::Unchanged => None,
+                    Value::Binary(_) => Some(None),
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Image {
+                commit_time: self.commit_time,
+                columns,
+            })
+        });
+        let keys = self
+            .changes
+            .entry((c.entity.clone(), c.source.clone()))
+            .or_default();
+        match image {
+            Some(image) => keys.images.insert(key.clone(), image),
+            None => keys.images.remove(key),
+        };
     }
 
     /// Whether the WAL carries a row's old key column (REPLICA IDENTITY
@@ -180,7 +303,7 @@ impl Decoder {
             r.full_identity
                 || r.columns
                     .iter()
-                    .any(|(name, in_identity)| *in_identity && *name == c.key_column)
+                    .any(|(name, in_identity, _)| *in_identity && *name == c.key_column)
         })
     }
 
@@ -189,7 +312,7 @@ impl Decoder {
             .get(&relation)?
             .columns
             .iter()
-            .position(|(name, _)| name == column)
+            .position(|(name, _, _)| name == column)
     }
 
     /// The key column's value in a tuple.
@@ -219,6 +342,7 @@ impl Decoder {
                 if keys.keys.len() > self.max_keys {
                     keys.everything = true;
                     keys.keys.clear();
+                    keys.images.clear();
                 }
             }
             // A row without a key belongs to no entity.
@@ -226,6 +350,7 @@ impl Decoder {
             Found::Unknown => {
                 keys.everything = true;
                 keys.keys.clear();
+                keys.images.clear();
             }
         }
     }
@@ -385,7 +510,7 @@ mod tests {
             relation: 2,
             old: vec![text("2"), Value::Null, text("1"), Value::Null],
         });
-        assert_eq!(keys(&d, Some("orders")).0, false);
+        assert!(!keys(&d, Some("orders")).0);
     }
 
     #[test]
@@ -408,6 +533,94 @@ mod tests {
             keys(&d, None),
             (false, vec!["10".into(), "7".into(), "8".into()])
         );
+    }
+
+    #[test]
+    fn the_entity_s_last_decoded_row_is_kept_for_each_key() {
+        let mut d = decoder();
+        d.feed(relation(1, b'd', &[("id", true), ("country", false)]));
+        d.feed(Message::Begin { commit_time: 5 });
+        d.feed(Message::Insert {
+            relation: 1,
+            new: vec![text("7"), text("DE")],
+        });
+        d.feed(Message::Insert {
+            relation: 1,
+            new: vec![text("8"), Value::Null],
+        });
+        d.feed(Message::Begin { commit_time: 9 });
+        d.feed(Message::Update {
+            relation: 1,
+            old: None,
+            new: vec![text("7"), text("FR")],
+        });
+        // A TOASTed value left out: no image (the table is read).
+        d.feed(Message::Update {
+            relation: 1,
+            old: None,
+            new: vec![text("8"), Value::Unchanged],
+        });
+        let images = &d.changes[&("customer".to_string(), None)].images;
+        assert_eq!(
+            images["7"],
+            Image {
+                commit_time: 9,
+                columns: vec![
+                    ("id".into(), 23, Some("7".into())),
+                    ("country".into(), 23, Some("FR".into()))
+                ]
+            }
+        );
+        assert_eq!(
+            images["8"].columns,
+            vec![("id".into(), 23, Some("8".into()))]
+        );
+        // A deleted row and a key that moved away have none.
+        d.feed(Message::Delete {
+            relation: 1,
+            old: vec![text("7"), Value::Null],
+        });
+        d.feed(Message::Update {
+            relation: 1,
+            old: Some(vec![text("8"), Value::Null]),
+            new: vec![text("10"), text("IT")],
+        });
+        let images = &d.changes[&("customer".to_string(), None)].images;
+        assert_eq!(images.keys().collect::<Vec<_>>(), ["10"]);
+        // Related tables keep none.
+        d.feed(relation(
+            2,
+            b'f',
+            &[("id", true), ("customer_id", true), ("amount", true)],
+        ));
+        d.feed(Message::Insert {
+            relation: 2,
+            new: vec![text("1"), text("7"), text("5")],
+        });
+        assert!(
+            d.changes[&("customer".to_string(), Some("orders".to_string()))]
+                .images
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn images_encode_and_decode_and_nothing_else_decodes() {
+        let image = Image {
+            commit_time: 1,
+            columns: vec![
+                ("id".into(), 23, Some("7".into())),
+                ("note".into(), 25, None),
+                ("naïve \"q\"".into(), 25, Some(String::new())),
+            ],
+        };
+        let bytes = image.encode();
+        assert_eq!(Image::decode(&bytes), Some(image.columns.clone()));
+        for n in 0..bytes.len() {
+            assert_eq!(Image::decode(&bytes[..n]), None);
+        }
+        // A heap tuple image starts with its file number, never 0.
+        assert_eq!(Image::decode(&[1, 0, 0, 0, 0, 0, 0, 0]), None);
     }
 
     #[test]

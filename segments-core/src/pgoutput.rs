@@ -34,7 +34,11 @@ pub enum Value {
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Begin,
+    /// A transaction starts; `commit_time` is when it committed
+    /// (microseconds since 2000-01-01, PostgreSQL's `TimestampTz`).
+    Begin {
+        commit_time: i64,
+    },
     /// The end of a transaction: `end_lsn` is the position after its commit
     /// record, where decoding resumes without seeing it again.
     Commit {
@@ -149,7 +153,12 @@ impl<'a> Reader<'a> {
 pub fn parse(bytes: &[u8]) -> Result<Message, Malformed> {
     let mut r = Reader { bytes };
     Ok(match r.u8()? {
-        b'B' => Message::Begin,
+        b'B' => {
+            let _final_lsn = r.u64()?;
+            Message::Begin {
+                commit_time: r.u64()? as i64,
+            }
+        }
         b'C' => {
             let _flags = r.u8()?;
             let _commit_lsn = r.u64()?;
@@ -318,7 +327,9 @@ mod tests {
         );
         assert_eq!(
             parse(&hex("4200000000015351c8000305063d6e1892000002d6")).unwrap(),
-            Message::Begin
+            Message::Begin {
+                commit_time: 0x000305063d6e1892
+            }
         );
     }
 

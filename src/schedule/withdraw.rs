@@ -307,7 +307,7 @@ unsafe extern "C-unwind" fn before(statement: *mut pg_sys::Node) -> bool {
                 if withdraw(database) {
                     crate::engine::live::wal::drop_slot_of(database);
                     if database == pg_sys::MyDatabaseId {
-                        crate::engine::live::wal::drop_publication();
+                        crate::engine::live::publication::drop_publication();
                     }
                 }
                 false

@@ -23,8 +23,8 @@ use segments_core::sql::{ident, literal};
 use crate::engine::evaluate::{
     evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues,
 };
-use crate::engine::live::install::columns_read_by;
 use crate::engine::live::related::{plan_owner, related_values, OwnerPlan};
+use crate::engine::live::tables::columns_read_by;
 use crate::engine::plan::compute_as;
 use crate::engine::progress::{self, Kind, Progress};
 use crate::engine::refresh::{dependency_order, refresh_segments};

@@ -254,6 +254,117 @@ pub fn rows_of_images(
     columns: &[(String, String)],
     images: &[(String, Vec<u8>)],
 ) -> (Option<String>, Vec<String>) {
+    // WAL capture's images (decoded rows, as text) and the triggers' (heap
+    // tuples) become one SELECT each.
+    let (decoded, tuples): (Vec<_>, Vec<_>) = images
+        .iter()
+        .cloned()
+        .partition(|(_, image)| image.starts_with(&segments_core::capture::IMAGE_MARKER[..]));
+    let (tuple_rows, mut unusable) = rows_of_tuple_images(relation, columns, &tuples);
+    let (decoded_rows, unusable_decoded) = rows_of_decoded_images(relation, columns, &decoded);
+    unusable.extend(unusable_decoded);
+    let source = match (tuple_rows, decoded_rows) {
+        (Some(a), Some(b)) => Some(format!("{a} UNION ALL {b}")),
+        (a, b) => a.or(b),
+    };
+    (source, unusable)
+}
+
+/// The rows of WAL capture's images (`segments_core::capture::Image`) as a
+/// SELECT of `columns`: their text values cast to the columns' base types
+/// (as the heap images' arrays are). An image is usable only when it has
+/// every column, each of the type the column has now (a type changed since
+/// would read the text differently); the others are returned.
+fn rows_of_decoded_images(
+    relation: pg_sys::Oid,
+    columns: &[(String, String)],
+    images: &[(String, Vec<u8>)],
+) -> (Option<String>, Vec<String>) {
+    if images.is_empty() {
+        return (None, Vec::new());
+    }
+    // The columns' types now, by name.
+    let types: Vec<Option<u32>> = columns
+        .iter()
+        .map(|(name, _)| {
+            crate::pg::spi::optional_value::<pg_sys::Oid>(
+                "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
+                    AND attname OPERATOR(pg_catalog.=) $2 AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+                &[relation.into(), name.as_str().into()],
+            )
+            .map(|oid| oid.to_u32())
+        })
+        .collect();
+    let mut unusable = Vec::new();
+    let mut values: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
+    for (key, image) in images {
+        let row: Option<Vec<Option<String>>> = segments_core::capture::Image::decode(image)
+            .and_then(|decoded| {
+                columns
+                    .iter()
+                    .zip(&types)
+                    .map(|((name, _), now)| {
+                        decoded
+                            .iter()
+                            .find(|(n, t, _)| n == name && Some(*t) == *now)
+                            .map(|(_, _, v)| v.clone())
+                    })
+                    .collect()
+            });
+        match row {
+            Some(row) => {
+                for (i, v) in row.into_iter().enumerate() {
+                    values[i].push(v);
+                }
+            }
+            None => unusable.push(key.clone()),
+        }
+    }
+    if values.first().is_none_or(Vec::is_empty) {
+        return (None, unusable);
+    }
+    // Each column's values as a text array literal, cast to its type.
+    let arrays = values
+        .iter()
+        .zip(columns)
+        .map(|(values, (_, type_sql))| {
+            let elements = values
+                .iter()
+                .map(|v| match v {
+                    None => "NULL".to_string(),
+                    Some(v) => format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            format!(
+                "pg_catalog.unnest({}::{type_sql}[])",
+                segments_core::sql::literal(&format!("{{{elements}}}"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = columns
+        .iter()
+        .map(|(name, _)| segments_core::sql::ident(name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        Some(format!(
+            "SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})"
+        )),
+        unusable,
+    )
+}
+
+/// The rows of the capture triggers' heap-tuple images (see `image_of`).
+fn rows_of_tuple_images(
+    relation: pg_sys::Oid,
+    columns: &[(String, String)],
+    images: &[(String, Vec<u8>)],
+) -> (Option<String>, Vec<String>) {
+    if images.is_empty() {
+        return (None, Vec::new());
+    }
     let mut unusable = Vec::new();
     // SAFETY: the relation is opened under a lock and closed keeping it;
     // every image is copied to a MAXALIGNed buffer before it is deformed
@@ -441,12 +552,26 @@ fn enqueue(entity: &str, key: Option<&str>, source: Option<&str>, image: Option<
 }
 
 /// Appends one row per (key, image) to `segments.change_queue`, opening it
-/// once.
+/// once; queued now (the transaction's start).
 pub(super) fn enqueue_all(
     entity: &str,
     rows: &[(Option<&str>, Option<&[u8]>)],
     source: Option<&str>,
 ) {
+    let rows: Vec<Queue<'_>> = rows.iter().map(|(k, i)| (*k, *i, None)).collect();
+    enqueue_rows(entity, &rows, source);
+}
+
+/// A row for the queue: key, image, and when the change was made (None:
+/// the transaction's start).
+pub(super) type Queue<'a> = (
+    Option<&'a str>,
+    Option<&'a [u8]>,
+    Option<pg_sys::TimestampTz>,
+);
+
+/// Appends `rows` to `segments.change_queue`, opening it once.
+pub(super) fn enqueue_rows(entity: &str, rows: &[Queue<'_>], source: Option<&str>) {
     // SAFETY: plain catalog lookups and heap inserts into our own table,
     // inside the running transaction; errors are Postgres ERRORs that
     // pgrx's guard turns into a clean abort.
@@ -459,15 +584,15 @@ pub(super) fn enqueue_all(
         let relation = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*relation).rd_att;
         let natts = (*desc).natts as usize;
-        let queued_at = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-        for (key, image) in rows {
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        for (key, image, at) in rows {
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![true; natts];
             // Columns by position, as created: entity, key, queued_at, source, image.
             let row = [
                 entity.into_datum(),
                 key.and_then(|k| k.into_datum()),
-                Some(queued_at),
+                Some(pg_sys::Datum::from(at.unwrap_or(now))),
                 source.and_then(|s| s.into_datum()),
                 image.and_then(|i| i.into_datum()),
             ];

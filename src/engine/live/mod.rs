@@ -2,6 +2,8 @@
 //! updates and deletes within seconds, at a cost proportional to what
 //! changed.
 //!
+//! - `tables`: what capture watches: the tables live segments read, their
+//!   key columns and the columns read there.
 //! - `install`: the capture triggers live segments need, on the entity
 //!   table and the related tables they read, installed with the first
 //!   live segment that needs a table and removed with the last.
@@ -13,6 +15,8 @@
 //! - `related`: the related values kept between applications.
 //! - `paths`: keys queued by tables reached through others, mapped to the
 //!   entity keys they belong to.
+//! - `publication`: the publication WAL capture decodes, and its checks of
+//!   the server and the tables.
 //! - `wal`: the other capture (`segments.capture = 'wal'`): the scheduler
 //!   decodes the changes from a logical replication slot into the same
 //!   queue, and the writing transaction does nothing.
@@ -24,5 +28,7 @@ pub mod apply;
 pub mod capture;
 pub mod install;
 pub mod paths;
+pub mod publication;
 pub mod related;
+pub mod tables;
 pub mod wal;

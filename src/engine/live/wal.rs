@@ -3,9 +3,10 @@
 //! work for them.
 //!
 //! - The tables live segments read are the publication `segments_capture`
-//!   (`sync_publication`, called by `install::sync_capture` in place of the
+//!   (`publication`, kept by `install::sync_capture` in place of the
 //!   triggers). Updates and deletes must carry the entity key in the WAL:
-//!   `check_requirements` refuses a table whose replica identity lacks it.
+//!   `publication::check_requirements` refuses a table whose replica
+//!   identity lacks it.
 //! - Each database has one logical replication slot, `segments_<database
 //!   oid>` (pgoutput). Every `apply_changes` (the scheduler's, each pass,
 //!   or a user's) first keeps it as the mode and the live segments need
@@ -18,6 +19,10 @@
 //!   slot is advanced to that position only by the next decoding, once it
 //!   is committed: an apply that rolls back (or is killed) reads the same
 //!   changes again.
+//! - For the entity's own table, each key goes with its last decoded row
+//!   (`segments_core::capture::Image`, text values) and that row's commit
+//!   time: apply reads it instead of the table, as it reads the row images
+//!   of trigger capture (`capture::rows_of_images`).
 //! - A slot that is missing (a promoted standby, a restore, pg_upgrade) or
 //!   invalidated (`max_slot_wal_keep_size`) is made again, and the live
 //!   segments are refreshed in full: changes are never lost silently.
@@ -26,7 +31,7 @@
 //!   `trigger` installs the triggers, decodes what the slot still holds,
 //!   then drops it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
@@ -34,13 +39,13 @@ use pgrx::spi::Spi;
 use segments_core::capture::{Captured, Decoder};
 use segments_core::sql::literal;
 
-use crate::engine::live::install::{captured_tables, CapturedTable};
-use crate::pg::error::{Raise, SegmentsError};
-use crate::pg::gucs;
+use crate::engine::live::capture::Queue;
+use crate::engine::live::publication::{
+    check_requirements, drop_publication, ensure_publication, publication_exists, wanted,
+    PUBLICATION,
+};
+use crate::engine::live::tables::captured_tables;
 use crate::pg::spi::{for_each_row, optional_value, required, spi};
-
-/// The publication of the tables live segments read.
-pub const PUBLICATION: &str = "segments_capture";
 
 /// Decoded messages read from the slot at a time.
 const MESSAGES_PER_FETCH: i64 = 10_000;
@@ -48,11 +53,6 @@ const MESSAGES_PER_FETCH: i64 = 10_000;
 /// More changed keys of one entity and table than this in one decoding
 /// are applied as "everything changed" (as `apply_changes` does).
 const MAX_KEYS: usize = 100_000;
-
-/// Whether `segments.capture` is `wal`.
-pub fn wanted() -> bool {
-    gucs::CAPTURE.get() == gucs::Capture::Wal
-}
 
 /// The slot of a database: slot names are cluster-wide.
 pub fn slot_name(database: pg_sys::Oid) -> String {
@@ -63,115 +63,6 @@ pub fn slot_name(database: pg_sys::Oid) -> String {
 fn this_slot() -> String {
     // SAFETY: reads this backend's database.
     slot_name(unsafe { pg_sys::MyDatabaseId })
-}
-
-/// Refuses WAL capture where it cannot see every change: a server without
-/// `wal_level = logical`, or a table whose replica identity does not carry
-/// its key column (an UPDATE or DELETE would not say whose row it was).
-pub(super) fn check_requirements(tables: &[CapturedTable]) {
-    let level = optional_value::<String>("SELECT pg_catalog.current_setting('wal_level')", &[])
-        .unwrap_or_default();
-    if level != "logical" {
-        SegmentsError::InvalidState(format!(
-            "segments.capture = 'wal' needs wal_level = logical (it is {level})"
-        ))
-        .with_hint(Some(
-            "ALTER SYSTEM SET wal_level = logical and restart the server, or set segments.capture = 'trigger'.".into(),
-        ))
-        .raise();
-    }
-    for table in tables {
-        let carries_key = optional_value::<bool>(
-            "SELECT c.relreplident OPERATOR(pg_catalog.=) 'f' OR EXISTS (
-                 SELECT FROM pg_catalog.pg_index i
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                                                 AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey)
-                  WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) $2
-                    AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
-               FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
-            &[table.relation.into(), table.key_column.as_str().into()],
-        )
-        .unwrap_or(false);
-        if !carries_key {
-            SegmentsError::InvalidState(format!(
-                "segments.capture = 'wal' cannot map changes of {} to records: its replica identity does not include column {}",
-                table.relation_sql,
-                segments_core::sql::ident(&table.key_column)
-            ))
-            .with_hint(Some(format!(
-                "ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX a unique index on that column), or set segments.capture = 'trigger'.",
-                table.relation_sql
-            )))
-            .raise();
-        }
-    }
-}
-
-/// Whether the publication exists.
-fn publication_exists() -> bool {
-    optional_value::<bool>(
-        "SELECT true FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1",
-        &[PUBLICATION.into()],
-    )
-    .unwrap_or(false)
-}
-
-/// Creates the publication, without tables, when it is missing. Partitions
-/// publish as their root, the table segments registered.
-fn ensure_publication() {
-    if !publication_exists() {
-        spi(Spi::run(&format!(
-            "CREATE PUBLICATION {PUBLICATION} WITH (publish_via_partition_root = true)"
-        )));
-    }
-}
-
-/// Makes the publication name exactly `tables` (none in trigger mode; the
-/// publication itself stays until the slot is dropped, since decoding what
-/// the slot holds needs it).
-pub(super) fn sync_publication(tables: &[CapturedTable]) {
-    if tables.is_empty() && !publication_exists() {
-        return;
-    }
-    ensure_publication();
-    // (relation, its name now).
-    let published: Vec<(u32, String)> = Spi::connect(|client| {
-        spi(client.select(
-            "SELECT r.prrelid, pg_catalog.format('%I.%I', n.nspname, c.relname)
-               FROM pg_catalog.pg_publication_rel r
-               JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
-               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.prrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-              WHERE p.pubname OPERATOR(pg_catalog.=) $1",
-            None,
-            &[PUBLICATION.into()],
-        ))
-        .map(|row| {
-            (
-                required::<pg_sys::Oid>(&row, 1).to_u32(),
-                required::<String>(&row, 2),
-            )
-        })
-        .collect()
-    });
-    let mut present: BTreeSet<u32> = published.iter().map(|(r, _)| *r).collect();
-    let wanted: BTreeSet<u32> = tables.iter().map(|t| t.relation.to_u32()).collect();
-    for table in tables {
-        // A table several entities read is added once.
-        if present.insert(table.relation.to_u32()) {
-            spi(Spi::run(&format!(
-                "ALTER PUBLICATION {PUBLICATION} ADD TABLE {}",
-                table.relation_sql
-            )));
-        }
-    }
-    for (relation, relation_sql) in &published {
-        if !wanted.contains(relation) {
-            spi(Spi::run(&format!(
-                "ALTER PUBLICATION {PUBLICATION} DROP TABLE {relation_sql}"
-            )));
-        }
-    }
 }
 
 /// The slot as pg_replication_slots shows it.
@@ -429,13 +320,36 @@ pub fn decode_into_queue() {
         error!("segments: WAL capture slot {name}: {e}");
     }
     for ((entity, source), keys) in &decoder.changes {
-        let rows: Vec<(Option<&str>, Option<&[u8]>)> = if keys.everything {
-            vec![(None, None)]
+        // A key of the entity's own table goes with its last decoded row
+        // and that row's commit time (apply uses an image only when it is
+        // newer than the live segments' last full evaluation).
+        let images: Vec<(Vec<u8>, i64)> = keys
+            .keys
+            .iter()
+            .map(|k| {
+                keys.images
+                    .get(k)
+                    .map(|i| (i.encode(), i.commit_time))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let rows: Vec<Queue<'_>> = if keys.everything {
+            vec![(None, None, None)]
         } else {
-            keys.keys.iter().map(|k| (Some(k.as_str()), None)).collect()
+            keys.keys
+                .iter()
+                .zip(&images)
+                .map(|(k, (image, at))| {
+                    if image.is_empty() {
+                        (Some(k.as_str()), None, None)
+                    } else {
+                        (Some(k.as_str()), Some(image.as_slice()), Some(*at))
+                    }
+                })
+                .collect()
         };
         if !rows.is_empty() {
-            crate::engine::live::capture::enqueue_all(entity, &rows, source.as_deref());
+            crate::engine::live::capture::enqueue_rows(entity, &rows, source.as_deref());
         }
     }
     if let Some(upto) = decoder.decoded_upto {
@@ -467,13 +381,5 @@ pub fn drop_slot_of(database: pg_sys::Oid) {
         if !pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true).is_null() {
             pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
         }
-    }
-}
-
-/// Drops the publication with the extension (`DROP EXTENSION segments`):
-/// a publication cannot be a member of an extension.
-pub fn drop_publication() {
-    if publication_exists() {
-        spi(Spi::run(&format!("DROP PUBLICATION {PUBLICATION}")));
     }
 }
