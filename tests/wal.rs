@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{sqlstate, wait_for, Cluster};
+use harness::{members_differ, sqlstate, wait_for, Cluster};
 
 const DE: &str = r#"{"entity":"customer","rules":[{"where":{"attribute":"country","op":"eq","value":"DE"}},
                      {"combine":"except","where":{"attribute":"unsubscribed","op":"is_true"}}]}"#;
@@ -20,16 +20,14 @@ const BUYERS_SQL: &str = "(SELECT sum(amount) FROM orders o WHERE o.customer_id 
 
 /// Whether a segment's members equal a hand-written query.
 fn equals(client: &mut postgres::Client, segment: i64, sql: &str) -> bool {
-    client
-        .query_one(
-            &format!(
-                "SELECT (SELECT array_agg(id ORDER BY id) FROM customers c WHERE {sql}) IS NOT DISTINCT FROM \
-                        (SELECT array_agg(id ORDER BY id) FROM segments.customer_members WHERE segment_id = $1)"
-            ),
-            &[&segment],
-        )
-        .unwrap()
-        .get(0)
+    members_differ(
+        client,
+        "segments.customer_members",
+        "customers c",
+        "c.id",
+        sql,
+        segment,
+    ) == 0
 }
 
 fn create(

@@ -343,17 +343,18 @@ fn rows_of_decoded_images(
         })
         .collect::<Vec<_>>()
         .join(", ");
+    (Some(rows_from(columns, &arrays)), unusable)
+}
+
+/// `SELECT <columns> FROM ROWS FROM (<arrays>)`: one unnested array per
+/// column, side by side.
+fn rows_from(columns: &[(String, String)], arrays: &str) -> String {
     let names = columns
         .iter()
         .map(|(name, _)| segments_core::sql::ident(name))
         .collect::<Vec<_>>()
         .join(", ");
-    (
-        Some(format!(
-            "SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})"
-        )),
-        unusable,
-    )
+    format!("SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})")
 }
 
 /// The rows of the capture triggers' heap-tuple images (see `image_of`).
@@ -466,12 +467,7 @@ fn rows_of_tuple_images(
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let names = columns
-                .iter()
-                .map(|(name, _)| segments_core::sql::ident(name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("SELECT {names} FROM ROWS FROM ({arrays}) AS i({names})")
+            rows_from(columns, &arrays)
         });
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         (source, unusable)
