@@ -456,3 +456,82 @@ fn decoded_rows_spare_reading_the_entity_table() {
     assert!(equals(&mut client, de, DE_SQL));
     assert!(read > 0, "decoded rows of another type were used");
 }
+
+/// A dump of a database with WAL capture restores (`pg_restore -1`) with
+/// its publication and no slot: the restored database makes its own slot
+/// and refreshes its live segments in full, and DROP DATABASE of it is not
+/// blocked by that slot.
+#[test]
+fn a_restored_database_makes_its_own_slot() {
+    let cluster = Cluster::start(
+        "wal-restore",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=3600",
+            "wal_level=logical",
+            "segments.capture=wal",
+        ],
+    );
+    let mut client = cluster.sample_unpinned("500");
+    client
+        .batch_execute("ALTER TABLE orders REPLICA IDENTITY FULL")
+        .unwrap();
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    let buyers = create(&mut client, "Buyers", BUYERS).unwrap();
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    client
+        .batch_execute("UPDATE customers SET country = 'DE' WHERE id % 4 = 0")
+        .unwrap();
+    let dump = std::env::temp_dir().join(format!("segments-wal-{}.dump", std::process::id()));
+    let run = |command: &mut std::process::Command| {
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(std::process::Command::new(harness::pg_bin("pg_dump"))
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(cluster.url("postgres")));
+    client.batch_execute("CREATE DATABASE restored").unwrap();
+    run(std::process::Command::new(harness::pg_bin("pg_restore"))
+        .args(["-1", "-d"])
+        .arg(cluster.url("restored"))
+        .arg(&dump));
+    let _ = std::fs::remove_file(&dump);
+    let mut restored = cluster.connect("restored");
+    assert_eq!(
+        count(&mut restored, "SELECT count(*) FROM segments.capture_slot"),
+        0,
+        "the decoded position was dumped"
+    );
+    restored
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert_eq!(
+        count(&mut client, SLOTS),
+        2,
+        "the restored database has no slot of its own"
+    );
+    restored
+        .batch_execute("UPDATE customers SET unsubscribed = true WHERE id % 6 = 0")
+        .unwrap();
+    restored
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    assert!(
+        equals(&mut restored, de, DE_SQL),
+        "restored: live DE differs"
+    );
+    assert!(
+        equals(&mut restored, buyers, BUYERS_SQL),
+        "restored: buyers differ"
+    );
+    drop(restored);
+    client.batch_execute("DROP DATABASE restored").unwrap();
+    assert_eq!(count(&mut client, SLOTS), 1);
+}

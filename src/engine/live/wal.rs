@@ -67,15 +67,18 @@ fn this_slot() -> String {
 
 /// The slot as pg_replication_slots shows it.
 struct SlotState {
-    /// Invalidated: its WAL was removed (`max_slot_wal_keep_size`) or it
-    /// conflicted on a standby.
+    /// Invalidated: its WAL was removed (`max_slot_wal_keep_size`), it was
+    /// idle too long (`idle_replication_slot_timeout`, 18), or it conflicted.
     lost: bool,
 }
 
 fn slot_state(name: &str) -> Option<SlotState> {
     optional_value::<bool>(
-        "SELECT COALESCE(wal_status OPERATOR(pg_catalog.=) 'lost', false)
-           FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) $1",
+        // invalidation_reason (17+: an idle timeout, too) through to_jsonb:
+        // older majors have only wal_status.
+        "SELECT COALESCE(s.wal_status OPERATOR(pg_catalog.=) 'lost', false)
+                OR (pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason') IS NOT NULL
+           FROM pg_catalog.pg_replication_slots s WHERE s.slot_name OPERATOR(pg_catalog.=) $1",
         &[name.into()],
     )
     .map(|lost| SlotState { lost })
@@ -154,7 +157,20 @@ pub enum AfterDecoding {
 ///   between the two captures.
 pub fn maintain() -> AfterDecoding {
     let name = this_slot();
-    match plan(&name) {
+    let plan = plan(&name);
+    // One session changes the slot at a time (the scheduler and a user's
+    // apply_changes may meet); another finds the lock taken and leaves it
+    // to that one. An advisory lock assigns no transaction id.
+    if plan != SlotPlan::Nothing
+        && optional_value::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('segments WAL capture slot'), \
+                    pg_catalog.hashtext($1))",
+            &[name.as_str().into()],
+        ) != Some(true)
+    {
+        return AfterDecoding::Nothing;
+    }
+    match plan {
         SlotPlan::Nothing => AfterDecoding::Nothing,
         SlotPlan::Create => {
             // SAFETY: reads this transaction's state.
