@@ -307,8 +307,14 @@ fn run_pass() {
         pg_sys::BackendState::STATE_RUNNING,
         c"segments scheduler: applying live changes",
     );
-    in_transaction("applying live changes", || {
+    let applied = in_transaction("applying live changes", || {
         crate::pg::sandbox::privileged(crate::engine::live::apply::apply_changes);
     });
+    // WAL capture: once the application committed, its slot moves on.
+    if applied.is_some() && crate::engine::live::publication::wanted() {
+        in_transaction("advancing the WAL capture slot", || {
+            crate::pg::sandbox::privileged(crate::engine::live::wal::advance_to_recorded)
+        });
+    }
     report_activity(pg_sys::BackendState::STATE_IDLE, c"");
 }

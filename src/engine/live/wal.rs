@@ -289,13 +289,7 @@ pub fn decode_into_queue() {
         }
     }
     // What the last decoding committed is applied: the slot may move on.
-    spi(Spi::run_with_args(
-        "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, $2::pg_catalog.pg_lsn)
-           FROM pg_catalog.pg_replication_slots s
-          WHERE s.slot_name OPERATOR(pg_catalog.=) $1
-            AND s.confirmed_flush_lsn OPERATOR(pg_catalog.<) $2::pg_catalog.pg_lsn",
-        &[name.as_str().into(), decoded_upto.as_str().into()],
-    ));
+    advance(&name, &decoded_upto);
     let mut captured: HashMap<u32, Vec<Captured>> = HashMap::new();
     for table in captured_tables() {
         captured
@@ -308,6 +302,13 @@ pub fn decode_into_queue() {
                 source: (!table.source.is_empty()).then_some(table.source),
             });
     }
+    // Decoding stops at the WAL flushed to disk: transactions committed
+    // with synchronous_commit = off may not be yet (the WAL writer flushes
+    // within wal_writer_delay). Flushing what is written makes every commit
+    // made before this application visible to it, as a commit would.
+    // SAFETY: a primary (apply refuses a standby), inside a transaction;
+    // XLogFlush to the current insert position is what a commit does.
+    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
     let mut decoder = Decoder::new(captured, MAX_KEYS);
     let mut malformed = None;
     for_each_row(
@@ -374,6 +375,32 @@ pub fn decode_into_queue() {
               WHERE slot_name OPERATOR(pg_catalog.=) $1",
             &[name.as_str().into(), format_lsn(upto).as_str().into()],
         ));
+    }
+}
+
+/// Moves the slot to `upto` (a committed decoded position) when it is
+/// behind it.
+fn advance(name: &str, upto: &str) {
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, $2::pg_catalog.pg_lsn)
+           FROM pg_catalog.pg_replication_slots s
+          WHERE s.slot_name OPERATOR(pg_catalog.=) $1 AND NOT s.active
+            AND s.confirmed_flush_lsn OPERATOR(pg_catalog.<) $2::pg_catalog.pg_lsn",
+        &[name.into(), upto.into()],
+    ));
+}
+
+/// After an application committed (the scheduler calls it then): the slot
+/// moves to the position it recorded, so that the next decoding does not
+/// read that WAL again (decoding starts from the slot's position).
+pub fn advance_to_recorded() {
+    let name = this_slot();
+    if let Some(upto) = optional_value::<String>(
+        "SELECT decoded_upto::pg_catalog.text FROM segments.capture_slot \
+          WHERE slot_name OPERATOR(pg_catalog.=) $1",
+        &[name.as_str().into()],
+    ) {
+        advance(&name, &upto);
     }
 }
 
