@@ -1019,6 +1019,10 @@ SELECT t.name AS table_name, t.row_count AS rows,
            (SELECT pg_catalog.min(computed_at) FROM segments.related_state) AS oldest,
            'one row per related condition of active live segments' AS retention
     UNION ALL
+    SELECT 'capture_slot' AS name, (SELECT pg_catalog.count(*) FROM segments.capture_slot) AS row_count,
+           (SELECT pg_catalog.min(created_at) FROM segments.capture_slot) AS oldest,
+           'one row while segments.capture = wal and live segments are active (the slot''s decoded position), dropped with the slot' AS retention
+    UNION ALL
     SELECT 'sequence_record' AS name, (SELECT pg_catalog.count(*) FROM segments.sequence_record) AS row_count,
            (SELECT pg_catalog.min(connected_at) FROM segments.sequence_record) AS oldest,
            'one row per connected record, until disconnected' AS retention
