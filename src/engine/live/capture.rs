@@ -544,7 +544,8 @@ unsafe fn key_text(
 /// Appends (entity, key, now(), source, image) to `segments.change_queue`;
 /// a NULL key means every row may have changed.
 fn enqueue(entity: &str, key: Option<&str>, source: Option<&str>, image: Option<&[u8]>) {
-    enqueue_all(entity, &[(key, image)], source);
+    // Straight to the queue: this is the row trigger's path.
+    enqueue_rows(entity, &[(key, image, None)], source);
 }
 
 /// Appends one row per (key, image) to `segments.change_queue`, opening it

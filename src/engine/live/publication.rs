@@ -42,7 +42,8 @@ pub fn check_requirements(tables: &[CapturedTable]) {
                    JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
                                                  AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey)
                   WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) $2
-                    AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
+                    AND CASE WHEN c.relreplident OPERATOR(pg_catalog.=) 'd' THEN i.indisprimary
+                             WHEN c.relreplident OPERATOR(pg_catalog.=) 'i' THEN i.indisreplident ELSE false END)
                FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
             &[table.relation.into(), table.key_column.as_str().into()],
         )
