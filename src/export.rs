@@ -17,6 +17,9 @@ use crate::pg::spi::{required, spi};
 /// a table the owner changed, or a members view that gained columns,
 /// still gets the columns both have.
 pub fn rewrite(export: i64) {
+    // A user's table, which a live segment may read: WAL capture must
+    // decode these writes.
+    let _users = crate::engine::live::own_writes::unmarked();
     let row = Spi::connect_mut(|client| {
         let table = spi(client.update(
             "SELECT target::oid, owner::oid, segments, entity, \

@@ -217,10 +217,15 @@ impl RelatedValue {
 }
 
 /// Runs the query of a related leaf (`KeySet` or `Aggregate`); None for
-/// other leaves.
-pub fn related_value(leaf: &Leaf) -> Option<RelatedValue> {
+/// other leaves. `ran` keeps each query's bitmaps: the aggregates of one
+/// related table share one grouped query (ten traits of orders are ten
+/// columns of it), which runs once for all of them.
+pub fn related_value(leaf: &Leaf, ran: &mut HashMap<String, Vec<Members>>) -> Option<RelatedValue> {
     let sql = related_sql(leaf)?;
-    Some(value_of(leaf, &query_bitmaps(sql)))
+    if !ran.contains_key(sql) {
+        ran.insert(sql.to_string(), query_bitmaps(sql));
+    }
+    Some(value_of(leaf, &ran[sql]))
 }
 
 /// A related leaf's query; None for the other leaves.

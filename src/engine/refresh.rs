@@ -286,6 +286,8 @@ pub fn refresh_segments(
     skip_locked: bool,
 ) -> Result<Vec<Outcome>, Reported> {
     writing_transaction();
+    // Memberships, runs and history: skipped by WAL capture's decoding.
+    let _own = crate::engine::live::own_writes::mark();
     crate::engine::memory::start_peak();
     let progress = Progress::start(Kind::Refresh, ids.unwrap_or(&[]));
     let targets = load_targets(ids, skip_locked)?;

@@ -100,6 +100,8 @@ fn compute(
     let Some(found) = SpiCatalog.entity(entity) else {
         return Ok(0);
     };
+    // Trait values: skipped by WAL capture's decoding.
+    let _own = crate::engine::live::own_writes::mark();
     let traits: Vec<_> = found
         .traits
         .iter()

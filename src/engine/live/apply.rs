@@ -69,7 +69,13 @@ pub fn apply_changes() -> Vec<i64> {
     } else {
         crate::engine::live::wal::AfterDecoding::Nothing
     };
+    if wal {
+        crate::engine::live::wal::write_restart_point();
+    }
     writing_transaction();
+    // What this application writes to the extension's tables is skipped by
+    // WAL capture's decoding.
+    let _own = crate::engine::live::own_writes::mark();
     crate::engine::memory::start_peak();
     if wal {
         crate::engine::live::wal::decode_into_queue();

@@ -20,6 +20,8 @@
 //! - `wal`: the other capture (`segments.capture = 'wal'`): the scheduler
 //!   decodes the changes from a logical replication slot into the same
 //!   queue, and the writing transaction does nothing.
+//! - `output_plugin`: the slot's plugin, pgoutput skipping the extension's
+//!   own writes, which `own_writes` marks in the WAL.
 //!
 //! The SQL side (the lifecycle trigger that keeps capture installed) is
 //! `sql/live.sql`.
@@ -27,6 +29,8 @@
 pub mod apply;
 pub mod capture;
 pub mod install;
+pub mod output_plugin;
+pub mod own_writes;
 pub mod paths;
 pub mod publication;
 pub mod related;

@@ -72,6 +72,9 @@ pub fn related_values(
 ) -> Result<HashMap<usize, RelatedValue>, Failure> {
     let mut known = HashMap::new();
     let mut identities = Vec::new();
+    // Each distinct query run once (shared by the leaves of one grouped
+    // scan), restricted and unrestricted alike.
+    let mut ran = HashMap::new();
     let leaves = plans.restricted.leaves.len();
     if plans.full.leaves.len() != leaves || plans.identity.leaves.len() != leaves {
         return Err(Failure::internal("the plans of a live application differ"));
@@ -86,13 +89,13 @@ pub fn related_values(
         let value = match (kept, changed_related.get(related)) {
             (Some(kept), None) => kept,
             (Some(kept), Some(keys)) => {
-                let fresh = related_as(owner, &plans.restricted.leaves[i])?;
+                let fresh = related_as(owner, &plans.restricted.leaves[i], &mut ran)?;
                 let value = kept.patched(keys, &fresh);
                 keep_related_value(owner, entity, &identity, &value);
                 value
             }
             (None, _) => {
-                let value = related_as(owner, &plans.full.leaves[i])?;
+                let value = related_as(owner, &plans.full.leaves[i], &mut ran)?;
                 keep_related_value(owner, entity, &identity, &value);
                 value
             }
@@ -104,13 +107,19 @@ pub fn related_values(
     Ok(known)
 }
 
-/// One related leaf's query, run as `owner` in the sandbox.
-fn related_as(owner: pg_sys::Oid, leaf: &Leaf) -> Result<RelatedValue, Failure> {
+/// One related leaf's query, run as `owner` in the sandbox (once per
+/// distinct query: `ran`).
+fn related_as(
+    owner: pg_sys::Oid,
+    leaf: &Leaf,
+    ran: &mut HashMap<String, Vec<Members>>,
+) -> Result<RelatedValue, Failure> {
     let leaf = AssertUnwindSafe(leaf);
+    let mut ran = AssertUnwindSafe(ran);
     in_subtransaction(AssertUnwindSafe(|| {
         as_role(
             owner,
-            AssertUnwindSafe(|| related_value(&leaf).unwrap_or_default()),
+            AssertUnwindSafe(|| related_value(&leaf, &mut ran).unwrap_or_default()),
         )
     }))
 }

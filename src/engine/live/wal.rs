@@ -8,7 +8,8 @@
 //!   `publication::check_requirements` refuses a table whose replica
 //!   identity lacks it.
 //! - Each database has one logical replication slot, `segments_<database
-//!   oid>` (pgoutput). Every `apply_changes` (the scheduler's, each pass,
+//!   oid>`, with the plugin `segments` (`output_plugin`: pgoutput skipping
+//!   the extension's own writes, `own_writes`). Every `apply_changes` (the scheduler's, each pass,
 //!   or a user's) first keeps it as the mode and the live segments need
 //!   (`maintain`): made, adopted, or retired.
 //! - `decode_into_queue`, at the start of every `apply_changes`, reads the
@@ -40,6 +41,7 @@ use segments_core::capture::{Captured, Decoder};
 use segments_core::sql::literal;
 
 use crate::engine::live::capture::Queue;
+use crate::engine::live::output_plugin::{self, PLUGIN};
 use crate::engine::live::publication::{
     check_requirements, drop_publication, ensure_publication, publication_exists, wanted,
     PUBLICATION,
@@ -68,7 +70,8 @@ fn this_slot() -> String {
 /// The slot as pg_replication_slots shows it.
 struct SlotState {
     /// Invalidated: its WAL was removed (`max_slot_wal_keep_size`), it was
-    /// idle too long (`idle_replication_slot_timeout`, 18), or it conflicted.
+    /// idle too long (`idle_replication_slot_timeout`, 18), or it conflicted;
+    /// or made with another output plugin (an early 0.3.0 build).
     lost: bool,
 }
 
@@ -78,8 +81,9 @@ fn slot_state(name: &str) -> Option<SlotState> {
         // older majors have only wal_status.
         "SELECT COALESCE(s.wal_status OPERATOR(pg_catalog.=) 'lost', false)
                 OR (pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason') IS NOT NULL
+                OR s.plugin OPERATOR(pg_catalog.<>) $2
            FROM pg_catalog.pg_replication_slots s WHERE s.slot_name OPERATOR(pg_catalog.=) $1",
-        &[name.into()],
+        &[name.into(), PLUGIN.into()],
     )
     .map(|lost| SlotState { lost })
 }
@@ -187,7 +191,7 @@ pub fn maintain() -> AfterDecoding {
             match slot_state(&name) {
                 Some(_) => {
                     log!(
-                        "segments: WAL capture slot {name} was invalidated (its WAL was removed: see max_slot_wal_keep_size); it is made again and the live segments are refreshed in full"
+                        "segments: WAL capture slot {name} is unusable (invalidated: its WAL was removed, see max_slot_wal_keep_size; or made with another output plugin); it is made again and the live segments are refreshed in full"
                     );
                     // Read-only SPI throughout: pgrx's writing calls would
                     // assign the transaction id that forbids making a slot.
@@ -202,10 +206,12 @@ pub fn maintain() -> AfterDecoding {
                 None => {}
             }
             // Waits for the transactions running now to end.
-            optional_value::<String>(
-                "SELECT (pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')).slot_name::pg_catalog.text",
-                &[name.as_str().into()],
-            );
+            output_plugin::allowed(|| {
+                optional_value::<String>(
+                    "SELECT (pg_catalog.pg_create_logical_replication_slot($1, $2)).slot_name::pg_catalog.text",
+                    &[name.as_str().into(), PLUGIN.into()],
+                )
+            });
             adopt(&name);
             AfterDecoding::Nothing
         }
@@ -267,6 +273,21 @@ pub fn retire() {
     drop_publication();
 }
 
+/// Writes a restart point for the slot (a snapshot of the running
+/// transactions, as the background writer does every 15 seconds), before
+/// this application's transaction has an id. Decoding starts from the
+/// slot's restart position, which can only move to such a point before
+/// the confirmed one: with one per application, the next decoding starts
+/// about where this one does, instead of re-reading up to 15 seconds (and
+/// every big transaction) of WAL at each pass.
+pub fn write_restart_point() {
+    if recorded(&this_slot()) {
+        // SAFETY: a primary (apply refuses a standby) with wal_level =
+        // logical; what making a slot does in every backend.
+        unsafe { pg_sys::LogStandbySnapshot() };
+    }
+}
+
 /// Decodes the slot's committed changes into `segments.change_queue`, when
 /// this database has one (see the module's notes). An unusable slot queues
 /// "everything changed" for every live entity: what it lost is unknown.
@@ -308,10 +329,11 @@ pub fn decode_into_queue() {
     // made before this application visible to it, as a commit would.
     // SAFETY: a primary (apply refuses a standby), inside a transaction;
     // XLogFlush to the current insert position is what a commit does.
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    let flushed = unsafe { pg_sys::GetXLogInsertRecPtr() };
+    unsafe { pg_sys::XLogFlush(flushed) };
     let mut decoder = Decoder::new(captured, MAX_KEYS);
     let mut malformed = None;
-    for_each_row(
+    output_plugin::allowed(|| for_each_row(
         &format!(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, NULL, NULL, \
                'proto_version', '1', 'publication_names', {})",
@@ -332,7 +354,7 @@ pub fn decode_into_queue() {
                 }
             }
         },
-    );
+    ));
     if let Some(e) = malformed {
         error!("segments: WAL capture slot {name}: {e}");
     }
@@ -369,7 +391,11 @@ pub fn decode_into_queue() {
             crate::engine::live::capture::enqueue_rows(entity, &rows, source.as_deref());
         }
     }
-    if let Some(upto) = decoder.decoded_upto {
+    // Every transaction committed before the flushed position was decoded
+    // (most of them skipped: other tables, or the extension's own
+    // writes): the position is recorded even when no change was found,
+    // so that the slot moves past that WAL.
+    if let Some(upto) = decoder.decoded_upto.max(Some(flushed)) {
         spi(Spi::run_with_args(
             "UPDATE segments.capture_slot SET decoded_upto = $2::pg_catalog.pg_lsn \
               WHERE slot_name OPERATOR(pg_catalog.=) $1",
