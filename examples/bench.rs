@@ -133,7 +133,8 @@ fn main() {
             .parse()
             .unwrap();
         let mode: String = one(&mut client, "SELECT current_setting('segments.capture')");
-        let row = latency(&mut client, url, scale, segment, &mode).expect("the worker is preloaded");
+        let row =
+            latency(&mut client, url, scale, segment, &mode).expect("the worker is preloaded");
         println!("{}: {}", row.case, row.ours);
         return;
     }
@@ -1018,11 +1019,8 @@ fn main() {
 /// (naptime 1 s) under 1,000 changed rows per second, on the segment
 /// `one_attr` (customers in DE aged 25-34, live). None without the worker.
 fn latency(client: &mut Client, url: &str, scale: i64, one_attr: i64, mode: &str) -> Option<Row> {
-    if one::<String>(
-        client,
-        "SELECT current_setting('shared_preload_libraries')",
-    )
-    .contains("segments")
+    if one::<String>(client, "SELECT current_setting('shared_preload_libraries')")
+        .contains("segments")
     {
         // Steady state: the day's system refresh (the live segments in full,
         // and every trait) done first, as it is between two of them, and

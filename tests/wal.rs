@@ -165,7 +165,9 @@ fn an_invalidated_slot_leads_to_a_full_refresh() {
         .unwrap();
     assert!(equals(&mut client, de, DE_SQL));
     assert!(
-        cluster.server_log().contains("was invalidated"),
+        cluster
+            .server_log()
+            .contains("invalidated: its WAL was removed"),
         "the log does not say why the live segments were refreshed"
     );
 }
@@ -534,4 +536,139 @@ fn a_restored_database_makes_its_own_slot() {
     drop(restored);
     client.batch_execute("DROP DATABASE restored").unwrap();
     assert_eq!(count(&mut client, SLOTS), 1);
+}
+
+/// What the extension writes to its own tables is marked with the "do not
+/// replicate" origin, which the slot's plugin skips before decoding: a
+/// refresh's memberships are not decoded, while a user's writes before
+/// and after it in the same transaction are; the slot then moves past the
+/// refresh's WAL (nothing found is still progress); the session's
+/// `output_plugin_libraries` is as it was.
+#[test]
+fn the_extension_s_own_writes_are_skipped_by_decoding() {
+    let cluster = Cluster::start(
+        "wal-own-writes",
+        &["wal_level=logical", "segments.capture=wal"],
+    );
+    let mut client = cluster.sample_unpinned("2000");
+    // A publication of the extension's membership table beside the
+    // customers, read below through the same slot (from the slot's
+    // position on, which the applications below move past its making).
+    client
+        .batch_execute("CREATE PUBLICATION probe FOR TABLE segments.membership, public.customers")
+        .unwrap();
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    let scheduled: i64 = client
+        .query_one(
+            "SELECT segments.create_segment('Buyers', $1::text::jsonb)",
+            &[&BUYERS],
+        )
+        .unwrap()
+        .get(0);
+    // The first application makes the publication, the second the slot,
+    // the next two move it on.
+    for _ in 0..4 {
+        client
+            .query("SELECT * FROM segments.apply_changes()", &[])
+            .unwrap();
+    }
+    assert_eq!(count(&mut client, SLOTS), 1);
+    let plugins_before: Option<String> = client
+        .query_one(
+            "SELECT current_setting('output_plugin_libraries', true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(
+            "BEGIN;
+             UPDATE customers SET country = 'DE', unsubscribed = false WHERE id = 1;
+             SELECT count(*) FROM segments.refresh(ARRAY[(SELECT id FROM segments.segment WHERE name = 'Buyers')]);
+             UPDATE customers SET country = 'FR' WHERE id = 2;
+             COMMIT;",
+        )
+        .unwrap();
+    let _ = scheduled;
+    let after_refresh: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    // Peeking with the extension's plugin from a test session: allowed in
+    // it, where the server lists plugins.
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+               IF current_setting('output_plugin_libraries', true) IS NOT NULL THEN
+                 PERFORM set_config('output_plugin_libraries',
+                                    current_setting('output_plugin_libraries') || ', segments', false);
+               END IF;
+             END $$",
+        )
+        .unwrap();
+    let decoded = |client: &mut postgres::Client, table: &str| -> i64 {
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(
+                        (SELECT slot_name FROM segments.capture_slot), NULL, NULL,
+                        'proto_version', '1', 'publication_names', 'probe') m
+                  WHERE get_byte(m.data, 0) IN (ascii('I'), ascii('U'), ascii('D'))
+                    AND ('x' || encode(substring(m.data FROM 2 FOR 4), 'hex'))::bit(32)::int
+                        = '{table}'::regclass::oid::int"
+            ),
+        )
+    };
+    assert!(
+        count(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.membership WHERE segment_id = {scheduled}")
+        ) > 0,
+        "the refresh wrote no membership"
+    );
+    assert_eq!(
+        decoded(&mut client, "segments.membership"),
+        0,
+        "the extension's own writes were decoded"
+    );
+    assert_eq!(
+        decoded(&mut client, "public.customers"),
+        2,
+        "a user's writes around a refresh were not decoded"
+    );
+    client
+        .batch_execute("RESET output_plugin_libraries")
+        .unwrap();
+    // Both users' changes are applied.
+    client
+        .batch_execute("BEGIN; SELECT count(*) FROM segments.apply_changes();")
+        .unwrap();
+    let plugins_after: Option<String> = client
+        .query_one(
+            "SELECT current_setting('output_plugin_libraries', true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        plugins_after, plugins_before,
+        "the session's setting changed"
+    );
+    assert!(equals(&mut client, de, DE_SQL), "a change was lost");
+    // Two applications later the slot keeps none of the refresh's WAL:
+    // its restart position is past it.
+    for _ in 0..2 {
+        client
+            .query("SELECT * FROM segments.apply_changes()", &[])
+            .unwrap();
+    }
+    let past: bool = client
+        .query_one(
+            "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name LIKE 'segments\\_%'",
+            &[&after_refresh],
+        )
+        .unwrap()
+        .get(0);
+    assert!(past, "the slot still holds the refresh's WAL");
 }

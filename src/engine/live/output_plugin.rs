@@ -22,7 +22,9 @@ pub const PLUGIN: &str = "segments";
 /// Called by PostgreSQL's logical decoding with a callbacks struct to fill.
 #[no_mangle]
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn _PG_output_plugin_init(callbacks: *mut pg_sys::OutputPluginCallbacks) {
+pub unsafe extern "C-unwind" fn _PG_output_plugin_init(
+    callbacks: *mut pg_sys::OutputPluginCallbacks,
+) {
     // SAFETY: pgoutput is part of every PostgreSQL installation; its
     // initializer has this signature on every supported major (it fills
     // the same struct), and an error loading it is raised by PostgreSQL.

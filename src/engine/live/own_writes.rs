@@ -47,7 +47,9 @@ impl Drop for Mark {
 pub fn mark() -> Mark {
     // SAFETY: backend-local variables.
     let previous = unsafe { pg_sys::replorigin_session_origin };
-    if CAPTURE.get() == Capture::Wal && previous == pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
+    if CAPTURE.get() == Capture::Wal
+        && previous == pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+    {
         watch_transaction_end();
         unsafe { pg_sys::replorigin_session_origin = OWN };
     }
@@ -60,7 +62,9 @@ pub fn unmarked() -> Mark {
     // SAFETY: backend-local variables.
     let previous = unsafe { pg_sys::replorigin_session_origin };
     if previous == OWN {
-        unsafe { pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId };
+        unsafe {
+            pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+        };
     }
     Mark { previous }
 }
@@ -95,6 +99,8 @@ unsafe extern "C-unwind" fn at_transaction_end(
             | XACT_EVENT_PARALLEL_ABORT
     ) && unsafe { pg_sys::replorigin_session_origin } == OWN
     {
-        unsafe { pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId };
+        unsafe {
+            pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+        };
     }
 }

@@ -333,28 +333,30 @@ pub fn decode_into_queue() {
     unsafe { pg_sys::XLogFlush(flushed) };
     let mut decoder = Decoder::new(captured, MAX_KEYS);
     let mut malformed = None;
-    output_plugin::allowed(|| for_each_row(
-        &format!(
-            "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, NULL, NULL, \
+    output_plugin::allowed(|| {
+        for_each_row(
+            &format!(
+                "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, NULL, NULL, \
                'proto_version', '1', 'publication_names', {})",
-            literal(&name),
-            literal(PUBLICATION)
-        ),
-        MESSAGES_PER_FETCH,
-        |row| {
-            let data: Vec<u8> = required(row, 1);
-            match segments_core::pgoutput::parse(&data) {
-                Ok(message) => {
-                    decoder.feed(message);
-                    true
+                literal(&name),
+                literal(PUBLICATION)
+            ),
+            MESSAGES_PER_FETCH,
+            |row| {
+                let data: Vec<u8> = required(row, 1);
+                match segments_core::pgoutput::parse(&data) {
+                    Ok(message) => {
+                        decoder.feed(message);
+                        true
+                    }
+                    Err(e) => {
+                        malformed = Some(e);
+                        false
+                    }
                 }
-                Err(e) => {
-                    malformed = Some(e);
-                    false
-                }
-            }
-        },
-    ));
+            },
+        )
+    });
     if let Some(e) = malformed {
         error!("segments: WAL capture slot {name}: {e}");
     }
