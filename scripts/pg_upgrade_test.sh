@@ -13,14 +13,23 @@
 #      install's (scripts/schema_of.sh, as scripts/upgrade_test.sh filters).
 # Run by scripts/test.sh after the extension is installed in both majors:
 #   pg_upgrade_test.sh OLD_PG_CONFIG NEW_PG_CONFIG
+#   pg_upgrade_test.sh --wal OLD_PG_CONFIG NEW_PG_CONFIG
 #   pg_upgrade_test.sh --probe OLD_PG_CONFIG NEW_PG_CONFIG
+# --wal runs both clusters with WAL capture (README, "Upgrading"): the live
+# segment's last change is in the slot, not the queue; from 17 on the old
+# cluster is first switched to trigger capture (which decodes what the slot
+# holds into the queue and drops it), before 17 the slot is left for
+# pg_upgrade not to carry; either way the new cluster makes its own slot,
+# applies every change and follows new ones, and no other slot is left.
 # --probe only checks that PostgreSQL's own pg_upgrade works between the two
 # installations, on a database with one plain table and no segments (exit
 # 0), and prints why not otherwise (exit 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 probe=false
+wal=false
 if [ "${1:-}" = --probe ]; then probe=true; shift; fi
+if [ "${1:-}" = --wal ]; then wal=true; shift; fi
 old_config=${1:?old pg_config}
 new_config=${2:?new pg_config}
 old_bin=$("$old_config" --bindir)
@@ -48,13 +57,30 @@ if $probe; then
   PG_CONFIG="$old_config" bash scripts/cluster.sh start "$old" "$port"
   psql_old -c "CREATE TABLE probe (a int)" >/dev/null
 else
-echo "-- PostgreSQL $("$old_config" --version | awk '{print $2}'): data and segments"
-PG_CONFIG="$old_config" bash scripts/cluster.sh start "$old" "$port" shared_preload_libraries=segments segments.naptime=3600
+echo "-- PostgreSQL $("$old_config" --version | awk '{print $2}'): data and segments$($wal && echo ", WAL capture")"
+capture=()
+$wal && capture=(wal_level=logical segments.capture=wal)
+PG_CONFIG="$old_config" bash scripts/cluster.sh start "$old" "$port" shared_preload_libraries=segments segments.naptime=3600 "${capture[@]}"
 psql_old -f scripts/sample_data.sql -v scale=3000 -v anchor=2026-11-01 >/dev/null
 psql_old -v old=0.3.0 -f tests/upgrade/before.sql >/dev/null
 psql_old -f tests/upgrade/more.sql >/dev/null
-queued=$(psql_old -Atc "SELECT count(*) FROM segments.change_queue")
-[ "$queued" -gt 0 ] || fail "nothing queued before the upgrade"
+if $wal; then
+  # The publication, then the slot (a full refresh of the live segment);
+  # then a change only the slot holds.
+  psql_old -c "SELECT segments.apply_changes()" -c "SELECT segments.apply_changes()" >/dev/null
+  [ "$(psql_old -Atc "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'segments'")" = 1 ] || fail "no WAL capture slot before the upgrade"
+  psql_old -c "UPDATE customers SET city = 'Berlin' WHERE id BETWEEN 5 AND 8" >/dev/null
+  if [ "$(psql_old -Atc "SELECT current_setting('server_version_num')::int >= 170000")" = t ]; then
+    # pg_upgrade from 17 on refuses a slot that has not consumed all WAL:
+    # README's procedure, back to trigger capture first.
+    psql_old -c "ALTER SYSTEM SET segments.capture = 'trigger'" -c "SELECT pg_reload_conf()" >/dev/null
+    psql_old -c "SELECT segments.apply_changes()" >/dev/null
+    [ "$(psql_old -Atc "SELECT count(*) FROM pg_replication_slots")" = 0 ] || fail "switching to trigger capture left a slot"
+  fi
+else
+  queued=$(psql_old -Atc "SELECT count(*) FROM segments.change_queue")
+  [ "$queued" -gt 0 ] || fail "nothing queued before the upgrade"
+fi
 psql_old -At -f tests/upgrade/state.sql > "$work/state-before"
 fi
 PG_CONFIG="$old_config" bash scripts/cluster.sh stop "$old"
@@ -64,9 +90,13 @@ mkdir -p "$new"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$new" "$work"
 chmod 700 "$new"
 # The new cluster must match the old one: 18's initdb turns data checksums
-# on by default, and cluster.sh's 15 cluster has none.
+# on by default, and cluster.sh's 15 cluster has none (its 18 cluster has).
 checksums=()
-case "$("$new_bin/initdb" --help)" in *--no-data-checksums*) checksums=(--no-data-checksums) ;; esac
+if as_owner "$old_bin/pg_controldata" -D "$old" | grep -Eq "Data page checksum version: +0"; then
+  case "$("$new_bin/initdb" --help)" in *--no-data-checksums*) checksums=(--no-data-checksums) ;; esac
+else
+  checksums=(--data-checksums)
+fi
 as_owner "$new_bin/initdb" -D "$new" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 "${checksums[@]}" >"$work/initdb.log" 2>&1 \
   || { cat "$work/initdb.log"; fail "initdb"; }
 # Both servers with the preload, as a DBA's configuration has it: the
@@ -97,6 +127,7 @@ fi
   echo "shared_preload_libraries = 'segments'"
   # Long enough that no scheduler pass runs before the comparison below.
   echo "segments.naptime = 3600"
+  if $wal; then echo "wal_level = logical"; echo "segments.capture = 'wal'"; fi
 } | as_owner tee -a "$new/postgresql.conf" >/dev/null
 as_owner "$new_bin/pg_ctl" -D "$new" -l "$new/server.log" -w -t 60 start >/dev/null || { tail -n 30 "$new/server.log"; fail "start"; }
 
@@ -116,6 +147,18 @@ check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berli
 psql_new -c "UPDATE customers SET city = 'Berlin' WHERE id BETWEEN 10 AND 14" -c "SELECT segments.apply_changes()" >/dev/null
 check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
   "live capture does not work after the upgrade"
+if $wal; then
+  # The new cluster's own slot (made by the applications above), and WAL
+  # capture following a change through it.
+  psql_new -c "SELECT segments.apply_changes()" >/dev/null
+  [ "$(psql_new -Atc "SELECT count(*) FROM pg_replication_slots")" = 1 ] || fail "not exactly one slot after the upgrade"
+  check "SELECT count(*) = 1 FROM pg_replication_slots s JOIN segments.capture_slot c USING (slot_name) WHERE s.plugin = 'segments'" \
+    "the new cluster did not make its WAL capture slot"
+  psql_new -c "UPDATE customers SET city = 'Hamburg' WHERE id BETWEEN 1 AND 3" -c "SELECT segments.apply_changes()" >/dev/null
+  check "SELECT count(*) = 0 FROM pg_trigger WHERE tgname LIKE 'segments\_live\_%'" "capture triggers are left with WAL capture"
+  check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
+    "WAL capture does not follow changes after the upgrade"
+fi
 refreshed=$(psql_new -Atc "SET segments.reference_time = '2026-11-01'" -c "SELECT count(*) FILTER (WHERE status = 'succeeded') || '/' || count(*) FROM segments.refresh()")
 [ "${refreshed%%/*}" = "${refreshed##*/}" ] || fail "refresh after the upgrade: $refreshed succeeded"
 new_id=$(psql_new -Atc "SELECT segments.quick_segment('After the upgrade', 'customer', 'country', 'eq', '\"FR\"')")

@@ -142,6 +142,17 @@ for from in "${pairs[@]}"; do
   bash scripts/pg_upgrade_test.sh "${pg_configs[$from]}" "${pg_configs[18]}"
   summary+=("pg_upgrade $from -> 18 with segments: passed")
 done
+# With WAL capture: from 16 (pg_upgrade carries no slot: the new cluster
+# makes its own) and from 18 (17 on: switched to trigger capture first, as
+# README says).
+if [ -x "${pg_configs[18]}" ]; then
+  if [ -x "${pg_configs[16]}" ]; then
+    bash scripts/pg_upgrade_test.sh --wal "${pg_configs[16]}" "${pg_configs[18]}"
+    summary+=("pg_upgrade 16 -> 18 with WAL capture: passed")
+  fi
+  bash scripts/pg_upgrade_test.sh --wal "${pg_configs[18]}" "${pg_configs[18]}"
+  summary+=("pg_upgrade 18 -> 18 with WAL capture (switched to trigger first): passed")
+fi
 # Within a major too, as a DBA moving to a new cluster does (the preload
 # configured on both servers).
 bash scripts/pg_upgrade_test.sh "${pg_configs[15]}" "${pg_configs[15]}"
