@@ -1107,7 +1107,7 @@ fn latency(client: &mut Client, url: &str, scale: i64, one_attr: i64, mode: &str
         let p50 = latencies[latencies.len() / 2];
         let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
         return Some(Row {
-            case: format!("7c. latency COMMIT → is_member with the worker (naptime 1 s, {mode}) under 1,000 changed rows/s: p50 (p99)"),
+            case: format!("7c. latency COMMIT → is_member with the worker (naptime 1 s, {mode}) under 1,000 changed rows/s, 100 live segments, after the day's system refresh and the application following it: p50 (p99)"),
             ours: format!("{} ({})", ms(p50), ms(p99)),
             baseline: "-".into(),
             ratio: p50.as_secs_f64(),

@@ -273,15 +273,27 @@ pub fn retire() {
     drop_publication();
 }
 
+/// How far the slot's restart position may trail its confirmed one before
+/// an application writes a restart point (one WAL segment).
+const RESTART_LAG: i64 = 16 * 1024 * 1024;
+
 /// Writes a restart point for the slot (a snapshot of the running
-/// transactions, as the background writer does every 15 seconds), before
-/// this application's transaction has an id. Decoding starts from the
-/// slot's restart position, which can only move to such a point before
-/// the confirmed one: with one per application, the next decoding starts
-/// about where this one does, instead of re-reading up to 15 seconds (and
-/// every big transaction) of WAL at each pass.
+/// transactions, as the background writer does every 15 seconds when the
+/// server is busy), before this application's transaction has an id, when
+/// the slot's restart position trails its confirmed one by more than
+/// `RESTART_LAG`. Decoding starts from the restart position, which can
+/// only move to such a point before the confirmed one: the next decoding
+/// then starts about where this one does instead of re-reading every big
+/// transaction since. An idle server gets none (nothing to re-read).
 pub fn write_restart_point() {
-    if recorded(&this_slot()) {
+    let name = this_slot();
+    let trailing = recorded(&name)
+        && optional_value::<bool>(
+            "SELECT pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) OPERATOR(pg_catalog.>) $2
+               FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) $1",
+            &[name.as_str().into(), RESTART_LAG.into()],
+        ) == Some(true);
+    if trailing {
         // SAFETY: a primary (apply refuses a standby) with wal_level =
         // logical; what making a slot does in every backend.
         unsafe { pg_sys::LogStandbySnapshot() };
@@ -394,15 +406,21 @@ pub fn decode_into_queue() {
         }
     }
     // Every transaction committed before the flushed position was decoded
-    // (most of them skipped: other tables, or the extension's own
-    // writes): the position is recorded even when no change was found,
-    // so that the slot moves past that WAL.
-    if let Some(upto) = decoder.decoded_upto.max(Some(flushed)) {
-        spi(Spi::run_with_args(
+    // (most of them skipped: other tables, or the extension's own writes).
+    match decoder.decoded_upto {
+        // Changes found: the position goes with them, in this transaction.
+        Some(upto) => spi(Spi::run_with_args(
             "UPDATE segments.capture_slot SET decoded_upto = $2::pg_catalog.pg_lsn \
               WHERE slot_name OPERATOR(pg_catalog.=) $1",
-            &[name.as_str().into(), format_lsn(upto).as_str().into()],
-        ));
+            &[
+                name.as_str().into(),
+                format_lsn(upto.max(flushed)).as_str().into(),
+            ],
+        )),
+        // Nothing to apply up to the flushed position: the slot moves past
+        // it now (nothing can be lost if this transaction fails), and
+        // nothing is written, so an idle server gets no WAL from it.
+        None => advance(&name, &format_lsn(flushed)),
     }
 }
 
