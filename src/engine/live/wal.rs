@@ -339,9 +339,9 @@ pub fn decode_into_queue() {
     // with synchronous_commit = off may not be yet (the WAL writer flushes
     // within wal_writer_delay). Flushing what is written makes every commit
     // made before this application visible to it, as a commit would.
+    let flushed = end_of_inserted_wal();
     // SAFETY: a primary (apply refuses a standby), inside a transaction;
-    // XLogFlush to the current insert position is what a commit does.
-    let flushed = unsafe { pg_sys::GetXLogInsertRecPtr() };
+    // flushing up to the end of an inserted record is what a commit does.
     unsafe { pg_sys::XLogFlush(flushed) };
     let mut decoder = Decoder::new(captured, MAX_KEYS);
     let mut malformed = None;
@@ -421,6 +421,30 @@ pub fn decode_into_queue() {
         // it now (nothing can be lost if this transaction fails), and
         // nothing is written, so an idle server gets no WAL from it.
         None => advance(&name, &format_lsn(flushed)),
+    }
+}
+
+/// The end of the last record inserted in the WAL. The insert position
+/// is where the next record goes: on a page not yet begun, past the
+/// page's header, which XLogFlush cannot flush to ("flush request ... is
+/// not satisfied"); there the records before end at the page's start.
+fn end_of_inserted_wal() -> u64 {
+    // SAFETY: reads the insert position and a server constant.
+    let (insert, segment) = unsafe {
+        (
+            pg_sys::GetXLogInsertRecPtr(),
+            pg_sys::wal_segment_size as u64,
+        )
+    };
+    let align = |size: usize| (size as u64).div_ceil(8) * 8;
+    let short_header = align(std::mem::size_of::<pg_sys::XLogPageHeaderData>());
+    let long_header = align(std::mem::size_of::<pg_sys::XLogLongPageHeaderData>());
+    let in_page = insert % pg_sys::XLOG_BLCKSZ as u64;
+    let segment_start = insert % segment == in_page;
+    if (segment_start && in_page == long_header) || (!segment_start && in_page == short_header) {
+        insert - in_page
+    } else {
+        insert
     }
 }
 
