@@ -136,10 +136,42 @@ fn save_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
 /// customers, 11 s hashed against 5.6 s sorted). The setting is restored
 /// when `f` returns; an error pops it with the (sub)transaction.
 pub fn grouping_by_sort<R>(f: impl FnOnce() -> R) -> R {
+    with_setting(
+        c"enable_hashagg",
+        c"off",
+        pg_sys::GucContext::PGC_USERSET,
+        f,
+    )
+}
+
+/// Runs `f` with the setting `name` set to `value` at a GUC nest level of
+/// its own, popped when `f` returns (or by the abort of the enclosing
+/// (sub)transaction on error), as a function's `SET` clause does.
+/// `context` is the one the assignment is made in: `PGC_SUSET` for a
+/// setting only a superuser may change, which the extension changes for
+/// itself (`engine::live::output_plugin::allowed`).
+pub fn with_setting<R>(
+    name: &std::ffi::CStr,
+    value: &std::ffi::CStr,
+    context: pg_sys::GucContext::Type,
+    f: impl FnOnce() -> R,
+) -> R {
     // SAFETY: a GUC nest level of its own, popped below (or by the abort
-    // of the enclosing transaction on error).
+    // of the enclosing transaction on error); the assignment is saved at
+    // it, and errors are raised by PostgreSQL.
     let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
-    save_setting(c"enable_hashagg", c"off");
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
     let result = f();
     // SAFETY: pops the nest level pushed above.
     unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };

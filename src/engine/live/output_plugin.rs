@@ -84,28 +84,6 @@ pub fn allowed<R>(f: impl FnOnce() -> R) -> R {
     } else {
         format!("{list}, {PLUGIN}")
     };
-    set_locally(&widened);
-    let result = f();
-    set_locally(&list);
-    result
-}
-
-/// Sets `output_plugin_libraries` for the rest of the transaction (undone
-/// by its end, or by a subtransaction's rollback).
-fn set_locally(value: &str) {
-    let value = std::ffi::CString::new(value).expect("a setting's value has no NUL");
-    // SAFETY: a known setting set through PostgreSQL's own function, as
-    // SET LOCAL does, errors raised by it.
-    unsafe {
-        pg_sys::set_config_option(
-            ALLOWED_PLUGINS.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            pg_sys::elog::PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    let widened = std::ffi::CString::new(widened).expect("a setting's value has no NUL");
+    crate::pg::sandbox::with_setting(ALLOWED_PLUGINS, &widened, pg_sys::GucContext::PGC_SUSET, f)
 }
