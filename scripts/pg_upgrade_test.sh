@@ -142,21 +142,33 @@ version=$(psql_new -Atc "SELECT current_setting('server_version_num')::int / 100
 [ "$version" = "$("$new_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')" ] || fail "not on the new major"
 psql_new -c "SELECT segments.apply_changes()" >/dev/null
 check() { [ "$(psql_new -Atc "$1")" = t ] || fail "$2"; }
-check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
+# With WAL capture the scheduler (a pass a second from now on) and these
+# applications share the making of the new slot: one makes it, the other
+# finds it being made and goes on; the result is checked once both have.
+settled() {
+  if $wal; then
+    for _ in $(seq 1 60); do
+      psql_new -c "SELECT segments.apply_changes()" >/dev/null
+      [ "$(psql_new -Atc "$1")" = t ] && break
+      sleep 0.5
+    done
+  fi
+  check "$1" "$2"
+}
+settled "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
   "the changes queued on the old major were not applied"
 psql_new -c "UPDATE customers SET city = 'Berlin' WHERE id BETWEEN 10 AND 14" -c "SELECT segments.apply_changes()" >/dev/null
-check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
+settled "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
   "live capture does not work after the upgrade"
 if $wal; then
   # The new cluster's own slot (made by the applications above), and WAL
   # capture following a change through it.
-  psql_new -c "SELECT segments.apply_changes()" >/dev/null
-  [ "$(psql_new -Atc "SELECT count(*) FROM pg_replication_slots")" = 1 ] || fail "not exactly one slot after the upgrade"
-  check "SELECT count(*) = 1 FROM pg_replication_slots s JOIN segments.capture_slot c USING (slot_name) WHERE s.plugin = 'segments'" \
+  settled "SELECT count(*) = 1 FROM pg_replication_slots s JOIN segments.capture_slot c USING (slot_name) WHERE s.plugin = 'segments'" \
     "the new cluster did not make its WAL capture slot"
+  [ "$(psql_new -Atc "SELECT count(*) FROM pg_replication_slots")" = 1 ] || fail "not exactly one slot after the upgrade"
   psql_new -c "UPDATE customers SET city = 'Hamburg' WHERE id BETWEEN 1 AND 3" -c "SELECT segments.apply_changes()" >/dev/null
   check "SELECT count(*) = 0 FROM pg_trigger WHERE tgname LIKE 'segments\_live\_%'" "capture triggers are left with WAL capture"
-  check "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
+  settled "SELECT member_count = (SELECT count(*) FROM customers WHERE city = 'Berlin') FROM segments.segment WHERE name = 'Berlin live'" \
     "WAL capture does not follow changes after the upgrade"
 fi
 refreshed=$(psql_new -Atc "SET segments.reference_time = '2026-11-01'" -c "SELECT count(*) FILTER (WHERE status = 'succeeded') || '/' || count(*) FROM segments.refresh()")
