@@ -74,7 +74,13 @@ if $wal; then
     # pg_upgrade from 17 on refuses a slot that has not consumed all WAL:
     # README's procedure, back to trigger capture first.
     psql_old -c "ALTER SYSTEM SET segments.capture = 'trigger'" -c "SELECT pg_reload_conf()" >/dev/null
-    psql_old -c "SELECT segments.apply_changes()" >/dev/null
+    # The scheduler, woken by the reload, may be the one retiring the slot
+    # (an application that finds it busy leaves it to that one): wait.
+    for _ in $(seq 1 60); do
+      psql_old -c "SELECT segments.apply_changes()" >/dev/null
+      [ "$(psql_old -Atc "SELECT count(*) FROM pg_replication_slots")" = 0 ] && break
+      sleep 0.5
+    done
     [ "$(psql_old -Atc "SELECT count(*) FROM pg_replication_slots")" = 0 ] || fail "switching to trigger capture left a slot"
   fi
 else
