@@ -216,16 +216,32 @@ impl RelatedValue {
     }
 }
 
-/// Runs the query of a related leaf (`KeySet` or `Aggregate`); None for
-/// other leaves. `ran` keeps each query's bitmaps: the aggregates of one
-/// related table share one grouped query (ten traits of orders are ten
-/// columns of it), which runs once for all of them.
-pub fn related_value(leaf: &Leaf, ran: &mut HashMap<String, Vec<Members>>) -> Option<RelatedValue> {
-    let sql = related_sql(leaf)?;
-    if !ran.contains_key(sql) {
-        ran.insert(sql.to_string(), query_bitmaps(sql));
+/// The queries of related leaves (`KeySet`, `Aggregate`), each distinct
+/// one run once: the aggregates of one related table share one grouped
+/// query (ten traits of orders are ten columns of it). A refresh and a
+/// live application each keep one for their leaves.
+#[derive(Default)]
+pub struct RelatedQueries {
+    ran: HashMap<String, Vec<Members>>,
+}
+
+impl RelatedQueries {
+    /// The value of a related leaf; None for other leaves. An aggregate's
+    /// query groups by sorting when `sorted` (`sorts_groups`), as its
+    /// first run decides for every leaf sharing it.
+    pub fn value(&mut self, leaf: &Leaf, sorted: bool) -> Option<RelatedValue> {
+        let sql = related_sql(leaf)?;
+        if !self.ran.contains_key(sql) {
+            let bitmaps = match leaf {
+                Leaf::Aggregate { .. } if sorted => {
+                    crate::pg::sandbox::grouping_by_sort(|| query_bitmaps(sql))
+                }
+                _ => query_bitmaps(sql),
+            };
+            self.ran.insert(sql.to_string(), bitmaps);
+        }
+        Some(value_of(leaf, &self.ran[sql]))
     }
-    Some(value_of(leaf, &ran[sql]))
 }
 
 /// A related leaf's query; None for the other leaves.
@@ -582,24 +598,15 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
     let all_rows = all_rows.unwrap_or_default();
     let sorted = sorts_groups(plan);
     // Leaves sharing one query (conditions on traits of one table) run it once.
-    let mut ran: HashMap<&str, Vec<Members>> = HashMap::new();
+    let mut queries = RelatedQueries::default();
     for (i, leaf) in plan.leaves.iter().enumerate() {
         // A scanned value moves into its leaf: a copy would hold every
         // scanned condition twice at the refresh's peak.
-        let given = known.get(&i).cloned().or_else(|| scanned.remove(&i));
-        let value = match (given, related_sql(leaf)) {
-            (Some(value), _) => Some(value),
-            (None, Some(sql)) => {
-                let bitmaps = ran.entry(sql).or_insert_with(|| match leaf {
-                    Leaf::Aggregate { .. } if sorted => {
-                        crate::pg::sandbox::grouping_by_sort(|| query_bitmaps(sql))
-                    }
-                    _ => query_bitmaps(sql),
-                });
-                Some(value_of(leaf, bitmaps))
-            }
-            (None, None) => None,
-        };
+        let value = known
+            .get(&i)
+            .cloned()
+            .or_else(|| scanned.remove(&i))
+            .or_else(|| queries.value(leaf, sorted));
         let Some(RelatedValue {
             mut matching,
             with_rows,

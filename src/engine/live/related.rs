@@ -11,12 +11,12 @@ use pgrx::pg_sys;
 use segments_core::bitmap::Members;
 use segments_core::compile::{Leaf, Plan, Planner};
 
-use crate::engine::evaluate::{related_value, sorts_groups, RelatedValue};
+use crate::engine::evaluate::{sorts_groups, RelatedQueries, RelatedValue};
 use crate::engine::plan::{plan_targets, Compiled, Planned};
 use crate::engine::run::Target;
 use crate::engine::store::{forget_related_values_except, keep_related_value, kept_related_value};
 use crate::pg::error::Failure;
-use crate::pg::sandbox::{as_role, grouping_by_sort};
+use crate::pg::sandbox::as_role;
 use crate::pg::subtransaction::in_subtransaction;
 
 /// A plan compiled three ways for one owner's live segments of an entity:
@@ -74,7 +74,7 @@ pub fn related_values(
     let mut identities = Vec::new();
     // Each distinct query run once (shared by the leaves of one grouped
     // scan), restricted and unrestricted alike.
-    let mut ran = HashMap::new();
+    let mut queries = RelatedQueries::default();
     // Computed from scratch over an entity with many records, aggregates
     // group by sorting, as a whole refresh's do.
     let sorted = sorts_groups(&plans.full);
@@ -92,13 +92,13 @@ pub fn related_values(
         let value = match (kept, changed_related.get(related)) {
             (Some(kept), None) => kept,
             (Some(kept), Some(keys)) => {
-                let fresh = related_as(owner, &plans.restricted.leaves[i], false, &mut ran)?;
+                let fresh = related_as(owner, &plans.restricted.leaves[i], false, &mut queries)?;
                 let value = kept.patched(keys, &fresh);
                 keep_related_value(owner, entity, &identity, &value);
                 value
             }
             (None, _) => {
-                let value = related_as(owner, &plans.full.leaves[i], sorted, &mut ran)?;
+                let value = related_as(owner, &plans.full.leaves[i], sorted, &mut queries)?;
                 keep_related_value(owner, entity, &identity, &value);
                 value
             }
@@ -111,26 +111,20 @@ pub fn related_values(
 }
 
 /// One related leaf's query, run as `owner` in the sandbox (once per
-/// distinct query: `ran`); an aggregate grouped by sorting when `sorted`.
+/// distinct query: `queries`); an aggregate grouped by sorting when
+/// `sorted`.
 fn related_as(
     owner: pg_sys::Oid,
     leaf: &Leaf,
     sorted: bool,
-    ran: &mut HashMap<String, Vec<Members>>,
+    queries: &mut RelatedQueries,
 ) -> Result<RelatedValue, Failure> {
     let leaf = AssertUnwindSafe(leaf);
-    let mut ran = AssertUnwindSafe(ran);
+    let mut queries = AssertUnwindSafe(queries);
     in_subtransaction(AssertUnwindSafe(|| {
         as_role(
             owner,
-            AssertUnwindSafe(|| {
-                let mut run = || related_value(&leaf, &mut ran).unwrap_or_default();
-                if sorted && matches!(*leaf, Leaf::Aggregate { .. }) {
-                    grouping_by_sort(run)
-                } else {
-                    run()
-                }
-            }),
+            AssertUnwindSafe(|| queries.value(&leaf, sorted).unwrap_or_default()),
         )
     }))
 }
