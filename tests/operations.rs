@@ -679,3 +679,85 @@ fn renaming_the_key_column_is_followed() {
         .get(0);
     assert_eq!(registered, "customer_no");
 }
+
+/// The transaction ids assigned so far (the next one to assign), read
+/// without assigning one.
+fn next_xid(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// A database whose scheduler has nothing to do gets nothing written by
+/// it: no transaction id, so no commit record, no WAL for archiving or
+/// standbys, no tuple for vacuum, pass after pass (naptime 1 s). With a
+/// daily segment, a live one (trigger capture) whose change was applied,
+/// a feed and history within its retention, all of which a pass checks.
+#[test]
+fn an_idle_database_gets_no_transaction_from_its_scheduler() {
+    // Nothing else assigns ids here: autovacuum's ANALYZE would.
+    let cluster = Cluster::start(
+        "idle",
+        &[
+            "shared_preload_libraries=segments",
+            "segments.naptime=1",
+            "autovacuum=off",
+        ],
+    );
+    let (mut client, id) = database_with_a_due_segment(&cluster, "idle_shop");
+    wait_for("the first refresh", 30, || refreshed(&mut client, id).then_some(()));
+    client
+        .batch_execute(&format!(
+            "SELECT segments.set_schedule(ARRAY[{id}]::bigint[], 'live');
+             SELECT segments.create_feed('crm', ARRAY[{id}]::bigint[]);
+             UPDATE customers SET country = 'DE' WHERE id = 1;"
+        ))
+        .unwrap();
+    wait_for("the live change to be applied", 30, || {
+        let member: bool = client
+            .query_one("SELECT segments.is_member($1, 1)", &[&id])
+            .unwrap()
+            .get(0);
+        member.then_some(())
+    });
+    let daily: i64 = client
+        .query_one(
+            "SELECT segments.quick_segment('French', 'customer', 'country', 'eq', '\"FR\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "SELECT segments.set_schedule(ARRAY[{daily}]::bigint[], 'daily')"
+        ))
+        .unwrap();
+    wait_for("the daily segment's first refresh", 30, || {
+        refreshed(&mut client, daily).then_some(())
+    });
+    // The passes still busy with the above end.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let before = next_xid(&mut client);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let after = next_xid(&mut client);
+    assert_eq!(
+        after, before,
+        "the scheduler assigned {} transaction id(s) in five idle passes",
+        after - before
+    );
+    // And it still works: a change is applied.
+    client
+        .batch_execute("UPDATE customers SET country = 'FR' WHERE id = 1")
+        .unwrap();
+    wait_for("the next live change", 30, || {
+        let member: bool = client
+            .query_one("SELECT segments.is_member($1, 1)", &[&id])
+            .unwrap()
+            .get(0);
+        (!member).then_some(())
+    });
+}

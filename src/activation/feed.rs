@@ -470,6 +470,22 @@ fn drop_feed(name: &str) {
     }));
 }
 
+/// A feed not yet lost with a change older than `segments.feed_retention`
+/// (`$1`) that it has not acknowledged (`f`).
+const LOSING: &str = "f.lost_at IS NULL AND EXISTS ( \
+       SELECT FROM segments.feed_batch b \
+        WHERE b.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
+          AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
+          AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
+               AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))";
+
+/// A batch (`b`) no feed still needs.
+const UNNEEDED: &str = "NOT EXISTS ( \
+       SELECT FROM segments.feed f WHERE f.lost_at IS NULL \
+          AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
+          AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
+               AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))";
+
 /// Retention: a feed with changes older than `segments.feed_retention` it
 /// has not acknowledged is marked lost (read_feed fails until reset_feed);
 /// then the batches no feed still needs are removed. Runs with the
@@ -480,19 +496,23 @@ pub fn expire() {
     }
     let retention = crate::pg::gucs::feed_retention();
     spi(Spi::run_with_args(
-        "UPDATE segments.feed f SET lost_at = pg_catalog.now() WHERE f.lost_at IS NULL AND EXISTS ( \
-           SELECT FROM segments.feed_batch b \
-            WHERE b.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
-              AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
-              AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
-                   AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))",
+        &format!("UPDATE segments.feed f SET lost_at = pg_catalog.now() WHERE {LOSING}"),
         &[retention.as_str().into()],
     ));
-    spi(Spi::run(
-        "DELETE FROM segments.feed_batch b WHERE NOT EXISTS ( \
-           SELECT FROM segments.feed f WHERE f.lost_at IS NULL \
-              AND (b.first_position OPERATOR(pg_catalog.+) b.count OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.>) f.acked_position \
-              AND (b.feed_id OPERATOR(pg_catalog.=) f.id OR (b.feed_id IS NULL AND b.segment_id OPERATOR(pg_catalog.=) ANY (f.segments) \
-                   AND b.first_position OPERATOR(pg_catalog.>) f.start_position)))",
-    ));
+    spi(Spi::run(&format!(
+        "DELETE FROM segments.feed_batch b WHERE {UNNEEDED}"
+    )));
+}
+
+/// Whether `expire` has anything to do (read only: a scheduler pass with
+/// nothing to expire writes nothing).
+pub fn anything_to_expire() -> bool {
+    has_feeds()
+        && optional_value::<bool>(
+            &format!(
+                "SELECT EXISTS (SELECT FROM segments.feed f WHERE {LOSING}) \
+                     OR EXISTS (SELECT FROM segments.feed_batch b WHERE {UNNEEDED})"
+            ),
+            &[crate::pg::gucs::feed_retention().as_str().into()],
+        ) != Some(false)
 }

@@ -423,7 +423,10 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
     let (position, join) = plan.entity.position_sql("g.key");
     let sql = scan.scan_sql(&position, &join);
     let (gaps, columns) = (scan.gaps.len(), scan.columns.len());
-    let mut pass = FunnelPass::new(scan, &ranks, now);
+    // Deciding a bot's record (thousands of rows) takes a while between
+    // two fetches: a cancel is seen there too.
+    let mut pass =
+        FunnelPass::new(scan, &ranks, now).checking_interrupts(|| pgrx::check_for_interrupts!());
     let mut gap_values = vec![None; gaps];
     let mut column_values = vec![None; columns];
     let mut complete = true;

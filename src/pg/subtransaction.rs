@@ -60,6 +60,18 @@ pub fn in_recovery() -> bool {
 /// PostgreSQL refuses a write there, instead of failing to assign a
 /// transaction id.
 pub fn writing_transaction() {
+    refuse_in_recovery();
+    // SAFETY: inside a transaction (every caller is SQL-callable or runs
+    // in the worker's transaction); assigns an xid if there is none.
+    unsafe {
+        pg_sys::GetCurrentTransactionId();
+    }
+}
+
+/// Refuses with 25006 on a hot standby, as `writing_transaction` does, for
+/// work that may find nothing to write (and then assigns no transaction
+/// id) but is refused on a standby all the same.
+pub fn refuse_in_recovery() {
     if in_recovery() {
         use crate::pg::error::Raise;
         crate::pg::error::SegmentsError::ReadOnly(
@@ -68,11 +80,6 @@ pub fn writing_transaction() {
                 .into(),
         )
         .raise();
-    }
-    // SAFETY: inside a transaction (every caller is SQL-callable or runs
-    // in the worker's transaction); assigns an xid if there is none.
-    unsafe {
-        pg_sys::GetCurrentTransactionId();
     }
 }
 

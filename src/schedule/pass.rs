@@ -22,19 +22,21 @@ use crate::engine::run::{RunCause, RunStatus};
 use crate::pg::error::{OrRaise, Raise, SegmentsError};
 use crate::pg::gucs;
 use crate::pg::spi::{required, spi};
-use crate::pg::subtransaction::writing_transaction;
+use crate::pg::subtransaction::{refuse_in_recovery, writing_transaction};
 use crate::schedule::next::system_cron;
 
 fn from_epoch(seconds: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((seconds * 1e6) as i64).unwrap_or_default()
 }
 
-/// Locks and reads when a cluster-wide job last ran.
-fn job_last_run(job: &str) -> DateTime<Utc> {
-    let epoch = spi(Spi::get_one_with_args::<f64>(
-        "SELECT extract(epoch FROM last_run)::float8 FROM segments.scheduler_state WHERE job = $1 FOR UPDATE",
-        &[job.into()],
-    ));
+/// Reads when a cluster-wide job last ran; locks its row when `lock`.
+fn job_last_run(job: &str, lock: bool) -> DateTime<Utc> {
+    let sql = if lock {
+        "SELECT extract(epoch FROM last_run)::float8 FROM segments.scheduler_state WHERE job = $1 FOR UPDATE"
+    } else {
+        "SELECT extract(epoch FROM last_run)::float8 FROM segments.scheduler_state WHERE job = $1"
+    };
+    let epoch = spi(Spi::get_one_with_args::<f64>(sql, &[job.into()]));
     from_epoch(epoch.unwrap_or_default())
 }
 
@@ -94,9 +96,23 @@ pub fn retry_wait(naptime: f64, failures: i32) -> f64 {
 }
 
 /// The first step of a pass: runs the cleanup when due and decides what to
-/// refresh.
+/// refresh. A pass that finds nothing due writes nothing (no transaction
+/// id, no WAL): an idle database stays idle for archiving, standbys and
+/// vacuum. Otherwise it decides again with the jobs' rows locked, so that
+/// passes never overlap.
 pub fn plan_pass() -> Due {
+    refuse_in_recovery();
+    if decide(false).is_none() {
+        return Due::default();
+    }
     writing_transaction();
+    decide(true).unwrap_or_default()
+}
+
+/// What a pass does, None if nothing. Only with `locked` (a writing
+/// transaction) are the jobs' rows locked, the cleanup run and the jobs'
+/// last runs recorded.
+fn decide(locked: bool) -> Option<Due> {
     let now = spi(Spi::get_one::<f64>(
         "SELECT extract(epoch FROM clock_timestamp())::float8",
     ))
@@ -106,16 +122,19 @@ pub fn plan_pass() -> Due {
 
     // The system refresh: locked, so that passes never overlap.
     let zone = crate::pg::gucs::timezone();
-    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system"), &zone)
+    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system", locked), &zone)
         .is_some_and(|t| t <= now);
     let cleanup_cron = gucs::cleanup_schedule();
     let cleanup_cron = parse_cron(&cleanup_cron).unwrap_or_else(|e| {
         SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise()
     });
     let cleanup_due =
-        segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup"), &zone)
+        segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup", locked), &zone)
             .is_some_and(|t| t <= now);
 
+    if cleanup_due && !locked {
+        return Some(Due::default());
+    }
     if cleanup_due {
         let _shown =
             crate::engine::progress::Progress::start(crate::engine::progress::Kind::Cleanup, &[]);
@@ -176,17 +195,19 @@ pub fn plan_pass() -> Due {
             by_schedule.push(candidate.id);
         }
     }
-    if system_due {
+    if system_due && locked {
         set_job_last_run("system");
     }
-    Due {
+    let nothing = by_system.is_empty() && by_schedule.is_empty() && !system_due && !cleanup_due;
+    (!nothing).then_some(Due {
         by_system,
         by_schedule,
         traits: system_due,
-    }
+    })
 }
 
 /// What a pass refreshes, by what started it.
+#[derive(Default)]
 pub struct Due {
     pub by_system: Vec<i64>,
     pub by_schedule: Vec<i64>,
@@ -281,8 +302,13 @@ pub fn record_timeout(ids: &[i64], cause: RunCause, timeout_ms: i32, elapsed: st
 /// with their membership changes, and definition versions but the latest;
 /// and feed changes no feed needs (`segments.feed_retention`).
 pub fn trim_history() {
-    writing_transaction();
+    refuse_in_recovery();
     let retention = gucs::history_retention();
+    // Nothing past its retention: nothing is written (see `plan_pass`).
+    if !history_to_trim(&retention) && !crate::activation::feed::anything_to_expire() {
+        return;
+    }
+    writing_transaction();
     spi(Spi::run_with_args(
         "DELETE FROM segments.refresh_run WHERE started_at < clock_timestamp() - $1::interval",
         &[retention.as_str().into()],
@@ -312,6 +338,22 @@ pub fn trim_history() {
         spi(Spi::run_with_args(sql, &[retention.as_str().into()]));
     }
     crate::activation::feed::expire();
+}
+
+/// Whether a refresh run, or a definition version other than a segment's
+/// latest, is older than `retention` (what `trim_history` removes; a
+/// version found here may still be kept if an older one outlived a clock
+/// change: then the trim writes for nothing, never the other way).
+fn history_to_trim(retention: &str) -> bool {
+    crate::pg::spi::optional_value::<bool>(
+        "SELECT EXISTS (SELECT FROM segments.refresh_run r \
+                         WHERE r.started_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)) \
+             OR EXISTS (SELECT FROM segments.definition_version v \
+                         WHERE v.changed_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::pg_catalog.interval) \
+                           AND v.version OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(p.version) FROM segments.definition_version p \
+                                                                  WHERE p.segment_id OPERATOR(pg_catalog.=) v.segment_id))",
+        &[retention.into()],
+    ) != Some(false)
 }
 
 /// One whole pass in the current transaction (`segments.run_due()`).

@@ -1580,6 +1580,33 @@ mod tests {
         assert_eq!(scan.columns.len(), 1);
         let sql = scan.scan_sql("g.key::pg_catalog.int8", "");
         assert!(sql.ends_with("ORDER BY 1, 3"), "{sql}");
+
+        // A bot's record (5,000 carts, never paid): decided, with the
+        // interrupt check called as the pass goes; a record with more rows
+        // than a pass holds makes it give up.
+        let checks = std::cell::Cell::new(0);
+        let ranks = vec![1i64; scan.starts.len()];
+        let gaps = vec![Some(i64::MAX); scan.gaps.len()];
+        let columns = vec![Some(1i64); scan.columns.len()];
+        let row = |time| FunnelRow {
+            bucket: 1,
+            time,
+            mask: 1,
+            gaps: &gaps,
+            columns: &columns,
+        };
+        let mut pass = FunnelPass::new(scan, &ranks, i64::MAX)
+            .checking_interrupts(|| checks.set(checks.get() + 1));
+        for time in 0..5_000 {
+            assert!(pass.push(7, row(time)));
+        }
+        assert_eq!(pass.finish().len(), 3);
+        assert!(checks.get() > 0, "no interrupt check while deciding a bot");
+        let mut pass = FunnelPass::new(scan, &ranks, i64::MAX);
+        let held = (0..=MAX_FUNNEL_ROWS_PER_RECORD as i64)
+            .take_while(|&time| pass.push(7, row(time)))
+            .count();
+        assert_eq!(held, MAX_FUNNEL_ROWS_PER_RECORD);
     }
 
     #[test]

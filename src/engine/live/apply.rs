@@ -72,6 +72,15 @@ pub fn apply_changes() -> Vec<i64> {
     if wal {
         crate::engine::live::wal::write_restart_point();
     }
+    // Nothing queued and no slot to decode: nothing is written (no
+    // transaction id, no WAL), so that an idle database stays idle.
+    crate::pg::subtransaction::refuse_in_recovery();
+    if after_decoding == crate::engine::live::wal::AfterDecoding::Nothing
+        && !(wal && crate::engine::live::wal::in_use())
+        && optional_value::<bool>("SELECT EXISTS (SELECT FROM segments.change_queue)", &[]) == Some(false)
+    {
+        return Vec::new();
+    }
     writing_transaction();
     // What this application writes to the extension's tables is skipped by
     // WAL capture's decoding.

@@ -97,6 +97,11 @@ fn recorded(name: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether this database's slot is in use: an application decodes it.
+pub fn in_use() -> bool {
+    recorded(&this_slot())
+}
+
 /// Whether any live segment is active.
 fn any_live() -> bool {
     optional_value::<bool>(
