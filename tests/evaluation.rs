@@ -890,5 +890,8 @@ fn funnels_share_one_sorted_pass() {
     let (_, plain) = members(&mut client, 0);
     let (reads, scanned) = members(&mut client, 2);
     assert_eq!(scanned, plain, "a bot's record decided by the pass");
-    assert_eq!(reads, 1, "one funnel scan reads events once, a bot's rows too");
+    assert_eq!(
+        reads, 1,
+        "one funnel scan reads events once, a bot's rows too"
+    );
 }

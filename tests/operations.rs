@@ -709,7 +709,9 @@ fn an_idle_database_gets_no_transaction_from_its_scheduler() {
         ],
     );
     let (mut client, id) = database_with_a_due_segment(&cluster, "idle_shop");
-    wait_for("the first refresh", 30, || refreshed(&mut client, id).then_some(()));
+    wait_for("the first refresh", 30, || {
+        refreshed(&mut client, id).then_some(())
+    });
     client
         .batch_execute(&format!(
             "SELECT segments.set_schedule(ARRAY[{id}]::bigint[], 'live');
@@ -745,7 +747,8 @@ fn an_idle_database_gets_no_transaction_from_its_scheduler() {
     std::thread::sleep(std::time::Duration::from_secs(5));
     let after = next_xid(&mut client);
     assert_eq!(
-        after, before,
+        after,
+        before,
         "the scheduler assigned {} transaction id(s) in five idle passes",
         after - before
     );

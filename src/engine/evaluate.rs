@@ -425,8 +425,9 @@ fn funnel_scan_values(plan: &Plan, scan: &FunnelScan) -> Vec<(usize, RelatedValu
     let (gaps, columns) = (scan.gaps.len(), scan.columns.len());
     // Deciding a bot's record (thousands of rows) takes a while between
     // two fetches: a cancel is seen there too.
-    let mut pass =
-        FunnelPass::new(scan, &ranks, now).checking_interrupts(|| pgrx::check_for_interrupts!());
+    let mut pass = FunnelPass::new(scan, &ranks, now).checking_interrupts(|| {
+        pgrx::check_for_interrupts!();
+    });
     let mut gap_values = vec![None; gaps];
     let mut column_values = vec![None; columns];
     let mut complete = true;

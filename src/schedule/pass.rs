@@ -122,15 +122,19 @@ fn decide(locked: bool) -> Option<Due> {
 
     // The system refresh: locked, so that passes never overlap.
     let zone = crate::pg::gucs::timezone();
-    let system_due = segments_core::schedule::next_in_zone(&system, job_last_run("system", locked), &zone)
-        .is_some_and(|t| t <= now);
+    let system_due =
+        segments_core::schedule::next_in_zone(&system, job_last_run("system", locked), &zone)
+            .is_some_and(|t| t <= now);
     let cleanup_cron = gucs::cleanup_schedule();
     let cleanup_cron = parse_cron(&cleanup_cron).unwrap_or_else(|e| {
         SegmentsError::InvalidParameter(format!("segments.cleanup_schedule: {e}")).raise()
     });
-    let cleanup_due =
-        segments_core::schedule::next_in_zone(&cleanup_cron, job_last_run("cleanup", locked), &zone)
-            .is_some_and(|t| t <= now);
+    let cleanup_due = segments_core::schedule::next_in_zone(
+        &cleanup_cron,
+        job_last_run("cleanup", locked),
+        &zone,
+    )
+    .is_some_and(|t| t <= now);
 
     if cleanup_due && !locked {
         return Some(Due::default());

@@ -264,7 +264,7 @@ impl<'s> FunnelPass<'s> {
     /// Counts a step of deciding; checks for interrupts every so often.
     fn step(&mut self) {
         self.steps += 1;
-        if self.steps % STEPS_PER_CHECK == 0 {
+        if self.steps.is_multiple_of(STEPS_PER_CHECK) {
             (self.interrupt)();
         }
     }
@@ -387,7 +387,10 @@ impl<'s> FunnelPass<'s> {
             let mut holds = false;
             for p in 0..n {
                 self.step();
-                if self.buckets[p] >= rank && self.masks[p] & first != 0 && self.goes_on(funnel, 1, p) {
+                if self.buckets[p] >= rank
+                    && self.masks[p] & first != 0
+                    && self.goes_on(funnel, 1, p)
+                {
                     holds = true;
                     break;
                 }

@@ -77,7 +77,8 @@ pub fn apply_changes() -> Vec<i64> {
     crate::pg::subtransaction::refuse_in_recovery();
     if after_decoding == crate::engine::live::wal::AfterDecoding::Nothing
         && !(wal && crate::engine::live::wal::in_use())
-        && optional_value::<bool>("SELECT EXISTS (SELECT FROM segments.change_queue)", &[]) == Some(false)
+        && optional_value::<bool>("SELECT EXISTS (SELECT FROM segments.change_queue)", &[])
+            == Some(false)
     {
         return Vec::new();
     }
