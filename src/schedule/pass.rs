@@ -36,7 +36,8 @@ fn job_last_run(job: &str, lock: bool) -> DateTime<Utc> {
     } else {
         "SELECT extract(epoch FROM last_run)::float8 FROM segments.scheduler_state WHERE job = $1"
     };
-    let epoch = spi(Spi::get_one_with_args::<f64>(sql, &[job.into()]));
+    // Read-only SPI (pgrx's get_one would assign a transaction id).
+    let epoch = crate::pg::spi::optional_value::<f64>(sql, &[job.into()]);
     from_epoch(epoch.unwrap_or_default())
 }
 
@@ -113,9 +114,10 @@ pub fn plan_pass() -> Due {
 /// transaction) are the jobs' rows locked, the cleanup run and the jobs'
 /// last runs recorded.
 fn decide(locked: bool) -> Option<Due> {
-    let now = spi(Spi::get_one::<f64>(
+    let now = crate::pg::spi::optional_value::<f64>(
         "SELECT extract(epoch FROM clock_timestamp())::float8",
-    ))
+        &[],
+    )
     .expect("clock_timestamp() is never NULL");
     let now = from_epoch(now);
     let system = system_cron();

@@ -59,11 +59,12 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R + std::panic::UnwindSa
 /// segments UPDATE`) waits rather than run against tables it does not know.
 fn extension_installed() -> Option<String> {
     in_transaction("checking for the extension", || {
-        pgrx::spi::Spi::get_one::<String>(
+        // Read-only SPI: a pass that finds nothing to do assigns no
+        // transaction id (pgrx's get_one would).
+        crate::pg::spi::optional_value::<String>(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'segments'",
+            &[],
         )
-        .ok()
-        .flatten()
     })
     .flatten()
 }
