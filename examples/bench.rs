@@ -1032,12 +1032,16 @@ fn latency(client: &mut Client, url: &str, scale: i64, one_attr: i64, mode: &str
         // values the live segments keep (one grouped scan of orders for
         // the ten traits: seconds at 1M; bench/NOTES.md).
         exec(client, "SELECT count(*) FROM segments.run_due()");
-        exec(
-            client,
-            "UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = 1;
-             UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = 1;
-             SELECT count(*) FROM segments.apply_changes();",
-        );
+        // Each statement its own transaction: WAL capture decodes only
+        // what is committed (one batch would be one transaction, and the
+        // application would find nothing to do).
+        for _ in 0..2 {
+            exec(
+                client,
+                "UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = 1",
+            );
+        }
+        exec(client, "SELECT count(*) FROM segments.apply_changes()");
         exec(client, "ALTER SYSTEM SET segments.naptime = 1");
         exec(client, "SELECT pg_reload_conf()");
         let url = url.to_string();

@@ -689,3 +689,65 @@ fn the_extension_s_own_writes_are_skipped_by_decoding() {
     assert!(past, "the slot still holds WAL it has no use for");
     assert_eq!(recorded(&mut client), before);
 }
+
+/// An application decodes the slot once: it confirms the position its
+/// last decoding reached as a streaming client's reply does, instead of
+/// `pg_replication_slot_advance`, which decodes again from the restart
+/// position first (after a system refresh, gigabytes of the extension's
+/// own WAL read twice; bench/NOTES.md). Counted in the server log, where
+/// PostgreSQL names each decoding it starts.
+#[test]
+fn an_application_decodes_the_slot_once() {
+    let cluster = Cluster::start(
+        "wal-decodes-once",
+        &[
+            "wal_level=logical",
+            "segments.capture=wal",
+            "log_min_messages=debug1",
+        ],
+    );
+    let mut client = cluster.sample_unpinned("2000");
+    let de = create(&mut client, "Live DE", DE).unwrap();
+    // The first applications make the publication and the slot.
+    for _ in 0..3 {
+        client
+            .query("SELECT * FROM segments.apply_changes()", &[])
+            .unwrap();
+    }
+    let decodings = |cluster: &Cluster| {
+        cluster
+            .server_log()
+            .matches("starting logical decoding for slot")
+            .count()
+    };
+    let before = decodings(&cluster);
+    for id in 1..=3 {
+        client
+            .batch_execute(&format!(
+                "UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = {id}"
+            ))
+            .unwrap();
+        let runs = count(&mut client, "SELECT count(*) FROM segments.apply_changes()");
+        assert!(runs > 0, "the change of customer {id} was not applied");
+    }
+    assert_eq!(
+        decodings(&cluster) - before,
+        3,
+        "three applications decoded the slot more than three times"
+    );
+    assert!(equals(&mut client, de, DE_SQL), "a change was lost");
+    // The slot is confirmed where the last decoding recorded it (by the
+    // next application), and its restart position follows.
+    client
+        .query("SELECT * FROM segments.apply_changes()", &[])
+        .unwrap();
+    let confirmed: bool = client
+        .query_one(
+            "SELECT s.confirmed_flush_lsn >= c.decoded_upto AND s.restart_lsn <= s.confirmed_flush_lsn
+               FROM pg_replication_slots s JOIN segments.capture_slot c USING (slot_name)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(confirmed, "the slot was not confirmed where it was decoded");
+}

@@ -74,3 +74,20 @@ pub unsafe fn set_signal_handler(
         pg_sys::pqsignal_be(signal, Some(handler));
     }
 }
+
+/// Acquires a replication slot by name for this backend, failing at once
+/// when another process holds it (18 added whether an invalidated slot is
+/// an error: it is here, as on the majors before).
+///
+/// # Safety
+/// No slot is held by this backend; release it with
+/// `pg_sys::ReplicationSlotRelease`.
+pub unsafe fn acquire_slot(name: &std::ffi::CStr) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
+        #[cfg(feature = "pg18")]
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true, true);
+    }
+}

@@ -17,9 +17,10 @@
 //!   which does not move it), turns the messages into changed keys
 //!   (`segments_core::capture`) in `segments.change_queue`, and records in
 //!   `segments.capture_slot`, in the same transaction, how far it read. The
-//!   slot is advanced to that position only by the next decoding, once it
-//!   is committed: an apply that rolls back (or is killed) reads the same
-//!   changes again.
+//!   slot is confirmed at that position (`advance`, without decoding
+//!   again) only once it is committed, by the scheduler after the
+//!   application or by the next decoding: an apply that rolls back (or is
+//!   killed) reads the same changes again.
 //! - For the entity's own table, each key goes with its last decoded row
 //!   (`segments_core::capture::Image`, text values) and that row's commit
 //!   time: apply reads it instead of the table, as it reads the row images
@@ -453,16 +454,37 @@ fn end_of_inserted_wal() -> u64 {
     }
 }
 
-/// Moves the slot to `upto` (a committed decoded position) when it is
-/// behind it.
+/// Moves the slot's confirmed position to `upto` (a position this
+/// extension's decoding reached and committed) when it is behind it, as
+/// a streaming client's reply does (`LogicalConfirmReceivedLocation`):
+/// the restart position moves with it to the latest restart point the
+/// decoding met. `pg_replication_slot_advance` would read the WAL again
+/// from the restart position up to `upto` first, which after a system
+/// refresh is gigabytes of the extension's own writes (bench/NOTES.md).
 fn advance(name: &str, upto: &str) {
-    spi(Spi::run_with_args(
-        "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, $2::pg_catalog.pg_lsn)
+    // A slot another process reads (a DBA peeking at it) is left alone:
+    // the next application confirms the position.
+    let Some(upto) = optional_value::<i64>(
+        "SELECT pg_catalog.pg_wal_lsn_diff($2::pg_catalog.pg_lsn, '0/0')::pg_catalog.int8
            FROM pg_catalog.pg_replication_slots s
           WHERE s.slot_name OPERATOR(pg_catalog.=) $1 AND NOT s.active
             AND s.confirmed_flush_lsn OPERATOR(pg_catalog.<) $2::pg_catalog.pg_lsn",
         &[name.into(), upto.into()],
-    ));
+    ) else {
+        return;
+    };
+    let name = std::ffi::CString::new(name).expect("a slot name has no NUL");
+    // SAFETY: this backend holds no slot (decoding released it); the slot
+    // is released again whatever happens. Confirming a position decoded
+    // up to is what a walsender does on a client's reply; the restart
+    // and catalog positions move only to candidates the decoding recorded.
+    unsafe { crate::pg::versions::acquire_slot(&name) };
+    PgTryBuilder::new(|| unsafe {
+        pg_sys::LogicalConfirmReceivedLocation(upto as u64);
+        pg_sys::ReplicationSlotMarkDirty();
+    })
+    .finally(|| unsafe { pg_sys::ReplicationSlotRelease() })
+    .execute();
 }
 
 /// After an application committed (the scheduler calls it then): the slot
