@@ -944,6 +944,119 @@ fn traits_equal_hand_written_sql() {
     );
 }
 
+/// How many records' stored value of each trait of `trait_cases` differs
+/// from its hand-written value (through the typed traits view).
+fn traits_differing(client: &mut postgres::Client) -> Vec<(&'static str, i64)> {
+    trait_cases()
+        .into_iter()
+        .map(|(name, _, hand)| {
+            let differ: i64 = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE t.{name} IS DISTINCT FROM {hand})
+                           FROM customers c JOIN segments.customer_traits t ON t.id = c.id"
+                    ),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .get(0);
+            (name, differ)
+        })
+        .filter(|(_, differ)| *differ > 0)
+        .collect()
+}
+
+/// Computing every trait again writes only what changed: values that
+/// changed, keys that gained a value, and keys whose related rows all went
+/// (found by the sweep); an unchanged value keeps its row (the daily
+/// system refresh used to write every value again: bench/NOTES.md).
+#[test]
+fn computing_traits_again_writes_only_what_changed() {
+    let cluster = Cluster::start("audience_traits_again", &[]);
+    let mut client = cluster.sample_customers_orders("3000");
+    for (name, definition, _) in trait_cases() {
+        client
+            .query_one(
+                "SELECT segments.create_trait($1, 'customer', $2::text::jsonb)",
+                &[&name, &definition],
+            )
+            .unwrap_or_else(|e| panic!("creating trait {name}: {e}"));
+    }
+    client
+        .batch_execute(
+            "SELECT segments.refresh_traits('customer');
+             CREATE TABLE before AS SELECT trait_id, key, value, ctid::text AS at FROM segments.trait_value;",
+        )
+        .unwrap();
+    // A customer whose orders changed, one whose orders all went, and
+    // one without orders who gets some.
+    let (changed, emptied, newcomer): (i64, i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT min(customer_id) FROM orders),
+                        (SELECT max(customer_id) FROM orders),
+                        (SELECT min(id) FROM customers c WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id))",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    client
+        .batch_execute(&format!(
+            "UPDATE orders SET amount = amount + 1000, status = 'paid' WHERE customer_id = {changed};
+             DELETE FROM orders WHERE customer_id = {emptied};
+             INSERT INTO orders (id, customer_id, ordered_at, amount, status, channel)
+             VALUES (900000001, {newcomer}, {REF} - interval '3 days', 42, 'paid', 'web');"
+        ))
+        .unwrap();
+    let stored: i64 = client
+        .query_one("SELECT segments.refresh_traits('customer')", &[])
+        .unwrap()
+        .get(0);
+    assert!(stored > 1_000, "{stored} values");
+    assert_eq!(
+        traits_differing(&mut client),
+        vec![],
+        "traits differ from the hand-written values"
+    );
+    let count = |client: &mut postgres::Client, sql: &str| -> i64 {
+        client.query_one(sql, &[]).unwrap().get(0)
+    };
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM segments.trait_value v JOIN before b USING (trait_id, key)
+              WHERE v.value = b.value AND v.ctid::text <> b.at"
+        ),
+        0,
+        "unchanged values were written again"
+    );
+    let rewritten = count(
+        &mut client,
+        "SELECT count(*) FROM segments.trait_value v LEFT JOIN before b USING (trait_id, key)
+          WHERE b.at IS NULL OR v.ctid::text <> b.at",
+    );
+    assert!(
+        (1..=30).contains(&rewritten),
+        "{rewritten} values written for three customers' changes"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.trait_value WHERE key = '{emptied}'")
+        ),
+        0,
+        "the values of a customer without orders any more are kept"
+    );
+    assert!(
+        count(
+            &mut client,
+            &format!("SELECT count(*) FROM segments.trait_value WHERE key = '{newcomer}'")
+        ) > 0,
+        "a new customer's values are missing"
+    );
+}
+
 /// The traits view follows trait creation and deletion with its grants
 /// kept; drop_trait is refused while a segment or an export uses the trait
 /// and for anyone but its owner; create_trait refuses bad definitions.

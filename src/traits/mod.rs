@@ -5,10 +5,13 @@
 //! - this file: `create_trait`, `drop_trait` and `refresh_traits`;
 //! - `store`: computing every trait of a related table in one scan, as the
 //!   trait's owner, and storing the values (`segments.trait_value`);
+//! - `difference`: a full computation written as its difference from the
+//!   stored values (only what changed is written);
 //! - conditions and ranks on traits are compiled in segments-core
 //!   (`compile/traits.rs`), in the plan of the segments that use them;
 //! - the typed view `segments.<entity>_traits` is `tables::traits_view`.
 
+pub mod difference;
 pub mod store;
 
 use std::panic::AssertUnwindSafe;

@@ -19,6 +19,7 @@ use crate::engine::evaluate::reference_time_sql;
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{Reported, SegmentsError};
 use crate::pg::spi::{required, spi};
+use crate::traits::difference::{Difference, Row};
 
 /// Rows read and written at a time.
 const CHUNK: i64 = 10_000;
@@ -121,17 +122,17 @@ fn compute(
         .map(|row| (required::<i64>(&row, 1), required::<pg_sys::Oid>(&row, 2).to_u32()))
         .collect()
     });
-    crate::pg::sandbox::privileged(AssertUnwindSafe(|| match restriction {
-        None => spi(Spi::run_with_args(
-            "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1)",
-            &[ids.clone().into()],
-        )),
-        Some((keys, _)) => spi(Spi::run_with_args(
-            "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1) \
-               AND key OPERATOR(pg_catalog.=) ANY ($2)",
-            &[ids.clone().into(), keys.to_vec().into()],
-        )),
-    }));
+    // Changed keys: their values go and come again. A full computation
+    // writes only its difference from the stored values (`difference`).
+    if let Some((keys, _)) = restriction {
+        crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+            spi(Spi::run_with_args(
+                "DELETE FROM segments.trait_value WHERE trait_id OPERATOR(pg_catalog.=) ANY ($1) \
+                   AND key OPERATOR(pg_catalog.=) ANY ($2)",
+                &[ids.clone().into(), keys.to_vec().into()],
+            ))
+        }));
+    }
     // By owner, then by the rows they read (related table and path).
     let mut by_owner: BTreeMap<u32, Vec<&segments_core::catalog::TraitDef>> = BTreeMap::new();
     for t in &traits {
@@ -167,11 +168,12 @@ fn compute(
                 let sorted =
                     restriction.is_none() && crate::engine::evaluate::has_many_records(&found);
                 let mut stored = 0;
+                let full = restriction.is_none();
                 for measures in groups.values() {
                     stored += if sorted {
-                        crate::pg::sandbox::grouping_by_sort(|| store_group(measures))
+                        crate::pg::sandbox::grouping_by_sort(|| store_group(measures, full))
                     } else {
-                        store_group(measures)
+                        store_group(measures, full)
                     };
                 }
                 Ok(stored)
@@ -200,8 +202,10 @@ pub fn refresh_all() {
 }
 
 /// Computes one scan's traits (as the current role) and stores them
-/// chunk by chunk; returns how many values it stored.
-fn store_group(measures: &[TraitMeasure]) -> i64 {
+/// chunk by chunk: all of them (`full`: as the difference from the stored
+/// values) or those of the changed keys (whose stored values were
+/// deleted). Returns how many values the traits have.
+fn store_group(measures: &[TraitMeasure], full: bool) -> i64 {
     let values: Vec<String> = measures
         .iter()
         .map(|m| {
@@ -211,12 +215,13 @@ fn store_group(measures: &[TraitMeasure]) -> i64 {
             )
         })
         .collect();
+    let query = traits_query(measures);
     let sql = format!(
-        "SELECT (q.key)::pg_catalog.text, {} FROM ({}) q",
+        "SELECT (q.key)::pg_catalog.text, {} FROM ({query}) q",
         values.join(", "),
-        traits_query(measures)
     );
     let ids: Vec<i64> = measures.iter().map(|m| m.id).collect();
+    let mut difference = Difference::new(ids.clone());
     let mut stored = 0;
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(sql.as_str(), &[]);
@@ -225,32 +230,60 @@ fn store_group(measures: &[TraitMeasure]) -> i64 {
             if table.is_empty() {
                 break;
             }
-            let (mut trait_ids, mut keys, mut jsons) = (Vec::new(), Vec::new(), Vec::new());
+            let mut rows: Vec<Row> = Vec::new();
             for row in table {
                 let Some(key) = spi(row.get::<String>(1)) else {
                     continue;
                 };
-                for (i, id) in ids.iter().enumerate() {
-                    if let Some(value) = spi(row.get::<String>(i + 2)) {
-                        if value != "null" {
-                            trait_ids.push(*id);
-                            keys.push(key.clone());
-                            jsons.push(value);
-                        }
-                    }
-                }
+                // A JSON null is no value, as SQL's NULL.
+                let values = (0..ids.len())
+                    .map(|i| spi(row.get::<String>(i + 2)).filter(|v| v != "null"))
+                    .collect();
+                rows.push((key, values));
             }
-            stored += keys.len() as i64;
-            crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
-                spi(Spi::run_with_args(
-                    "INSERT INTO segments.trait_value (trait_id, key, value) \
-                     SELECT t, k, v::pg_catalog.jsonb \
-                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
-                                       pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
-                    &[trait_ids.into(), keys.into(), jsons.into()],
-                ))
-            }));
+            if full {
+                difference.chunk(&rows);
+            } else {
+                stored += insert(&ids, rows);
+            }
         }
     });
+    if !full {
+        return stored;
+    }
+    let stored = difference.values();
+    // The keys a trait has a value for, under the condition above.
+    difference.finish(|i| {
+        format!(
+            "SELECT (q.key)::pg_catalog.text FROM ({query}) q WHERE {} OPERATOR(pg_catalog.<>) 'null'",
+            values[i]
+        )
+    });
+    stored
+}
+
+/// Inserts the values of `rows` (their keys' stored values were deleted);
+/// returns how many.
+fn insert(ids: &[i64], rows: Vec<Row>) -> i64 {
+    let (mut trait_ids, mut keys, mut jsons) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, values) in rows {
+        for (id, value) in ids.iter().zip(values) {
+            if let Some(value) = value {
+                trait_ids.push(*id);
+                keys.push(key.clone());
+                jsons.push(value);
+            }
+        }
+    }
+    let stored = keys.len() as i64;
+    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "INSERT INTO segments.trait_value (trait_id, key, value) \
+             SELECT t, k, v::pg_catalog.jsonb \
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                               pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
+            &[trait_ids.into(), keys.into(), jsons.into()],
+        ))
+    }));
     stored
 }
