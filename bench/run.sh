@@ -41,7 +41,8 @@ bash scripts/cluster.sh destroy "$dir"
 bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
   max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off \
   shared_preload_libraries=segments segments.naptime=3600 "${capture_settings[@]}"
-trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
+# SEGMENTS_BENCH_KEEP=1 leaves the cluster running (to look into a case).
+[ -n "${SEGMENTS_BENCH_KEEP:-}" ] || trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
 echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((96 * scale / 10)) product events"
 time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -v sessions=6 -f scripts/sample_data.sql

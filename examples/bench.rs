@@ -891,6 +891,10 @@ fn main() {
     let hundred: Vec<i64> = (0..99)
         .map(|i| create(&mut client, &format!("live {i}"), &format!(r#"{{"entity":"customer","rules":[{{"where":{{"attribute":"age","op":"gt","value":{}}}}}]}}"#, i % 80)))
         .collect();
+    // Their first refresh, as the scheduler's next pass would have made
+    // it (it sleeps through these cases): otherwise it fell to 7c's "day's
+    // system refresh", whose history then held 61 million entries.
+    refresh(&mut client, &hundred);
     let hundred = hundred
         .iter()
         .map(i64::to_string)
@@ -1082,6 +1086,7 @@ fn latency(client: &mut Client, url: &str, scale: i64, one_attr: i64, mode: &str
         for id in candidates {
             probe.execute("UPDATE customers SET country = CASE WHEN country = 'DE' THEN 'FR' ELSE 'DE' END WHERE id = $1", &[&id]).unwrap();
             let committed = Instant::now();
+            let mut reported = Duration::ZERO;
             loop {
                 let now_member: bool = probe
                     .query_one(
@@ -1097,6 +1102,23 @@ fn latency(client: &mut Client, url: &str, scale: i64, one_attr: i64, mode: &str
                     .unwrap_or(false);
                 if now_member == expected || committed.elapsed() > Duration::from_secs(30) {
                     break;
+                }
+                // A slow probe says, every second, what the scheduler does.
+                if committed.elapsed() > reported + Duration::from_secs(2) {
+                    reported = committed.elapsed() - Duration::from_secs(1);
+                    let doing: String = probe
+                        .query_one(
+                            "SELECT coalesce(string_agg(format('%s %s (%s/%s) wait %s', a.kind, a.phase, a.segments_done, a.segments_total,
+                                                              coalesce(p.wait_event_type || ':' || p.wait_event, '-')), '; '), 'nothing running')
+                               FROM segments.activity a LEFT JOIN pg_stat_activity p USING (pid)",
+                            &[],
+                        )
+                        .unwrap()
+                        .get(0);
+                    println!(
+                        "7c: customer {id} after {}: {doing}",
+                        ms(committed.elapsed())
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -1057,6 +1057,56 @@ fn computing_traits_again_writes_only_what_changed() {
     );
 }
 
+/// Two computations of an entity's traits at once: the second waits for
+/// the first and writes nothing it already wrote (writing a changed
+/// key's value from a stale reading failed on the first's row, 23505).
+#[test]
+fn concurrent_computations_of_traits_do_not_collide() {
+    let cluster = Cluster::start("audience_traits_concurrent", &[]);
+    let mut client = cluster.sample_customers_orders("1000");
+    client
+        .query_one(
+            "SELECT segments.create_trait('spent', 'customer', '{\"related\":\"orders\",\"aggregate\":\"sum\",\"attribute\":\"amount\"}'::jsonb)",
+            &[],
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "UPDATE orders SET amount = amount + 1 WHERE customer_id = (SELECT min(customer_id) FROM orders)",
+        )
+        .unwrap();
+    client
+        .batch_execute("BEGIN; SELECT segments.refresh_traits('customer');")
+        .unwrap();
+    let url = cluster.url("postgres");
+    let second = std::thread::spawn(move || {
+        let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        other
+            .query_one("SELECT segments.refresh_traits('customer')", &[])
+            .map(|row| row.get::<_, i64>(0))
+    });
+    // The second is waiting for the first (its lock), then the first
+    // commits.
+    harness::wait_for("the second computation to wait", 30, || {
+        let waiting: i64 = cluster
+            .connect("postgres")
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%refresh_traits%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    });
+    client.batch_execute("COMMIT").unwrap();
+    let stored = second.join().unwrap();
+    assert!(
+        stored.is_ok(),
+        "the second computation failed: {:?}",
+        stored.err()
+    );
+}
+
 /// The traits view follows trait creation and deletion with its grants
 /// kept; drop_trait is refused while a segment or an export uses the trait
 /// and for anyone but its owner; create_trait refuses bad definitions.

@@ -84,17 +84,7 @@ impl Difference {
         for (i, keys) in removed.into_iter().enumerate() {
             remove(self.ids[i], keys);
         }
-        if !values.is_empty() {
-            privileged(AssertUnwindSafe(|| {
-                spi(Spi::run_with_args(
-                    "INSERT INTO segments.trait_value (trait_id, key, value) \
-                     SELECT t, k, v::pg_catalog.jsonb \
-                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
-                                       pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
-                    &[trait_ids.into(), written_keys.into(), values.into()],
-                ))
-            }));
-        }
+        insert(trait_ids, written_keys, values);
     }
 
     /// The stored values of `keys` for this scan's traits, by trait and key
@@ -140,6 +130,23 @@ impl Difference {
             }
         }
     }
+}
+
+/// Stores values (trait, key, JSON text), none of them stored yet (as the
+/// extension).
+pub fn insert(trait_ids: Vec<i64>, keys: Vec<String>, values: Vec<String>) {
+    if values.is_empty() {
+        return;
+    }
+    privileged(AssertUnwindSafe(|| {
+        spi(Spi::run_with_args(
+            "INSERT INTO segments.trait_value (trait_id, key, value) \
+             SELECT t, k, v::pg_catalog.jsonb \
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                               pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
+            &[trait_ids.into(), keys.into(), values.into()],
+        ))
+    }));
 }
 
 /// Deletes trait `id`'s values of `keys` (as the extension).

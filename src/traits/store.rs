@@ -103,6 +103,14 @@ fn compute(
     };
     // Trait values: skipped by WAL capture's decoding.
     let _own = crate::engine::live::own_writes::mark();
+    // One computation of an entity's traits at a time (waiting, as a row
+    // lock would, and a cancel ends the wait): the next reads what the
+    // first stored, where two at once would both write a changed key's
+    // value and the second fail on the first's.
+    spi(Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('segments.traits'), pg_catalog.hashtext($1))",
+        &[entity.into()],
+    ));
     let traits: Vec<_> = found
         .traits
         .iter()
@@ -276,14 +284,6 @@ fn insert(ids: &[i64], rows: Vec<Row>) -> i64 {
         }
     }
     let stored = keys.len() as i64;
-    crate::pg::sandbox::privileged(AssertUnwindSafe(|| {
-        spi(Spi::run_with_args(
-            "INSERT INTO segments.trait_value (trait_id, key, value) \
-             SELECT t, k, v::pg_catalog.jsonb \
-               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
-                               pg_catalog.unnest($3::pg_catalog.text[])) AS u(t, k, v)",
-            &[trait_ids.into(), keys.into(), jsons.into()],
-        ))
-    }));
+    crate::traits::difference::insert(trait_ids, keys, jsons);
     stored
 }
