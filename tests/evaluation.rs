@@ -416,6 +416,69 @@ fn a_refresh_in_memory_batches_equals_one_pass() {
     }
 }
 
+/// A window scan sorts the related table in `segments.scan_work_mem`,
+/// not in the session's `work_mem`: with a tiny `work_mem` its sort spills
+/// to disk (PostgreSQL logs the temporary file) unless `scan_work_mem`
+/// holds it, and the members are the same either way.
+#[test]
+fn a_window_scan_sorts_within_scan_work_mem() {
+    let cluster = Cluster::start("scan_work_mem", &["log_temp_files=0"]);
+    let mut client = cluster.sample("20000");
+    for i in 0..20 {
+        client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[
+                    &format!("windowed {i}"),
+                    &format!(
+                        r#"{{"entity":"customer","rules":[{{"where":{{"related":"orders","aggregate":"count","within":"{} days","op":"gte","value":{}}}}}]}}"#,
+                        5 + 17 * i,
+                        1 + i % 3
+                    ),
+                ],
+            )
+            .unwrap();
+    }
+    // Temporary files of more than 1 MB: the sort of 100,000 orders (a
+    // refresh also spills small per-segment lists past 64kB of work_mem).
+    let temporary_files = |cluster: &Cluster| {
+        cluster
+            .server_log()
+            .lines()
+            .filter_map(|l| l.split("temporary file: ").nth(1)?.rsplit("size ").next())
+            .filter(|size| size.trim().parse::<u64>().is_ok_and(|s| s > 1_000_000))
+            .count()
+    };
+    let refresh = |client: &mut postgres::Client, scan_work_mem: &str| {
+        refresh_counting_reads(
+            client,
+            &format!(
+                "SET LOCAL work_mem = '64kB'; SET LOCAL segments.scan_work_mem = '{scan_work_mem}'"
+            ),
+            "orders",
+            "SELECT segment_id, members FROM segments.membership ORDER BY segment_id",
+            |r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)),
+        )
+    };
+    let before = temporary_files(&cluster);
+    let (reads_small, members_small) = refresh(&mut client, "64kB");
+    let spilled = temporary_files(&cluster) - before;
+    let (reads_large, members_large) = refresh(&mut client, "1GB");
+    let spilled_large = temporary_files(&cluster) - before - spilled;
+    assert_eq!(
+        (reads_small, reads_large),
+        (1, 1),
+        "one window scan of orders each time"
+    );
+    assert!(spilled > 0, "the sort of 100,000 orders spills past 64kB");
+    assert_eq!(
+        spilled_large, 0,
+        "1GB holds the sort ({spilled} large temporary files with 64kB)"
+    );
+    assert_eq!(members_small.len(), 20);
+    assert_eq!(members_small, members_large);
+}
+
 /// Many related conditions of one table with windows and thresholds of
 /// their own (as real segment lists have) come from one sorted pass of the
 /// table (a window scan), with exactly the members of one query each.

@@ -591,13 +591,17 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         if scan.leaves().all(|leaf| known.contains_key(&leaf)) {
             continue;
         }
-        scanned.extend(window_scan_values(plan, scan));
+        scanned.extend(crate::pg::sandbox::sorting_in_memory(|| {
+            window_scan_values(plan, scan)
+        }));
     }
     for scan in &plan.funnel_scans {
         if scan.leaves().all(|leaf| known.contains_key(&leaf)) {
             continue;
         }
-        scanned.extend(funnel_scan_values(plan, scan));
+        scanned.extend(crate::pg::sandbox::sorting_in_memory(|| {
+            funnel_scan_values(plan, scan)
+        }));
     }
     let all_rows = all_rows.unwrap_or_default();
     let sorted = sorts_groups(plan);

@@ -45,6 +45,10 @@ pub static WINDOW_SCAN_MIN_CONDITIONS: GucSetting<i32> = GucSetting::<i32>::new(
 /// owner in batches that fit (`engine::refresh`). ARCHITECTURE.md says how
 /// it is estimated.
 pub static REFRESH_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
+/// The memory, in kB, each sort of a refresh's passes over whole tables
+/// may use before it spills to disk (window, funnel and grouped scans,
+/// `pg::sandbox::sorting_in_memory`); never less than `work_mem`.
+pub static SCAN_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 /// How long the worker's refresh of one group of segments may take, in
 /// milliseconds (0: no limit).
 /// How live segments learn of changes (`segments.capture`).
@@ -264,6 +268,16 @@ pub fn register() {
         c"Segments of one entity and owner are evaluated in batches that fit; each batch reads the tables again.",
         &REFRESH_WORK_MEM,
         1024,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"segments.scan_work_mem",
+        c"The memory each sort of a refresh's passes over whole tables may use (never less than work_mem).",
+        c"Window, funnel and grouped scans sort a related table by record; past this they spill to disk.",
+        &SCAN_WORK_MEM,
+        64,
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_KB,

@@ -136,12 +136,29 @@ fn save_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
 /// customers, 11 s hashed against 5.6 s sorted). The setting is restored
 /// when `f` returns; an error pops it with the (sub)transaction.
 pub fn grouping_by_sort<R>(f: impl FnOnce() -> R) -> R {
-    with_setting(
-        c"enable_hashagg",
-        c"off",
-        pg_sys::GucContext::PGC_USERSET,
-        f,
-    )
+    sorting_in_memory(|| {
+        with_setting(
+            c"enable_hashagg",
+            c"off",
+            pg_sys::GucContext::PGC_USERSET,
+            f,
+        )
+    })
+}
+
+/// Runs `f` with `work_mem` raised to `segments.scan_work_mem` (never
+/// lowered), for the queries of a refresh that sort a whole related table
+/// by record: at 1M customers a window scan sorts 5M orders, about 200 MB
+/// on disk past a `work_mem` of 256MB, and the spill and merge cost more
+/// than the sort (bench/NOTES.md). One such sort runs at a time.
+pub fn sorting_in_memory<R>(f: impl FnOnce() -> R) -> R {
+    let wanted = crate::pg::gucs::SCAN_WORK_MEM.get();
+    // SAFETY: PostgreSQL's current value of work_mem, read in a backend.
+    if wanted <= unsafe { pg_sys::work_mem } {
+        return f();
+    }
+    let value = std::ffi::CString::new(format!("{wanted}kB")).expect("no NUL in a number");
+    with_setting(c"work_mem", &value, pg_sys::GucContext::PGC_USERSET, f)
 }
 
 /// Runs `f` with the setting `name` set to `value` at a GUC nest level of

@@ -31,7 +31,8 @@
 
 use crate::bitmap::{position_of, Members};
 
-use super::windows::{append, mask_sql, ScanSource};
+use super::gather::Gather;
+use super::windows::{mask_sql, ScanSource};
 
 /// The most distinct step conditions one pass tells apart.
 const MAX_CONDITIONS_PER_SCAN: usize = 62;
@@ -225,8 +226,8 @@ pub struct FunnelPass<'s> {
     columns: Vec<Option<i64>>,
     /// Per step, whether the funnel goes on from each row (None: unknown).
     memo: Vec<Option<bool>>,
-    members: Vec<Members>,
-    pending: Vec<Vec<u64>>,
+    /// Each funnel's members (`gather`).
+    members: Gather,
     /// Called every `STEPS_PER_CHECK` steps of deciding (a cancel check).
     interrupt: Box<dyn FnMut() + 's>,
     steps: u64,
@@ -247,8 +248,7 @@ impl<'s> FunnelPass<'s> {
             gaps: Vec::new(),
             columns: Vec::new(),
             memo: Vec::new(),
-            members: vec![Members::new(); scan.funnels.len()],
-            pending: vec![Vec::new(); scan.funnels.len()],
+            members: Gather::new(scan.funnels.len()),
             interrupt: Box::new(|| {}),
             steps: 0,
         }
@@ -377,6 +377,7 @@ impl<'s> FunnelPass<'s> {
         let Some(position) = self.current.take() else {
             return;
         };
+        self.members.at(position);
         let n = self.times.len();
         let scan = self.scan;
         for (f, funnel) in scan.funnels.iter().enumerate() {
@@ -396,11 +397,7 @@ impl<'s> FunnelPass<'s> {
                 }
             }
             if holds {
-                let pending = &mut self.pending[f];
-                pending.push(position);
-                if pending.len() >= super::windows::PENDING_MEMBERS {
-                    append(&mut self.members[f], pending);
-                }
+                self.members.add(f);
             }
         }
         self.buckets.clear();
@@ -413,14 +410,11 @@ impl<'s> FunnelPass<'s> {
     /// Each funnel's members, by leaf.
     pub fn finish(mut self) -> Vec<(usize, Members)> {
         self.finish_record();
-        for (members, pending) in self.members.iter_mut().zip(self.pending.iter_mut()) {
-            append(members, pending);
-        }
         self.scan
             .funnels
             .iter()
             .map(|f| f.leaf)
-            .zip(self.members)
+            .zip(self.members.finish())
             .collect()
     }
 }

@@ -36,6 +36,7 @@ mod columns;
 mod emit;
 mod fold;
 mod funnels;
+mod gather;
 mod membership;
 mod path;
 mod rank;

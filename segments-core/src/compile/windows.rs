@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::gather::Gather;
 use crate::bitmap::{position_of, Members};
 use crate::catalog::Column;
 use crate::definition::{Op, Operand};
@@ -536,24 +537,9 @@ pub struct WindowPass<'s> {
     masks: Vec<u64>,
     values: Vec<Option<i64>>,
     order: Vec<usize>,
-    members: Vec<Members>,
-    /// Each condition's members not yet added to `members`: appending a
-    /// sorted batch is far cheaper than inserting (or pushing) one by one.
-    pending: Vec<Vec<u64>>,
-    with_rows: Members,
-}
-
-/// How many members of one condition a pass gathers before adding them.
-pub(super) const PENDING_MEMBERS: usize = 4096;
-
-/// Adds sorted `positions` to `members` (one by one where they are not
-/// all above its members: a negative integer key sorts first but is a
-/// high position).
-pub(super) fn append(members: &mut Members, positions: &mut Vec<u64>) {
-    if members.append(positions.iter().copied()).is_err() {
-        members.extend(positions.iter().copied());
-    }
-    positions.clear();
+    /// Each condition's members (a complemented one's failures), then
+    /// the records with rows (`gather` says why not one insert each).
+    members: Gather,
 }
 
 impl<'s> WindowPass<'s> {
@@ -596,9 +582,7 @@ impl<'s> WindowPass<'s> {
             values: Vec::new(),
             order: Vec::new(),
             complemented,
-            members: vec![Members::new(); scan.conditions.len()],
-            pending: vec![Vec::new(); scan.conditions.len()],
-            with_rows: Members::new(),
+            members: Gather::new(scan.conditions.len() + 1),
         }
     }
 
@@ -620,7 +604,8 @@ impl<'s> WindowPass<'s> {
         let Some(position) = self.current.take() else {
             return;
         };
-        self.with_rows.insert(position);
+        self.members.at(position);
+        self.members.add(self.scan.conditions.len());
         let sums = self.scan.sums.len();
         self.order.clear();
         self.order.extend(0..self.buckets.len());
@@ -663,11 +648,7 @@ impl<'s> WindowPass<'s> {
                     Some(_) => summed.then_some(total),
                 };
                 if step.test.holds(value) != step.complemented {
-                    let pending = &mut self.pending[step.condition];
-                    pending.push(position);
-                    if pending.len() >= PENDING_MEMBERS {
-                        append(&mut self.members[step.condition], pending);
-                    }
+                    self.members.add(step.condition);
                 }
             }
         }
@@ -680,12 +661,11 @@ impl<'s> WindowPass<'s> {
     /// some window.
     pub fn finish(mut self) -> (Vec<(usize, Members)>, Members) {
         self.finish_record();
-        for (members, pending) in self.members.iter_mut().zip(self.pending.iter_mut()) {
-            append(members, pending);
-        }
-        for (members, complemented) in self.members.iter_mut().zip(&self.complemented) {
+        let mut members = self.members.finish();
+        let with_rows = members.pop().unwrap_or_default();
+        for (members, complemented) in members.iter_mut().zip(&self.complemented) {
             if *complemented {
-                *members = &self.with_rows - &*members;
+                *members = &with_rows - &*members;
             }
         }
         let leaves = self
@@ -693,9 +673,9 @@ impl<'s> WindowPass<'s> {
             .conditions
             .iter()
             .map(|c| c.leaf)
-            .zip(self.members)
+            .zip(members)
             .collect();
-        (leaves, self.with_rows)
+        (leaves, with_rows)
     }
 }
 
