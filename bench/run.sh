@@ -41,7 +41,9 @@ bash scripts/cluster.sh destroy "$dir"
 bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
   max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off \
   shared_preload_libraries=segments segments.naptime=3600 "${capture_settings[@]}"
-# SEGMENTS_BENCH_KEEP=1 leaves the cluster running (to look into a case).
+# SEGMENTS_BENCH_KEEP=1 leaves the cluster running (to look into a case);
+# SEGMENTS_BENCH_ONLY=14 runs only the generated list, SEGMENTS_BENCH_SEGMENTS=N
+# makes it N segments long.
 [ -n "${SEGMENTS_BENCH_KEEP:-}" ] || trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
 echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((96 * scale / 10)) product events"

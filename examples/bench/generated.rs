@@ -101,7 +101,13 @@ fn profile(client: &mut Client) -> Profile {
 /// only active segments while it runs, and compares one `refresh()` with
 /// `SAMPLE` of them one at a time, scaled to the list.
 pub fn case(client: &mut Client, scale: i64, runs: usize, rows: &mut Vec<Row>) {
-    let count = if scale >= 10_000_000 { 10_000 } else { 1_000 };
+    // SEGMENTS_BENCH_SEGMENTS sets another length (a multiple of
+    // SAMPLE), to see how the cost grows with the list at one scale.
+    let count = std::env::var("SEGMENTS_BENCH_SEGMENTS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n >= SAMPLE && n % SAMPLE == 0)
+        .unwrap_or(if scale >= 10_000_000 { 10_000 } else { 1_000 });
     exec(
         client,
         "SELECT segments.register_related('customer', 'email_events', 'email_events', 'customer_id', 'occurred_at')
