@@ -477,6 +477,16 @@ fn a_window_scan_sorts_within_scan_work_mem() {
     );
     assert_eq!(members_small.len(), 20);
     assert_eq!(members_small, members_large);
+    // A value below the smallest work_mem is refused, naming the setting.
+    let refused = client
+        .batch_execute("SET segments.scan_work_mem = '10kB'")
+        .unwrap_err();
+    let refused = refused.as_db_error().expect("a server error");
+    assert_eq!(refused.code().code(), "22023", "{refused}");
+    assert!(
+        refused.message().contains("segments.scan_work_mem"),
+        "{refused}"
+    );
 }
 
 /// Many related conditions of one table with windows and thresholds of
