@@ -416,6 +416,63 @@ fn a_refresh_in_memory_batches_equals_one_pass() {
     }
 }
 
+/// Comparisons of a column group are made when a segment reads them and
+/// freed after their last reader, or sooner when more than 64 are held
+/// (`engine::late`): a list whose segments share comparisons across the
+/// whole list (segment i and i + 100 read the same thresholds) fills,
+/// releases and fills again, and every segment still has the members the
+/// hand-written query gives.
+#[test]
+fn comparisons_made_when_read_equal_hand_written_sql() {
+    let cluster = Cluster::start("late_comparisons", &[]);
+    let mut client = cluster.sample("3000");
+    for i in 0..200 {
+        let definition = format!(
+            r#"{{"entity":"customer","rules":[{{"where":{{"all":[{{"attribute":"lifetime_value","op":"gt","value":{}}},{{"attribute":"age","op":"{}","value":{}}}]}}}},{{"combine":"union","where":{{"attribute":"country","op":"in","value":["{}"]}}}}]}}"#,
+            (i % 100) * 37,
+            if i % 3 == 0 { "lte" } else { "gte" },
+            18 + i % 100 / 2,
+            ["DE", "FR", "US", "GB", "ES", "IT", "NL", "PL"][i % 8],
+        );
+        client
+            .query_one(
+                "SELECT segments.create_segment($1, $2::text::jsonb)",
+                &[&format!("late {i}"), &definition],
+            )
+            .unwrap();
+    }
+    let refreshed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM segments.refresh() WHERE status = 'succeeded'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(refreshed, 200);
+    for i in 0..200 {
+        let op = if i % 3 == 0 { "<=" } else { ">=" };
+        let differ: i64 = client
+            .query_one(
+                &format!(
+                    "WITH want AS (SELECT id FROM customers WHERE (lifetime_value > $2::int4 AND age {op} $3) OR country = $4),
+                          got AS (SELECT v.id FROM segments.customer_members v JOIN segments.segment s ON s.id = v.segment_id
+                                   WHERE s.name = $1)
+                     SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM got) a)
+                          + (SELECT count(*) FROM (SELECT * FROM got EXCEPT SELECT * FROM want) b)"
+                ),
+                &[
+                    &format!("late {i}"),
+                    &(((i % 100) * 37) as i32),
+                    &((18 + i % 100 / 2) as i32),
+                    &["DE", "FR", "US", "GB", "ES", "IT", "NL", "PL"][i % 8],
+                ],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "late {i}");
+    }
+}
+
 /// A window scan sorts the related table in `segments.scan_work_mem`,
 /// not in the session's `work_mem`: with a tiny `work_mem` its sort spills
 /// to disk (PostgreSQL logs the temporary file) unless `scan_work_mem`

@@ -20,7 +20,7 @@ use segments_core::definition::{
 use segments_core::sql::{ident, literal, op};
 
 use crate::engine::evaluate::{
-    compute_leaves, evaluate_segment, fill_segment_leaves, reference_time_sql, stored_members,
+    compute_leaves, evaluate_segment, fill_late_leaves, reference_time_sql, stored_members,
 };
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
@@ -70,7 +70,7 @@ impl Probe<'_> {
         let mut compiled = planner.add(&definition, Some(self.segment))?;
         let plan = planner.finish(&mut [&mut compiled]);
         let mut values = compute_leaves(&plan);
-        fill_segment_leaves(&plan, &mut values, &HashMap::new());
+        fill_late_leaves(&plan, &mut values, &HashMap::new());
         Ok(evaluate_segment(&compiled, &values).0.contains(position))
     }
 

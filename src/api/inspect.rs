@@ -11,7 +11,7 @@ use segments_core::bitmap::RuleCount;
 use segments_core::compile::compile_definition;
 
 use crate::engine::evaluate::{
-    compute_leaves, evaluate_segment, fill_segment_leaves, plan_queries, reference_time_sql,
+    compute_leaves, evaluate_segment, fill_late_leaves, plan_queries, reference_time_sql,
 };
 use crate::pg::catalog::SpiCatalog;
 use crate::pg::error::{OrRaise, Reported, SegmentsError};
@@ -125,7 +125,7 @@ pub fn estimate_counts(definition: &serde_json::Value) -> Result<Vec<RuleCount>,
         crate::pg::gucs::max_conditions(),
     )?;
     let mut values = compute_leaves(&plan);
-    fill_segment_leaves(&plan, &mut values, &Default::default());
+    fill_late_leaves(&plan, &mut values, &Default::default());
     Ok(evaluate_segment(&compiled, &values).1)
 }
 

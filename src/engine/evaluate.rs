@@ -12,11 +12,12 @@ use pgrx::spi::Spi;
 use segments_core::bitmap::{deserialize, evaluate, evaluate_rules, Members, RuleCount};
 use segments_core::catalog::KeyKind;
 use segments_core::compile::{
-    column_leaves, equality_leaves, Bucket, ColumnGroup, CompiledSegment, FunnelPass, FunnelRow,
-    FunnelScan, Leaf, Plan, TraitSource, WindowPass, WindowScan,
+    column_leaves, equality_leaves, Bucket, ColumnBuckets, ColumnGroup, CompiledSegment,
+    FunnelPass, FunnelRow, FunnelScan, Leaf, Plan, TraitSource, WindowPass, WindowScan,
 };
 use segments_core::sql::{ident, literal};
 
+use crate::engine::late::LateLeaves;
 use crate::pg::spi::{for_each_row, optional_value, required, spi};
 
 /// Plans whose conditions add up to more SQL than this (about 60
@@ -32,8 +33,10 @@ const FILTERS_PER_SCAN: usize = 500;
 /// batch, freed before the next.
 const WINDOW_ROWS_PER_FETCH: i64 = 10_000;
 
-/// The bitmaps of a plan's leaves. Segment leaves are filled per segment,
-/// since they depend on the order in which a refresh computes segments.
+/// The bitmaps of a plan's leaves. Late leaves (segment references, whose
+/// value depends on the order in which a refresh computes segments, and
+/// comparisons of column groups, kept as buckets) are filled per segment
+/// (`fill_late_leaf`).
 pub struct LeafValues {
     /// Every row (empty when the plan does not need it).
     pub all_rows: Members,
@@ -41,6 +44,8 @@ pub struct LeafValues {
     /// leaf already holds existing rows only.
     pub universe: Option<Members>,
     pub leaves: Vec<Members>,
+    /// The buckets late comparisons are made from.
+    pub late: LateLeaves,
 }
 
 /// The reference time of this evaluation, as a timestamptz SQL literal:
@@ -285,28 +290,25 @@ fn column_ranks(group: &ColumnGroup) -> Vec<i64> {
         .unwrap_or_else(|| error!("segments: a column group ranked no constants"))
 }
 
-/// The members of each comparison of a column group (by leaf), from one
-/// scan of the entity's rows (or of a trait's values) in buckets
-/// (`compile::columns`); for a group of trait conditions, also the records
-/// with rows (every bucket's, NULL values included).
-fn column_group_leaves(
-    plan: &Plan,
-    group: &ColumnGroup,
-) -> (Vec<(usize, Members)>, Option<Members>) {
-    if !group.ordered {
-        let sql = plan.column_group_sql(group, &[]);
-        let matches = Spi::connect(|client| {
-            spi(client.select(&sql, None, &[]))
-                .map(|row| {
-                    (
-                        spi(row.get::<i64>(1)).unwrap_or_default(),
-                        bitmap_of(spi(row.get::<Vec<u8>>(2))),
-                    )
-                })
-                .collect::<Vec<_>>()
-        });
-        return (equality_leaves(group, matches), None);
-    }
+/// An equality group's one scan: each constant's place (from 1) and the
+/// rows equal to it.
+fn equality_matches(plan: &Plan, group: &ColumnGroup) -> Vec<(i64, Members)> {
+    let sql = plan.column_group_sql(group, &[]);
+    Spi::connect(|client| {
+        spi(client.select(&sql, None, &[]))
+            .map(|row| {
+                (
+                    spi(row.get::<i64>(1)).unwrap_or_default(),
+                    bitmap_of(spi(row.get::<Vec<u8>>(2))),
+                )
+            })
+            .collect()
+    })
+}
+
+/// An ordered group's one scan: its constants' ranks and the rows by
+/// bucket.
+fn ordered_buckets(plan: &Plan, group: &ColumnGroup) -> (Vec<i64>, Vec<Bucket>) {
     let ranks = column_ranks(group);
     let sql = plan.column_group_sql(group, &ranks);
     let buckets = Spi::connect(|client| {
@@ -316,8 +318,33 @@ fn column_group_leaves(
                 exact: spi(row.get::<bool>(2)),
                 members: bitmap_of(spi(row.get::<Vec<u8>>(3))),
             })
-            .collect::<Vec<_>>()
+            .collect()
     });
+    (ranks, buckets)
+}
+
+/// A column group over the entity's rows, kept as buckets for its
+/// comparisons to be made when read (`engine::late`).
+fn column_group_buckets(plan: &Plan, group: &ColumnGroup) -> ColumnBuckets {
+    if group.ordered {
+        let (ranks, buckets) = ordered_buckets(plan, group);
+        ColumnBuckets::ordered(group, &ranks, buckets)
+    } else {
+        ColumnBuckets::equality(group, equality_matches(plan, group))
+    }
+}
+
+/// The members of each comparison of a column group (by leaf), from one
+/// scan of a trait's values in buckets (`compile::columns`), and the
+/// records with rows (every bucket's, NULL values included).
+fn column_group_leaves(
+    plan: &Plan,
+    group: &ColumnGroup,
+) -> (Vec<(usize, Members)>, Option<Members>) {
+    if !group.ordered {
+        return (equality_leaves(group, equality_matches(plan, group)), None);
+    }
+    let (ranks, buckets) = ordered_buckets(plan, group);
     let with_rows = group.rows.as_ref().map(|_| {
         buckets
             .iter()
@@ -550,21 +577,26 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         };
         scanned.extend(values);
     }
+    let mut late = LateLeaves::default();
     for (g, group) in plan.column_groups.iter().enumerate() {
         if in_sources.contains(&g) {
             continue;
         }
-        if group.rows.is_some()
-            && group
-                .tests
-                .iter()
-                .all(|(leaf, _, _)| known.contains_key(leaf))
+        if group.rows.is_none() {
+            let buckets = column_group_buckets(plan, group);
+            late.keep(buckets, group.tests.iter().map(|(leaf, _, _)| *leaf));
+            continue;
+        }
+        if group
+            .tests
+            .iter()
+            .all(|(leaf, _, _)| known.contains_key(leaf))
         {
             continue;
         }
         // A group of trait conditions groups the related rows by record
         // first: sorted, as for the traits' own queries.
-        let (values, with_rows) = if group.rows.is_some() && sorts_groups(plan) {
+        let (values, with_rows) = if sorts_groups(plan) {
             crate::pg::sandbox::grouping_by_sort(|| column_group_leaves(plan, group))
         } else {
             column_group_leaves(plan, group)
@@ -639,11 +671,18 @@ pub fn compute_leaves_knowing(plan: &Plan, known: &HashMap<usize, RelatedValue>)
         all_rows,
         universe,
         leaves,
+        late,
     };
     if let Some(eligible) = &plan.eligible {
-        fill_segment_leaves(plan, &mut values, &HashMap::new());
+        let reading = eligible.leaves();
+        for &leaf in &reading {
+            fill_late_leaf(plan, &mut values, &HashMap::new(), leaf, Some(&reading));
+        }
         values.universe =
             Some(evaluate(eligible, &values.leaves, &values.all_rows) & &values.all_rows);
+        for leaf in reading {
+            values.late.release(leaf, &mut values.leaves);
+        }
     }
     values
 }
@@ -733,26 +772,33 @@ pub fn membership_version(segment_id: i64) -> Option<String> {
     )
 }
 
-/// Fills segment leaves: from `fresh` when that segment was just computed
-/// in the same refresh, else from its stored membership.
-pub fn fill_segment_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap<i64, Members>) {
+/// Fills every late leaf, keeping them all: for one evaluation of the
+/// whole plan.
+pub fn fill_late_leaves(plan: &Plan, values: &mut LeafValues, fresh: &HashMap<i64, Members>) {
     for i in 0..plan.leaves.len() {
-        fill_segment_leaf(plan, values, fresh, i);
+        fill_late_leaf(plan, values, fresh, i, None);
     }
 }
 
-/// Fills leaf `i` if it is a segment leaf, as `fill_segment_leaves` does.
-pub fn fill_segment_leaf(
+/// Fills leaf `i` if it is late: a segment leaf from `fresh` when that
+/// segment was just computed in the same refresh, else from its stored
+/// membership; a column comparison from its group's buckets
+/// (`LateLeaves::fill`, which may release others that `reading` does not
+/// read).
+pub fn fill_late_leaf(
     plan: &Plan,
     values: &mut LeafValues,
     fresh: &HashMap<i64, Members>,
     i: usize,
+    reading: Option<&[usize]>,
 ) {
     if let Leaf::Segment(id) = &plan.leaves[i] {
         values.leaves[i] = match fresh.get(id) {
             Some(members) => members.clone(),
             None => stored_members(*id),
         };
+    } else {
+        values.late.fill(i, reading, &mut values.leaves);
     }
 }
 

@@ -3,7 +3,8 @@
 //! - `run`: what a run is (target, cause, status, outcome);
 //! - `plan`: compiling segments into one plan;
 //! - `evaluate` (with `aggregate`'s `rb_agg`): computing a plan's leaves
-//!   inside the scan, and segments over them;
+//!   inside the scan, and segments over them; `late`: the leaves made
+//!   only when a segment reads them;
 //! - `store`: writing memberships, statuses, runs and changes, then
 //!   `after_change`, where every consumer of membership changes plugs in;
 //! - `refresh` and `live`: the two orchestrations (every row, or just the
@@ -19,6 +20,7 @@
 pub mod aggregate;
 pub mod citus;
 pub mod evaluate;
+pub mod late;
 pub mod live;
 pub mod memory;
 pub mod plan;

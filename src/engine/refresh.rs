@@ -22,7 +22,7 @@ use segments_core::compile::Plan;
 
 use crate::engine::evaluate::LeafValues;
 use crate::engine::evaluate::{
-    evaluate_segment, fill_segment_leaf, fill_segment_leaves, reference_time_sql,
+    evaluate_segment, fill_late_leaf, fill_late_leaves, reference_time_sql,
 };
 use crate::engine::plan::{compute_as, plan_targets, Planned};
 use crate::engine::progress::{self, Kind, Progress};
@@ -151,6 +151,7 @@ impl Batch {
         for &leaf in leaves {
             self.readers[leaf] = self.readers[leaf].saturating_sub(1);
             if self.readers[leaf] == 0 {
+                values.late.release(leaf, &mut values.leaves);
                 values.leaves[leaf] = Members::new();
             }
         }
@@ -194,7 +195,11 @@ fn plan_batches(
         let parts = match &whole.planned {
             Ok(planned) => {
                 let per_leaf = leaf_bytes(&planned.plan);
-                let parts = cut(&group, planned, limit / per_leaf);
+                let parts = cut(
+                    &group,
+                    planned,
+                    limit / per_leaf - late_reserve(&planned.plan),
+                );
                 debug1!(
                     "segments: {} segment(s) of entity \"{entity}\" with {} condition(s) of at most {:.0} kB each: {} batch(es)",
                     group.len(),
@@ -236,17 +241,34 @@ fn referenced(batches: &[Batch]) -> std::collections::HashSet<i64> {
         .collect()
 }
 
+/// What a batch holds for its late comparisons (`engine::late`), in
+/// conditions' bitmaps: each group's buckets hold every record once in
+/// small bitmaps of up to 16 bits a record, and those equal to a constant
+/// again (`LATE_GROUP_LEAVES` each), plus the comparisons filled at once.
+fn late_reserve(plan: &Plan) -> f64 {
+    match plan.late_groups().count() {
+        0 => 0.0,
+        groups => (groups * LATE_GROUP_LEAVES + crate::engine::late::MAX_FILLED) as f64,
+    }
+}
+
+/// A late group's buckets, in conditions' bitmaps (`late_reserve`).
+const LATE_GROUP_LEAVES: usize = 18;
+
 /// `group` (in dependency order) cut into runs whose distinct leaves in
-/// `planned`, with the bitmap of every row and the universe, are at most
-/// `max_leaves`; every run holds at least one segment.
+/// `planned` (but late comparisons, reserved for apart), with the bitmap
+/// of every row and the universe, are at most `max_leaves`; every run
+/// holds at least one segment.
 fn cut<'t>(group: &[&'t Target], planned: &Planned, max_leaves: f64) -> Vec<Vec<&'t Target>> {
     let mut parts: Vec<Vec<&Target>> = vec![Vec::new()];
     let mut held: std::collections::HashSet<usize> = Default::default();
+    let late = planned.plan.late_leaves();
     for target in group {
-        let leaves = match planned.compiled.get(&target.id) {
+        let mut leaves = match planned.compiled.get(&target.id) {
             Some(Ok(compiled)) => compiled.leaves(),
             _ => Vec::new(),
         };
+        leaves.retain(|leaf| !late.contains(leaf));
         let new = leaves.iter().filter(|l| !held.contains(l)).count();
         let part = parts.last_mut().expect("never empty");
         if !part.is_empty() && (held.len() + new + 2) as f64 > max_leaves {
@@ -272,7 +294,7 @@ fn evaluate_alone(
         .remove(&target.id)
         .unwrap_or_else(|| Err(Failure::internal("not compiled")))?;
     let mut values = compute_as(target.owner, &plan, &HashMap::new())?;
-    fill_segment_leaves(&plan, &mut values, fresh);
+    fill_late_leaves(&plan, &mut values, fresh);
     Ok(evaluate_segment(&compiled, &values))
 }
 
@@ -340,7 +362,13 @@ pub fn refresh_segments(
             (Ok(planned), Some(Ok(values))) => match planned.compiled.get(&target.id) {
                 Some(Ok(compiled)) => {
                     for &leaf in &leaves {
-                        fill_segment_leaf(&planned.plan, values, &changes.members, leaf);
+                        fill_late_leaf(
+                            &planned.plan,
+                            values,
+                            &changes.members,
+                            leaf,
+                            Some(&leaves),
+                        );
                     }
                     Ok(evaluate_segment(compiled, values))
                 }

@@ -32,6 +32,7 @@
 //!   priority list's assignment
 
 mod access;
+mod buckets;
 mod columns;
 mod emit;
 mod fold;
@@ -58,6 +59,7 @@ use crate::sql::{ident, op};
 use serde_json::Value;
 
 pub use access::columns_read;
+pub use buckets::ColumnBuckets;
 pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{
@@ -127,6 +129,25 @@ pub enum Expr {
     Not(Box<Expr>),
 }
 
+impl Expr {
+    /// The leaves this expression reads, ascending, each once.
+    pub fn leaves(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.walk_leaves(&mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn walk_leaves(&self, out: &mut Vec<usize>) {
+        match self {
+            Expr::Leaf(i) => out.push(*i),
+            Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| e.walk_leaves(out)),
+            Expr::Not(inner) => inner.walk_leaves(out),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledRule {
     pub label: String,
@@ -154,17 +175,10 @@ impl CompiledSegment {
     /// refresh must hold to evaluate it (`engine::refresh` frees a leaf
     /// after its last reader and batches segments by them).
     pub fn leaves(&self) -> Vec<usize> {
-        fn walk(expr: &Expr, out: &mut Vec<usize>) {
-            match expr {
-                Expr::Leaf(i) => out.push(*i),
-                Expr::All(items) | Expr::Any(items) => items.iter().for_each(|e| walk(e, out)),
-                Expr::Not(inner) => walk(inner, out),
-            }
-        }
         fn each_rule(list: &[CompiledRule], out: &mut Vec<usize>) {
             for rule in list {
                 match &rule.body {
-                    CompiledBody::Expr(expr) => walk(expr, out),
+                    CompiledBody::Expr(expr) => expr.walk_leaves(out),
                     CompiledBody::Rules(sub) => each_rule(sub, out),
                 }
             }
@@ -1140,6 +1154,21 @@ impl Plan {
             }
         }
         format!("SELECT {} {rows}", columns.join(",\n       "))
+    }
+
+    /// The column groups over the entity's own rows: their comparisons
+    /// are computed when a segment reads them (`ColumnBuckets`), from
+    /// buckets a refresh keeps. (Groups over traits feed related values,
+    /// which are computed with the plan.)
+    pub fn late_groups(&self) -> impl Iterator<Item = &ColumnGroup> {
+        self.column_groups.iter().filter(|g| g.rows.is_none())
+    }
+
+    /// The leaves of `late_groups`.
+    pub fn late_leaves(&self) -> std::collections::HashSet<usize> {
+        self.late_groups()
+            .flat_map(|g| g.tests.iter().map(|(leaf, _, _)| *leaf))
+            .collect()
     }
 
     /// The filter leaves the entity scan computes: all but those of

@@ -20,9 +20,7 @@ use segments_core::catalog::{Catalog, Entity, KeyKind};
 use segments_core::definition::Definition;
 use segments_core::sql::{ident, literal};
 
-use crate::engine::evaluate::{
-    evaluate_segment, fill_segment_leaves, reference_time_sql, LeafValues,
-};
+use crate::engine::evaluate::{evaluate_segment, fill_late_leaves, reference_time_sql, LeafValues};
 use crate::engine::live::related::{plan_owner, related_values, OwnerPlan};
 use crate::engine::live::tables::columns_read_by;
 use crate::engine::plan::compute_as;
@@ -438,7 +436,7 @@ fn apply_entity(
         progress::phase("storing");
         let result = match (owner_plan.compiled.get(&target.id), leaf_values) {
             (Some(Ok(compiled)), Ok(leaf_values)) => {
-                fill_segment_leaves(plan, leaf_values, &changes.members);
+                fill_late_leaves(plan, leaf_values, &changes.members);
                 Ok(evaluate_segment(compiled, leaf_values).0)
             }
             (Some(Err(e)), _) => Err(e.clone()),

@@ -1,0 +1,250 @@
+//! A column group's rows kept in their buckets, so that each comparison
+//! is computed when a segment reads it, not all of them up front.
+//!
+//! `columns::column_leaves` turns a group's buckets into every
+//! comparison's bitmap at once. With thousands of segments, each with
+//! thresholds of its own, that is thousands of bitmaps of up to a bit per
+//! record held together: at ten million records and 10,000 segments, tens
+//! of gigabytes. The buckets themselves hold every record once (the rows
+//! equal to a constant a second time), whatever the number of
+//! comparisons: a refresh keeps them and makes a comparison's bitmap from
+//! them for the segments that read it (`ColumnBuckets::members`), freeing
+//! it after its last reader.
+//!
+//! A comparison is a union of consecutive buckets (`lt 500`: every bucket
+//! below 500's), made from whichever side has fewer buckets (the other
+//! side's union taken from the non-NULL rows), so its cost grows with
+//! the rows it unites, not with the group's number of constants.
+
+use roaring::MultiOps;
+
+use crate::bitmap::Members;
+
+use super::columns::{Bucket, ColumnGroup, ColumnOp};
+
+/// One group's rows by bucket and its comparisons, each computed on
+/// demand.
+#[derive(Debug, Default)]
+pub struct ColumnBuckets {
+    /// By comparison (the group's order): its operator and constants as
+    /// ranks among the sorted distinct constants (1 = the smallest) in an
+    /// ordered group, or as places in `ColumnGroup::values` in an equality
+    /// group.
+    tests: Vec<(ColumnOp, Vec<usize>)>,
+    /// below[b]: the rows at or above constant b and under constant b + 1
+    /// (below[0]: under the first constant). Empty in an equality group.
+    below: Vec<Members>,
+    /// equal[b]: the rows equal to constant b (by rank, or by place).
+    equal: Vec<Members>,
+    /// Every row with a value (not NULL).
+    not_null: Members,
+}
+
+impl ColumnBuckets {
+    /// An ordered group's buckets (`ColumnGroup::buckets_sql`'s rows),
+    /// given its constants' ranks.
+    pub fn ordered(group: &ColumnGroup, ranks: &[i64], buckets: Vec<Bucket>) -> ColumnBuckets {
+        let distinct = ranks.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let mut below = vec![Members::new(); distinct + 1];
+        let mut equal = vec![Members::new(); distinct + 1];
+        for bucket in buckets {
+            let Some(b) = bucket.number else { continue };
+            let b = (b.max(0) as usize).min(distinct);
+            if bucket.exact == Some(true) {
+                equal[b] |= &bucket.members;
+            }
+            below[b] |= bucket.members;
+        }
+        let not_null = below.iter().union();
+        let rank = |value: &usize| (ranks[*value].max(1) as usize).min(distinct);
+        ColumnBuckets {
+            tests: group
+                .tests
+                .iter()
+                .map(|(_, op, values)| (*op, values.iter().map(rank).collect()))
+                .collect(),
+            below,
+            equal,
+            not_null,
+        }
+    }
+
+    /// An equality group's matches (`ColumnGroup::matches_sql`'s rows:
+    /// place in `values` from 1, rows equal to that constant).
+    pub fn equality(group: &ColumnGroup, matches: Vec<(i64, Members)>) -> ColumnBuckets {
+        let mut equal = vec![Members::new(); group.values.len()];
+        for (place, members) in matches {
+            if let Some(slot) = usize::try_from(place - 1)
+                .ok()
+                .and_then(|i| equal.get_mut(i))
+            {
+                *slot |= members;
+            }
+        }
+        ColumnBuckets {
+            tests: group
+                .tests
+                .iter()
+                .map(|(_, _, values)| (ColumnOp::In, values.clone()))
+                .collect(),
+            below: Vec::new(),
+            not_null: Members::new(),
+            equal,
+        }
+    }
+
+    /// The members of the group's comparison number `test`.
+    pub fn members(&self, test: usize) -> Members {
+        let (op, constants) = &self.tests[test];
+        let at = |i: usize| constants[i];
+        match op {
+            ColumnOp::Eq => self.equal[at(0)].clone(),
+            ColumnOp::Ne => &self.not_null - &self.equal[at(0)],
+            ColumnOp::In => constants.iter().map(|&c| &self.equal[c]).union(),
+            ColumnOp::Lt => self.range(0, at(0)),
+            ColumnOp::Lte => self.range(0, at(0)) | &self.equal[at(0)],
+            ColumnOp::Gte => self.range(at(0), self.below.len()),
+            ColumnOp::Gt => self.range(at(0), self.below.len()) - &self.equal[at(0)],
+            ColumnOp::Between => self.between(at(0), at(1)),
+            ColumnOp::Outside => &self.not_null - &self.between(at(0), at(1)),
+        }
+    }
+
+    /// The rows from constant `low` to constant `high`, both included.
+    fn between(&self, low: usize, high: usize) -> Members {
+        match low.cmp(&high) {
+            std::cmp::Ordering::Greater => Members::new(),
+            std::cmp::Ordering::Equal => self.equal[low].clone(),
+            std::cmp::Ordering::Less => self.range(low, high) | &self.equal[high],
+        }
+    }
+
+    /// The union of buckets `from..to`, from whichever side unites fewer.
+    fn range(&self, from: usize, to: usize) -> Members {
+        let to = to.min(self.below.len());
+        if from >= to {
+            return Members::new();
+        }
+        if to - from <= self.below.len() / 2 {
+            return self.below[from..to].iter().union();
+        }
+        let outside = self.below[..from].iter().chain(&self.below[to..]).union();
+        &self.not_null - &outside
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::columns::column_leaves;
+    use super::*;
+    use crate::generate::Rng;
+
+    /// The buckets PostgreSQL's scan gives for `values` (by position)
+    /// against the sorted constants.
+    fn buckets_of(values: &[Option<i64>], sorted: &[i64]) -> Vec<Bucket> {
+        let mut by: std::collections::BTreeMap<(Option<i64>, Option<bool>), Members> =
+            Default::default();
+        for (position, value) in values.iter().enumerate() {
+            let key = match value {
+                None => (None, None),
+                Some(v) => {
+                    let b = sorted.iter().filter(|c| *c <= v).count();
+                    (Some(b as i64), (b > 0).then(|| sorted[b - 1] == *v))
+                }
+            };
+            by.entry(key).or_default().insert(position as u64);
+        }
+        by.into_iter()
+            .map(|((number, exact), members)| Bucket {
+                number,
+                exact,
+                members,
+            })
+            .collect()
+    }
+
+    /// Every comparison computed on demand equals the one the sweep of
+    /// `column_leaves` computes (which its own test checks row by row),
+    /// with constants in any order, repeated, equal to row values or not.
+    #[test]
+    fn each_comparison_on_demand_equals_the_sweep() {
+        let ops = [
+            ColumnOp::Eq,
+            ColumnOp::Ne,
+            ColumnOp::Lt,
+            ColumnOp::Lte,
+            ColumnOp::Gt,
+            ColumnOp::Gte,
+            ColumnOp::Between,
+            ColumnOp::In,
+            ColumnOp::Outside,
+        ];
+        let mut rng = Rng(7);
+        for _ in 0..500 {
+            let rows: Vec<Option<i64>> = (0..1 + rng.below(200))
+                .map(|_| (!rng.chance(10)).then(|| rng.below(40) as i64 - 10))
+                .collect();
+            let constants: Vec<i64> = (0..1 + rng.below(30))
+                .map(|_| rng.below(50) as i64 - 15)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let tests: Vec<(usize, ColumnOp, Vec<usize>)> = (0..1 + rng.below(20))
+                .map(|leaf| {
+                    let op = *rng.pick(&ops);
+                    let count = match op {
+                        ColumnOp::Between | ColumnOp::Outside => 2,
+                        ColumnOp::In => 1 + rng.below(4),
+                        _ => 1,
+                    };
+                    let mine = (0..count).map(|_| rng.below(constants.len())).collect();
+                    (leaf, op, mine)
+                })
+                .collect();
+            let mut sorted = constants.clone();
+            sorted.sort_unstable();
+            let ranks: Vec<i64> = constants
+                .iter()
+                .map(|c| 1 + sorted.iter().position(|s| s == c).unwrap() as i64)
+                .collect();
+            let group = ColumnGroup {
+                operand: "e.v".into(),
+                sql_type: "integer".into(),
+                values: constants.iter().map(|c| c.to_string()).collect(),
+                tests,
+                ordered: true,
+                rows: None,
+            };
+            let swept = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
+            let kept = ColumnBuckets::ordered(&group, &ranks, buckets_of(&rows, &sorted));
+            for (t, (_, want)) in swept.iter().enumerate() {
+                assert_eq!(&kept.members(t), want, "{:?} over {rows:?}", group.tests[t]);
+            }
+        }
+    }
+
+    #[test]
+    fn an_equality_group_unites_its_constants_rows() {
+        let group = ColumnGroup {
+            operand: "e.country".into(),
+            sql_type: "text".into(),
+            values: vec!["'DE'".into(), "'FR'".into(), "'IT'".into()],
+            tests: vec![(4, ColumnOp::Eq, vec![1]), (9, ColumnOp::In, vec![0, 2])],
+            ordered: false,
+            rows: None,
+        };
+        let rows = |r: &[u64]| r.iter().copied().collect::<Members>();
+        let kept = ColumnBuckets::equality(
+            &group,
+            vec![
+                (1, rows(&[1, 5])),
+                (2, rows(&[2])),
+                (3, rows(&[7])),
+                (9, rows(&[8])),
+            ],
+        );
+        assert_eq!(kept.members(0), rows(&[2]));
+        assert_eq!(kept.members(1), rows(&[1, 5, 7]));
+    }
+}
