@@ -244,7 +244,8 @@ fn referenced(batches: &[Batch]) -> std::collections::HashSet<i64> {
 /// What a batch holds for its late comparisons (`engine::late`), in
 /// conditions' bitmaps: each group's buckets hold every record once in
 /// small bitmaps of up to 16 bits a record, and those equal to a constant
-/// again (`LATE_GROUP_LEAVES` each), plus the comparisons filled at once.
+/// again, plus its checkpoints (`LATE_GROUP_LEAVES` in all); and the
+/// comparisons filled at once.
 fn late_reserve(plan: &Plan) -> f64 {
     match plan.late_groups().count() {
         0 => 0.0,
@@ -253,7 +254,7 @@ fn late_reserve(plan: &Plan) -> f64 {
 }
 
 /// A late group's buckets, in conditions' bitmaps (`late_reserve`).
-const LATE_GROUP_LEAVES: usize = 18;
+const LATE_GROUP_LEAVES: usize = 18 + segments_core::compile::CHECKPOINTS + 1;
 
 /// `group` (in dependency order) cut into runs whose distinct leaves in
 /// `planned` (but late comparisons, reserved for apart), with the bitmap

@@ -12,15 +12,23 @@
 //! it after its last reader.
 //!
 //! A comparison is a union of consecutive buckets (`lt 500`: every bucket
-//! below 500's), made from whichever side has fewer buckets (the other
-//! side's union taken from the non-NULL rows), so its cost grows with
-//! the rows it unites, not with the group's number of constants.
+//! below 500's). Uniting hundreds of small bitmaps for each of thousands
+//! of comparisons would cost more than the sweep it replaces, so the
+//! union of the buckets below every `stride`-th constant is kept too
+//! (`CHECKPOINTS` of them, a bit per record each at most): the rows below
+//! any constant are the nearest checkpoint plus or minus at most half a
+//! stride of buckets.
 
 use roaring::MultiOps;
 
 use crate::bitmap::Members;
 
 use super::columns::{Bucket, ColumnGroup, ColumnOp};
+
+/// How many unions of the buckets below a constant an ordered group
+/// keeps (with more than twice as many buckets; fewer are united
+/// directly).
+pub const CHECKPOINTS: usize = 16;
 
 /// One group's rows by bucket and its comparisons, each computed on
 /// demand.
@@ -38,12 +46,26 @@ pub struct ColumnBuckets {
     equal: Vec<Members>,
     /// Every row with a value (not NULL).
     not_null: Members,
+    /// checkpoints[k]: the union of below[..k * stride] (the last: of
+    /// every bucket). Empty when the buckets are few.
+    checkpoints: Vec<Members>,
+    stride: usize,
 }
 
 impl ColumnBuckets {
     /// An ordered group's buckets (`ColumnGroup::buckets_sql`'s rows),
     /// given its constants' ranks.
     pub fn ordered(group: &ColumnGroup, ranks: &[i64], buckets: Vec<Bucket>) -> ColumnBuckets {
+        Self::ordered_with(group, ranks, buckets, CHECKPOINTS)
+    }
+
+    /// `ordered`, keeping at most `checkpoints` unions.
+    fn ordered_with(
+        group: &ColumnGroup,
+        ranks: &[i64],
+        buckets: Vec<Bucket>,
+        checkpoints: usize,
+    ) -> ColumnBuckets {
         let distinct = ranks.iter().copied().max().unwrap_or(0).max(0) as usize;
         let mut below = vec![Members::new(); distinct + 1];
         let mut equal = vec![Members::new(); distinct + 1];
@@ -56,8 +78,22 @@ impl ColumnBuckets {
             below[b] |= bucket.members;
         }
         let not_null = below.iter().union();
+        let (stride, checkpoints) = if below.len() > checkpoints.max(1).saturating_mul(2) {
+            let stride = below.len().div_ceil(checkpoints);
+            let mut under = Members::new();
+            let mut kept = vec![Members::new()];
+            for chunk in below.chunks(stride) {
+                chunk.iter().for_each(|b| under |= b);
+                kept.push(under.clone());
+            }
+            (stride, kept)
+        } else {
+            (below.len().max(1), Vec::new())
+        };
         let rank = |value: &usize| (ranks[*value].max(1) as usize).min(distinct);
         ColumnBuckets {
+            checkpoints,
+            stride,
             tests: group
                 .tests
                 .iter()
@@ -90,6 +126,8 @@ impl ColumnBuckets {
             below: Vec::new(),
             not_null: Members::new(),
             equal,
+            checkpoints: Vec::new(),
+            stride: 1,
         }
     }
 
@@ -101,10 +139,10 @@ impl ColumnBuckets {
             ColumnOp::Eq => self.equal[at(0)].clone(),
             ColumnOp::Ne => &self.not_null - &self.equal[at(0)],
             ColumnOp::In => constants.iter().map(|&c| &self.equal[c]).union(),
-            ColumnOp::Lt => self.range(0, at(0)),
-            ColumnOp::Lte => self.range(0, at(0)) | &self.equal[at(0)],
-            ColumnOp::Gte => self.range(at(0), self.below.len()),
-            ColumnOp::Gt => self.range(at(0), self.below.len()) - &self.equal[at(0)],
+            ColumnOp::Lt => self.under(at(0)),
+            ColumnOp::Lte => self.under(at(0)) | &self.equal[at(0)],
+            ColumnOp::Gte => &self.not_null - &self.under(at(0)),
+            ColumnOp::Gt => &self.not_null - &(self.under(at(0)) | &self.equal[at(0)]),
             ColumnOp::Between => self.between(at(0), at(1)),
             ColumnOp::Outside => &self.not_null - &self.between(at(0), at(1)),
         }
@@ -119,17 +157,41 @@ impl ColumnBuckets {
         }
     }
 
-    /// The union of buckets `from..to`, from whichever side unites fewer.
+    /// The union of buckets `from..to`.
     fn range(&self, from: usize, to: usize) -> Members {
         let to = to.min(self.below.len());
         if from >= to {
             return Members::new();
         }
-        if to - from <= self.below.len() / 2 {
+        if to - from <= self.stride {
             return self.below[from..to].iter().union();
         }
-        let outside = self.below[..from].iter().chain(&self.below[to..]).union();
-        &self.not_null - &outside
+        self.under(to) - self.under(from)
+    }
+
+    /// The rows below constant `j` (the union of buckets `..j`): from the
+    /// nearest checkpoint, or directly from whichever side unites fewer.
+    fn under(&self, j: usize) -> Members {
+        let j = j.min(self.below.len());
+        if self.checkpoints.is_empty() {
+            if j <= self.below.len() / 2 {
+                return self.below[..j].iter().union();
+            }
+            return &self.not_null - &self.below[j..].iter().union();
+        }
+        let (k, r) = (j / self.stride, j % self.stride);
+        let next = ((k + 1) * self.stride).min(self.below.len());
+        if r <= self.stride / 2 || k + 1 >= self.checkpoints.len() {
+            let mut rows = self.checkpoints[k].clone();
+            self.below[k * self.stride..j]
+                .iter()
+                .for_each(|b| rows |= b);
+            rows
+        } else {
+            let mut rows = self.checkpoints[k + 1].clone();
+            self.below[j..next].iter().for_each(|b| rows -= b);
+            rows
+        }
     }
 }
 
@@ -217,9 +279,23 @@ mod tests {
                 rows: None,
             };
             let swept = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
-            let kept = ColumnBuckets::ordered(&group, &ranks, buckets_of(&rows, &sorted));
-            for (t, (_, want)) in swept.iter().enumerate() {
-                assert_eq!(&kept.members(t), want, "{:?} over {rows:?}", group.tests[t]);
+            // Without checkpoints, and with as many as the test's few
+            // constants allow (strides of 1 to 10 buckets).
+            for checkpoints in [usize::MAX, 1 + rng.below(10)] {
+                let kept = ColumnBuckets::ordered_with(
+                    &group,
+                    &ranks,
+                    buckets_of(&rows, &sorted),
+                    checkpoints,
+                );
+                for (t, (_, want)) in swept.iter().enumerate() {
+                    assert_eq!(
+                        &kept.members(t),
+                        want,
+                        "{:?} over {rows:?}, {checkpoints} checkpoints",
+                        group.tests[t]
+                    );
+                }
             }
         }
     }

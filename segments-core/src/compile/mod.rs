@@ -59,7 +59,7 @@ use crate::sql::{ident, op};
 use serde_json::Value;
 
 pub use access::columns_read;
-pub use buckets::ColumnBuckets;
+pub use buckets::{ColumnBuckets, CHECKPOINTS};
 pub use columns::{column_leaves, equality_leaves, Bucket, ColumnGroup, ColumnOp};
 pub use emit::attribute_sql;
 use emit::{
