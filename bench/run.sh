@@ -41,13 +41,17 @@ bash scripts/cluster.sh destroy "$dir"
 bash scripts/cluster.sh start "$dir" "$port" shared_buffers=4GB work_mem=256MB maintenance_work_mem=1GB \
   max_wal_size=8GB checkpoint_timeout=30min synchronous_commit=off \
   shared_preload_libraries=segments segments.naptime=3600 "${capture_settings[@]}"
+# SEGMENTS_BENCH_SESSIONS=N loads N shopping sessions per customer (default
+# 6, ~9.6 product events per customer; 1 gives ~1.6, which keeps 10M
+# customers within this machine's disk);
 # SEGMENTS_BENCH_KEEP=1 leaves the cluster running (to look into a case);
 # SEGMENTS_BENCH_ONLY=14 runs only the generated list, SEGMENTS_BENCH_SEGMENTS=N
 # makes it N segments long.
 [ -n "${SEGMENTS_BENCH_KEEP:-}" ] || trap 'bash scripts/cluster.sh destroy "$dir"' EXIT
 
-echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((96 * scale / 10)) product events"
-time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -v sessions=6 -f scripts/sample_data.sql
+sessions="${SEGMENTS_BENCH_SESSIONS:-6}"
+echo "== loading $scale customers, $((5 * scale)) orders, $((5 * scale)) email events, ~$((16 * sessions * scale / 10)) product events"
+time psql "$url" -qX -v scale="$scale" -v anchor=2026-11-01 -v sessions="$sessions" -f scripts/sample_data.sql
 psql "$url" -qX -c "VACUUM ANALYZE"
 
 echo "== running the cases"
