@@ -1,8 +1,8 @@
 //! A column group's rows kept in their buckets, so that each comparison
 //! is computed when a segment reads it, not all of them up front.
 //!
-//! `columns::column_leaves` turns a group's buckets into every
-//! comparison's bitmap at once. With thousands of segments, each with
+//! Made all at once (`columns::column_leaves`, for groups over traits),
+//! a group's comparisons are one bitmap each. With thousands of segments, each with
 //! thresholds of its own, that is thousands of bitmaps of up to a bit per
 //! record held together: at ten million records and 10,000 segments, tens
 //! of gigabytes. The buckets themselves hold every record once (the rows
@@ -198,49 +198,17 @@ impl ColumnBuckets {
 #[cfg(test)]
 mod tests {
     use super::super::columns::column_leaves;
+    use super::super::columns::tests::{buckets_of, OPS};
     use super::*;
     use crate::generate::Rng;
 
-    /// The buckets PostgreSQL's scan gives for `values` (by position)
-    /// against the sorted constants.
-    fn buckets_of(values: &[Option<i64>], sorted: &[i64]) -> Vec<Bucket> {
-        let mut by: std::collections::BTreeMap<(Option<i64>, Option<bool>), Members> =
-            Default::default();
-        for (position, value) in values.iter().enumerate() {
-            let key = match value {
-                None => (None, None),
-                Some(v) => {
-                    let b = sorted.iter().filter(|c| *c <= v).count();
-                    (Some(b as i64), (b > 0).then(|| sorted[b - 1] == *v))
-                }
-            };
-            by.entry(key).or_default().insert(position as u64);
-        }
-        by.into_iter()
-            .map(|((number, exact), members)| Bucket {
-                number,
-                exact,
-                members,
-            })
-            .collect()
-    }
-
-    /// Every comparison computed on demand equals the one the sweep of
-    /// `column_leaves` computes (which its own test checks row by row),
-    /// with constants in any order, repeated, equal to row values or not.
+    /// Every comparison made from checkpoints equals the one made by
+    /// uniting buckets directly (`column_leaves` with few constants, which
+    /// its own test checks row by row), with constants in any order,
+    /// equal to row values or not.
     #[test]
     fn each_comparison_on_demand_equals_the_sweep() {
-        let ops = [
-            ColumnOp::Eq,
-            ColumnOp::Ne,
-            ColumnOp::Lt,
-            ColumnOp::Lte,
-            ColumnOp::Gt,
-            ColumnOp::Gte,
-            ColumnOp::Between,
-            ColumnOp::In,
-            ColumnOp::Outside,
-        ];
+        let ops = OPS;
         let mut rng = Rng(7);
         for _ in 0..500 {
             let rows: Vec<Option<i64>> = (0..1 + rng.below(200))

@@ -10,7 +10,7 @@
 //! its bucket (`width_bucket`, a binary search) and says whether it equals
 //! the bucket's bound; `GROUP BY` gathers each bucket's positions into a
 //! bitmap. Every comparison is then a union of buckets, made in Rust
-//! (`column_leaves`): `gt 500` is every bucket above 500's, less the rows
+//! (`buckets::ColumnBuckets`): `gt 500` is every bucket above 500's, less the rows
 //! equal to 500. The cost grows with rows × log(constants) plus the
 //! bitmaps written, not with the number of comparisons.
 //!
@@ -33,6 +33,7 @@ use crate::catalog::{Column, ColumnKind};
 use crate::definition::{AttributeTest, Op, Operand};
 use crate::sql::{ident, op};
 
+use super::buckets::ColumnBuckets;
 use super::emit::{reference_as, typed, window_edges};
 
 /// The base types a column group handles (see the module's comment).
@@ -411,136 +412,40 @@ pub struct Bucket {
     pub members: Members,
 }
 
-/// Each test's members (by leaf) from the group's buckets: a sweep over
-/// the sorted constants keeps the union of the buckets below; each test
-/// takes it (or its complement among non-NULL values) at its constant.
+/// Each test's members (by leaf) from the group's buckets, all at once
+/// (`ColumnBuckets` makes them one at a time).
 pub fn column_leaves(
     group: &ColumnGroup,
     ranks: &[i64],
     buckets: Vec<Bucket>,
 ) -> Vec<(usize, Members)> {
-    let distinct = ranks.iter().copied().max().unwrap_or(0).max(0) as usize;
-    // below[b]: rows in bucket b (values >= constant b, < constant b + 1);
-    // equal[b]: those equal to constant b.
-    let mut below = vec![Members::new(); distinct + 1];
-    let mut equal = vec![Members::new(); distinct + 1];
-    for bucket in buckets {
-        let Some(b) = bucket.number else { continue };
-        let b = (b.max(0) as usize).min(distinct);
-        if bucket.exact == Some(true) {
-            equal[b] |= &bucket.members;
-        }
-        below[b] |= bucket.members;
-    }
-    let not_null: Members = below.iter().fold(Members::new(), |all, b| all | b);
-    let rank = |value: usize| ranks[value].max(1) as usize;
-    // Sweep events (rank, which constant of the test, test): at rank j,
-    // `under` is every row below constant j.
-    let mut events: Vec<(usize, usize, usize)> = Vec::new();
-    for (t, (_, op, values)) in group.tests.iter().enumerate() {
-        match op {
-            ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => {}
-            ColumnOp::Between | ColumnOp::Outside => {
-                events.push((rank(values[0]), 0, t));
-                events.push((rank(values[1]), 1, t));
-            }
-            _ => events.push((rank(values[0]), 0, t)),
-        }
-    }
-    events.sort_unstable();
-    let mut results: Vec<Option<Members>> = vec![None; group.tests.len()];
-    let mut under = Members::new();
-    let mut swept = 0; // `under` is the union of below[..swept]
-    for (j, end, t) in events {
-        while swept < j {
-            under |= &below[swept];
-            swept += 1;
-        }
-        let at_or_above = || &not_null - &under;
-        let at_or_below = || &under | &equal[j];
-        let value = match group.tests[t].1 {
-            ColumnOp::Lt => under.clone(),
-            ColumnOp::Lte => at_or_below(),
-            ColumnOp::Gte => at_or_above(),
-            ColumnOp::Gt => &at_or_above() - &equal[j],
-            // Each end gives its half; the second one met intersects them.
-            ColumnOp::Between => {
-                let half = if end == 0 {
-                    at_or_above()
-                } else {
-                    at_or_below()
-                };
-                match results[t].take() {
-                    None => half,
-                    Some(other) => other & half,
-                }
-            }
-            // Below the low end, or above the high end: their union.
-            ColumnOp::Outside => {
-                let half = if end == 0 {
-                    under.clone()
-                } else {
-                    &at_or_above() - &equal[j]
-                };
-                match results[t].take() {
-                    None => half,
-                    Some(other) => other | half,
-                }
-            }
-            ColumnOp::Eq | ColumnOp::Ne | ColumnOp::In => unreachable!("no sweep event"),
-        };
-        results[t] = Some(value);
-    }
-    group
-        .tests
-        .iter()
-        .enumerate()
-        .map(|(t, (leaf, op, values))| {
-            let members = match op {
-                ColumnOp::Eq => equal[rank(values[0])].clone(),
-                ColumnOp::Ne => &not_null - &equal[rank(values[0])],
-                ColumnOp::In => values
-                    .iter()
-                    .fold(Members::new(), |all, v| all | &equal[rank(*v)]),
-                _ => results[t].take().unwrap_or_default(),
-            };
-            (*leaf, members)
-        })
-        .collect()
+    all_members(group, ColumnBuckets::ordered(group, ranks, buckets))
 }
 
 /// Each test's members (by leaf) of an equality group, from the rows
 /// equal to each constant (`matches`: place in `values` from 1, rows).
 pub fn equality_leaves(group: &ColumnGroup, matches: Vec<(i64, Members)>) -> Vec<(usize, Members)> {
-    let mut equal = vec![Members::new(); group.values.len()];
-    for (place, members) in matches {
-        if let Some(slot) = usize::try_from(place - 1)
-            .ok()
-            .and_then(|i| equal.get_mut(i))
-        {
-            *slot |= members;
-        }
-    }
+    all_members(group, ColumnBuckets::equality(group, matches))
+}
+
+/// Every test's members, by leaf.
+fn all_members(group: &ColumnGroup, kept: ColumnBuckets) -> Vec<(usize, Members)> {
     group
         .tests
         .iter()
-        .map(|(leaf, _, values)| {
-            let members = values
-                .iter()
-                .fold(Members::new(), |all, v| all | &equal[*v]);
-            (*leaf, members)
-        })
+        .enumerate()
+        .map(|(t, (leaf, _, _))| (*leaf, kept.members(t)))
         .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::generate::Rng;
 
     /// What PostgreSQL's scan returns for `values` (by position) and the
     /// group's constants (integers here): bucket = constants at or below.
-    fn buckets_of(values: &[Option<i64>], sorted: &[i64]) -> Vec<Bucket> {
+    pub(in crate::compile) fn buckets_of(values: &[Option<i64>], sorted: &[i64]) -> Vec<Bucket> {
         let mut by: BTreeMap<(Option<i64>, Option<bool>), Members> = BTreeMap::new();
         for (position, value) in values.iter().enumerate() {
             let key = match value {
@@ -576,19 +481,22 @@ mod tests {
         }
     }
 
+    /// Every comparison a group answers.
+    pub(in crate::compile) const OPS: [ColumnOp; 9] = [
+        ColumnOp::Eq,
+        ColumnOp::Ne,
+        ColumnOp::Lt,
+        ColumnOp::Lte,
+        ColumnOp::Gt,
+        ColumnOp::Gte,
+        ColumnOp::Between,
+        ColumnOp::In,
+        ColumnOp::Outside,
+    ];
+
     #[test]
     fn every_comparison_equals_evaluating_it_row_by_row() {
-        let ops = [
-            ColumnOp::Eq,
-            ColumnOp::Ne,
-            ColumnOp::Lt,
-            ColumnOp::Lte,
-            ColumnOp::Gt,
-            ColumnOp::Gte,
-            ColumnOp::Between,
-            ColumnOp::In,
-            ColumnOp::Outside,
-        ];
+        let ops = OPS;
         let mut rng = Rng(42);
         for _ in 0..300 {
             let rows: Vec<Option<i64>> = (0..1 + rng.below(60))
