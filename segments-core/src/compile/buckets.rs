@@ -198,7 +198,7 @@ impl ColumnBuckets {
 #[cfg(test)]
 mod tests {
     use super::super::columns::column_leaves;
-    use super::super::columns::tests::{buckets_of, OPS};
+    use super::super::columns::tests::{buckets_of, integer_group, OPS};
     use super::*;
     use crate::generate::Rng;
 
@@ -232,20 +232,7 @@ mod tests {
                     (leaf, op, mine)
                 })
                 .collect();
-            let mut sorted = constants.clone();
-            sorted.sort_unstable();
-            let ranks: Vec<i64> = constants
-                .iter()
-                .map(|c| 1 + sorted.iter().position(|s| s == c).unwrap() as i64)
-                .collect();
-            let group = ColumnGroup {
-                operand: "e.v".into(),
-                sql_type: "integer".into(),
-                values: constants.iter().map(|c| c.to_string()).collect(),
-                tests,
-                ordered: true,
-                rows: None,
-            };
+            let (group, sorted, ranks) = integer_group(&constants, tests);
             let swept = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
             // Without checkpoints, and with as many as the test's few
             // constants allow (strides of 1 to 10 buckets).

@@ -481,6 +481,30 @@ pub(super) mod tests {
         }
     }
 
+    /// An ordered group of integer `constants` (in any order, repeated or
+    /// not) making `tests`; its sorted distinct constants and their ranks.
+    pub(in crate::compile) fn integer_group(
+        constants: &[i64],
+        tests: Vec<(usize, ColumnOp, Vec<usize>)>,
+    ) -> (ColumnGroup, Vec<i64>, Vec<i64>) {
+        let mut sorted = constants.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let ranks = constants
+            .iter()
+            .map(|c| 1 + sorted.iter().position(|s| s == c).unwrap() as i64)
+            .collect();
+        let group = ColumnGroup {
+            operand: "e.v".into(),
+            sql_type: "integer".into(),
+            values: constants.iter().map(|c| c.to_string()).collect(),
+            tests,
+            ordered: true,
+            rows: None,
+        };
+        (group, sorted, ranks)
+    }
+
     /// Every comparison a group answers.
     pub(in crate::compile) const OPS: [ColumnOp; 9] = [
         ColumnOp::Eq,
@@ -525,21 +549,7 @@ pub(super) mod tests {
                     .collect();
                 tests.push((leaf, op, mine));
             }
-            let mut sorted = constants.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let ranks: Vec<i64> = constants
-                .iter()
-                .map(|c| 1 + sorted.iter().position(|s| s == c).unwrap() as i64)
-                .collect();
-            let group = ColumnGroup {
-                operand: "e.v".into(),
-                sql_type: "integer".into(),
-                values: constants.iter().map(|c| c.to_string()).collect(),
-                tests: tests.clone(),
-                ordered: true,
-                rows: None,
-            };
+            let (group, sorted, ranks) = integer_group(&constants, tests.clone());
             let got = column_leaves(&group, &ranks, buckets_of(&rows, &sorted));
             for ((leaf, op, mine), (got_leaf, members)) in tests.iter().zip(got) {
                 assert_eq!(*leaf, got_leaf);
